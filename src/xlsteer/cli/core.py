@@ -1,0 +1,113 @@
+"""Foundation commands: models, sites, data check, collect."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .options import data_dir_option, load_model_from, model_options, parse_langs, parse_layers
+
+
+@click.command("models")
+def models_cmd() -> None:
+    """List shipped and cached models."""
+    from ..models.loading import list_models
+
+    rows = list_models()
+    if not rows:
+        click.echo("no models found")
+    for row in rows:
+        flags = ", ".join(f"{k}={v}" for k, v in row.items() if k != "name")
+        click.echo(f"{row['name']:28s} {flags}")
+
+
+@click.command("sites")
+@click.argument("model_name", metavar="MODEL", default="gemma3-270m")
+@click.option("--dtype", default="float32", type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--trust-remote-code", is_flag=True)
+@click.option("--allow-download", is_flag=True)
+def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_download: bool) -> None:
+    """Print the model's layers and intervention sites with their widths."""
+    from ..models.loading import load_model
+    from ..models.sites import SITE_NAMES, describe_sites
+
+    lm = load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code, allow_download=allow_download)
+    rows = describe_sites(lm.model)
+    n_layers = max(r["layer"] for r in rows) + 1
+    click.echo(f"{lm.name}: {type(lm.model).__name__}, {n_layers} layers, width {lm.hidden_size}")
+    click.echo(f"{'layer':>5}  " + "  ".join(f"{n:>16}" for n in SITE_NAMES))
+    by = {(r["layer"], r["site"]): r for r in rows}
+    for layer in range(n_layers):
+        cells = [f"{'(' + str(by[(layer, n)]['width']) + ') ' + by[(layer, n)]['hook']:>16}" if (layer, n) in by
+                 else f"{'-':>16}" for n in SITE_NAMES]
+        click.echo(f"{layer:>5}  " + "  ".join(cells))
+
+
+@click.group("data")
+def data_group() -> None:
+    """Inspect the evaluation and parallel data."""
+
+
+@data_group.command("check")
+@data_dir_option
+def data_check_cmd(data_dir: str | None) -> None:
+    """Verify every data file against SHA256SUMS and count items per language."""
+    from ..data.paths import check_data, data_dir as resolve
+
+    root = resolve(data_dir)
+    report = check_data(root)
+    click.echo(f"data dir: {root}")
+    for key in ("ok", "mismatch", "missing"):
+        if key in report:
+            value = report[key]
+            click.echo(f"{key}: {len(value) if isinstance(value, list) else value}")
+    for dataset, counts in sorted(report.get("counts", {}).items()):
+        click.echo(f"{dataset}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    bad = report.get("mismatch") or report.get("missing")
+    if bad:
+        from ..errors import DataError
+
+        raise DataError(f"{len(bad) if isinstance(bad, list) else bad} data file(s) fail the checksum; re-copy them")
+
+
+@click.command("collect")
+@model_options
+@data_dir_option
+@click.option("--langs", required=True, help="Comma-separated languages, e.g. en,de,sw,zh.")
+@click.option("--data", "corpus", default="ntrex", show_default=True, help="ntrex, xquad, or a folder of <lang>.txt.")
+@click.option("--split", default="fit", show_default=True, help="Corpus split (ntrex: fit | validation | all).")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Texts per language.")
+@click.option("--layers", default="all", show_default=True, help="Layers: all, 6, 4-8, 2,5,9.")
+@click.option("--site", "site_names", default="resid_post", show_default=True,
+              help="Comma-separated sites: resid_pre,resid_post,attn_out,mlp_out,mlp_act.")
+@click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
+@click.option("--threshold", type=float, default=0.0, show_default=True, help="Also count P(act > threshold).")
+@click.option("--keep-items", is_flag=True, help="Store one pooled vector per text (for projections, INCLINE).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(), help="Statistics file (.safetensors).")
+def collect_cmd(**kw) -> None:
+    """Collect activation statistics per language on parallel text."""
+    from ..api import collect_statistics
+    from ..io import check_writable
+    from ..models.sites import SITE_NAMES, Site
+
+    out = check_writable(kw.pop("output"))
+    langs = parse_langs(kw.pop("langs"))
+    names = [s.strip() for s in kw.pop("site_names").split(",") if s.strip()]
+    for n in names:
+        Site(0, n)  # validates the name
+    lm = load_model_from(kw)
+    layers = parse_layers(kw.pop("layers"), lm.num_layers)
+    sites = [Site(layer, n) for layer in layers for n in names if n in SITE_NAMES]
+    t0 = time.perf_counter()
+    stats = collect_statistics(lm, langs=langs, sites=sites, corpus=kw.pop("corpus"), **kw)
+    stats.save(out)
+    n_items = stats.counts(langs[0], sites[0])[0]
+    click.echo(f"wrote {out} ({len(langs)} languages x {n_items} texts, {len(sites)} sites) "
+               f"in {time.perf_counter() - t0:.1f} s")
+
+
+COMMANDS = [models_cmd, sites_cmd, data_group, collect_cmd]

@@ -1,0 +1,102 @@
+"""Options shared by several commands, and their parsing into API values."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from ..errors import UsageError
+
+F = Callable[..., Any]
+
+
+def model_options(f: F) -> F:
+    """--model/--dtype/--device/--device-map/--trust-remote-code/--allow-download."""
+    decorators = [
+        click.option("--model", "-m", default="gemma3-270m", show_default=True,
+                     help="Shipped model name, local folder, or hub id (with --allow-download)."),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+                     show_default=True, help="Weights dtype (float32 is fastest on CPUs without bf16 units)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+        click.option("--device-map", default=None, help="accelerate device map, e.g. auto (multi-GPU)."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default)."),
+        click.option("--allow-download", is_flag=True, help="Allow downloading a hub model (needs network)."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def load_model_from(kw: dict[str, Any]):
+    """Pop the model options from a command's kwargs and load the model."""
+    from ..models.loading import load_model
+
+    return load_model(
+        kw.pop("model"),
+        dtype=kw.pop("dtype"),
+        device=kw.pop("device"),
+        device_map=kw.pop("device_map"),
+        trust_remote_code=kw.pop("trust_remote_code"),
+        allow_download=kw.pop("allow_download"),
+    )
+
+
+def data_dir_option(f: F) -> F:
+    return click.option("--data-dir", default=None, envvar="XLSTEER_DATA_DIR",
+                        help="Data directory (default: $XLSTEER_DATA_DIR, else ../shared/data).")(f)
+
+
+def parse_langs(text: str | None, *, allow_auto: bool = False) -> list[str]:
+    """Comma-separated language codes, normalised (de,deu,German? -> de)."""
+    from ..data.langs import normalize_lang
+
+    if text is None or not text.strip():
+        raise UsageError("no languages given; pass --langs as comma-separated codes, e.g. de,sw,zh")
+    out: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if allow_auto and part == "auto":
+            out.append("auto")
+            continue
+        code = normalize_lang(part)
+        if code not in out:
+            out.append(code)
+    if not out:
+        raise UsageError("no languages given; pass --langs as comma-separated codes, e.g. de,sw,zh")
+    return out
+
+
+def parse_layers(text: str | None, n_layers: int) -> list[int] | None:
+    """'6', '4-8', '2,5,9', 'all' -> layer indices (checked against the model)."""
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return list(range(n_layers))
+    layers: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise UsageError(f"cannot parse layers '{text}'; write e.g. 6, 4-8 or 2,5,9") from None
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise UsageError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
+    return sorted(set(layers))
+
+
+def parse_float(text: str, name: str) -> float:
+    from ..interventions.base import check_alpha
+
+    return check_alpha(text, name)
+
+
+def positive_int(name: str) -> click.types.IntRange:
+    return click.IntRange(min=1)

@@ -1,0 +1,279 @@
+"""Where the shared data lives, and cheap fingerprints of what was read from it.
+
+The data is read in place (never copied into the project), so every artifact records a
+*data hash* computed from the SHA256SUMS lines of the files it used: cheap, and it changes
+whenever any of those files would.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import DataError
+from ..io import sha256_file
+
+ENV_VAR = "XLSTEER_DATA_DIR"
+SUMS_FILE = "SHA256SUMS"
+
+# Expected item counts per dataset and language (shared/data/README.md, "counts (verified)").
+MGSM_LANGS = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
+XCOPA_LANGS = ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh")
+XCOPA_GMT_LANGS = tuple(x for x in XCOPA_LANGS if x != "qu")
+XNLI_LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
+# ISO 639-1 -> NTREX file code (the 21 files present in shared/data/ntrex128).
+NTREX_CODES = {
+    "en": "eng", "ar": "arb", "bn": "ben", "de": "deu", "el": "ell", "fr": "fra", "hi": "hin",
+    "id": "ind", "it": "ita", "ja": "jpn", "ko": "kor", "pt": "por", "ro": "ron", "ru": "rus",
+    "es": "spa", "sw": "swa", "te": "tel", "th": "tha", "tr": "tur", "vi": "vie", "zh": "zho-CN",
+}
+EXPECTED = {
+    "mgsm": 250, "mgsm/exemplars": 8, "xcopa/test": 500, "xcopa/val": 100,
+    "xcopa-gmt/test": 500, "xcopa-gmt/val": 100, "xnli": 2490, "xquad": 1190, "ntrex": 1997,
+}
+
+
+def ntrex_file(lang: str) -> str:
+    """Path of the NTREX file for an ISO 639-1 code, relative to the data dir."""
+    code = NTREX_CODES[lang]
+    kind = "src" if code == "eng" else "ref"
+    return f"ntrex128/newstest2019-{kind}.{code}.txt"
+
+
+def _has_sums(p: Path) -> bool:
+    return (p / SUMS_FILE).is_file()
+
+
+def _discover(start: Path) -> Path | None:
+    """Walk up from ``start`` looking for ``shared/data`` (with SHA256SUMS) beside or inside a checkout."""
+    for anc in [start, *start.parents]:
+        cand = anc / "shared" / "data"
+        if _has_sums(cand):
+            return cand.resolve()
+    return None
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Resolve the data dir: ``--data-dir`` (explicit), then $XLSTEER_DATA_DIR, then ../shared/data.
+
+    The third option walks up from this file and from the working directory looking for a
+    ``shared/data`` folder holding SHA256SUMS, so both a checkout beside ``shared/`` and an
+    installed package inside a venv of that checkout find it.
+    """
+    if explicit is not None and str(explicit) != "":
+        p = Path(explicit).expanduser()
+        if not p.is_dir():
+            raise DataError(f"--data-dir {p} is not a directory; give the folder that holds SHA256SUMS (e.g. ../shared/data)")
+        return p.resolve()
+    env = os.environ.get(ENV_VAR, "")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_dir():
+            raise DataError(f"{ENV_VAR}={env} is not a directory; point it at the folder that holds SHA256SUMS, or unset it")
+        return p.resolve()
+    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
+        found = _discover(start)
+        if found is not None:
+            return found
+    raise DataError(
+        "no data directory found: pass --data-dir DIR, set XLSTEER_DATA_DIR=DIR, "
+        "or put the data at ../shared/data beside the checkout (a folder holding SHA256SUMS)"
+    )
+
+
+_resolve_data_dir = data_dir  # for functions whose parameter is named ``data_dir``
+
+
+def _norm_rel(path: str) -> str:
+    p = path.strip().replace("\\", "/")
+    while p.startswith("./"):
+        p = p[2:]
+    return p
+
+
+def read_sums(data_dir: str | os.PathLike) -> dict[str, str]:
+    """Relative path -> sha256 from SHA256SUMS (``sha256sum`` format)."""
+    sums = Path(data_dir) / SUMS_FILE
+    if not sums.is_file():
+        raise DataError(f"{sums} does not exist; the data dir must hold SHA256SUMS (see shared/data/README.md)")
+    out: dict[str, str] = {}
+    try:
+        text = sums.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{sums} is not UTF-8 text; restore it from the shared data") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise DataError(f"{sums} line {n} is malformed (expected '<sha256>  <path>'); restore it from the shared data")
+        out[_norm_rel(parts[1].lstrip("*"))] = parts[0].lower()
+    return out
+
+
+def hash_lines(entries: Iterable[tuple[str, str]]) -> str:
+    """The data hash of (relative path, sha256) pairs: sha256 over sorted ``<sha>  ./<path>`` lines."""
+    lines = sorted(f"{sha}  ./{_norm_rel(rel)}" for rel, sha in entries)
+    return hashlib.sha256(("\n".join(lines) + "\n").encode("utf-8")).hexdigest()
+
+
+def data_hash(data_dir: str | os.PathLike, files: list[str] | None = None) -> str:
+    """Hash of the SHA256SUMS lines of ``files`` (relative paths), or of all of SHA256SUMS.
+
+    Cheap (reads only SHA256SUMS); equals :func:`files_hash` of the same files when they are intact.
+    """
+    sums = read_sums(data_dir)
+    if files is None:
+        return hash_lines(sums.items())
+    entries = []
+    for f in files:
+        rel = _norm_rel(str(f))
+        if rel not in sums:
+            raise DataError(f"{rel} is not listed in {Path(data_dir) / SUMS_FILE}; use a file of the shared data")
+        entries.append((rel, sums[rel]))
+    return hash_lines(entries)
+
+
+@functools.lru_cache(maxsize=512)
+def _sha_cached(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, cached on (path, mtime, size) so repeated loads stay cheap."""
+    st = os.stat(path)
+    return _sha_cached(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+def files_hash(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
+    """Data hash of files actually read: hashes their bytes, names them relative to ``root`` (else by file name)."""
+    entries = []
+    base = Path(root).resolve() if root is not None else None
+    for p in paths:
+        rp = Path(p).resolve()
+        rel = rp.name
+        if base is not None:
+            try:
+                rel = rp.relative_to(base).as_posix()
+            except ValueError:
+                rel = rp.name
+        entries.append((rel, file_sha256(rp)))
+    return hash_lines(entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# check_data
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return len(lines)
+
+
+def _count_jsonl(path: Path) -> int:
+    n = 0
+    with open(path, encoding="utf-8", newline="") as f:
+        for line in f:
+            if line.strip():
+                json.loads(line)
+                n += 1
+    return n
+
+
+def _count_xquad(path: Path) -> int:
+    with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    return sum(len(p["qas"]) for a in d["data"] for p in a["paragraphs"])
+
+
+def _count_exemplars(path: Path) -> dict[str, int]:
+    with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    return {lang: len(ex) for lang, ex in d["MGSM_EXEMPLARS"].items()}
+
+
+def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = True) -> dict[str, Any]:
+    """Verify every file against SHA256SUMS and count items per dataset and language.
+
+    Never raises for bad data (it reports it): ``ok`` is False when any file is missing or
+    mismatched or any count differs from the README's verified counts. Raises DataError only
+    when the data dir or SHA256SUMS cannot be found.
+    """
+    root = _resolve_data_dir(data_dir)
+    sums = read_sums(root)
+    files: dict[str, str] = {}
+    if verify_hashes:
+        for rel, sha in sorted(sums.items()):
+            p = root / rel
+            if not p.is_file():
+                files[rel] = "missing"
+            else:
+                files[rel] = "ok" if sha256_file(p) == sha else "mismatch"
+    else:
+        for rel in sorted(sums):
+            files[rel] = "ok" if (root / rel).is_file() else "missing"
+
+    counts: dict[str, dict[str, int | None]] = {k: {} for k in EXPECTED}
+    problems: list[str] = []
+
+    def count(key: str, lang: str, rel: str, fn) -> None:
+        p = root / rel
+        try:
+            counts[key][lang] = fn(p)
+        except FileNotFoundError:
+            counts[key][lang] = None
+            problems.append(f"{rel}: missing")
+            return
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            counts[key][lang] = None
+            problems.append(f"{rel}: unreadable ({type(e).__name__})")
+            return
+        if counts[key][lang] != EXPECTED[key]:
+            problems.append(f"{rel}: {counts[key][lang]} items, expected {EXPECTED[key]}")
+
+    for lang in MGSM_LANGS:
+        count("mgsm", lang, f"mgsm/mgsm_{lang}.tsv", _count_lines)
+    try:
+        ex = _count_exemplars(root / "mgsm/mgsm_exemplars.json")
+        for lang in MGSM_LANGS:
+            counts["mgsm/exemplars"][lang] = ex.get(lang)
+            if ex.get(lang) != EXPECTED["mgsm/exemplars"]:
+                problems.append(f"mgsm/mgsm_exemplars.json: {ex.get(lang)} exemplars for {lang}, expected 8")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        problems.append(f"mgsm/mgsm_exemplars.json: unreadable ({type(e).__name__})")
+    for split in ("test", "val"):
+        for lang in XCOPA_LANGS:
+            count(f"xcopa/{split}", lang, f"xcopa/data/{lang}/{split}.{lang}.jsonl", _count_jsonl)
+        for lang in XCOPA_GMT_LANGS:
+            count(f"xcopa-gmt/{split}", lang, f"xcopa/data-gmt/{lang}/{split}.{lang}.jsonl", _count_jsonl)
+    for lang in XNLI_LANGS:
+        count("xnli", lang, f"xnli/dev-{lang}.tsv", _count_lines)
+    for lang in XQUAD_LANGS:
+        count("xquad", lang, f"xquad/xquad.{lang}.json", _count_xquad)
+    for lang in NTREX_CODES:
+        count("ntrex", lang, ntrex_file(lang), _count_lines)
+
+    missing = sorted(k for k, v in files.items() if v == "missing")
+    mismatch = sorted(k for k, v in files.items() if v == "mismatch")
+    return {
+        "data_dir": str(root),
+        "data_hash": hash_lines(sums.items()),
+        "files": files,
+        "n_files": len(files),
+        "n_ok": sum(v == "ok" for v in files.values()),
+        "missing": missing,
+        "mismatch": mismatch,
+        "counts": counts,
+        "expected": dict(EXPECTED),
+        "problems": problems,
+        "ok": not missing and not mismatch and not problems,
+    }

@@ -1,0 +1,337 @@
+"""The hook engine: the one place that installs hooks, and removes them.
+
+``steer(model, interventions, ...)`` edits activations; ``record(model, sites, fn)`` reads them.
+Both share one mechanism:
+
+* A root forward pre-hook captures, once per forward call, what every site hook needs: which
+  positions are real tokens (from the 2D attention mask; left or right padding), their
+  absolute positions in the sequence (from ``cache_position``, the mask length or the KV-cache
+  length), the prompt length (set at the first, uncached call) and the language of each row.
+* Site hooks then turn the position policy and per-row routing into one boolean mask
+  ``(batch, new_tokens)`` and apply an intervention only there:
+  ``out = where(mask, intervention(act), act)``. Unselected positions are bit-identical.
+
+KV cache: during cached generation each forward call only carries the new tokens, so every
+token passes a site exactly once: prompt tokens at prefill, each generated token at its own
+decode step. Positions already in the cache are never steered again.
+
+Position policies:
+  ``all``          every real (non-padding) token of the prompt and of the generation
+  ``prompt``       only prompt tokens (positions < prompt length)
+  ``generated``    only generated tokens (positions >= prompt length)
+  ``last_prompt``  only each row's last real prompt token
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .models.sites import (
+    Site,
+    get_tensor,
+    pre_hook_replace,
+    pre_hook_tensor,
+    replace_tensor,
+    resolve,
+)
+
+Positions = Literal["all", "prompt", "generated", "last_prompt"]
+POSITION_POLICIES: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt")
+
+
+@dataclass
+class ForwardContext:
+    """What site hooks know about the forward call in progress (shared by all of them)."""
+
+    batch: int
+    new_len: int
+    past_len: int
+    token_mask: torch.Tensor  # (batch, new_len) bool: real tokens (False = padding)
+    positions: torch.Tensor  # (new_len,) absolute index of each new token in the padded sequence
+    prompt_len: int
+    last_prompt_index: torch.Tensor  # (batch,) index of each row's last real prompt token
+    langs: list[str] | None
+    anchor: str | None
+    _cache: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def steer_rows(self) -> torch.Tensor:
+        """Rows not in the anchor language (all rows when languages are unknown)."""
+        key = "steer_rows"
+        if key not in self._cache:
+            if self.langs is None or self.anchor is None:
+                rows = torch.ones(self.batch, dtype=torch.bool)
+            else:
+                rows = torch.tensor([lang != self.anchor for lang in self.langs], dtype=torch.bool)
+            self._cache[key] = rows.to(self.token_mask.device)
+        return self._cache[key]
+
+    def position_mask(self, policy: str) -> torch.Tensor:
+        """(batch, new_len) bool: where the policy selects real tokens (routing not included)."""
+        key = ("pos", policy)
+        if key not in self._cache:
+            pos = self.positions.unsqueeze(0)
+            if policy == "all":
+                m = self.token_mask
+            elif policy == "prompt":
+                m = self.token_mask & (pos < self.prompt_len)
+            elif policy == "generated":
+                m = self.token_mask & (pos >= self.prompt_len)
+            elif policy == "last_prompt":
+                m = self.token_mask & (pos == self.last_prompt_index.unsqueeze(1))
+            else:  # validated at install time
+                raise UsageError(f"unknown position policy '{policy}'; choose one of {', '.join(POSITION_POLICIES)}")
+            self._cache[key] = m
+        return self._cache[key]
+
+    def steer_mask(self, policy: str) -> torch.Tensor:
+        key = ("steer", policy)
+        if key not in self._cache:
+            self._cache[key] = self.position_mask(policy) & self.steer_rows.unsqueeze(1)
+        return self._cache[key]
+
+
+class Editor(Protocol):
+    """What the engine needs from an intervention (see ``interventions.base.Intervention``)."""
+
+    sites: Sequence[Site]
+
+    def prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any: ...
+
+    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: Any) -> torch.Tensor: ...
+
+
+Reader = Callable[[Site, torch.Tensor, ForwardContext], None]
+
+
+class HookSession:
+    """Per-context state: the current forward context and the languages for the next calls."""
+
+    def __init__(self, anchor: str | None, langs: str | Sequence[str] | None, prompt_length: int | None):
+        self.anchor = anchor
+        self._langs = langs
+        self.fixed_prompt_length = prompt_length
+        self.ctx: ForwardContext | None = None
+        self._prompt_len = 0
+        self._last_prompt_index: torch.Tensor | None = None
+        self.calls = 0
+
+    def set_langs(self, langs: str | Sequence[str] | None) -> None:
+        """Languages of the rows of the next forward calls (one code, or one per row)."""
+        self._langs = langs
+
+    def set_prompt_length(self, prompt_length: int | None) -> None:
+        self.fixed_prompt_length = prompt_length
+
+    def _row_langs(self, batch: int) -> list[str] | None:
+        if self._langs is None:
+            return None
+        if isinstance(self._langs, str):
+            return [self._langs] * batch
+        langs = list(self._langs)
+        if len(langs) != batch:
+            raise UsageError(f"got {len(langs)} row languages for a batch of {batch}; give one language per row")
+        return langs
+
+    def root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        ref = input_ids if isinstance(input_ids, torch.Tensor) else embeds
+        if ref is None:
+            raise UsageError("the model was called without input_ids or inputs_embeds")
+        batch, new_len = int(ref.shape[0]), int(ref.shape[1])
+        device = ref.device
+        mask = kwargs.get("attention_mask")
+        cache_position = kwargs.get("cache_position")
+        past = kwargs.get("past_key_values")
+        if isinstance(cache_position, torch.Tensor) and cache_position.numel() > 0:
+            past_len = int(cache_position.reshape(-1)[0])
+        elif isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            past_len = int(mask.shape[1]) - new_len
+        elif past is not None and hasattr(past, "get_seq_length"):
+            past_len = int(past.get_seq_length())
+        else:
+            past_len = 0
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] >= past_len + new_len:
+            token_mask = mask[:, past_len : past_len + new_len].to(device=device, dtype=torch.bool)
+        else:
+            token_mask = torch.ones(batch, new_len, dtype=torch.bool, device=device)
+        positions = torch.arange(past_len, past_len + new_len, device=device)
+        if past_len == 0:
+            self._prompt_len = self.fixed_prompt_length if self.fixed_prompt_length is not None else new_len
+            in_prompt = token_mask & (positions.unsqueeze(0) < self._prompt_len)
+            idx = torch.where(in_prompt, positions.unsqueeze(0), torch.full_like(positions.unsqueeze(0), -1))
+            self._last_prompt_index = idx.max(dim=1).values
+        elif self._last_prompt_index is None or self._last_prompt_index.shape[0] != batch:
+            # a cached call without a prefill seen by this context: treat the cache as prompt
+            self._prompt_len = past_len
+            self._last_prompt_index = torch.full((batch,), past_len - 1, device=device)
+        self.ctx = ForwardContext(
+            batch=batch,
+            new_len=new_len,
+            past_len=past_len,
+            token_mask=token_mask,
+            positions=positions,
+            prompt_len=self._prompt_len,
+            last_prompt_index=self._last_prompt_index.to(device),
+            langs=self._row_langs(batch),
+            anchor=self.anchor,
+        )
+        self.calls += 1
+
+
+def _ctx_for(session: HookSession, act: torch.Tensor) -> ForwardContext | None:
+    ctx = session.ctx
+    if ctx is None or act.dim() != 3 or act.shape[0] != ctx.batch or act.shape[1] != ctx.new_len:
+        return None
+    return ctx
+
+
+def _edit(
+    site: Site,
+    editors: list[tuple[Any, Any, str]],
+    session: HookSession,
+    act: torch.Tensor,
+) -> torch.Tensor | None:
+    ctx = _ctx_for(session, act)
+    if ctx is None:
+        raise UsageError(
+            f"cannot steer at {site}: the activation has shape {tuple(act.shape)} but the forward call "
+            "was not seen by the root hook; call the model object that was passed to steer()"
+        )
+    out = act
+    changed = False
+    for editor, prepared, policy in editors:
+        mask = ctx.steer_mask(policy)
+        if not bool(mask.any()):
+            continue
+        if mask.device != out.device:
+            mask = mask.to(out.device)
+        new = editor.apply(site, out, ctx, prepared)
+        out = torch.where(mask.unsqueeze(-1), new.to(out.dtype), out)
+        changed = True
+    return out if changed else None
+
+
+def _install(
+    model: nn.Module,
+    session: HookSession,
+    editors: Sequence[tuple[Any, str]],
+    readers: Sequence[tuple[Sequence[Site], Reader]],
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Install every hook before any forward runs; on any failure remove those already installed."""
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        handles.append(model.register_forward_pre_hook(session.root_pre_hook, with_kwargs=True))
+        by_site: dict[Site, list[tuple[Any, Any, str]]] = {}
+        for editor, policy in editors:
+            if policy not in POSITION_POLICIES:
+                raise UsageError(f"unknown position policy '{policy}'; choose one of {', '.join(POSITION_POLICIES)}")
+            for site in editor.sites:
+                module, _ = resolve(model, site)
+                param = next(module.parameters(), None)
+                device = param.device if param is not None else torch.device("cpu")
+                dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+                by_site.setdefault(site, []).append((editor, editor.prepare(site, device, dtype), policy))
+        read_by_site: dict[Site, list[Reader]] = {}
+        for sites, fn in readers:
+            for site in sites:
+                resolve(model, site)
+                read_by_site.setdefault(site, []).append(fn)
+
+        for site in sorted(set(by_site) | set(read_by_site)):
+            module, kind = resolve(model, site)
+            site_editors = by_site.get(site, [])
+            site_readers = read_by_site.get(site, [])
+            handles.append(_make_hook(module, kind, site, site_editors, site_readers, session))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return handles
+
+
+def _make_hook(module, kind, site, site_editors, site_readers, session):
+    def run(act: torch.Tensor) -> torch.Tensor | None:
+        new = _edit(site, site_editors, session, act) if site_editors else None
+        if site_readers:
+            seen = new if new is not None else act
+            ctx = _ctx_for(session, seen)
+            if ctx is not None:
+                for fn in site_readers:
+                    fn(site, seen, ctx)
+        return new
+
+    if kind == "pre":
+
+        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict):
+            new = run(pre_hook_tensor(args, kwargs))
+            return None if new is None else pre_hook_replace(args, kwargs, new)
+
+        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def post_hook(mod: nn.Module, args: tuple, output: Any):
+        new = run(get_tensor(output))
+        return None if new is None else replace_tensor(output, new)
+
+    return module.register_forward_hook(post_hook)
+
+
+def _as_list(interventions: Any) -> list[Any]:
+    if interventions is None:
+        return []
+    if isinstance(interventions, (list, tuple)):
+        return list(interventions)
+    return [interventions]
+
+
+@contextlib.contextmanager
+def steer(
+    model: nn.Module | Any,
+    interventions: Any,
+    *,
+    langs: str | Sequence[str] | None = None,
+    anchor: str | None = "en",
+    positions: Positions | Sequence[Positions] = "all",
+    prompt_length: int | None = None,
+    readers: Iterable[tuple[Sequence[Site], Reader]] = (),
+) -> Iterator[HookSession]:
+    """Apply interventions to ``model`` inside the block; hooks are removed on exit, also on errors.
+
+    ``langs`` is the language of the inputs (one code for the whole batch, or one per row;
+    ``session.set_langs`` changes it between calls). Rows in ``anchor`` are never steered;
+    ``anchor=None`` steers every row (e.g. to test what steering the anchor does).
+    ``positions`` is one policy for all interventions or one per intervention.
+    """
+    model = getattr(model, "model", model) if not isinstance(model, nn.Module) else model
+    items = _as_list(interventions)
+    policies = [positions] * len(items) if isinstance(positions, str) else list(positions)
+    if len(policies) != len(items):
+        raise UsageError(f"got {len(policies)} position policies for {len(items)} interventions")
+    session = HookSession(anchor, langs, prompt_length)
+    handles = _install(model, session, list(zip(items, policies)), list(readers))
+    try:
+        yield session
+    finally:
+        for h in handles:
+            h.remove()
+        session.ctx = None
+
+
+@contextlib.contextmanager
+def record(
+    model: nn.Module | Any,
+    sites: Sequence[Site],
+    fn: Reader,
+    *,
+    langs: str | Sequence[str] | None = None,
+) -> Iterator[HookSession]:
+    """Call ``fn(site, activation, ctx)`` at each site on every forward call inside the block."""
+    with steer(model, [], langs=langs, anchor=None, readers=[(list(sites), fn)]) as session:
+        yield session

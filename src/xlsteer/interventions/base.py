@@ -1,0 +1,195 @@
+"""The one Intervention abstraction every method produces.
+
+Methods differ in how they are *fitted*, never in how they are applied: each is a small object
+holding named tensors and JSON parameters, applying itself per row given the row's language,
+and saving itself as one safetensors file whose metadata records method, parameters, sites,
+languages, anchor, model fingerprint, data hash and library versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ArtifactError, FingerprintError, LanguageError, UsageError
+from ..hooks import ForwardContext
+from ..io import load_tensors, save_tensors
+from ..models.sites import Site
+from ..provenance import provenance
+
+FORMAT_VERSION = 1
+_REGISTRY: dict[str, type["Intervention"]] = {}
+
+
+def register(cls: type["Intervention"]) -> type["Intervention"]:
+    _REGISTRY[cls.method] = cls
+    return cls
+
+
+def registered_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check_alpha(alpha: Any, name: str = "alpha") -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number, got {alpha!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {alpha!r}")
+    return value
+
+
+class Intervention:
+    """Base class: tensors + params + sites; ``apply`` edits one site's activation.
+
+    ``strength`` multiplies the effect without refitting (its meaning is method-specific and
+    documented by each subclass; ``strength=0`` is always the identity).
+    """
+
+    method: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        *,
+        sites: list[Site],
+        tensors: dict[str, torch.Tensor],
+        params: dict[str, Any],
+        languages: list[str],
+        anchor: str = "en",
+        strength: float = 1.0,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.sites = sorted(sites)
+        self.tensors = tensors
+        self.params = dict(params)
+        self.languages = list(languages)
+        self.anchor = anchor
+        self.strength = check_alpha(strength, "strength")
+        self.meta = dict(meta or {})
+        self._prepared: dict[tuple[Site, str, torch.dtype], Any] = {}
+
+    # ---- application -------------------------------------------------------------------
+    def prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """Cast what ``apply`` needs at ``site`` to the hooked module's device and dtype, once."""
+        key = (site, str(device), dtype)
+        if key not in self._prepared:
+            self._prepared[key] = self._prepare(site, device, dtype)
+        return self._prepared[key]
+
+    def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        return None
+
+    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def row_languages(self, ctx: ForwardContext) -> list[str]:
+        """Each row's language; a single-language intervention may be used without tags."""
+        if ctx.langs is not None:
+            missing = sorted({lang for lang in ctx.langs if lang != self.anchor and lang not in self.languages})
+            if missing:
+                raise LanguageError(
+                    f"{self.method} intervention has no statistics for language(s) {', '.join(missing)} "
+                    f"(it has {', '.join(self.languages)}); fit it with --langs including them"
+                )
+            return list(ctx.langs)
+        if len(self.languages) == 1:
+            return [self.languages[0]] * ctx.batch
+        raise LanguageError(
+            f"this {self.method} intervention covers {len(self.languages)} languages; "
+            "tag the inputs with --lang CODE (or --lang auto)"
+        )
+
+    def language_index(self, ctx: ForwardContext, device: torch.device) -> torch.Tensor:
+        """(batch,) index into ``self.languages`` per row; -1 for anchor rows (never steered)."""
+        key = ("lang_index", id(self), str(device))
+        if key not in ctx._cache:
+            index = {lang: i for i, lang in enumerate(self.languages)}
+            rows = self.row_languages(ctx)
+            ctx._cache[key] = torch.tensor([index.get(lang, -1) for lang in rows], device=device)
+        return ctx._cache[key]
+
+    # ---- composition -------------------------------------------------------------------
+    def scaled(self, factor: float) -> "Intervention":
+        """A copy with strength multiplied by ``factor`` (no refit)."""
+        out = copy.copy(self)
+        out.strength = self.strength * check_alpha(factor, "alpha")
+        out._prepared = {}
+        out.params = dict(self.params)
+        return out
+
+    def with_strength(self, strength: float) -> "Intervention":
+        out = self.scaled(1.0)
+        out.strength = check_alpha(strength, "alpha")
+        return out
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({s.layer for s in self.sites})
+
+    # ---- persistence -------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": "xlsteer.intervention",
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "sites": [str(s) for s in self.sites],
+            "params": self.params,
+            "languages": self.languages,
+            "anchor": self.anchor,
+            "strength": self.strength,
+            **self.meta,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        meta = self.metadata()
+        meta.setdefault("provenance", provenance())
+        return save_tensors(path, self.tensors, meta)
+
+    @staticmethod
+    def load(path: str | Path) -> "Intervention":
+        tensors, meta = load_tensors(path, what="intervention file")
+        required = ("format", "method", "sites", "params", "languages", "anchor", "strength")
+        missing = [k for k in required if k not in meta]
+        if meta.get("format") != "xlsteer.intervention" or missing:
+            raise ArtifactError(
+                f"intervention file {path} is missing metadata field(s) {', '.join(missing) or 'format'}; "
+                "re-create it with `xlsteer fit`"
+            )
+        cls = _REGISTRY.get(meta["method"])
+        if cls is None:
+            raise ArtifactError(
+                f"intervention file {path} has unknown method '{meta['method']}'; "
+                f"known: {', '.join(registered_methods())}"
+            )
+        extra = {k: v for k, v in meta.items() if k not in required and k != "format_version"}
+        obj = cls(
+            sites=[Site.parse(s) for s in meta["sites"]],
+            tensors=tensors,
+            params=meta["params"],
+            languages=meta["languages"],
+            anchor=meta["anchor"],
+            strength=meta["strength"],
+            meta=extra,
+        )
+        obj.validate()
+        return obj
+
+    def validate(self) -> None:
+        """Subclasses check their tensors' names and shapes after load."""
+
+    def check_model(self, fingerprint: dict[str, Any]) -> None:
+        """Refuse to run on a model other than the one this was fitted on."""
+        from ..models.loading import check_fingerprint
+
+        expected = self.meta.get("model_fingerprint")
+        if expected is None:
+            return
+        try:
+            check_fingerprint(expected, fingerprint, what=f"{self.method} intervention")
+        except FingerprintError:
+            raise

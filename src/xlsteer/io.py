@@ -1,0 +1,157 @@
+"""Crash-safe file output and safe tensor I/O (safetensors + JSON metadata only; never pickle)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ArtifactError, UsageError
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early (before any work) when an output path cannot be written."""
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise UsageError(f"output path {p} is a directory; give a file name, e.g. {p}/out.json")
+    parent = p.parent if str(p.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot write {p}: {probe} is a file, not a directory; choose another output path")
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"cannot write {p}: directory {probe} is not writable; choose another output path")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    p = check_writable(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, p)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any) -> Any:
+    """Replace NaN/Inf floats by None so the JSON is standard (and stays byte-stable)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no NaN, two-space indent, trailing newline."""
+    return json.dumps(_clean(obj), sort_keys=True, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, dumps_json(obj))
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {p} does not exist; check the path")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{what} {p} is not UTF-8 text; give a JSON file written by xlsteer") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{what} {p} is malformed JSON (line {e.lineno}: {e.msg}); re-create it") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Save tensors as safetensors with the metadata as one JSON string inside the file.
+
+    One file carries both, so a tensor can never be separated from its provenance.
+    """
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ArtifactError(f"tensor {name!r} contains NaN or Inf; refusing to save (check the fit inputs)")
+    meta = {"xlsteer": dumps_json(metadata)}
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a safetensors file written by :func:`save_tensors`; refuse anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {p} does not exist; check the path")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get("xlsteer")
+        tensors = load_file(str(p))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ArtifactError(f"{what} {p} is corrupted or truncated ({msg}); re-create it") from None
+    if raw is None:
+        raise ArtifactError(f"{what} {p} has no xlsteer metadata; it was not written by xlsteer")
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ArtifactError(f"{what} {p} has malformed metadata; re-create it") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ArtifactError(f"{what} {p}: tensor {name!r} contains NaN or Inf; re-create it")
+    return tensors, metadata
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

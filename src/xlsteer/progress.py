@@ -1,0 +1,27 @@
+"""Progress reporting owned by the caller: the library only asks for a bar, the CLI decides to show it."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def enabled() -> bool:
+    return os.environ.get("XLSTEER_QUIET", "") not in ("1", "true", "yes")
+
+
+def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """A bar with rate and ETA on stderr, or the bare iterable when progress is disabled."""
+    if not enabled():
+        yield from iterable
+        return
+    yield from tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)
+
+
+def bar(total: int, desc: str = "", unit: str = "it") -> tqdm:
+    """A manually advanced bar (e.g. tokens or items inside batches)."""
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, disable=not enabled())

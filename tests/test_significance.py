@@ -1,0 +1,148 @@
+"""Hand-computed and distributional cases for xlsteer.evaluation.significance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xlsteer.errors import DataError, UsageError
+from xlsteer.evaluation.significance import (
+    bootstrap_ci,
+    compare,
+    mcnemar,
+    mde_proportion,
+    min_detectable_effect,
+    paired_bootstrap,
+    regression,
+    summarize,
+)
+
+Z = 1.959963984540054 + 0.8416212335729143  # z_{0.975} + z_{0.8}
+
+
+def test_bootstrap_ci_basic_and_shrinks():
+    rng = np.random.default_rng(123)
+    small = rng.normal(0.5, 1.0, 50)
+    large = rng.normal(0.5, 1.0, 2000)
+    ps, ls, hs = bootstrap_ci(small, seed=1)
+    pl, ll, hl = bootstrap_ci(large, seed=1)
+    assert ps == float(np.mean(small)) and pl == float(np.mean(large))
+    assert ls <= ps <= hs and ll <= pl <= hl
+    # width ~ 2 * 1.96 * sd / sqrt(n): ratio sqrt(40) ~ 6.3
+    assert (hl - ll) < (hs - ls) / 3
+    assert (hs - ls) == pytest.approx(2 * 1.96 * np.std(small) / math.sqrt(50), rel=0.2)
+    # deterministic given the seed, different for another seed
+    assert bootstrap_ci(small, seed=1) == (ps, ls, hs)
+    assert bootstrap_ci(small, seed=2) != (ps, ls, hs)
+
+
+def test_bootstrap_ci_edges():
+    assert bootstrap_ci([3.5]) == (3.5, 3.5, 3.5)
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    with pytest.raises(DataError):
+        bootstrap_ci([])
+    with pytest.raises(DataError):
+        bootstrap_ci([1.0, float("nan")])
+    with pytest.raises(UsageError):
+        bootstrap_ci([1.0, 2.0], alpha=1.5)
+    # a statistic without axis= support falls back to a loop with the same draws
+    v = np.arange(20.0)
+    assert bootstrap_ci(v, stat=lambda x: float(np.median(x)), seed=3) == bootstrap_ci(v, stat=np.median, seed=3)
+
+
+def test_paired_bootstrap_identical_and_strong():
+    a = np.random.default_rng(0).integers(0, 2, 200)
+    res = paired_bootstrap(a, a.copy(), seed=5)
+    assert res["p"] == 1.0 and res["diff"] == 0.0
+    assert res["ci_low"] == 0.0 and res["ci_high"] == 0.0
+    b = np.ones(100)
+    b[:20] = 0
+    strong = paired_bootstrap(np.zeros(100), b, seed=5)
+    assert strong["diff"] == pytest.approx(0.8)
+    assert strong["p"] == 0.0
+    assert strong["ci_low"] <= 0.8 <= strong["ci_high"]
+    assert paired_bootstrap([0.0], [1.0])["p"] == 1.0
+    assert paired_bootstrap(a, 1 - a, seed=9) == paired_bootstrap(a, 1 - a, seed=9)
+
+
+def _mcnemar_arrays(b01, b10, both_right, both_wrong):
+    a = [0] * b01 + [1] * b10 + [1] * both_right + [0] * both_wrong
+    b = [1] * b01 + [0] * b10 + [1] * both_right + [0] * both_wrong
+    return np.array(a), np.array(b)
+
+
+def test_mcnemar_hand_computed():
+    a, b = _mcnemar_arrays(8, 2, 5, 3)
+    res = mcnemar(a, b)
+    assert (res["b01"], res["b10"], res["n_discordant"], res["n"]) == (8, 2, 10, 18)
+    # two-sided exact: 2 * P(X <= 2 | n=10, 1/2) = 2 * (1 + 10 + 45) / 1024
+    assert res["p"] == pytest.approx(112 / 1024, abs=1e-12)
+    assert mcnemar([1, 0, 1], [1, 0, 1])["p"] == 1.0
+    # 5 vs 0: 2 / 32
+    a, b = _mcnemar_arrays(5, 0, 0, 0)
+    assert mcnemar(a, b)["p"] == pytest.approx(1 / 16)
+    with pytest.raises(DataError):
+        mcnemar([0.5, 1], [1, 1])
+
+
+def test_min_detectable_effect():
+    # d = [1, 0, 0, 0]: sd (ddof=1) = 0.5, n = 4 -> Z * 0.5 / 2
+    assert min_detectable_effect([0, 0, 0, 0], [1, 0, 0, 0]) == pytest.approx(Z * 0.25)
+    # identical scores: paired sd 0 -> unpaired sd sqrt(1/3 + 1/3)
+    assert min_detectable_effect([1, 0, 1, 0], [1, 0, 1, 0]) == pytest.approx(Z * math.sqrt(2 / 3) / 2)
+    mdes = [min_detectable_effect(np.tile([0, 1, 1, 0, 1], k), np.tile([1, 1, 0, 0, 1], k)) for k in (4, 16, 64)]
+    assert mdes[0] > mdes[1] > mdes[2]
+    assert mdes[0] == pytest.approx(2 * mdes[1], rel=0.05)  # ~ 1/sqrt(n)
+    assert min_detectable_effect([1.0], [2.0]) == math.inf
+    assert mde_proportion(0.5, 100) == pytest.approx(Z * math.sqrt(0.005))
+    assert mde_proportion(0.5, 400) < mde_proportion(0.5, 100)
+    with pytest.raises(UsageError):
+        mde_proportion(1.5, 10)
+
+
+def test_summarize_and_compare():
+    s = summarize([0, 1, 1, 1], seed=0)
+    assert s["mean"] == 0.75 and s["n"] == 4 and s["ci_low"] <= 0.75 <= s["ci_high"]
+
+    base, method = _mcnemar_arrays(30, 2, 50, 18)
+    gain = compare(base, method, kind="binary", seed=0)
+    assert gain["diff"] == pytest.approx(28 / 100)
+    assert (gain["b01"], gain["b10"], gain["test"]) == (30, 2, "mcnemar")
+    assert gain["p"] == gain["p_mcnemar"] < 0.05
+    assert gain["verdict"] == "significant gain"
+    assert compare(method, base, kind="binary", seed=0)["verdict"] == "significant loss"
+
+    same = compare(base, base, kind="binary", seed=0)
+    assert same["p"] == 1.0 and same["p_bootstrap"] == 1.0 and same["diff"] == 0.0
+    assert same["verdict"] == f"no significant effect (MDE {same['mde']:.2f})"
+    assert same["verdict"].startswith("no significant effect (MDE 0.")
+
+    rng = np.random.default_rng(4)
+    x = rng.random(300)
+    cont = compare(x, x + 0.05 + rng.normal(0, 0.01, 300), kind="continuous", seed=0)
+    assert cont["test"] == "paired_bootstrap" and cont["verdict"] == "significant gain"
+    assert "p_mcnemar" not in cont
+    assert compare(base, method, kind="binary", seed=7) == compare(base, method, kind="binary", seed=7)
+    with pytest.raises(UsageError):
+        compare(base, method, kind="ordinal")
+    with pytest.raises(DataError):
+        compare([0.3, 0.2], [0.1, 0.5], kind="binary")
+
+
+def test_regression_recovers_slope():
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 10, 200)
+    y = 3.0 * x + 2.0 + rng.normal(0, 0.5, x.size)
+    res = regression(x, y)
+    assert abs(res["slope"] - 3.0) < 0.05 and abs(res["intercept"] - 2.0) < 0.2
+    assert res["r"] > 0.99 and res["p"] < 1e-100 and res["n"] == 200
+    exact = regression([0, 1, 2, 3], [1, 3, 5, 7])
+    assert exact["slope"] == pytest.approx(2.0) and exact["intercept"] == pytest.approx(1.0)
+    assert exact["r"] == pytest.approx(1.0)
+    assert regression([1, 2, 3], [5, 5, 5]) == {"slope": 0.0, "intercept": 5.0, "r": 0.0, "p": 1.0, "n": 3}
+    with pytest.raises(DataError):
+        regression([1, 2], [1, 2])
+    with pytest.raises(DataError):
+        regression([1, 1, 1], [1, 2, 3])
