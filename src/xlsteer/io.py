@@ -9,11 +9,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
 
 from .errors import ArtifactError, UsageError
 
@@ -104,11 +103,13 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise ArtifactError(f"{what} {p} is malformed JSON (line {e.lineno}: {e.msg}); re-create it") from None
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], metadata: dict[str, Any]) -> Path:
     """Save tensors as safetensors with the metadata as one JSON string inside the file.
 
     One file carries both, so a tensor can never be separated from its provenance.
     """
+    import torch
+    from safetensors.torch import save_file
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"tensor {name!r} contains NaN or Inf; refusing to save (check the fit inputs)")
@@ -119,8 +120,11 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     return Path(path)
 
 
-def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
     """Load a safetensors file written by :func:`save_tensors`; refuse anything else."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} {p} does not exist; check the path")

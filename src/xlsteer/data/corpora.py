@@ -258,7 +258,7 @@ def load_xquad_paragraphs(
         for a in arts:
             for j, para in enumerate(data[a]["paragraphs"]):
                 lang_ids.append(f"xquad/{a}/{j}")
-                lang_texts.append(para["context"])
+                lang_texts.append(para["context"].lstrip("\ufeff"))  # a few contexts start with a BOM
         if ids is not None and lang_ids != ids:
             raise DataError(f"misaligned parallel data: {p} has a different paragraph structure than {wanted[0]}")
         ids = lang_ids

@@ -347,7 +347,7 @@ def _golds(golds: str | Iterable[str]) -> list[str]:
 def _f1_one(pred_toks: list[str], gold_toks: list[str]) -> float:
     common = Counter(pred_toks) & Counter(gold_toks)
     num_same = sum(common.values())
-    if num_same == -1:  # as in SQuAD v1.1: also 0 when both are empty
+    if num_same == 0:  # as in SQuAD v1.1: also 0 when both are empty
         return 0.0
     precision = num_same / len(pred_toks)
     recall = num_same / len(gold_toks)
@@ -455,7 +455,7 @@ def degenerate(pred: Sequence[Any], threshold: float = 0.9) -> dict[str, Any]:
         raise UsageError(f"degenerate: threshold {threshold} must lie in (0, 1]; e.g. 0.9")
     label, count = Counter(p).most_common(1)[0]
     share = count / len(p)
-    return {"degenerate": bool(share > threshold), "majority_label": label, "majority_share": float(share)}
+    return {"degenerate": bool(share >= threshold), "majority_label": label, "majority_share": float(share)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Residual-stream steering vectors (DiffMean and learned): ``h <- h + alpha * v[lang, layer]``.
 
+``fit_diffmean`` computes the closed-form vector of METHODS.md section 1 from statistics;
+``learned.fit_learned`` optimises one with the model frozen. Both produce a ``SteeringVector``.
+
 Tensors: ``vectors@<layer>`` of shape (n_languages, d), one row per language in
 ``self.languages``. How the stored vector is scaled at application time is the parameter
 ``normalize``:
@@ -12,14 +15,20 @@ Tensors: ``vectors@<layer>`` of shape (n_languages, d), one row per language in
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import time
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, FingerprintError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
+from ..provenance import now_utc
 from .base import Intervention, register
+
+if TYPE_CHECKING:
+    from ..stats import Statistics
 
 
 def vector_key(layer: int) -> str:
@@ -61,6 +70,161 @@ class SteeringVector(Intervention):
         return torch.cat([v, zero]).to(device=device, dtype=dtype)
 
     def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+        check_width(self, site, act, prepared.shape[-1])
         idx = self.language_index(ctx, act.device)
         rows = prepared[idx]  # index -1 selects the zero row
         return act + rows.unsqueeze(1)
+
+    def select_layers(self, layers: Sequence[int]) -> "SteeringVector":
+        """The same vectors at a subset of the layers (for a layer sweep over one fit)."""
+        missing = sorted(set(layers) - set(self.layers))
+        if missing:
+            raise UsageError(
+                f"this steering vector has no layer(s) {missing} (it has {self.layers}); fit it at those layers"
+            )
+        keep = set(layers)
+        sites = [s for s in self.sites if s.layer in keep]
+        tensors = {vector_key(layer): self.tensors[vector_key(layer)] for layer in sorted(keep)}
+        params = dict(self.params)
+        if "ref_norm" in params:
+            params["ref_norm"] = {k: v for k, v in params["ref_norm"].items() if int(k) in keep}
+        return type(self)(
+            sites=sites, tensors=tensors, params=params, languages=self.languages, anchor=self.anchor,
+            strength=self.strength, meta=dict(self.meta),
+        )
+
+
+# ---- helpers shared by the fit functions of every method -------------------------------------
+
+
+def check_width(iv: Intervention, site: Site, act: torch.Tensor, width: int) -> None:
+    """Refuse an activation of another width (an artifact applied to another model)."""
+    if act.shape[-1] != width:
+        raise FingerprintError(
+            f"{iv.method} intervention at {site} was fitted for width {width}, but the model's activation "
+            f"there has width {act.shape[-1]}; fit it again for this model"
+        )
+
+
+def fit_metadata(stats: "Statistics | None", meta: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """``meta`` of a fitted intervention: model fingerprint and data hash (from the statistics
+    unless given), fit time and date. Given values win over the statistics' ones."""
+    out: dict[str, Any] = {}
+    if stats is not None:
+        for key in ("model_fingerprint", "data_hash"):
+            if key in stats.meta:
+                out[key] = stats.meta[key]
+        out["statistics"] = {
+            "pooling": stats.pooling,
+            "threshold": stats.threshold,
+            "counts": {lang: stats.counts(lang, stats.sites[0])[0] for lang in stats.langs} if stats.sites else {},
+        }
+    out.update(dict(meta or {}))
+    out.setdefault("fit_seconds", round(float(seconds), 4))
+    out.setdefault("fitted_at", now_utc())
+    return out
+
+
+def check_targets(target_langs: Sequence[str] | str, anchor: str, what: str) -> list[str]:
+    """Target languages as a list without duplicates; the anchor is never a target."""
+    langs = [target_langs] if isinstance(target_langs, str) else list(target_langs)
+    langs = list(dict.fromkeys(langs))
+    if anchor in langs:
+        raise UsageError(
+            f"{what}: the anchor language '{anchor}' cannot also be a target (anchor rows are never steered); "
+            "drop it from --langs"
+        )
+    if not langs:
+        raise UsageError(f"{what}: no target languages; give --langs with at least one non-anchor language")
+    return langs
+
+
+def check_layers(layers: Sequence[int] | int, what: str) -> list[int]:
+    out = [layers] if isinstance(layers, int) else list(layers)
+    if not out:
+        raise UsageError(f"{what}: no layers given; pass --layers, e.g. --layers 6")
+    if any(not isinstance(x, int) or isinstance(x, bool) for x in out):
+        raise UsageError(f"{what}: layers must be integers, got {out}")
+    return sorted(set(out))
+
+
+def token_rms_norm(stats: "Statistics", site: Site, langs: Sequence[str]) -> float:
+    """sqrt(E ||h||^2) over every counted token of ``langs`` at ``site`` (BOS excluded by collect).
+
+    The root-mean-square token norm: sqrt of the sum over dimensions of the token-level second
+    moments, pooled over the languages. It is what ``normalize="relative"`` scales vectors by.
+    """
+    total, count = 0.0, 0
+    for lang in langs:
+        a = stats._get(lang, site)
+        total += float(a.tok_sumsq.sum())
+        count += a.n_tokens
+    if count == 0:
+        raise UsageError(f"no tokens at {site} in the statistics; cannot compute a reference norm")
+    return math.sqrt(total / count)
+
+
+def fit_diffmean(
+    stats: "Statistics",
+    layers: Sequence[int] | int,
+    target_langs: Sequence[str] | str,
+    anchor: str = "en",
+    site: str = "resid_post",
+    normalize: str = "none",
+    ref_norm: Mapping[int, float] | float | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> SteeringVector:
+    """DiffMean: ``v[t, l] = mean_items(h_anchor) - mean_items(h_t)`` at ``site`` of each layer.
+
+    Item level: each text is pooled first (mean over its tokens or its last token: the
+    statistics' pooling, recorded in params), then averaged over texts, so long texts do not
+    weigh more. With ``normalize="none"`` and strength 1, adding v at every token moves the
+    mean-pooled target mean exactly onto the anchor mean at that layer.
+
+    ``normalize="relative"`` needs a reference norm per layer: by default the RMS token norm
+    (:func:`token_rms_norm`, anchor and targets pooled, BOS excluded); pass ``ref_norm`` (one
+    number or one per layer) to use a measured value instead. Either way it is recorded.
+    """
+    t0 = time.perf_counter()
+    targets = check_targets(target_langs, anchor, "diffmean")
+    layer_list = check_layers(layers, "diffmean")
+    if normalize not in SteeringVector.NORMALIZE:
+        raise UsageError(f"unknown normalize mode '{normalize}'; choose one of {', '.join(SteeringVector.NORMALIZE)}")
+    tensors: dict[str, torch.Tensor] = {}
+    norms: dict[str, float] = {}
+    for layer in layer_list:
+        s = Site(layer, site)
+        a = stats._get(anchor, s)
+        anchor_mean = a.item_sum / a.n_items  # float64 accumulators: subtract before rounding
+        rows = []
+        for t in targets:
+            b = stats._get(t, s)
+            rows.append(anchor_mean - b.item_sum / b.n_items)
+        tensors[vector_key(layer)] = torch.stack(rows).float()
+        if normalize == "relative":
+            if ref_norm is None:
+                norms[str(layer)] = token_rms_norm(stats, s, [anchor, *targets])
+            elif isinstance(ref_norm, Mapping):
+                if layer not in ref_norm and str(layer) not in ref_norm:
+                    raise UsageError(f"ref_norm has no value for layer {layer}; give one per layer")
+                norms[str(layer)] = float(ref_norm.get(layer, ref_norm.get(str(layer))))  # type: ignore[arg-type]
+            else:
+                norms[str(layer)] = float(ref_norm)
+    params: dict[str, Any] = {
+        "fit": "diffmean",
+        "normalize": normalize,
+        "pooling": stats.pooling,
+        "level": "item",
+        "site": site,
+    }
+    if normalize == "relative":
+        params["ref_norm"] = norms
+        params["ref_norm_source"] = "given" if ref_norm is not None else "stats_token_rms"
+    return SteeringVector(
+        sites=[Site(layer, site) for layer in layer_list],
+        tensors=tensors,
+        params=params,
+        languages=targets,
+        anchor=anchor,
+        meta=fit_metadata(stats, meta, time.perf_counter() - t0),
+    )

@@ -1,0 +1,48 @@
+"""Export commands: interventions to formats other runtimes serve (llama.cpp control vectors)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("export")
+def export_group() -> None:
+    """Export an intervention for serving outside xlsteer."""
+
+
+@export_group.command("gguf")
+@click.argument("file", type=click.Path())
+@click.option("--lang", "-l", default=None,
+              help="Target language whose vector to export (optional when the vector has one language).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Control-vector file to write (.gguf).")
+@click.option("--model-hint", default=None, help="controlvector.model_hint (default: the fitted model's type).")
+def export_gguf_cmd(file: str, lang: str | None, output: str, model_hint: str | None) -> None:
+    """Write a resid_post steering vector as a llama.cpp control vector.
+
+    Serve it with: llama-server -m MODEL.gguf --control-vector-scaled OUT.gguf:ALPHA
+    (ALPHA is xlsteer's alpha; the file holds the vector at strength 1).
+    """
+    from ..errors import UsageError
+    from ..export.gguf import export_control_vector, read_control_vector
+    from ..interventions.base import Intervention
+    from ..io import check_writable
+
+    check_writable(output)
+    iv = Intervention.load(file)
+    if lang is None:
+        if len(iv.languages) != 1:
+            raise UsageError(
+                f"this intervention covers {len(iv.languages)} languages ({', '.join(iv.languages)}); "
+                "choose one with --lang (llama.cpp applies one control vector to every request)"
+            )
+        lang = iv.languages[0]
+    path = export_control_vector(iv, lang, output, model_hint=model_hint)
+    layers = sorted(read_control_vector(path))
+    click.echo(
+        f"wrote {path}: control vector for '{lang}' at layer(s) {', '.join(map(str, layers))} "
+        f"(strength 1; xlsteer strength {iv.strength:g}); "
+        f"serve with --control-vector-scaled {path}:{iv.strength:g}"
+    )
+
+
+COMMANDS = [export_group]

@@ -1,0 +1,136 @@
+"""Evaluation items and the task registry.
+
+Every task module (mgsm, xcopa, xnli, xquad) exposes ``NAME``, ``LANGS``, ``SPLITS``,
+``load_items(data_dir, lang, split, limit=None) -> list[Item]`` and
+``data_files(lang, split) -> list[str]`` (paths relative to the data dir, for
+:func:`xlsteer.data.paths.data_hash`). Splits follow METHODS.md section 5 and are fixed by
+position or id, so an item's ``id`` is identical in every language: scores can be paired
+across languages and methods item by item.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator, Sequence
+
+from ...data.langs import normalize_lang
+from ...data.paths import data_dir as _resolve_data_dir
+from ...errors import DataError, LanguageError, UsageError
+
+TASK_NAMES = ("mgsm", "xcopa", "xnli", "xquad")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One evaluation item in one language. ``answer`` is the gold answer (task-specific type)."""
+
+    id: str
+    lang: str
+    split: str
+    fields: dict
+    answer: Any
+
+
+class _Registry(Mapping):
+    """name -> task module, imported on first use (keeps ``import xlsteer`` cheap)."""
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in TASK_NAMES:
+            raise KeyError(name)
+        return importlib.import_module(f"{__package__}.{name}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TASK_NAMES)
+
+    def __len__(self) -> int:
+        return len(TASK_NAMES)
+
+
+TASKS: Mapping[str, ModuleType] = _Registry()
+
+
+def get_task(name: str) -> ModuleType:
+    """The task module for ``name`` (mgsm, xcopa, xnli, xquad)."""
+    key = str(name).strip().lower()
+    if key not in TASK_NAMES:
+        raise UsageError(f"unknown task {name!r}; available: {' '.join(TASK_NAMES)}")
+    return TASKS[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the task modules
+
+
+def resolve_lang(task: str, lang: str, langs: Sequence[str]) -> str:
+    """Normalise ``lang`` and check the task has it (LanguageError listing what it has)."""
+    code = normalize_lang(lang)
+    if code not in langs:
+        raise LanguageError(f"{task} has no language {code!r}; available: {' '.join(langs)}")
+    return code
+
+
+def check_split(task: str, split: str, splits: Sequence[str]) -> str:
+    if split not in splits:
+        raise UsageError(f"{task} has no split {split!r}; available: {' '.join(splits)}")
+    return split
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise UsageError(f"limit must be a positive integer, got {limit!r}")
+
+
+def root_dir(data_dir: str | os.PathLike | None) -> Path:
+    return _resolve_data_dir(data_dir)
+
+
+def read_text(path: Path) -> str:
+    """A whole UTF-8 file; DataError when missing or not UTF-8."""
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist; check the data dir (--data-dir / XLSTEER_DATA_DIR)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"file {path} is not UTF-8 (offset {e.start}); restore it from the shared data") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines split on \\n with \\r stripped (the files have CRLF endings); no final empty line."""
+    lines = read_text(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"file {path} is malformed JSON (line {e.lineno}: {e.msg}); restore it from the shared data") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    out = []
+    for n, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"file {path} line {n} is malformed JSON ({e.msg}); restore it from the shared data") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"file {path} line {n} is not a JSON object; restore it from the shared data")
+        out.append(rec)
+    return out
+
+
+def take(items: list[Item], limit: int | None) -> list[Item]:
+    return items if limit is None else items[:limit]

@@ -1,0 +1,71 @@
+"""XQuAD (extractive QA, 12 languages; 48 articles, 240 paragraphs, 1,190 questions).
+
+Splits (METHODS.md 5), by article: dev = articles 0-4, test = articles 10-47. Articles 5-9
+are reserved for parallel statistics and are exposed only as parallel text
+(:func:`xlsteer.data.corpora.load_xquad_paragraphs`), never as items. One item per question;
+ids "xquad/<question id>" (the question ids are identical across languages).
+Fields: context, question, answers (list of {"text", "answer_start"}), qid, title, article,
+paragraph; ``answer`` is the list of gold answer texts. A leading U+FEFF (byte-order mark) in a
+context is removed and the ``answer_start`` offsets shifted to match.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ...errors import DataError
+from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir, take
+
+NAME = "xquad"
+LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
+SPLITS = ("dev", "test")
+ARTICLES = {"dev": range(0, 5), "test": range(10, 48)}
+RESERVED_ARTICLES = range(5, 10)
+N_ARTICLES = 48
+
+
+def strip_bom(context: str) -> tuple[str, int]:
+    """Drop leading U+FEFF (some contexts in ar/de/el/es/hi/ru/th/tr/vi/zh start with one); returns the shift."""
+    stripped = context.lstrip("\ufeff")
+    return stripped, len(context) - len(stripped)
+
+
+def data_files(lang: str, split: str) -> list[str]:
+    lang = resolve_lang(NAME, lang, LANGS)
+    check_split(NAME, split, SPLITS)
+    return [f"xquad/xquad.{lang}.json"]
+
+
+def load_items(data_dir: str | os.PathLike | None, lang: str, split: str, limit: int | None = None) -> list[Item]:
+    """XQuAD questions of one language and split, in file order."""
+    lang = resolve_lang(NAME, lang, LANGS)
+    check_split(NAME, split, SPLITS)
+    check_limit(limit)
+    path = root_dir(data_dir) / f"xquad/xquad.{lang}.json"
+    d = read_json(path)
+    try:
+        data = d["data"]
+        if len(data) != N_ARTICLES:
+            raise DataError(f"file {path} has {len(data)} articles, expected {N_ARTICLES}; restore it from the shared data")
+        items = []
+        for a in ARTICLES[split]:
+            art = data[a]
+            for p, para in enumerate(art["paragraphs"]):
+                ctx, shift = strip_bom(para["context"])
+                for qa in para["qas"]:
+                    answers = [{"text": x["text"], "answer_start": int(x["answer_start"]) - shift} for x in qa["answers"]]
+                    if not answers:
+                        raise DataError(f"file {path}: question {qa['id']} has no answers; restore it from the shared data")
+                    for x in answers:
+                        if x["answer_start"] < 0 or not ctx.startswith(x["text"], x["answer_start"]):
+                            raise DataError(f"file {path}: answer_start of question {qa['id']} does not point at its "
+                                            "answer text; restore the file from the shared data")
+                    items.append(Item(
+                        id=f"xquad/{qa['id']}", lang=lang, split=split,
+                        fields={"context": ctx, "question": qa["question"], "answers": answers, "qid": qa["id"],
+                                "title": art.get("title", ""), "article": a, "paragraph": p},
+                        answer=[x["text"] for x in answers],
+                    ))
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"file {path} is not SQuAD v1.1 JSON (data/paragraphs/qas/answers); restore it from the shared data") from None
+    return take(items, limit)
