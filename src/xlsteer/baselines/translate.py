@@ -42,7 +42,11 @@ TRANSLATED_FIELDS: dict[str, tuple[str, ...]] = {
     "xcopa": ("premise", "choice1", "choice2"),
     "xnli": ("premise", "hypothesis"),
     "mgsm": ("question",),
-    "xquad": ("context", "question"),
+}
+#: Why a task has no translate-test here.
+UNSUPPORTED_TASKS = {
+    "xquad": "translate-test on XQuAD needs the English answer span projected back onto the source-language "
+             "context (the gold answers are spans of it); xlsteer does not implement answer projection",
 }
 
 SELF_PROMPT = "Translate to English: {text}\nEnglish:"
@@ -262,11 +266,11 @@ class SelfTranslator:
 
 
 def greedy_lines(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy continuations of ``prompts``, each cut at its first newline (unsteered)."""
+    """Greedy continuations of ``prompts`` (unsteered, the evaluation engine), cut at the first newline."""
     from ..evaluation.engine import Engine
 
-    engine = Engine(lm, batch_size=batch_size)
-    return engine.generate(prompts, max_new_tokens=max_new_tokens, stop=["\n"])
+    engine = Engine(lm, batch_size=batch_size, progress_desc="self-translate")
+    return engine.generate(list(prompts), ["en"] * len(prompts), max_new_tokens, ["\n"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +278,8 @@ def greedy_lines(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: i
 
 
 def translated_fields(task: str) -> tuple[str, ...]:
+    if task in UNSUPPORTED_TASKS:
+        raise UsageError(UNSUPPORTED_TASKS[task] + "; use translate-test on xcopa, xnli or mgsm")
     try:
         return TRANSLATED_FIELDS[task]
     except KeyError:
@@ -391,5 +397,97 @@ def supported_langs(kind: str, task: str, langs: Sequence[str]) -> dict[str, str
     return out
 
 
-def now() -> float:
-    return time.perf_counter()
+METHOD_TRANSLATOR = {"translate-test": "apertium", "translate-self": "self", "translate-gmt": "gmt"}
+
+
+def translation_template(task: str, translated: dict[tuple[str, str], Any], info: dict[str, Any],
+                         template: Any = None, anchor: str = "en") -> Any:
+    """The task's template rendering each non-anchor item from its English translation.
+
+    The translated item is rendered as English (``lang="en"``: XCOPA's English connectors), while
+    the runner keeps the original item for scoring and pairing (same id, same language column).
+    """
+    from ..evaluation.templates import get_template
+    from .icl import base_render, wrap_template
+
+    base = get_template(task, template)
+
+    def render(t: Any, item: Any, exemplars: Sequence[Any]) -> Any:
+        if item.lang == anchor:
+            return base_render(t, item, exemplars)
+        tr = translated.get((item.lang, item.id))
+        if tr is None:
+            raise TranslationError(f"no translation for {item.lang} item {item.id}; translate the same split and limit")
+        return base_render(t, dataclasses.replace(tr, lang="en"), exemplars)
+
+    return wrap_template(base, render, info)
+
+
+def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str = "apertium", split: str = "test",
+                       limit: int | None = None, *, data_dir: str | os.PathLike | None = None, anchor: str = "en",
+                       cache: TranslationCache | str | os.PathLike | None | bool = True,
+                       translator_options: Mapping[str, Any] | None = None, seed: int = 0,
+                       **eval_kw: Any) -> dict[str, Any]:
+    """Translate the items of ``langs`` to English with ``translator`` and evaluate them unsteered.
+
+    ``langs`` the translator cannot handle are left out (listed in ``results["translation"]["skipped"]``
+    with the reason). ``cache``: True = the default cache file, a path, a TranslationCache, or
+    False/None = no file. Cost figures: translation seconds and, for self-translation, the
+    model's prompt + generated tokens per item.
+    """
+    from ..evaluation.runner import evaluate
+    from ..evaluation.tasks import get_task
+
+    task = get_task(task).NAME
+    fields = translated_fields(task)
+    if translator not in TRANSLATORS:
+        raise UsageError(f"unknown translator {translator!r}; choose one of {', '.join(TRANSLATORS)}")
+    reasons = supported_langs(translator, task, langs)
+    use = [lang for lang in langs if reasons[lang] is None]
+    skipped = {lang: reasons[lang] for lang in langs if reasons[lang] is not None}
+    if not [lang for lang in use if lang != anchor]:
+        raise LanguageError(f"{translator} translates none of {', '.join(x for x in langs if x != anchor)} for {task}: "
+                            + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    if isinstance(cache, TranslationCache):
+        tcache = cache
+    elif cache is True:
+        tcache = TranslationCache(default_cache_path())
+    elif cache in (False, None):
+        tcache = TranslationCache(None)
+    else:
+        tcache = TranslationCache(cache)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    mod = get_task(task)
+    items = [it for lang in use if lang != anchor for it in mod.load_items(data_dir, lang, split, limit)]
+    tr_obj = None
+    if translator == "gmt":
+        done = gmt_items(items, data_dir)
+        ids = {lang: "gmt (XCOPA data-gmt)" for lang in use if lang != anchor}
+    else:
+        tr_obj = make_translator(translator, lm, **dict(translator_options or {}))
+        done = translate_items(task, items, tr_obj, tcache)
+        ids = {lang: tr_obj.translator_id(lang) for lang in use if lang != anchor}
+    seconds = time.perf_counter() - t0
+    translated = {(it.lang, it.id): it for it in done}
+    digest = hashlib.sha256(json.dumps(sorted((k[0], k[1], [v.fields[f] for f in fields])
+                                              for k, v in translated.items()), ensure_ascii=False).encode()).hexdigest()
+    info = {"method": f"translate-{translator}", "translator": translator, "translator_ids": ids,
+            "translations_sha256": digest, "fields": list(fields)}
+    tpl = translation_template(task, translated, info, eval_kw.pop("template", None), anchor)
+    res = evaluate(lm, task, use, split=split, limit=limit, data_dir=data_dir, anchor=anchor, template=tpl,
+                   seed=seed, **eval_kw)
+    n_items = max(1, len(items))
+    res["translation"] = {
+        "translator": translator,
+        "translator_ids": ids,
+        "skipped": skipped,
+        "seconds": round(seconds, 3),
+        "n_items": len(items),
+        "cache": {"path": str(tcache.path) if tcache.path else None, "hits": tcache.hits, "misses": tcache.misses},
+        "model_tokens_per_item": (
+            (tr_obj.prompt_tokens + tr_obj.generated_tokens) / n_items if isinstance(tr_obj, SelfTranslator) else 0.0
+        ),
+        "examples": [{"id": it.id, "lang": it.lang, **{f: it.fields[f] for f in fields},
+                      **{f"{f}_source": it.fields[f"{f}_source"] for f in fields}} for it in done[:3]],
+    }
+    return res

@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import click
+
+# Intervention modules that register a method when imported (missing ones are skipped), so that
+# a file of any method loads and a non-vector one gets a clear "cannot export" message.
+_METHOD_MODULES = ("vector", "learned", "clas", "incline", "neurons")
+
+
+def load_any_intervention(path: str) -> Any:
+    """``Intervention.load`` after registering every available method."""
+    from ..interventions.base import Intervention
+
+    for name in _METHOD_MODULES:
+        try:
+            importlib.import_module(f"xlsteer.interventions.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"xlsteer.interventions.{name}":
+                raise
+    return Intervention.load(path)
 
 
 @click.group("export")
@@ -22,13 +42,13 @@ def export_gguf_cmd(file: str, lang: str | None, output: str, model_hint: str | 
     Serve it with: llama-server -m MODEL.gguf --control-vector-scaled OUT.gguf:ALPHA
     (ALPHA is xlsteer's alpha; the file holds the vector at strength 1).
     """
+    from ..data.langs import normalize_lang
     from ..errors import UsageError
     from ..export.gguf import export_control_vector, read_control_vector
-    from ..interventions.base import Intervention
     from ..io import check_writable
 
     check_writable(output)
-    iv = Intervention.load(file)
+    iv = load_any_intervention(file)
     if lang is None:
         if len(iv.languages) != 1:
             raise UsageError(
@@ -39,7 +59,7 @@ def export_gguf_cmd(file: str, lang: str | None, output: str, model_hint: str | 
     path = export_control_vector(iv, lang, output, model_hint=model_hint)
     layers = sorted(read_control_vector(path))
     click.echo(
-        f"wrote {path}: control vector for '{lang}' at layer(s) {', '.join(map(str, layers))} "
+        f"wrote {path}: control vector for '{normalize_lang(lang)}' at layer(s) {', '.join(map(str, layers))} "
         f"(strength 1; xlsteer strength {iv.strength:g}); "
         f"serve with --control-vector-scaled {path}:{iv.strength:g}"
     )

@@ -277,7 +277,10 @@ def fit_clas(
         "category_langs": cat_langs,
         "category_percent": percent,
         "bridge_rule": bridge_text,
+        "bridge_margin": float(margin),
+        "bridge_k": int(k),
         "bridge_layers": chosen,
+        "positions": "all",
         "n_layers": n_layers,
         "formula": "out = (1-a)*h + a*h*(1+beta*M_partial)*(1-gamma*M_spec[lang]), a = strength",
     }

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from ..errors import ArtifactError, DataError, UsageError
-from ..hooks import ForwardContext
+from ..hooks import POSITION_POLICIES, ForwardContext
 from ..models.sites import Site
 from .base import Intervention, register
 from .vector import check_layers, check_targets, check_width, fit_metadata
@@ -175,6 +175,8 @@ def fit_incline(
     layer_list = check_layers(layers, "INCLINE")
     if sign not in (1, -1):
         raise UsageError(f"sign must be +1 or -1, got {sign!r}")
+    if positions not in POSITION_POLICIES:
+        raise UsageError(f"unknown position policy '{positions}'; choose one of {', '.join(POSITION_POLICIES)}")
     if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):
         raise UsageError(f"max_pairs must be a positive integer, got {max_pairs!r}")
     stats = None if isinstance(source, Mapping) else source

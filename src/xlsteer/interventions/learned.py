@@ -338,19 +338,19 @@ def fit_learned(
     scales: dict[str, float] = {}
     gen = torch.Generator().manual_seed(seed)
     with frozen(model), torch.enable_grad():
+        if objective == "align":
+            assert target_site is not None
+            with torch.no_grad():  # the unsteered anchor states: the same for every target language
+                anchor_states = torch.cat(
+                    [
+                        _state_at(lm, [texts[anchor][i] for i in b], target_site, pooling, max_length, exclude_bos)
+                        for b in _batches(n_items, batch_size)
+                    ]
+                ).detach()
         for lang in targets:
             # --- data of this language
             if objective == "align":
-                assert parallel_texts is not None and target_site is not None
-                with torch.no_grad():
-                    anchor_states = torch.cat(
-                        [
-                            _state_at(
-                                lm, [texts[anchor][i] for i in b], target_site, pooling, max_length, exclude_bos
-                            )
-                            for b in _batches(n_items, batch_size)
-                        ]
-                    ).detach()
+                assert target_site is not None
 
                 def loss_on(rows: list[int], iv: Any) -> torch.Tensor:
                     pooled = _state_at(
@@ -423,9 +423,10 @@ def fit_learned(
                     loss = loss_on(rows, iv)
                     loss.backward()
                     opt.step()
-                    train_hist.append(float(loss))
+                    value_now = float(loss.detach())
+                    train_hist.append(value_now)
                     pbar.update(1)
-                    pbar.set_postfix(loss=f"{float(loss):.4g}", dev=f"{best:.4g}")
+                    pbar.set_postfix(loss=f"{value_now:.4g}", dev=f"{best:.4g}")
                     if step % eval_every == 0 or step == steps:
                         value = dev_loss()
                         dev_hist.append([step, value])
@@ -457,6 +458,7 @@ def fit_learned(
         "init": init_name,
         "pooling": pooling,
         "site": site,
+        "positions": "all",
         "steps": steps,
         "lr": lr,
         "lr_scale": scales,

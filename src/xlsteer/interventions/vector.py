@@ -11,6 +11,10 @@ Tensors: ``vectors@<layer>`` of shape (n_languages, d), one row per language in
 - ``unit``      v / ||v||, so alpha is a norm in the residual stream's units (CLaS-Bench style)
 - ``relative``  v / ||v|| * ref_norm[layer], so alpha is a fraction of that layer's typical
                 token norm (comparable across models: Gemma's residual norm is ~7000, SmolLM2's ~130)
+
+Positions: the vector is meant for every prompt and generated token (params["positions"] =
+``all``, the policy callers pass to ``steer``); under the KV cache the engine steers each
+token once, when it is computed. Every method stores its recommended policy the same way.
 """
 
 from __future__ import annotations
@@ -216,6 +220,7 @@ def fit_diffmean(
         "pooling": stats.pooling,
         "level": "item",
         "site": site,
+        "positions": "all",
     }
     if normalize == "relative":
         params["ref_norm"] = norms

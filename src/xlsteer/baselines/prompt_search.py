@@ -1,0 +1,244 @@
+"""Prompt optimisation baseline: search an instruction on dev, report the winner on test.
+
+What a practitioner would do instead of steering: put an instruction in front of the prompt
+and pick the one that works best. The search (in the spirit of APE / OPRO, kept small and
+deterministic):
+
+1. Candidates start as hand-written seed instructions for the task (:data:`SEEDS`), plus the
+   empty instruction (the zero-shot prompt itself: if nothing beats it, the search says so).
+2. Every candidate is scored on the ``dev`` split (``dev_limit`` items per language): the mean
+   main metric (accuracy / EM / F1) over the non-anchor languages, ties broken by the task's
+   continuous score (mean margin for choice tasks), then by the shorter instruction, then
+   by candidate order.
+3. For ``rounds`` rounds, the model itself proposes paraphrases of the ``n_parents`` best
+   instructions so far (greedy generation, one line, through a few fixed meta-prompts,
+   :data:`META_PROMPTS`); the first ``per_round`` new, well-formed ones are scored too.
+4. The best candidate is evaluated on ``test``. Every candidate, its origin (seed or the
+   parent and meta-prompt it came from) and its dev scores are recorded.
+
+The search never scores test items: :func:`search` refuses ``split="test"`` and only calls the
+task loader for the search split (tests instrument the loader to check this).
+
+Placement: the instruction is put first, followed by a blank line (a newline for XCOPA), then
+the task's unchanged prompt. Extra inference tokens per item = the tokens of that prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+from ..evaluation.tasks import get_task
+from ..evaluation.templates import Request, Template, get_template
+from .icl import LeakError, base_render, prefix_tokens, with_prefix, wrap_template
+
+#: Hand-written seed instructions per task (English: the anchor language).
+SEEDS: dict[str, tuple[str, ...]] = {
+    "xcopa": (
+        "Complete the sentence with the most plausible cause or effect.",
+        "Read the sentence and continue it in the way that makes the most sense.",
+        "The following text may be in any language. Think about its meaning in English and complete it sensibly.",
+    ),
+    "xnli": (
+        "Decide whether the premise entails the hypothesis (0), is neutral to it (1), or contradicts it (2).",
+        "Read both sentences carefully and answer with the number of the correct relation.",
+        "The sentences may be in any language. Understand them as if they were in English, then answer 0, 1 or 2.",
+    ),
+    "mgsm": (
+        "Solve the math word problem and answer with the final number only.",
+        "Read the problem carefully, compute the result, and give the number.",
+        "The problem may be in any language. Solve it as you would in English and answer with a number.",
+    ),
+    "xquad": (
+        "Answer the question with a short phrase copied from the context.",
+        "Find the answer to the question in the context and write it exactly as it appears.",
+        "The text may be in any language. Answer with the exact words from the context.",
+    ),
+}
+
+#: How the model is asked to propose a new instruction ({x} = a current instruction).
+META_PROMPTS: tuple[str, ...] = (
+    "Paraphrase the instruction.\nInstruction: {x}\nParaphrase:",
+    "Write a clearer and more helpful version of this instruction for a language model.\nInstruction: {x}\nBetter instruction:",
+    "Instruction: {x}\nThe same instruction in other words:",
+)
+
+PREFIX_SEP = {"xcopa": "\n", "xnli": "\n\n", "mgsm": "\n\n", "xquad": "\n\n"}
+MAX_INSTRUCTION_CHARS = 300
+
+
+def instruction_template(task: str, instruction: str, template: str | Template | None = None,
+                         extra: dict[str, Any] | None = None) -> Template:
+    """The task's template with ``instruction`` in front of every prompt (unchanged when empty)."""
+    task = get_task(task).NAME
+    base = get_template(task, template)
+    sep = PREFIX_SEP[task]
+    prefix = instruction.strip() + sep if instruction.strip() else ""
+
+    def render(t: Template, item: Any, exemplars: Sequence[Any]) -> Request:
+        return with_prefix(base_render(t, item, exemplars), prefix)
+
+    info = {"method": "prompt-opt", "instruction": instruction.strip(), "separator": sep, **(extra or {})}
+    return wrap_template(base, render, info)
+
+
+def clean_proposal(text: str) -> str | None:
+    """A proposed instruction, trimmed; None when unusable (empty, too short or too long)."""
+    s = text.strip().strip('"').strip("'").strip()
+    s = s.split("\n", 1)[0].strip()
+    if len(s.split()) < 3 or len(s) > MAX_INSTRUCTION_CHARS:
+        return None
+    return s
+
+
+def propose(lm: Any, parents: Sequence[str], *, max_new_tokens: int = 40, batch_size: int = 8,
+            meta_prompts: Sequence[str] = META_PROMPTS) -> list[dict[str, Any]]:
+    """The model's proposals for every (parent, meta-prompt), greedy, one line each."""
+    from ..evaluation.engine import Engine
+
+    pairs = [(p, m) for p in parents for m in meta_prompts]
+    if not pairs:
+        return []
+    prompts = [m.format(x=p) for p, m in pairs]
+    engine = Engine(lm, batch_size=batch_size, progress_desc="propose")
+    outs = engine.generate(prompts, ["en"] * len(prompts), max_new_tokens, ["\n"])
+    out = []
+    for (p, m), text, prompt in zip(pairs, outs, prompts):
+        out.append({"parent": p, "meta_prompt": meta_prompts.index(m), "raw": text, "instruction": clean_proposal(text),
+                    "prompt_tokens": prefix_tokens(lm, prompt), "generated_tokens": prefix_tokens(lm, text)})
+    return out
+
+
+def _rank_key(c: dict[str, Any]) -> tuple:
+    return (-c["dev_score"], -c["dev_tie_break"], len(c["instruction"]), c["index"])
+
+
+def search(
+    lm: Any,
+    task: str,
+    langs: Sequence[str],
+    *,
+    split: str = "dev",
+    dev_limit: int | None = 50,
+    seeds: Sequence[str] | None = None,
+    include_empty: bool = True,
+    rounds: int = 2,
+    per_round: int = 4,
+    n_parents: int = 2,
+    anchor: str = "en",
+    data_dir: str | os.PathLike | None = None,
+    template: str | Template | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_length: int = 2048,
+    cache_dir: str | os.PathLike | None = None,
+    n_boot: int = 200,
+) -> dict[str, Any]:
+    """Score seeds and model-proposed paraphrases on ``split`` (dev); return the record with the best."""
+    from ..evaluation.engine import Engine
+    from ..evaluation.runner import MAIN_METRIC, TIE_BREAK, evaluate
+
+    if split == "test":
+        raise LeakError("prompt search selects a prompt and must not score test items; use split='dev'")
+    task = get_task(task).NAME
+    if split not in get_task(task).SPLITS:
+        raise UsageError(f"{task} has no split {split!r}")
+    for name, v in (("rounds", rounds), ("per_round", per_round), ("n_parents", n_parents)):
+        if not isinstance(v, int) or v < 0:
+            raise UsageError(f"{name} must be a non-negative integer, got {v!r}")
+    t0 = time.perf_counter()
+    seed_list = list(SEEDS[task] if seeds is None else seeds)
+    if include_empty:
+        seed_list = ["", *seed_list]
+    main, tie = MAIN_METRIC[task], TIE_BREAK[task]
+    targets = [lang for lang in langs if lang != anchor] or list(langs)
+    engine = Engine(lm, batch_size=batch_size, cache_dir=cache_dir, max_length=max_length, progress_desc="prompt-search")
+    candidates: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    gen_tokens = 0
+
+    def score(instruction: str, origin: dict[str, Any]) -> None:
+        key = instruction.strip().casefold()
+        if key in seen:
+            return
+        seen.add(key)
+        tpl = instruction_template(task, instruction, template)
+        res = evaluate(lm, task, list(langs), split=split, limit=dev_limit, anchor=anchor, data_dir=data_dir,
+                       template=tpl, seed=seed, engine=engine, n_boot=n_boot)
+        per = {lang: res["per_lang"][lang]["metrics"][main]["mean"] for lang in langs}
+        tb = 0.0
+        if tie is not None:
+            vals = []
+            for lang in targets:
+                d = res["per_lang"][lang]
+                src = d["metrics"] if tie in d["metrics"] else d["continuous"]
+                vals.append(src[tie]["mean"])
+            tb = float(np.mean(vals))
+        candidates.append({
+            "index": len(candidates), "instruction": instruction.strip(), **origin,
+            "dev_score": float(np.mean([per[lang] for lang in targets])), "dev_tie_break": tb,
+            "dev_per_lang": per, "dev_n_items": res["item_ids"]["per_lang"],
+        })
+
+    for s in seed_list:
+        score(s, {"source": "seed" if s else "empty", "round": 0})
+    proposals_log = []
+    for r in range(1, rounds + 1):
+        # the best non-empty instructions (the empty one has nothing to paraphrase)
+        parents = [c["instruction"] for c in sorted(candidates, key=_rank_key) if c["instruction"]][:n_parents]
+        props = propose(lm, parents, batch_size=batch_size)
+        gen_tokens += sum(p["prompt_tokens"] + p["generated_tokens"] for p in props)
+        added = 0
+        for p in props:
+            proposals_log.append({"round": r, **{k: p[k] for k in ("parent", "meta_prompt", "raw", "instruction")}})
+            if added >= per_round or p["instruction"] is None or p["instruction"].casefold() in seen:
+                continue
+            score(p["instruction"], {"source": "paraphrase", "round": r, "parent": p["parent"],
+                                     "meta_prompt": p["meta_prompt"]})
+            added += 1
+    best = sorted(candidates, key=_rank_key)[0]
+    return {
+        "format": "xlsteer.prompt-search",
+        "task": task,
+        "split": split,
+        "dev_limit": dev_limit,
+        "langs": list(langs),
+        "scored_langs": targets,
+        "main": main,
+        "tie_break": tie,
+        "selection_rule": "max mean main metric over non-anchor languages on dev; ties: tie-break score, "
+                          "shorter instruction, earlier candidate",
+        "budget": {"seeds": len(seed_list), "rounds": rounds, "per_round": per_round, "n_parents": n_parents,
+                   "meta_prompts": list(META_PROMPTS), "candidates_scored": len(candidates)},
+        "candidates": candidates,
+        "proposals": proposals_log,
+        "best": {"instruction": best["instruction"], "index": best["index"], "dev_score": best["dev_score"],
+                 "source": best["source"]},
+        "search_seconds": round(time.perf_counter() - t0, 3),
+        "proposal_tokens": gen_tokens,
+    }
+
+
+def run_prompt_search(lm: Any, task: str, langs: Sequence[str], split: str = "test", limit: int | None = None,
+                      *, dev_limit: int | None = 50, rounds: int = 2, per_round: int = 4, n_parents: int = 2,
+                      seeds: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None,
+                      anchor: str = "en", seed: int = 0, **eval_kw: Any) -> dict[str, Any]:
+    """Search on dev, evaluate the winning instruction on ``split``; the search record is in
+    ``results["prompt_search"]``."""
+    from ..evaluation.runner import evaluate
+
+    template = eval_kw.pop("template", None)
+    record = search(lm, task, langs, dev_limit=dev_limit, rounds=rounds, per_round=per_round, n_parents=n_parents,
+                    seeds=seeds, anchor=anchor, data_dir=data_dir, template=template, seed=seed,
+                    batch_size=eval_kw.get("batch_size", 8), max_length=eval_kw.get("max_length", 2048),
+                    cache_dir=eval_kw.get("cache_dir"))
+    tpl = instruction_template(task, record["best"]["instruction"], template,
+                               {"selected_on": "dev", "dev_score": record["best"]["dev_score"]})
+    res = evaluate(lm, task, langs, split=split, limit=limit, anchor=anchor, data_dir=data_dir, template=tpl,
+                   seed=seed, **eval_kw)
+    res["prompt_search"] = record
+    return res

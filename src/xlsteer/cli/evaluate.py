@@ -1,0 +1,265 @@
+"""Evaluation commands: eval (score a model, steered against unsteered) and sweep (choose layer and alpha on dev)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from .options import data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers
+
+_TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
+_POSITIONS = ["all", "prompt", "generated", "last_prompt"]
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be a positive number of items per language, got {limit}; omit it for all items")
+
+
+def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
+    if no_cache:
+        return None
+    if cache_dir:
+        return Path(cache_dir)
+    from ..models.loading import cache_dir as root
+
+    return root() / "eval"
+
+
+def _template_options(shots: int | None, exemplar_lang: str | None, max_new_tokens: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if shots is not None:
+        out["k"] = shots
+    if exemplar_lang is not None:
+        out["exemplar_lang"] = exemplar_lang
+    if max_new_tokens is not None:
+        out["max_new_tokens"] = max_new_tokens
+    return out
+
+
+def eval_options(f):
+    decorators = [
+        model_options,
+        data_dir_option,
+        click.option("--task", required=True, type=click.Choice(_TASKS), help="Benchmark."),
+        click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh."),
+        click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered)."),
+        click.option("--positions", type=click.Choice(_POSITIONS), default="all", show_default=True,
+                     help="Which token positions the intervention edits."),
+        click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
+        click.option("--calibrate", is_flag=True, help="XNLI: subtract the label log-probs of a content-free input."),
+        click.option("--template", default=None, help="Prompt template (default: the task's)."),
+        click.option("--shots", type=int, default=None, help="MGSM: number of exemplars k (0-8)."),
+        click.option("--exemplar-lang", default=None, help="MGSM: exemplar language ('same' or a code)."),
+        click.option("--max-new-tokens", type=int, default=None, help="Generation tasks: override the template's."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
+        click.option("--cache-dir", default=None, help="Per-item cache (default: <xlsteer cache>/eval)."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the per-item cache."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def _fmt_ci(m: dict[str, Any]) -> str:
+    return f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def format_table(base: dict[str, Any], steered: dict[str, Any] | None = None,
+                 comparison: dict[str, Any] | None = None, label: str = "steered") -> str:
+    """Method x language table: score [95% CI] per language, n, and the paired difference with p."""
+    langs = base["langs"]
+    anchor = base["anchor"]
+    names = list(base["metrics"]["names"]) + list(base["metrics"].get("continuous", []))
+    w = 26
+    head = f"{'method':<12}{'metric':<11}" + "".join(f"{lang + ' (n=' + str(base['per_lang'][lang]['n']) + ')':<{w}}"
+                                                   for lang in langs) + "avg non-" + str(anchor)
+    tpl = base["template"]
+    lines = [f"{base['task']} {base['split']} | template {tpl['name']} v{tpl['version']} | model {base['model']['name']}",
+             head]
+
+    def block(res: dict[str, Any], name: str) -> None:
+        for metric in names:
+            cells = []
+            for lang in langs:
+                d = res["per_lang"][lang]
+                m = d["metrics"].get(metric) or d["continuous"].get(metric)
+                cells.append(f"{_fmt_ci(m):<{w}}")
+            avg = res["average"]["metrics"].get(metric, res["average"]["continuous"].get(metric))
+            lines.append(f"{name:<12}{metric:<11}" + "".join(cells) + (f"{avg:.3f}" if avg is not None else "-"))
+
+    block(base, "unsteered" if steered is not None or base.get("intervention") is None else label)
+    if steered is not None:
+        block(steered, label)
+    if comparison is not None:
+        for metric in names:
+            cells = []
+            for lang in langs:
+                c = comparison["per_lang"][lang]
+                d = c["metrics"].get(metric) or c["continuous"].get(metric)
+                cells.append(f"{d['diff']:+.3f} p={d['p']:.3g}".ljust(w))
+            avg = comparison["average"]["diff"].get(metric)
+            lines.append(f"{'diff':<12}{metric:<11}" + "".join(cells) + (f"{avg:+.3f}" if avg is not None else "-"))
+        main = comparison["main"]
+        lines.append("verdict (" + main + "): " + "; ".join(
+            f"{lang}: {comparison['per_lang'][lang]['metrics'][main]['verdict']}" for lang in langs))
+        lines.append("predictions changed: " + ", ".join(
+            f"{lang} {comparison['per_lang'][lang]['prediction_changed']:.0%}" for lang in langs))
+    for res, name in ((base, "unsteered" if steered is not None else "run"), (steered, label)):
+        if res is None:
+            continue
+        cons = [(lang, res["per_lang"][lang].get("consistency")) for lang in langs]
+        cons = [(lang, c) for lang, c in cons if c]
+        if cons:
+            lines.append(f"consistency with {anchor} ({name}): " + ", ".join(
+                f"{lang} agree {c.get('agreement', c['correct_agreement']):.2f}"
+                + (f" JS {c['mean_js']:.3f}" if "mean_js" in c else "") for lang, c in cons))
+        degen = [lang for lang in langs if res["per_lang"][lang]["degenerate"]["degenerate"]]
+        if degen:
+            lines.append(f"warning ({name}): degenerate predictor (one answer >= 90%) in {', '.join(degen)}")
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@eval_options
+@click.option("--intervention", default=None, type=click.Path(dir_okay=False),
+              help="Intervention file (.safetensors); also runs the unsteered model for the paired test.")
+@click.option("--alpha", default=None, help="Strength of the intervention (default: as saved).")
+@click.option("--split", default="test", show_default=True, help="dev or test (train where the task has one).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Results file (.json).")
+def eval_cmd(**kw: Any) -> None:
+    """Evaluate a model on a task, steered (and unsteered on the same items) or not."""
+    from ..io import check_writable
+    from ..evaluation.runner import compare_runs, evaluate, write_results
+
+    t0 = time.perf_counter()
+    _check_limit(kw["limit"])
+    out = check_writable(kw.pop("output"))
+    langs = parse_langs(kw.pop("langs"))
+    raw_alpha = kw.pop("alpha")
+    alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
+    iv_path = kw.pop("intervention")
+    if alpha is not None and iv_path is None:
+        raise UsageError("--alpha needs --intervention FILE")
+    lm = load_model_from(kw)
+    args = dict(
+        split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], template=kw["template"],
+        seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]), calibrate=kw["calibrate"],
+        positions=kw["positions"], batch_size=kw["batch_size"], max_length=kw["max_length"],
+        template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
+    )
+    base = evaluate(lm, kw["task"], langs, **args)
+    if iv_path is None:
+        write_results(out, base)
+        click.echo(format_table(base))
+    else:
+        steered = evaluate(lm, kw["task"], langs, interventions=iv_path, alpha=alpha, **args)
+        comparison = compare_runs(base, steered)
+        steered["baseline"] = base
+        steered["comparison"] = comparison
+        write_results(out, steered)
+        iv = steered["intervention"]
+        label = f"{iv.get('method', 'steered')}"[:11]
+        click.echo(format_table(base, steered, comparison, label=label))
+    click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+
+
+@click.command("sweep")
+@eval_options
+@click.option("--stats", "stats_path", default=None, type=click.Path(dir_okay=False),
+              help="Statistics file: fit DiffMean per layer from it.")
+@click.option("--intervention", default=None, type=click.Path(dir_okay=False),
+              help="Or: an intervention fitted at several layers; each layer is tried alone.")
+@click.option("--site", default=None, help="With --stats: the site to fit at (default resid_post).")
+@click.option("--normalize", type=click.Choice(["none", "unit", "relative"]), default="none", show_default=True,
+              help="With --stats: how alpha scales the DiffMean vector.")
+@click.option("--layers", default=None, help="Layers to try: 6, 4-12, 2,5,9 (default: all the source holds).")
+@click.option("--alphas", default="0.5,1,2", show_default=True, help="Comma-separated strengths.")
+@click.option("--split", default="dev", show_default=True, help="dev (or train); never test.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Sweep record (.json).")
+def sweep_cmd(**kw: Any) -> None:
+    """Choose layer and alpha on the dev split (never test); print the selection and the test command."""
+    from ..evaluation.runner import write_results
+    from ..evaluation.sweep import diffmean_from_statistics, restrict_layers, sweep
+    from ..io import check_writable
+
+    t0 = time.perf_counter()
+    _check_limit(kw["limit"])
+    if kw["split"] == "test":
+        raise UsageError("a sweep must not see test items; use --split dev")
+    if (kw["stats_path"] is None) == (kw["intervention"] is None):
+        raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
+    out = check_writable(kw.pop("output"))
+    langs = parse_langs(kw.pop("langs"))
+    alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]
+    if not alphas:
+        raise UsageError("--alphas is empty; give e.g. 0.5,1,2")
+    model_name = kw["model"]
+    lm = load_model_from(kw)
+    layers = parse_layers(kw.pop("layers"), lm.num_layers)
+    common = dict(
+        alphas=alphas, split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
+        template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
+        calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
+        max_length=kw["max_length"],
+        template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
+    )
+    if kw["stats_path"] is not None:
+        from ..stats import Statistics
+
+        stats = Statistics.load(kw["stats_path"], fingerprint=lm.fingerprint)
+        make, stat_layers = diffmean_from_statistics(stats, langs, anchor=kw["anchor"], site=kw["site"],
+                                                     normalize=kw["normalize"])
+        if layers is None:
+            layers = stat_layers
+        bad = [layer for layer in layers if layer not in stat_layers]
+        if bad:
+            raise UsageError(f"the statistics hold layers {stat_layers}, not {bad}; choose --layers among them")
+        source = {"kind": "statistics", "path": str(kw["stats_path"]), "fit": "diffmean",
+                  "normalize": kw["normalize"], "site": kw["site"] or "resid_post"}
+        record = sweep(lm, kw["task"], langs, make, layers=layers, source=source, **common)
+        best_iv = make(record["best"]["layer"], 1.0)
+    else:
+        from ..interventions.base import Intervention
+
+        iv = Intervention.load(kw["intervention"])
+        record = sweep(lm, kw["task"], langs, intervention=iv, layers=layers,
+                       source={"kind": "intervention", "path": str(kw["intervention"]), "method": iv.method}, **common)
+        best_iv = restrict_layers(iv, [record["best"]["layer"]]).with_strength(1.0)
+    best_path = out.with_name(out.stem + ".best.safetensors")
+    best_iv.save(best_path)
+    record["best"]["intervention_file"] = best_path.name
+    write_results(out, record)
+
+    main = record["metrics"]["main"]
+    tie = record["metrics"]["tie_break"]
+    click.echo(f"sweep {record['task']} on {record['split']} ({record['item_ids']['per_lang']} items), "
+               f"main metric {main}, tie-break {tie}")
+    click.echo(f"{'config':<12}" + "".join(f"{lang:>9}" for lang in langs) + f"{'avg':>9}")
+    if record["baseline"] is not None:
+        bl = record["baseline"]
+        click.echo(f"{'unsteered':<12}" + "".join(f"{bl['per_lang'][lang]['metrics'][main]['mean']:9.3f}" for lang in langs)
+                   + f"{bl['average']['metrics'].get(main, float('nan')):9.3f}")
+    for e in record["results"]:
+        click.echo(f"{e['key']:<12}" + "".join(f"{e['per_lang'][lang]['metrics'][main]['mean']:9.3f}" for lang in langs)
+                   + f"{e['average']['metrics'].get(main, float('nan')):9.3f}")
+    for lang, b in record["best_per_lang"].items():
+        click.echo(f"best for {lang}: layer {b['layer']} alpha {b['alpha']:g} ({main} {b['main']:.3f})")
+    b = record["best"]
+    gain = b.get("gain_over_baseline")
+    click.echo(f"selected (all languages): layer {b['layer']} alpha {b['alpha']:g} ({main} {b['main']:.3f}"
+               + (f", {gain:+.3f} vs unsteered on {record['split']}" if gain is not None else "") + ")")
+    cmd = (f"xlsteer eval --model {model_name} --task {record['task']} --langs {','.join(langs)} "
+           f"--intervention {best_path} --alpha {b['alpha']:g} --positions {record['positions']} --split test "
+           f"-o results.json")
+    click.echo(f"evaluate it on test with:\n  {cmd}")
+    click.echo(f"wrote {out} and {best_path} in {time.perf_counter() - t0:.1f} s")
+
+
+COMMANDS = [eval_cmd, sweep_cmd]

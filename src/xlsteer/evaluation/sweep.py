@@ -1,0 +1,217 @@
+"""Choose the layer and strength of an intervention on dev items only; never on test.
+
+:func:`sweep` evaluates every (layer, alpha) of a grid on the ``dev`` split (or ``train``; the
+``test`` split is refused) and selects the best configuration per language and globally:
+
+    highest main metric (acc / EM / F1), ties broken by the task's continuous score (mean
+    margin for choice tasks, EM for XQuAD), then by the smaller |alpha|, then the lower layer.
+
+The global choice maximises the unweighted mean over the non-anchor languages. The unsteered
+model is evaluated on the same dev items as a reference (``baseline``), so the record shows
+whether the selected configuration beats doing nothing. Configurations come from:
+
+- ``make_intervention(layer, alpha)``: any callable returning an intervention; or
+- ``intervention`` + ``layers``: that intervention restricted to one layer's sites, strength
+  set to alpha (for vectors, CLAS masks, ... fitted at several layers at once); or
+- :func:`diffmean_from_statistics`: DiffMean vectors fitted per layer from a Statistics file
+  (layers among those the statistics hold), alpha scaling the vector.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+from . import runner as R
+
+SELECTION_RULE = (
+    "max main metric on the dev split; ties: max tie-break score (mean margin for choice tasks, EM for xquad), "
+    "then smaller |alpha|, then lower layer; global = mean over non-anchor languages"
+)
+
+
+def restrict_layers(intervention: Any, layers: Sequence[int]) -> Any:
+    """A shallow copy of ``intervention`` acting only at ``layers`` (tensors shared, not copied)."""
+    keep = set(layers)
+    sites = [s for s in intervention.sites if s.layer in keep]
+    if not sites:
+        raise UsageError(
+            f"the {intervention.method} intervention has no sites at layer(s) {sorted(keep)} "
+            f"(it has layers {intervention.layers}); choose layers among those"
+        )
+    out = copy.copy(intervention)
+    out.sites = sorted(sites)
+    out._prepared = {}
+    out.params = dict(intervention.params)
+    return out
+
+
+def diffmean_from_statistics(stats: Any, langs: Sequence[str], anchor: str = "en", site: str | None = None,
+                             normalize: str = "none") -> tuple[Callable[[int, float], Any], list[int]]:
+    """``(make_intervention, layers)``: DiffMean at one layer of ``stats``, strength alpha.
+
+    ``langs`` are the evaluated languages; the anchor and languages the statistics lack are
+    left out of the targets (the anchor is never steered; a missing language raises when it is
+    evaluated). Vectors are fitted once per layer and rescaled per alpha (no refit).
+    """
+    from ..interventions.vector import fit_diffmean
+
+    names = sorted({s.name for s in stats.sites})
+    if site is None:
+        site = "resid_post" if "resid_post" in names else names[0]
+    layers = sorted({s.layer for s in stats.sites if s.name == site})
+    if not layers:
+        raise UsageError(f"the statistics hold no site named {site} (they have {', '.join(names)}); "
+                         "collect at that site or choose another")
+    if anchor not in stats.langs:
+        raise UsageError(f"the statistics lack the anchor language {anchor}; collect with --langs including it")
+    targets = [lang for lang in langs if lang != anchor]
+    missing = [lang for lang in targets if lang not in stats.langs]
+    if missing:
+        raise UsageError(f"the statistics lack language(s) {', '.join(missing)} (they have {', '.join(stats.langs)}); "
+                         "collect with --langs including them")
+    if not targets:
+        raise UsageError("no language to steer: every evaluated language is the anchor; add target languages")
+    fitted: dict[int, Any] = {}
+
+    def make(layer: int, alpha: float) -> Any:
+        if layer not in layers:
+            raise UsageError(f"the statistics hold layers {layers} at {site}, not layer {layer}; choose among them")
+        if layer not in fitted:
+            fitted[layer] = fit_diffmean(stats, [layer], targets, anchor=anchor, site=site, normalize=normalize)
+        return fitted[layer].with_strength(alpha)
+
+    return make, layers
+
+
+def _key(layer: int, alpha: float) -> str:
+    return f"L{layer}@{alpha:g}"
+
+
+def _score(per_lang: dict, langs: Sequence[str], main: str, tie: str | None) -> tuple[float, float]:
+    def get(lang: str, name: str | None) -> float:
+        if name is None:
+            return 0.0
+        d = per_lang[lang]
+        src = d["metrics"] if name in d["metrics"] else d["continuous"]
+        return float(src[name]["mean"])
+
+    return (float(np.mean([get(lang, main) for lang in langs])), float(np.mean([get(lang, tie) for lang in langs])))
+
+
+def _best(entries: list[dict], langs: Sequence[str], main: str, tie: str | None) -> dict[str, Any]:
+    def rank(e: dict) -> tuple:
+        m, t = _score(e["per_lang"], langs, main, tie)
+        return (-m, -t, abs(e["alpha"]), e["layer"], e["alpha"])
+
+    best = min(entries, key=rank)
+    m, t = _score(best["per_lang"], langs, main, tie)
+    return {"layer": best["layer"], "alpha": best["alpha"], "key": best["key"], "main": m, "tie_break": t}
+
+
+def sweep(
+    lm: Any,
+    task: str,
+    langs: str | Sequence[str],
+    make_intervention: Callable[[int, float], Any] | None = None,
+    *,
+    intervention: Any = None,
+    layers: Sequence[int] | None = None,
+    alphas: Sequence[float] = (0.5, 1.0, 2.0),
+    split: str = "dev",
+    limit: int | None = None,
+    anchor: str = "en",
+    data_dir: str | os.PathLike | None = None,
+    template: Any = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    calibrate: bool = False,
+    positions: str = "all",
+    batch_size: int = 8,
+    max_length: int = 2048,
+    n_boot: int = 2000,
+    template_options: dict[str, Any] | None = None,
+    include_baseline: bool = True,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a layers x alphas grid on ``split`` (dev) and select the best configuration."""
+    from .engine import Engine
+
+    if split == "test":
+        raise UsageError("a sweep selects hyper-parameters and must not see test items; use --split dev")
+    if (make_intervention is None) == (intervention is None):
+        raise UsageError("give exactly one of make_intervention or intervention")
+    if intervention is not None:
+        from ..interventions.base import Intervention
+
+        iv0 = Intervention.load(intervention) if isinstance(intervention, (str, os.PathLike)) else intervention
+        iv0.check_model(lm.fingerprint)
+        grid_layers = list(layers) if layers is not None else iv0.layers
+
+        def make_intervention(layer: int, alpha: float) -> Any:  # noqa: F811 - the given intervention, per layer
+            return restrict_layers(iv0, [layer]).with_strength(alpha)
+
+        if source is None:
+            source = {"kind": "intervention", "method": iv0.method, "layers": iv0.layers}
+    else:
+        if layers is None:
+            raise UsageError("give the layers to sweep (e.g. layers=[4, 6, 8])")
+        grid_layers = list(layers)
+    if not grid_layers:
+        raise UsageError("no layers to sweep; give at least one layer")
+    alpha_list = [float(a) for a in alphas]
+    if not alpha_list:
+        raise UsageError("no alphas to sweep; give at least one, e.g. 0.5,1,2")
+    lang_list = R._langs(langs)
+    engine = Engine(lm, batch_size=batch_size, cache_dir=cache_dir, max_length=max_length, progress_desc="sweep")
+    common = dict(split=split, limit=limit, anchor=anchor, data_dir=data_dir, template=template, seed=seed,
+                  calibrate=calibrate, positions=positions, n_boot=n_boot, template_options=template_options,
+                  engine=engine)
+
+    baseline = R.evaluate(lm, task, lang_list, **common) if include_baseline else None
+    entries: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
+    for layer in grid_layers:
+        for alpha in alpha_list:
+            res = R.evaluate(lm, task, lang_list, interventions=make_intervention(layer, alpha), **common)
+            if not info:
+                info = {k: res[k] for k in ("task", "split", "template", "model", "data", "item_ids", "metrics")}
+            entries.append({"layer": layer, "alpha": alpha, "key": _key(layer, alpha),
+                            "intervention": res["intervention"], "per_lang": res["per_lang"],
+                            "average": res["average"]})
+    main = info["metrics"]["main"]
+    tie = info["metrics"]["tie_break"]
+    non_anchor = [lang for lang in lang_list if lang != anchor] or lang_list
+    per_lang_best = {lang: _best(entries, [lang], main, tie) for lang in lang_list if lang != anchor}
+    best = _best(entries, non_anchor, main, tie)
+    out: dict[str, Any] = {
+        "format": "xlsteer.sweep",
+        "format_version": 1,
+        **info,
+        "langs": lang_list,
+        "anchor": anchor,
+        "split": split,
+        "selected_on_split": split,
+        "limit": limit,
+        "seed": seed,
+        "positions": positions,
+        "calibrate": bool(calibrate),
+        "source": source or {"kind": "callable"},
+        "grid": {"layers": grid_layers, "alphas": alpha_list},
+        "selection_rule": SELECTION_RULE,
+        "results": entries,
+        "best": best,
+        "best_per_lang": per_lang_best,
+        "baseline": None,
+        "versions": R.versions(),
+    }
+    if baseline is not None:
+        out["baseline"] = {"per_lang": baseline["per_lang"], "average": baseline["average"]}
+        b_main, b_tie = _score(baseline["per_lang"], non_anchor, main, tie)
+        out["best"]["baseline_main"] = b_main
+        out["best"]["gain_over_baseline"] = best["main"] - b_main
+    return out

@@ -1,0 +1,376 @@
+"""Language neurons at ``mlp_act``: LAPE selection (Tang et al., arXiv 2402.16438) and two
+interventions on selected neurons, LAPE deactivate/amplify and Int_mu (Mondal et al.,
+arXiv 2503.17456). METHODS.md section 3.
+
+LAPE selection (:func:`lape_neurons`), as in the authors' algorithm, over all chosen layers
+jointly:
+
+1. P[l, i, lang] = P(act > 0) per neuron and language (token level, BOS/padding excluded).
+   Here "act" is the ``mlp_act`` site (``act(gate) * up``, the down projection's input); the
+   authors threshold ``act(gate)`` alone, which for SiLU/GELU gates differs only in the sign
+   of ``up``.
+2. Normalise P across languages; entropy H = -sum p log p (0 log 0 = 0).
+3. Filter: the bar is the ``filter_quantile`` (0.95) quantile of all P values (all layers,
+   neurons, languages; ``kthvalue(round(N * q))`` as in the authors' code); a neuron whose P
+   exceeds the bar in no language is dropped.
+4. Keep the ``top_fraction`` (1%) of all neurons with the lowest entropy among those left.
+5. Assignment: a kept neuron belongs to every language whose P exceeds the same bar (the
+   authors' ``activation_bar_ratio`` = 0.95); every kept neuron has at least one language
+   (step 3), and may have several.
+
+Interventions (both route rows by language; anchor rows are never touched):
+
+``LapeIntervention``  scale the selected neurons: ``deactivate`` h * (1 - strength * m)
+                      (strength 1 sets them to 0), ``amplify`` h * (1 + strength * m). The
+                      neurons are those of each row's own language, or of one chosen language
+                      (params["neuron_lang"]) for every steered row.
+``IntMuIntervention`` overwrite the selected neurons with a stored mean activation:
+                      ``where(m, (1 - s) * h + s * mu, h)``; s = strength (1: exactly mu, 0: h).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+
+from ..errors import ArtifactError, DataError, UsageError
+from ..hooks import ForwardContext
+from ..models.sites import Site
+from .base import Intervention, register
+from .vector import check_width, fit_metadata
+
+if TYPE_CHECKING:
+    from ..stats import Statistics
+
+LAPE_MODES = ("deactivate", "amplify")
+MEAN_OF = ("anchor", "target")
+NEURONS_OF = ("target", "anchor", "union")
+
+
+def mask_key(layer: int) -> str:
+    return f"mask@{layer}"
+
+
+def mu_key(layer: int) -> str:
+    return f"mu@{layer}"
+
+
+def _kth_quantile(values: torch.Tensor, q: float) -> float:
+    """The authors' percentile: ``kthvalue(round(N * q))`` of the flattened values."""
+    flat = values.flatten()
+    k = min(max(1, round(flat.numel() * q)), flat.numel())
+    return float(flat.kthvalue(k).values)
+
+
+def lape_selection(
+    stats: "Statistics",
+    site_layers: Sequence[int],
+    langs: Sequence[str],
+    top_fraction: float = 0.01,
+    filter_quantile: float = 0.95,
+) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, Any]]:
+    """LAPE neurons and what decided them (bar value, counts, entropy cut-off)."""
+    lang_list = list(dict.fromkeys(langs))
+    if len(lang_list) < 2:
+        raise UsageError(f"LAPE needs at least 2 languages to compare, got {lang_list}; give more --langs")
+    if not 0 < top_fraction <= 1:
+        raise UsageError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    if not 0 < filter_quantile < 1:
+        raise UsageError(f"filter_quantile must be in (0, 1), got {filter_quantile}")
+    layers = sorted(set(site_layers))
+    if not layers:
+        raise UsageError("LAPE: no layers given; pass --layers or collect mlp_act statistics")
+    probs = torch.stack(
+        [
+            torch.stack([stats.prob_active(lang, Site(layer, "mlp_act"), "zero") for lang in lang_list], dim=-1)
+            for layer in layers
+        ]
+    ).double()  # (n_layers, d_ff, n_langs)
+    d_ff = probs.shape[1]
+    normed = probs / probs.sum(-1, keepdim=True)
+    normed = torch.nan_to_num(normed, nan=0.0)
+    logp = torch.where(normed > 0, normed.clamp_min(1e-300).log(), torch.zeros_like(normed))
+    entropy = -(normed * logp).sum(-1)  # (n_layers, d_ff)
+    bar = _kth_quantile(probs, filter_quantile)
+    passes = (probs > bar).any(-1)
+    entropy = torch.where(passes, entropy, torch.full_like(entropy, float("inf")))
+    n_keep = max(1, round(entropy.numel() * top_fraction))
+    n_keep = min(n_keep, int(passes.sum()))
+    flat = entropy.flatten()
+    order = torch.argsort(flat, stable=True)[:n_keep]
+    out: dict[str, dict[int, torch.Tensor]] = {lang: {} for lang in lang_list}
+    sel_probs = probs.reshape(-1, len(lang_list))[order]  # (n_keep, n_langs)
+    for j, lang in enumerate(lang_list):
+        chosen = order[sel_probs[:, j] > bar]
+        for li, layer in enumerate(layers):
+            in_layer = chosen[(chosen // d_ff) == li] % d_ff
+            out[lang][layer] = torch.sort(in_layer).values.long()
+    info = {
+        "bar": bar,
+        "n_selected": int(n_keep),
+        "n_neurons": int(entropy.numel()),
+        "n_passing_filter": int(passes.sum()),
+        "max_entropy_selected": float(flat[order[-1]]) if n_keep else None,
+        "per_lang": {lang: sum(int(v.numel()) for v in out[lang].values()) for lang in lang_list},
+        "langs": lang_list,
+        "layers": layers,
+        "top_fraction": top_fraction,
+        "filter_quantile": filter_quantile,
+        "assignment": "languages whose P(act>0) exceeds the filter bar",
+    }
+    return out, info
+
+
+def lape_neurons(
+    stats: "Statistics",
+    site_layers: Sequence[int],
+    langs: Sequence[str],
+    top_fraction: float = 0.01,
+    filter_quantile: float = 0.95,
+) -> dict[str, dict[int, torch.Tensor]]:
+    """``{lang: {layer: sorted neuron indices}}`` of LAPE language-specific neurons (see module doc)."""
+    return lape_selection(stats, site_layers, langs, top_fraction, filter_quantile)[0]
+
+
+def _masks_from(neurons: Mapping[str, Mapping[int, torch.Tensor]], langs: Sequence[str], layer: int, d_ff: int) -> torch.Tensor:
+    m = torch.zeros(len(langs), d_ff, dtype=torch.bool)
+    for i, lang in enumerate(langs):
+        idx = neurons.get(lang, {}).get(layer)
+        if idx is not None and len(idx):
+            idx_t = torch.as_tensor(idx, dtype=torch.long)
+            if int(idx_t.max()) >= d_ff or int(idx_t.min()) < 0:
+                raise DataError(f"neuron index out of range for width {d_ff} at layer {layer} ({lang})")
+            m[i, idx_t] = True
+    return m
+
+
+def _validate_masks(iv: Intervention, rows: int, extra: str | None = None) -> None:
+    for site in iv.sites:
+        if site.name != "mlp_act":
+            raise ArtifactError(f"{iv.method} acts at mlp_act, but the file has site {site}; re-create it")
+        m = iv.tensors.get(mask_key(site.layer))
+        if m is None or m.dim() != 2 or m.shape[0] != rows or m.dtype != torch.bool:
+            raise ArtifactError(f"{iv.method} file lacks a ({rows}, d_ff) bool tensor '{mask_key(site.layer)}'; re-create it")
+        if extra is not None:
+            t = iv.tensors.get(extra.format(layer=site.layer))
+            if t is None or t.shape != m.shape:
+                raise ArtifactError(
+                    f"{iv.method} file lacks a {tuple(m.shape)} tensor '{extra.format(layer=site.layer)}'; re-create it"
+                )
+
+
+@register
+class LapeIntervention(Intervention):
+    method = "lape"
+
+    def validate(self) -> None:
+        sets = self.params.get("neuron_langs")
+        if not isinstance(sets, list) or not sets:
+            raise ArtifactError("LAPE file lacks params.neuron_langs; re-create it")
+        _validate_masks(self, len(sets))
+        if self.params.get("mode") not in LAPE_MODES:
+            raise ArtifactError(f"unknown LAPE mode {self.params.get('mode')!r}; re-create the file")
+        chosen = self.params.get("neuron_lang")
+        if chosen is not None and chosen not in sets:
+            raise ArtifactError(f"LAPE neuron_lang {chosen!r} has no neuron set in the file; re-create it")
+
+    def row_masks(self, layer: int) -> torch.Tensor:
+        """(n_languages, d_ff) bool: the neurons acted on for rows of each steered language."""
+        sets: list[str] = self.params["neuron_langs"]
+        m = self.tensors[mask_key(layer)]
+        chosen = self.params.get("neuron_lang")
+        rows = []
+        for lang in self.languages:
+            key = chosen if chosen is not None else lang
+            rows.append(m[sets.index(key)] if key in sets else torch.zeros(m.shape[1], dtype=torch.bool))
+        return torch.stack(rows)
+
+    def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        m = self.row_masks(site.layer).float()
+        sign = -1.0 if self.params["mode"] == "deactivate" else 1.0
+        scale = 1 + sign * self.strength * m
+        return torch.cat([scale, torch.ones(1, m.shape[1])]).to(device=device, dtype=dtype)
+
+    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+        check_width(self, site, act, prepared.shape[-1])
+        if self.strength == 0:
+            return act
+        idx = self.language_index(ctx, act.device)
+        return act * prepared[idx].unsqueeze(1)
+
+
+@register
+class IntMuIntervention(Intervention):
+    method = "intmu"
+
+    def validate(self) -> None:
+        _validate_masks(self, len(self.languages), extra="mu@{layer}")
+        if self.params.get("mean_of") is None:
+            raise ArtifactError("Int_mu file lacks params.mean_of; re-create it")
+
+    def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        m = self.tensors[mask_key(site.layer)]
+        mu = self.tensors[mu_key(site.layer)].float()
+        m = torch.cat([m, torch.zeros(1, m.shape[1], dtype=torch.bool)]).to(device)
+        mu = torch.cat([mu, torch.zeros(1, mu.shape[1])]).to(device=device, dtype=dtype)
+        return m, mu
+
+    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: Any) -> torch.Tensor:
+        m, mu = prepared
+        check_width(self, site, act, mu.shape[-1])
+        if self.strength == 0:
+            return act
+        idx = self.language_index(ctx, act.device)
+        s = self.strength
+        target = mu[idx].unsqueeze(1)
+        blended = target if s == 1 else (1 - s) * act + s * target
+        return torch.where(m[idx].unsqueeze(1), blended, act)
+
+
+def _mlp_layers(stats: "Statistics") -> list[int]:
+    return sorted({s.layer for s in stats.sites if s.name == "mlp_act"})
+
+
+def _lape_langs(langs: Sequence[str], anchor: str) -> tuple[list[str], list[str]]:
+    all_langs = list(dict.fromkeys([*langs, anchor]))
+    targets = [lang for lang in all_langs if lang != anchor]
+    if not targets:
+        raise UsageError("no target languages; give --langs with at least one non-anchor language")
+    return all_langs, targets
+
+
+def _jsonable(neurons: Mapping[str, Mapping[int, torch.Tensor]]) -> dict[str, dict[str, list[int]]]:
+    return {lang: {str(layer): [int(i) for i in idx] for layer, idx in sorted(d.items()) if len(idx)}
+            for lang, d in neurons.items()}
+
+
+def fit_lape(
+    stats: "Statistics",
+    langs: Sequence[str],
+    anchor: str = "en",
+    layers: Sequence[int] | None = None,
+    mode: str = "deactivate",
+    neuron_lang: str | None = None,
+    top_fraction: float = 0.01,
+    filter_quantile: float = 0.95,
+    neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> LapeIntervention:
+    """LAPE intervention steering the non-anchor ``langs``.
+
+    Neurons are selected over ``langs`` plus the anchor (or given as ``neurons``). Each steered
+    row acts on its own language's neurons, or on ``neuron_lang``'s for every steered row. Only
+    layers with at least one such neuron get a hook.
+    """
+    t0 = time.perf_counter()
+    if mode not in LAPE_MODES:
+        raise UsageError(f"unknown LAPE mode '{mode}'; choose one of {', '.join(LAPE_MODES)}")
+    all_langs, targets = _lape_langs(langs, anchor)
+    layer_list = sorted(set(layers)) if layers is not None else _mlp_layers(stats)
+    info: dict[str, Any] = {"given": True}
+    if neurons is None:
+        neurons, info = lape_selection(stats, layer_list, all_langs, top_fraction, filter_quantile)
+    if neuron_lang is not None and neuron_lang not in neurons:
+        raise UsageError(f"no LAPE neurons for language '{neuron_lang}'; choose one of {', '.join(neurons)}")
+    used = [neuron_lang] if neuron_lang is not None else targets
+    sets = [lang for lang in all_langs if lang in neurons] if neuron_lang is None else [neuron_lang]
+    tensors: dict[str, torch.Tensor] = {}
+    d_ff = int(stats.widths["mlp_act"])
+    for layer in layer_list:
+        if not any(len(neurons.get(lang, {}).get(layer, ())) for lang in used):
+            continue
+        tensors[mask_key(layer)] = _masks_from(neurons, sets, layer, d_ff)
+    if not tensors:
+        raise DataError(
+            f"LAPE found no neurons for {', '.join(used)} at layers {layer_list}; "
+            "use more text, more layers or a larger top_fraction"
+        )
+    params = {
+        "mode": mode,
+        "neuron_lang": neuron_lang,
+        "neuron_langs": sets,
+        "selection": info,
+        "neurons": _jsonable({lang: neurons[lang] for lang in sets}),
+        "formula": "deactivate: h*(1-s*m); amplify: h*(1+s*m); s = strength",
+        "positions": "all",
+    }
+    layers_used = sorted(int(k.split("@")[1]) for k in tensors)
+    return LapeIntervention(
+        sites=[Site(layer, "mlp_act") for layer in layers_used],
+        tensors=tensors,
+        params=params,
+        languages=targets,
+        anchor=anchor,
+        meta=fit_metadata(stats, meta, time.perf_counter() - t0),
+    )
+
+
+def fit_intmu(
+    stats: "Statistics",
+    langs: Sequence[str],
+    anchor: str = "en",
+    layers: Sequence[int] | None = None,
+    mean_of: str = "anchor",
+    neurons_of: str = "target",
+    top_fraction: float = 0.01,
+    filter_quantile: float = 0.95,
+    neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> IntMuIntervention:
+    """Int_mu: for rows of each steered language, overwrite its selected neurons with a mean.
+
+    ``neurons_of``: whose LAPE neurons are overwritten — the row's language (``target``,
+    default), the anchor's, or their union. ``mean_of``: the token-level mean activation written
+    there — of the ``anchor`` (default: push the row toward anchor-language processing), of the
+    row's own language (``target``), or of a named language.
+    """
+    t0 = time.perf_counter()
+    if neurons_of not in NEURONS_OF:
+        raise UsageError(f"unknown neurons_of '{neurons_of}'; choose one of {', '.join(NEURONS_OF)}")
+    all_langs, targets = _lape_langs(langs, anchor)
+    if mean_of not in MEAN_OF and mean_of not in stats.langs:
+        raise UsageError(f"mean_of must be anchor, target or a language in the statistics, got '{mean_of}'")
+    layer_list = sorted(set(layers)) if layers is not None else _mlp_layers(stats)
+    info: dict[str, Any] = {"given": True}
+    if neurons is None:
+        neurons, info = lape_selection(stats, layer_list, all_langs, top_fraction, filter_quantile)
+    d_ff = int(stats.widths["mlp_act"])
+    tensors: dict[str, torch.Tensor] = {}
+    for layer in layer_list:
+        own = _masks_from(neurons, targets, layer, d_ff)
+        anc = _masks_from(neurons, [anchor], layer, d_ff).expand_as(own)
+        mask = {"target": own, "anchor": anc.clone(), "union": own | anc}[neurons_of]
+        if not bool(mask.any()):
+            continue
+        site = Site(layer, "mlp_act")
+        rows = []
+        for lang in targets:
+            src = anchor if mean_of == "anchor" else lang if mean_of == "target" else mean_of
+            rows.append(stats.mean(src, site, level="token"))
+        tensors[mask_key(layer)] = mask.contiguous()
+        tensors[mu_key(layer)] = torch.stack(rows).float()
+    if not tensors:
+        raise DataError(
+            f"Int_mu found no {neurons_of} neurons at layers {layer_list}; "
+            "use more text, more layers or a larger top_fraction"
+        )
+    params = {
+        "mean_of": mean_of,
+        "neurons_of": neurons_of,
+        "mean": "token-level mean activation at mlp_act (BOS and padding excluded)",
+        "selection": info,
+        "neurons": _jsonable(neurons),
+        "formula": "where(m, (1-s)*h + s*mu, h); s = strength",
+        "positions": "all",
+    }
+    layers_used = sorted(int(k.split("@")[1]) for k in tensors if k.startswith("mask@"))
+    return IntMuIntervention(
+        sites=[Site(layer, "mlp_act") for layer in layers_used],
+        tensors=tensors,
+        params=params,
+        languages=targets,
+        anchor=anchor,
+        meta=fit_metadata(stats, meta, time.perf_counter() - t0),
+    )

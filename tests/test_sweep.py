@@ -1,0 +1,134 @@
+"""sweep(): layer x alpha selection on dev only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xlsteer.cli import main
+from xlsteer.errors import UsageError
+from xlsteer.evaluation.sweep import _best, diffmean_from_statistics, restrict_layers, sweep
+from xlsteer.evaluation.tasks import get_task
+from xlsteer.interventions.vector import SteeringVector, vector_key
+from xlsteer.models.sites import Site
+from xlsteer.stats import collect
+from xlsteer.testing import tiny_model
+
+TEXTS = {
+    "en": ["The cat sat on the mat.", "It is raining today.", "We went to the market."],
+    "sw": ["Paka aliketi kwenye mkeka.", "Leo kunanyesha mvua.", "Tulienda sokoni."],
+    "zh": ["猫坐在垫子上。", "今天下雨了。", "我们去了市场。"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XLSTEER_QUIET", "1")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def stats(lm):
+    return collect(lm, TEXTS, [Site(0, "resid_post"), Site(1, "resid_post")], meta={"model_fingerprint": lm.fingerprint})
+
+
+@pytest.fixture
+def splits_read(monkeypatch):
+    """Instrument the XCOPA loader: record every split read and fail on test."""
+    mod = get_task("xcopa")
+    real = mod.load_items
+    seen: list[str] = []
+
+    def spy(data_dir, lang, split, limit=None):
+        seen.append(split)
+        assert split != "test", "the sweep read test items"
+        return real(data_dir, lang, split, limit)
+
+    monkeypatch.setattr(mod, "load_items", spy)
+    return seen
+
+
+def test_sweep_never_reads_test_items(lm, stats, splits_read):
+    make, layers = diffmean_from_statistics(stats, ["en", "sw", "zh"])
+    rec = sweep(lm, "xcopa", ["en", "sw", "zh"], make, layers=layers, alphas=[0.5, 4.0], limit=3, n_boot=100)
+    assert splits_read and set(splits_read) == {"dev"}
+    assert rec["selected_on_split"] == "dev" and rec["split"] == "dev"
+    assert rec["grid"] == {"layers": [0, 1], "alphas": [0.5, 4.0]}
+    assert [e["key"] for e in rec["results"]] == ["L0@0.5", "L0@4", "L1@0.5", "L1@4"]
+    assert rec["best"]["layer"] in (0, 1) and rec["best"]["alpha"] in (0.5, 4.0)
+    assert set(rec["best_per_lang"]) == {"sw", "zh"}
+    assert "dev" in rec["selection_rule"] and rec["baseline"] is not None
+    for e in rec["results"]:
+        assert e["intervention"]["layers"] == [e["layer"]] and e["intervention"]["strength"] == e["alpha"]
+
+
+def test_sweep_refuses_the_test_split(lm, stats, splits_read):
+    make, layers = diffmean_from_statistics(stats, ["en", "sw"])
+    with pytest.raises(UsageError, match="test"):
+        sweep(lm, "xcopa", ["en", "sw"], make, layers=layers, split="test")
+    assert splits_read == []
+
+
+def test_diffmean_layers_come_from_the_statistics(stats):
+    make, layers = diffmean_from_statistics(stats, ["en", "sw", "zh"])
+    assert layers == [0, 1]
+    iv = make(1, 2.0)
+    assert isinstance(iv, SteeringVector) and iv.layers == [1] and iv.strength == 2.0
+    assert iv.languages == ["sw", "zh"]
+    expected = stats.mean("en", Site(1, "resid_post")) - stats.mean("sw", Site(1, "resid_post"))
+    assert torch.allclose(iv.tensors[vector_key(1)][0], expected, atol=1e-5)
+    assert make(1, 0.5).tensors[vector_key(1)] is iv.tensors[vector_key(1)]  # fitted once per layer
+    with pytest.raises(UsageError, match="layers"):
+        make(5, 1.0)
+    with pytest.raises(UsageError, match="lack"):
+        diffmean_from_statistics(stats, ["en", "de"])
+
+
+def test_selection_is_by_main_metric_then_margin_then_smaller_alpha():
+    def entry(layer, alpha, acc, margin):
+        return {"layer": layer, "alpha": alpha, "key": f"L{layer}@{alpha}",
+                "per_lang": {"sw": {"metrics": {"acc": {"mean": acc}}, "continuous": {"margin": {"mean": margin}}}}}
+
+    entries = [entry(1, 1.0, 0.6, 0.1), entry(2, 1.0, 0.7, 0.1), entry(3, 1.0, 0.7, 0.3), entry(4, 0.5, 0.7, 0.3)]
+    best = _best(entries, ["sw"], "acc", "margin")
+    assert (best["layer"], best["alpha"]) == (4, 0.5)
+    best = _best(entries[:3], ["sw"], "acc", "margin")
+    assert best["layer"] == 3
+
+
+def test_restrict_layers_of_a_multi_layer_intervention(lm):
+    d = lm.hidden_size
+    iv = SteeringVector(sites=[Site(0, "resid_post"), Site(1, "resid_post")],
+                        tensors={vector_key(0): torch.ones(1, d), vector_key(1): torch.ones(1, d)},
+                        params={"normalize": "none"}, languages=["sw"])
+    one = restrict_layers(iv, [1])
+    assert one.layers == [1] and iv.layers == [0, 1]
+    with pytest.raises(UsageError, match="no sites"):
+        restrict_layers(iv, [3])
+
+
+def test_cli_sweep_prints_selection_and_test_command(lm, stats, tmp_path, capsys, splits_read):
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    stats_path = stats.save(tmp_path / "stats.safetensors")
+    out = tmp_path / "sweep.json"
+    code = main(["-q", "sweep", "--model", str(folder), "--task", "xcopa", "--langs", "en,sw", "--stats",
+                 str(stats_path), "--layers", "1", "--alphas", "1,2", "--limit", "2", "--no-cache", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "selected (all languages): layer 1" in text
+    assert "xlsteer eval" in text and "--split test" in text and "--alpha" in text
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    assert rec["selected_on_split"] == "dev" and rec["source"]["kind"] == "statistics"
+    assert (tmp_path / "sweep.best.safetensors").is_file()
+    assert set(splits_read) == {"dev"}
