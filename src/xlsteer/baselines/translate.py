@@ -330,12 +330,25 @@ def translate_items(task: str, items: Sequence[Any], translator: Any, cache: Tra
         for k, i in enumerate(idx):
             it = items[i]
             fields = dict(it.fields)
+            empty = []
             for j, f in enumerate(names):
                 fields[f"{f}_source"] = fields[f]
-                fields[f] = trans[k * len(names) + j]
-            fields.update(translated_from=lang, translator=translator.translator_id(lang), prompt_lang="en")
+                fields[f] = _usable(task, f, trans[k * len(names) + j], fields[f])
+                if not trans[k * len(names) + j].strip():
+                    empty.append(f)
+            fields.update(translated_from=lang, translator=translator.translator_id(lang), prompt_lang="en",
+                          untranslated_fields=empty)
             out[i] = dataclasses.replace(it, fields=fields)
     return out
+
+
+def _usable(task: str, name: str, text: str, source: str) -> str:
+    """A translation the template can render: an empty one falls back to the source text (recorded
+    in ``untranslated_fields``); an XCOPA premise gets the final full stop the template removes."""
+    t = " ".join(text.split()) or source
+    if task == "xcopa" and name == "premise" and t and t[-1] not in ".!?。":
+        t += "."
+    return t
 
 
 def gmt_items(items: Sequence[Any], data_dir: str | None = None) -> list[Any]:

@@ -214,6 +214,7 @@ def evaluate(
         if not its:
             raise XlsteerError(f"{task} {split} has no items in {lang}; check the split")
     eng = engine or Engine(lm, batch_size=batch_size, cache_dir=cache_dir, max_length=max_length)
+    counters0 = (eng.truncated, eng.boundary_mismatches)  # an engine may be shared (sweep): count this call only
 
     root = resolve_data_dir(data_dir)
     files: set[str] = set()
@@ -323,8 +324,8 @@ def evaluate(
         "alpha": alpha,
         "metrics": {"names": list(TASK_METRICS[task]), "kinds": TASK_METRICS[task], "main": MAIN_METRIC[task],
                     "continuous": list(CONTINUOUS[task]), "tie_break": TIE_BREAK[task]},
-        "engine": {"max_length": eng.max_length, "truncated": eng.truncated,
-                   "boundary_mismatches": eng.boundary_mismatches},
+        "engine": {"max_length": eng.max_length, "truncated": eng.truncated - counters0[0],
+                   "boundary_mismatches": eng.boundary_mismatches - counters0[1]},
         "per_lang": per_lang,
         "average": average(per_lang, [lang for lang in lang_list if lang != anchor]),
         "items": records,

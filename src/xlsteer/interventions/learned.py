@@ -285,8 +285,10 @@ def fit_learned(
     target language; for ``task`` a dict lang -> [(prompt, answer), ...] (a plain list when
     there is one language). ``init``: ``diffmean`` (on the training rows of the parallel text:
     ``data`` for align, ``parallel`` for task), ``zero``, or a fitted SteeringVector.
-    ``target_layer`` (align only): where the states are compared; default the layer after the
-    last steered one (the last layer if that is the last). The loss history, the split, the best
+    ``target_layer`` (align only): where the states are compared (resid_post); default the layer
+    after the last steered one (the last layer if that is the last). ``target_layer`` equal to
+    the steered layer with ``pooling="last"`` is METHODS.md's ``||f_l(x_t) + v - f_l(x_en)||^2``
+    at the last token (whose optimum is the last-token DiffMean of the training rows). The loss history, the split, the best
     step and whether training stopped early are recorded in params["history"].
     """
     t0 = time.perf_counter()

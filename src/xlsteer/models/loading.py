@@ -541,7 +541,9 @@ def load_model(
     ("eager", "sdpa", ...) is passed on when given (None: transformers' default).
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # xlsteer shows its own progress; weight loading is quick
     torch_dtype = resolve_dtype(dtype)
     dmap = resolve_device_map(device_map, device)  # checks devices before any slow work
     name, where, source = _resolve(str(name_or_path), allow_download)

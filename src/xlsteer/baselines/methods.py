@@ -1,0 +1,781 @@
+"""Every method a practitioner could use instead of (or with) steering, under one name each.
+
+:data:`METHODS` maps a name to how it is run; :func:`run_method` runs one on a task's ``test``
+split (or any split) and returns its runner result (:func:`xlsteer.evaluation.runner.evaluate`
+format, per-item records included) with what it cost; :func:`compare_methods` runs several on
+the *same items* and pairs each with ``zero-shot`` item by item.
+
+=============  ===========  ==============================================================
+name           family       what
+=============  ===========  ==============================================================
+zero-shot      reference    the unsteered model, the task's default template
+icl-en         prompting    k exemplars in English before every item (train split, else dev)
+icl-native     prompting    k exemplars in the item's language
+prompt-opt     prompting    an instruction searched on dev (seeds + the model's paraphrases)
+xlt            fine-tuning  LoRA trained on English training data only (cross-lingual transfer)
+sft            fine-tuning  LoRA trained on the training data of every evaluated language
+sft+steer      combination  DiffMean fitted on the SFT model (NTREX), alpha/layer on dev
+translate-test translation  apertium MT to English (languages with an apertium pair), unsteered
+translate-self translation  the model translates the item to English itself, unsteered
+translate-gmt  translation  XCOPA's Google-MT English (data-gmt), unsteered
+diffmean       steering     DiffMean vector on NTREX (fit split); layer and alpha on dev
+learned        steering     learned vector (align objective) on NTREX; alpha on dev
+incline        steering     INCLINE maps on NTREX at every layer, last prompt token; sigma on dev
+clas           steering     CLAS at its bridge layers (NTREX statistics); alpha on dev
+=============  ===========  ==============================================================
+
+Selection (layers, strengths, prompts, exemplars) uses only dev/train items; reported numbers
+come from ``split`` (test). Steering methods choose layer and strength with
+:func:`xlsteer.evaluation.sweep.sweep` on ``dev_limit`` dev items per language; without that
+module they fall back to a fixed documented default (:data:`DEFAULT_SELECTION`), recorded as
+``selection.source = "default"``.
+
+Cost, per method (``cost`` in every record): ``fit_seconds`` (training / fitting / search),
+``selection_seconds`` (dev sweeps), ``eval_seconds`` (the reported evaluation itself),
+``extra_tokens_per_item`` (model tokens added per evaluated item: exemplars, instruction,
+self-translation prompt + output), ``trainable_parameters`` (parameters trained by gradient
+descent) and ``fitted_parameters`` (numbers stored by the intervention), and ``external`` for
+work done outside the model (apertium, Google MT).
+
+A language a method cannot handle (no apertium pair, no NTREX text to fit a vector, no Google-MT
+file) is left out of that method's row with the reason; a method that fails for a reason the
+user can fix (an :class:`~xlsteer.errors.XlsteerError`) is recorded with its message and the
+comparison goes on; any other exception propagates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..data.langs import normalize_lang
+from ..errors import LanguageError, UsageError, XlsteerError
+from ..evaluation.tasks import get_task
+
+FAMILIES = ("reference", "prompting", "fine-tuning", "combination", "translation", "steering")
+REFERENCE = "zero-shot"
+#: Fallback when evaluation/sweep.py is unavailable: the middle layer, alpha (strength) 1.
+DEFAULT_SELECTION = {"layer": "L // 2", "alpha": 1.0}
+#: Strength grids searched on dev, per steering method.
+DEFAULT_ALPHAS: dict[str, tuple[float, ...]] = {
+    "diffmean": (0.5, 1.0, 2.0),
+    "learned": (0.5, 1.0, 2.0),
+    "clas": (0.5, 1.0, 2.0),
+    "incline": (0.25, 0.5, 1.0),
+}
+NTREX_LANGS = ("en", "ar", "bn", "de", "el", "fr", "hi", "id", "it", "ja", "ko", "pt", "ro", "ru", "es", "sw",
+               "te", "th", "tr", "vi", "zh")
+
+
+@dataclass
+class RunContext:
+    """What every method needs: the model, the items, and the shared settings."""
+
+    lm: Any
+    task: str
+    langs: list[str]
+    split: str = "test"
+    limit: int | None = None
+    dev_limit: int | None = 100
+    fit_limit: int = 200
+    anchor: str = "en"
+    data_dir: str | os.PathLike | None = None
+    seed: int = 0
+    batch_size: int = 8
+    max_length: int = 2048
+    n_boot: int = 2000
+    cache_dir: str | os.PathLike | None = None
+    translation_cache: Any = True
+    work_dir: str | os.PathLike | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def eval_kw(self) -> dict[str, Any]:
+        return dict(anchor=self.anchor, data_dir=self.data_dir, seed=self.seed, batch_size=self.batch_size,
+                    max_length=self.max_length, n_boot=self.n_boot, cache_dir=self.cache_dir)
+
+
+@dataclass
+class MethodRun:
+    """One method's outcome: its runner result on ``split`` and what it cost."""
+
+    name: str
+    family: str
+    results: dict[str, Any] | None
+    params: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "params": self.params, "cost": self.cost,
+                "selection": self.selection, "notes": self.notes, "skipped": self.skipped, "error": self.error,
+                **self.extra}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str
+    description: str
+    run: Callable[[RunContext, dict[str, Any]], MethodRun]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _cost(**kw: Any) -> dict[str, Any]:
+    base = {"fit_seconds": 0.0, "selection_seconds": 0.0, "eval_seconds": 0.0, "extra_tokens_per_item": 0.0,
+            "trainable_parameters": 0, "fitted_parameters": 0, "external": None}
+    base.update(kw)
+    for k in ("fit_seconds", "selection_seconds", "eval_seconds", "extra_tokens_per_item"):
+        base[k] = round(float(base[k]), 3)
+    return base
+
+
+def _eval(ctx: RunContext, lm: Any, langs: Sequence[str], **kw: Any) -> tuple[dict[str, Any], float]:
+    from ..evaluation.runner import evaluate
+
+    t0 = time.perf_counter()
+    args = ctx.eval_kw()
+    args.update(kw)
+    res = evaluate(lm, ctx.task, list(langs), split=ctx.split, limit=ctx.limit, **args)
+    return res, time.perf_counter() - t0
+
+
+def _eval_items(ctx: RunContext, langs: Sequence[str]) -> list[Any]:
+    mod = get_task(ctx.task)
+    return [it for lang in langs for it in mod.load_items(ctx.data_dir, lang, ctx.split, ctx.limit)]
+
+
+# ---------------------------------------------------------------------------------------------
+# reference and prompting
+
+
+def _zero_shot(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+    res, secs = _eval(ctx, ctx.lm, ctx.langs)
+    return MethodRun(REFERENCE, "reference", res, {}, _cost(eval_seconds=secs))
+
+
+def _icl(variant: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
+    def run(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+        from .icl import DEFAULT_K, exemplar_split, extra_tokens_per_item, icl_template
+
+        k = p.get("k") or DEFAULT_K[get_task(ctx.task).NAME]
+        seed = int(p.get("seed", ctx.seed))
+        tpl = icl_template(ctx.task, variant, k, seed, ctx.data_dir, None, ctx.langs)
+        res, secs = _eval(ctx, ctx.lm, ctx.langs, template=tpl)
+        extra = extra_tokens_per_item(ctx.lm, tpl, _eval_items(ctx, ctx.langs), ctx.data_dir)
+        info = tpl.options["baseline"]
+        sel = {"source": f"seeded draw from the {exemplar_split(ctx.task)} split", "exemplar_ids": info["exemplar_ids"],
+               "spare_id": info["spare_id"], "seed": seed}
+        return MethodRun(f"icl-{variant}", "prompting", res, {"k": k, "seed": seed, "variant": variant},
+                         _cost(eval_seconds=secs, extra_tokens_per_item=extra), sel)
+
+    return run
+
+
+def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+    from .icl import prefix_tokens
+    from .prompt_search import PREFIX_SEP, run_prompt_search
+
+    params = {"rounds": int(p.get("rounds", 2)), "per_round": int(p.get("per_round", 4)),
+              "n_parents": int(p.get("n_parents", 2)), "dev_limit": p.get("dev_limit", ctx.dev_limit)}
+    t0 = time.perf_counter()
+    kw = ctx.eval_kw()
+    anchor, data_dir, seed = kw.pop("anchor"), kw.pop("data_dir"), kw.pop("seed")
+    res = run_prompt_search(ctx.lm, ctx.task, ctx.langs, ctx.split, ctx.limit, anchor=anchor, data_dir=data_dir,
+                            seed=seed, seeds=p.get("seeds"), **params, **kw)
+    total = time.perf_counter() - t0
+    rec = res.pop("prompt_search")
+    best = rec["best"]["instruction"]
+    extra = prefix_tokens(ctx.lm, best + PREFIX_SEP[get_task(ctx.task).NAME]) if best else 0
+    sel = {"source": "dev", "instruction": best, "dev_score": rec["best"]["dev_score"],
+           "candidates": [{k: c[k] for k in ("instruction", "source", "round", "dev_score", "dev_per_lang")}
+                          for c in rec["candidates"]],
+           "proposals": rec["proposals"], "budget": rec["budget"], "dev_limit": rec["dev_limit"]}
+    notes = []
+    if not best:
+        notes.append("no instruction beat the plain zero-shot prompt on dev: the empty instruction won")
+    return MethodRun("prompt-opt", "prompting", res, params,
+                     _cost(fit_seconds=rec["search_seconds"], eval_seconds=total - rec["search_seconds"],
+                           extra_tokens_per_item=extra), sel, notes,
+                     extra={"search_proposal_tokens": rec["proposal_tokens"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def _train_config(ctx: RunContext, p: dict[str, Any]) -> Any:
+    from .finetune import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kw = {k: v for k, v in p.items() if k in fields}
+    kw.setdefault("seed", ctx.seed)
+    kw.setdefault("max_length", min(ctx.max_length, 1024))
+    return TrainConfig(**kw)
+
+
+def _finetuned(ctx: RunContext, recipe: str, p: dict[str, Any]) -> Any:
+    """The fine-tuned model of ``recipe`` (trained once per context and reused)."""
+    from .finetune import finetune
+
+    key = f"finetuned:{recipe}"
+    if key not in ctx.shared:
+        adapter_dir = Path(ctx.work_dir) / "adapters" / recipe if ctx.work_dir else None
+        train_langs = p.get("train_langs")
+        if isinstance(train_langs, str):
+            train_langs = [x.strip() for x in train_langs.split(",") if x.strip()]
+        ctx.shared[key] = finetune(ctx.lm, ctx.task, recipe, ctx.langs, anchor=ctx.anchor, train_langs=train_langs,
+                                   config=_train_config(ctx, p), data_dir=ctx.data_dir, adapter_dir=adapter_dir)
+    return ctx.shared[key]
+
+
+def _ft_notes(rec: dict[str, Any]) -> list[str]:
+    notes = [rec["train_note"]]
+    if rec["train_split"] == "dev":
+        notes.append("trained on dev items: dev is not held out for this model")
+    return notes
+
+
+def _ft_run(recipe: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
+    def run(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+        ft = _finetuned(ctx, recipe, p)
+        rec = ft.record
+        res, secs = _eval(ctx, ft.lm, ctx.langs)
+        res["finetune"] = {k: v for k, v in rec.items() if k not in ("base_model",)}
+        params = {"recipe": recipe, **rec["config"], "train_langs": rec["train_langs"],
+                  "train_split": rec["train_split"]}
+        out = MethodRun(recipe, "fine-tuning", res, params,
+                        _cost(fit_seconds=rec["train_seconds"], eval_seconds=secs,
+                              trainable_parameters=rec["trainable_parameters"]),
+                        {"source": "fixed hyper-parameters (no selection)"}, _ft_notes(rec),
+                        extra={"training": {"loss_first": rec["loss_first"], "loss_last": rec["loss_last"],
+                                            "loss": rec["loss"], "n_examples": rec["n_examples"],
+                                            "adapter_dir": str(ft.adapter_dir) if ft.adapter_dir else None,
+                                            "adapter_sha256": rec["adapter_sha256"]}})
+        if recipe == "xlt":  # not reused by another method: free the copy
+            ctx.shared.pop("finetuned:xlt", None)
+            gc.collect()
+        return out
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# translate-test
+
+
+def _translate(kind: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
+    name = {"apertium": "translate-test", "self": "translate-self", "gmt": "translate-gmt"}[kind]
+
+    def run(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+        from .translate import run_translate_test
+
+        opts = {}
+        if kind == "self":
+            opts = {k: p[k] for k in ("max_new_tokens", "prompt") if k in p}
+            opts.setdefault("batch_size", ctx.batch_size)
+        t0 = time.perf_counter()
+        kw = ctx.eval_kw()
+        anchor, data_dir, seed = kw.pop("anchor"), kw.pop("data_dir"), kw.pop("seed")
+        res = run_translate_test(ctx.lm, ctx.task, ctx.langs, kind, ctx.split, ctx.limit, data_dir=data_dir,
+                                 anchor=anchor, cache=ctx.translation_cache, translator_options=opts, seed=seed, **kw)
+        total = time.perf_counter() - t0
+        tr = res["translation"]
+        external = {"apertium": "apertium rule-based MT (CPU)", "gmt": "Google MT (precomputed, shipped with XCOPA)",
+                    "self": None}[kind]
+        return MethodRun(name, "translation", res, {"translator": kind, **{k: v for k, v in opts.items()}},
+                         _cost(eval_seconds=total - tr["seconds"], extra_tokens_per_item=tr["model_tokens_per_item"],
+                               external=external, translation_seconds=tr["seconds"]),
+                         {"source": "none (fixed prompt)", "translator_ids": tr["translator_ids"]},
+                         [], dict(tr["skipped"]), extra={"translation_examples": tr["examples"],
+                                                         "translation_cache": tr["cache"]})
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# steering
+
+
+def _numel(iv: Any, layers: Sequence[int] | None = None) -> int:
+    keep = None if layers is None else {f"@{x}" for x in layers}
+    n = 0
+    for key, t in iv.tensors.items():
+        if keep is not None and "@" in key and key[key.rindex("@"):] not in keep:
+            continue
+        if t.is_floating_point():
+            n += int(t.numel())
+    return n
+
+
+def _layers_param(value: Any, n_layers: int, default: list[int]) -> list[int]:
+    if value is None or value == "auto":
+        return default
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        from ..cli.options import parse_layers
+
+        out = parse_layers(value, n_layers)
+        return out if out is not None else default
+    return [int(x) for x in value]
+
+
+def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any = None,
+                       name: str | None = None) -> MethodRun:
+    """Fit ``method`` on NTREX (fit split), choose layer/strength on dev, evaluate on ``ctx.split``."""
+    from ..data.corpora import load_corpus
+    from ..interventions.fit import fit
+
+    lm = lm or ctx.lm
+    name = name or method
+    family = "combination" if name != method else "steering"
+    n_layers = int(lm.num_layers)
+    targets = [lang for lang in ctx.langs if lang != ctx.anchor]
+    skipped = {lang: "no NTREX parallel text to fit on (NTREX has " + " ".join(NTREX_LANGS) + ")"
+               for lang in targets if lang not in NTREX_LANGS}
+    use = [lang for lang in targets if lang in NTREX_LANGS]
+    if not use:
+        raise LanguageError(f"{name}: none of {', '.join(targets)} has NTREX text to fit a vector on")
+    langs = ([ctx.anchor] if ctx.anchor in ctx.langs else []) + use
+    fit_limit = int(p.get("fit_limit", ctx.fit_limit))
+    corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=[ctx.anchor, *use], split="fit",
+                         limit=fit_limit)
+    alphas = tuple(float(a) for a in p.get("alphas", DEFAULT_ALPHAS[method]))
+    fit_kw: dict[str, Any] = {k: v for k, v in p.items()
+                              if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site")}
+    if method == "learned":
+        fit_kw.setdefault("steps", 100)
+        fit_kw.setdefault("seed", ctx.seed)
+    mid = n_layers // 2
+    if method == "diffmean":
+        cand = _layers_param(p.get("layers"), n_layers, sorted({max(0, n_layers // 4), mid, min(n_layers - 1, (3 * n_layers) // 4)}))
+        sweep_layers: list[int] | None = cand
+        fit_layers: Any = cand
+    elif method == "learned":
+        fit_layers = _layers_param(p.get("layers"), n_layers, [mid])
+        sweep_layers = list(fit_layers) if len(fit_layers) > 1 else None
+    else:  # clas: bridge layers chosen by the fit; incline: every layer (the paper's setup)
+        fit_layers = None if p.get("layers") in (None, "auto") else _layers_param(p.get("layers"), n_layers, [])
+        sweep_layers = None
+    t0 = time.perf_counter()
+    iv = fit(method, lm, corpus, [ctx.anchor, *use], anchor=ctx.anchor, layers=fit_layers, site=p.get("site"),
+             batch_size=ctx.batch_size, **fit_kw)
+    fit_seconds = time.perf_counter() - t0
+    positions = str(iv.params.get("positions", "all")) if method == "incline" else "all"
+    dev_limit = p.get("dev_limit", ctx.dev_limit)
+    t1 = time.perf_counter()
+    try:
+        from ..evaluation import sweep as sweep_mod
+    except ImportError:  # pragma: no cover - evaluation/sweep.py ships with xlsteer
+        sweep_mod = None
+    if sweep_mod is not None:
+        common = dict(alphas=alphas, split="dev", limit=dev_limit, anchor=ctx.anchor, data_dir=ctx.data_dir,
+                      seed=ctx.seed, cache_dir=ctx.cache_dir, positions=positions, batch_size=ctx.batch_size,
+                      max_length=ctx.max_length, n_boot=200)
+        if sweep_layers is not None:
+            rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=sweep_layers,
+                                  source={"kind": "baselines", "method": method}, **common)
+            best_layer, best_alpha = int(rec["best"]["layer"]), float(rec["best"]["alpha"])
+            chosen = sweep_mod.restrict_layers(iv, [best_layer]).with_strength(best_alpha)
+            used_layers = [best_layer]
+        else:
+            rec = sweep_mod.sweep(lm, ctx.task, langs, lambda layer, a: iv.with_strength(a), layers=[-1],
+                                  source={"kind": "baselines", "method": method, "layers": iv.layers,
+                                          "note": "layer -1 = every fitted layer (strength-only sweep)"}, **common)
+            best_alpha = float(rec["best"]["alpha"])
+            chosen = iv.with_strength(best_alpha)
+            used_layers = iv.layers
+        selection = {"source": "evaluation.sweep on dev", "split": "dev", "dev_limit": dev_limit,
+                     "layers": used_layers, "alpha": best_alpha, "grid": rec["grid"],
+                     "dev_main": rec["best"]["main"], "dev_gain_over_unsteered": rec["best"].get("gain_over_baseline"),
+                     "rule": rec["selection_rule"],
+                     "dev_scores": {e["key"]: e["average"]["metrics"] for e in rec["results"]}}
+    else:  # pragma: no cover - fixed documented default, recorded as such
+        used_layers = [mid] if mid in iv.layers and sweep_layers is not None else iv.layers
+        chosen = iv if used_layers == iv.layers else _restrict(iv, used_layers)
+        chosen = chosen.with_strength(DEFAULT_SELECTION["alpha"])
+        selection = {"source": "default", **DEFAULT_SELECTION, "layers": used_layers}
+    selection_seconds = time.perf_counter() - t1
+    res, secs = _eval(ctx, lm, langs, interventions=chosen, positions=positions)
+    trainable = _numel(chosen, used_layers) if method == "learned" else 0
+    params = {"method": method, "fit_limit": fit_limit, "corpus": corpus.name, "corpus_split": "fit",
+              "positions": positions, "sites": [str(s) for s in chosen.sites],
+              **{k: v for k, v in fit_kw.items()}}
+    notes = []
+    if name != method:
+        notes.append(f"{method} fitted on the fine-tuned model ({lm.name})")
+    return MethodRun(name, family, res, params,
+                     _cost(fit_seconds=fit_seconds, selection_seconds=selection_seconds, eval_seconds=secs,
+                           trainable_parameters=trainable, fitted_parameters=_numel(chosen, used_layers)),
+                     selection, notes, skipped, extra={"intervention": res.get("intervention")})
+
+
+def _restrict(iv: Any, layers: Sequence[int]) -> Any:
+    import copy
+
+    out = copy.copy(iv)
+    out.sites = sorted(s for s in iv.sites if s.layer in set(layers))
+    out._prepared = {}
+    return out
+
+
+def _steer(method: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
+    def run(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+        return steer_and_evaluate(ctx, method, p)
+
+    return run
+
+
+def _sft_steer(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+    ft_p = {k[4:]: v for k, v in p.items() if k.startswith("sft_")}
+    st_p = {k: v for k, v in p.items() if not k.startswith("sft_")}
+    sft_params = {**dict(METHODS["sft"].defaults), **ctx.options.get("sft", {}), **ft_p}
+    ft = _finetuned(ctx, "sft", sft_params)
+    out = steer_and_evaluate(ctx, "diffmean", st_p, lm=ft.lm, name="sft+steer")
+    out.cost["fit_seconds"] = round(out.cost["fit_seconds"] + ft.record["train_seconds"], 3)
+    out.cost["trainable_parameters"] = ft.record["trainable_parameters"]
+    out.notes.extend(_ft_notes(ft.record))
+    out.params["sft"] = {"recipe": "sft", **ft.record["config"], "train_langs": ft.record["train_langs"]}
+    return out
+
+
+METHODS: dict[str, MethodSpec] = {
+    "zero-shot": MethodSpec("zero-shot", "reference", "the unsteered model with the task's default template",
+                            _zero_shot),
+    "icl-en": MethodSpec("icl-en", "prompting", "k English exemplars (train split, else dev) before each item",
+                         _icl("en"), {"k": None}),
+    "icl-native": MethodSpec("icl-native", "prompting", "k exemplars in the item's language (same items as icl-en)",
+                             _icl("native"), {"k": None}),
+    "prompt-opt": MethodSpec("prompt-opt", "prompting",
+                             "instruction chosen on dev among seeds and the model's own paraphrases",
+                             _prompt_opt, {"rounds": 2, "per_round": 4, "n_parents": 2}),
+    "xlt": MethodSpec("xlt", "fine-tuning", "LoRA on English training data only (cross-lingual transfer)",
+                      _ft_run("xlt"), {"rank": 8, "steps": 40, "batch_size": 8, "lr": 5e-4}),
+    "sft": MethodSpec("sft", "fine-tuning", "LoRA on the training data of every evaluated language",
+                      _ft_run("sft"), {"rank": 8, "steps": 40, "batch_size": 8, "lr": 5e-4}),
+    "sft+steer": MethodSpec("sft+steer", "combination", "DiffMean fitted and applied on the SFT model",
+                            _sft_steer, {}),
+    "translate-test": MethodSpec("translate-test", "translation", "apertium MT to English, then the unsteered model",
+                                 _translate("apertium")),
+    "translate-self": MethodSpec("translate-self", "translation",
+                                 "the model translates the item to English, then answers it unsteered",
+                                 _translate("self")),
+    "translate-gmt": MethodSpec("translate-gmt", "translation", "XCOPA's Google-MT English, unsteered",
+                                _translate("gmt")),
+    "diffmean": MethodSpec("diffmean", "steering", "DiffMean vector (NTREX), layer and alpha chosen on dev",
+                           _steer("diffmean")),
+    "learned": MethodSpec("learned", "steering", "learned vector (align objective, NTREX), alpha chosen on dev",
+                          _steer("learned"), {"steps": 100}),
+    "incline": MethodSpec("incline", "steering", "INCLINE linear maps (NTREX), every layer, sigma chosen on dev",
+                          _steer("incline"), {"ridge": 0.1}),
+    "clas": MethodSpec("clas", "steering", "CLAS neuron steering at bridge layers, alpha chosen on dev",
+                       _steer("clas")),
+}
+ALIASES = {"zeroshot": "zero-shot", "base": "zero-shot", "translate-apertium": "translate-test",
+           "prompt-search": "prompt-opt", "sft-steer": "sft+steer"}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """Comma-separated method names ('all' = every method), validated, without duplicates."""
+    parts = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x and x.strip()]
+    if not parts:
+        raise UsageError(f"no methods given; choose among {', '.join(METHODS)} (or all)")
+    out: list[str] = []
+    for x in parts:
+        if x == "all":
+            out.extend(METHODS)
+            continue
+        key = ALIASES.get(x.lower(), x.lower())
+        if key not in METHODS:
+            raise UsageError(f"unknown method {x!r}; choose among {', '.join(METHODS)} (or all)")
+        out.append(key)
+    return list(dict.fromkeys(out))
+
+
+def run_method(name: str, ctx: RunContext, **params: Any) -> MethodRun:
+    """Run one method (defaults < ``ctx.options[name]`` < ``params``); records fit/eval cost."""
+    key = parse_methods(name)[0]
+    spec = METHODS[key]
+    p = {**dict(spec.defaults), **ctx.options.get(key, {}), **params}
+    p = {k: v for k, v in p.items() if v is not None}
+    out = spec.run(ctx, p)
+    out.extra.setdefault("description", spec.description)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison
+
+
+def _cell(res: dict[str, Any], lang: str, main: str) -> dict[str, Any]:
+    m = res["per_lang"][lang]["metrics"][main]
+    return {"score": m["mean"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
+
+
+def _scores(res: dict[str, Any], lang: str, main: str) -> dict[str, float]:
+    return {r["id"]: float(r["scores"][main]) for r in res["items"] if r["lang"] == lang}
+
+
+def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequence[str], anchor: str,
+                        seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
+    """Per language and on average over non-anchor languages: score [CI] and the paired test vs ``ref``."""
+    from ..evaluation import significance as S
+    from ..evaluation.runner import compare_runs
+
+    main = ref["metrics"]["main"]
+    kind = "binary" if ref["metrics"]["kinds"][main] == "binary" else "continuous"
+    cmp = compare_runs(ref, run, n_boot=n_boot, seed=seed, alpha=alpha)
+    per: dict[str, Any] = {}
+    for lang in langs:
+        if lang not in run["per_lang"]:
+            continue
+        c = cmp["per_lang"].get(lang)
+        cell = _cell(run, lang, main)
+        if c is not None:
+            t = c["metrics"][main]
+            cell.update(diff=t["diff"], p=t["p"], test=t["test"], verdict=t["verdict"],
+                        prediction_changed=c["prediction_changed"])
+        per[lang] = cell
+    covered = [lang for lang in langs if lang != anchor and lang in per]
+    avg: dict[str, Any] = {"langs": covered, "partial": len(covered) < len([x for x in langs if x != anchor])}
+    if covered:
+        a_all, b_all = [], []
+        for lang in covered:
+            a, b = _scores(ref, lang, main), _scores(run, lang, main)
+            ids = [i for i in a if i in b]
+            a_all += [a[i] for i in ids]
+            b_all += [b[i] for i in ids]
+        summ = S.summarize(b_all, seed=seed, n_boot=n_boot)
+        avg.update(score=float(np.mean([per[lang]["score"] for lang in covered])), ci_low=summ["ci_low"],
+                   ci_high=summ["ci_high"], n=summ["n"])
+        t = S.compare(a_all, b_all, kind=kind, seed=seed, n_boot=n_boot, alpha=alpha)
+        avg.update(diff=float(np.mean([per[lang].get("diff", 0.0) for lang in covered])), p=t["p"], test=t["test"],
+                   verdict=t["verdict"], pooled_diff=t["diff"])
+    return {"per_lang": per, "average": avg}
+
+
+def compare_methods(
+    lm: Any,
+    task: str,
+    langs: Sequence[str],
+    methods: Sequence[str],
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    dev_limit: int | None = None,
+    fit_limit: int = 200,
+    anchor: str = "en",
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_length: int = 2048,
+    n_boot: int = 2000,
+    cache_dir: str | os.PathLike | None = None,
+    translation_cache: Any = True,
+    out_dir: str | os.PathLike | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    on_method: Callable[[str, MethodRun], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``methods`` on the same items and pair each with zero-shot; returns the "compare" record.
+
+    ``out_dir``: per-method runner results go to ``out_dir/runs/<method>.json`` (and adapters to
+    ``out_dir/adapters``). ``dev_limit`` defaults to ``limit`` (else 100).
+    """
+    from ..evaluation.runner import write_results
+    from ..provenance import versions
+
+    t_start = time.perf_counter()
+    task = get_task(task).NAME
+    lang_list = list(dict.fromkeys(normalize_lang(x) for x in langs))
+    names = parse_methods(list(methods))
+    added_reference = REFERENCE not in names
+    if added_reference:
+        names = [REFERENCE, *names]
+    else:
+        names = [REFERENCE, *[n for n in names if n != REFERENCE]]
+    unknown = {k for k in (options or {}) if k not in METHODS}
+    if unknown:
+        raise UsageError(f"options given for unknown method(s) {', '.join(sorted(unknown))}")
+    ctx = RunContext(lm=lm, task=task, langs=lang_list, split=split, limit=limit,
+                     dev_limit=dev_limit if dev_limit is not None else (limit or 100), fit_limit=fit_limit,
+                     anchor=normalize_lang(anchor), data_dir=data_dir, seed=seed, batch_size=batch_size,
+                     max_length=max_length, n_boot=n_boot, cache_dir=cache_dir, translation_cache=translation_cache,
+                     work_dir=out_dir, options={k: dict(v) for k, v in (options or {}).items()})
+    runs: dict[str, MethodRun] = {}
+    files: dict[str, str] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            run = run_method(name, ctx)
+        except XlsteerError as e:
+            if name == REFERENCE:
+                raise
+            run = MethodRun(name, METHODS[name].family, None, error=" ".join(str(e).split()))
+        run.cost["wall_seconds"] = round(time.perf_counter() - t0, 3)
+        runs[name] = run
+        if out_dir is not None and run.results is not None:
+            path = Path(out_dir) / "runs" / f"{name.replace('+', '_')}.json"
+            write_results(path, {**run.results, "method": run.record()})
+            files[name] = str(path.relative_to(out_dir))
+        if on_method is not None:
+            on_method(name, run)
+    ctx.shared.clear()
+    ref = runs[REFERENCE].results
+    assert ref is not None
+    main = ref["metrics"]["main"]
+    rows: dict[str, Any] = {}
+    for name in names:
+        run = runs[name]
+        row = {**run.record(), "description": METHODS[name].description}
+        if run.results is not None:
+            row.update(pair_with_reference(run.results, ref, lang_list, ctx.anchor, seed=seed, n_boot=n_boot))
+            for lang in lang_list:
+                if lang not in row["per_lang"]:
+                    row["per_lang"][lang] = {"status": "n/a", "reason": run.skipped.get(lang, "not evaluated")}
+            row["item_ids_sha256"] = run.results["item_ids"]["sha256"]
+        else:
+            row["per_lang"] = {lang: {"status": "failed", "reason": run.error} for lang in lang_list}
+            row["average"] = {}
+        rows[name] = row
+    return {
+        "kind": "compare",
+        "format": "xlsteer.compare",
+        "format_version": 1,
+        "task": task,
+        "split": split,
+        "langs": lang_list,
+        "anchor": ctx.anchor,
+        "main": main,
+        "metric_kind": ref["metrics"]["kinds"][main],
+        "model": ref["model"],
+        "template": ref["template"],
+        "limit": limit,
+        "dev_limit": ctx.dev_limit,
+        "fit_limit": fit_limit,
+        "seed": seed,
+        "n_boot": n_boot,
+        "alpha_level": 0.05,
+        "reference": REFERENCE,
+        "reference_added": added_reference,
+        "item_ids": ref["item_ids"],
+        "methods": names,
+        "rows": rows,
+        "runs": files,
+        "wall_seconds": round(time.perf_counter() - t_start, 3),
+        "versions": versions(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _fmt_cell(cell: Mapping[str, Any], reference: bool, alpha: float) -> str:
+    if "score" not in cell:
+        return "–"
+    mark = ""
+    if not reference and cell.get("p") is not None and cell["p"] < alpha:
+        mark = " ▲" if cell.get("diff", 0) > 0 else " ▼"
+    return f"{_pct(cell['score'])} [{_pct(cell['ci_low'])}, {_pct(cell['ci_high'])}]{mark}"
+
+
+def _fmt_int(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def compare_markdown(record: Mapping[str, Any]) -> str:
+    """One Markdown table: rows = methods, columns = languages + average over non-anchor languages."""
+    langs = list(record["langs"])
+    anchor = record["anchor"]
+    alpha = float(record.get("alpha_level", 0.05))
+    n = record["item_ids"]["per_lang"]
+    head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], f"avg non-{anchor}",
+            "fit s", "+tok/item", "trained params"]
+    lines = [
+        f"**{record['task']}** {record['split']}, {record['main']} (%) with 95% bootstrap CI — model "
+        f"{record['model']['name']}, template {record['template']['name']} v{record['template']['version']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + [":---:"] * (len(head) - 1)) + "|",
+    ]
+    footnotes: list[str] = []
+    for name in record["methods"]:
+        row = record["rows"][name]
+        ref = name == record["reference"]
+        if row.get("error"):
+            cells = ["–"] * (len(langs) + 1)
+            footnotes.append(f"{name}: not run — {row['error']}")
+        else:
+            cells = [_fmt_cell(row["per_lang"][lang], ref, alpha) for lang in langs]
+            avg = _fmt_cell(row.get("average", {}), ref, alpha)
+            if row.get("average", {}).get("partial") and "score" in row.get("average", {}):
+                avg += " †"
+            cells.append(avg)
+            for lang, why in row.get("skipped", {}).items():
+                footnotes.append(f"{name}, {lang}: {why}")
+        cost = row.get("cost", {})
+        fit_s = cost.get("fit_seconds", 0.0) + cost.get("selection_seconds", 0.0)
+        cells += [f"{fit_s:.0f}" if fit_s >= 1 else ("0" if fit_s == 0 else f"{fit_s:.1f}"),
+                  f"{cost.get('extra_tokens_per_item', 0):.0f}",
+                  _fmt_int(int(cost.get("trainable_parameters", 0)))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"▲/▼: significantly higher/lower than {record['reference']} on the same items "
+                 f"(p < {alpha:g}; McNemar exact test for 0/1 scores, paired bootstrap otherwise; the average "
+                 f"column pools the non-{anchor} items). † average over the languages the method covers. "
+                 "fit s = training/fitting/search + dev selection seconds; +tok/item = extra model tokens per item.")
+    for f in footnotes:
+        lines.append(f"- {f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> tuple[Path, Path]:
+    """DIR/compare.json and DIR/compare.md (atomic writes)."""
+    from ..io import atomic_write_json, atomic_write_text
+
+    d = Path(out_dir)
+    j = atomic_write_json(d / "compare.json", dict(record))
+    m = atomic_write_text(d / "compare.md", compare_markdown(record))
+    return j, m
+
+
+def load_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["sft.steps=20", "icl-en.k=2"]`` -> ``{"sft": {"steps": 20}, "icl-en": {"k": 2}}`` (values as JSON when they parse)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in pairs:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UsageError(f"option {item!r} must look like METHOD.KEY=VALUE, e.g. sft.steps=20")
+        left, value = item.split("=", 1)
+        method, key = left.rsplit(".", 1)
+        method = parse_methods(method)[0]
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(method, {})[key.strip()] = parsed
+    return out

@@ -1,0 +1,113 @@
+"""Analysis and report commands: ``xlsteer analyze`` and ``xlsteer report``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .options import data_dir_option, load_model_from, model_options, parse_langs, parse_layers
+
+
+@click.command("analyze")
+@model_options
+@data_dir_option
+@click.option("--langs", required=True, help="Comma-separated languages, e.g. en,de,sw (the anchor is added if missing).")
+@click.option("--anchor", default="en", show_default=True, help="Anchor language.")
+@click.option("--intervention", "intervention_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Intervention file (.safetensors); repeat for several. None: unsteered analysis only.")
+@click.option("--layers", default="all", show_default=True, help="Layers: all, 6, 4-8, 2,5,9.")
+@click.option("--data", "corpus", default="ntrex", show_default=True, help="Parallel text: ntrex, xquad, or a folder of <lang>.txt.")
+@click.option("--split", default="validation", show_default=True,
+              help="Corpus split (ntrex: fit | validation | all; xquad: fit). Default: text not used for fitting.")
+@click.option("--limit", type=click.IntRange(min=2), default=100, show_default=True, help="Parallel texts per language.")
+@click.option("--compare-model", default=None, help="Second model of the same family (e.g. the base of an instruct model).")
+@click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Evaluation results JSON for the gain-vs-similarity regression; repeatable.")
+@click.option("--stats", "stats_file", default=None, type=click.Path(dir_okay=False),
+              help="Statistics with mlp_act sites (xlsteer collect) for CLAS categories and LAPE counts.")
+@click.option("--categories", "categories_file", default=None, type=click.Path(dir_okay=False),
+              help="CLAS categories JSON ({layer: {category: percent}}, see xlsteer.analysis.neuron_map).")
+@click.option("--projection-layer", type=int, default=None, help="Layer for PCA/t-SNE (default: penultimate).")
+@click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
+@click.option("--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Logit-lens top-k.")
+@click.option("--seed", type=int, default=0, show_default=True, help="random_state of t-SNE/PCA.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run directory to write into.")
+def analyze_cmd(**kw) -> None:
+    """Similarity to the anchor, logit lens, projections, neuron map and regression, into a run directory."""
+    from ..analysis.run import analyze
+    from ..data.corpora import load_corpus
+    from ..data.langs import normalize_lang
+    from ..errors import UsageError
+    from ..interventions.base import Intervention
+    from ..io import read_json
+    from ..models.loading import load_model
+
+    out = Path(kw.pop("output"))
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} is a file; give a directory for the run (it is created if missing)")
+    anchor = normalize_lang(kw.pop("anchor"))
+    langs = parse_langs(kw.pop("langs"))
+    if anchor not in langs:
+        langs = [anchor] + langs
+        click.echo(f"note: added the anchor {anchor} to the languages")
+    if len(langs) < 2:
+        raise UsageError("give at least one language besides the anchor, e.g. --langs en,de,sw")
+    ivs = {}
+    for path in kw.pop("intervention_files"):
+        iv = Intervention.load(path)
+        name = Path(path).name.removesuffix(".safetensors")
+        base, i = name, 2
+        while name in ivs:
+            name, i = f"{base}-{i}", i + 1
+        ivs[name] = iv
+    compare_name = kw.pop("compare_model")
+    model_kw = {k: kw[k] for k in ("dtype", "device", "device_map", "trust_remote_code", "allow_download")}
+    lm = load_model_from(kw)
+    for iv in ivs.values():
+        iv.check_model(lm.fingerprint)
+    layers = parse_layers(kw.pop("layers"), lm.num_layers)
+    corpus, split, limit = kw.pop("corpus"), kw.pop("split"), kw.pop("limit")
+    par = load_corpus(corpus, data_dir=kw.pop("data_dir"), langs=langs, split=split, limit=limit)
+    texts = {lang: par.texts[lang] for lang in par.langs}
+    stats = None
+    if kw.get("stats_file"):
+        from ..stats import Statistics
+
+        stats = Statistics.load(kw["stats_file"], fingerprint=lm.fingerprint)
+    categories = read_json(kw["categories_file"], "categories file") if kw.get("categories_file") else None
+    other = load_model(compare_name, **model_kw) if compare_name else None
+    t0 = time.perf_counter()
+    result = analyze(
+        lm, out, texts, layers, ivs, stats=stats, categories=categories,
+        eval_results=list(kw.pop("eval_files")) or None, anchor=anchor, pooling=kw.pop("pooling"), k=kw.pop("k"),
+        projection_layer=kw.pop("projection_layer"), compare_with=other, random_state=kw.pop("seed"),
+        batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"),
+        meta={"corpus": par.name, "split": split, "limit": limit, "data_hash": par.data_hash, "n_texts": len(par)},
+    )
+    for note in result["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {len(result['files'])} JSON files and {len(result['figures'])} figures to {out} "
+               f"in {time.perf_counter() - t0:.1f} s; render them with: xlsteer report {out}")
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+              help="HTML file to write (default: RUN_DIR/report.html).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level for verdicts.")
+@click.option("--title", default=None, help="Page title.")
+def report_cmd(run_dir: str, output: str | None, alpha: float, title: str | None) -> None:
+    """Render every result and figure in RUN_DIR as one self-contained HTML page."""
+    from ..report.html import build_report
+
+    path = build_report(run_dir, output, alpha=alpha, title=title)
+    fig_dir = path.parent / f"{path.stem}_figures"
+    n = path.read_text(encoding="utf-8").count('src="data:image/png;base64,')
+    click.echo(f"wrote {path} ({n} figures embedded; PNGs also in {fig_dir})")
+
+
+COMMANDS = [analyze_cmd, report_cmd]
