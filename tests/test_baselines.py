@@ -271,6 +271,22 @@ def test_compare_pairs_every_method_with_zero_shot_on_the_same_items(lm, tmp_pat
     assert len(lines) == 1 + 4 and any(x.startswith("| translate-gmt |") for x in lines)
 
 
+def test_eval_cli_runs_a_baseline_method(tmp_path):
+    from xlsteer.cli import main
+
+    tiny = tiny_model("llama")
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    out = tmp_path / "r.json"
+    code = main(["--quiet", "eval", "--model", str(folder), "--task", "xcopa", "--langs", "en,sw", "--limit", "2",
+                 "--method", "icl-native", "--no-cache", "--max-length", "512", "-o", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["method"]["name"] == "icl-native" and res["baseline"]["intervention"] is None
+    assert res["comparison"]["per_lang"]["sw"]["metrics"]["acc"]["n"] == 2
+
+
 # ---- the shipped model (slow) ----------------------------------------------------------------------
 
 

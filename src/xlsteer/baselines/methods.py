@@ -30,6 +30,15 @@ come from ``split`` (test). Steering methods choose layer and strength with
 module they fall back to a fixed documented default (:data:`DEFAULT_SELECTION`), recorded as
 ``selection.source = "default"``.
 
+Steering defaults (every value is recorded in the row's ``params`` and ``selection``): fit on the
+first ``fit_limit`` (200) NTREX fit lines of the anchor and each target language; DiffMean
+fitted at layers L/4, L/2 and 3L/4 (site resid_post, mean pooling, raw vector) and the sweep
+picks one layer and alpha in (0.5, 1, 2); learned: the middle layer, ``align`` objective, 100
+steps, alpha in (0.5, 1, 2); CLAS: bridge layers chosen by its fit (beta 0.4, gamma 0.2),
+alpha in (0.5, 1, 2); INCLINE: every layer at mlp_out, last prompt token, relative ridge 0.1
+(200 pairs are fewer than the residual width, so plain least squares is under-determined),
+sigma in (0.25, 0.5, 1). Per-method settings override these (``options`` / ``-O METHOD.KEY=V``).
+
 Cost, per method (``cost`` in every record): ``fit_seconds`` (training / fitting / search),
 ``selection_seconds`` (dev sweeps), ``eval_seconds`` (the reported evaluation itself),
 ``extra_tokens_per_item`` (model tokens added per evaluated item: exemplars, instruction,

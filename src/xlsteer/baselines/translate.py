@@ -410,6 +410,18 @@ def supported_langs(kind: str, task: str, langs: Sequence[str]) -> dict[str, str
     return out
 
 
+def self_translation_tokens(tr: SelfTranslator, items: Sequence[Any], fields: Sequence[str]) -> int:
+    """Model tokens self-translation costs for ``items`` (prompt + output + the stop newline per field),
+    counted from the texts, so cached translations cost what they cost when they were made."""
+    tok = tr.lm.tokenizer
+    total = 0
+    for it in items:
+        for f in fields:
+            prompt = tr.prompt.format(text=" ".join(it.fields[f"{f}_source"].split()))
+            total += len(tok(prompt)["input_ids"]) + len(tok(it.fields[f], add_special_tokens=False)["input_ids"]) + 1
+    return total
+
+
 METHOD_TRANSLATOR = {"translate-test": "apertium", "translate-self": "self", "translate-gmt": "gmt"}
 
 
@@ -498,7 +510,7 @@ def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str
         "n_items": len(items),
         "cache": {"path": str(tcache.path) if tcache.path else None, "hits": tcache.hits, "misses": tcache.misses},
         "model_tokens_per_item": (
-            (tr_obj.prompt_tokens + tr_obj.generated_tokens) / n_items if isinstance(tr_obj, SelfTranslator) else 0.0
+            self_translation_tokens(tr_obj, done, fields) / n_items if isinstance(tr_obj, SelfTranslator) else 0.0
         ),
         "examples": [{"id": it.id, "lang": it.lang, **{f: it.fields[f] for f in fields},
                       **{f"{f}_source": it.fields[f"{f}_source"] for f in fields}} for it in done[:3]],

@@ -132,6 +132,10 @@ def format_table(base: dict[str, Any], steered: dict[str, Any] | None = None,
               help="Intervention file (.safetensors); also runs the unsteered model for the paired test.")
 @click.option("--alpha", default=None, help="Strength of the intervention (default: as saved).")
 @click.option("--split", default="test", show_default=True, help="dev or test (train where the task has one).")
+@click.option("--method", default=None,
+              help="A baseline instead of --intervention (icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
+                   "translate-test, translate-self, translate-gmt, diffmean, learned, incline, clas; "
+                   "see xlsteer compare); also runs the unsteered model for the paired test.")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Results file (.json).")
 def eval_cmd(**kw: Any) -> None:
     """Evaluate a model on a task, steered (and unsteered on the same items) or not."""
@@ -154,6 +158,24 @@ def eval_cmd(**kw: Any) -> None:
         positions=kw["positions"], batch_size=kw["batch_size"], max_length=kw["max_length"],
         template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
     )
+    method = kw.pop("method")
+    if method is not None and method != "zero-shot":  # a baseline of xlsteer.baselines.methods
+        from ..baselines.methods import RunContext, run_method
+
+        if iv_path is not None:
+            raise UsageError("give --method or --intervention, not both")
+        ctx = RunContext(lm=lm, task=kw["task"], langs=langs, split=kw["split"], limit=kw["limit"],
+                         dev_limit=kw["limit"] or 100, anchor=kw["anchor"], data_dir=kw["data_dir"], seed=kw["seed"],
+                         batch_size=kw["batch_size"], max_length=kw["max_length"], cache_dir=args["cache_dir"])
+        run = run_method(method, ctx)
+        if run.results is None:
+            raise UsageError(f"method {method} produced no results: {run.error}")
+        base = evaluate(lm, kw["task"], run.results["langs"], **args)
+        comparison = compare_runs(base, run.results)
+        write_results(out, {**run.results, "method": run.record(), "baseline": base, "comparison": comparison})
+        click.echo(format_table(base, run.results, comparison, label=run.name[:11]))
+        click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+        return
     base = evaluate(lm, kw["task"], langs, **args)
     if iv_path is None:
         write_results(out, base)

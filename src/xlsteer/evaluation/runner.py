@@ -142,7 +142,7 @@ def load_interventions(interventions: Any, alpha: float | None, fingerprint: dic
 
 
 def _langs(langs: str | Sequence[str]) -> list[str]:
-    raw = [langs] if isinstance(langs, str) else list(langs)
+    raw = [x.strip() for x in langs.split(",") if x.strip()] if isinstance(langs, str) else list(langs)
     out: list[str] = []
     for code in raw:
         c = normalize_lang(code)
