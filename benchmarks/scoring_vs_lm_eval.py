@@ -1,13 +1,15 @@
 """XCOPA scoring throughput: xlsteer's engine vs. lm-evaluation-harness's ``hf`` backend (HFLM).
 
 Both score the *same* lm-eval requests (built once from the local XCOPA task configs, so the
-prompts are lm-eval's own) on the *same* already-loaded Gemma-3-270M object, with the same
-batch size:
+prompts are lm-eval's own) with the same Gemma-3-270M weights (float32) and batch size:
 
 - xlsteer: ``XlsteerLM.loglikelihood`` -> ``Engine.loglikelihood`` (no per-item cache): each
   item's context runs once (logits only at its last position), its KV cache is repeated for the
   two choices, which are scored in one more forward.
-- lm-eval: ``HFLM(pretrained=<model>, tokenizer=<tokenizer>).loglikelihood``: every
+- lm-eval: ``HFLM(pretrained=<folder>, dtype="float32").loglikelihood``, loaded the way a user
+  runs ``lm_eval --model hf --model_args pretrained=<folder>``: from the converted float32
+  folder that ``load_model("gemma3-270m")`` made under ~/.cache/xlsteer/models (lm-eval cannot
+  read the shipped name or the Q4_K_M GGUF file directly). Every
   (context + choice) sequence runs in full with logits at every position. Its batch size counts
   sequences (2 per item), xlsteer's counts items (contexts): with equal ``--batch-size`` the
   engine puts twice the choices into its second forward; ``--hf-batch-size`` changes lm-eval's.
@@ -89,8 +91,8 @@ def main() -> None:
     instances, docs = _requests(langs, args.limit)
     n_items = sum(len(d) for d in docs.values())
     ours = XlsteerLM(pretrained=lm, batch_size=args.batch_size)
-    hf = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=hf_bs, max_length=ours.max_length,
-              device=args.device)
+    folder = lm.source["path"]  # the converted float32 folder (models/loading.py: models_cache_dir())
+    hf = HFLM(pretrained=folder, dtype="float32", batch_size=hf_bs, max_length=ours.max_length, device=args.device)
 
     def run_ours():
         t0 = time.perf_counter()
@@ -126,6 +128,7 @@ def main() -> None:
     best_ours, best_hf = max(rates_ours), max(rates_hf)
     out = {
         "model": lm.name,
+        "lm_eval_hf_folder": folder,
         "device": args.device,
         "threads": torch.get_num_threads(),
         "langs": langs,
@@ -145,6 +148,7 @@ def main() -> None:
         "max_abs_logprob_diff": max_diff,
         "is_greedy_differ": greedy_differ,
     }
+    print(f"lm-eval hf model folder: {folder}")
     print(f"Gemma-3-270M, XCOPA test {','.join(langs)} ({n_items} items, {len(instances)} requests), "
           f"{args.device}, {out['threads']} threads, batch {args.batch_size} items (xlsteer) / {hf_bs} sequences (hf)")
     print(f"xlsteer engine : {best_ours:7.2f} items/s (best of {args.reps})")

@@ -110,11 +110,12 @@ def test_unknown_tiny_arch_is_rejected():
 
 
 def test_fingerprint_is_stable_across_builds_and_json_serialisable():
-    a, b = tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=5)
-    assert a.fingerprint == b.fingerprint  # weights are not part of it, the network shape is
+    a, b = tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=0)
+    assert a.fingerprint == b.fingerprint
     assert json.loads(json.dumps(a.fingerprint)) == a.fingerprint
     assert set(a.fingerprint) == {
-        "architecture", "model_type", "num_layers", "hidden_size", "intermediate_size", "config_hash", "tokenizer_hash"
+        "architecture", "model_type", "num_layers", "hidden_size", "intermediate_size", "config_hash", "tokenizer_hash",
+        "weights_hash",
     }
 
 
@@ -131,7 +132,17 @@ def test_fingerprint_ignores_attention_implementation_and_dtype():
     lm = tiny_model("gemma3")
     lm.model.config._attn_implementation = "sdpa"
     lm.model.to(torch.bfloat16)
-    assert fingerprint_of(lm.model, lm.tokenizer) == tiny_model("gemma3").fingerprint
+    fp, ref = fingerprint_of(lm.model, lm.tokenizer), tiny_model("gemma3").fingerprint
+    assert fp["weights_hash"] != ref["weights_hash"]  # cached results never cross dtypes ...
+    check_fingerprint(ref, fp, "vector v.safetensors")  # ... but interventions do
+    assert {k: v for k, v in fp.items() if k != "weights_hash"} == {k: v for k, v in ref.items() if k != "weights_hash"}
+
+
+def test_weights_hash_tells_apart_models_of_one_config():
+    a, b = tiny_model("llama"), tiny_model("llama", seed=3)
+    assert a.fingerprint["config_hash"] == b.fingerprint["config_hash"]
+    assert a.fingerprint["weights_hash"] != b.fingerprint["weights_hash"]
+    assert a.fingerprint["weights_hash"] == tiny_model("llama").fingerprint["weights_hash"]
 
 
 def test_check_fingerprint_accepts_the_same_model():

@@ -165,11 +165,6 @@ def test_offloaded_layer_is_placed_on_its_execution_device_not_meta(tmp_path):
     assert (str(p.device), p.mapped_to) == ("cpu", "disk")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hooks._install prepares on the first parameter's device, which is 'meta' for offloaded "
-    "layers; it should use models.placement.module_placement",
-)
 def test_steering_an_offloaded_layer_equals_the_plain_model(tmp_path):
     iv = _vector(64, [Site(1, "resid_post")])
     ids = _ids()
@@ -205,3 +200,47 @@ def test_device_map_auto_steered_logits_match_cpu_within_bf16(tmp_path):
         gpu = lm.model(ids.to(first)).logits.float().cpu()
     torch.testing.assert_close(gpu, cpu, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(gpu - gpu_base, cpu - cpu_base, atol=5e-2, rtol=5e-2)
+
+
+def test_offloaded_layer_sites_are_prepared_on_the_execution_device(tmp_path):
+    model = _offloaded_llama(tmp_path)
+    sites = [Site(1, "resid_pre"), Site(1, "resid_post"), Site(1, "mlp_act")]
+    ivs = [_vector(64 if s.name != "mlp_act" else 128, [s], seed=i) for i, s in enumerate(sites)]
+    spies = [_spy_prepare(iv) for iv in ivs]
+    with steer(model, ivs, langs="de"):
+        model(_ids())
+    calls = {site: placed for spy in spies for site, placed in spy.items()}
+    assert calls == {s: (torch.device("cpu"), torch.float32) for s in sites}  # never 'meta'
+
+
+def test_statistics_accumulate_in_float32_or_wider_on_a_bf16_model():
+    """A bf16 model's activations are summed in float32 per batch and float64 across batches."""
+    from xlsteer.hooks import record
+    from xlsteer.stats import collect, positions_from_mask
+
+    lm = tiny_model("llama")
+    lm.model.to(torch.bfloat16)
+    texts = {"en": ["the cat sat on the mat", "a dog", "hello world, again and again"],
+             "de": ["die Katze", "ein Hund lief schnell nach Hause", "hallo Welt"]}
+    sites = [Site(0, "resid_post"), Site(1, "mlp_act")]
+    seen: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+    with record(lm.model, sites, lambda site, act, ctx: seen[site].append(act.detach().clone())):
+        stats = collect(lm, texts, sites, batch_size=8)  # one batch per language
+    for k, (lang, items) in enumerate(texts.items()):
+        enc = lm.tokenizer(items, return_tensors="pt", padding=True)
+        m = (enc["attention_mask"].bool() & (enc["input_ids"] != lm.tokenizer.bos_token_id)).double()
+        assert positions_from_mask(enc["attention_mask"]).shape == m.shape
+        for site in sites:
+            act = seen[site][k]
+            assert act.dtype == torch.bfloat16
+            x = act.double()  # exact: every bf16 value is a float64 value
+            ref_sum = torch.einsum("bt,btd->d", m, x)
+            ref_sumsq = torch.einsum("bt,btd->d", m, x * x)
+            a = stats.acc[(lang, site)]
+            assert a.tok_sum.dtype == torch.float64 and a.item_sum.dtype == torch.float64
+            # float32 accumulation of bf16 values: ~1e-7 relative; a bf16 sum would be off by ~1e-2
+            torch.testing.assert_close(a.tok_sum, ref_sum, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a.tok_sumsq, ref_sumsq, rtol=1e-5, atol=1e-5)
+            pooled = torch.einsum("bt,btd->bd", m, x) / m.sum(1, keepdim=True)
+            torch.testing.assert_close(a.item_sum, pooled.sum(0), rtol=1e-5, atol=1e-5)
+            assert stats.mean(lang, site).dtype == torch.float32

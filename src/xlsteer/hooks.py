@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .models.placement import module_placement
 from .models.sites import (
     Site,
     get_tensor,
@@ -58,19 +59,44 @@ class ForwardContext:
     last_prompt_index: torch.Tensor  # (batch,) index of each row's last real prompt token
     langs: list[str] | None
     anchor: str | None
-    _cache: dict[Any, Any] = field(default_factory=dict)
+    _cache: dict[Any, Any] = field(default_factory=dict)  # this forward call only
+    #: kept for the whole ``steer`` block (e.g. row tensors, built once per batch of languages
+    #: instead of copied host -> device at every decode step, which would synchronise a GPU)
+    shared: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def steer_rows(self) -> torch.Tensor:
         """Rows not in the anchor language (all rows when languages are unknown)."""
         key = "steer_rows"
         if key not in self._cache:
+            device = self.token_mask.device
             if self.langs is None or self.anchor is None:
-                rows = torch.ones(self.batch, dtype=torch.bool)
+                rows = torch.ones(self.batch, dtype=torch.bool, device=device)
             else:
-                rows = torch.tensor([lang != self.anchor for lang in self.langs], dtype=torch.bool)
-            self._cache[key] = rows.to(self.token_mask.device)
+                skey = ("steer_rows", tuple(self.langs), self.anchor, str(device))
+                if skey not in self.shared:
+                    flags = [lang != self.anchor for lang in self.langs]
+                    self.shared[skey] = torch.tensor(flags, dtype=torch.bool).to(device)
+                rows = self.shared[skey]
+            self._cache[key] = rows
         return self._cache[key]
+
+    def may_steer(self, policy: str) -> bool:
+        """False when ``policy`` surely selects nothing in this call, decided on the host.
+
+        Why: testing ``steer_mask(policy).any()`` would copy a device tensor to the host at every
+        hooked site of every forward call, stalling a GPU's queue; this test uses only Python
+        ints and the row languages. It may say True where the mask is empty (rows that are all
+        padding); the engine then applies ``where(mask, new, act)``, which leaves them untouched.
+        """
+        if self.langs is not None and self.anchor is not None and all(x == self.anchor for x in self.langs):
+            return False
+        lo, hi = self.past_len, self.past_len + self.new_len  # positions of this call: [lo, hi)
+        if policy in ("prompt", "last_prompt"):
+            return lo < self.prompt_len
+        if policy == "generated":
+            return hi > self.prompt_len
+        return hi > lo
 
     def position_mask(self, policy: str) -> torch.Tensor:
         """(batch, new_len) bool: where the policy selects real tokens (routing not included)."""
@@ -121,6 +147,7 @@ class HookSession:
         self._prompt_len = 0
         self._last_prompt_index: torch.Tensor | None = None
         self.calls = 0
+        self.shared: dict[Any, Any] = {}  # see ForwardContext.shared
 
     def set_langs(self, langs: str | Sequence[str] | None) -> None:
         """Languages of the rows of the next forward calls (one code, or one per row)."""
@@ -158,8 +185,16 @@ class HookSession:
             past_len = int(past.get_seq_length())
         else:
             past_len = 0
+        mask4 = _absolute_4d_mask(mask)
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] >= past_len + new_len:
             token_mask = mask[:, past_len : past_len + new_len].to(device=device, dtype=torch.bool)
+        elif mask4 is not None and mask4.shape[2] == new_len and mask4.shape[3] >= past_len + new_len:
+            # static (compileable) caches get a 4D mask over the whole cache from generate(): a new
+            # token is real iff it may attend to its own position (padding keys are masked out)
+            q = torch.arange(new_len, device=mask4.device)
+            token_mask = _allowed(mask4[:, 0, q, past_len + q]).to(device)
+            if token_mask.shape[0] != batch:
+                token_mask = token_mask.expand(batch, new_len)
         else:
             token_mask = torch.ones(batch, new_len, dtype=torch.bool, device=device)
         positions = torch.arange(past_len, past_len + new_len, device=device)
@@ -182,8 +217,33 @@ class HookSession:
             last_prompt_index=self._last_prompt_index.to(device),
             langs=self._row_langs(batch),
             anchor=self.anchor,
+            shared=self.shared,
         )
         self.calls += 1
+
+
+def _absolute_4d_mask(mask: Any) -> torch.Tensor | None:
+    """A 4D (batch, 1, query, key) mask whose key index is the absolute position, if there is one.
+
+    generate() with a static cache passes a 4D mask (or, for models mixing sliding and full
+    attention, a dict of them); the full-attention mask indexes keys by absolute position, a
+    sliding-window one may not, so only a plain tensor or the ``full_attention`` entry is used
+    (and the caller checks that the key dimension covers the positions of this call).
+    """
+    if isinstance(mask, dict):
+        mask = mask.get("full_attention")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+        return mask
+    return None
+
+
+def _allowed(values: torch.Tensor) -> torch.Tensor:
+    """Boolean 'may attend' from a boolean, 0/1 integer or additive (0 / large negative) mask."""
+    if values.dtype == torch.bool:
+        return values
+    if values.is_floating_point():
+        return values > torch.finfo(values.dtype).min / 2
+    return values != 0
 
 
 def _ctx_for(session: HookSession, act: torch.Tensor) -> ForwardContext | None:
@@ -198,7 +258,15 @@ def _edit(
     editors: list[tuple[Any, Any, str]],
     session: HookSession,
     act: torch.Tensor,
+    device: torch.device | None = None,
 ) -> torch.Tensor | None:
+    """Apply ``editors`` where their masks select; ``None`` when nothing changed.
+
+    ``device`` is where the editors were prepared (the hooked module's execution device). A pre
+    hook at a device boundary sees its input still on the producing module's device (accelerate
+    moves it only inside the module's forward); it is moved to ``device`` first, which is where
+    accelerate would send it next anyway, so the prepared tensors never change device per call.
+    """
     ctx = _ctx_for(session, act)
     if ctx is None:
         raise UsageError(
@@ -208,9 +276,11 @@ def _edit(
     out = act
     changed = False
     for editor, prepared, policy in editors:
-        mask = ctx.steer_mask(policy)
-        if not bool(mask.any()):
+        if not ctx.may_steer(policy):  # host-side test: no device -> host copy per call
             continue
+        mask = ctx.steer_mask(policy)
+        if device is not None and device.type != "meta" and out.device != device:
+            out = out.to(device)
         if mask.device != out.device:
             mask = mask.to(out.device)
         new = editor.apply(site, out, ctx, prepared)
@@ -228,17 +298,19 @@ def _install(
     """Install every hook before any forward runs; on any failure remove those already installed."""
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
-        handles.append(model.register_forward_pre_hook(session.root_pre_hook, with_kwargs=True))
+        handles.append(model.register_forward_pre_hook(_eager(session.root_pre_hook), with_kwargs=True))
         by_site: dict[Site, list[tuple[Any, Any, str]]] = {}
+        devices: dict[Site, torch.device] = {}
         for editor, policy in editors:
             if policy not in POSITION_POLICIES:
                 raise UsageError(f"unknown position policy '{policy}'; choose one of {', '.join(POSITION_POLICIES)}")
             for site in editor.sites:
                 module, _ = resolve(model, site)
-                param = next(module.parameters(), None)
-                device = param.device if param is not None else torch.device("cpu")
-                dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+                # the module's *execution* device (accelerate device maps, offloaded layers whose
+                # weights rest on 'meta') and its own dtype: never the model's first device
+                device, dtype = module_placement(module)
                 by_site.setdefault(site, []).append((editor, editor.prepare(site, device, dtype), policy))
+                devices.setdefault(site, device)
         read_by_site: dict[Site, list[Reader]] = {}
         for sites, fn in readers:
             for site in sites:
@@ -249,7 +321,9 @@ def _install(
             module, kind = resolve(model, site)
             site_editors = by_site.get(site, [])
             site_readers = read_by_site.get(site, [])
-            handles.append(_make_hook(module, kind, site, site_editors, site_readers, session))
+            handles.append(
+                _make_hook(module, kind, site, site_editors, site_readers, session, devices.get(site))
+            )
     except BaseException:
         for h in handles:
             h.remove()
@@ -257,9 +331,51 @@ def _install(
     return handles
 
 
-def _make_hook(module, kind, site, site_editors, site_readers, session):
+def _eager(fn: Callable) -> Callable:
+    """Run a hook body outside torch.compile graphs (a graph break around each hooked site).
+
+    Why: the hook logic is host-side bookkeeping on Python ints (cache length, prompt length,
+    row languages); traced, every decode step would specialise on a new length and recompile
+    until dynamo gives up. Kept eager, the compiled pieces between sites see only tensors of
+    fixed shapes (static cache) and compile once. Without torch.compile this is a plain call.
+    """
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
+def _guard_compiled(model: nn.Module) -> None:
+    """Make torch.compile notice hooks that come and go, or refuse a forward compiled blind to them.
+
+    torch._dynamo by default does not guard on module hooks (``skip_nnmodule_hook_guards``):
+    a forward compiled before ``steer`` would keep running without the interventions, one
+    compiled inside it would keep running them after. Turning the guard on (process-wide, it
+    only adds guards) makes each compiled forward valid for its own set of hooks.
+    transformers' ``generate`` caches its compiled forward on the model (``_compiled_call``):
+    one compiled while the guard was off cannot be trusted, so it is refused.
+    """
+    config = getattr(getattr(torch, "_dynamo", None), "config", None)
+    if config is None or not hasattr(config, "skip_nnmodule_hook_guards"):
+        return
+    if config.skip_nnmodule_hook_guards and getattr(model, "_compiled_call", None) is not None:
+        raise UsageError(
+            "this model's forward was compiled by generate() before hooks were guarded, so steering "
+            "would be silently ignored; call xlsteer.hooks.guard_hooks_for_compile() before the first "
+            "compiled generate() (or steer once before it), or reload the model"
+        )
+    config.skip_nnmodule_hook_guards = False
+
+
+def guard_hooks_for_compile() -> None:
+    """Make torch.compile guard on module hooks (what ``steer`` does on entry); call before compiling."""
+    config = getattr(getattr(torch, "_dynamo", None), "config", None)
+    if config is not None and hasattr(config, "skip_nnmodule_hook_guards"):
+        config.skip_nnmodule_hook_guards = False
+
+
+def _make_hook(module, kind, site, site_editors, site_readers, session, device=None):
+    @_eager
     def run(act: torch.Tensor) -> torch.Tensor | None:
-        new = _edit(site, site_editors, session, act) if site_editors else None
+        new = _edit(site, site_editors, session, act, device) if site_editors else None
         if site_readers:
             seen = new if new is not None else act
             ctx = _ctx_for(session, seen)
@@ -314,6 +430,7 @@ def steer(
     policies = [positions] * len(items) if isinstance(positions, str) else list(positions)
     if len(policies) != len(items):
         raise UsageError(f"got {len(policies)} position policies for {len(items)} interventions")
+    _guard_compiled(model)
     session = HookSession(anchor, langs, prompt_length)
     handles = _install(model, session, list(zip(items, policies)), list(readers))
     try:

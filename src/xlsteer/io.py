@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import math
@@ -30,23 +31,84 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise UsageError(f"cannot write {p}: {probe} is a file, not a directory; choose another output path")
     if not os.access(probe, os.W_OK):
         raise UsageError(f"cannot write {p}: directory {probe} is not writable; choose another output path")
+    # os.access says yes to root on read-only file systems (/proc, ro mounts): really try
+    try:
+        fd, name = tempfile.mkstemp(prefix=".xlsteer-probe.", suffix=".tmp", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UsageError(f"cannot write {p}: directory {probe} is not writable ({e.strerror}); "
+                         "choose another output path") from None
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete temp files of ``path`` left by writers that were killed (their process is gone).
+
+    Temp names carry the writer's pid (``.<name>.<pid>.<random>.tmp``), so a live writer's
+    file is never touched.
+    """
+    p = Path(path)
+    removed = []
+    for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
+        pid = tmp.name[len(p.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    The temp file is removed on any error; one left by a killed process (SIGKILL, power loss) is
+    removed by the next successful write of the same path. The final file gets the usual
+    permissions (0666 minus the umask), not mkstemp's 0600.
+    """
     p = check_writable(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+    except OSError as e:
+        raise UsageError(f"cannot write {p} ({e.strerror or e}); choose another output path") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, p)
+        try:
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+            os.replace(tmp_path, p)
+        except OSError as e:
+            raise ArtifactError(f"cannot write {p} ({e.strerror or e}); check the disk and run again") from None
+    except OSError as e:  # from the block: disk full, quota, I/O error
+        raise ArtifactError(f"cannot write {p} ({e.strerror or e}); check the disk and run again") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+    remove_stale_temps(p)
 
 
 def _json_default(o: Any) -> Any:

@@ -11,6 +11,9 @@ T = TypeVar("T")
 
 
 def enabled() -> bool:
+    """Off with XLSTEER_QUIET=1, and on every process but rank 0 of a data-parallel launch."""
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+        return False
     return os.environ.get("XLSTEER_QUIET", "") not in ("1", "true", "yes")
 
 

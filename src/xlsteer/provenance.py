@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -23,6 +24,11 @@ def versions() -> dict[str, str]:
 
 
 def now_utc() -> str:
+    """The current UTC time, or $SOURCE_DATE_EPOCH when set (the reproducible-builds convention),
+    so that two runs on the same inputs can write byte-identical artifacts."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

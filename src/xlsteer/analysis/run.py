@@ -158,13 +158,14 @@ def analyze(
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} is a file; give a folder (it is created if missing)")
-    run_dir.mkdir(parents=True, exist_ok=True)
     ivs = dict(interventions or {})
     texts = check_parallel(texts_by_lang)
     if anchor not in texts:
         raise LanguageError(f"no texts for the anchor language '{anchor}'; include it in the languages")
     if len(texts) < 2:
         raise UsageError("give the anchor and at least one other language")
+    docs = _eval_docs(eval_results)  # read (and fail on a bad file) before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
     n_layers = lm.num_layers
     layers = list(range(n_layers)) if layers is None else sorted({int(x) for x in layers})
     if projection_layer is None:
@@ -278,7 +279,6 @@ def analyze(
     # ---- 5. regression of gain on change in similarity ----------------------------------
     from ..report.html import score_rows
 
-    docs = _eval_docs(eval_results)
     reg_notes: list[str] = []
     if docs and ivs:
         rows = [r for d in docs for r in score_rows(d)]

@@ -77,8 +77,9 @@ DEFAULT_SELECTION = {"layer": "L // 2", "alpha": 1.0}
 DEFAULT_ALPHAS: dict[str, tuple[float, ...]] = {
     "diffmean": (0.5, 1.0, 2.0),
     "learned": (0.5, 1.0, 2.0),
-    "clas": (0.5, 1.0, 2.0),
+    "clas": (-0.5, 0.5, 1.0, 2.0),  # the CLAS paper tunes alpha on dev and allows it to be negative
     "incline": (0.25, 0.5, 1.0),
+    "intmu": (0.5, 1.0),
 }
 NTREX_LANGS = ("en", "ar", "bn", "de", "el", "fr", "hi", "id", "it", "ja", "ko", "pt", "ro", "ru", "es", "sw",
                "te", "th", "tr", "vi", "zh")
@@ -493,6 +494,8 @@ METHODS: dict[str, MethodSpec] = {
                           _steer("incline"), {"ridge": 0.1}),
     "clas": MethodSpec("clas", "steering", "CLAS neuron steering at bridge layers, alpha chosen on dev",
                        _steer("clas")),
+    "intmu": MethodSpec("intmu", "steering", "Int_mu: LAPE neurons of the row's language set to the anchor's mean "
+                        "(the CLAS paper's baseline), strength chosen on dev", _steer("intmu")),
 }
 ALIASES = {"zeroshot": "zero-shot", "base": "zero-shot", "translate-apertium": "translate-test",
            "prompt-search": "prompt-opt", "sft-steer": "sft+steer"}

@@ -67,8 +67,10 @@ def analyze_cmd(**kw) -> None:
     compare_name = kw.pop("compare_model")
     model_kw = {k: kw[k] for k in ("dtype", "device", "device_map", "trust_remote_code", "allow_download")}
     lm = load_model_from(kw)
+    from ..interventions import check_compatible
+
     for iv in ivs.values():
-        iv.check_model(lm.fingerprint)
+        check_compatible(iv, lm)  # fingerprint, layers and widths, before the run dir is created
     layers = parse_layers(kw.pop("layers"), lm.num_layers)
     corpus, split, limit = kw.pop("corpus"), kw.pop("split"), kw.pop("limit")
     par = load_corpus(corpus, data_dir=kw.pop("data_dir"), langs=langs, split=split, limit=limit)

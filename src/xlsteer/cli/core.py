@@ -104,6 +104,10 @@ def collect_cmd(**kw) -> None:
     sites = [Site(layer, n) for layer in layers for n in names if n in SITE_NAMES]
     t0 = time.perf_counter()
     stats = collect_statistics(lm, langs=langs, sites=sites, corpus=kw.pop("corpus"), **kw)
+    from ..distributed import is_main_process
+
+    if not is_main_process():  # data-parallel launch: every process holds the merged result; rank 0 writes
+        return
     stats.save(out)
     n_items = stats.counts(langs[0], sites[0])[0]
     click.echo(f"wrote {out} ({len(langs)} languages x {n_items} texts, {len(sites)} sites) "

@@ -48,8 +48,9 @@ def eval_options(f):
         click.option("--task", required=True, type=click.Choice(_TASKS), help="Benchmark."),
         click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh."),
         click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered)."),
-        click.option("--positions", type=click.Choice(_POSITIONS), default="all", show_default=True,
-                     help="Which token positions the intervention edits."),
+        click.option("--positions", type=click.Choice(_POSITIONS), default=None,
+                     help="Which token positions the intervention edits (default: the policy the intervention "
+                          "stores, e.g. last_prompt for INCLINE; else all)."),
         click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
         click.option("--calibrate", is_flag=True, help="XNLI: subtract the label log-probs of a content-free input."),
         click.option("--template", default=None, help="Prompt template (default: the task's)."),
@@ -138,9 +139,25 @@ def format_table(base: dict[str, Any], steered: dict[str, Any] | None = None,
                    "see xlsteer compare); also runs the unsteered model for the paired test.")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Results file (.json).")
 def eval_cmd(**kw: Any) -> None:
-    """Evaluate a model on a task, steered (and unsteered on the same items) or not."""
+    """Evaluate a model on a task, steered (and unsteered on the same items) or not.
+
+    Data-parallel: ``torchrun --nproc_per_node N -m xlsteer eval ...`` (or ``accelerate launch``)
+    splits the batches over N processes; results are identical to one process and only rank 0
+    writes and prints.
+    """
+    from ..distributed import is_main_process
     from ..io import check_writable
-    from ..evaluation.runner import compare_runs, evaluate, write_results
+    from ..evaluation.runner import compare_runs, evaluate, write_results as _write
+
+    main_proc = is_main_process()
+
+    def write_results(path: Any, results: dict[str, Any]) -> None:
+        if main_proc:
+            _write(path, results)
+
+    def echo(text: str) -> None:
+        if main_proc:
+            click.echo(text)
 
     t0 = time.perf_counter()
     _check_limit(kw["limit"])
@@ -173,13 +190,13 @@ def eval_cmd(**kw: Any) -> None:
         base = evaluate(lm, kw["task"], run.results["langs"], **args)
         comparison = compare_runs(base, run.results)
         write_results(out, {**run.results, "method": run.record(), "baseline": base, "comparison": comparison})
-        click.echo(format_table(base, run.results, comparison, label=run.name[:11]))
-        click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+        echo(format_table(base, run.results, comparison, label=run.name[:11]))
+        echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
         return
     base = evaluate(lm, kw["task"], langs, **args)
     if iv_path is None:
         write_results(out, base)
-        click.echo(format_table(base))
+        echo(format_table(base))
     else:
         steered = evaluate(lm, kw["task"], langs, interventions=iv_path, alpha=alpha, **args)
         comparison = compare_runs(base, steered)
@@ -188,8 +205,8 @@ def eval_cmd(**kw: Any) -> None:
         write_results(out, steered)
         iv = steered["intervention"]
         label = f"{iv.get('method', 'steered')}"[:11]
-        click.echo(format_table(base, steered, comparison, label=label))
-    click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+        echo(format_table(base, steered, comparison, label=label))
+    echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
 
 
 @click.command("sweep")

@@ -29,14 +29,25 @@ def model_options(f: F) -> F:
 
 
 def load_model_from(kw: dict[str, Any]):
-    """Pop the model options from a command's kwargs and load the model."""
+    """Pop the model options from a command's kwargs and load the model.
+
+    In a data-parallel launch (torchrun / accelerate launch) each process holds a whole model:
+    ``--device cuda`` means this process's GPU (``cuda:LOCAL_RANK``) and ``--device-map`` is refused.
+    """
+    from ..distributed import current
     from ..models.loading import load_model
 
+    dist = current()
+    device, device_map = kw.pop("device"), kw.pop("device_map")
+    if dist.active and device_map is not None:
+        raise UsageError(f"--device-map spreads one model over devices, but this is a data-parallel launch of "
+                         f"{dist.world} processes that each hold a whole model; drop --device-map "
+                         "(use --device cuda) or run a single process")
     return load_model(
         kw.pop("model"),
         dtype=kw.pop("dtype"),
-        device=kw.pop("device"),
-        device_map=kw.pop("device_map"),
+        device=dist.device(device),
+        device_map=device_map,
         trust_remote_code=kw.pop("trust_remote_code"),
         allow_download=kw.pop("allow_download"),
     )

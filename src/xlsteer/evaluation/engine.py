@@ -42,9 +42,15 @@ parameters, intervention hash (tensors + metadata without strength, creation tim
 durations), strengths, position policy and anchor; each line holds one key (e.g. language +
 item id). An interrupted run resumes where it stopped, a re-run reads everything back, a torn
 last line (a kill during a write) is dropped. Pending requests are batched in a fixed order
-(longest first), so a resumed run forms the same batches as an uninterrupted one. The batch
+(most expensive first: for log-likelihoods the context length plus the choices' longest
+continuation weighted by :func:`_continuation_weight`), so a resumed run forms the same
+batches as an uninterrupted one. The batch
 size is not part of the key (it changes scores only at float rounding level). One writer per
 cache file at a time.
+
+Out of memory: a batch that raises ``torch.OutOfMemoryError`` (or ``MemoryError``) is run
+again in halves, down to single requests, and later batches keep the reduced size
+(``Engine.oom_batch_size``); only a single request that does not fit is an error.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import UsageError
+from ..distributed import current as current_dist
+from ..errors import UsageError, XlsteerError
 from ..hooks import POSITION_POLICIES, steer
 from ..io import dumps_json
 from ..progress import bar
@@ -130,15 +137,24 @@ def intervention_info(interventions: Any, positions: str = "all") -> dict[str, A
 
 
 class _Store:
-    """One JSONL file of ``{"k": key, "v": value}`` lines (after a header line with the scope)."""
+    """One JSONL file of ``{"k": key, "v": value}`` lines (after a header line with the scope).
 
-    def __init__(self, path: Path, scope: dict[str, Any]):
-        self.path = path
+    In a data-parallel launch process ``r`` appends to ``<name>.rank<r>.jsonl`` (one writer per
+    file); every process, distributed or not, also reads the ``.rank*`` siblings, so a cache
+    filled by a distributed run serves a later single-process run and the other way round.
+    """
+
+    def __init__(self, path: Path, scope: dict[str, Any], rank: int | None = None):
+        base = path
+        self.path = path if rank is None else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
         self.data: dict[str, Any] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
+        for other in [base, *sorted(base.parent.glob(f"{base.stem}.rank*{base.suffix}"))]:
+            if other != self.path and other.exists():
+                self._read(other.read_bytes())
+        if self.path.exists():
             self._load()
-        if not path.exists() or path.stat().st_size == 0:
+        if not self.path.exists() or self.path.stat().st_size == 0:
             self._append([{"scope": scope}])
 
     def _load(self) -> None:
@@ -150,6 +166,9 @@ class _Store:
                 f.flush()
                 os.fsync(f.fileno())
             raw = raw[:end]
+        self._read(raw)
+
+    def _read(self, raw: bytes) -> None:
         for line in raw.split(b"\n"):
             if not line.strip():
                 continue
@@ -177,6 +196,34 @@ class _Store:
 # the engine
 
 
+def _input_device(model: Any) -> torch.device:
+    """Where input ids go: the input embedding's execution device (not 'meta' when it is offloaded)."""
+    from ..models.placement import module_placement
+
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None:
+        return module_placement(emb)[0]
+    return next(model.parameters()).device
+
+
+def _continuation_weight(model: Any) -> float:
+    """Cost of a continuation token relative to a context token in :meth:`Engine.loglikelihood`.
+
+    Why: the context forward keeps the logits of its last position only, the continuation
+    forward projects every (padded) position onto the vocabulary; for small models with large
+    vocabularies (Gemma-3-270M: 168M of its 268M parameters) that projection dominates, so
+    batches should be formed by continuation length first. Per-token cost ~ parameters used.
+    """
+    try:
+        out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+        n_out = int(out.weight.numel())
+        skip = {id(out.weight), id(inp.weight)}
+        body = sum(int(p.numel()) for p in model.parameters() if id(p) not in skip)
+    except (AttributeError, TypeError):
+        return 1.0
+    return 1.0 + n_out / body if body > 0 else 1.0
+
+
 class Engine:
     """Batched log-likelihood, label and generation requests on a :class:`LoadedModel`."""
 
@@ -199,7 +246,7 @@ class Engine:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_length = max_length
         self.progress_desc = progress_desc
-        self.device = next(self.model.parameters()).device
+        self.device = _input_device(self.model)
         tok = self.tokenizer
         pad = tok.pad_token_id
         if pad is None:
@@ -210,8 +257,11 @@ class Engine:
         self.truncated = 0
         self.boundary_mismatches = 0
         self.computed = 0  # requests actually run through the model (not read from the cache)
+        self.oom_batch_size: int | None = None  # the reduced batch size after an out-of-memory error
+        self.oom_retries = 0  # batches re-run in smaller chunks after an out-of-memory error
         fp = json.dumps(lm.fingerprint, sort_keys=True, default=str)
         self.model_hash = hashlib.sha256(fp.encode("utf-8")).hexdigest()
+        self.continuation_weight = _continuation_weight(self.model)
 
     # ---- shared machinery ---------------------------------------------------------------
 
@@ -235,7 +285,8 @@ class Engine:
             "max_length": self.max_length,
         }
         digest = hashlib.sha256(dumps_json(full).encode("utf-8")).hexdigest()
-        return _Store(self.cache_dir / f"{kind}-{digest[:24]}.jsonl", full)
+        dist = current_dist()
+        return _Store(self.cache_dir / f"{kind}-{digest[:24]}.jsonl", full, dist.rank if dist.active else None)
 
     def _run(
         self,
@@ -268,23 +319,69 @@ class Engine:
             for i, k in enumerate(keys):  # type: ignore[arg-type]
                 if k in store.data:
                     results[i] = decode(store.data[k])
+        dist = current_dist()
+        if store is not None:
+            dist.barrier()  # every process has read the cache before any of them appends to it
         todo = sorted((i for i in range(n) if results[i] is None), key=order)
         if not todo:
             return results
+        # the same batches as a single process; this process runs batch k when k % world == rank
+        batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        mine = [b for k, b in enumerate(batches) if dist.owns(k)]
+        fresh: dict[int, Any] = {}
         with steer(self.model, ivs, anchor=anchor, positions=positions) as session, torch.inference_mode(), \
-                bar(len(todo), f"{self.progress_desc} {kind}", "item") as pbar:
-            for start in range(0, len(todo), self.batch_size):
-                idx = todo[start:start + self.batch_size]
-                out = batch_fn(session, idx)
+                bar(sum(len(b) for b in mine), f"{self.progress_desc} {kind}", "item") as pbar:
+            for idx in mine:
+                out = self._run_batch(batch_fn, session, idx)
                 for i, v in zip(idx, out):
                     results[i] = v
+                    fresh[i] = v
                 self.computed += len(idx)
                 if store is not None:
                     store.put([(keys[i], v) for i, v in zip(idx, out)])  # type: ignore[index]
                 pbar.update(len(idx))
+        if dist.active:
+            shards = dist.gather((fresh, len(fresh)))
+            self.computed += sum(c for _, c in shards) - len(fresh)
+            for part, _ in shards:
+                for i, v in part.items():
+                    results[i] = v
         # values round-trip through JSON in the cache: decode fresh ones too, so a cached and a
         # fresh run return exactly the same Python objects
         return [decode(json.loads(json.dumps(r))) for r in results]
+
+    def _run_batch(self, batch_fn: Callable[[Any, list[int]], list[Any]], session: Any, idx: list[int]) -> list[Any]:
+        """One batch, in chunks of at most ``oom_batch_size`` rows; halved again on out-of-memory.
+
+        Why: a batch size that fits most batches can run out of memory on the longest ones;
+        halving (down to one request) finishes the run instead of losing it. Later batches keep
+        the reduced size. Chunking changes padding only, i.e. scores at float-rounding level.
+        """
+        size = min(len(idx), self.oom_batch_size or len(idx))
+        out: list[Any] = []
+        start = 0
+        while start < len(idx):
+            chunk = idx[start:start + size]
+            error = None
+            try:
+                out.extend(batch_fn(session, chunk))
+            except (torch.OutOfMemoryError, MemoryError) as e:
+                error = " ".join(str(e).split())[:160] or type(e).__name__
+            if error is None:
+                start += len(chunk)
+                continue
+            # outside the except block: the failed attempt's tensors are freed with its traceback
+            if len(chunk) == 1:
+                raise XlsteerError(
+                    f"out of memory even with batch size 1 ({error}); use a shorter --max-length, "
+                    "a smaller --dtype (bfloat16) or a device with more memory"
+                )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            size = max(1, len(chunk) // 2)
+            self.oom_batch_size = size
+            self.oom_retries += 1
+        return out
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -351,9 +448,11 @@ class Engine:
             return self._ll_batch(session, [encoded[i] for i in idx], [requests[i][1] for i in idx],
                                   [langs[i] for i in idx])
 
-        def order(i: int) -> Any:
+        w = self.continuation_weight
+
+        def order(i: int) -> Any:  # most expensive first, so a batch pads little where it costs most
             ctx, conts = encoded[i]
-            return (-(len(ctx) + max(len(c) for c in conts)), i)
+            return (-(len(ctx) + w * len(conts) * max(len(c) for c in conts)), i)
 
         def decode(v: Any) -> list[LLResult]:
             return [(float(a), int(b), int(c), bool(d)) for a, b, c, d in v]
@@ -394,9 +493,10 @@ class Engine:
             out2 = self.model(input_ids=feed, attention_mask=full_mask, position_ids=pos,
                               past_key_values=cache, use_cache=True)
             logits = out2.logits.float()  # (R, width-1, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            lp[:, 1:] = logits.gather(2, tgt[:, 1:].unsqueeze(-1)).squeeze(-1) - lse
             greedy[:, 1:] = logits.argmax(-1) == tgt[:, 1:]
+            # one fused pass (logsumexp makes ~5 passes and temporaries over the whole vocabulary)
+            logits = torch.log_softmax(logits, dim=-1)
+            lp[:, 1:] = logits.gather(2, tgt[:, 1:].unsqueeze(-1)).squeeze(-1)
             del out2, logits
         del out, cache
         lp = torch.where(tmask, lp, torch.zeros_like(lp)).sum(1).cpu()

@@ -15,7 +15,8 @@ through one of:
   or pass an ``XlsteerLM(...)`` instance as ``model``.
 
 model_args: ``pretrained`` (shipped name, local folder or .gguf; or a loaded
-:class:`~xlsteer.models.loading.LoadedModel` from Python), ``dtype``, ``device``, ``batch_size``,
+:class:`~xlsteer.models.loading.LoadedModel` from Python), ``dtype``, ``device`` (lm-eval's CLI
+default ``cuda:0`` falls back to the CPU without a GPU, as its ``hf`` backend does), ``batch_size``,
 ``max_length``, ``intervention`` (an intervention file), ``alpha`` (its strength), ``anchor``
 (never steered; ``none`` steers every row), ``lang`` and ``positions`` (all, prompt, generated,
 last_prompt).
@@ -41,8 +42,10 @@ scores lm-eval's rolling windows with the same batch code, the text prefixed by 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
 
 import lm_eval.models  # noqa: F401  (lm-eval imports its lazy model table only into an empty registry)
 from lm_eval.api.model import LM
@@ -125,6 +128,20 @@ def _string_list(until: Any) -> list[str]:
     raise UsageError(f"'until' must be a string or a list of strings, got {until!r}")
 
 
+def _device(device: Any) -> str:
+    """The device to load on. lm-eval's CLI passes ``cuda:0`` unless told otherwise; like its
+    ``hf`` backend, fall back to the CPU (with a warning) when there is no CUDA GPU."""
+    import logging
+
+    import torch
+
+    dev = str(device or "cpu").strip().lower()
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("device %s requested but no CUDA GPU is available; using the CPU", dev)
+        return "cpu"
+    return dev
+
+
 @register_model("xlsteer")
 class XlsteerLM(LM):
     """An lm-eval ``LM`` backed by :class:`~xlsteer.evaluation.engine.Engine`, optionally steered."""
@@ -167,12 +184,12 @@ class XlsteerLM(LM):
         if isinstance(pretrained, LoadedModel):
             self.lm = pretrained
         elif isinstance(pretrained, str) and pretrained:
-            self.lm = load_model(pretrained, dtype=dtype, device=device or "cpu",
+            self.lm = load_model(pretrained, dtype=dtype, device=_device(device),
                                  trust_remote_code=bool(trust_remote_code), allow_download=bool(allow_download))
         else:
             raise UsageError("pass pretrained=<shipped model name, folder or .gguf file> (or a LoadedModel object)")
         self.anchor = None if anchor in (None, "", "none") else normalize_lang(str(anchor))
-        self.interventions = load_interventions(intervention, alpha, self.lm.fingerprint)
+        self.interventions = load_interventions(intervention, alpha, self.lm.fingerprint, model=self.lm)
         self.positions = positions
         if lang in (None, "", "task"):
             self.lang: str | None = None
@@ -192,6 +209,31 @@ class XlsteerLM(LM):
     @property
     def max_length(self) -> int:
         return self.engine.max_length
+
+    @property
+    def tokenizer_name(self) -> str:
+        """Keys lm-eval's request cache when a chat template is applied."""
+        return str(getattr(self.tokenizer, "name_or_path", None) or self.lm.name).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The tokenizer's chat template (lm-eval's ``--apply_chat_template [NAME]``); None when not asked."""
+        if not chat_template:
+            return None
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # named templates
+            name = chat_template if isinstance(chat_template, str) else "default"
+            if name not in template:
+                raise UsageError(f"the tokenizer has no chat template {name!r}; it has {', '.join(sorted(template))}")
+            template = template[name]
+        if not template:
+            raise UsageError(f"the tokenizer of {self.lm.name} has no chat template; drop --apply_chat_template")
+        return str(template)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The chat as one string, through the tokenizer's own template."""
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
 
     def get_model_info(self) -> dict[str, Any]:
         """Recorded by lm-eval in ``results["config"]``."""
@@ -330,6 +372,43 @@ class XlsteerLM(LM):
         return res
 
 
+@contextlib.contextmanager
+def _kept_random_state() -> Iterator[None]:
+    """``simple_evaluate`` seeds Python's, NumPy's and torch's global generators; restore them after."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+@contextlib.contextmanager
+def _no_download_counts() -> Iterator[None]:
+    """Stop ``datasets.load_dataset`` from pinging S3 ("download counts") for local data files.
+
+    Why: even the offline XCOPA configs (local JSON files) made it open a connection to
+    s3.amazonaws.com unless HF_HUB_OFFLINE was set; a run on local data must not touch the network.
+    """
+    try:
+        import datasets.config as cfg
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = cfg.HF_UPDATE_DOWNLOAD_COUNTS
+    cfg.HF_UPDATE_DOWNLOAD_COUNTS = False
+    try:
+        yield
+    finally:
+        cfg.HF_UPDATE_DOWNLOAD_COUNTS = old
+
+
 def run_lm_eval(
     model: Any,
     tasks: str | Sequence[str],
@@ -372,13 +451,22 @@ def run_lm_eval(
     else:
         lm = XlsteerLM(pretrained=model, batch_size=batch_size, max_length=max_length, intervention=intervention,
                        alpha=alpha, anchor=anchor, lang=lang, positions=positions, task_langs=task_langs)
-    with local_task_dir(data_dir) as task_dir:
+    with local_task_dir(data_dir) as task_dir, _kept_random_state():
         tm = task_manager(task_dir, names, include_path=list(include_path))
-        results = simple_evaluate(
-            model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
-            log_samples=log_samples, bootstrap_iters=bootstrap_iters, random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-        )
+        unknown = [n for n in names if n not in set(tm.all_tasks) and not Path(n).is_file()]
+        if unknown:
+            import difflib
+
+            close = sorted({m for n in unknown for m in difflib.get_close_matches(n, tm.all_tasks, n=3)})
+            raise UsageError(f"unknown lm-eval task(s) {', '.join(unknown)}; "
+                             + (f"did you mean {', '.join(close)}? " if close else "")
+                             + "see `lm-eval ls tasks` or pass --include-path DIR")
+        with _no_download_counts():
+            results = simple_evaluate(
+                model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
+                log_samples=log_samples, bootstrap_iters=bootstrap_iters, random_seed=seed,
+                numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            )
     if results is None:  # only non-zero ranks of a distributed run get None
         raise UsageError("lm-eval returned no results (not the main process)")
     return results

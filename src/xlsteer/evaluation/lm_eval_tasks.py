@@ -82,13 +82,19 @@ def process_docs(dataset: Any, *, lang: str, data_dir: str) -> Any:
     The split is recognised by content (idx set and premises equal to xlsteer's items of that
     split), so one function serves ``test`` and ``validation``. Raises DataError when the
     documents match neither split (a config generated for another data dir, or edited files).
+    The documents come out in xlsteer's item order (ascending ``idx``), so lm-eval's ``--limit N``
+    takes the same first N items as xlsteer's ``limit=N``.
     """
     import datasets
 
     from .tasks import xcopa
 
     recs = [dict(r) for r in dataset]
+    if all(isinstance(r.get("idx"), int) for r in recs):  # else the match below fails with a DataError
+        recs.sort(key=lambda r: r["idx"])
     for split in ("test", "dev"):
+        if len(recs) != xcopa.COUNTS[xcopa.UPSTREAM[split]]:
+            continue
         items = {it.fields["idx"]: it for it in xcopa.load_items(data_dir, lang, split)}
         if len(items) == len(recs) and all(
             r.get("idx") in items and items[r["idx"]].fields["premise"] == r.get("premise") for r in recs

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..data.langs import normalize_lang
 from ..errors import UsageError, XlsteerError
+from ..interventions.base import default_positions
 from ..io import atomic_write_json, dumps_json
 from ..provenance import versions
 from . import metrics as M
@@ -117,8 +118,14 @@ def _sha(obj: Any) -> str:
 # evaluate
 
 
-def load_interventions(interventions: Any, alpha: float | None, fingerprint: dict | None) -> list[Any]:
-    """Intervention objects from objects or file paths; ``alpha`` (when given) sets every strength."""
+def load_interventions(interventions: Any, alpha: float | None, fingerprint: dict | None,
+                       model: Any = None) -> list[Any]:
+    """Intervention objects from objects or file paths; ``alpha`` (when given) sets every strength.
+
+    With ``model`` (a LoadedModel) each is also checked to fit it (layers, widths) before any
+    work, not at the first forward call.
+    """
+    from ..interventions import check_compatible
     from ..interventions.base import Intervention, check_alpha
 
     if interventions is None:
@@ -133,6 +140,8 @@ def load_interventions(interventions: Any, alpha: float | None, fingerprint: dic
             iv = Intervention.load(iv)
         if fingerprint is not None:
             iv.check_model(fingerprint)
+        if model is not None and hasattr(iv, "tensors"):
+            check_compatible(iv, model)
         if alpha is not None:
             iv = iv.with_strength(check_alpha(alpha, "alpha"))
         out.append(iv)
@@ -192,7 +201,7 @@ def evaluate(
     cache_dir: str | os.PathLike | None = None,
     calibrate: bool = False,
     *,
-    positions: str = "all",
+    positions: str | None = None,
     batch_size: int = 8,
     max_length: int = 2048,
     n_boot: int = 2000,
@@ -208,7 +217,8 @@ def evaluate(
     tpl = get_template(task, template, **(template_options or {}))
     if calibrate and tpl.kind != "label":
         raise UsageError(f"--calibrate applies to label templates (xnli), not to {task}; drop --calibrate")
-    ivs = load_interventions(interventions, alpha, lm.fingerprint)
+    ivs = load_interventions(interventions, alpha, lm.fingerprint, model=lm)
+    positions = default_positions(ivs, positions)  # None: the policy the intervention stores
     items = load_task_items(task, lang_list, split, limit, data_dir)
     for lang, its in items.items():
         if not its:

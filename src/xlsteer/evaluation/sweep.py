@@ -130,7 +130,7 @@ def sweep(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     calibrate: bool = False,
-    positions: str = "all",
+    positions: str | None = None,
     batch_size: int = 8,
     max_length: int = 2048,
     n_boot: int = 2000,
@@ -163,6 +163,9 @@ def sweep(
         grid_layers = list(layers)
     if not grid_layers:
         raise UsageError("no layers to sweep; give at least one layer")
+    from ..interventions.base import default_positions
+
+    positions = default_positions(make_intervention(grid_layers[0], 1.0), positions)
     alpha_list = [float(a) for a in alphas]
     if not alpha_list:
         raise UsageError("no alphas to sweep; give at least one, e.g. 0.5,1,2")

@@ -108,9 +108,19 @@ class Intervention:
         """(batch,) index into ``self.languages`` per row; -1 for anchor rows (never steered)."""
         key = ("lang_index", id(self), str(device))
         if key not in ctx._cache:
-            index = {lang: i for i, lang in enumerate(self.languages)}
             rows = self.row_languages(ctx)
-            ctx._cache[key] = torch.tensor([index.get(lang, -1) for lang in rows], device=device)
+            # built once per batch of row languages in a steer block, not at every decode step
+            # (a host -> device copy synchronises a GPU)
+            skey = ("lang_index", id(self), tuple(rows), str(device))
+            shared = getattr(ctx, "shared", None)
+            if shared is None or skey not in shared:
+                index = {lang: i for i, lang in enumerate(self.languages)}
+                t = torch.tensor([index.get(lang, -1) for lang in rows]).to(device)
+                if shared is None:
+                    ctx._cache[key] = t
+                    return t
+                shared[skey] = t
+            ctx._cache[key] = shared[skey]
         return ctx._cache[key]
 
     # ---- composition -------------------------------------------------------------------
@@ -193,3 +203,21 @@ class Intervention:
             check_fingerprint(expected, fingerprint, what=f"{self.method} intervention")
         except FingerprintError:
             raise
+
+
+def default_positions(interventions: Any, given: str | None = None) -> str:
+    """The position policy to steer with: ``given`` if set, else the one the interventions store.
+
+    INCLINE stores ``last_prompt`` (the authors patch the last prompt token only); a caller that
+    does not choose must get that, not ``all``. Interventions that disagree need an explicit choice.
+    """
+    if given is not None:
+        return given
+    ivs = interventions if isinstance(interventions, (list, tuple)) else ([] if interventions is None else [interventions])
+    stored = {str(iv.params["positions"]) for iv in ivs if isinstance(getattr(iv, "params", None), dict)
+              and iv.params.get("positions")}
+    if len(stored) > 1:
+        raise UsageError(f"the interventions store different position policies ({', '.join(sorted(stored))}); "
+                         "choose one with --positions")
+    return stored.pop() if stored else "all"
+

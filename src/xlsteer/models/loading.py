@@ -121,6 +121,29 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def weights_hash(model: Any, per_tensor: int = 64) -> str:
+    """sha256 of a strided sample of every parameter, in its own dtype (cheap even for 8B models).
+
+    Two models with one config (a base model and its fine-tune, fp32 and bf16 copies) get
+    different hashes, so cached evaluation results are never served to the wrong weights. It is
+    not compared by :func:`check_fingerprint`: a vector fitted in fp32 may be applied in bf16.
+    Offloaded ('meta') parameters contribute their name and shape only.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            if p.device.type == "meta" or p.numel() == 0:
+                continue
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // per_tensor)
+            sample = flat[::step][:per_tensor].cpu().contiguous()
+            h.update(sample.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def fingerprint_of(model: Any, tokenizer: Any) -> dict:
     """What identifies a model for the artifacts made with it (JSON-serialisable)."""
     cfg = _text_config(model.config)
@@ -135,6 +158,7 @@ def fingerprint_of(model: Any, tokenizer: Any) -> dict:
         "intermediate_size": int(inter),
         "config_hash": config_hash(model.config),
         "tokenizer_hash": tokenizer_hash(tokenizer),
+        "weights_hash": weights_hash(model),
     }
 
 

@@ -149,6 +149,9 @@ def get_layers(model: nn.Module) -> nn.ModuleList:
     layers = _get(model, spec.layers)
     if not isinstance(layers, nn.ModuleList):
         raise ModelError(f"unsupported architecture {type(model).__name__}: '{spec.layers}' is not a layer list")
+    if len(layers) == 0:
+        raise ModelError(f"unsupported model {type(model).__name__}: its decoder layer list '{spec.layers}' is empty "
+                         "(0 layers); give a model with at least one layer")
     return layers
 
 
