@@ -15,6 +15,18 @@ KV cache: during cached generation each forward call only carries the new tokens
 token passes a site exactly once: prompt tokens at prefill, each generated token at its own
 decode step. Positions already in the cache are never steered again.
 
+Placement: each intervention is prepared once, at install time, on its hooked module's
+*execution* device and in its dtype (``models.placement.module_placement``: accelerate device
+maps, offloaded layers whose weights rest on ``meta``); a pre-hook input that arrives from
+another device is moved there first (where accelerate would move it anyway).
+
+Serving fast path: with a static KV cache generate() passes a 4D mask over the whole cache and
+no ``cache_position``; the root hook then takes the past length from the cache and real tokens
+from the mask's diagonal, so steering is token-for-token the dynamic-cache one. Hook bodies run
+outside torch.compile graphs (one graph break per hooked site), and ``steer`` makes dynamo guard
+on module hooks, so a compiled forward follows hooks as they come and go. Deciding whether a
+call needs editing uses host-side values only (no device -> host copy per call).
+
 Position policies:
   ``all``          every real (non-padding) token of the prompt and of the generation
   ``prompt``       only prompt tokens (positions < prompt length)
