@@ -264,3 +264,24 @@ def test_rerun_writes_an_identical_results_file(models, tmp_path):
     b = dumps_json(evaluate(lm, "xcopa", ["en", "sw"], engine=eng, **{k: v for k, v in kw.items() if k != "cache_dir"}))
     assert eng.computed == 0
     assert a == b
+
+
+def test_steered_run_reuses_the_unsteered_anchor_rows_from_the_cache(tmp_path):
+    """Anchor rows are never steered, so a steered run reads them from the unsteered run's cache."""
+    from xlsteer.interventions.vector import SteeringVector
+    from xlsteer.models.sites import Site
+    from xlsteer.testing import tiny_model
+
+    lm = tiny_model("llama")
+    eng = Engine(lm, batch_size=2, cache_dir=tmp_path)
+    reqs = [("The cat", [" sat", " ran"]), ("Die Katze", [" sass", " lief"]), ("A dog", [" barked"])]
+    langs, keys = ["en", "de", "en"], ["en/1", "de/1", "en/2"]
+    plain = eng.loglikelihood(reqs, langs, keys=keys)
+    d = lm.model.config.hidden_size
+    iv = SteeringVector(sites=[Site(1, "resid_post")], tensors={"vectors@1": torch.ones(1, d) * 3.0},
+                        params={"normalize": "none"}, languages=["de"], anchor="en")
+    before = eng.computed
+    steered = eng.loglikelihood(reqs, langs, interventions=iv, keys=keys)
+    assert eng.computed - before == 1  # only the German request ran
+    assert steered[0] == plain[0] and steered[2] == plain[2]
+    assert steered[1] != plain[1]

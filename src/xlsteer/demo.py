@@ -28,12 +28,12 @@ class DemoConfig:
     langs: tuple[str, ...] = ("zh", "vi", "sw")
     anchor: str = "en"
     task: str = "xcopa"
-    n_parallel: int = 100  # NTREX fit lines per language for statistics
+    n_parallel: int = 64  # NTREX fit lines per language for statistics
     diffmean_layers: tuple[int, ...] = (4, 6, 8, 10)
     alphas: tuple[float, ...] = (0.5, 1.0)
     clas_alphas: tuple[float, ...] = (-0.5, 0.5, 1.0)
-    dev_limit: int = 50  # XCOPA val items per language for the sweep
-    test_limit: int = 100  # XCOPA test items per language for the reported numbers
+    dev_limit: int = 30  # XCOPA val items per language for the sweep
+    test_limit: int = 80  # XCOPA test items per language for the reported numbers
     n_analysis: int = 40  # NTREX validation lines per language for the analysis
     batch_size: int = 8
     seed: int = 0

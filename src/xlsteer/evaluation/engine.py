@@ -269,7 +269,7 @@ class Engine:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _store(self, kind: str, params: dict[str, Any], scope: dict[str, Any] | None,
-               interventions: list[Any], positions: str, anchor: str | None) -> _Store | None:
+               interventions: list[Any], positions: str, anchor: str | None, create: bool = True) -> _Store | None:
         if self.cache_dir is None:
             return None
         full = {
@@ -286,7 +286,10 @@ class Engine:
         }
         digest = hashlib.sha256(dumps_json(full).encode("utf-8")).hexdigest()
         dist = current_dist()
-        return _Store(self.cache_dir / f"{kind}-{digest[:24]}.jsonl", full, dist.rank if dist.active else None)
+        path = self.cache_dir / f"{kind}-{digest[:24]}.jsonl"
+        if not create and not (path.exists() or any(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))):
+            return None
+        return _Store(path, full, dist.rank if dist.active else None)
 
     def _run(
         self,
@@ -314,15 +317,25 @@ class Engine:
                 raise UsageError("cache keys must be unique (e.g. language + item id)")
         ivs = _as_list(interventions)
         results: list[Any] = [None] * n
+        universe = set(range(n))
+        if ivs and anchor is not None and keys is not None and self.cache_dir is not None:
+            # Anchor rows are never steered: where the unsteered run of the same requests is in
+            # the cache, its results are the anchor rows' results (exactly, bit for bit), and a
+            # steered run (sweep grid point, method) does not compute them again.
+            plain = self._store(kind, params, scope, [], positions, anchor, create=False)
+            for i in range(n if plain is not None else 0):
+                if langs[i] == anchor and keys[i] in plain.data:  # type: ignore[union-attr]
+                    results[i] = decode(plain.data[keys[i]])  # type: ignore[union-attr]
+                    universe.discard(i)
         store = self._store(kind, params, scope, ivs, positions, anchor) if keys is not None else None
         if store is not None:
-            for i, k in enumerate(keys):  # type: ignore[arg-type]
-                if k in store.data:
-                    results[i] = decode(store.data[k])
+            for i in universe:
+                if keys[i] in store.data:  # type: ignore[index]
+                    results[i] = decode(store.data[keys[i]])  # type: ignore[index]
         dist = current_dist()
         if store is not None:
             dist.barrier()  # every process has read the cache before any of them appends to it
-        todo = sorted((i for i in range(n) if results[i] is None), key=order)
+        todo = sorted((i for i in universe if results[i] is None), key=order)
         if not todo:
             return results
         # the same batches as a single process; this process runs batch k when k % world == rank
