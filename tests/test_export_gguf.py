@@ -201,9 +201,13 @@ def test_llama_cpp_control_vector_reproduces_xlsteer_steering():
     m = res["metrics"]
     assert m["base_top1"]["mean"] >= THRESHOLDS["base_top1"]
     assert m["delta_pearson"]["mean"] >= THRESHOLDS["delta_pearson"]
-    # one layer off is clearly worse: the index mapping is pinned down, not merely "close"
-    assert m["delta_pearson"]["mean"] > m["delta_pearson_layer_minus1"]["mean"] + THRESHOLDS["shift_margin"]
-    assert m["delta_pearson"]["mean"] > m["delta_pearson_layer_plus1"]["mean"] + THRESHOLDS["shift_margin"]
+    # one layer off is clearly worse: the index mapping is pinned down, not merely "close".
+    # Adjacent layers' deltas correlate highly (measured: r 0.997 at the right layer, 0.983 one
+    # layer early), so compare the unexplained variance 1 - r: the right layer must leave at most
+    # half of what either neighbour leaves.
+    unexplained = 1 - m["delta_pearson"]["mean"]
+    for shifted in ("delta_pearson_layer_minus1", "delta_pearson_layer_plus1"):
+        assert unexplained <= THRESHOLDS["shift_ratio"] * (1 - m[shifted]["mean"]), shifted
 
 
-THRESHOLDS = {"base_top1": 0.8, "delta_pearson": 0.9, "shift_margin": 0.05}
+THRESHOLDS = {"base_top1": 0.8, "delta_pearson": 0.9, "shift_ratio": 0.5}

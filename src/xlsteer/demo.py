@@ -29,12 +29,12 @@ class DemoConfig:
     anchor: str = "en"
     task: str = "xcopa"
     n_parallel: int = 64  # NTREX fit lines per language for statistics
-    diffmean_layers: tuple[int, ...] = (4, 6, 8, 10)
+    diffmean_layers: tuple[int, ...] = (4, 7, 10)
     alphas: tuple[float, ...] = (0.5, 1.0)
     clas_alphas: tuple[float, ...] = (-0.5, 0.5, 1.0)
-    dev_limit: int = 30  # XCOPA val items per language for the sweep
-    test_limit: int = 80  # XCOPA test items per language for the reported numbers
-    n_analysis: int = 40  # NTREX validation lines per language for the analysis
+    dev_limit: int = 24  # XCOPA val items per language for the sweep
+    test_limit: int = 60  # XCOPA test items per language for the reported numbers
+    n_analysis: int = 32  # NTREX validation lines per language for the analysis
     batch_size: int = 8
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -174,7 +174,7 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     # 5. analysis on held-out parallel text (NTREX validation lines), then the report
     done = _stage(log, "analysis (similarity, logit lens, neuron map, projections, regression)")
     held = load_ntrex(root, langs, split="validation", limit=cfg.n_analysis)
-    analysis_layers = sorted(set(range(0, lm.num_layers, 2)) | {best_vec["layer"]})
+    analysis_layers = sorted(set(range(0, lm.num_layers, 3)) | {best_vec["layer"]})
     analyze(lm, run_dir, {lang: held.texts[lang] for lang in langs}, analysis_layers,
             {"diffmean": chosen_vec, "clas": chosen_clas}, stats=stats,
             eval_results=[run_dir / f"eval_{n}.json" for n in runs], anchor=cfg.anchor,

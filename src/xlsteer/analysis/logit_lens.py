@@ -267,7 +267,7 @@ def lens_topk(
             ids = enc["input_ids"].to(device)
             mask = enc["attention_mask"].to(device)
             state["mask"] = token_mask(tok, ids, mask)
-            model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+            model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
             pbar.update(len(chunk))
     return {layer: torch.cat(v) if v else torch.zeros(0, k, dtype=torch.long) for layer, v in out.items()}
 
