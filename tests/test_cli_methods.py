@@ -36,14 +36,6 @@ FIT_ARGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XLSTEER_QUIET", "1")
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Saved tiny models (4 layers, so CLAS has candidate bridge layers) and a parallel corpus folder."""

@@ -24,14 +24,6 @@ REQUESTS = [
 LANGS = ["de", "sw", "de", "en", "sw"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XLSTEER_QUIET", "1")
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def models():
     return {arch: tiny_model(arch) for arch in ("llama", "gemma3", "gpt2")}

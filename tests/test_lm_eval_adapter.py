@@ -33,14 +33,6 @@ LIMIT = 8
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XLSTEER_QUIET", "1")
-    yield
-    mp.undo()
-
-
 @pytest.fixture(autouse=True)
 def _one_thread(request):
     """Width-64 models gain nothing from intra-op threads; on a busy machine the threads only wait

@@ -23,14 +23,6 @@ TEXTS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XLSTEER_QUIET", "1")
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def lm():
     return tiny_model("llama")
