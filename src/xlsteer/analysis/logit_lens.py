@@ -226,14 +226,11 @@ def lens_topk(
 
     Only the top-k ids are kept (the full vocab x layers x texts would not fit in memory).
     """
-    from ..stats import positions_from_mask
-    from .similarity import token_mask
-
     if positions not in LENS_POSITIONS:
         raise UsageError(f"unknown lens positions '{positions}'; choose last or all")
     if k < 1:
         raise UsageError(f"k must be a positive integer, got {k}")
-    model, tok = lm.model, lm.tokenizer
+    model = lm.model
     sites = [Site(int(layer), "resid_post") for layer in sorted(set(layers))]
     for s in sites:
         check_site(model, s)
@@ -252,23 +249,16 @@ def lens_topk(
             logits = apply_lens(model, h[start : start + 64])
             out[s.layer].append(logits.topk(min(k, logits.shape[-1]), dim=-1).indices.cpu())
 
-    from .similarity import _as_list, steer_policies
+    from .similarity import _as_list, forward_texts, steer_policies
 
-    device = next(model.parameters()).device
     ivs = _as_list(interventions)
     with (
         steer(model, ivs, langs=lang, anchor=anchor, positions=steer_policies(ivs), readers=[(sites, reader)]),
         torch.inference_mode(),
         bar(len(texts), "logit lens", "text") as pbar,
     ):
-        for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start : start + batch_size])
-            enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            ids = enc["input_ids"].to(device)
-            mask = enc["attention_mask"].to(device)
-            state["mask"] = token_mask(tok, ids, mask)
-            model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
-            pbar.update(len(chunk))
+        for n in forward_texts(lm, texts, batch_size, max_length, state):
+            pbar.update(n)
     return {layer: torch.cat(v) if v else torch.zeros(0, k, dtype=torch.long) for layer, v in out.items()}
 
 

@@ -21,7 +21,7 @@ edited activation). The anchor is never steered, so its vectors are the same bef
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -268,6 +268,27 @@ def _pool(x: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), last]
 
 
+def forward_texts(lm: Any, texts: Sequence[str], batch_size: int, max_length: int,
+                  state: dict[str, Any]) -> Iterator[int]:
+    """Run ``texts`` through the model in padded batches for hook readers; yields each batch's size.
+
+    Readers find the batch's real-token mask (BOS and padding excluded) in ``state["mask"]``.
+    Only the last position's logits are computed: readers want activations, not 262k-wide logits.
+    """
+    from ..stats import positions_from_mask
+
+    model, tok = lm.model, lm.tokenizer
+    device = next(model.parameters()).device
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        ids = enc["input_ids"].to(device)
+        mask = enc["attention_mask"].to(device)
+        state["mask"] = token_mask(tok, ids, mask)
+        model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
+        yield len(chunk)
+
+
 def token_mask(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Real tokens that represent the text: not padding, not BOS."""
     mask = attention_mask.bool()
@@ -296,13 +317,11 @@ def pooled_items(
     anchor=anchor)`` and the vectors are read from the steered forward. ``positions`` is the
     steering position policy (default: each intervention's ``params["positions"]``, else all).
     """
-    from ..stats import positions_from_mask
-
     if pooling not in POOLINGS:
         raise UsageError(f"unknown pooling '{pooling}'; choose mean or last")
     if batch_size < 1:
         raise UsageError(f"batch size must be a positive integer, got {batch_size}")
-    model, tok = lm.model, lm.tokenizer
+    model = lm.model
     sites = [Site(int(layer), site) for layer in sorted(set(layers))]
     if not sites:
         raise UsageError("no layers given; pass at least one layer")
@@ -322,7 +341,6 @@ def pooled_items(
     def reader(s: Site, act: torch.Tensor, ctx: ForwardContext) -> None:
         out[s.layer][state["lang"]].append(_pool(act.detach().float(), state["mask"], pooling).cpu())
 
-    device = next(model.parameters()).device
     total = sum(len(v) for v in texts_by_lang.values())
     with (
         steer(model, ivs, anchor=anchor, positions=policies, readers=[(sites, reader)]) as session,
@@ -332,14 +350,8 @@ def pooled_items(
         for lang, items in texts_by_lang.items():
             state["lang"] = lang
             session.set_langs(lang)
-            for start in range(0, len(items), batch_size):
-                chunk = list(items[start : start + batch_size])
-                enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-                ids = enc["input_ids"].to(device)
-                mask = enc["attention_mask"].to(device)
-                state["mask"] = token_mask(tok, ids, mask)
-                model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
-                pbar.update(len(chunk))
+            for n in forward_texts(lm, items, batch_size, max_length, state):
+                pbar.update(n)
     return {
         layer: {lang: torch.cat(chunks).numpy() for lang, chunks in by_lang.items()} for layer, by_lang in out.items()
     }
