@@ -94,3 +94,35 @@ def test_apply_lens_accepts_any_leading_shape():
     h = torch.randn(3, 64)
     with torch.no_grad():
         assert apply_lens(lm.model, h).shape == (3, lm.model.config.vocab_size)
+
+
+def test_batched_decoding_equals_row_by_row():
+    """Rows of all layers go through the head in chunks: same top-k as decoding each row alone."""
+    from xlsteer.analysis.logit_lens import topk_from_hidden
+
+    lm = tiny_model("gemma3")
+    torch.manual_seed(0)
+    hidden = {0: torch.randn(5, 64), 1: torch.randn(3, 64), 4: torch.zeros(0, 64)}
+    got = topk_from_hidden(lm.model, hidden, k=4, chunk_rows=3)
+    with torch.no_grad():
+        for layer, rows in hidden.items():
+            want = [apply_lens(lm.model, r[None]).topk(4, dim=-1).indices[0] for r in rows]
+            assert got[layer].shape == (rows.shape[0], 4)
+            for g, w in zip(got[layer], want):
+                assert torch.equal(g, w)
+
+
+def test_analysis_lens_from_the_pooled_pass_equals_its_own_forwards(cyrillic_llama, tmp_path):
+    """analyze reads last-token states in the similarity forward; the shares must not change."""
+    from xlsteer.analysis.run import analyze
+
+    lm = cyrillic_llama
+    torch.manual_seed(0)
+    iv = SteeringVector(sites=[Site(0, "resid_post")], tensors={vector_key(0): 3 * torch.randn(1, 64)},
+                        params={"normalize": "none"}, languages=["ru"], anchor="en")
+    res = analyze(lm, tmp_path, TEXTS, [0, 1], {"v": iv}, anchor="en", k=5, projections=())
+    want = language_shares(lm, TEXTS, [0, 1], interventions=iv, k=5)
+    got = res["logit_lens"]["v"]
+    for key in ("before", "after", "examples", "langs", "rule", "layers"):
+        assert got[key] == want[key], key
+    assert got["after"]["ru"] != got["before"]["ru"] or got["examples"]["after"] != got["examples"]["before"]

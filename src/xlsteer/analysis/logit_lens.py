@@ -209,6 +209,79 @@ def _decode_tokens(tokenizer: Any, ids: Sequence[int], cache: dict[int, str]) ->
 # --------------------------------------------------------------------------------------------
 
 
+LENS_CHUNK_ROWS = 256  # rows decoded per head call: the (vocab x d) head is read once per call
+
+
+def topk_from_hidden(model: Any, hidden: Mapping[int, Any], k: int,
+                     chunk_rows: int = LENS_CHUNK_ROWS) -> dict[int, torch.Tensor]:
+    """Top-k lens token ids per layer from residual rows ``{layer: (n, d)}`` -> ``{layer: (n, k)}``.
+
+    Why batched across layers: with a 262k vocabulary the head weight is ~670 MB (fp32); decoding
+    8 rows per call is bound by reading it, so rows of every layer go through the head together.
+    """
+    if k < 1:
+        raise UsageError(f"k must be a positive integer, got {k}")
+    layers = sorted(hidden)
+    rows = [torch.as_tensor(hidden[layer]).reshape(-1, torch.as_tensor(hidden[layer]).shape[-1]) for layer in layers]
+    counts = [r.shape[0] for r in rows]
+    if not layers or sum(counts) == 0:
+        return {layer: torch.zeros(0, k, dtype=torch.long) for layer in layers}
+    flat = torch.cat(rows)
+    picked = []
+    with torch.inference_mode():
+        for start in range(0, flat.shape[0], chunk_rows):
+            logits = apply_lens(model, flat[start : start + chunk_rows])
+            picked.append(logits.topk(min(k, logits.shape[-1]), dim=-1).indices.cpu())
+    ids = torch.cat(picked)
+    return dict(zip(layers, ids.split(counts)))
+
+
+def lens_hidden(
+    lm: Any,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    positions: str = "last",
+    interventions: Any = None,
+    lang: str | None = None,
+    anchor: str = "en",
+    batch_size: int = 8,
+    max_length: int = 128,
+) -> dict[int, torch.Tensor]:
+    """Residual rows the lens decodes, per layer: ``(n_texts, d)`` for ``last``, ``(n_real_tokens, d)`` for ``all``."""
+    if positions not in LENS_POSITIONS:
+        raise UsageError(f"unknown lens positions '{positions}'; choose last or all")
+    model = lm.model
+    sites = [Site(int(layer), "resid_post") for layer in sorted(set(layers))]
+    for s in sites:
+        check_site(model, s)
+    out: dict[int, list[torch.Tensor]] = {s.layer: [] for s in sites}
+    state: dict[str, Any] = {}
+
+    def reader(s: Site, act: torch.Tensor, ctx: ForwardContext) -> None:
+        mask = state["mask"].to(act.device)
+        if positions == "last":
+            t = act.shape[1]
+            last = torch.where(mask, torch.arange(t, device=act.device), -1).max(1).values.clamp_min(0)
+            h = act[torch.arange(act.shape[0], device=act.device), last]
+        else:
+            h = act[mask]
+        out[s.layer].append(h.detach().float().cpu())
+
+    from .similarity import _as_list, forward_texts, steer_policies
+
+    ivs = _as_list(interventions)
+    with (
+        steer(model, ivs, langs=lang, anchor=anchor, positions=steer_policies(ivs), readers=[(sites, reader)]),
+        torch.inference_mode(),
+        bar(len(texts), "logit lens", "text") as pbar,
+    ):
+        for n in forward_texts(lm, texts, batch_size, max_length, state):
+            pbar.update(n)
+    d = int(getattr(_text_config(model), "hidden_size", 0) or 0)
+    return {layer: torch.cat(v) if v else torch.zeros(0, d) for layer, v in out.items()}
+
+
 def lens_topk(
     lm: Any,
     texts: Sequence[str],
@@ -226,40 +299,11 @@ def lens_topk(
 
     Only the top-k ids are kept (the full vocab x layers x texts would not fit in memory).
     """
-    if positions not in LENS_POSITIONS:
-        raise UsageError(f"unknown lens positions '{positions}'; choose last or all")
     if k < 1:
         raise UsageError(f"k must be a positive integer, got {k}")
-    model = lm.model
-    sites = [Site(int(layer), "resid_post") for layer in sorted(set(layers))]
-    for s in sites:
-        check_site(model, s)
-    out: dict[int, list[torch.Tensor]] = {s.layer: [] for s in sites}
-    state: dict[str, Any] = {}
-
-    def reader(s: Site, act: torch.Tensor, ctx: ForwardContext) -> None:
-        mask = state["mask"].to(act.device)
-        if positions == "last":
-            t = act.shape[1]
-            last = torch.where(mask, torch.arange(t, device=act.device), -1).max(1).values.clamp_min(0)
-            h = act[torch.arange(act.shape[0], device=act.device), last]
-        else:
-            h = act[mask]
-        for start in range(0, h.shape[0], 64):  # bound the (rows x vocab) logits in memory
-            logits = apply_lens(model, h[start : start + 64])
-            out[s.layer].append(logits.topk(min(k, logits.shape[-1]), dim=-1).indices.cpu())
-
-    from .similarity import _as_list, forward_texts, steer_policies
-
-    ivs = _as_list(interventions)
-    with (
-        steer(model, ivs, langs=lang, anchor=anchor, positions=steer_policies(ivs), readers=[(sites, reader)]),
-        torch.inference_mode(),
-        bar(len(texts), "logit lens", "text") as pbar,
-    ):
-        for n in forward_texts(lm, texts, batch_size, max_length, state):
-            pbar.update(n)
-    return {layer: torch.cat(v) if v else torch.zeros(0, k, dtype=torch.long) for layer, v in out.items()}
+    hidden = lens_hidden(lm, texts, layers, positions=positions, interventions=interventions, lang=lang,
+                         anchor=anchor, batch_size=batch_size, max_length=max_length)
+    return topk_from_hidden(lm.model, hidden, k)
 
 
 def shares_from_topk(
@@ -277,6 +321,21 @@ def shares_from_topk(
         if ids.shape[0]:
             examples[layer] = _decode_tokens(tokenizer, ids[0, :n_examples].tolist(), cache)
     return shares, examples
+
+
+def _shares_result(anchor: str, k: int, positions: str, layers: Sequence[int], with_after: bool) -> dict[str, Any]:
+    return {
+        "anchor": anchor,
+        "k": k,
+        "positions": positions,
+        "layers": sorted(set(int(x) for x in layers)),
+        "langs": [],
+        "rule": {},
+        "before": {},
+        "after": {} if with_after else None,
+        "examples": {"before": {}, "after": {}},
+        "skipped": {},
+    }
 
 
 def language_shares(
@@ -306,36 +365,69 @@ def language_shares(
 
     ivs = _as_list(interventions)
     covered = set(covered_langs(ivs, list(texts_by_lang), anchor)) if ivs else set()
-    result: dict[str, Any] = {
-        "anchor": anchor,
-        "k": k,
-        "positions": positions,
-        "layers": sorted(set(int(x) for x in layers)),
-        "langs": [],
-        "rule": {},
-        "before": {},
-        "after": {} if ivs else None,
-        "examples": {"before": {}, "after": {}},
-        "skipped": {},
-    }
-    kw = dict(k=k, positions=positions, anchor=anchor, batch_size=batch_size, max_length=max_length)
+    kw = dict(positions=positions, anchor=anchor, batch_size=batch_size, max_length=max_length)
+    before: dict[str, dict[int, torch.Tensor]] = {}
+    after: dict[str, dict[int, torch.Tensor]] = {}
+    skipped: dict[str, str] = {}
     for lang, texts in texts_by_lang.items():
         if lang == anchor:
             continue
         try:
-            classifier = TokenLanguage(lang, anchor)
+            TokenLanguage(lang, anchor)
         except LanguageError as e:
-            result["skipped"][lang] = str(e)
+            skipped[lang] = str(e)
             continue
         texts = [t for t in texts if str(t).strip()]
         if not texts:
-            result["skipped"][lang] = "no non-empty texts"
+            skipped[lang] = "no non-empty texts"
             continue
-        result["langs"].append(lang)
-        result["rule"][lang] = classifier.rule
-        top = lens_topk(lm, texts, layers, lang=lang, **kw)
-        result["before"][lang], result["examples"]["before"][lang] = shares_from_topk(lm.tokenizer, top, classifier)
+        before[lang] = lens_hidden(lm, texts, layers, lang=lang, **kw)
         if ivs and lang in covered:
-            top = lens_topk(lm, texts, layers, lang=lang, interventions=ivs, **kw)
-            result["after"][lang], result["examples"]["after"][lang] = shares_from_topk(lm.tokenizer, top, classifier)
+            after[lang] = lens_hidden(lm, texts, layers, lang=lang, interventions=ivs, **kw)
+    result = shares_from_hidden(lm, before, after if ivs else None, layers, anchor=anchor, k=k, positions=positions)
+    result["skipped"].update(skipped)
+    return result
+
+
+def shares_from_hidden(
+    lm: Any,
+    before: Mapping[str, Mapping[int, Any]],
+    after: Mapping[str, Mapping[int, Any]] | None,
+    layers: Sequence[int],
+    *,
+    anchor: str = "en",
+    k: int = 10,
+    positions: str = "last",
+) -> dict[str, Any]:
+    """:func:`language_shares` from residual rows already read (``{lang: {layer: (n, d)}}``).
+
+    Why: the analysis reads last-token states in the same forward as its pooled states; every
+    row of every language and condition is then decoded in one batched pass over the head.
+    """
+    result = _shares_result(anchor, k, positions, layers, after is not None)
+    jobs: list[tuple[str, str, int]] = []
+    hidden: dict[int, Any] = {}
+    classifiers: dict[str, TokenLanguage] = {}
+    for cond, states in (("before", before), ("after", after or {})):
+        for lang, by_layer in states.items():
+            if lang == anchor:
+                continue
+            if lang not in classifiers:
+                try:
+                    classifiers[lang] = TokenLanguage(lang, anchor)
+                except LanguageError as e:
+                    result["skipped"][lang] = str(e)
+                    continue
+            for layer in result["layers"]:
+                hidden[len(jobs)] = by_layer[layer]
+                jobs.append((cond, lang, layer))
+    top = topk_from_hidden(lm.model, hidden, k)
+    per: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    for j, (cond, lang, layer) in enumerate(jobs):
+        per.setdefault((cond, lang), {})[layer] = top[j]
+    for (cond, lang), topk in per.items():
+        if lang not in result["langs"]:
+            result["langs"].append(lang)
+            result["rule"][lang] = classifiers[lang].rule
+        result[cond][lang], result["examples"][cond][lang] = shares_from_topk(lm.tokenizer, topk, classifiers[lang])
     return result

@@ -31,12 +31,12 @@ from ..io import atomic_write_json, read_json
 from ..provenance import provenance
 from . import plots
 from .compare_models import compare_models
-from .logit_lens import language_shares
+from .logit_lens import language_shares, shares_from_hidden
 from .neuron_map import figures as neuron_figures
 from .neuron_map import neuron_map
 from .projection import project
 from .regression import delta_similarity, gain_vs_similarity, gains_from_scores
-from .similarity import check_parallel, covered_langs, pooled_items, similarity_from_items
+from .similarity import check_parallel, covered_langs, pooled_states, similarity_from_items
 
 NO_INTERVENTION = "none"
 
@@ -54,6 +54,15 @@ def _short(value: Any, max_items: int = 50) -> Any:
     if isinstance(value, (list, tuple)):
         return [_short(v, max_items) for v in value]
     return value
+
+
+def _by_lang(by_layer: Mapping[int, Mapping[str, Any]] | None) -> dict[str, dict[int, Any]]:
+    """``{layer: {lang: rows}}`` -> ``{lang: {layer: rows}}`` (the lens's layout)."""
+    out: dict[str, dict[int, Any]] = {}
+    for layer, by_lang in (by_layer or {}).items():
+        for lang, rows in by_lang.items():
+            out.setdefault(lang, {})[layer] = rows
+    return out
 
 
 def _eval_docs(eval_results: Any) -> list[dict]:
@@ -202,8 +211,14 @@ def analyze(
     }, kind="setup")
 
     # ---- 1. similarity (pooled items are reused by the projections) ----------------------
-    kw = dict(anchor=anchor, pooling=pooling, batch_size=batch_size, max_length=max_length)
-    before = pooled_items(lm, texts, capture, **kw)
+    # With the lens at the last token, one forward per text and condition reads both the pooled
+    # states (similarity, projections) and the last-token states the lens decodes.
+    lens_in_pass = lens_positions == "last"
+    poolings = (pooling, "last") if lens_in_pass else (pooling,)
+    kw = dict(anchor=anchor, batch_size=batch_size, max_length=max_length)
+    states = pooled_states(lm, texts, capture, poolings=poolings, **kw)
+    before = states[pooling]
+    lens_rows: dict[str, tuple[Any, Any]] = {NO_INTERVENTION: (_by_lang(states.get("last")), None)}
     after_items: dict[str, dict[int, dict[str, Any]] | None] = {}
     runs = ivs.items() if ivs else [(NO_INTERVENTION, None)]
     for name, iv in runs:
@@ -218,10 +233,14 @@ def analyze(
                 doc_notes.append(f"{name} cannot steer {', '.join(uncovered)} (not among its languages); "
                                  "those keep their unsteered vectors")
             if steered:
-                got = pooled_items(lm, {lang: texts[lang] for lang in steered}, capture, interventions=iv, **kw)
+                got_all = pooled_states(lm, {lang: texts[lang] for lang in steered}, capture, poolings=poolings,
+                                        interventions=iv, **kw)
+                got = got_all[pooling]
                 after = {layer: {lang: got[layer].get(lang, before[layer][lang]) for lang in langs} for layer in capture}
+                lens_rows[name] = (lens_rows[NO_INTERVENTION][0], _by_lang(got_all.get("last")))
             else:
                 doc_notes.append(f"{name} steers none of the languages; nothing to compare")
+                lens_rows[name] = (lens_rows[NO_INTERVENTION][0], {})
         after_items[name] = after
         sim = similarity_from_items(before, after, anchor, {"pooling": pooling, "site": "resid_post"},
                                     steered_langs=steered if after else None)
@@ -236,18 +255,22 @@ def analyze(
         notes.extend(doc_notes)
 
     # ---- 2. logit lens -------------------------------------------------------------------
-    lens_kw = dict(anchor=anchor, k=k, positions=lens_positions, batch_size=batch_size, max_length=max_length)
-    lens_before = language_shares(lm, texts, capture, **lens_kw)
+    lens_kw = dict(anchor=anchor, k=k, positions=lens_positions)
+    fwd_kw = dict(batch_size=batch_size, max_length=max_length)
+    # every token: own forwards (rows of all tokens are not pooled)
+    lens_before = None if lens_in_pass else language_shares(lm, texts, capture, **fwd_kw, **lens_kw)
     for name, iv in runs:
-        if iv is None:
+        if lens_in_pass:
+            rows_before, rows_after = lens_rows[name]
+            lens = shares_from_hidden(lm, rows_before, rows_after, capture, **lens_kw)
+        elif iv is None:
             lens = lens_before
         else:
             covered = covered_langs(iv, langs, anchor)
             lens_after = language_shares(lm, {lang: texts[lang] for lang in covered}, capture, interventions=iv,
-                                         **lens_kw)
+                                         **fwd_kw, **lens_kw)
             lens = {**lens_before, "after": lens_after["after"],
-                    "examples": {"before": lens_before["examples"]["before"],
-                                 "after": lens_after["examples"]["after"]}}
+                    "examples": {"before": lens_before["examples"]["before"], "after": lens_after["examples"]["after"]}}
         slug = _slug(name)
         fig = w.figure(f"logit_lens_{slug}.png", plots.plot_logit_lens(
             lens, title=None if iv is None else f"Logit lens (top-{k}) — {name}: before (solid) / after (dashed)"))

@@ -317,8 +317,32 @@ def pooled_items(
     anchor=anchor)`` and the vectors are read from the steered forward. ``positions`` is the
     steering position policy (default: each intervention's ``params["positions"]``, else all).
     """
-    if pooling not in POOLINGS:
-        raise UsageError(f"unknown pooling '{pooling}'; choose mean or last")
+    return pooled_states(lm, texts_by_lang, layers, poolings=(pooling,), interventions=interventions, anchor=anchor,
+                         positions=positions, site=site, batch_size=batch_size, max_length=max_length)[pooling]
+
+
+def pooled_states(
+    lm: Any,
+    texts_by_lang: Mapping[str, Sequence[str]],
+    layers: Sequence[int],
+    *,
+    poolings: Sequence[str] = ("mean",),
+    interventions: Any = None,
+    anchor: str = "en",
+    positions: str | Sequence[str] | None = None,
+    site: str = "resid_post",
+    batch_size: int = 8,
+    max_length: int = 128,
+) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """:func:`pooled_items` for several poolings from one forward: ``{pooling: {layer: {lang: array}}}``.
+
+    Why: the analysis needs mean-pooled states (similarity) and last-token states (logit lens)
+    of the same texts; reading both in one pass halves its forwards.
+    """
+    poolings = tuple(dict.fromkeys(poolings))
+    bad = [p for p in poolings if p not in POOLINGS]
+    if bad or not poolings:
+        raise UsageError(f"unknown pooling '{bad[0] if bad else ''}'; choose mean or last")
     if batch_size < 1:
         raise UsageError(f"batch size must be a positive integer, got {batch_size}")
     model = lm.model
@@ -335,11 +359,15 @@ def pooled_items(
         )
     policies = steer_policies(ivs, positions)
 
-    out: dict[int, dict[str, list[torch.Tensor]]] = {s.layer: {lang: [] for lang in texts_by_lang} for s in sites}
+    out: dict[str, dict[int, dict[str, list[torch.Tensor]]]] = {
+        p: {s.layer: {lang: [] for lang in texts_by_lang} for s in sites} for p in poolings
+    }
     state: dict[str, Any] = {}
 
     def reader(s: Site, act: torch.Tensor, ctx: ForwardContext) -> None:
-        out[s.layer][state["lang"]].append(_pool(act.detach().float(), state["mask"], pooling).cpu())
+        x = act.detach().float()
+        for p in poolings:
+            out[p][s.layer][state["lang"]].append(_pool(x, state["mask"], p).cpu())
 
     total = sum(len(v) for v in texts_by_lang.values())
     with (
@@ -353,7 +381,9 @@ def pooled_items(
             for n in forward_texts(lm, items, batch_size, max_length, state):
                 pbar.update(n)
     return {
-        layer: {lang: torch.cat(chunks).numpy() for lang, chunks in by_lang.items()} for layer, by_lang in out.items()
+        p: {layer: {lang: torch.cat(chunks).numpy() for lang, chunks in by_lang.items()}
+            for layer, by_lang in by_layer.items()}
+        for p, by_layer in out.items()
     }
 
 
