@@ -26,7 +26,7 @@ LANGS = ["de", "sw", "de", "en", "sw"]
 
 @pytest.fixture(scope="module")
 def models():
-    return {arch: tiny_model(arch) for arch in ("llama", "gemma3", "gpt2")}
+    return {arch: tiny_model(arch) for arch in ("llama", "gemma3", "gpt2", "gemma2")}
 
 
 def _vector(lm, layer=0, strength=3.0):
@@ -68,16 +68,35 @@ def test_tiny_gemma_contexts_cross_the_sliding_window(models):
     assert len(tok(REQUESTS[2][0])["input_ids"]) > TINY_SLIDING_WINDOW
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "gemma2"])  # gemma2: final logit softcapping
 def test_shared_prefix_scoring_equals_full_sequence_scoring(models, arch):
     lm = models[arch]
-    got = Engine(lm, batch_size=4).loglikelihood(REQUESTS, LANGS)
+    engine = Engine(lm, batch_size=4)
+    got = engine.loglikelihood(REQUESTS, LANGS)
     ref = _full_sequence_scores(lm, REQUESTS, LANGS)
     for g_row, r_row in zip(got, ref):
         assert len(g_row) == len(r_row)
         for (lp, n_tok, n_chars, greedy), r in zip(g_row, r_row):
             assert lp == pytest.approx(r, abs=1e-4)
             assert n_tok >= 1 and isinstance(greedy, bool)
+    assert engine._head_path is True  # only real continuation positions went through the head
+
+
+def test_an_unreproduced_output_transform_falls_back_to_the_full_projection(models, monkeypatch):
+    """If unembed() does not give the model's own logits (an unknown output scaling), the
+    first batch detects it and every batch projects all positions: scores stay exact."""
+    import xlsteer.models.sites as sites
+
+    lm = models["llama"]
+    real = sites.unembed
+    monkeypatch.setattr(sites, "unembed", lambda model, x: 2.0 * real(model, x))
+    engine = Engine(lm, batch_size=2)
+    got = engine.loglikelihood(REQUESTS, LANGS)
+    assert engine._head_path is False
+    ref = _full_sequence_scores(lm, REQUESTS, LANGS)
+    for g_row, r_row in zip(got, ref):
+        for g, r in zip(g_row, r_row):
+            assert g[0] == pytest.approx(r, abs=1e-4)
 
 
 @pytest.mark.parametrize("positions", ["all", "last_prompt", "prompt"])

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import LanguageError, UsageError
 from ..hooks import ForwardContext, steer
-from ..models.sites import Site, check_site, final_norm_and_head
+from ..models.sites import Site, check_site, final_norm_and_head, unembed
 from ..progress import bar
 
 CATEGORIES = ("anchor", "input", "other")
@@ -70,24 +70,12 @@ def _text_config(model: Any) -> Any:
 
 def apply_lens(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     """Logits from residual-stream vectors ``(..., d)``: final norm, unembedding, output transforms."""
-    norm, head = final_norm_and_head(model)
-
-    def to(module: Any, x: torch.Tensor) -> torch.Tensor:  # with a device map, norm and head may differ
-        p = next(module.parameters(), None)
-        return x if p is None else x.to(device=p.device, dtype=p.dtype)
-
+    norm, _ = final_norm_and_head(model)
     x = hidden
     if norm is not None:
-        x = norm(to(norm, x))
-    logits = head(to(head, x))
-    cfg = _text_config(model)
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    scale = getattr(cfg, "logits_scaling", None)
-    if scale:
-        logits = logits / scale
-    return logits
+        p = next(norm.parameters(), None)  # with a device map, norm and head may differ
+        x = norm(x if p is None else x.to(device=p.device, dtype=p.dtype))
+    return unembed(model, x)
 
 
 def lens_logits(

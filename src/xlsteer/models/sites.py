@@ -210,6 +210,29 @@ def final_norm_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     return norm, head
 
 
+def unembed(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """Logits from final-normed hidden states: the head, then the model's output transforms.
+
+    Reads ``final_logit_softcapping`` c (Gemma 2/3: ``c * tanh(logits / c)``) and
+    ``logits_scaling`` s (Granite: ``logits / s``) from the (text) config. Callers that rely on
+    this equalling the model's own logits check it (the engine does, on its first batch).
+    """
+    _, head = final_norm_and_head(model)
+    p = next(head.parameters(), None)
+    x = normed if p is None else normed.to(device=p.device, dtype=p.dtype)
+    logits = head(x)
+    cfg = model.config
+    get = getattr(cfg, "get_text_config", None)
+    cfg = get() if callable(get) else cfg
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    scale = getattr(cfg, "logits_scaling", None)
+    if scale:
+        logits = logits / scale
+    return logits
+
+
 # ---- tensor-or-tuple handling, in one place ------------------------------------------------
 
 
