@@ -248,15 +248,10 @@ def lens_hidden(
 
     def reader(s: Site, act: torch.Tensor, ctx: ForwardContext) -> None:
         mask = state["mask"].to(act.device)
-        if positions == "last":
-            t = act.shape[1]
-            last = torch.where(mask, torch.arange(t, device=act.device), -1).max(1).values.clamp_min(0)
-            h = act[torch.arange(act.shape[0], device=act.device), last]
-        else:
-            h = act[mask]
+        h = _pool(act, mask, "last") if positions == "last" else act[mask]
         out[s.layer].append(h.detach().float().cpu())
 
-    from .similarity import _as_list, forward_texts, steer_policies
+    from .similarity import _as_list, _pool, forward_texts, steer_policies
 
     ivs = _as_list(interventions)
     with (
