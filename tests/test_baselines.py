@@ -271,6 +271,24 @@ def test_compare_pairs_every_method_with_zero_shot_on_the_same_items(lm, tmp_pat
     assert len(lines) == 1 + 4 and any(x.startswith("| translate-gmt |") for x in lines)
 
 
+def test_compare_resumes_per_method_and_reruns_what_changed(lm, tmp_path, monkeypatch):
+    """A finished runs/<method>.json with the same settings is reused (no fitting again);
+    a changed option re-runs that method only; the table is identical."""
+    import xlsteer.baselines.methods as M
+
+    kw = dict(limit=2, max_length=512, n_boot=50, translation_cache=False, out_dir=tmp_path)
+    first = compare_methods(lm, "xcopa", ["en", "sw"], ["icl-en", "icl-native"], **kw)
+    ran: list[str] = []
+    real = M.run_method
+    monkeypatch.setattr(M, "run_method", lambda name, ctx, **p: ran.append(name) or real(name, ctx, **p))
+    again = compare_methods(lm, "xcopa", ["en", "sw"], ["icl-en", "icl-native"], **kw)
+    assert ran == []
+    assert compare_markdown(again) == compare_markdown(first)
+    assert any("reused" in n for n in again["rows"]["icl-en"]["notes"])
+    changed = compare_methods(lm, "xcopa", ["en", "sw"], ["icl-en", "icl-native"], options={"icl-en": {"k": 1}}, **kw)
+    assert ran == ["icl-en"] and changed["rows"]["icl-en"]["params"]["k"] == 1
+
+
 def test_eval_cli_runs_a_baseline_method(tmp_path):
     from xlsteer.cli import main
 

@@ -133,6 +133,22 @@ class MethodRun:
                 "selection": self.selection, "notes": self.notes, "skipped": self.skipped, "error": self.error,
                 **self.extra}
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "MethodRun":
+        """A run written by :func:`compare_methods` (``runs/<method>.json``: results + ``method`` record)."""
+        from ..io import read_json
+
+        doc = dict(read_json(path, "method run"))
+        rec = doc.pop("method", None)
+        if not isinstance(rec, Mapping) or "name" not in rec:
+            raise UsageError(f"{path} is not a method run written by xlsteer compare (no 'method' record)")
+        rec = dict(rec)
+        known = {k: rec.pop(k, None) for k in ("name", "family", "params", "cost", "selection", "notes", "skipped",
+                                                 "error")}
+        return cls(known["name"], known["family"], doc, params=known["params"] or {}, cost=known["cost"] or {},
+                   selection=known["selection"], notes=list(known["notes"] or []), skipped=dict(known["skipped"] or {}),
+                   error=known["error"], extra=rec)
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -612,7 +628,6 @@ def compare_methods(
     ``out_dir/adapters``). ``dev_limit`` defaults to ``limit`` (else 100).
     """
     from ..evaluation.runner import write_results
-    from ..provenance import versions
 
     t_start = time.perf_counter()
     task = get_task(task).NAME
@@ -635,21 +650,71 @@ def compare_methods(
     files: dict[str, str] = {}
     for name in names:
         t0 = time.perf_counter()
-        try:
-            run = run_method(name, ctx)
-        except XlsteerError as e:
-            if name == REFERENCE:
-                raise
-            run = MethodRun(name, METHODS[name].family, None, error=" ".join(str(e).split()))
-        run.cost["wall_seconds"] = round(time.perf_counter() - t0, 3)
+        key = resume_key(ctx, name)
+        path = None if out_dir is None else Path(out_dir) / "runs" / f"{name.replace('+', '_')}.json"
+        run = _reusable(path, key)
+        if run is None:
+            try:
+                run = run_method(name, ctx)
+            except XlsteerError as e:
+                if name == REFERENCE:
+                    raise
+                run = MethodRun(name, METHODS[name].family, None, error=" ".join(str(e).split()))
+            run.cost["wall_seconds"] = round(time.perf_counter() - t0, 3)
+            run.extra["resume_key"] = key
+            if path is not None and run.results is not None:
+                write_results(path, {**run.results, "method": run.record()})
         runs[name] = run
-        if out_dir is not None and run.results is not None:
-            path = Path(out_dir) / "runs" / f"{name.replace('+', '_')}.json"
-            write_results(path, {**run.results, "method": run.record()})
+        if path is not None and path.is_file():
             files[name] = str(path.relative_to(out_dir))
         if on_method is not None:
             on_method(name, run)
     ctx.shared.clear()
+    return assemble_compare(ctx, names, runs, files, reference_added=added_reference,
+                            wall_seconds=time.perf_counter() - t_start)
+
+
+def resume_key(ctx: RunContext, name: str) -> str:
+    """What a method's result depends on: a finished ``runs/<method>.json`` with this key is reused.
+
+    Why: the per-item cache makes a re-run's evaluations instant, but fitting (LoRA training,
+    statistics, prompt search) would run again; an interrupted compare resumes per method.
+    """
+    import hashlib
+
+    from .. import __version__
+    from ..io import dumps_json
+
+    spec = METHODS[name]
+    params = {**dict(spec.defaults), **ctx.options.get(name, {})}
+    body = {"method": name, "params": params, "task": ctx.task, "langs": ctx.langs, "split": ctx.split,
+            "limit": ctx.limit, "dev_limit": ctx.dev_limit, "fit_limit": ctx.fit_limit, "anchor": ctx.anchor,
+            "seed": ctx.seed, "max_length": ctx.max_length, "n_boot": ctx.n_boot,
+            "data_dir": str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
+            "model": getattr(ctx.lm, "fingerprint", None), "xlsteer": __version__}
+    return hashlib.sha256(dumps_json(body).encode("utf-8")).hexdigest()
+
+
+def _reusable(path: Path | None, key: str) -> MethodRun | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        run = MethodRun.from_file(path)
+    except XlsteerError:
+        return None
+    if run.extra.get("resume_key") != key or run.results is None:
+        return None
+    run.notes = [*run.notes, f"reused from {path.name} (same settings; finished earlier)"]
+    return run
+
+
+def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, MethodRun],
+                     files: Mapping[str, str] | None = None, *, reference_added: bool = False,
+                     wall_seconds: float | None = None) -> dict[str, Any]:
+    """The "compare" record from finished method runs: each paired with zero-shot item by item."""
+    from ..provenance import versions
+
+    seed, n_boot, lang_list, split, limit = ctx.seed, ctx.n_boot, ctx.langs, ctx.split, ctx.limit
     ref = runs[REFERENCE].results
     assert ref is not None
     main = ref["metrics"]["main"]
@@ -671,7 +736,7 @@ def compare_methods(
         "kind": "compare",
         "format": "xlsteer.compare",
         "format_version": 1,
-        "task": task,
+        "task": ctx.task,
         "split": split,
         "langs": lang_list,
         "anchor": ctx.anchor,
@@ -681,17 +746,17 @@ def compare_methods(
         "template": ref["template"],
         "limit": limit,
         "dev_limit": ctx.dev_limit,
-        "fit_limit": fit_limit,
+        "fit_limit": ctx.fit_limit,
         "seed": seed,
         "n_boot": n_boot,
         "alpha_level": 0.05,
         "reference": REFERENCE,
-        "reference_added": added_reference,
+        "reference_added": reference_added,
         "item_ids": ref["item_ids"],
-        "methods": names,
+        "methods": list(names),
         "rows": rows,
-        "runs": files,
-        "wall_seconds": round(time.perf_counter() - t_start, 3),
+        "runs": dict(files or {}),
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
         "versions": versions(),
     }
 
