@@ -45,7 +45,8 @@ def compare_cmd(**kw: Any) -> None:
 
     Writes DIR/compare.json (per method x language: score with 95% CI, paired p-value and verdict
     against zero-shot, cost), DIR/compare.md (the table, printed too) and DIR/runs/<method>.json
-    (each method's per-item results).
+    (each method's per-item results). A method whose DIR/runs file was written with the same
+    settings is reused, so an interrupted comparison resumes per method.
     """
     from ..baselines.methods import compare_markdown, compare_methods, load_options, parse_methods, write_compare
     from ..io import check_writable
