@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UsageError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json
 
 
 @dataclass
@@ -70,7 +70,6 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     from .data.paths import data_dir as resolve_data_dir
     from .evaluation import runner as R
     from .evaluation.sweep import sweep
-    from .interventions.base import Intervention
     from .interventions.clas import fit_clas
     from .interventions.vector import fit_diffmean
     from .models.loading import load_model

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import LanguageError, UsageError
 from ..hooks import ForwardContext, steer
-from ..models.sites import Site, check_site, final_norm_and_head, unembed
+from ..models.sites import Site, check_site, final_norm_and_head, text_config, unembed
 from ..progress import bar
 
 CATEGORIES = ("anchor", "input", "other")
@@ -60,12 +60,6 @@ _SCRIPT_PREFIXES: dict[str, tuple[str, ...]] = {
 # --------------------------------------------------------------------------------------------
 # Decoding the residual stream
 # --------------------------------------------------------------------------------------------
-
-
-def _text_config(model: Any) -> Any:
-    cfg = model.config
-    get = getattr(cfg, "get_text_config", None)
-    return get() if callable(get) else cfg
 
 
 def apply_lens(model: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -96,7 +90,7 @@ def lens_logits(
     from ..stats import positions_from_mask
 
     model = lm.model if hasattr(lm, "model") and not isinstance(lm, torch.nn.Module) else lm
-    n = getattr(_text_config(model), "num_hidden_layers")
+    n = getattr(text_config(model.config), "num_hidden_layers")
     layers = list(range(n)) if layers is None else sorted(set(int(x) for x in layers))
     sites = [Site(layer, "resid_post") for layer in layers]
     for s in sites:
@@ -210,7 +204,8 @@ def topk_from_hidden(model: Any, hidden: Mapping[int, Any], k: int,
     if k < 1:
         raise UsageError(f"k must be a positive integer, got {k}")
     layers = sorted(hidden)
-    rows = [torch.as_tensor(hidden[layer]).reshape(-1, torch.as_tensor(hidden[layer]).shape[-1]) for layer in layers]
+    tensors = [torch.as_tensor(hidden[layer]) for layer in layers]
+    rows = [t.reshape(-1, t.shape[-1]) for t in tensors]
     counts = [r.shape[0] for r in rows]
     if not layers or sum(counts) == 0:
         return {layer: torch.zeros(0, k, dtype=torch.long) for layer in layers}
@@ -261,7 +256,7 @@ def lens_hidden(
     ):
         for n in forward_texts(lm, texts, batch_size, max_length, state):
             pbar.update(n)
-    d = int(getattr(_text_config(model), "hidden_size", 0) or 0)
+    d = int(getattr(text_config(model.config), "hidden_size", 0) or 0)
     return {layer: torch.cat(v) if v else torch.zeros(0, d) for layer, v in out.items()}
 
 
@@ -304,21 +299,6 @@ def shares_from_topk(
         if ids.shape[0]:
             examples[layer] = _decode_tokens(tokenizer, ids[0, :n_examples].tolist(), cache)
     return shares, examples
-
-
-def _shares_result(anchor: str, k: int, positions: str, layers: Sequence[int], with_after: bool) -> dict[str, Any]:
-    return {
-        "anchor": anchor,
-        "k": k,
-        "positions": positions,
-        "layers": sorted(set(int(x) for x in layers)),
-        "langs": [],
-        "rule": {},
-        "before": {},
-        "after": {} if with_after else None,
-        "examples": {"before": {}, "after": {}},
-        "skipped": {},
-    }
 
 
 def language_shares(
@@ -387,7 +367,18 @@ def shares_from_hidden(
     Why: the analysis reads last-token states in the same forward as its pooled states; every
     row of every language and condition is then decoded in one batched pass over the head.
     """
-    result = _shares_result(anchor, k, positions, layers, after is not None)
+    result: dict[str, Any] = {
+        "anchor": anchor,
+        "k": k,
+        "positions": positions,
+        "layers": sorted(set(int(x) for x in layers)),
+        "langs": [],
+        "rule": {},
+        "before": {},
+        "after": None if after is None else {},
+        "examples": {"before": {}, "after": {}},
+        "skipped": {},
+    }
     jobs: list[tuple[str, str, int]] = []
     hidden: dict[int, Any] = {}
     classifiers: dict[str, TokenLanguage] = {}

@@ -218,7 +218,8 @@ def analyze(
     kw = dict(anchor=anchor, batch_size=batch_size, max_length=max_length)
     states = pooled_states(lm, texts, capture, poolings=poolings, **kw)
     before = states[pooling]
-    lens_rows: dict[str, tuple[Any, Any]] = {NO_INTERVENTION: (_by_lang(states.get("last")), None)}
+    lens_rows_before = _by_lang(states.get("last"))
+    lens_rows_after: dict[str, Any] = {}  # intervention name -> {lang: {layer: rows}}
     after_items: dict[str, dict[int, dict[str, Any]] | None] = {}
     runs = ivs.items() if ivs else [(NO_INTERVENTION, None)]
     for name, iv in runs:
@@ -237,10 +238,10 @@ def analyze(
                                         interventions=iv, **kw)
                 got = got_all[pooling]
                 after = {layer: {lang: got[layer].get(lang, before[layer][lang]) for lang in langs} for layer in capture}
-                lens_rows[name] = (lens_rows[NO_INTERVENTION][0], _by_lang(got_all.get("last")))
+                lens_rows_after[name] = _by_lang(got_all.get("last"))
             else:
                 doc_notes.append(f"{name} steers none of the languages; nothing to compare")
-                lens_rows[name] = (lens_rows[NO_INTERVENTION][0], {})
+                lens_rows_after[name] = {}
         after_items[name] = after
         sim = similarity_from_items(before, after, anchor, {"pooling": pooling, "site": "resid_post"},
                                     steered_langs=steered if after else None)
@@ -261,8 +262,7 @@ def analyze(
     lens_before = None if lens_in_pass else language_shares(lm, texts, capture, **fwd_kw, **lens_kw)
     for name, iv in runs:
         if lens_in_pass:
-            rows_before, rows_after = lens_rows[name]
-            lens = shares_from_hidden(lm, rows_before, rows_after, capture, **lens_kw)
+            lens = shares_from_hidden(lm, lens_rows_before, lens_rows_after.get(name), capture, **lens_kw)
         elif iv is None:
             lens = lens_before
         else:

@@ -565,7 +565,8 @@ class Engine:
         logits = unembed(self.model, hidden[real.to(hidden.device)]).float()
         if self._head_path is None:
             last = real[:, -1]  # rows whose last position is real: the model computed those logits too
-            ours = unembed(self.model, hidden[:, -1][last.to(hidden.device)]).float()
+            # row-major order of ``hidden[real]``: a row's last real position is its last entry there
+            ours = logits[(real.sum(1).cumsum(0)[last] - 1).to(logits.device)]
             theirs = out.logits[:, -1][last.to(out.logits.device)].float()
             tol = 1e-3 * max(1.0, float(theirs.abs().max()))
             self._head_path = bool(ours.shape == theirs.shape and (ours - theirs.to(ours.device)).abs().max() <= tol)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..errors import FingerprintError, ModelError, UsageError
+from .sites import text_config
 
 # --------------------------------------------------------------------------------------------
 # LoadedModel and fingerprints
@@ -52,21 +53,15 @@ class LoadedModel:
 
     @property
     def num_layers(self) -> int:
-        return int(_text_config(self.model.config).num_hidden_layers)
+        return int(text_config(self.model.config).num_hidden_layers)
 
     @property
     def hidden_size(self) -> int:
-        return int(_text_config(self.model.config).hidden_size)
+        return int(text_config(self.model.config).hidden_size)
 
     @property
     def model_type(self) -> str:
-        return str(_text_config(self.model.config).model_type)
-
-
-def _text_config(config: Any) -> Any:
-    """The decoder's config (multimodal configs nest it); plain configs return themselves."""
-    get = getattr(config, "get_text_config", None)
-    return get() if callable(get) else config
+        return str(text_config(self.model.config).model_type)
 
 
 # Config fields that change with the loader, the dtype or the transformers version but not with
@@ -146,7 +141,7 @@ def weights_hash(model: Any, per_tensor: int = 64) -> str:
 
 def fingerprint_of(model: Any, tokenizer: Any) -> dict:
     """What identifies a model for the artifacts made with it (JSON-serialisable)."""
-    cfg = _text_config(model.config)
+    cfg = text_config(model.config)
     inter = getattr(cfg, "intermediate_size", None)
     if inter is None:  # GPT-2 names it n_inner, None meaning 4 x width
         inter = getattr(cfg, "n_inner", None) or 4 * int(cfg.hidden_size)

@@ -210,6 +210,12 @@ def final_norm_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     return norm, head
 
 
+def text_config(config: Any) -> Any:
+    """The decoder's config (multimodal configs nest it); plain configs return themselves."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
 def unembed(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
     """Logits from final-normed hidden states: the head, then the model's output transforms.
 
@@ -221,9 +227,7 @@ def unembed(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
     p = next(head.parameters(), None)
     x = normed if p is None else normed.to(device=p.device, dtype=p.dtype)
     logits = head(x)
-    cfg = model.config
-    get = getattr(cfg, "get_text_config", None)
-    cfg = get() if callable(get) else cfg
+    cfg = text_config(model.config)
     cap = getattr(cfg, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
