@@ -287,6 +287,12 @@ def test_compare_resumes_per_method_and_reruns_what_changed(lm, tmp_path, monkey
     assert any("reused" in n for n in again["rows"]["icl-en"]["notes"])
     changed = compare_methods(lm, "xcopa", ["en", "sw"], ["icl-en", "icl-native"], options={"icl-en": {"k": 1}}, **kw)
     assert ran == ["icl-en"] and changed["rows"]["icl-en"]["params"]["k"] == 1
+    # a damaged run file is not reused (and is no error): that method simply runs again
+    (tmp_path / "runs" / "icl-native.json").write_text("[1, 2]")
+    (tmp_path / "runs" / "zero-shot.json").write_text("{not json")
+    ran.clear()
+    compare_methods(lm, "xcopa", ["en", "sw"], ["icl-en", "icl-native"], options={"icl-en": {"k": 1}}, **kw)
+    assert ran == ["zero-shot", "icl-native"]
 
 
 def test_eval_cli_runs_a_baseline_method(tmp_path):

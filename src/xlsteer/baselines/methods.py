@@ -138,7 +138,10 @@ class MethodRun:
         """A run written by :func:`compare_methods` (``runs/<method>.json``: results + ``method`` record)."""
         from ..io import read_json
 
-        doc = dict(read_json(path, "method run"))
+        doc = read_json(path, "method run")
+        if not isinstance(doc, Mapping):
+            raise UsageError(f"{path} is not a method run written by xlsteer compare (not a JSON object)")
+        doc = dict(doc)
         rec = doc.pop("method", None)
         if not isinstance(rec, Mapping) or "name" not in rec:
             raise UsageError(f"{path} is not a method run written by xlsteer compare (no 'method' record)")
