@@ -42,8 +42,9 @@ def _vector(lm, layer=0, strength=3.0):
     )
 
 
-def _full_sequence_scores(lm, requests, langs, iv=None, positions="all"):
-    """Oracle: each (context + continuation) alone, no padding, no cache; split as lm-eval does."""
+def _full_sequence_scores(lm, requests, langs, iv=None, positions="all", with_greedy=False):
+    """Oracle: each (context + continuation) alone, no padding, no cache; split as lm-eval does
+    (with ``with_greedy``, each score is ``(log-prob, is_greedy)``)."""
     tok, model = lm.tokenizer, lm.model
     out = []
     for (ctx, conts), lang in zip(requests, langs):
@@ -58,7 +59,10 @@ def _full_sequence_scores(lm, requests, langs, iv=None, positions="all"):
                        prompt_length=len(c_ids)), torch.inference_mode():
                 lp = torch.log_softmax(model(ids).logits[0].float(), -1)
             tgt = ids[0, len(c_ids):]
-            row.append(float(lp[len(c_ids) - 1: ids.shape[1] - 1].gather(1, tgt[:, None]).sum()))
+            at = lp[len(c_ids) - 1: ids.shape[1] - 1]
+            row.append(float(at.gather(1, tgt[:, None]).sum()))
+            if with_greedy:
+                row[-1] = (row[-1], bool((at.argmax(-1) == tgt).all()))
         out.append(row)
     return out
 
@@ -80,6 +84,48 @@ def test_shared_prefix_scoring_equals_full_sequence_scoring(models, arch):
             assert lp == pytest.approx(r, abs=1e-4)
             assert n_tok >= 1 and isinstance(greedy, bool)
     assert engine._head_path is True  # only real continuation positions went through the head
+    assert engine._keep_none is True  # after the first batch, the forwards projected no position
+
+
+def _greedy_continuation(lm, context: str, n: int = 3) -> str:
+    ids = lm.tokenizer(context)["input_ids"]
+    with torch.inference_mode():
+        for _ in range(n):
+            ids.append(int(lm.model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return lm.tokenizer.decode(ids[len(lm.tokenizer(context)["input_ids"]):])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_is_greedy_equals_full_sequence_argmax(models, arch):
+    """is_greedy (lm-eval's second value) from the merged head call equals the oracle's, on
+    requests whose continuation is the model's own greedy text and on others."""
+    lm = models[arch]
+    requests = list(REQUESTS) + [(ctx, [_greedy_continuation(lm, ctx), " zz"]) for ctx in ("Hello world", "Tea")]
+    langs = LANGS + ["sw", "de"]
+    got = Engine(lm, batch_size=3).loglikelihood(requests, langs)
+    ref = _full_sequence_scores(lm, requests, langs, with_greedy=True)
+    flags = [g[3] for row in got for g in row]
+    assert flags == [r[1] for row in ref for r in row]
+    assert any(flags)  # at least one greedy continuation survived re-tokenisation: the check can fail
+
+
+def test_a_forward_that_takes_only_an_integer_logits_to_keep_still_scores_exactly(models, monkeypatch):
+    """Models whose forward rejects a tensor ``logits_to_keep`` fall back to projecting one position."""
+    lm = models["llama"]
+    forward = lm.model.forward
+
+    def integer_only(*args, logits_to_keep=0, **kw):
+        if not isinstance(logits_to_keep, int):
+            raise TypeError("logits_to_keep must be an int")
+        return forward(*args, logits_to_keep=logits_to_keep, **kw)
+
+    monkeypatch.setattr(lm.model, "forward", integer_only)
+    engine = Engine(lm, batch_size=2)
+    got = engine.loglikelihood(REQUESTS, LANGS)
+    assert engine._head_path is True and engine._keep_none is False
+    for g_row, r_row in zip(got, _full_sequence_scores(lm, REQUESTS, LANGS)):
+        for g, r in zip(g_row, r_row):
+            assert g[0] == pytest.approx(r, abs=1e-4)
 
 
 def test_an_unreproduced_output_transform_falls_back_to_the_full_projection(models, monkeypatch):

@@ -267,6 +267,7 @@ class Engine:
         self.model_hash = hashlib.sha256(fp.encode("utf-8")).hexdigest()
         self.continuation_weight = _continuation_weight(self.model)
         self._head_path: bool | None = None  # real-position unembedding verified (None: not yet)
+        self._keep_none: bool | None = None  # the model takes an empty logits_to_keep tensor (None: not tried)
 
     # ---- shared machinery ---------------------------------------------------------------
 
@@ -483,47 +484,63 @@ class Engine:
 
     def _ll_batch(self, session: Any, enc: list[tuple[list[int], list[list[int]]]],
                   texts: list[Sequence[str]], langs: list[str]) -> list[list[list[Any]]]:
+        """One batch of log-likelihood requests: each context once, then all its continuations.
+
+        Why this shape: on small models with large vocabularies the head dominates (Gemma-3-270M:
+        168M of 268M parameters), and a head call with few rows is bound by reading the whole
+        weight. So, once :meth:`_head_rows` is verified, neither forward projects anything and
+        one head call takes every needed row: each context's last position (the first
+        continuation token) and every real continuation position.
+        """
         ctx_ids, ctx_mask = self._left_pad([c for c, _ in enc])
-        session.set_langs(langs)
-        out = self._forward(ctx_ids, ctx_mask, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
-        cache = out.past_key_values
         counts = [len(conts) for _, conts in enc]
         rows = torch.repeat_interleave(torch.arange(len(enc)), torch.tensor(counts))
         conts = [c for _, cs in enc for c in cs]
-        row_langs = [langs[int(r)] for r in rows]
         width = max(len(c) for c in conts)
         tgt = torch.full((len(conts), width), self.pad_id, dtype=torch.long)
         tmask = torch.zeros((len(conts), width), dtype=torch.bool)
         for r, c in enumerate(conts):
             tgt[r, : len(c)] = torch.tensor(c, dtype=torch.long)
             tmask[r, : len(c)] = True
-        tgt, tmask = tgt.to(self.device), tmask.to(self.device)
-        rows_d = rows.to(self.device)
-        lp = torch.zeros(tgt.shape, dtype=torch.float32, device=self.device)
-        greedy = torch.ones(tgt.shape, dtype=torch.bool, device=self.device)
-        lp[:, 0] = first[rows_d].gather(1, tgt[:, :1]).squeeze(1)
-        greedy[:, 0] = first[rows_d].argmax(-1) == tgt[:, 0]
+        tgt, tmask, rows_d = tgt.to(self.device), tmask.to(self.device), rows.to(self.device)
+        real = tmask[:, 1:]  # continuation feed position j predicts token j+1: needed where that token is real
+
+        session.set_langs(langs)
+        ctx_hidden, out = self._ll_forward(ctx_ids, ctx_mask, positions_from_mask(ctx_mask), None)
+        cache = out.past_key_values
+        cont_hidden = None
         if width > 1:
             if counts != [1] * len(counts):
                 cache.batch_select_indices(rows_d)
-            feed = tgt[:, :-1]
             full_mask = torch.cat([ctx_mask[rows_d], tmask[:, :-1].long()], dim=1)
-            pos = positions_from_mask(full_mask)[:, ctx_ids.shape[1]:]
-            session.set_langs(row_langs)
-            real = tmask[:, 1:]  # feed position j predicts token j+1: needed where that token is real
-            logits = self._continuation_logits(feed, full_mask, pos, cache, real)  # (n_real, V) float32
+            session.set_langs([langs[int(r)] for r in rows])
+            cont_hidden, cont_out = self._ll_forward(tgt[:, :-1], full_mask,
+                                                     positions_from_mask(full_mask)[:, ctx_ids.shape[1]:], cache)
+            if cont_hidden is None:  # no head path: the model projected every position
+                cont_logits = cont_out.logits[real].float().to(self.device)
+            del cont_out
+        if ctx_hidden is None:
+            first = out.logits[:, -1].float().to(self.device)
+            logits = torch.cat([first, cont_logits]) if width > 1 else first
+        else:
+            parts = [ctx_hidden[:, -1]] + ([cont_hidden[real.to(cont_hidden.device)]] if width > 1 else [])
+            logits = self._head_rows(torch.cat(parts) if len(parts) > 1 else parts[0], out)
+        del out, cache, ctx_hidden, cont_hidden
+        n_first = len(enc)
+        best = logits.argmax(-1)
+        logits = torch.log_softmax(logits, dim=-1)  # one fused pass over the vocabulary
+        lp = torch.zeros(tgt.shape, dtype=torch.float32, device=self.device)
+        greedy = torch.ones(tgt.shape, dtype=torch.bool, device=self.device)
+        lp[:, 0] = logits[rows_d, tgt[:, 0]]
+        greedy[:, 0] = best[rows_d] == tgt[:, 0]
+        if width > 1:
+            at = torch.arange(n_first, logits.shape[0], device=self.device)
             tgt_real = tgt[:, 1:][real]
-            g = greedy[:, 1:].clone()
-            g[real] = logits.argmax(-1) == tgt_real
-            greedy[:, 1:] = g
-            # one fused pass (logsumexp makes ~5 passes and temporaries over the whole vocabulary)
-            logits = torch.log_softmax(logits, dim=-1)
-            part = lp[:, 1:].clone()
-            part[real] = logits.gather(1, tgt_real.unsqueeze(1)).squeeze(1)
-            lp[:, 1:] = part
-            del logits
-        del out, cache
+            part, g = lp[:, 1:].clone(), greedy[:, 1:].clone()
+            part[real] = logits[at, tgt_real]
+            g[real] = best[at] == tgt_real
+            lp[:, 1:], greedy[:, 1:] = part, g
+        del logits
         lp = torch.where(tmask, lp, torch.zeros_like(lp)).sum(1).cpu()
         ok = (greedy | ~tmask).all(1).cpu()
         n_tok = tmask.sum(1).cpu()
@@ -536,38 +553,57 @@ class Engine:
             k += cnt
         return res
 
-    def _continuation_logits(self, feed: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any,
-                             real: torch.Tensor) -> torch.Tensor:
-        """Logits ``(n_real, V)`` (float32) at the positions ``real`` of a continuation forward.
+    def _ll_forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                    cache: Any) -> tuple[torch.Tensor | None, Any]:
+        """One forward of :meth:`_ll_batch`: ``(final-normed hidden states or None, output)``.
 
-        Why: projecting every padded position onto a large vocabulary is half of XCOPA's cost on
-        Gemma-3-270M. The final norm's output is captured and only real positions go through the
-        head (:func:`~xlsteer.models.sites.unembed`). The model still computes its own logits at
-        the last position; on the first batch they are compared with ours, and a model whose
-        output transform ``unembed`` does not reproduce falls back to the full projection.
+        With the head path (not yet refuted), the final norm's output is captured and the model
+        projects no position once the path is verified (``logits_to_keep`` = an empty index
+        tensor); until then it projects its last position, which :meth:`_head_rows` checks
+        against. Without it (no final norm found, or refuted), the model projects every position
+        of a continuation forward and the last one of a context forward (``hidden`` is None).
         """
-        from ..models.sites import final_norm_and_head, unembed
+        from ..models.sites import final_norm_and_head
 
+        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "past_key_values": cache,
+              "use_cache": True}
         norm = final_norm_and_head(self.model)[0] if self._head_path is not False else None
         if norm is None:
             self._head_path = False
-            out = self.model(input_ids=feed, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True)
-            return out.logits[real].float()
+            return None, self.model(**kw, logits_to_keep=1 if cache is None else 0)
         captured: list[torch.Tensor] = []
         handle = norm.register_forward_hook(lambda _m, _i, o: captured.append(o))
         try:
-            out = self.model(input_ids=feed, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
+            if self._head_path and self._keep_none is not False:
+                try:
+                    out = self.model(**kw, logits_to_keep=torch.empty(0, dtype=torch.long, device=ids.device))
+                    self._keep_none = True
+                except (TypeError, IndexError, ValueError):
+                    if self._keep_none or cache is not None:  # worked before, or the cache is already extended
+                        raise
+                    self._keep_none = False  # this model's forward takes only an integer
+                    captured.clear()
+                    out = self.model(**kw, logits_to_keep=1)
+            else:
+                out = self.model(**kw, logits_to_keep=1)
         finally:
             handle.remove()
-        hidden = captured[-1]
-        logits = unembed(self.model, hidden[real.to(hidden.device)]).float()
+        return captured[-1], out
+
+    def _head_rows(self, hidden: torch.Tensor, ctx_out: Any) -> torch.Tensor:
+        """Logits ``(rows, V)`` (float32) of final-normed rows, the first ``B`` being the contexts' last positions.
+
+        Why the check: :func:`~xlsteer.models.sites.unembed` reproduces the usual output
+        transforms (head, softcapping, scaling). On the first batch its rows for the contexts'
+        last positions are compared with the model's own logits there; a model it does not
+        reproduce switches the engine to full projections, and the batch is redone.
+        """
+        from ..models.sites import unembed
+
+        logits = unembed(self.model, hidden).float()
         if self._head_path is None:
-            last = real[:, -1]  # rows whose last position is real: the model computed those logits too
-            # row-major order of ``hidden[real]``: a row's last real position is its last entry there
-            ours = logits[(real.sum(1).cumsum(0)[last] - 1).to(logits.device)]
-            theirs = out.logits[:, -1][last.to(out.logits.device)].float()
+            theirs = ctx_out.logits[:, -1].float()
+            ours = logits[: theirs.shape[0]]
             tol = 1e-3 * max(1.0, float(theirs.abs().max()))
             self._head_path = bool(ours.shape == theirs.shape and (ours - theirs.to(ours.device)).abs().max() <= tol)
             if not self._head_path:
