@@ -342,3 +342,41 @@ def test_steered_run_reuses_the_unsteered_anchor_rows_from_the_cache(tmp_path):
     assert eng.computed - before == 1  # only the German request ran
     assert steered[0] == plain[0] and steered[2] == plain[2]
     assert steered[1] != plain[1]
+
+
+
+def test_a_languages_batches_do_not_depend_on_the_other_rows(models, tmp_path, monkeypatch):
+    """Batches never mix languages, so the German rows run in the same batches (hence give the
+    same bits) alone, with other languages, or with the anchor rows served from the cache."""
+    lm = models["llama"]
+    calls: list[list[list[int]]] = []  # per engine call: the batches, as request indices
+    original = Engine._run_batch
+
+    def recording(self, batch_fn, session, idx):
+        calls[-1].append(list(idx))
+        return original(self, batch_fn, session, idx)
+
+    monkeypatch.setattr(Engine, "_run_batch", recording)
+    reqs = REQUESTS + [(ctx + " and more" * (k + 1), conts) for k, (ctx, conts) in enumerate(REQUESTS)]
+    langs = LANGS + ["sw", "de", "sw", "de", "en"]
+    keys = [f"{lang}/{i}" for i, lang in enumerate(langs)]
+    iv = _vector(lm)
+
+    def run(sel: list[int], cache_dir=None) -> tuple[list, list[list[str]]]:
+        calls.append([])
+        out = Engine(lm, batch_size=2, cache_dir=cache_dir).loglikelihood(
+            [reqs[i] for i in sel], [langs[i] for i in sel], interventions=iv, keys=[keys[i] for i in sel])
+        return out, [sorted(keys[sel[j]] for j in b) for b in calls[-1]]
+
+    everything = list(range(len(reqs)))
+    german = [i for i in everything if langs[i] == "de"]
+    all_rows, all_batches = run(everything)
+    de_rows, de_batches = run(german)
+    assert all(len({k.split("/")[0] for k in b}) == 1 for b in all_batches)  # one language per batch
+    assert [b for b in all_batches if b[0].startswith("de/")] == de_batches
+    assert [all_rows[i] for i in german] == de_rows
+    # with the unsteered anchor rows in the cache, the steered run skips them: same batches, same bits
+    Engine(lm, batch_size=2, cache_dir=tmp_path).loglikelihood(reqs, langs, keys=keys)
+    cached, cached_batches = run(everything, cache_dir=tmp_path)
+    assert cached_batches == [b for b in all_batches if not b[0].startswith("en/")]
+    assert cached == all_rows

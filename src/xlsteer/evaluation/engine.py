@@ -43,8 +43,9 @@ durations), strengths, position policy and anchor; each line holds one key (e.g.
 item id). An interrupted run resumes where it stopped, a re-run reads everything back, a torn
 last line (a kill during a write) is dropped. Pending requests are batched in a fixed order
 (most expensive first: for log-likelihoods the context length plus the choices' longest
-continuation weighted by :func:`_continuation_weight`), so a resumed run forms the same
-batches as an uninterrupted one. The batch
+continuation weighted by :func:`_continuation_weight`) and per language (a batch never mixes
+languages), so a resumed run forms the same batches as an uninterrupted one, and a language's
+results do not depend on which other rows are computed or served from the cache. The batch
 size is not part of the key (it changes scores only at float rounding level). One writer per
 cache file at a time.
 
@@ -344,8 +345,15 @@ class Engine:
         todo = sorted((i for i in universe if results[i] is None), key=order)
         if not todo:
             return results
-        # the same batches as a single process; this process runs batch k when k % world == rank
-        batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        # Batches never mix languages: a row's result depends (in the last float bits) on the rows
+        # it is batched and padded with, so a language gets the same batches whichever other rows
+        # run -- anchor rows served from the unsteered cache, other languages requested or not --
+        # and its results are bit-identical. All processes form the same batches as one process;
+        # this one runs batch k when k % world == rank.
+        batches = []
+        for lang in dict.fromkeys(langs):
+            rows = [i for i in todo if langs[i] == lang]
+            batches += [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
         mine = [b for k, b in enumerate(batches) if dist.owns(k)]
         fresh: dict[int, Any] = {}
         with steer(self.model, ivs, anchor=anchor, positions=positions) as session, torch.inference_mode(), \
