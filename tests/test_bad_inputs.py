@@ -177,6 +177,8 @@ CASES = [
     ("unknown_model_eval", "eval --model nosuch/model --task xcopa --langs sw --limit 2 -o {out}/r.json",
      1, "--allow-download"),
     ("unsupported_model_type", "sites {unknown_arch}", 1, "nosucharch"),
+    ("langs_all_without_a_task", "collect --model {T} --langs all --data {corpus} -o {out}/s.safetensors",
+     2, "--langs all needs a task"),
     ("no_decoder_layers", "sites {zero_layers}", 1, "0 layers"),
     ("no_decoder_layers_collect", "collect --model {zero_layers} --langs en,de --data {corpus} -o {out}/s.safetensors",
      1, "0 layers"),

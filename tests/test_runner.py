@@ -246,3 +246,16 @@ def test_gemma_xcopa_cli_unsteered_and_diffmean(tmp_path, capsys):
     assert [x["logprobs"] for x in r["items"] if x["lang"] == "en"] == en_base  # the anchor is not steered
     assert r["comparison"]["per_lang"]["sw"]["n"] == 40
     print(f"\n{text}\nfit {t_fit:.1f} s, eval (unsteered + steered) {t_eval:.1f} s", flush=True)
+
+
+def test_langs_all_is_the_tasks_languages_anchor_first():
+    from xlsteer.cli.options import parse_langs, task_langs
+    from xlsteer.evaluation.tasks import get_task
+
+    for task in ("mgsm", "xcopa", "xnli", "xquad"):
+        langs = parse_langs("all", all_langs=task_langs(task))
+        assert langs[0] == "en" and sorted(langs) == sorted(get_task(task).LANGS)
+    assert parse_langs("sw,all", all_langs=task_langs("xcopa"))[:2] == ["sw", "en"]  # no duplicates
+    assert task_langs("xnli", anchor="de")[0] == "de"
+    with pytest.raises(UsageError, match="needs a task"):
+        parse_langs("all")

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import data_dir_option, load_model_from, model_options, parse_langs
+from .options import data_dir_option, load_model_from, model_options, parse_langs, task_langs
 
 _TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
@@ -19,7 +19,7 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
 @model_options
 @data_dir_option
 @click.option("--task", required=True, type=click.Choice(_TASKS), help="Benchmark.")
-@click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh,id,it.")
+@click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh,id,it, or 'all' (the task's).")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated methods, or 'all': zero-shot, icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
                    "translate-test, translate-self, translate-gmt, incline, diffmean, learned, clas, intmu.")
@@ -56,7 +56,7 @@ def compare_cmd(**kw: Any) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; give a folder, e.g. -o results/compare")
     check_writable(out / "compare.json")
-    langs = parse_langs(kw.pop("langs"))
+    langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))
     no_cache = kw.pop("no_cache")

@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers
+from .options import (data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
+                      task_langs)
 
 _TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -46,7 +47,7 @@ def eval_options(f):
         model_options,
         data_dir_option,
         click.option("--task", required=True, type=click.Choice(_TASKS), help="Benchmark."),
-        click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh."),
+        click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh, or 'all' (the task's)."),
         click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered)."),
         click.option("--positions", type=click.Choice(_POSITIONS), default=None,
                      help="Which token positions the intervention edits (default: the policy the intervention "
@@ -162,7 +163,7 @@ def eval_cmd(**kw: Any) -> None:
     t0 = time.perf_counter()
     _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
-    langs = parse_langs(kw.pop("langs"))
+    langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     raw_alpha = kw.pop("alpha")
     alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
     iv_path = kw.pop("intervention")
@@ -235,7 +236,7 @@ def sweep_cmd(**kw: Any) -> None:
     if (kw["stats_path"] is None) == (kw["intervention"] is None):
         raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
     out = check_writable(kw.pop("output"))
-    langs = parse_langs(kw.pop("langs"))
+    langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]
     if not alphas:
         raise UsageError("--alphas is empty; give e.g. 0.5,1,2")

@@ -58,8 +58,18 @@ def data_dir_option(f: F) -> F:
                         help="Data directory (default: $XLSTEER_DATA_DIR, else ../shared/data).")(f)
 
 
-def parse_langs(text: str | None, *, allow_auto: bool = False) -> list[str]:
-    """Comma-separated language codes, normalised (de,deu,German? -> de)."""
+def task_langs(task: str, anchor: str = "en") -> list[str]:
+    """A task's languages, the anchor first: what ``--langs all`` means for that task."""
+    from ..data.langs import normalize_lang
+    from ..evaluation.tasks import get_task
+
+    langs = list(get_task(task).LANGS)
+    anchor = normalize_lang(anchor)
+    return ([anchor] if anchor in langs else []) + [lang for lang in langs if lang != anchor]
+
+
+def parse_langs(text: str | None, *, allow_auto: bool = False, all_langs: list[str] | None = None) -> list[str]:
+    """Comma-separated language codes, normalised (de,deu,German? -> de); ``all`` = ``all_langs``."""
     from ..data.langs import normalize_lang
 
     if text is None or not text.strip():
@@ -71,6 +81,11 @@ def parse_langs(text: str | None, *, allow_auto: bool = False) -> list[str]:
             continue
         if allow_auto and part == "auto":
             out.append("auto")
+            continue
+        if part.lower() == "all":
+            if all_langs is None:
+                raise UsageError("--langs all needs a task; list the languages instead, e.g. de,sw,zh")
+            out.extend(lang for lang in all_langs if lang not in out)
             continue
         code = normalize_lang(part)
         if code not in out:
