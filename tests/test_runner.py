@@ -103,6 +103,17 @@ def test_paired_comparison_of_identical_runs_gives_p_one(xcopa):
         assert d["continuous"]["margin"]["p"] == 1.0
         assert d["prediction_changed"] == 0.0
         assert "no significant effect" in d["metrics"]["acc"]["verdict"]
+    for name in ("acc", "acc_norm", "margin", "p_correct"):  # the average over non-anchor languages too
+        t = c["average"]["tests"][name]
+        assert t["p"] == 1.0 and t["diff"] == 0.0 and t["n"] == 12 and t["n_groups"] == 2
+
+
+def test_the_average_has_a_stratified_ci(xcopa):
+    avg = xcopa["average"]
+    assert avg["langs"] == ["sw", "zh"]
+    for name in ("acc", "acc_norm", "margin", "p_correct"):
+        value = avg["metrics"].get(name, avg["continuous"].get(name))
+        assert avg["ci"][name]["ci_low"] <= value <= avg["ci"][name]["ci_high"]
 
 
 def test_steered_run_records_the_intervention_and_compares_item_by_item(lm, xcopa):

@@ -15,7 +15,9 @@ from xlsteer.evaluation.significance import (
     mde_proportion,
     min_detectable_effect,
     paired_bootstrap,
+    paired_stratified_bootstrap,
     regression,
+    stratified_bootstrap_ci,
     summarize,
 )
 
@@ -146,3 +148,39 @@ def test_regression_recovers_slope():
         regression([1, 2], [1, 2])
     with pytest.raises(DataError):
         regression([1, 1, 1], [1, 2, 3])
+
+
+def test_stratified_ci_of_one_group_is_the_ordinary_bootstrap():
+    v = np.random.default_rng(1).random(57)
+    assert stratified_bootstrap_ci([v], n_boot=500, seed=3) == bootstrap_ci(v, n_boot=500, seed=3)
+
+
+def test_stratified_ci_contains_the_mean_of_means_and_shrinks_with_n():
+    rng = np.random.default_rng(2)
+    small = [rng.integers(0, 2, 40), rng.integers(0, 2, 10) * 0.5 + 0.2]
+    point, lo, hi = stratified_bootstrap_ci(small, n_boot=1000)
+    assert point == pytest.approx((small[0].mean() + small[1].mean()) / 2)  # unweighted: languages count alike
+    assert lo <= point <= hi
+    big = [np.tile(g, 20) for g in small]  # same means, 20x the items
+    p2, lo2, hi2 = stratified_bootstrap_ci(big, n_boot=1000)
+    assert p2 == pytest.approx(point) and (hi2 - lo2) < (hi - lo) / 3
+
+
+def test_paired_stratified_bootstrap_identical_strong_and_one_group():
+    rng = np.random.default_rng(4)
+    a = [rng.integers(0, 2, 80).astype(float), rng.integers(0, 2, 30).astype(float)]
+    same = paired_stratified_bootstrap(a, a, n_boot=500)
+    assert same["diff"] == 0.0 and same["p"] == 1.0 and same["mde"] > 0
+    assert same["verdict"].startswith("no significant effect")
+    better = [np.ones_like(g) for g in a]
+    strong = paired_stratified_bootstrap(a, better, n_boot=500)
+    assert strong["p"] < 0.01 and strong["verdict"] == "significant gain"
+    assert strong["diff_ci_low"] > 0 and strong["n"] == 110 and strong["n_groups"] == 2
+    one = paired_stratified_bootstrap([a[0]], [better[0]], n_boot=500, seed=7)
+    ref = paired_bootstrap(a[0], better[0], n_boot=500, seed=7)  # the same draws
+    assert one["diff"] == pytest.approx(ref["diff"]) and one["p"] == ref["p"]
+    assert (one["diff_ci_low"], one["diff_ci_high"]) == pytest.approx((ref["ci_low"], ref["ci_high"]))
+    with pytest.raises(DataError, match="differ in size"):
+        paired_stratified_bootstrap(a, [a[0], a[1][:-1]])
+    with pytest.raises(DataError, match="no groups"):
+        stratified_bootstrap_ci([])

@@ -94,7 +94,9 @@ def format_table(base: dict[str, Any], steered: dict[str, Any] | None = None,
                 m = d["metrics"].get(metric) or d["continuous"].get(metric)
                 cells.append(f"{_fmt_ci(m):<{w}}")
             avg = res["average"]["metrics"].get(metric, res["average"]["continuous"].get(metric))
-            lines.append(f"{name:<12}{metric:<11}" + "".join(cells) + (f"{avg:.3f}" if avg is not None else "-"))
+            ci = res["average"].get("ci", {}).get(metric)
+            text = "-" if avg is None else f"{avg:.3f}" + (f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]" if ci else "")
+            lines.append(f"{name:<12}{metric:<11}" + "".join(cells) + text)
 
     block(base, "unsteered" if steered is not None or base.get("intervention") is None else label)
     if steered is not None:
@@ -107,10 +109,15 @@ def format_table(base: dict[str, Any], steered: dict[str, Any] | None = None,
                 d = c["metrics"].get(metric) or c["continuous"].get(metric)
                 cells.append(f"{d['diff']:+.3f} p={d['p']:.3g}".ljust(w))
             avg = comparison["average"]["diff"].get(metric)
-            lines.append(f"{'diff':<12}{metric:<11}" + "".join(cells) + (f"{avg:+.3f}" if avg is not None else "-"))
+            test = comparison["average"].get("tests", {}).get(metric)
+            text = "-" if avg is None else f"{avg:+.3f}" + (f" p={test['p']:.3g}" if test else "")
+            lines.append(f"{'diff':<12}{metric:<11}" + "".join(cells) + text)
         main = comparison["main"]
-        lines.append("verdict (" + main + "): " + "; ".join(
-            f"{lang}: {comparison['per_lang'][lang]['metrics'][main]['verdict']}" for lang in langs))
+        verdicts = [f"{lang}: {comparison['per_lang'][lang]['metrics'][main]['verdict']}" for lang in langs]
+        avg_test = comparison["average"].get("tests", {}).get(main)
+        if avg_test:
+            verdicts.append(f"avg non-{anchor}: {avg_test['verdict']}")
+        lines.append("verdict (" + main + "): " + "; ".join(verdicts))
         lines.append("predictions changed: " + ", ".join(
             f"{lang} {comparison['per_lang'][lang]['prediction_changed']:.0%}" for lang in langs))
     for res, name in ((base, "unsteered" if steered is not None else "run"), (steered, label)):
@@ -302,4 +309,22 @@ def sweep_cmd(**kw: Any) -> None:
     click.echo(f"wrote {out} and {best_path} in {time.perf_counter() - t0:.1f} s")
 
 
-COMMANDS = [eval_cmd, sweep_cmd]
+@click.command("table")
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", default=None, type=click.Path(), help="Write the Markdown here (default: print it).")
+def table_cmd(results: str, output: str | None) -> None:
+    """Markdown tables of an eval results file: per language, scores with 95% CIs, and for a
+    steered run the paired tests against the unsteered model (nothing is recomputed)."""
+    from ..evaluation.tables import results_markdown
+    from ..io import atomic_write_text, check_writable, read_json
+
+    out = check_writable(output) if output else None
+    text = results_markdown(read_json(results, "results file"))
+    if out is None:
+        click.echo(text)
+    else:
+        atomic_write_text(out, text + "\n")
+        click.echo(f"wrote {out}")
+
+
+COMMANDS = [eval_cmd, sweep_cmd, table_cmd]

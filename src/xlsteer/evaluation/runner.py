@@ -13,7 +13,8 @@
   with the anchor language on the same item ids (agreement of predictions, agreement of
   correctness, mean Jensen-Shannon divergence of the choice distributions) when the anchor is
   among the evaluated languages (for XCOPA "en" is the Google-MT English of the same items);
-- ``average``: the mean of each per-language score over the non-anchor languages;
+- ``average``: the mean of each per-language score over the non-anchor languages, with a 95%
+  bootstrap interval (``ci``; items resampled within their language);
 - ``items``: one record per item and language (id, lang, gold, prediction, correct, per-choice
   log-probs or generated text, margin, and ``scores``: the per-item value of every metric).
 
@@ -22,7 +23,9 @@ byte-identical file (floats are deterministic given the cache; bootstrap given `
 
 :func:`compare_runs` pairs two results item by item per language: for each metric the paired
 bootstrap of the difference (with its CI), McNemar's exact test for 0/1 scores, the minimum
-detectable effect, a verdict, the share of changed predictions, and consistency before/after.
+detectable effect, a verdict, the share of changed predictions, and consistency before/after;
+and for the average over the non-anchor languages a paired bootstrap stratified by language
+(``average["tests"]``: difference with CI, p, MDE, verdict).
 """
 
 from __future__ import annotations
@@ -337,7 +340,7 @@ def evaluate(
         "engine": {"max_length": eng.max_length, "truncated": eng.truncated - counters0[0],
                    "boundary_mismatches": eng.boundary_mismatches - counters0[1]},
         "per_lang": per_lang,
-        "average": average(per_lang, [lang for lang in lang_list if lang != anchor]),
+        "average": average(per_lang, [lang for lang in lang_list if lang != anchor], by_lang, task, seed, n_boot),
         "items": records,
         "versions": versions(),
     }
@@ -378,8 +381,21 @@ def consistency(task: str, recs: list[dict], anchor_recs: list[dict]) -> dict[st
     return out
 
 
-def average(per_lang: dict[str, dict], langs: Sequence[str]) -> dict[str, Any]:
-    """Unweighted mean over ``langs`` of each per-language score (and of the consistency scores)."""
+def _metric_groups(task: str, name: str, runs: Sequence[dict[str, list[dict]]], langs: Sequence[str]):
+    """Per run, one array of per-item values per language, and the statistic that scores a group."""
+    if TASK_METRICS[task].get(name) == "macro_f1":
+        return [[_codes(by_lang[lang]) for lang in langs] for by_lang in runs], _macro_f1_stat(XNLI_N_LABELS)
+    return [[np.asarray([r["scores"][name] for r in by_lang[lang]], dtype=np.float64) for lang in langs]
+            for by_lang in runs], np.mean
+
+
+def average(per_lang: dict[str, dict], langs: Sequence[str], by_lang: dict[str, list[dict]] | None = None,
+            task: str | None = None, seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
+    """Unweighted mean over ``langs`` of each per-language score (and of the consistency scores).
+
+    With the per-item records (``by_lang``, ``task``), ``ci`` holds a 95% bootstrap interval of
+    each average, items resampled within their language.
+    """
     langs = [lang for lang in langs if lang in per_lang]
     out: dict[str, Any] = {"langs": list(langs), "metrics": {}, "continuous": {}, "consistency": {}}
     if not langs:
@@ -388,6 +404,12 @@ def average(per_lang: dict[str, dict], langs: Sequence[str]) -> dict[str, Any]:
     for group in ("metrics", "continuous"):
         for name in first[group]:
             out[group][name] = float(np.mean([per_lang[lang][group][name]["mean"] for lang in langs]))
+    if by_lang is not None and task is not None:
+        out["ci"] = {}
+        for name in [*first["metrics"], *first["continuous"]]:
+            (groups,), stat = _metric_groups(task, name, [by_lang], langs)
+            _, lo, hi = S.stratified_bootstrap_ci(groups, n_boot=n_boot, seed=seed, stat=stat)
+            out["ci"][name] = {"ci_low": lo, "ci_high": hi}
     cons = [per_lang[lang].get("consistency") for lang in langs]
     if all(c is not None for c in cons):
         for key in cons[0]:  # type: ignore[union-attr]
@@ -478,12 +500,21 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
         per_lang[lang] = entry
     anchor = base.get("anchor")
     non_anchor = [lang for lang in per_lang if lang != anchor]
-    avg: dict[str, Any] = {"langs": non_anchor, "diff": {}}
+    avg: dict[str, Any] = {"langs": non_anchor, "diff": {}, "tests": {}}
     if non_anchor:
         for name in kinds:
             avg["diff"][name] = float(np.mean([per_lang[lang]["metrics"][name]["diff"] for lang in non_anchor]))
         for name in cont:
             avg["diff"][name] = float(np.mean([per_lang[lang]["continuous"][name]["diff"] for lang in non_anchor]))
+        # the average's own paired test: items resampled within each language, both runs alike
+        runs = [{lang: [r for r in run["items"] if r["lang"] == lang] for lang in non_anchor}
+                for run in (base, other)]
+        for lang in non_anchor:  # the same item order in both runs
+            order = {r["id"]: k for k, r in enumerate(runs[0][lang])}
+            runs[1][lang] = sorted(runs[1][lang], key=lambda r: order[r["id"]])
+        for name in [*kinds, *cont]:
+            (ga, gb), stat = _metric_groups(task, name, runs, non_anchor)
+            avg["tests"][name] = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha, stat=stat)
     return {
         "format": "xlsteer.comparison",
         "format_version": 1,
