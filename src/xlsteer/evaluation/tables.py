@@ -73,9 +73,10 @@ def run_table(res: dict[str, Any]) -> str:
     anchor = res.get("anchor")
     names = list(res["metrics"]["names"]) + list(res["metrics"].get("continuous", []))
     has_cons = any(res["per_lang"][lang].get("consistency") for lang in res["langs"])
+    has_js = any("mean_js" in (res["per_lang"][lang].get("consistency") or {}) for lang in res["langs"])
     head = ["lang", "n", *[f"{n} [95% CI]" for n in names]]
     if has_cons:
-        head += [f"agree w/ {anchor}", "JS"]
+        head += [f"agree w/ {anchor}"] + (["JS"] if has_js else [])
     head.append("majority answer")
     rows = [_header(res), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lang in res["langs"]:
@@ -84,7 +85,8 @@ def run_table(res: dict[str, Any]) -> str:
         if has_cons:
             c = d.get("consistency") or {}
             agree = c.get("agreement", c.get("correct_agreement"))
-            cells += ["–" if agree is None else f"{agree:.2f}", f"{c['mean_js']:.3f}" if "mean_js" in c else "–"]
+            cells += ["–" if agree is None else f"{agree:.2f}"]
+            cells += [f"{c['mean_js']:.3f}" if "mean_js" in c else "–"] if has_js else []
         deg = d["degenerate"]
         cells.append(f"{deg['majority_share']:.0%}" + (" ⚠ degenerate" if deg["degenerate"] else ""))
         rows.append("| " + " | ".join(cells) + " |")
@@ -95,7 +97,8 @@ def run_table(res: dict[str, Any]) -> str:
         if has_cons:
             cons = avg.get("consistency", {})
             agree = cons.get("agreement", cons.get("correct_agreement"))
-            cells += ["–" if agree is None else f"{agree:.2f}", f"{cons['mean_js']:.3f}" if "mean_js" in cons else "–"]
+            cells += ["–" if agree is None else f"{agree:.2f}"]
+            cells += [f"{cons['mean_js']:.3f}" if "mean_js" in cons else "–"] if has_js else []
         cells.append("")
         rows.append("| " + " | ".join(cells) + " |")
     degen = [lang for lang in res["langs"] if res["per_lang"][lang]["degenerate"]["degenerate"]]
