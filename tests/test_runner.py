@@ -270,3 +270,16 @@ def test_langs_all_is_the_tasks_languages_anchor_first():
     assert task_langs("xnli", anchor="de")[0] == "de"
     with pytest.raises(UsageError, match="needs a task"):
         parse_langs("all")
+
+
+def test_per_language_tests_carry_holm_adjusted_p(lm, xcopa):
+    from xlsteer.evaluation.significance import holm
+
+    steered = evaluate(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=6, n_boot=200, interventions=_vector(lm),
+                       alpha=2.0)
+    c = compare_runs(xcopa, steered)
+    for name in ("acc", "margin"):
+        group = "metrics" if name == "acc" else "continuous"
+        raw = [c["per_lang"][lang][group][name]["p"] for lang in ("sw", "zh")]
+        assert [c["per_lang"][lang][group][name]["p_holm"] for lang in ("sw", "zh")] == holm(raw)
+        assert "p_holm" not in c["per_lang"]["en"][group][name]  # the anchor is not in the family

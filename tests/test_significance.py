@@ -11,6 +11,7 @@ from xlsteer.errors import DataError, UsageError
 from xlsteer.evaluation.significance import (
     bootstrap_ci,
     compare,
+    holm,
     mcnemar,
     mde_proportion,
     min_detectable_effect,
@@ -184,3 +185,12 @@ def test_paired_stratified_bootstrap_identical_strong_and_one_group():
         paired_stratified_bootstrap(a, [a[0], a[1][:-1]])
     with pytest.raises(DataError, match="no groups"):
         stratified_bootstrap_ci([])
+
+
+def test_holm_hand_computed():
+    # sorted 0.01, 0.02, 0.03, 0.5 -> x4, x3, x2, x1 = 0.04, 0.06, 0.06, 0.5 (kept non-decreasing)
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert holm([0.4, 0.9]) == [0.8, 0.9]
+    assert holm([1.0]) == [1.0]
+    with pytest.raises(DataError):
+        holm([1.5])

@@ -24,7 +24,8 @@ byte-identical file (floats are deterministic given the cache; bootstrap given `
 :func:`compare_runs` pairs two results item by item per language: for each metric the paired
 bootstrap of the difference (with its CI), McNemar's exact test for 0/1 scores, the minimum
 detectable effect, a verdict, the share of changed predictions, and consistency before/after;
-and for the average over the non-anchor languages a paired bootstrap stratified by language
+``p_holm``, the p-value Holm-adjusted over the non-anchor languages (per metric); and for the
+average over the non-anchor languages a paired bootstrap stratified by language
 (``average["tests"]``: difference with CI, p, MDE, verdict).
 """
 
@@ -500,6 +501,12 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
         per_lang[lang] = entry
     anchor = base.get("anchor")
     non_anchor = [lang for lang in per_lang if lang != anchor]
+    # one test per language: Holm-adjusted p over the non-anchor languages, per metric
+    for group, names in (("metrics", list(kinds)), ("continuous", list(cont))):
+        for name in names if non_anchor else []:
+            adjusted = S.holm([per_lang[lang][group][name]["p"] for lang in non_anchor])
+            for lang, p_adj in zip(non_anchor, adjusted):
+                per_lang[lang][group][name]["p_holm"] = p_adj
     avg: dict[str, Any] = {"langs": non_anchor, "diff": {}, "tests": {}}
     if non_anchor:
         for name in kinds:

@@ -30,6 +30,7 @@ __all__ = [
     "compare",
     "stratified_bootstrap_ci",
     "paired_stratified_bootstrap",
+    "holm",
     "regression",
 ]
 
@@ -353,6 +354,24 @@ def paired_stratified_bootstrap(groups_a: Any, groups_b: Any, n_boot: int = 2000
     else:
         out["verdict"] = f"no significant effect (MDE {out['mde']:.2f})"
     return out
+
+
+def holm(p_values: Any) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error), in the input order.
+
+    Why: a per-language table runs one test per language; at 0.05, one "significant" language
+    in twenty is expected by chance. Sorted ascending, p_(i) is multiplied by (m - i), made
+    non-decreasing, and capped at 1.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+        raise DataError("holm: expected a 1-D list of p-values in [0, 1]")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adj = np.maximum.accumulate(np.minimum(1.0, p[order] * (m - np.arange(m))))
+    out = np.empty(m)
+    out[order] = adj
+    return [float(x) for x in out]
 
 
 def regression(x: Any, y: Any) -> dict[str, float | int]:

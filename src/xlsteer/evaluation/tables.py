@@ -10,7 +10,8 @@ recomputed: every figure is read from the file, so the table says exactly what t
   distributions, and the majority answer's share (flagged when degenerate).
 - A steered run (with ``baseline`` and ``comparison``): per language and metric, unsteered
   and steered score, the paired difference with its CI, p (which test), MDE and verdict, the
-  share of changed predictions and agreement with the anchor before -> after.
+  share of changed predictions and agreement with the anchor before -> after. "p Holm" is p
+  adjusted over the non-anchor languages (the verdict uses the unadjusted p, as per language).
 - The last row is the average over the non-anchor languages (with its CI and its own paired
   test where the file has them).
 """
@@ -116,7 +117,8 @@ def comparison_table(res: dict[str, Any]) -> str:
     base, comp = res["baseline"], res["comparison"]
     anchor = res.get("anchor")
     names = list(res["metrics"]["names"]) + list(res["metrics"].get("continuous", []))
-    head = ["lang", "metric", "unsteered [95% CI]", "steered [95% CI]", "diff [95% CI]", "p (test)", "MDE", "verdict"]
+    head = ["lang", "metric", "unsteered [95% CI]", "steered [95% CI]", "diff [95% CI]", "p (test)", "p Holm", "MDE",
+            "verdict"]
     rows = [_header(res), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lang in res["langs"]:
         c = comp["per_lang"][lang]
@@ -126,7 +128,8 @@ def comparison_table(res: dict[str, Any]) -> str:
             rows.append("| " + " | ".join([
                 lang, name, _ci(_metric(base, lang, name), scale, digits), _ci(_metric(res, lang, name), scale, digits),
                 f"{t['diff']:+.{digits}f} [{t['diff_ci_low']:+.{digits}f}, {t['diff_ci_high']:+.{digits}f}]",
-                f"{_p(t['p'])} ({t.get('test', '')})", f"{t['mde']:.{digits}f}" if "mde" in t else "–",
+                f"{_p(t['p'])} ({t.get('test', '')})", _p(t["p_holm"]) if "p_holm" in t else "–",
+                f"{t['mde']:.{digits}f}" if "mde" in t else "–",
                 t.get("verdict", "").split(" (MDE")[0],
             ]) + " |")
     tests = comp.get("average", {}).get("tests", {})
@@ -136,7 +139,7 @@ def comparison_table(res: dict[str, Any]) -> str:
         rows.append("| " + " | ".join([
             f"avg non-{anchor}", name, _average(base, name, digits), _average(res, name, digits),
             f"{t['diff']:+.{digits}f} [{t['diff_ci_low']:+.{digits}f}, {t['diff_ci_high']:+.{digits}f}]",
-            f"{_p(t['p'])} (stratified paired bootstrap)", f"{t['mde']:.{digits}f}", t["verdict"].split(" (MDE")[0],
+            f"{_p(t['p'])} (stratified paired bootstrap)", "–", f"{t['mde']:.{digits}f}", t["verdict"].split(" (MDE")[0],
         ]) + " |")
     changed = ", ".join(f"{lang} {comp['per_lang'][lang]['prediction_changed']:.0%}" for lang in res["langs"])
     rows += ["", f"Predictions changed by steering: {changed}."]
