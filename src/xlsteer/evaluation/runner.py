@@ -451,12 +451,7 @@ def _paired_macro_f1(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, alpha
         tol = 1e-12 * max(1.0, abs(diff))
         p = float(np.mean(np.abs(boot - diff) >= abs(diff) - tol))
         out.update(diff_ci_low=float(lo), diff_ci_high=float(hi), p=p)
-    if out["p"] < alpha and diff > 0:
-        out["verdict"] = "significant gain"
-    elif out["p"] < alpha and diff < 0:
-        out["verdict"] = "significant loss"
-    else:
-        out["verdict"] = "no significant effect"
+    out["verdict"] = S.verdict(out["p"], diff, alpha)
     return out
 
 
@@ -475,6 +470,7 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
     kinds = base["metrics"]["kinds"]
     cont = base["metrics"].get("continuous", [])
     per_lang: dict[str, Any] = {}
+    paired: dict[str, tuple[list[dict], list[dict]]] = {}  # per language: both runs' records, same item order
     for lang in [x for x in base["langs"] if x in other["langs"]]:
         a = {r["id"]: r for r in base["items"] if r["lang"] == lang}
         b = {r["id"]: r for r in other["items"] if r["lang"] == lang}
@@ -483,6 +479,7 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
                                "evaluate both with the same --split and --limit")
         ids = [r["id"] for r in base["items"] if r["lang"] == lang]
         ra, rb = [a[i] for i in ids], [b[i] for i in ids]
+        paired[lang] = (ra, rb)
         entry: dict[str, Any] = {"n": len(ids), "metrics": {}, "continuous": {}}
         for name, kind in kinds.items():
             if kind == "macro_f1":
@@ -501,27 +498,20 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
         per_lang[lang] = entry
     anchor = base.get("anchor")
     non_anchor = [lang for lang in per_lang if lang != anchor]
-    # one test per language: Holm-adjusted p over the non-anchor languages, per metric
-    for group, names in (("metrics", list(kinds)), ("continuous", list(cont))):
-        for name in names if non_anchor else []:
-            adjusted = S.holm([per_lang[lang][group][name]["p"] for lang in non_anchor])
-            for lang, p_adj in zip(non_anchor, adjusted):
-                per_lang[lang][group][name]["p_holm"] = p_adj
     avg: dict[str, Any] = {"langs": non_anchor, "diff": {}, "tests": {}}
     if non_anchor:
-        for name in kinds:
-            avg["diff"][name] = float(np.mean([per_lang[lang]["metrics"][name]["diff"] for lang in non_anchor]))
-        for name in cont:
-            avg["diff"][name] = float(np.mean([per_lang[lang]["continuous"][name]["diff"] for lang in non_anchor]))
-        # the average's own paired test: items resampled within each language, both runs alike
-        runs = [{lang: [r for r in run["items"] if r["lang"] == lang] for lang in non_anchor}
-                for run in (base, other)]
-        for lang in non_anchor:  # the same item order in both runs
-            order = {r["id"]: k for k, r in enumerate(runs[0][lang])}
-            runs[1][lang] = sorted(runs[1][lang], key=lambda r: order[r["id"]])
-        for name in [*kinds, *cont]:
-            (ga, gb), stat = _metric_groups(task, name, runs, non_anchor)
-            avg["tests"][name] = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha, stat=stat)
+        runs = [{lang: paired[lang][k] for lang in non_anchor} for k in (0, 1)]
+        for group, names in (("metrics", list(kinds)), ("continuous", list(cont))):
+            for name in names:
+                tests = [per_lang[lang][group][name] for lang in non_anchor]
+                # one test per language: Holm-adjusted p over the non-anchor languages
+                for t, p_adj in zip(tests, S.holm([t["p"] for t in tests])):
+                    t["p_holm"] = p_adj
+                avg["diff"][name] = float(np.mean([t["diff"] for t in tests]))
+                # the average's own paired test: items resampled within each language, both runs alike
+                (ga, gb), stat = _metric_groups(task, name, runs, non_anchor)
+                avg["tests"][name] = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha,
+                                                                   stat=stat)
     return {
         "format": "xlsteer.comparison",
         "format_version": 1,

@@ -31,6 +31,7 @@ __all__ = [
     "stratified_bootstrap_ci",
     "paired_stratified_bootstrap",
     "holm",
+    "verdict",
     "regression",
 ]
 
@@ -259,14 +260,18 @@ def compare(
         out.update(p=pb["p"], test="paired_bootstrap")
     mde = min_detectable_effect(a, b, alpha=alpha, power=0.8)
     out["mde"] = mde
-    if out["p"] < alpha and out["diff"] > 0:
-        verdict = "significant gain"
-    elif out["p"] < alpha and out["diff"] < 0:
-        verdict = "significant loss"
-    else:
-        verdict = f"no significant effect (MDE {mde:.2f})"
-    out["verdict"] = verdict
+    out["verdict"] = verdict(out["p"], out["diff"], alpha, mde)
     return out
+
+
+def verdict(p: float, diff: float, alpha: float = 0.05, mde: float | None = None) -> str:
+    """"significant gain" / "significant loss" at level ``alpha``, else "no significant effect"
+    (with the MDE when known, so that "no effect" and "too few items to tell" read apart)."""
+    if p < alpha and diff > 0:
+        return "significant gain"
+    if p < alpha and diff < 0:
+        return "significant loss"
+    return "no significant effect" + (f" (MDE {mde:.2f})" if mde is not None else "")
 
 
 def _strata(groups: Any, what: str) -> list[np.ndarray]:
@@ -347,12 +352,7 @@ def paired_stratified_bootstrap(groups_a: Any, groups_b: Any, n_boot: int = 2000
         if se == 0.0:  # identical runs: as min_detectable_effect, fall back to the unpaired spread
             se = float(math.sqrt(np.var(boot_a, ddof=1) + np.var(boot_b, ddof=1)))  # type: ignore[arg-type]
         out.update(diff_ci_low=float(lo), diff_ci_high=float(hi), p=p, mde=_z(alpha, power) * se)
-    if out["p"] < alpha and diff > 0:
-        out["verdict"] = "significant gain"
-    elif out["p"] < alpha and diff < 0:
-        out["verdict"] = "significant loss"
-    else:
-        out["verdict"] = f"no significant effect (MDE {out['mde']:.2f})"
+    out["verdict"] = verdict(out["p"], diff, alpha, out["mde"])
     return out
 
 

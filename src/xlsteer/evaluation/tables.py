@@ -23,19 +23,29 @@ from typing import Any
 from ..errors import DataError
 
 
-def _ci(m: dict[str, Any] | None, scale: float, digits: int) -> str:
+def _ci(m: dict[str, Any] | None, digits: int) -> str:
     if not m:
         return "–"
-    return f"{m['mean'] * scale:.{digits}f} [{m['ci_low'] * scale:.{digits}f}, {m['ci_high'] * scale:.{digits}f}]"
+    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+
+
+def _diff(t: dict[str, Any], digits: int) -> str:
+    return f"{t['diff']:+.{digits}f} [{t['diff_ci_low']:+.{digits}f}, {t['diff_ci_high']:+.{digits}f}]"
 
 
 def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
-def _scale(name: str) -> tuple[float, int]:
-    """Scores in [0, 1] as they are (3 digits); log-prob margins in nats (2 digits)."""
-    return (1.0, 2) if name == "margin" else (1.0, 3)
+def _digits(name: str) -> int:
+    """Scores in [0, 1] with 3 digits; log-prob margins (nats) with 2."""
+    return 2 if name == "margin" else 3
+
+
+def _consistency_cells(c: dict[str, Any], with_js: bool) -> list[str]:
+    agree = c.get("agreement", c.get("correct_agreement"))
+    cells = ["–" if agree is None else f"{agree:.2f}"]
+    return cells + ([f"{c['mean_js']:.3f}" if "mean_js" in c else "–"] if with_js else [])
 
 
 def _metric(res: dict[str, Any], lang: str, name: str) -> dict[str, Any] | None:
@@ -82,24 +92,18 @@ def run_table(res: dict[str, Any]) -> str:
     rows = [_header(res), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lang in res["langs"]:
         d = res["per_lang"][lang]
-        cells = [lang, str(d["n"]), *[_ci(_metric(res, lang, n), *_scale(n)) for n in names]]
+        cells = [lang, str(d["n"]), *[_ci(_metric(res, lang, n), _digits(n)) for n in names]]
         if has_cons:
-            c = d.get("consistency") or {}
-            agree = c.get("agreement", c.get("correct_agreement"))
-            cells += ["–" if agree is None else f"{agree:.2f}"]
-            cells += [f"{c['mean_js']:.3f}" if "mean_js" in c else "–"] if has_js else []
+            cells += _consistency_cells(d.get("consistency") or {}, has_js)
         deg = d["degenerate"]
         cells.append(f"{deg['majority_share']:.0%}" + (" ⚠ degenerate" if deg["degenerate"] else ""))
         rows.append("| " + " | ".join(cells) + " |")
     avg = res.get("average", {})
     if avg.get("langs"):
         cells = [f"avg non-{anchor}", str(sum(res["per_lang"][x]["n"] for x in avg["langs"]))]
-        cells += [_average(res, n, _scale(n)[1]) for n in names]
+        cells += [_average(res, n, _digits(n)) for n in names]
         if has_cons:
-            cons = avg.get("consistency", {})
-            agree = cons.get("agreement", cons.get("correct_agreement"))
-            cells += ["–" if agree is None else f"{agree:.2f}"]
-            cells += [f"{cons['mean_js']:.3f}" if "mean_js" in cons else "–"] if has_js else []
+            cells += _consistency_cells(avg.get("consistency", {}), has_js)
         cells.append("")
         rows.append("| " + " | ".join(cells) + " |")
     degen = [lang for lang in res["langs"] if res["per_lang"][lang]["degenerate"]["degenerate"]]
@@ -124,22 +128,20 @@ def comparison_table(res: dict[str, Any]) -> str:
         c = comp["per_lang"][lang]
         for name in names:
             t = c["metrics"].get(name) or c["continuous"].get(name)
-            scale, digits = _scale(name)
+            digits = _digits(name)
             rows.append("| " + " | ".join([
-                lang, name, _ci(_metric(base, lang, name), scale, digits), _ci(_metric(res, lang, name), scale, digits),
-                f"{t['diff']:+.{digits}f} [{t['diff_ci_low']:+.{digits}f}, {t['diff_ci_high']:+.{digits}f}]",
-                f"{_p(t['p'])} ({t.get('test', '')})", _p(t["p_holm"]) if "p_holm" in t else "–",
+                lang, name, _ci(_metric(base, lang, name), digits), _ci(_metric(res, lang, name), digits),
+                _diff(t, digits), f"{_p(t['p'])} ({t.get('test', '')})", _p(t["p_holm"]) if "p_holm" in t else "–",
                 f"{t['mde']:.{digits}f}" if "mde" in t else "–",
                 t.get("verdict", "").split(" (MDE")[0],
             ]) + " |")
     tests = comp.get("average", {}).get("tests", {})
     for name in names if tests else []:
         t = tests[name]
-        scale, digits = _scale(name)
+        digits = _digits(name)
         rows.append("| " + " | ".join([
             f"avg non-{anchor}", name, _average(base, name, digits), _average(res, name, digits),
-            f"{t['diff']:+.{digits}f} [{t['diff_ci_low']:+.{digits}f}, {t['diff_ci_high']:+.{digits}f}]",
-            f"{_p(t['p'])} (stratified paired bootstrap)", "–", f"{t['mde']:.{digits}f}", t["verdict"].split(" (MDE")[0],
+            _diff(t, digits), f"{_p(t['p'])} (stratified paired bootstrap)", "–", f"{t['mde']:.{digits}f}", t["verdict"].split(" (MDE")[0],
         ]) + " |")
     changed = ", ".join(f"{lang} {comp['per_lang'][lang]['prediction_changed']:.0%}" for lang in res["langs"])
     rows += ["", f"Predictions changed by steering: {changed}."]
