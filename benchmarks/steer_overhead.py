@@ -127,7 +127,10 @@ def _mean_resid_norm(lm: Any, ids: Any, layer: int) -> float:
     return norms[0]
 
 
-def random_interventions(lm: Any, ids: Any, langs: list[str], seed: int = 0) -> dict[str, Any]:
+def random_interventions(lm: Any, ids: Any, langs: list[str], seed: int = 0,
+                         bridge: list[int] | None = None) -> dict[str, Any]:
+    """A random vector (0.25 x the mean residual norm) and random CLAS masks at ``bridge`` layers
+    (default: the two middle layers): stand-ins for fitted ones on random-weight models."""
     import torch
 
     from xlsteer.interventions.clas import CLASIntervention, partial_key, spec_key
@@ -143,7 +146,7 @@ def random_interventions(lm: Any, ids: Any, langs: list[str], seed: int = 0) -> 
     vec = SteeringVector(sites=[Site(layer, "resid_post")], tensors={vector_key(layer): d / d.norm(dim=-1, keepdim=True) * norm},
                          params={"normalize": "none"}, languages=langs, anchor="en")
     d_ff = site_width(model, "mlp_act")
-    bridge = sorted({max(0, n // 2 - 1), n // 2})
+    bridge = sorted(bridge) if bridge else sorted({max(0, n // 2 - 1), n // 2})
     tensors: dict[str, Any] = {}
     for b in bridge:
         tensors[partial_key(b)] = torch.rand(d_ff, generator=g) < 0.30

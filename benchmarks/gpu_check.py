@@ -1,0 +1,375 @@
+"""GPU check: everything GPU-bound about xlsteer, measured in one short, self-checking run.
+
+One command (no network, nothing downloaded): random-weight models built on the GPU from the
+real configs (Llama-3.1-8B and Qwen2.5-7B shapes, bf16). It writes one JSON file and prints one
+Markdown table with
+
+- correctness on the GPU: alpha 0 gives exactly the unhooked tokens; anchor-language rows of a
+  mixed batch are bit-identical to unsteered; steered differs from unsteered (bf16, real
+  shapes); cached decoding equals recomputation and the static cache equals the dynamic one
+  (steered, on a tiny fp32 config);
+- the copy bandwidth it measures and the batch-1 decode roofline it implies (weights' bytes);
+- decode tokens/s, unsteered vs steered (a DiffMean-style vector at one layer; CLAS at a
+  quarter of the layers standing in for bridge layers), batch 1, 8 and 32, eager and on the
+  static-cache + torch.compile fast path, with steered/unsteered ratios (interleaved repeats:
+  median and [min, max]) and peak memory per cell;
+- log-likelihood scoring items/s of the engine on XCOPA-shaped synthetic requests vs a plain
+  full forward per (context, continuation) pair, as lm-evaluation-harness's ``hf`` model does;
+- the targets, each printed as pass / miss (not asserted).
+
+Work runs in priority order inside ``--budget-s``: a cell that would not fit is skipped and
+said so, and the JSON is rewritten after every section, so a run cut short keeps what it did.
+
+    python benchmarks/gpu_check.py --json gpu_check.json        # on one H100/H200, ~7 minutes
+    python benchmarks/gpu_check.py --smoke                      # CPU, 2-layer configs, < 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("XLSTEER_QUIET", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TARGETS = {"ratio": 0.98, "roofline_share": 0.65, "scoring_speedup": 1.5}
+#: --smoke: the same architectures, shrunk so that the whole script runs on a CPU in seconds
+SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                   vocab_size=512, num_hidden_layers=2, bos_token_id=1, eos_token_id=2)
+
+
+class Run:
+    """The results document, the time budget and the per-section error handling."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.doc: dict[str, Any] = {"format": "xlsteer.gpu-check", "version": 1, "sections": {}, "skipped": [],
+                                    "errors": {}}
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.t0)
+
+    def fits(self, name: str, need_s: float) -> bool:
+        if self.left() >= need_s:
+            return True
+        self.doc["skipped"].append(f"{name}: needs ~{need_s:.0f} s, {max(self.left(), 0):.0f} s of the budget left")
+        print(f"[skip] {name} (budget)", flush=True)
+        return False
+
+    @contextmanager
+    def section(self, name: str) -> Iterator[dict[str, Any]]:
+        """Collects a section's results; an error is recorded (and printed) and the run goes on."""
+        out: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        try:
+            yield out
+        except Exception as e:  # noqa: BLE001 - one failing measurement must not lose the others
+            self.doc["errors"][name] = f"{type(e).__name__}: {e}"
+            print(f"[error] {name}: {type(e).__name__}: {e}", flush=True)
+            traceback.print_exc(limit=4)
+        finally:
+            out["seconds"] = round(time.perf_counter() - t0, 1)
+            self.doc["sections"][name] = out
+            print(f"[done] {name} in {out['seconds']} s ({self.left():.0f} s of the budget left)", flush=True)
+            self.save()
+
+    def save(self) -> None:
+        if self.args.json:
+            path = Path(self.args.json)
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(json.dumps(self.doc, indent=1, sort_keys=True, default=str))
+            tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# models and interventions
+
+
+def build(name: str, args: argparse.Namespace) -> Any:
+    import torch
+
+    import steer_overhead as so
+
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    if args.smoke:
+        saved = dict(so.CONFIGS[name])
+        so.CONFIGS[name] = {**saved, **SMOKE_SHAPE}
+        try:
+            return so.build_config_only(name, args.device, dtype, None)
+        finally:
+            so.CONFIGS[name] = saved
+    return so.build_config_only(name, args.device, dtype, None)
+
+
+def interventions(lm: Any, prompt: Any) -> tuple[dict[str, Any], str]:
+    import steer_overhead as so
+
+    n = int(lm.model.config.num_hidden_layers)
+    bridge = sorted(set(range(n // 4, max(n // 4 + 1, 3 * n // 4), 2)))
+    ivs = so.random_interventions(lm, prompt[:1], ["de"], bridge=bridge)
+    return {"vector": ivs["vector"], "clas": ivs["clas"]}, ivs["_how"]
+
+
+def env(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cuda = args.device.startswith("cuda")
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
+            "gpus": torch.cuda.device_count() if cuda else 0, "cuda": torch.version.cuda,
+            "cpu_threads": torch.get_num_threads(), "smoke": args.smoke,
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+# ---------------------------------------------------------------------------------------------
+# the sections
+
+
+def check_model(run: Run, name: str, lm: Any, ivs: dict[str, Any], prompt: Any) -> None:
+    import gpu_parts as gp
+
+    a = run.args
+    with run.section(f"{name}/correctness") as out:
+        out.update(gp.big_correctness(lm, ivs["vector"], prompt))
+    for bs in a.batch_sizes:
+        if run.fits(f"{name}/eager/batch{bs}", a.eager_cell_s):
+            with run.section(f"{name}/eager/batch{bs}") as out:
+                cfg = gp.DecodeSetup(bs, a.new_tokens, a.repeats, fast=False)
+                out["rows"] = gp.decode_cell(lm, ivs, prompt, cfg, a.device)
+    if run.fits(f"{name}/scoring", 20):
+        with run.section(f"{name}/scoring") as out:
+            out.update(scoring(lm, a))
+
+
+def scoring(lm: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Items/s of the engine vs the full-forward baseline on the same requests (best of repeats)."""
+    import statistics
+
+    import gpu_parts as gp
+    from xlsteer.evaluation.engine import Engine
+
+    reqs = gp.xcopa_like_requests(int(lm.model.config.vocab_size), args.score_items)
+    engine = Engine(lm, batch_size=args.score_batch, max_length=4096)
+    runs = {"engine": lambda: gp.engine_scores(engine, reqs, args.score_batch),
+            "full_forward": lambda: gp.full_forward_scores(lm.model, reqs, 2 * args.score_batch, args.device)}
+    got = {k: fn() for k, fn in runs.items()}  # warm-up; also the values compared below
+    rate: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(args.repeats):
+        for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            gp.sync(args.device)
+            t0 = time.perf_counter()
+            runs[k]()
+            gp.sync(args.device)
+            rate[k].append(len(reqs) / (time.perf_counter() - t0))
+    diffs = [abs(x - y) for x, y in zip(got["engine"], got["full_forward"])]
+    same_choice = sum((a[0] > a[1]) == (b[0] > b[1]) for a, b in
+                      zip(zip(got["engine"][::2], got["engine"][1::2]), zip(got["full_forward"][::2], got["full_forward"][1::2])))
+    best = {k: max(v) for k, v in rate.items()}
+    return {"items": len(reqs), "engine_batch": args.score_batch, "baseline_batch_pairs": 2 * args.score_batch,
+            "engine_items_s": round(best["engine"], 1), "full_forward_items_s": round(best["full_forward"], 1),
+            "engine_items_s_median": round(statistics.median(rate["engine"]), 1),
+            "speedup": round(best["engine"] / best["full_forward"], 3),
+            "max_abs_logprob_diff": round(max(diffs), 4), "same_choice": f"{same_choice}/{len(reqs)}"}
+
+
+def fast_path(run: Run, cell: tuple[str, int], lm: Any, ivs: dict[str, Any], prompt: Any) -> None:
+    """One fast-path cell (model, batch size); a model's first cell pays for its compilation."""
+    import gpu_parts as gp
+
+    a = run.args
+    name, bs = cell
+    key = f"{name}/fast/batch{bs}"
+    first = not any(k.startswith(f"{name}/fast/") for k in run.doc["sections"])
+    if run.fits(key, a.fast_first_s if first else a.fast_cell_s):
+        with run.section(key) as out:
+            cfg = gp.DecodeSetup(bs, a.new_tokens, a.repeats, fast=True,
+                                 compile_backend="eager" if a.smoke else "inductor",
+                                 compile_mode=None if a.smoke else "reduce-overhead")
+            out["rows"] = gp.decode_cell(lm, ivs, prompt, cfg, a.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary: roofline, targets, the Markdown table
+
+
+def summarise(doc: dict[str, Any]) -> dict[str, Any]:
+    """Roofline shares and the pass / miss of each target, from the sections that ran."""
+    bw = doc["sections"].get("bandwidth", {}).get("gb_per_s")
+    out: dict[str, Any] = {"roofline": {}, "targets": {}}
+    ratios, missing = [], []
+    for key, sec in doc["sections"].items():
+        for row in sec.get("rows", []):
+            if row["mode"] != "unsteered":
+                ratios.append((key, row["mode"], row["ratio"]))
+    for name, info in doc.get("models", {}).items():
+        if not bw:
+            continue
+        roof = bw * 1e9 / info["decode_bytes"]  # batch-1 decode steps per second if bound by weights
+        fast = doc["sections"].get(f"{name}/fast/batch1", {}).get("rows", [])
+        eager = doc["sections"].get(f"{name}/eager/batch1", {}).get("rows", [])
+        share = {f"{path}/{r['mode']}": round(r["tok_s"] / roof, 3) for path, rows in (("fast", fast), ("eager", eager))
+                 for r in rows}
+        out["roofline"][name] = {"tok_s": round(roof, 1), "share": share}
+        if fast:
+            s = share.get("fast/vector")
+            out["targets"][f"{name}: fast path steered batch 1 >= {TARGETS['roofline_share']:.0%} of roofline"] = \
+                "pass" if s is not None and s >= TARGETS["roofline_share"] else "miss"
+        else:
+            missing.append(f"{name}: fast path batch 1 not measured")
+        sc = doc["sections"].get(f"{name}/scoring", {}).get("speedup")
+        if sc is not None:
+            out["targets"][f"{name}: scoring >= {TARGETS['scoring_speedup']}x full forward"] = \
+                "pass" if sc >= TARGETS["scoring_speedup"] else "miss"
+    if ratios:
+        worst = min(ratios, key=lambda t: t[2])
+        out["targets"][f"steered/unsteered >= {TARGETS['ratio']} in every cell ({len(ratios)} cells)"] = \
+            "pass" if worst[2] >= TARGETS["ratio"] else f"miss (lowest {worst[2]:.3f}: {worst[0]} {worst[1]})"
+    checks = {k: v for name, sec in doc["sections"].items() if "correctness" in name
+              for k, v in ((f"{name}: {c}", sec[c]) for c in sec if isinstance(sec[c], bool))}
+    out["correctness"] = checks
+    out["not_measured"] = missing + doc.get("skipped", []) + [f"{k}: {v}" for k, v in doc.get("errors", {}).items()]
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """One Markdown document: environment, correctness, decode cells, scoring, roofline, targets."""
+    e, s = doc["env"], doc["summary"]
+    lines = [f"GPU check: {e['gpu'] or e['device']} ({e['gpus']} GPU), torch {e['torch']}, transformers "
+             f"{e['transformers']}, Python {e['python']}, {e['date']}" + (" — SMOKE (CPU, tiny shapes)" if e["smoke"] else ""),
+             "", "| what | model | batch | path | mode | tok/s or items/s | steered/unsteered [min, max] | peak MB | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, ok in s["correctness"].items():
+        lines.append(f"| correctness | {name.split('/')[0]} | | | | | | | {name.split(': ')[1]}: {'pass' if ok else 'FAIL'} |")
+    bw = doc["sections"].get("bandwidth", {})
+    if "gb_per_s" in bw:
+        lines.append(f"| copy bandwidth | | | | | {bw['gb_per_s']} GB/s | | | |")
+    for key, sec in doc["sections"].items():
+        for r in sec.get("rows", []):
+            path = "static+compile" if r["fast_path"] else "eager"
+            ratio = "1" if r["mode"] == "unsteered" else f"{r['ratio']:.3f} [{r['ratio_range'][0]:.3f}, {r['ratio_range'][1]:.3f}]"
+            lines.append(f"| decode | {key.split('/')[0]} | {r['batch']} | {path} | {r['mode']} | {r['tok_s']:.1f} | "
+                         f"{ratio} | {r['peak_mb'] if r['peak_mb'] is not None else ''} | warm-up {r['warmup_s']} s |")
+        if "speedup" in sec:
+            lines.append(f"| scoring ({sec['items']} XCOPA-shaped items) | {key.split('/')[0]} | {sec['engine_batch']} | engine vs "
+                         f"full forward | unsteered | {sec['engine_items_s']} vs {sec['full_forward_items_s']} | | | "
+                         f"{sec['speedup']}x; choices equal {sec['same_choice']}; max abs log-prob diff {sec['max_abs_logprob_diff']} |")
+    for name, roof in s["roofline"].items():
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in roof["share"].items())
+        lines.append(f"| batch-1 roofline | {name} | 1 | | | {roof['tok_s']} tok/s | | | {shares} |")
+    lines += ["", "Targets:"] + [f"- {k}: **{v}**" for k, v in s["targets"].items()]
+    if s["not_measured"]:
+        lines += ["", "Not measured in this run:"] + [f"- {m}" for m in s["not_measured"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="CPU, 2-layer tiny-width configs, fast compile backend")
+    p.add_argument("--json", default="gpu_check.json", help="results file (rewritten after every section)")
+    p.add_argument("--markdown", default=None, help="also write the table here")
+    p.add_argument("--models", default="llama3-8b,qwen2.5-7b")
+    p.add_argument("--fast-path-models", default="llama3-8b,qwen2.5-7b", help="models measured on the fast path, in order")
+    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--score-items", type=int, default=256)
+    p.add_argument("--score-batch", type=int, default=32, help="items per engine batch (baseline: 2x pairs)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cells after this many seconds")
+    p.add_argument("--bandwidth-mib", type=int, default=2048)
+    args = p.parse_args(argv)
+    args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    args.models = [m for m in args.models.split(",") if m]
+    args.fast_path_models = [m for m in args.fast_path_models.split(",") if m in args.models]
+    args.device = "cpu" if args.smoke else "cuda"
+    # rough cell costs for the budget (seconds; the first fast-path cell of a model compiles it)
+    args.eager_cell_s, args.fast_first_s, args.fast_cell_s = (1, 1, 1) if args.smoke else (25, 150, 110)
+    if args.smoke:
+        args.bandwidth_mib, args.score_items, args.new_tokens = 16, 16, 8
+        args.repeats = min(args.repeats, 2)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU visible; run with --smoke for the CPU check of this script", file=sys.stderr)
+        return 2
+    import torch._dynamo.config as dynamo_config
+
+    import gpu_parts as gp
+    from xlsteer.hooks import guard_hooks_for_compile
+    from xlsteer.testing import tiny_model
+
+    guard_hooks_for_compile()  # compiled forwards follow steering hooks as they come and go
+    dynamo_config.recompile_limit = max(getattr(dynamo_config, "recompile_limit", 8), 64)
+    run = Run(args)
+    run.doc["env"], run.doc["args"], run.doc["targets"], run.doc["models"] = env(args), vars(args), TARGETS, {}
+    print(json.dumps(run.doc["env"]), flush=True)
+    with run.section("bandwidth") as out:
+        out.update(gp.copy_bandwidth(args.device, args.bandwidth_mib))
+    with run.section("tiny-fp32/correctness") as out:
+        tiny = tiny_model("llama")
+        tiny.model.to(args.device)
+        g = torch.Generator().manual_seed(1)
+        from xlsteer.interventions.vector import SteeringVector, vector_key
+        from xlsteer.models.sites import Site
+
+        vec = SteeringVector(sites=[Site(1, "resid_post")], tensors={vector_key(1): 3.0 * torch.randn(1, 64, generator=g)},
+                             params={"normalize": "none"}, languages=["de"], anchor="en")
+        out.update(gp.tiny_correctness(tiny, vec, args.device))
+    models: dict[str, tuple[Any, dict[str, Any], Any]] = {}
+    for name in args.models:
+        if not run.fits(f"{name}/build", 15):
+            continue
+        with run.section(f"{name}/build") as out:
+            lm = build(name, args)
+            vocab = int(lm.model.config.vocab_size)
+            prompt = torch.randint(10, min(vocab, 32000), (max(args.batch_sizes + [4]), args.prompt_tokens),
+                                   generator=torch.Generator().manual_seed(0)).to(args.device)
+            ivs, how = interventions(lm, prompt)
+            params = sum(p.numel() for p in lm.model.parameters())
+            run.doc["models"][name] = {"params": params, "decode_bytes": gp.decode_bytes(lm.model), "interventions": how,
+                                       "layers": int(lm.model.config.num_hidden_layers)}
+            out.update(run.doc["models"][name])
+            models[name] = (lm, ivs, prompt)
+        if name in models:
+            check_model(run, name, *models[name])
+    # batch 1 of every model first (the roofline target), then the larger batches
+    for bs in args.batch_sizes:
+        for name in args.fast_path_models:
+            if name in models:
+                fast_path(run, (name, bs), *models[name])
+    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        run.doc["skipped"].append("device_map='auto' across GPUs: not built into this check yet")
+    else:
+        run.doc["skipped"].append("device_map='auto' across GPUs: skipped, one GPU (or none) visible")
+    run.doc["summary"] = summarise(run.doc)
+    run.doc["wall_s"] = round(time.perf_counter() - run.t0, 1)
+    run.save()
+    table = markdown(run.doc)
+    print("\n" + table + f"\n\nwall {run.doc['wall_s']} s", flush=True)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 1 if any(v is False for v in run.doc["summary"]["correctness"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The measurements of ``gpu_check.py``: bandwidth, correctness, decode speed and scoring speed.
+
+Each function takes what it needs and returns a plain dict (JSON-ready); the orchestration, the
+time budget and the printed table live in ``gpu_check.py``. Imports are limited to torch,
+transformers and xlsteer's hook/engine modules, so this runs on a GPU image that has only
+torch, transformers, accelerate, peft and numpy (checked by ``tests/test_gpu_check.py``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from xlsteer.hooks import steer
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mb(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None
+
+
+# ---------------------------------------------------------------------------------------------
+# bandwidth and roofline
+
+
+def copy_bandwidth(device: str, mib: int, repeats: int = 10) -> dict[str, Any]:
+    """Device-to-device copy bandwidth (bytes read + written per second), median of ``repeats``."""
+    n = mib * 2**20 // 2
+    src = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 3):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    del src, dst
+    med = statistics.median(times)
+    return {"bytes_per_copy": 2 * n * 2, "median_s": med, "gb_per_s": round(2 * n * 2 / med / 1e9, 1),
+            "how": f"copy_ of a {mib} MiB bf16 tensor, read + write bytes, median of {repeats} after 3 warm-ups"}
+
+
+def decode_bytes(model: Any) -> int:
+    """Bytes a batch-1 decode step must read: every weight except an untied input embedding."""
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight.data_ptr() == emb.data_ptr()
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total if tied else total - emb.numel() * emb.element_size()
+
+
+# ---------------------------------------------------------------------------------------------
+# correctness
+
+
+def _greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: int, **kw: Any) -> torch.Tensor:
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                          do_sample=False, **kw)
+
+
+def _recompute(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy decoding without a cache: each step runs the whole sequence again."""
+    for _ in range(n):
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids
+
+
+def tiny_correctness(lm: Any, iv: Any, device: str) -> dict[str, Any]:
+    """fp32 tiny model: cached decoding = recomputation, static cache = dynamic cache (steered)."""
+    enc = lm.tokenizer(["hallo welt, wie geht es dir heute", "ein hund", "die katze"],
+                       return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    eos = lm.model.generation_config.eos_token_id
+    lm.model.generation_config.eos_token_id = None  # exactly n tokens per row, as the recomputation
+    try:
+        with torch.inference_mode(), steer(lm.model, iv, langs="de"):
+            cached = _greedy(lm.model, ids, mask, 12)
+            static = _greedy(lm.model, ids, mask, 12, cache_implementation="static")
+            recomputed = _recompute(lm.model, ids, mask, 12)
+        with torch.inference_mode():
+            plain = _greedy(lm.model, ids, mask, 12)
+    finally:
+        lm.model.generation_config.eos_token_id = eos
+    return {"cached_equals_recompute": bool(torch.equal(cached, recomputed)),
+            "static_equals_dynamic": bool(torch.equal(static, cached)),
+            "tiny_steered_differs": not bool(torch.equal(plain, cached))}
+
+
+def big_correctness(lm: Any, iv: Any, prompt: torch.Tensor, n: int = 16) -> dict[str, Any]:
+    """bf16 on the real shapes: alpha 0 = unhooked, anchor rows untouched, steering changes output."""
+    model = lm.model
+    ids = prompt[:4]
+    mask = torch.ones_like(ids)
+    langs = ["de", "en", "de", "en"]
+    with torch.inference_mode():
+        plain = _greedy(model, ids, mask, n)
+        plain_logits = model(input_ids=ids, attention_mask=mask).logits
+        with steer(model, iv.with_strength(0.0), langs=langs):
+            zero = _greedy(model, ids, mask, n)
+        with steer(model, iv, langs=langs):
+            mixed = _greedy(model, ids, mask, n)
+            mixed_logits = model(input_ids=ids, attention_mask=mask).logits
+    anchor, target = [1, 3], [0, 2]
+    return {
+        "alpha0_equals_unhooked": bool(torch.equal(zero, plain)),
+        "anchor_rows_bit_identical_tokens": bool(torch.equal(mixed[anchor], plain[anchor])),
+        "anchor_rows_bit_identical_logits": bool(torch.equal(mixed_logits[anchor], plain_logits[anchor])),
+        "steered_rows_differ": not bool(torch.equal(mixed_logits[target], plain_logits[target])),
+        "steered_rows_tokens_differ": not bool(torch.equal(mixed[target], plain[target])),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# decode speed
+
+
+@dataclass(frozen=True)
+class DecodeSetup:
+    batch: int
+    new_tokens: int
+    repeats: int
+    fast: bool  # static cache + torch.compile'd decoding
+    compile_backend: str = "inductor"
+    compile_mode: str | None = "reduce-overhead"
+
+
+def _gen_kwargs(cfg: DecodeSetup, device: str) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=False)
+    if cfg.fast:
+        from transformers import CompileConfig
+
+        cc = CompileConfig(fullgraph=False, backend=cfg.compile_backend, mode=cfg.compile_mode)
+        if not device.startswith("cuda"):
+            cc._compile_all_devices = True  # transformers auto-compiles on accelerators only
+        kw.update(cache_implementation="static", compile_config=cc)
+    return kw
+
+
+def _timed(fn: Callable[[], int], device: str) -> tuple[float, float | None]:
+    sync(device)
+    reset_peak(device)
+    t0 = time.perf_counter()
+    tokens = fn()
+    sync(device)
+    return tokens / (time.perf_counter() - t0), peak_mb(device)
+
+
+def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeSetup, device: str,
+                lang: str = "de") -> list[dict[str, Any]]:
+    """Tokens/s of greedy generation per mode, interleaved repeats with a rotating mode order."""
+    model = lm.model
+    ids = prompt[: cfg.batch]
+    mask = torch.ones_like(ids)
+    kw = _gen_kwargs(cfg, device)
+
+    def run(iv: Any) -> Callable[[], int]:
+        def go() -> int:
+            with torch.inference_mode():
+                if iv is None:
+                    out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+                else:
+                    with steer(model, iv, langs=lang):
+                        out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+            return cfg.batch * (out.shape[1] - ids.shape[1])
+        return go
+
+    runs = {"unsteered": run(None), **{m: run(iv) for m, iv in ivs.items()}}
+    warm: dict[str, float] = {}
+    for mode, fn in runs.items():  # warm-up (compilation and CUDA-graph capture on the fast path)
+        t0 = time.perf_counter()
+        for _ in range(3 if cfg.fast else 1):
+            fn()
+        sync(device)
+        warm[mode] = round(time.perf_counter() - t0, 2)
+    tps: dict[str, list[float]] = {m: [] for m in runs}
+    mem: dict[str, list[float]] = {m: [] for m in runs}
+    modes = list(runs)
+    for r in range(cfg.repeats):
+        for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
+            t, p = _timed(runs[mode], device)
+            tps[mode].append(t)
+            if p is not None:
+                mem[mode].append(p)
+    rows = []
+    for mode in modes:
+        ratios = [a / b for a, b in zip(tps[mode], tps["unsteered"])]
+        rows.append({"batch": cfg.batch, "fast_path": cfg.fast, "mode": mode, "tok_s": round(statistics.median(tps[mode]), 2),
+                     "tok_s_all": [round(x, 2) for x in tps[mode]], "ratio": round(statistics.median(ratios), 4),
+                     "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)], "warmup_s": warm[mode],
+                     "peak_mb": max(mem[mode]) if mem[mode] else None})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring speed: the engine vs a plain full forward (lm-evaluation-harness ``hf`` style)
+
+
+def xcopa_like_requests(vocab: int, n: int, seed: int = 0) -> list[tuple[list[int], list[list[int]]]]:
+    """Synthetic XCOPA-shaped requests: a 10-20 token context and two 6-14 token continuations."""
+    g = torch.Generator().manual_seed(seed)
+    hi = min(vocab, 32000)
+
+    def seq(lo: int, up: int) -> list[int]:
+        k = int(torch.randint(lo, up + 1, (1,), generator=g))
+        return torch.randint(10, hi, (k,), generator=g).tolist()
+
+    return [(seq(10, 20), [seq(6, 14), seq(6, 14)]) for _ in range(n)]
+
+
+def engine_scores(engine: Any, reqs: list[tuple[list[int], list[list[int]]]], batch: int) -> list[float]:
+    """Log-probabilities of every continuation through the engine's batch path (longest first)."""
+    order = sorted(range(len(reqs)), key=lambda i: -(len(reqs[i][0]) + max(map(len, reqs[i][1]))))
+    out: dict[int, list[float]] = {}
+    with steer(engine.model, [], anchor="en") as session, torch.inference_mode():
+        for s in range(0, len(order), batch):
+            idx = order[s: s + batch]
+            res = engine._ll_batch(session, [reqs[i] for i in idx], [["a", "b"]] * len(idx), ["de"] * len(idx))
+            for i, r in zip(idx, res):
+                out[i] = [c[0] for c in r]
+    return [lp for i in range(len(reqs)) for lp in out[i]]
+
+
+def full_forward_scores(model: Any, reqs: list[tuple[list[int], list[list[int]]]], batch: int,
+                        device: str) -> list[float]:
+    """lm-eval ``hf`` style: one right-padded forward per (context, continuation) pair, no cache,
+    log-softmax over every position, gather the continuation's tokens."""
+    pairs = [(ctx, cont) for ctx, conts in reqs for cont in conts]
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    out: dict[int, float] = {}
+    with torch.inference_mode():
+        for s in range(0, len(order), batch):
+            idx = order[s: s + batch]
+            seqs = [(pairs[i][0] + pairs[i][1])[:-1] for i in idx]
+            width = max(map(len, seqs))
+            inp = torch.zeros(len(seqs), width, dtype=torch.long)
+            for r, q in enumerate(seqs):
+                inp[r, : len(q)] = torch.tensor(q)
+            logp = torch.log_softmax(model(input_ids=inp.to(device)).logits, dim=-1)
+            for r, i in enumerate(idx):
+                ctx, cont = pairs[i]
+                start = len(ctx) - 1
+                tgt = torch.tensor(cont, device=logp.device)
+                out[i] = float(logp[r, start: start + len(cont)].gather(-1, tgt[:, None]).sum())
+            del logp
+    return [out[i] for i in range(len(pairs))]
