@@ -137,33 +137,82 @@ def env(args: argparse.Namespace) -> dict[str, Any]:
 # the sections
 
 
+def tiny_check(run: Run) -> None:
+    """Steered decoding on a tiny fp32 model: cached = recomputed, static cache = dynamic cache."""
+    import torch
+
+    import gpu_parts as gp
+    from xlsteer.interventions.vector import SteeringVector, vector_key
+    from xlsteer.models.sites import Site
+    from xlsteer.testing import tiny_model
+
+    with run.section("tiny-fp32/correctness") as out:
+        tiny = tiny_model("llama")
+        tiny.model.to(run.args.device)
+        g = torch.Generator().manual_seed(1)
+        vec = SteeringVector(sites=[Site(1, "resid_post")], tensors={vector_key(1): 3.0 * torch.randn(1, 64, generator=g)},
+                             params={"normalize": "none"}, languages=["de"], anchor="en")
+        out.update(gp.tiny_correctness(tiny, vec, run.args.device))
+
+
+def build_model(run: Run, name: str) -> tuple[Any, dict[str, Any], Any] | None:
+    """(model, interventions, prompt ids) of one config-only model, or None if it did not build."""
+    import torch
+
+    import gpu_parts as gp
+
+    args = run.args
+    if not run.fits(f"{name}/build", 15):
+        return None
+    built = None
+    with run.section(f"{name}/build") as out:
+        lm = build(name, args)
+        vocab = int(lm.model.config.vocab_size)
+        prompt = torch.randint(10, min(vocab, 32000), (max(args.batch_sizes + [4]), args.prompt_tokens),
+                               generator=torch.Generator().manual_seed(0)).to(args.device)
+        ivs, how = interventions(lm, prompt)
+        info = {"params": sum(p.numel() for p in lm.model.parameters()), "decode_bytes": gp.decode_bytes(lm.model),
+                "interventions": how, "layers": int(lm.model.config.num_hidden_layers)}
+        run.doc["models"][name] = info
+        out.update(info)
+        built = (lm, ivs, prompt)
+    return built
+
+
 def check_model(run: Run, name: str, lm: Any, ivs: dict[str, Any], prompt: Any) -> None:
     import gpu_parts as gp
 
     a = run.args
-    with run.section(f"{name}/correctness") as out:
-        out.update(gp.big_correctness(lm, ivs["vector"], prompt))
-    for bs in a.batch_sizes:
+    if "correctness" in a.sections:
+        with run.section(f"{name}/correctness") as out:
+            out.update(gp.big_correctness(lm, ivs["vector"], prompt))
+    for bs in a.eager_batch_sizes if "eager" in a.sections else []:
         if run.fits(f"{name}/eager/batch{bs}", a.eager_cell_s):
             with run.section(f"{name}/eager/batch{bs}") as out:
                 cfg = gp.DecodeSetup(bs, a.new_tokens, a.repeats, fast=False)
                 out["rows"] = gp.decode_cell(lm, ivs, prompt, cfg, a.device)
-    if run.fits(f"{name}/scoring", 20):
-        with run.section(f"{name}/scoring") as out:
-            out.update(scoring(lm, a))
+    for bs in a.score_batches if "scoring" in a.sections else []:
+        if run.fits(f"{name}/scoring/batch{bs}", 15):
+            with run.section(f"{name}/scoring/batch{bs}") as out:
+                out.update(scoring(lm, a, bs))
 
 
-def scoring(lm: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Items/s of the engine vs the full-forward baseline on the same requests (best of repeats)."""
+def scoring(lm: Any, args: argparse.Namespace, batch: int) -> dict[str, Any]:
+    """Items/s of the engine vs the full-forward baseline on the same requests (best of repeats).
+
+    The engine takes ``batch`` items per batch; the baseline ``2 * batch`` (context,
+    continuation) pairs, i.e. the same items. The baseline's log-softmax runs in the model's
+    dtype, as lm-evaluation-harness does; the engine's in float32.
+    """
     import statistics
 
     import gpu_parts as gp
     from xlsteer.evaluation.engine import Engine
 
     reqs = gp.xcopa_like_requests(int(lm.model.config.vocab_size), args.score_items)
-    engine = Engine(lm, batch_size=args.score_batch, max_length=4096)
-    runs = {"engine": lambda: gp.engine_scores(engine, reqs, args.score_batch),
-            "full_forward": lambda: gp.full_forward_scores(lm.model, reqs, 2 * args.score_batch, args.device)}
+    engine = Engine(lm, batch_size=batch, max_length=4096)
+    runs = {"engine": lambda: gp.engine_scores(engine, reqs, batch),
+            "full_forward": lambda: gp.full_forward_scores(lm.model, reqs, 2 * batch, args.device)}
     got = {k: fn() for k, fn in runs.items()}  # warm-up; also the values compared below
     rate: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.repeats):
@@ -174,14 +223,23 @@ def scoring(lm: Any, args: argparse.Namespace) -> dict[str, Any]:
             gp.sync(args.device)
             rate[k].append(len(reqs) / (time.perf_counter() - t0))
     diffs = [abs(x - y) for x, y in zip(got["engine"], got["full_forward"])]
-    same_choice = sum((a[0] > a[1]) == (b[0] > b[1]) for a, b in
-                      zip(zip(got["engine"][::2], got["engine"][1::2]), zip(got["full_forward"][::2], got["full_forward"][1::2])))
+    e, f = got["engine"], got["full_forward"]
+    same_choice = sum((e[i] > e[i + 1]) == (f[i] > f[i + 1]) for i in range(0, len(e), 2))
     best = {k: max(v) for k, v in rate.items()}
-    return {"items": len(reqs), "engine_batch": args.score_batch, "baseline_batch_pairs": 2 * args.score_batch,
+    return {"items": len(reqs), "engine_batch": batch, "baseline_batch_pairs": 2 * batch,
             "engine_items_s": round(best["engine"], 1), "full_forward_items_s": round(best["full_forward"], 1),
             "engine_items_s_median": round(statistics.median(rate["engine"]), 1),
             "speedup": round(best["engine"] / best["full_forward"], 3),
             "max_abs_logprob_diff": round(max(diffs), 4), "same_choice": f"{same_choice}/{len(reqs)}"}
+
+
+def compile_counters() -> dict[str, Any]:
+    """Dynamo/inductor counters so far: graph breaks, unique graphs, skipped CUDA graphs."""
+    from torch._dynamo.utils import counters
+
+    keep = ("graph_break", "stats", "inductor")
+    return {k: {str(kk): vv for kk, vv in counters[k].items() if k != "inductor" or "cudagraph" in str(kk)}
+            for k in keep if k in counters}
 
 
 def fast_path(run: Run, cell: tuple[str, int], lm: Any, ivs: dict[str, Any], prompt: Any) -> None:
@@ -198,6 +256,7 @@ def fast_path(run: Run, cell: tuple[str, int], lm: Any, ivs: dict[str, Any], pro
                                  compile_backend="eager" if a.smoke else "inductor",
                                  compile_mode=None if a.smoke else "reduce-overhead")
             out["rows"] = gp.decode_cell(lm, ivs, prompt, cfg, a.device)
+            out["compile_counters"] = compile_counters()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,39 +267,49 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     """Roofline shares and the pass / miss of each target, from the sections that ran."""
     bw = doc["sections"].get("bandwidth", {}).get("gb_per_s")
     out: dict[str, Any] = {"roofline": {}, "targets": {}}
-    ratios, missing = [], []
-    for key, sec in doc["sections"].items():
-        for row in sec.get("rows", []):
-            if row["mode"] != "unsteered":
-                ratios.append((key, row["mode"], row["ratio"]))
+    cells = [(key, r) for key, sec in doc["sections"].items() for r in sec.get("rows", []) if r["mode"] != "unsteered"]
     for name, info in doc.get("models", {}).items():
-        if not bw:
-            continue
-        roof = bw * 1e9 / info["decode_bytes"]  # batch-1 decode steps per second if bound by weights
-        fast = doc["sections"].get(f"{name}/fast/batch1", {}).get("rows", [])
-        eager = doc["sections"].get(f"{name}/eager/batch1", {}).get("rows", [])
-        share = {f"{path}/{r['mode']}": round(r["tok_s"] / roof, 3) for path, rows in (("fast", fast), ("eager", eager))
-                 for r in rows}
-        out["roofline"][name] = {"tok_s": round(roof, 1), "share": share}
-        if fast:
-            s = share.get("fast/vector")
-            out["targets"][f"{name}: fast path steered batch 1 >= {TARGETS['roofline_share']:.0%} of roofline"] = \
-                "pass" if s is not None and s >= TARGETS["roofline_share"] else "miss"
-        else:
-            missing.append(f"{name}: fast path batch 1 not measured")
-        sc = doc["sections"].get(f"{name}/scoring", {}).get("speedup")
-        if sc is not None:
-            out["targets"][f"{name}: scoring >= {TARGETS['scoring_speedup']}x full forward"] = \
-                "pass" if sc >= TARGETS["scoring_speedup"] else "miss"
-    if ratios:
-        worst = min(ratios, key=lambda t: t[2])
-        out["targets"][f"steered/unsteered >= {TARGETS['ratio']} in every cell ({len(ratios)} cells)"] = \
-            "pass" if worst[2] >= TARGETS["ratio"] else f"miss (lowest {worst[2]:.3f}: {worst[0]} {worst[1]})"
-    checks = {k: v for name, sec in doc["sections"].items() if "correctness" in name
-              for k, v in ((f"{name}: {c}", sec[c]) for c in sec if isinstance(sec[c], bool))}
-    out["correctness"] = checks
-    out["not_measured"] = missing + doc.get("skipped", []) + [f"{k}: {v}" for k, v in doc.get("errors", {}).items()]
+        if bw:
+            step_ms = 1000 * info["decode_bytes"] / (bw * 1e9)  # a batch-1 step bound by reading the weights
+            rows = {f"{path}/{r['mode']}": r for path in ("fast", "eager")
+                    for r in doc["sections"].get(f"{name}/{path}/batch1", {}).get("rows", []) if r.get("step_ms")}
+            share = {k: round(step_ms / r["step_ms"], 3) for k, r in rows.items()}
+            out["roofline"][name] = {"step_ms": round(step_ms, 3), "tok_s": round(1000 / step_ms, 1), "share": share}
+            if "fast/vector" in share:
+                out["targets"][f"{name}: fast path steered batch 1 >= {TARGETS['roofline_share']:.0%} of roofline"] = \
+                    _verdict(share["fast/vector"] >= TARGETS["roofline_share"], f"{share['fast/vector']:.0%}")
+        for key, sec in doc["sections"].items():
+            if key.startswith(f"{name}/scoring/") and "speedup" in sec:
+                out["targets"][f"{name}: scoring >= {TARGETS['scoring_speedup']}x full forward, {sec['engine_batch']} items/batch"] = \
+                    _verdict(sec["speedup"] >= TARGETS["scoring_speedup"], f"{sec['speedup']}x")
+    for what, field in (("whole generate() call", "ratio"), ("per decode step", "step_ratio")):
+        got = [(k, r["mode"], r[field]) for k, r in cells if field in r]
+        if got:
+            worst = min(got, key=lambda t: t[2])
+            out["targets"][f"steered/unsteered >= {TARGETS['ratio']} in every cell, {what} ({len(got)} cells)"] = \
+                _verdict(worst[2] >= TARGETS["ratio"], f"lowest {worst[2]:.3f}: {worst[0]} {worst[1]}")
+    out["correctness"] = {f"{name}: {c}": v for name, sec in doc["sections"].items() if name.endswith("correctness")
+                          for c, v in sec.items() if isinstance(v, bool)}
+    out["not_measured"] = doc.get("skipped", []) + [f"{k}: {v}" for k, v in doc.get("errors", {}).items()]
     return out
+
+
+def _verdict(ok: bool, detail: str) -> str:
+    return f"{'pass' if ok else 'miss'} ({detail})"
+
+
+def _decode_line(model: str, r: dict[str, Any]) -> str:
+    path = "static+compile" if r["fast_path"] else "eager"
+    step = f"{r['step_ms']:.2f}" if r.get("step_ms") else ""
+    if r["mode"] == "unsteered":
+        ratio = step_ratio = "1"
+    else:
+        ratio = f"{r['ratio']:.3f} [{r['ratio_range'][0]:.3f}, {r['ratio_range'][1]:.3f}]"
+        step_ratio = (f"{r['step_ratio']:.3f} [{r['step_ratio_range'][0]:.3f}, {r['step_ratio_range'][1]:.3f}]"
+                      if "step_ratio" in r else "")
+    peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else ""
+    return (f"| decode | {model} | {r['batch']} | {path} | {r['mode']} | {r['tok_s']:.1f} | {step} | {ratio} | "
+            f"{step_ratio} | {peak} | warm-up {r['warmup_s']} s |")
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -248,26 +317,22 @@ def markdown(doc: dict[str, Any]) -> str:
     e, s = doc["env"], doc["summary"]
     lines = [f"GPU check: {e['gpu'] or e['device']} ({e['gpus']} GPU), torch {e['torch']}, transformers "
              f"{e['transformers']}, Python {e['python']}, {e['date']}" + (" — SMOKE (CPU, tiny shapes)" if e["smoke"] else ""),
-             "", "| what | model | batch | path | mode | tok/s or items/s | steered/unsteered [min, max] | peak MB | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| what | model | batch | path | mode | tok/s (or items/s) | ms/step | steered/unsteered tok/s [min, max] "
+             "| steered/unsteered per step [min, max] | peak MB | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, ok in s["correctness"].items():
-        lines.append(f"| correctness | {name.split('/')[0]} | | | | | | | {name.split(': ')[1]}: {'pass' if ok else 'FAIL'} |")
+        lines.append(f"| correctness | {name.split('/')[0]} | | | | | | | | | {name.split(': ')[1]}: {'pass' if ok else 'FAIL'} |")
     bw = doc["sections"].get("bandwidth", {})
     if "gb_per_s" in bw:
-        lines.append(f"| copy bandwidth | | | | | {bw['gb_per_s']} GB/s | | | |")
+        lines.append(f"| copy bandwidth | | | | | {bw['gb_per_s']} GB/s | | | | | read + write bytes |")
     for key, sec in doc["sections"].items():
-        for r in sec.get("rows", []):
-            path = "static+compile" if r["fast_path"] else "eager"
-            ratio = "1" if r["mode"] == "unsteered" else f"{r['ratio']:.3f} [{r['ratio_range'][0]:.3f}, {r['ratio_range'][1]:.3f}]"
-            lines.append(f"| decode | {key.split('/')[0]} | {r['batch']} | {path} | {r['mode']} | {r['tok_s']:.1f} | "
-                         f"{ratio} | {r['peak_mb'] if r['peak_mb'] is not None else ''} | warm-up {r['warmup_s']} s |")
+        lines += [_decode_line(key.split("/")[0], r) for r in sec.get("rows", [])]
         if "speedup" in sec:
-            lines.append(f"| scoring ({sec['items']} XCOPA-shaped items) | {key.split('/')[0]} | {sec['engine_batch']} | engine vs "
-                         f"full forward | unsteered | {sec['engine_items_s']} vs {sec['full_forward_items_s']} | | | "
-                         f"{sec['speedup']}x; choices equal {sec['same_choice']}; max abs log-prob diff {sec['max_abs_logprob_diff']} |")
+            lines.append(f"| scoring, {sec['items']} XCOPA-shaped items | {key.split('/')[0]} | {sec['engine_batch']} | "
+                         f"engine vs full forward | unsteered | {sec['engine_items_s']} vs {sec['full_forward_items_s']} | | | | | "
+                         f"{sec['speedup']}x; same choice {sec['same_choice']}; max abs log-prob diff {sec['max_abs_logprob_diff']} |")
     for name, roof in s["roofline"].items():
         shares = ", ".join(f"{k} {v:.0%}" for k, v in roof["share"].items())
-        lines.append(f"| batch-1 roofline | {name} | 1 | | | {roof['tok_s']} tok/s | | | {shares} |")
+        lines.append(f"| batch-1 roofline | {name} | 1 | | | {roof['tok_s']} | {roof['step_ms']} | | | | share: {shares} |")
     lines += ["", "Targets:"] + [f"- {k}: **{v}**" for k, v in s["targets"].items()]
     if s["not_measured"]:
         lines += ["", "Not measured in this run:"] + [f"- {m}" for m in s["not_measured"]]
@@ -288,12 +353,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--score-items", type=int, default=256)
-    p.add_argument("--score-batch", type=int, default=32, help="items per engine batch (baseline: 2x pairs)")
+    p.add_argument("--sections", default="correctness,eager,scoring,fast", help="which parts to run")
+    p.add_argument("--eager-batch-sizes", default=None, help="default: --batch-sizes")
+    p.add_argument("--score-items", type=int, default=512)
+    p.add_argument("--score-batches", default="32,128", help="items per engine batch (baseline: 2x pairs)")
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cells after this many seconds")
     p.add_argument("--bandwidth-mib", type=int, default=2048)
     args = p.parse_args(argv)
-    args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    ints = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
+    args.batch_sizes = ints(args.batch_sizes)
+    args.eager_batch_sizes = ints(args.eager_batch_sizes) if args.eager_batch_sizes else args.batch_sizes
+    args.score_batches = ints(args.score_batches)
+    args.sections = {x.strip() for x in args.sections.split(",") if x.strip()}
     args.models = [m for m in args.models.split(",") if m]
     args.fast_path_models = [m for m in args.fast_path_models.split(",") if m in args.models]
     args.device = "cpu" if args.smoke else "cuda"
@@ -316,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import gpu_parts as gp
     from xlsteer.hooks import guard_hooks_for_compile
-    from xlsteer.testing import tiny_model
 
     guard_hooks_for_compile()  # compiled forwards follow steering hooks as they come and go
     dynamo_config.recompile_limit = max(getattr(dynamo_config, "recompile_limit", 8), 64)
@@ -325,35 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(run.doc["env"]), flush=True)
     with run.section("bandwidth") as out:
         out.update(gp.copy_bandwidth(args.device, args.bandwidth_mib))
-    with run.section("tiny-fp32/correctness") as out:
-        tiny = tiny_model("llama")
-        tiny.model.to(args.device)
-        g = torch.Generator().manual_seed(1)
-        from xlsteer.interventions.vector import SteeringVector, vector_key
-        from xlsteer.models.sites import Site
-
-        vec = SteeringVector(sites=[Site(1, "resid_post")], tensors={vector_key(1): 3.0 * torch.randn(1, 64, generator=g)},
-                             params={"normalize": "none"}, languages=["de"], anchor="en")
-        out.update(gp.tiny_correctness(tiny, vec, args.device))
-    models: dict[str, tuple[Any, dict[str, Any], Any]] = {}
-    for name in args.models:
-        if not run.fits(f"{name}/build", 15):
-            continue
-        with run.section(f"{name}/build") as out:
-            lm = build(name, args)
-            vocab = int(lm.model.config.vocab_size)
-            prompt = torch.randint(10, min(vocab, 32000), (max(args.batch_sizes + [4]), args.prompt_tokens),
-                                   generator=torch.Generator().manual_seed(0)).to(args.device)
-            ivs, how = interventions(lm, prompt)
-            params = sum(p.numel() for p in lm.model.parameters())
-            run.doc["models"][name] = {"params": params, "decode_bytes": gp.decode_bytes(lm.model), "interventions": how,
-                                       "layers": int(lm.model.config.num_hidden_layers)}
-            out.update(run.doc["models"][name])
-            models[name] = (lm, ivs, prompt)
-        if name in models:
-            check_model(run, name, *models[name])
+    if "correctness" in args.sections:
+        tiny_check(run)
+    models = {name: m for name in args.models if (m := build_model(run, name)) is not None}
+    for name, m in models.items():
+        check_model(run, name, *m)
     # batch 1 of every model first (the roofline target), then the larger batches
-    for bs in args.batch_sizes:
+    for bs in args.batch_sizes if "fast" in args.sections else []:
         for name in args.fast_path_models:
             if name in models:
                 fast_path(run, (name, bs), *models[name])

@@ -142,6 +142,29 @@ class DecodeSetup:
     compile_mode: str | None = "reduce-overhead"
 
 
+class StepTimer:
+    """A logits processor that time-stamps every decode step (after a device synchronisation).
+
+    Why: tokens/s of a whole generate() call includes the prefill and per-call set-up; the
+    per-step time between the first and the last step is the decode rate the roofline bounds.
+    The synchronisation costs little: eager decoding is host-bound, and the compiled path
+    replays one CUDA graph per step.
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+    def step_ms(self) -> float | None:
+        s = self.stamps
+        return 1000 * (s[-1] - s[0]) / (len(s) - 1) if len(s) > 1 else None
+
+
 def _gen_kwargs(cfg: DecodeSetup, device: str) -> dict[str, Any]:
     kw: dict[str, Any] = dict(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=False)
     if cfg.fast:
@@ -154,13 +177,14 @@ def _gen_kwargs(cfg: DecodeSetup, device: str) -> dict[str, Any]:
     return kw
 
 
-def _timed(fn: Callable[[], int], device: str) -> tuple[float, float | None]:
+def _timed(fn: Callable[[], tuple[int, float | None]], device: str) -> tuple[float, float | None, float | None]:
+    """(tokens/s of the whole call, ms per decode step, peak MB)."""
     sync(device)
     reset_peak(device)
     t0 = time.perf_counter()
-    tokens = fn()
+    tokens, step_ms = fn()
     sync(device)
-    return tokens / (time.perf_counter() - t0), peak_mb(device)
+    return tokens / (time.perf_counter() - t0), step_ms, peak_mb(device)
 
 
 def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeSetup, device: str,
@@ -171,15 +195,19 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
     mask = torch.ones_like(ids)
     kw = _gen_kwargs(cfg, device)
 
-    def run(iv: Any) -> Callable[[], int]:
-        def go() -> int:
+    def run(iv: Any) -> Callable[[], tuple[int, float | None]]:
+        def go() -> tuple[int, float | None]:
+            from transformers import LogitsProcessorList
+
+            timer = StepTimer(device)
             with torch.inference_mode():
                 if iv is None:
-                    out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+                    out = model.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([timer]), **kw)
                 else:
                     with steer(model, iv, langs=lang):
-                        out = model.generate(input_ids=ids, attention_mask=mask, **kw)
-            return cfg.batch * (out.shape[1] - ids.shape[1])
+                        out = model.generate(input_ids=ids, attention_mask=mask,
+                                             logits_processor=LogitsProcessorList([timer]), **kw)
+            return cfg.batch * (out.shape[1] - ids.shape[1]), timer.step_ms()
         return go
 
     runs = {"unsteered": run(None), **{m: run(iv) for m, iv in ivs.items()}}
@@ -191,22 +219,34 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
         sync(device)
         warm[mode] = round(time.perf_counter() - t0, 2)
     tps: dict[str, list[float]] = {m: [] for m in runs}
+    steps: dict[str, list[float]] = {m: [] for m in runs}
     mem: dict[str, list[float]] = {m: [] for m in runs}
     modes = list(runs)
     for r in range(cfg.repeats):
         for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
-            t, p = _timed(runs[mode], device)
+            t, ms, p = _timed(runs[mode], device)
             tps[mode].append(t)
+            if ms is not None:
+                steps[mode].append(ms)
             if p is not None:
                 mem[mode].append(p)
-    rows = []
-    for mode in modes:
-        ratios = [a / b for a, b in zip(tps[mode], tps["unsteered"])]
-        rows.append({"batch": cfg.batch, "fast_path": cfg.fast, "mode": mode, "tok_s": round(statistics.median(tps[mode]), 2),
-                     "tok_s_all": [round(x, 2) for x in tps[mode]], "ratio": round(statistics.median(ratios), 4),
-                     "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)], "warmup_s": warm[mode],
-                     "peak_mb": max(mem[mode]) if mem[mode] else None})
-    return rows
+    return [_row(cfg, mode, tps, steps, mem, warm) for mode in modes]
+
+
+def _row(cfg: DecodeSetup, mode: str, tps: dict[str, list[float]], steps: dict[str, list[float]],
+         mem: dict[str, list[float]], warm: dict[str, float]) -> dict[str, Any]:
+    """One mode's cell: medians, paired ratios to unsteered (whole call and per decode step)."""
+    ratios = [a / b for a, b in zip(tps[mode], tps["unsteered"])]
+    step_ratios = [b / a for a, b in zip(steps[mode], steps["unsteered"])]  # as a speed ratio
+    row = {"batch": cfg.batch, "fast_path": cfg.fast, "mode": mode, "tok_s": round(statistics.median(tps[mode]), 2),
+           "tok_s_all": [round(x, 2) for x in tps[mode]], "ratio": round(statistics.median(ratios), 4),
+           "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)], "warmup_s": warm[mode],
+           "peak_mb": max(mem[mode]) if mem[mode] else None}
+    if steps[mode] and len(step_ratios) == len(steps[mode]):
+        row.update(step_ms=round(statistics.median(steps[mode]), 3), step_ms_all=[round(x, 3) for x in steps[mode]],
+                   step_ratio=round(statistics.median(step_ratios), 4),
+                   step_ratio_range=[round(min(step_ratios), 4), round(max(step_ratios), 4)])
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
