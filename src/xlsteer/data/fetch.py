@@ -221,6 +221,9 @@ def _download(url: str, part: Path, timeout: float, bar: Any) -> int:
                 bar.update(len(chunk))
         except (OSError, http.client.HTTPException) as e:
             raise _Unreachable(f"download of {url} broke off ({e})") from None
+    expected = resp.headers.get("Content-Length")
+    if expected is not None and expected.isdigit() and received < int(expected):
+        raise _Unreachable(f"download of {url} broke off after {received:,} of {int(expected):,} bytes")
     return received
 
 
