@@ -287,7 +287,9 @@ def _fetch_one(f: SourceFile, plan: FetchPlan, report: FetchReport, timeout: flo
 
 def run_fetch(plan: FetchPlan, timeout: float = 30.0) -> FetchReport:
     """Download every planned file that is missing or bad; write SHA256SUMS when done."""
-    from ..progress import bar as progress_bar
+    from tqdm.auto import tqdm
+
+    from ..progress import enabled as progress_enabled
 
     t0 = time.perf_counter()
     report = FetchReport(plan.dest)
@@ -298,8 +300,8 @@ def run_fetch(plan: FetchPlan, timeout: float = 30.0) -> FetchReport:
             report.kept.append(f.path)
         else:
             todo.append(f)
-    bar = progress_bar(sum(f.size for f in todo), desc="fetch", unit="B")
-    bar.unit_scale, bar.unit_divisor = True, 1024
+    bar = tqdm(total=sum(f.size for f in todo), desc="fetch", unit="B", unit_scale=True, unit_divisor=1024,
+               dynamic_ncols=True, leave=False, disable=not progress_enabled())
     try:
         for f in todo:
             bar.set_postfix_str(f.path, refresh=False)
