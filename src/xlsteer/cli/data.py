@@ -15,6 +15,8 @@ def data_group() -> None:
 
 
 def _only(text: str | None) -> tuple[str, ...] | None:
+    if not text:
+        return None
     from ..data.fetch import load_manifest, parse_only
 
     return parse_only(text, load_manifest())
