@@ -6,7 +6,7 @@ import click
 
 from .options import data_dir_option
 
-ONLY_HELP = "Comma-separated datasets: mgsm, xcopa, xquad, ntrex128, xnli (default: all)."
+ONLY_HELP = "Comma-separated datasets: mgsm, xcopa, xquad, ntrex128, xnli (default: all; xnli needs --accept-nc)."
 
 
 @click.group("data")
@@ -24,7 +24,7 @@ def _only(text: str | None) -> tuple[str, ...] | None:
 
 @data_group.command("check")
 @data_dir_option
-@click.option("--only", default=None, help=ONLY_HELP)
+@click.option("--only", default=None, help="Comma-separated datasets to check, e.g. mgsm,xcopa (default: all).")
 def data_check_cmd(data_dir: str | None, only: str | None) -> None:
     """Verify every data file against SHA256SUMS and count items per language."""
     from ..data.paths import check_data, data_dir_origin
