@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -80,6 +83,8 @@ class Mirror:
         self.files = {f"/{repo}/{commit}/{up}": data for (repo, commit, up), data in UPSTREAM.items()}
         self.requests: list[tuple[str, str | None]] = []
         self.cut: dict[str, int] = {}  # URL path -> bytes sent before the connection drops
+        self.stall: dict[str, int] = {}  # URL path -> bytes sent before the server hangs until released
+        self.release = threading.Event()
         self.ranges = ranges
         mirror = self
 
@@ -100,7 +105,12 @@ class Mirror:
                 body = data[start:]
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                cut = mirror.cut.pop(self.path, None)
+                cut, stall = mirror.cut.pop(self.path, None), mirror.stall.pop(self.path, None)
+                if stall is not None:
+                    self.wfile.write(body[:stall])
+                    self.wfile.flush()
+                    mirror.release.wait(20)
+                    return
                 self.wfile.write(body if cut is None else body[:cut])
 
             def log_message(self, *args) -> None:
@@ -116,6 +126,7 @@ class Mirror:
         return f"/{repo}/{commit}/{up}"
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -204,6 +215,32 @@ def test_an_interrupted_download_resumes_where_it_stopped(tmp_path, mirror, mani
     assert ranges[mirror.path_of(rel)] == f"bytes={kept_bytes}-"
     assert "alpha/LICENSE" in report.kept  # fetched before the drop: not downloaded again
     assert mirror.path_of("alpha/LICENSE") in done_before and mirror.path_of("alpha/LICENSE") not in ranges
+
+
+def test_a_killed_fetch_resumes_on_the_next_run(tmp_path, mirror, manifest):
+    """SIGKILL in the middle of a file: nothing half-written in place, the next run continues the part."""
+    dest, rel = tmp_path / "data", "alpha/de.tsv"
+    size = len(_expected_bytes(rel))
+    mirror.stall[mirror.path_of(rel)] = size // 3
+    plan = plan_fetch(FetchOptions(dest=dest, mirror=mirror.url, only=("alpha",)), manifest)
+    pid = os.fork()
+    if pid == 0:  # the fetching process, killed below
+        try:
+            run_fetch(plan, timeout=30)
+        finally:
+            os._exit(0)
+    part = dest / "alpha/de.tsv.part"
+    deadline = time.monotonic() + 20
+    while not (part.exists() and part.stat().st_size >= size // 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    mirror.release.set()
+    assert part.stat().st_size == size // 3 and not (dest / rel).exists() and not (dest / "SHA256SUMS").exists()
+    mirror.requests.clear()
+    report = run_fetch(plan, timeout=10)
+    assert report.ok and (dest / rel).read_bytes() == _expected_bytes(rel) and not _parts(dest)
+    assert dict(mirror.requests)[mirror.path_of(rel)] == f"bytes={size // 3}-"
 
 
 def test_a_resume_the_server_ignores_starts_over(tmp_path, manifest):

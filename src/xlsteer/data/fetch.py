@@ -215,8 +215,9 @@ def _download(url: str, part: Path, timeout: float, bar: Any) -> int:
         bar.update(offset)
     with resp, open(part, "ab" if resuming else "wb") as out:
         try:
-            while chunk := resp.read(CHUNK):
+            while chunk := resp.read1(CHUNK):  # what has arrived, so that a kill loses nothing received
                 out.write(chunk)
+                out.flush()
                 received += len(chunk)
                 bar.update(len(chunk))
         except (OSError, http.client.HTTPException) as e:
