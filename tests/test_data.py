@@ -63,6 +63,7 @@ def test_data_dir_discovery(tmp_path, monkeypatch):
 
 def test_data_dir_not_found(tmp_path, monkeypatch):
     monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # no per-user data dir either
     (tmp_path / "a" / "b").mkdir(parents=True)
     monkeypatch.setattr(paths, "__file__", str(tmp_path / "a" / "b" / "paths.py"))
     monkeypatch.chdir(tmp_path / "a")
@@ -72,6 +73,7 @@ def test_data_dir_not_found(tmp_path, monkeypatch):
         data_dir()
     msg = str(e.value)
     assert "--data-dir" in msg and "XLSTEER_DATA_DIR" in msg and "../shared/data" in msg and "\n" not in msg
+    assert "xlsteer data fetch" in msg
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import click
 
 from ..errors import UsageError, XlsteerError
 
-_COMMAND_MODULES = ("core", "methods", "evaluate", "analysis", "export", "baselines", "lmeval", "demo")
+_COMMAND_MODULES = ("core", "data", "methods", "evaluate", "analysis", "export", "baselines", "lmeval", "demo")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -1,4 +1,4 @@
-"""Foundation commands: models, sites, data check, collect."""
+"""Foundation commands: models, sites, collect."""
 
 from __future__ import annotations
 
@@ -45,33 +45,6 @@ def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_downlo
         click.echo(f"{layer:>5}  " + "  ".join(cells))
 
 
-@click.group("data")
-def data_group() -> None:
-    """Inspect the evaluation and parallel data."""
-
-
-@data_group.command("check")
-@data_dir_option
-def data_check_cmd(data_dir: str | None) -> None:
-    """Verify every data file against SHA256SUMS and count items per language."""
-    from ..data.paths import check_data, data_dir as resolve
-
-    root = resolve(data_dir)
-    report = check_data(root)
-    click.echo(f"data dir: {root}")
-    for key in ("ok", "mismatch", "missing"):
-        if key in report:
-            value = report[key]
-            click.echo(f"{key}: {len(value) if isinstance(value, list) else value}")
-    for dataset, counts in sorted(report.get("counts", {}).items()):
-        click.echo(f"{dataset}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    bad = report.get("mismatch") or report.get("missing")
-    if bad:
-        from ..errors import DataError
-
-        raise DataError(f"{len(bad) if isinstance(bad, list) else bad} data file(s) fail the checksum; re-copy them")
-
-
 @click.command("collect")
 @model_options
 @data_dir_option
@@ -114,4 +87,4 @@ def collect_cmd(**kw) -> None:
                f"in {time.perf_counter() - t0:.1f} s")
 
 
-COMMANDS = [models_cmd, sites_cmd, data_group, collect_cmd]
+COMMANDS = [models_cmd, sites_cmd, collect_cmd]

@@ -55,7 +55,7 @@ def load_model_from(kw: dict[str, Any]):
 
 def data_dir_option(f: F) -> F:
     return click.option("--data-dir", default=None, envvar="XLSTEER_DATA_DIR",
-                        help="Data directory (default: $XLSTEER_DATA_DIR, else ../shared/data).")(f)
+                        help="Data directory (default: $XLSTEER_DATA_DIR, else ../shared/data, else the per-user data dir).")(f)
 
 
 def task_langs(task: str, anchor: str = "en") -> list[str]:

@@ -58,32 +58,48 @@ def _discover(start: Path) -> Path | None:
     return None
 
 
-def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """Resolve the data dir: ``--data-dir`` (explicit), then $XLSTEER_DATA_DIR, then ../shared/data.
+def user_data_dir() -> Path:
+    """The per-user data folder (e.g. ~/.local/share/xlsteer): last in the lookup, and where fetch writes."""
+    import platformdirs
 
-    The third option walks up from this file and from the working directory looking for a
-    ``shared/data`` folder holding SHA256SUMS, so both a checkout beside ``shared/`` and an
-    installed package inside a venv of that checkout find it.
+    return Path(platformdirs.user_data_dir("xlsteer", appauthor=False))
+
+
+def data_dir_origin(explicit: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The data dir in use and where it came from, in lookup order.
+
+    1. ``--data-dir`` (explicit), 2. $XLSTEER_DATA_DIR, 3. ``../shared/data`` beside the checkout
+    (walking up from this file and from the working directory, so both a checkout beside
+    ``shared/`` and an editable install find it), 4. the per-user data dir, when
+    ``xlsteer data fetch`` has put a SHA256SUMS there.
     """
     if explicit is not None and str(explicit) != "":
         p = Path(explicit).expanduser()
         if not p.is_dir():
             raise DataError(f"--data-dir {p} is not a directory; give the folder that holds SHA256SUMS (e.g. ../shared/data)")
-        return p.resolve()
+        return p.resolve(), "--data-dir"
     env = os.environ.get(ENV_VAR, "")
     if env:
         p = Path(env).expanduser()
         if not p.is_dir():
             raise DataError(f"{ENV_VAR}={env} is not a directory; point it at the folder that holds SHA256SUMS, or unset it")
-        return p.resolve()
+        return p.resolve(), ENV_VAR
     for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
         found = _discover(start)
         if found is not None:
-            return found
+            return found, "../shared/data"
+    user = user_data_dir()
+    if _has_sums(user):
+        return user.resolve(), "per-user data dir"
     raise DataError(
-        "no data directory found: pass --data-dir DIR, set XLSTEER_DATA_DIR=DIR, "
-        "or put the data at ../shared/data beside the checkout (a folder holding SHA256SUMS)"
+        f"no data directory found: run `xlsteer data fetch` (downloads to {user}), pass --data-dir DIR, "
+        f"set {ENV_VAR}=DIR, or put the data at ../shared/data beside the checkout (a folder holding SHA256SUMS)"
     )
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Resolve the data dir: --data-dir, $XLSTEER_DATA_DIR, ../shared/data, then the per-user data dir."""
+    return data_dir_origin(explicit)[0]
 
 
 _resolve_data_dir = data_dir  # for functions whose parameter is named ``data_dir``
@@ -201,15 +217,35 @@ def _count_exemplars(path: Path) -> dict[str, int]:
     return {lang: len(ex) for lang, ex in d["MGSM_EXEMPLARS"].items()}
 
 
-def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = True) -> dict[str, Any]:
+def _check_exemplars(root: Path, counts: dict[str, int | None], problems: list[str]) -> None:
+    try:
+        ex = _count_exemplars(root / "mgsm/mgsm_exemplars.json")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        problems.append(f"mgsm/mgsm_exemplars.json: unreadable ({type(e).__name__})")
+        return
+    for lang in MGSM_LANGS:
+        counts[lang] = ex.get(lang)
+        if ex.get(lang) != EXPECTED["mgsm/exemplars"]:
+            problems.append(f"mgsm/mgsm_exemplars.json: {ex.get(lang)} exemplars for {lang}, expected 8")
+
+
+def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = True,
+               datasets: Iterable[str] | None = None) -> dict[str, Any]:
     """Verify every file against SHA256SUMS and count items per dataset and language.
 
     Never raises for bad data (it reports it): ``ok`` is False when any file is missing or
     mismatched or any count differs from the README's verified counts. Raises DataError only
-    when the data dir or SHA256SUMS cannot be found.
+    when the data dir or SHA256SUMS cannot be found. ``datasets`` (top-level folders such as
+    ``mgsm``, ``xnli``) limits the check to what a partial ``xlsteer data fetch --only`` brought.
     """
     root = _resolve_data_dir(data_dir)
-    sums = read_sums(root)
+    wanted = None if datasets is None else set(datasets)
+
+    def selected(rel: str) -> bool:
+        return wanted is None or rel.split("/", 1)[0] in wanted
+
+    all_sums = read_sums(root)
+    sums = {rel: sha for rel, sha in all_sums.items() if selected(rel)}
     files: dict[str, str] = {}
     if verify_hashes:
         for rel, sha in sorted(sums.items()):
@@ -226,6 +262,8 @@ def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = 
     problems: list[str] = []
 
     def count(key: str, lang: str, rel: str, fn) -> None:
+        if not selected(rel):
+            return
         p = root / rel
         try:
             counts[key][lang] = fn(p)
@@ -242,14 +280,8 @@ def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = 
 
     for lang in MGSM_LANGS:
         count("mgsm", lang, f"mgsm/mgsm_{lang}.tsv", _count_lines)
-    try:
-        ex = _count_exemplars(root / "mgsm/mgsm_exemplars.json")
-        for lang in MGSM_LANGS:
-            counts["mgsm/exemplars"][lang] = ex.get(lang)
-            if ex.get(lang) != EXPECTED["mgsm/exemplars"]:
-                problems.append(f"mgsm/mgsm_exemplars.json: {ex.get(lang)} exemplars for {lang}, expected 8")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        problems.append(f"mgsm/mgsm_exemplars.json: unreadable ({type(e).__name__})")
+    if selected("mgsm/"):
+        _check_exemplars(root, counts["mgsm/exemplars"], problems)
     for split in ("test", "val"):
         for lang in XCOPA_LANGS:
             count(f"xcopa/{split}", lang, f"xcopa/data/{lang}/{split}.{lang}.jsonl", _count_jsonl)
@@ -264,9 +296,10 @@ def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = 
 
     missing = sorted(k for k, v in files.items() if v == "missing")
     mismatch = sorted(k for k, v in files.items() if v == "mismatch")
+    counts = {k: v for k, v in counts.items() if v}
     return {
         "data_dir": str(root),
-        "data_hash": hash_lines(sums.items()),
+        "data_hash": hash_lines(all_sums.items()),
         "files": files,
         "n_files": len(files),
         "n_ok": sum(v == "ok" for v in files.values()),

@@ -93,7 +93,8 @@ def root_dir(data_dir: str | os.PathLike | None) -> Path:
 def read_text(path: Path) -> str:
     """A whole UTF-8 file; DataError when missing or not UTF-8."""
     if not path.is_file():
-        raise DataError(f"file {path} does not exist; check the data dir (--data-dir / XLSTEER_DATA_DIR)")
+        raise DataError(f"file {path} does not exist; check the data dir (--data-dir / XLSTEER_DATA_DIR) "
+                        "or restore it with `xlsteer data fetch`")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
