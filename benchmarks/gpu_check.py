@@ -307,7 +307,7 @@ def _decode_line(model: str, r: dict[str, Any]) -> str:
         ratio = f"{r['ratio']:.3f} [{r['ratio_range'][0]:.3f}, {r['ratio_range'][1]:.3f}]"
         step_ratio = (f"{r['step_ratio']:.3f} [{r['step_ratio_range'][0]:.3f}, {r['step_ratio_range'][1]:.3f}]"
                       if "step_ratio" in r else "")
-    peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else ""
+    peak = f"{r['peak_extra_mb']:.0f}" if r.get("peak_extra_mb") is not None else ""
     return (f"| decode | {model} | {r['batch']} | {path} | {r['mode']} | {r['tok_s']:.1f} | {step} | {ratio} | "
             f"{step_ratio} | {peak} | warm-up {r['warmup_s']} s |")
 
@@ -318,7 +318,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"GPU check: {e['gpu'] or e['device']} ({e['gpus']} GPU), torch {e['torch']}, transformers "
              f"{e['transformers']}, Python {e['python']}, {e['date']}" + (" — SMOKE (CPU, tiny shapes)" if e["smoke"] else ""),
              "", "| what | model | batch | path | mode | tok/s (or items/s) | ms/step | steered/unsteered tok/s [min, max] "
-             "| steered/unsteered per step [min, max] | peak MB | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| steered/unsteered per step [min, max] | peak MB over weights | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, ok in s["correctness"].items():
         lines.append(f"| correctness | {name.split('/')[0]} | | | | | | | | | {name.split(': ')[1]}: {'pass' if ok else 'FAIL'} |")
     bw = doc["sections"].get("bandwidth", {})

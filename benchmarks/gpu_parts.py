@@ -32,6 +32,11 @@ def peak_mb(device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None
 
 
+def held_mb(device: str) -> float | None:
+    """Memory allocated now (weights of every model built so far, caches kept across calls)."""
+    return round(torch.cuda.memory_allocated() / 2**20, 1) if device.startswith("cuda") else None
+
+
 # ---------------------------------------------------------------------------------------------
 # bandwidth and roofline
 
@@ -147,8 +152,8 @@ class StepTimer:
 
     Why: tokens/s of a whole generate() call includes the prefill and per-call set-up; the
     per-step time between the first and the last step is the decode rate the roofline bounds.
-    The synchronisation costs little: eager decoding is host-bound, and the compiled path
-    replays one CUDA graph per step.
+    The synchronisation costs little: eager decoding is host-bound, and a compiled step is
+    one or a few CUDA-graph replays.
     """
 
     def __init__(self, device: str):
@@ -161,8 +166,10 @@ class StepTimer:
         return scores
 
     def step_ms(self) -> float | None:
+        """Median time between consecutive steps: a one-off cost inside the call (a CUDA-graph
+        recording, a recompilation) does not move it; the whole-call tokens/s still shows it."""
         s = self.stamps
-        return 1000 * (s[-1] - s[0]) / (len(s) - 1) if len(s) > 1 else None
+        return 1000 * statistics.median(b - a for a, b in zip(s, s[1:])) if len(s) > 1 else None
 
 
 def _gen_kwargs(cfg: DecodeSetup, device: str) -> dict[str, Any]:
@@ -173,18 +180,32 @@ def _gen_kwargs(cfg: DecodeSetup, device: str) -> dict[str, Any]:
         cc = CompileConfig(fullgraph=False, backend=cfg.compile_backend, mode=cfg.compile_mode)
         if not device.startswith("cuda"):
             cc._compile_all_devices = True  # transformers auto-compiles on accelerators only
-        kw.update(cache_implementation="static", compile_config=cc)
+        kw.update(compile_config=cc)
     return kw
 
 
+def _static_cache(model: Any, max_len: int) -> Any:
+    """One static KV cache for every call of a cell, reset before each.
+
+    Why: generate(cache_implementation="static") allocates a new cache per call (transformers
+    5.17-5.23), so CUDA-graph trees see new input addresses and record their graphs again in
+    every call; a cache that lives across calls is what a server does and what gets replayed.
+    """
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_len)
+
+
 def _timed(fn: Callable[[], tuple[int, float | None]], device: str) -> tuple[float, float | None, float | None]:
-    """(tokens/s of the whole call, ms per decode step, peak MB)."""
+    """(tokens/s of the whole call, ms per decode step, peak MB above what was held before)."""
     sync(device)
     reset_peak(device)
+    held = held_mb(device)
     t0 = time.perf_counter()
     tokens, step_ms = fn()
     sync(device)
-    return tokens / (time.perf_counter() - t0), step_ms, peak_mb(device)
+    peak = peak_mb(device)
+    return tokens / (time.perf_counter() - t0), step_ms, None if peak is None else round(peak - held, 1)
 
 
 def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeSetup, device: str,
@@ -194,6 +215,7 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
     ids = prompt[: cfg.batch]
     mask = torch.ones_like(ids)
     kw = _gen_kwargs(cfg, device)
+    cache = _static_cache(model, ids.shape[1] + cfg.new_tokens) if cfg.fast else None
 
     def run(iv: Any) -> Callable[[], tuple[int, float | None]]:
         def go() -> tuple[int, float | None]:
@@ -201,6 +223,9 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
 
             timer = StepTimer(device)
             with torch.inference_mode():
+                if cache is not None:  # its tensors are inference tensors: reset them in inference mode
+                    cache.reset()
+                    kw["past_key_values"] = cache
                 if iv is None:
                     out = model.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([timer]), **kw)
                 else:
@@ -241,7 +266,7 @@ def _row(cfg: DecodeSetup, mode: str, tps: dict[str, list[float]], steps: dict[s
     row = {"batch": cfg.batch, "fast_path": cfg.fast, "mode": mode, "tok_s": round(statistics.median(tps[mode]), 2),
            "tok_s_all": [round(x, 2) for x in tps[mode]], "ratio": round(statistics.median(ratios), 4),
            "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)], "warmup_s": warm[mode],
-           "peak_mb": max(mem[mode]) if mem[mode] else None}
+           "peak_extra_mb": max(mem[mode]) if mem[mode] else None}
     if steps[mode] and len(step_ratios) == len(steps[mode]):
         row.update(step_ms=round(statistics.median(steps[mode]), 3), step_ms_all=[round(x, 3) for x in steps[mode]],
                    step_ratio=round(statistics.median(step_ratios), 4),

@@ -146,3 +146,15 @@ def _compiled_equals_eager() -> None:
         assert torch.equal(_generate(lm, static=True, iv=iv, compile_config=cc), ref_steered)
     finally:
         torch._dynamo.reset()
+
+
+def test_steer_leaves_dynamo_room_to_compile_every_decoder_layer():
+    """Hooks break the graph inside the layer loop, so each layer compiles as its own frame:
+    the recompile limits must cover every layer, or dynamo falls back to eager part-way."""
+    import torch._dynamo.config as dynamo_config
+
+    lm = tiny_model("llama", layers=16)
+    with dynamo_config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        with steer(lm.model, _vector(), langs="de"):
+            assert dynamo_config.recompile_limit >= 8 * 16
+            assert dynamo_config.accumulated_recompile_limit >= 64 * 16

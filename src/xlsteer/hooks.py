@@ -375,6 +375,23 @@ def _guard_compiled(model: nn.Module) -> None:
             "compiled generate() (or steer once before it), or reload the model"
         )
     config.skip_nnmodule_hook_guards = False
+    _room_for_layer_graphs(config, model)
+
+
+def _room_for_layer_graphs(config: Any, model: nn.Module) -> None:
+    """Raise dynamo's recompile limits so that a steered compiled forward never falls back to eager.
+
+    Why: a hooked site breaks the graph inside the decoder-layer loop, so dynamo compiles each
+    decoder layer's forward as a frame of its own, once per layer (transformers' layers differ
+    in an integer attribute, ``layer_idx``), per hook set and per batch shape. Measured on an
+    H200 with a Llama-3.1-8B-shaped model (32 layers): a limit raised to 64 was still hit at
+    batch 8, after which the remaining layers ran eagerly. The limits only bound compile work.
+    """
+    layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
+    if hasattr(config, "recompile_limit"):
+        config.recompile_limit = max(int(config.recompile_limit), 8 * layers)
+    if hasattr(config, "accumulated_recompile_limit"):
+        config.accumulated_recompile_limit = max(int(config.accumulated_recompile_limit), 64 * layers)
 
 
 def guard_hooks_for_compile() -> None:
