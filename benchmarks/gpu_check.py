@@ -137,6 +137,32 @@ def env(args: argparse.Namespace) -> dict[str, Any]:
 # the sections
 
 
+def multi_device(run: Run, models: dict[str, tuple[Any, dict[str, Any], Any]]) -> None:
+    """The first model spread over every GPU (device_map="auto"); run last, as it moves the model.
+
+    With one GPU it is skipped and said so; ``--smoke`` runs the same code with the CPU as the
+    only device, so that the path is exercised everywhere.
+    """
+    import torch
+
+    import gpu_parts as gp
+
+    devices: list[Any] = ["cpu"] if run.args.smoke else list(range(torch.cuda.device_count()))
+    if len(devices) < 2 and not run.args.smoke:
+        run.doc["skipped"].append("device_map='auto' across GPUs: one GPU visible, nothing to spread")
+        return
+    if not models or not run.fits("device_map=auto", 60):
+        return
+    name, (lm, ivs, prompt) = next(iter(models.items()))
+    with run.section(f"{name}/device_map_auto/correctness") as out:
+        out["device_map"] = gp.dispatch_auto(lm.model, devices)
+        out["devices"] = sorted(set(out["device_map"].values()))
+        out.update(gp.big_correctness(lm, ivs["vector"], prompt))
+    with run.section(f"{name}/device_map_auto/eager/batch8") as out:
+        out["rows"] = gp.decode_cell(lm, ivs, prompt, gp.DecodeSetup(8, run.args.new_tokens, run.args.repeats, fast=False),
+                                     run.args.device)
+
+
 def tiny_check(run: Run) -> None:
     """Steered decoding on a tiny fp32 model: cached = recomputed, static cache = dynamic cache."""
     import torch
@@ -294,6 +320,12 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _label(section: str) -> str:
+    """The model a section is about, and how it was placed when not on one device."""
+    model = section.split("/")[0]
+    return f"{model}, device_map=auto" if "/device_map_auto/" in section else model
+
+
 def _verdict(ok: bool, detail: str) -> str:
     return f"{'pass' if ok else 'miss'} ({detail})"
 
@@ -320,12 +352,13 @@ def markdown(doc: dict[str, Any]) -> str:
              "", "| what | model | batch | path | mode | tok/s (or items/s) | ms/step | steered/unsteered tok/s [min, max] "
              "| steered/unsteered per step [min, max] | peak MB over weights | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, ok in s["correctness"].items():
-        lines.append(f"| correctness | {name.split('/')[0]} | | | | | | | | | {name.split(': ')[1]}: {'pass' if ok else 'FAIL'} |")
+        where, check = name.split(": ")
+        lines.append(f"| correctness | {_label(where)} | | | | | | | | | {check}: {'pass' if ok else 'FAIL'} |")
     bw = doc["sections"].get("bandwidth", {})
     if "gb_per_s" in bw:
         lines.append(f"| copy bandwidth | | | | | {bw['gb_per_s']} GB/s | | | | | read + write bytes |")
     for key, sec in doc["sections"].items():
-        lines += [_decode_line(key.split("/")[0], r) for r in sec.get("rows", [])]
+        lines += [_decode_line(_label(key), r) for r in sec.get("rows", [])]
         if "speedup" in sec:
             lines.append(f"| scoring, {sec['items']} XCOPA-shaped items | {key.split('/')[0]} | {sec['engine_batch']} | "
                          f"engine vs full forward | unsteered | {sec['engine_items_s']} vs {sec['full_forward_items_s']} | | | | | "
@@ -353,7 +386,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--sections", default="correctness,eager,scoring,fast", help="which parts to run")
+    p.add_argument("--sections", default="correctness,eager,scoring,fast,multi",
+                   help="which parts to run (multi: device_map='auto' over several GPUs, last)")
     p.add_argument("--eager-batch-sizes", default=None, help="default: --batch-sizes")
     p.add_argument("--score-items", type=int, default=512)
     p.add_argument("--score-batches", default="32,128", help="items per engine batch (baseline: 2x pairs)")
@@ -405,10 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.fast_path_models:
             if name in models:
                 fast_path(run, (name, bs), *models[name])
-    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        run.doc["skipped"].append("device_map='auto' across GPUs: not built into this check yet")
-    else:
-        run.doc["skipped"].append("device_map='auto' across GPUs: skipped, one GPU (or none) visible")
+    if "multi" in args.sections:
+        multi_device(run, models)
     run.doc["summary"] = summarise(run.doc)
     run.doc["wall_s"] = round(time.perf_counter() - run.t0, 1)
     run.save()

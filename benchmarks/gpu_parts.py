@@ -326,3 +326,25 @@ def full_forward_scores(model: Any, reqs: list[tuple[list[int], list[list[int]]]
                 out[i] = float(logp[r, start: start + len(cont)].gather(-1, tgt[:, None]).sum())
             del logp
     return [out[i] for i in range(len(pairs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# several GPUs
+
+
+def dispatch_auto(model: Any, devices: list[Any]) -> dict[str, Any]:
+    """Spread ``model`` over ``devices`` as ``from_pretrained(device_map="auto")`` would.
+
+    accelerate balances the memory over the devices without splitting a decoder layer, then
+    dispatches (moves each module and adds the hooks that carry activations across devices).
+    Returns the device map.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    free = {d: torch.cuda.mem_get_info(d)[0] if isinstance(d, int) else 64 * 2**30 for d in devices}
+    budget = get_balanced_memory(model, max_memory=free, no_split_module_classes=no_split)
+    device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split)
+    dispatch_model(model, device_map=device_map)
+    return {k: str(v) for k, v in device_map.items()}

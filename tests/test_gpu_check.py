@@ -88,7 +88,8 @@ def test_gpu_check_smoke_runs_with_only_the_gpu_image_packages(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["errors"] == {}
     checks = doc["summary"]["correctness"]
-    assert len(checks) == 13 and all(checks.values()), checks
-    for key in ("llama3-8b/eager/batch32", "qwen2.5-7b/fast/batch1", "llama3-8b/scoring/batch32"):
+    assert len(checks) == 18 and all(checks.values()), checks  # 3 tiny + 5 per model + 5 spread by accelerate
+    for key in ("llama3-8b/eager/batch32", "qwen2.5-7b/fast/batch1", "llama3-8b/scoring/batch32",
+                "llama3-8b/device_map_auto/eager/batch8"):
         assert key in doc["sections"]
     assert "| correctness |" in proc.stdout and "Targets:" in proc.stdout
