@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataError
-from . import ANALYSIS, CONVERTER, EVAL, FORMATS, METHODS, PAIRED, SETUP, SWEEP, VERSION, stamp
+from . import ANALYSIS, CONTROL, CONTROL_VERSION, CONVERTER, EVAL, FORMATS, METHODS, PAIRED, SETUP, SWEEP, VERSION, stamp
 
 _RENAMED = {"xlsteer.results": EVAL, "xlsteer.comparison": PAIRED, "xlsteer.sweep": SWEEP, "xlsteer.compare": METHODS}
 _KINDS = {"analysis": ANALYSIS, "setup": SETUP}
@@ -35,7 +35,9 @@ _POOLED_KEYS = ("p", "test", "verdict", "pooled_diff", "ci_low", "ci_high", "n")
 
 
 def is_current(doc: Any) -> bool:
-    return isinstance(doc, dict) and doc.get("format") in FORMATS and "format_version" not in doc and "version" in doc
+    if not isinstance(doc, dict) or doc.get("format") not in FORMATS or "format_version" in doc:
+        return False
+    return doc.get("version") == (CONTROL_VERSION if doc["format"] == CONTROL else VERSION)
 
 
 def describe(doc: Any) -> str:
@@ -74,7 +76,7 @@ def _renamed(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if new == EVAL:
         for key in ("baseline", "comparison"):
             if isinstance(body.get(key), dict):
-                body[key] = _renamed(body[key])[0]
+                body[key] = upgrade(body[key], key)[0]
     if new == METHODS:
         rows = {}
         for name, row in (body.get("rows") or {}).items():
