@@ -30,6 +30,7 @@ from ..errors import LanguageError, UsageError, XlsteerError
 from ..io import atomic_write_json, read_json
 from ..provenance import provenance
 from ..results import stamp
+from ..results.read import typed
 from . import plots
 from .compare_models import compare_models
 from .logit_lens import language_shares, shares_from_hidden
@@ -76,6 +77,7 @@ def _eval_docs(eval_results: Any) -> list[dict]:
         doc = read_json(item, "evaluation results") if isinstance(item, (str, Path)) else item
         if not isinstance(doc, Mapping):
             raise UsageError(f"evaluation results must be JSON objects or paths to them, got {type(doc).__name__}")
+        typed(dict(doc), Path(item).name if isinstance(item, (str, Path)) else "evaluation results")  # fail early
         docs.append(dict(doc))
     return docs
 
