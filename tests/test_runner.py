@@ -23,7 +23,7 @@ from xlsteer.models.sites import Site
 from xlsteer.testing import tiny_model
 
 TOP_LEVEL = {
-    "format", "format_version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
+    "format", "version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
     "limit", "seed", "n_boot", "calibrate", "intervention", "alpha", "metrics", "engine", "per_lang", "average",
     "items", "versions",
 }

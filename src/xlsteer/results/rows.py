@@ -172,6 +172,10 @@ class _Tables:
             t.sources.append(source)
         return t
 
+    def of(self, task: str, split: str) -> list[ScoreTable]:
+        """The eval tables (not methods comparisons) of one task and split."""
+        return [t for t in self.by_key.values() if (t.task, t.split) == (task, split) and t.methods_record is None]
+
     def add_eval(self, res: Any, source: str, name: str | None = None, reference: bool = False) -> None:
         name = name or eval_label(res)
         reference = reference or res.intervention is None and res.comparison is None
@@ -204,7 +208,7 @@ class _Tables:
     def add_paired(self, cmp: Any, source: str) -> None:
         name = cmp.method or method_label(cmp.other.get("intervention"))
         ihash = (cmp.other.get("intervention") or {}).get("hash")
-        for t in [t for (task, split, _), t in self.by_key.items() if (task, split) == (cmp.task, cmp.split)]:
+        for t in self.of(cmp.task, cmp.split):
             line = next((x for x in t.lines if ihash and x.intervention_hash == ihash), None) or t.line(name)
             self.attach(t, line, cmp, t.metric)
             if source not in t.sources:
@@ -266,7 +270,7 @@ def _pair_missing(acc: _Tables, evals: Sequence[Any], alpha: float) -> None:
         doc, key = f.doc, (f.doc.task, f.doc.split)
         if doc.intervention is None or doc.comparison is not None or key not in refs or not doc.items:
             continue
-        tables = [t for (task, split, _), t in acc.by_key.items() if (task, split) == key]
+        tables = acc.of(*key)
         line_has_test = any(c.p is not None for t in tables for ln in t.lines if ln.name == eval_label(doc)
                             for c in ln.cells.values())
         if line_has_test:
