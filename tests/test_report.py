@@ -141,3 +141,16 @@ def test_no_python_string_builds_html_tags():
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"""["'][^"'\n]*<(/?)(p|div|table|tr|td|th|span|b|br|img|h\d|code|ul|li|figure)\b""",
                              text), path.name
+
+
+def test_lm_eval_results_get_a_summary_table(tmp_path):
+    pytest.importorskip("lm_eval")
+    from xlsteer.evaluation.lm_eval_model import results_json
+
+    results = {"results": {"xcopa_sw": {"alias": "xcopa_sw", "acc,none": 0.55, "acc_stderr,none": 0.05},
+                           "xcopa_zh": {"alias": "xcopa_zh", "acc,none": 0.6, "acc_stderr,none": 0.05}},
+               "n-samples": {"xcopa_sw": {"original": 100, "effective": 20}, "xcopa_zh": {"original": 100,
+                                                                                         "effective": 20}}}
+    (tmp_path / "lm.json").write_text(results_json(results), encoding="utf-8")
+    summary = _summary(_html(build_report(tmp_path)))
+    assert '<th scope="row">lm</th>' in summary and "<b>0.550</b>" in summary and "no paired test" in summary

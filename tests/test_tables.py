@@ -93,3 +93,16 @@ def test_cli_writes_the_markdown(files, tmp_path, capsys):
     path.write_text(files["plain"].model_dump_json(), encoding="utf-8")
     assert main(["table", str(path), "-o", str(tmp_path / "t.md")]) == 0
     assert (tmp_path / "t.md").read_text(encoding="utf-8") == run_table(files["plain"]) + "\n"
+
+
+def test_table_prints_compare_and_sweep_files_too(tmp_path, capsys):
+    from report_inputs import build
+
+    made = build(tmp_path)
+    assert main(["table", str(made["compare"] / "compare.json")]) == 0
+    text = capsys.readouterr().out
+    assert text.strip() == (made["compare"] / "compare.md").read_text(encoding="utf-8").strip()
+    assert main(["table", str(made["demo"] / "sweep_diffmean.json")]) == 0
+    assert "selected (all languages): layer" in capsys.readouterr().out
+    assert main(["table", str(made["demo"] / "control.json")]) == 1
+    assert "not xlsteer.control files" in capsys.readouterr().err

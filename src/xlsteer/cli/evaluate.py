@@ -241,14 +241,14 @@ def sweep_cmd(**kw: Any) -> None:
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write the Markdown here (default: print it).")
 def table_cmd(results: str, output: str | None) -> None:
-    """Markdown tables of an eval results file: per language, scores with 95% CIs, and for a
-    steered run the paired tests against the unsteered model (nothing is recomputed)."""
-    from ..evaluation.tables import results_tables
+    """Markdown tables of a results file (eval, compare.json or sweep): per language, scores with 95%
+    CIs, and for a steered run the paired tests against the unsteered model (nothing is recomputed)."""
+    from ..evaluation.tables import tables_of
     from ..io import atomic_write_text, check_writable
     from ..results.read import load_result
 
     out = check_writable(output) if output else None
-    text = results_tables(load_result(results).doc)
+    text = tables_of(load_result(results).doc)
     if out is None:
         click.echo(text)
     else:

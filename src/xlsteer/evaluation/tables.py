@@ -242,3 +242,16 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
                "+tok/item = extra model tokens per item.")
     out += [f"- {f}" for f in footnotes]
     return "\n".join(out) + "\n"
+
+
+def tables_of(doc: Any, style: str = "markdown") -> str:
+    """The tables of any result file ``xlsteer table`` is given: eval, methods comparison or sweep."""
+    fmt = getattr(doc, "format", None)
+    if fmt == "xlsteer.methods":
+        return methods_table(doc, style).rstrip("\n")
+    if fmt == "xlsteer.sweep":
+        return sweep_table(doc, style)
+    if fmt == "xlsteer.eval":
+        return results_tables(doc, style)
+    raise DataError(f"xlsteer table prints eval, compare and sweep results, not {fmt} files; "
+                    "give the JSON written by xlsteer eval / compare / sweep")

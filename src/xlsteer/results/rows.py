@@ -11,6 +11,7 @@ carry (per language Holm-adjusted over the non-anchor languages; the average's s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 UNSTEERED = "unsteered"
@@ -236,6 +237,26 @@ class _Tables:
         self.by_key[(rec.task, rec.split, rec.main, source)] = t
 
 
+    def add_lm_eval(self, doc: Any, source: str) -> None:
+        """lm-evaluation-harness scores: one column per task, no paired test (lm-eval runs one model)."""
+        metrics: dict[str, dict[str, float]] = {}
+        for task, values in doc.results.items():
+            for key, value in values.items():
+                name = key.split(",")[0]
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("_stderr"):
+                    metrics.setdefault(name, {})[task] = float(value)
+        extra = doc.model_extra or {}
+        n = {task: int(v.get("effective", 0)) for task, v in (extra.get("n-samples") or {}).items()}
+        model = extra.get("model_name") or (extra.get("config") or {}).get("model_name") or "—"
+        for i, (metric, per_task) in enumerate(metrics.items()):
+            t = ScoreTable("lm-eval", "tasks", metric, i == 0, str(model),
+                           None, list(per_task), n, sources=[source], alpha=self.alpha,
+                           notes=["lm-evaluation-harness scores as the file holds them (its standard errors are in "
+                                  "the file); lm-eval runs one configuration, so there is no paired test here"])
+            t.lines.append(Line(Path(source).stem, cells={task: Cell(v) for task, v in per_task.items()}))
+            self.by_key[("lm-eval", source, metric)] = t
+
+
 def score_tables(loaded: Iterable[Any], alpha: float = 0.05) -> list[ScoreTable]:
     """Tables of every eval, paired and methods file among ``loaded`` (``xlsteer.results.read.Loaded``).
 
@@ -254,6 +275,8 @@ def score_tables(loaded: Iterable[Any], alpha: float = 0.05) -> list[ScoreTable]
     for f in files:
         if f.format == "xlsteer.methods":
             acc.add_methods(f.doc, f.path.name)
+        elif f.format == "xlsteer.lm-eval":
+            acc.add_lm_eval(f.doc, f.path.name)
     tables = list(acc.by_key.values())
     for t in tables:
         t.lines.sort(key=lambda ln: not ln.reference)  # stable: the reference first
@@ -292,8 +315,6 @@ def _pair_missing(acc: _Tables, evals: Sequence[Any], alpha: float) -> None:
 def score_rows(docs: Iterable[Any]) -> list[dict[str, Any]]:
     """Flat rows (task, metric, method, lang, mean, diff, p, is_baseline, intervention_hash) of eval,
     paired and methods documents (dicts, as read from JSON): what the gain regression reads."""
-    from pathlib import Path
-
     from .read import Loaded, typed
 
     loaded = []
