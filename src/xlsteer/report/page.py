@@ -93,7 +93,8 @@ def sweep_view(f: Any) -> SweepView:
     selected = f"layer {b.layer}, alpha {b.alpha:g} ({main} {A.f(b.main)} on {doc.split}{gain})"
     top = sorted([x for x in pts if x["score"] is not None], key=lambda x: -x["score"])[:10]
     fig = plot_sweep(pts, metric=main, title=f"Sweep ({doc.split} split): best cell boxed")
-    return SweepView(f"{method} · {doc.task} · {main} · {doc.split}", f.path.name, selected, doc.selection_rule,
+    rule = doc.selection_rule + (f" ({doc.source['note']})" if doc.source.get("note") else "")
+    return SweepView(f"{method} · {doc.task} · {main} · {doc.split}", f.path.name, selected, rule,
                      ["layer", "alpha", f"{main} (avg non-{doc.anchor})"],
                      [[str(x["layer"]), f"{x['alpha']:g}", A.f(x["score"])] for x in top], len(pts),
                      figure_of(f"sweep_{slug(f.path.stem)}.png", fig, f"sweep {method} {doc.task} ({doc.split})",

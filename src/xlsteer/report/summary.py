@@ -66,8 +66,8 @@ def sentence(t: ScoreTable) -> str:
     per, avg = changed(t)
     n_items = min(t.n_items.values()) if t.n_items else 0
     mde = _mdes(t)
-    mde_part = (f" Changes of the average smaller than about {min(v for _, v in mde):.2f} could not be detected "
-                f"with {n_items} items per language." if mde else "")
+    mde_part = (" Changes of the average smaller than its MDE (" + ", ".join(f"{name} {v:.2f}" for name, v in mde)
+                + f") could not be detected with {n_items} items per language." if mde else "")
     if not per and not avg:
         return (f"No method changes {t.metric} significantly against {ref}: none of the {len(tested)} method × "
                 f"language tests survives Holm's correction, and no average over the non-{t.anchor} languages "
