@@ -47,8 +47,25 @@ def section_of(name: str) -> str:
     return next((s for prefix, s in _FIGURE_SECTIONS if name.startswith(prefix)), "other")
 
 
+#: what a figure of the analysis shows, by file-name prefix (its alt text and caption start with it)
+_DESCRIPTIONS = (
+    ("similarity_", "Cosine similarity of each language to the anchor per layer, before and after steering"),
+    ("separation_", "Separation of the languages (silhouette) per layer"),
+    ("logit_lens_", "Share of anchor-language tokens among the logit lens's top tokens per layer"),
+    ("neuron_categories", "Share of MLP neurons per category (dead, language-specific, partly and all shared) per layer"),
+    ("lape_neurons", "Language-specific neurons (LAPE) per language and layer"),
+    ("projection_", "Pooled representations projected to two dimensions, before and after steering"),
+    ("regression_", "Per-language gain against the change in similarity to the anchor, with the fitted line"),
+    ("compare_models", "Similarity to the anchor per layer, base model against instruction-tuned"),
+)
+
+
 def caption_of(name: str) -> str:
-    return Path(name).stem.replace("_", " ")
+    """Alt text and caption: what the figure shows, then its file's own words."""
+    stem = Path(name).stem
+    what = next((text for prefix, text in _DESCRIPTIONS if stem.startswith(prefix)), None)
+    detail = stem.replace("_", " ")
+    return f"{what} ({detail})" if what else detail
 
 
 def figure_of(name: str, fig: Any, caption: str | None = None, section: str | None = None) -> Figure:
@@ -97,7 +114,8 @@ def sweep_view(f: Any) -> SweepView:
     return SweepView(f"{method} · {doc.task} · {main} · {doc.split}", f.path.name, selected, rule,
                      ["layer", "alpha", f"{main} (avg non-{doc.anchor})"],
                      [[str(x["layer"]), f"{x['alpha']:g}", A.f(x["score"])] for x in top], len(pts),
-                     figure_of(f"sweep_{slug(f.path.stem)}.png", fig, f"sweep {method} {doc.task} ({doc.split})",
+                     figure_of(f"sweep_{slug(f.path.stem)}.png", fig, f"{main} of {method} on {doc.task} {doc.split} "
+                               "over layer × alpha (average over the non-anchor languages); the best cell is boxed",
                                "sweeps"))
 
 
