@@ -7,7 +7,6 @@ import pytest
 from matplotlib.figure import Figure
 
 from xlsteer.analysis.regression import delta_similarity, gain_vs_similarity, gains_from_scores, plot
-from xlsteer.report.html import score_rows
 
 LANGS = ["ar", "de", "es", "fr", "hi", "ja", "ru", "sw", "th", "tr", "vi", "zh"]
 
@@ -58,14 +57,13 @@ def test_languages_in_one_input_only_are_reported():
 
 
 def test_gains_and_deltas_from_result_files():
-    doc = {
-        "kind": "eval", "task": "xnli", "metric": "accuracy", "baseline": "none",
-        "methods": {
-            "none": {"de": {"mean": 0.50}, "sw": {"mean": 0.40}},
-            "clas": {"de": {"mean": 0.53, "comparison": {"diff": 0.03, "p": 0.2}}, "sw": {"mean": 0.41}},
-        },
-    }
-    gains = gains_from_scores(score_rows(doc), "clas")
+    rows = [  # the rows xlsteer.results.rows.score_rows gives for an unsteered and a CLAS run
+        {"method": "none", "lang": "de", "mean": 0.50, "is_baseline": True},
+        {"method": "none", "lang": "sw", "mean": 0.40, "is_baseline": True},
+        {"method": "clas", "lang": "de", "mean": 0.53, "diff": 0.03, "p": 0.2, "is_baseline": False},
+        {"method": "clas", "lang": "sw", "mean": 0.41, "diff": None, "is_baseline": False},
+    ]
+    gains = gains_from_scores(rows, "clas")
     assert gains == pytest.approx({"de": 0.03, "sw": 0.01})  # paired diff if given, else mean difference
     sim = {"delta": {"de": {"3": {"paired": -0.1, "means": 0.0}, "5": {"paired": -0.2, "means": 0.0}}}}
     assert delta_similarity(sim) == ({"de": -0.2}, 5)  # default: the last analysed layer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ from xlsteer.models.sites import Site
 from xlsteer.testing import tiny_model
 
 TOP_LEVEL = {
-    "format", "format_version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
+    "format", "version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
     "limit", "seed", "n_boot", "calibrate", "intervention", "alpha", "metrics", "engine", "per_lang", "average",
     "items", "versions",
 }
@@ -214,7 +215,7 @@ def test_cli_eval_steered_prints_table_and_writes_json(lm, tmp_path, capsys):
                  "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "unsteered" in text and "diff" in text and "sw (n=4)" in text
+    assert "unsteered" in text and "diff [95% CI]" in text and re.search(r"^sw\s+4\s", text, re.M)
     r = json.loads(out.read_text(encoding="utf-8"))
     assert r["intervention"]["strength"] == 3.0 and len(r["items"]) == 8
     assert r["baseline"]["intervention"] is None and "per_lang" in r["comparison"]

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .errors import UsageError
 from .io import atomic_write_json
+from .results import SETUP, stamp
 
 
 @dataclass
@@ -74,7 +75,7 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     from .interventions.vector import fit_diffmean
     from .models.loading import load_model
     from .models.sites import Site
-    from .report.html import build_report
+    from .report import build_report
     from .stats import Statistics
 
     cfg = cfg or DemoConfig()
@@ -132,7 +133,6 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     done = _stage(log, f"sweep DiffMean layers {list(cfg.diffmean_layers)} x alphas {list(cfg.alphas)} on dev")
     sw = sweep(lm, cfg.task, eval_langs, intervention=vec, layers=list(cfg.diffmean_layers), alphas=list(cfg.alphas),
                split="dev", limit=cfg.dev_limit, **common)
-    sw["kind"] = "sweep"
     atomic_write_json(run_dir / "sweep_diffmean.json", sw)
     best_vec = sw["best"]
     done()
@@ -142,7 +142,6 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
                     source={"kind": "clas", "layers": clas.layers,
                             "note": "CLAS acts at all its bridge layers; the layer column shows the first"},
                     **common)
-    sw_clas["kind"] = "sweep"
     atomic_write_json(run_dir / "sweep_clas.json", sw_clas)
     best_clas = sw_clas["best"]
     done()
@@ -162,12 +161,10 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     }
     comparisons = {}
     for name, res in runs.items():
-        res["kind"] = "eval"
         res["method"] = name
         R.write_results(run_dir / f"eval_{name}.json", res)
         if name != "zero-shot":
             comparisons[name] = R.compare_runs(runs["zero-shot"], res)
-            comparisons[name]["kind"] = "compare"
             comparisons[name]["method"] = name
             atomic_write_json(run_dir / f"compare_{name}.json", comparisons[name])
     done()
@@ -188,7 +185,7 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
 
     wall = time.perf_counter() - t_start
     summary = _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall)
-    atomic_write_json(run_dir / "demo_summary.json", {"kind": "setup", **summary})
+    atomic_write_json(run_dir / "demo_summary.json", stamp(SETUP, summary))
     return summary
 
 

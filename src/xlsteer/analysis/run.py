@@ -1,6 +1,6 @@
 """``analyze``: every analysis of a model and its interventions, written into a run directory.
 
-What it writes (see :mod:`xlsteer.report.html` for the run-directory layout):
+What it writes (see :mod:`xlsteer.report` for the run-directory layout):
 
 =====================================  ==========================================================
 ``setup_analysis.json`` (setup)        model, fingerprint, languages, layers, parameters, the
@@ -15,7 +15,7 @@ What it writes (see :mod:`xlsteer.report.html` for the run-directory layout):
 ``figures/*.png``                      one or more figures per analysis
 =====================================  ==========================================================
 
-Every JSON has ``"kind": "analysis"`` (the setup file ``"kind": "setup"``), ``"analysis"``
+Every JSON has ``"format": "xlsteer.analysis"`` (the setup file ``"xlsteer.setup"``), ``"analysis"``
 naming which, the model and its fingerprint, and provenance. What could not be computed is
 said in the file's ``notes`` (and in the returned ``notes``), never silently left out.
 """
@@ -29,6 +29,8 @@ from typing import Any, Mapping, Sequence
 from ..errors import LanguageError, UsageError, XlsteerError
 from ..io import atomic_write_json, read_json
 from ..provenance import provenance
+from ..results import stamp
+from ..results.read import typed
 from . import plots
 from .compare_models import compare_models
 from .logit_lens import language_shares, shares_from_hidden
@@ -75,6 +77,7 @@ def _eval_docs(eval_results: Any) -> list[dict]:
         doc = read_json(item, "evaluation results") if isinstance(item, (str, Path)) else item
         if not isinstance(doc, Mapping):
             raise UsageError(f"evaluation results must be JSON objects or paths to them, got {type(doc).__name__}")
+        typed(dict(doc), Path(item).name if isinstance(item, (str, Path)) else "evaluation results")  # fail early
         docs.append(dict(doc))
     return docs
 
@@ -113,8 +116,8 @@ class _Writer:
         self.figures: list[Path] = []
 
     def json(self, name: str, analysis: str, body: Mapping[str, Any], kind: str = "analysis") -> Path:
-        doc = {"kind": kind, **({"analysis": analysis} if kind == "analysis" else {}), **self.common, **body,
-               "provenance": provenance()}
+        doc = stamp(f"xlsteer.{kind}", {**({"analysis": analysis} if kind == "analysis" else {}), **self.common,
+                                        **body, "provenance": provenance()})
         path = atomic_write_json(self.run_dir / name, doc)
         self.files.append(path)
         return path
@@ -300,11 +303,11 @@ def analyze(
     result["projection"] = proj_docs
 
     # ---- 5. regression of gain on change in similarity ----------------------------------
-    from ..report.html import score_rows
+    from ..results.rows import score_rows
 
     reg_notes: list[str] = []
     if docs and ivs:
-        rows = [r for d in docs for r in score_rows(d)]
+        rows = score_rows(docs)
         # runner files name their main metric (acc, em, f1): regress on that one only
         mains = {d["metrics"]["main"] for d in docs if isinstance(d.get("metrics"), Mapping) and d["metrics"].get("main")}
         groups: dict[tuple, list[dict]] = {}

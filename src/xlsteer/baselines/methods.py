@@ -68,6 +68,7 @@ import numpy as np
 from ..data.langs import normalize_lang
 from ..errors import LanguageError, UsageError, XlsteerError
 from ..evaluation.tasks import get_task
+from ..results import METHODS as METHODS_FORMAT, VERSION
 
 FAMILIES = ("reference", "prompting", "fine-tuning", "combination", "translation", "steering")
 REFERENCE = "zero-shot"
@@ -561,18 +562,17 @@ def _cell(res: dict[str, Any], lang: str, main: str) -> dict[str, Any]:
     return {"score": m["mean"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
 
 
-def _scores(res: dict[str, Any], lang: str, main: str) -> dict[str, float]:
-    return {r["id"]: float(r["scores"][main]) for r in res["items"] if r["lang"] == lang}
-
-
 def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequence[str], anchor: str,
                         seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
-    """Per language and on average over non-anchor languages: score [CI] and the paired test vs ``ref``."""
-    from ..evaluation import significance as S
+    """Per language and on average over non-anchor languages: score [CI] and the paired test vs ``ref``.
+
+    The tests are :func:`~xlsteer.evaluation.runner.compare_runs`'s: per language McNemar (0/1
+    scores) or the paired bootstrap, with p Holm-adjusted over the non-anchor languages; for the
+    average, the paired bootstrap stratified by language (its CI: the run's stratified interval).
+    """
     from ..evaluation.runner import compare_runs
 
     main = ref["metrics"]["main"]
-    kind = "binary" if ref["metrics"]["kinds"][main] == "binary" else "continuous"
     cmp = compare_runs(ref, run, n_boot=n_boot, seed=seed, alpha=alpha)
     per: dict[str, Any] = {}
     for lang in langs:
@@ -582,24 +582,18 @@ def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequenc
         cell = _cell(run, lang, main)
         if c is not None:
             t = c["metrics"][main]
-            cell.update(diff=t["diff"], p=t["p"], test=t["test"], verdict=t["verdict"],
-                        prediction_changed=c["prediction_changed"])
+            cell.update({k: t[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "test", "verdict",
+                                           "mde") if k in t}, prediction_changed=c["prediction_changed"])
         per[lang] = cell
     covered = [lang for lang in langs if lang != anchor and lang in per]
     avg: dict[str, Any] = {"langs": covered, "partial": len(covered) < len([x for x in langs if x != anchor])}
-    if covered:
-        a_all, b_all = [], []
-        for lang in covered:
-            a, b = _scores(ref, lang, main), _scores(run, lang, main)
-            ids = [i for i in a if i in b]
-            a_all += [a[i] for i in ids]
-            b_all += [b[i] for i in ids]
-        summ = S.summarize(b_all, seed=seed, n_boot=n_boot)
-        avg.update(score=float(np.mean([per[lang]["score"] for lang in covered])), ci_low=summ["ci_low"],
-                   ci_high=summ["ci_high"], n=summ["n"])
-        t = S.compare(a_all, b_all, kind=kind, seed=seed, n_boot=n_boot, alpha=alpha)
-        avg.update(diff=float(np.mean([per[lang].get("diff", 0.0) for lang in covered])), p=t["p"], test=t["test"],
-                   verdict=t["verdict"], pooled_diff=t["diff"])
+    test = cmp["average"]["tests"].get(main)
+    if covered and test is not None and cmp["average"]["langs"] == covered:
+        ci = run["average"].get("ci", {}).get(main, {})
+        avg.update(score=float(np.mean([per[lang]["score"] for lang in covered])), ci_low=ci.get("ci_low"),
+                   ci_high=ci.get("ci_high"), n=int(sum(per[lang]["n"] for lang in covered)))
+        avg.update({k: test[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p", "test", "verdict", "mde")
+                    if k in test})
     return {"per_lang": per, "average": avg}
 
 
@@ -736,9 +730,8 @@ def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, M
             row["average"] = {}
         rows[name] = row
     return {
-        "kind": "compare",
-        "format": "xlsteer.compare",
-        "format_version": 1,
+        "format": METHODS_FORMAT,
+        "version": VERSION,
         "task": ctx.task,
         "split": split,
         "langs": lang_list,
@@ -768,71 +761,12 @@ def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, M
 # the table
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _fmt_cell(cell: Mapping[str, Any], reference: bool, alpha: float) -> str:
-    if "score" not in cell:
-        return "–"
-    mark = ""
-    if not reference and cell.get("p") is not None and cell["p"] < alpha:
-        mark = " ▲" if cell.get("diff", 0) > 0 else " ▼"
-    return f"{_pct(cell['score'])} [{_pct(cell['ci_low'])}, {_pct(cell['ci_high'])}]{mark}"
-
-
-def _fmt_int(n: int) -> str:
-    if n >= 1_000_000:
-        return f"{n / 1e6:.1f}M"
-    if n >= 1_000:
-        return f"{n / 1e3:.1f}k"
-    return str(n)
-
-
 def compare_markdown(record: Mapping[str, Any]) -> str:
-    """One Markdown table: rows = methods, columns = languages + average over non-anchor languages."""
-    langs = list(record["langs"])
-    anchor = record["anchor"]
-    alpha = float(record.get("alpha_level", 0.05))
-    n = record["item_ids"]["per_lang"]
-    head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], f"avg non-{anchor}",
-            "fit s", "+tok/item", "trained params"]
-    lines = [
-        f"**{record['task']}** {record['split']}, {record['main']} (%) with 95% bootstrap CI — model "
-        f"{record['model']['name']}, template {record['template']['name']} v{record['template']['version']}",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + [":---:"] * (len(head) - 1)) + "|",
-    ]
-    footnotes: list[str] = []
-    for name in record["methods"]:
-        row = record["rows"][name]
-        ref = name == record["reference"]
-        if row.get("error"):
-            cells = ["–"] * (len(langs) + 1)
-            footnotes.append(f"{name}: not run — {row['error']}")
-        else:
-            cells = [_fmt_cell(row["per_lang"][lang], ref, alpha) for lang in langs]
-            avg = _fmt_cell(row.get("average", {}), ref, alpha)
-            if row.get("average", {}).get("partial") and "score" in row.get("average", {}):
-                avg += " †"
-            cells.append(avg)
-            for lang, why in row.get("skipped", {}).items():
-                footnotes.append(f"{name}, {lang}: {why}")
-        cost = row.get("cost", {})
-        fit_s = cost.get("fit_seconds", 0.0) + cost.get("selection_seconds", 0.0)
-        cells += [f"{fit_s:.0f}" if fit_s >= 1 else ("0" if fit_s == 0 else f"{fit_s:.1f}"),
-                  f"{cost.get('extra_tokens_per_item', 0):.0f}",
-                  _fmt_int(int(cost.get("trainable_parameters", 0)))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"▲/▼: significantly higher/lower than {record['reference']} on the same items "
-                 f"(p < {alpha:g}; McNemar exact test for 0/1 scores, paired bootstrap otherwise; the average "
-                 f"column pools the non-{anchor} items). † average over the languages the method covers. "
-                 "fit s = training/fitting/search + dev selection seconds; +tok/item = extra model tokens per item.")
-    for f in footnotes:
-        lines.append(f"- {f}")
-    return "\n".join(lines) + "\n"
+    """One Markdown table: rows = methods, columns = languages + average (see evaluation.tables.methods_table)."""
+    from ..evaluation.tables import methods_table
+    from ..results.schema import validate
+
+    return methods_table(validate(dict(record)))
 
 
 def write_compare(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> tuple[Path, Path]:

@@ -97,14 +97,15 @@ def analyze_cmd(**kw) -> None:
 
 
 @click.command("report")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
-              help="HTML file to write (default: RUN_DIR/report.html).")
+              help="HTML file to write (default: RUN_DIR/report.html, or FILE.html for a result file).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level for verdicts.")
 @click.option("--title", default=None, help="Page title.")
 def report_cmd(run_dir: str, output: str | None, alpha: float, title: str | None) -> None:
-    """Render every result and figure in RUN_DIR as one self-contained HTML page."""
-    from ..report.html import build_report
+    """Render every result and figure in RUN_DIR (or one result file) as one self-contained HTML page,
+    the answer first."""
+    from ..report import build_report
 
     path = build_report(run_dir, output, alpha=alpha, title=title)
     fig_dir = path.parent / f"{path.stem}_figures"

@@ -69,70 +69,12 @@ def eval_options(f):
     return f
 
 
-def _fmt_ci(m: dict[str, Any]) -> str:
-    return f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+def _print_tables(doc: dict[str, Any]) -> str:
+    """The eval tables as plain text (the same tables as ``xlsteer table``, one formatter)."""
+    from ..evaluation.tables import results_tables
+    from ..results.schema import validate
 
-
-def format_table(base: dict[str, Any], steered: dict[str, Any] | None = None,
-                 comparison: dict[str, Any] | None = None, label: str = "steered") -> str:
-    """Method x language table: score [95% CI] per language, n, and the paired difference with p."""
-    langs = base["langs"]
-    anchor = base["anchor"]
-    names = list(base["metrics"]["names"]) + list(base["metrics"].get("continuous", []))
-    w = 26
-    head = f"{'method':<12}{'metric':<11}" + "".join(f"{lang + ' (n=' + str(base['per_lang'][lang]['n']) + ')':<{w}}"
-                                                   for lang in langs) + "avg non-" + str(anchor)
-    tpl = base["template"]
-    lines = [f"{base['task']} {base['split']} | template {tpl['name']} v{tpl['version']} | model {base['model']['name']}",
-             head]
-
-    def block(res: dict[str, Any], name: str) -> None:
-        for metric in names:
-            cells = []
-            for lang in langs:
-                d = res["per_lang"][lang]
-                m = d["metrics"].get(metric) or d["continuous"].get(metric)
-                cells.append(f"{_fmt_ci(m):<{w}}")
-            avg = res["average"]["metrics"].get(metric, res["average"]["continuous"].get(metric))
-            ci = res["average"].get("ci", {}).get(metric)
-            text = "-" if avg is None else f"{avg:.3f}" + (f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]" if ci else "")
-            lines.append(f"{name:<12}{metric:<11}" + "".join(cells) + text)
-
-    block(base, "unsteered" if steered is not None or base.get("intervention") is None else label)
-    if steered is not None:
-        block(steered, label)
-    if comparison is not None:
-        for metric in names:
-            cells = []
-            for lang in langs:
-                c = comparison["per_lang"][lang]
-                d = c["metrics"].get(metric) or c["continuous"].get(metric)
-                cells.append(f"{d['diff']:+.3f} p={d['p']:.3g}".ljust(w))
-            avg = comparison["average"]["diff"].get(metric)
-            test = comparison["average"].get("tests", {}).get(metric)
-            text = "-" if avg is None else f"{avg:+.3f}" + (f" p={test['p']:.3g}" if test else "")
-            lines.append(f"{'diff':<12}{metric:<11}" + "".join(cells) + text)
-        main = comparison["main"]
-        verdicts = [f"{lang}: {comparison['per_lang'][lang]['metrics'][main]['verdict']}" for lang in langs]
-        avg_test = comparison["average"].get("tests", {}).get(main)
-        if avg_test:
-            verdicts.append(f"avg non-{anchor}: {avg_test['verdict']}")
-        lines.append("verdict (" + main + "): " + "; ".join(verdicts))
-        lines.append("predictions changed: " + ", ".join(
-            f"{lang} {comparison['per_lang'][lang]['prediction_changed']:.0%}" for lang in langs))
-    for res, name in ((base, "unsteered" if steered is not None else "run"), (steered, label)):
-        if res is None:
-            continue
-        cons = [(lang, res["per_lang"][lang].get("consistency")) for lang in langs]
-        cons = [(lang, c) for lang, c in cons if c]
-        if cons:
-            lines.append(f"consistency with {anchor} ({name}): " + ", ".join(
-                f"{lang} agree {c.get('agreement', c['correct_agreement']):.2f}"
-                + (f" JS {c['mean_js']:.3f}" if "mean_js" in c else "") for lang, c in cons))
-        degen = [lang for lang in langs if res["per_lang"][lang]["degenerate"]["degenerate"]]
-        if degen:
-            lines.append(f"warning ({name}): degenerate predictor (one answer >= 90%) in {', '.join(degen)}")
-    return "\n".join(lines)
+    return results_tables(validate(doc), style="text")
 
 
 @click.command("eval")
@@ -197,23 +139,22 @@ def eval_cmd(**kw: Any) -> None:
             raise UsageError(f"method {method} produced no results: {run.error}")
         base = evaluate(lm, kw["task"], run.results["langs"], **args)
         comparison = compare_runs(base, run.results)
-        write_results(out, {**run.results, "method": run.record(), "baseline": base, "comparison": comparison})
-        echo(format_table(base, run.results, comparison, label=run.name[:11]))
+        doc = {**run.results, "method": run.record(), "baseline": base, "comparison": comparison}
+        write_results(out, doc)
+        echo(_print_tables(doc))
         echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
         return
     base = evaluate(lm, kw["task"], langs, **args)
     if iv_path is None:
         write_results(out, base)
-        echo(format_table(base))
+        echo(_print_tables(base))
     else:
         steered = evaluate(lm, kw["task"], langs, interventions=iv_path, alpha=alpha, **args)
         comparison = compare_runs(base, steered)
         steered["baseline"] = base
         steered["comparison"] = comparison
         write_results(out, steered)
-        iv = steered["intervention"]
-        label = f"{iv.get('method', 'steered')}"[:11]
-        echo(format_table(base, steered, comparison, label=label))
+        echo(_print_tables(steered))
     echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -284,24 +225,11 @@ def sweep_cmd(**kw: Any) -> None:
     record["best"]["intervention_file"] = best_path.name
     write_results(out, record)
 
-    main = record["metrics"]["main"]
-    tie = record["metrics"]["tie_break"]
-    click.echo(f"sweep {record['task']} on {record['split']} ({record['item_ids']['per_lang']} items), "
-               f"main metric {main}, tie-break {tie}")
-    click.echo(f"{'config':<12}" + "".join(f"{lang:>9}" for lang in langs) + f"{'avg':>9}")
-    if record["baseline"] is not None:
-        bl = record["baseline"]
-        click.echo(f"{'unsteered':<12}" + "".join(f"{bl['per_lang'][lang]['metrics'][main]['mean']:9.3f}" for lang in langs)
-                   + f"{bl['average']['metrics'].get(main, float('nan')):9.3f}")
-    for e in record["results"]:
-        click.echo(f"{e['key']:<12}" + "".join(f"{e['per_lang'][lang]['metrics'][main]['mean']:9.3f}" for lang in langs)
-                   + f"{e['average']['metrics'].get(main, float('nan')):9.3f}")
-    for lang, b in record["best_per_lang"].items():
-        click.echo(f"best for {lang}: layer {b['layer']} alpha {b['alpha']:g} ({main} {b['main']:.3f})")
+    from ..evaluation.tables import sweep_table
+    from ..results.schema import validate
+
+    click.echo(sweep_table(validate(record)))
     b = record["best"]
-    gain = b.get("gain_over_baseline")
-    click.echo(f"selected (all languages): layer {b['layer']} alpha {b['alpha']:g} ({main} {b['main']:.3f}"
-               + (f", {gain:+.3f} vs unsteered on {record['split']}" if gain is not None else "") + ")")
     cmd = (f"xlsteer eval --model {model_name} --task {record['task']} --langs {','.join(langs)} "
            f"--intervention {best_path} --alpha {b['alpha']:g} --positions {record['positions']} --split test "
            f"-o results.json")
@@ -313,13 +241,14 @@ def sweep_cmd(**kw: Any) -> None:
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write the Markdown here (default: print it).")
 def table_cmd(results: str, output: str | None) -> None:
-    """Markdown tables of an eval results file: per language, scores with 95% CIs, and for a
-    steered run the paired tests against the unsteered model (nothing is recomputed)."""
-    from ..evaluation.tables import results_markdown
-    from ..io import atomic_write_text, check_writable, read_json
+    """Markdown tables of a results file (eval, compare.json or sweep): per language, scores with 95%
+    CIs, and for a steered run the paired tests against the unsteered model (nothing is recomputed)."""
+    from ..evaluation.tables import tables_of
+    from ..io import atomic_write_text, check_writable
+    from ..results.read import load_result
 
     out = check_writable(output) if output else None
-    text = results_markdown(read_json(results, "results file"))
+    text = tables_of(load_result(results).doc)
     if out is None:
         click.echo(text)
     else:

@@ -483,12 +483,16 @@ def results_table(results: dict[str, Any]) -> str:
 
 
 def results_json(results: dict[str, Any]) -> str:
-    """lm-eval's results as JSON (its own handling of numpy values and functions), sorted keys."""
+    """lm-eval's results as JSON (its own handling of numpy values and functions), sorted keys,
+    stamped as an ``xlsteer.lm-eval`` result file."""
     import json
 
     from lm_eval.utils import handle_non_serializable
 
-    return json.dumps(results, default=handle_non_serializable, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+    from ..results import LM_EVAL, stamp
+
+    return json.dumps(stamp(LM_EVAL, results), default=handle_non_serializable, ensure_ascii=False, indent=1,
+                      sort_keys=True) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -44,14 +44,13 @@ from ..errors import UsageError, XlsteerError
 from ..interventions.base import default_positions
 from ..io import atomic_write_json, dumps_json
 from ..provenance import versions
+from ..results import EVAL as FORMAT, PAIRED, VERSION as FORMAT_VERSION
 from . import metrics as M
 from . import significance as S
 from .engine import Engine, intervention_info
 from .tasks import get_task
 from .templates import Template, get_template
 
-FORMAT = "xlsteer.results"
-FORMAT_VERSION = 1
 
 #: Per task: metric names and kinds ("binary" 0/1 per item, "continuous" per item, "macro_f1").
 TASK_METRICS: dict[str, dict[str, str]] = {
@@ -321,7 +320,7 @@ def evaluate(
                                  "lang": {lang: ex_langs[lang] for lang in lang_list}}
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "version": FORMAT_VERSION,
         "task": task,
         "split": split,
         "langs": lang_list,
@@ -513,8 +512,8 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
                 avg["tests"][name] = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha,
                                                                    stat=stat)
     return {
-        "format": "xlsteer.comparison",
-        "format_version": 1,
+        "format": PAIRED,
+        "version": FORMAT_VERSION,
         "task": task,
         "split": base["split"],
         "main": base["metrics"]["main"],

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..results import SWEEP, VERSION
 from . import runner as R
 
 SELECTION_RULE = (
@@ -192,8 +193,8 @@ def sweep(
     per_lang_best = {lang: _best(entries, [lang], main, tie) for lang in lang_list if lang != anchor}
     best = _best(entries, non_anchor, main, tie)
     out: dict[str, Any] = {
-        "format": "xlsteer.sweep",
-        "format_version": 1,
+        "format": SWEEP,
+        "version": VERSION,
         **info,
         "langs": lang_list,
         "anchor": anchor,

@@ -1,40 +1,49 @@
-"""Markdown tables of a results file, one row per language, for papers, notes and issues.
+"""Every table the CLI prints (eval, sweep, compare, table), through one formatter (tabulate).
 
-Why: the JSON of ``xlsteer eval`` holds everything (per-item records, CIs, paired tests), but
-what a reader needs is a table with the interval and the test next to each number, and the
-warnings (degenerate predictors, too few items to tell) in the same place. Nothing is
-recomputed: every figure is read from the file, so the table says exactly what the file says.
+Why: the JSON holds everything (per-item records, CIs, paired tests), but a reader needs the
+interval and the test next to each number, and the warnings (degenerate predictors, too few
+items to tell) in the same place. Nothing is recomputed: every figure is read from the typed
+result (:mod:`xlsteer.results.schema`), so a table says exactly what the file says.
+``style="markdown"`` gives GitHub Markdown (``xlsteer table``, ``compare.md``);
+``style="text"`` plain columns for the terminal.
 
-- An unsteered run: per language n, every metric and continuous score with its 95% CI,
-  agreement with the anchor language and Jensen-Shannon divergence of the answer
-  distributions, and the majority answer's share (flagged when degenerate).
-- A steered run (with ``baseline`` and ``comparison``): per language and metric, unsteered
-  and steered score, the paired difference with its CI, p (which test), MDE and verdict, the
-  share of changed predictions and agreement with the anchor before -> after. "p Holm" is p
-  adjusted over the non-anchor languages (the verdict uses the unadjusted p, as per language).
-- The last row is the average over the non-anchor languages (with its CI and its own paired
-  test where the file has them).
+- One run: per language n, every metric and continuous score with its 95% CI, agreement with the
+  anchor and Jensen-Shannon divergence of the answer distributions, the majority answer's share
+  (flagged when degenerate); last row the average over the non-anchor languages with its CI.
+- A steered run (``baseline`` and ``comparison`` inside): per language and metric, unsteered and
+  steered score, the paired difference with its CI, p (which test), p Holm-adjusted over the
+  non-anchor languages, MDE and verdict; the average's row uses the paired bootstrap stratified
+  by language.
+- A sweep: the main metric of every grid point per language, and the selection.
+- A methods comparison (``xlsteer compare``): methods x languages with ▲/▼ where the change
+  against zero-shot is significant after Holm, and the cost of each method.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import DataError
 
-
-def _ci(m: dict[str, Any] | None, digits: int) -> str:
-    if not m:
-        return "–"
-    return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+STYLES = {"markdown": "github", "text": "simple"}
 
 
-def _diff(t: dict[str, Any], digits: int) -> str:
-    return f"{t['diff']:+.{digits}f} [{t['diff_ci_low']:+.{digits}f}, {t['diff_ci_high']:+.{digits}f}]"
+def render(headers: Sequence[str], rows: Sequence[Sequence[Any]], style: str = "markdown") -> str:
+    """The one table formatter of the command line."""
+    from tabulate import tabulate
+
+    return tabulate([list(map(str, r)) for r in rows], headers=list(headers), tablefmt=STYLES[style],
+                    disable_numparse=True)
 
 
-def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+def ci(mean: float, lo: float | None, hi: float | None, digits: int = 3) -> str:
+    if lo is None or hi is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def p_text(p: float | None) -> str:
+    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
 def _digits(name: str) -> int:
@@ -42,124 +51,207 @@ def _digits(name: str) -> int:
     return 2 if name == "margin" else 3
 
 
-def _consistency_cells(c: dict[str, Any], with_js: bool) -> list[str]:
-    agree = c.get("agreement", c.get("correct_agreement"))
-    cells = ["–" if agree is None else f"{agree:.2f}"]
-    return cells + ([f"{c['mean_js']:.3f}" if "mean_js" in c else "–"] if with_js else [])
+def _names(res: Any) -> list[str]:
+    return list(res.metrics.names) + list(res.metrics.continuous)
 
 
-def _metric(res: dict[str, Any], lang: str, name: str) -> dict[str, Any] | None:
-    d = res["per_lang"][lang]
-    return d["metrics"].get(name) or d["continuous"].get(name)
+def _score(res: Any, lang: str, name: str) -> Any:
+    d = res.per_lang[lang]
+    return d.metrics.get(name) or d.continuous.get(name)
 
 
-def _average(res: dict[str, Any], name: str, digits: int) -> str:
-    avg = res.get("average", {})
-    value = avg.get("metrics", {}).get(name, avg.get("continuous", {}).get(name))
-    if value is None:
-        return "–"
-    ci = avg.get("ci", {}).get(name)
-    return f"{value:.{digits}f}" + (f" [{ci['ci_low']:.{digits}f}, {ci['ci_high']:.{digits}f}]" if ci else "")
+def _agree(c: Any) -> str:
+    value = c.agreement if c.agreement is not None else c.correct_agreement
+    return f"{value:.2f}"
 
 
-def _check(res: Any) -> dict[str, Any]:
-    if not isinstance(res, dict) or res.get("format") != "xlsteer.results" or "per_lang" not in res:
-        raise DataError("not an xlsteer results file (expected the JSON written by xlsteer eval -o FILE)")
-    return res
-
-
-def _header(res: dict[str, Any]) -> str:
-    tpl = res.get("template", {})
-    iv = res.get("intervention")
+def header(res: Any) -> str:
+    iv = res.intervention
     what = "unsteered" if not iv else f"{iv.get('method', 'intervention')} (strength {iv.get('strength')})"
-    lim = res.get("limit")
-    return (f"**{res['task']}** {res['split']}{' (first ' + str(lim) + ' items per language)' if lim else ''}, "
-            f"model {res['model']['name']}, template {tpl.get('name')} v{tpl.get('version')}, {what}; "
-            f"data hash {str(res.get('data', {}).get('data_hash', ''))[:12]}, seed {res.get('seed')}")
+    lim = f" (first {res.limit} items per language)" if res.limit else ""
+    return (f"{res.task} {res.split}{lim}, model {res.model.name}, template {res.template.name} "
+            f"v{res.template.version}, {what}; data hash {str(res.data.get('data_hash', ''))[:12]}, seed {res.seed}")
 
 
-def run_table(res: dict[str, Any]) -> str:
-    """Markdown table of one run (steered or not): scores with CIs, consistency, degeneracy."""
-    res = _check(res)
-    anchor = res.get("anchor")
-    names = list(res["metrics"]["names"]) + list(res["metrics"].get("continuous", []))
-    has_cons = any(res["per_lang"][lang].get("consistency") for lang in res["langs"])
-    has_js = any("mean_js" in (res["per_lang"][lang].get("consistency") or {}) for lang in res["langs"])
+def run_table(res: Any, style: str = "markdown") -> str:
+    """One run (steered or not): scores with CIs, consistency, degeneracy."""
+    anchor, names = res.anchor, _names(res)
+    cons = {lang: res.per_lang[lang].consistency for lang in res.langs}
+    has_cons = any(cons.values())
+    has_js = any(c is not None and c.mean_js is not None for c in cons.values())
     head = ["lang", "n", *[f"{n} [95% CI]" for n in names]]
-    if has_cons:
-        head += [f"agree w/ {anchor}"] + (["JS"] if has_js else [])
+    head += ([f"agree w/ {anchor}"] + (["JS"] if has_js else [])) if has_cons else []
     head.append("majority answer")
-    rows = [_header(res), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for lang in res["langs"]:
-        d = res["per_lang"][lang]
-        cells = [lang, str(d["n"]), *[_ci(_metric(res, lang, n), _digits(n)) for n in names]]
+    rows = []
+    for lang in res.langs:
+        d = res.per_lang[lang]
+        cells = [lang, d.n, *[ci(s.mean, s.ci_low, s.ci_high, _digits(n)) for n in names
+                              for s in [_score(res, lang, n)]]]
+        c = cons[lang]
         if has_cons:
-            cells += _consistency_cells(d.get("consistency") or {}, has_js)
-        deg = d["degenerate"]
-        cells.append(f"{deg['majority_share']:.0%}" + (" ⚠ degenerate" if deg["degenerate"] else ""))
-        rows.append("| " + " | ".join(cells) + " |")
-    avg = res.get("average", {})
-    if avg.get("langs"):
-        cells = [f"avg non-{anchor}", str(sum(res["per_lang"][x]["n"] for x in avg["langs"]))]
-        cells += [_average(res, n, _digits(n)) for n in names]
+            cells += ["–" if c is None else _agree(c)] + (
+                [("–" if c is None or c.mean_js is None else f"{c.mean_js:.3f}")] if has_js else [])
+        deg = d.degenerate
+        cells.append("" if deg is None else f"{deg.majority_share:.0%}" + (" ⚠ degenerate" if deg.degenerate else ""))
+        rows.append(cells)
+    avg = res.average
+    if avg.langs:
+        cells = [f"avg non-{anchor}", sum(res.per_lang[x].n for x in avg.langs)]
+        for n in names:
+            value = avg.metrics.get(n, avg.continuous.get(n))
+            iv = avg.ci.get(n)
+            cells.append("–" if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(n)))
         if has_cons:
-            cells += _consistency_cells(avg.get("consistency", {}), has_js)
-        cells.append("")
-        rows.append("| " + " | ".join(cells) + " |")
-    degen = [lang for lang in res["langs"] if res["per_lang"][lang]["degenerate"]["degenerate"]]
+            a = avg.consistency
+            cells += [f"{a.get('agreement', a.get('correct_agreement')):.2f}" if a else "–"]
+            cells += [f"{a['mean_js']:.3f}" if "mean_js" in a else "–"] if has_js else []
+        rows.append(cells + [""])
+    out = [header(res), "", render(head, rows, style)]
+    degen = [lang for lang in res.langs if res.per_lang[lang].degenerate and res.per_lang[lang].degenerate.degenerate]
     if degen:
-        rows += ["", f"⚠ degenerate predictor (one answer in >= 90% of items): {', '.join(degen)}"]
-    return "\n".join(rows)
+        out += ["", f"⚠ degenerate predictor (one answer in >= 90% of items): {', '.join(degen)}"]
+    return "\n".join(out)
 
 
-def comparison_table(res: dict[str, Any]) -> str:
-    """Markdown table of a steered run against its unsteered baseline on the same items."""
-    res = _check(res)
-    if "comparison" not in res or "baseline" not in res:
+def _diff(t: Any, digits: int) -> str:
+    return f"{t.diff:+.{digits}f} [{t.diff_ci_low:+.{digits}f}, {t.diff_ci_high:+.{digits}f}]"
+
+
+def _test_row(first: str, name: str, base: str, steered: str, t: Any) -> list[str]:
+    digits = _digits(name)
+    return [first, name, base, steered, _diff(t, digits), f"{p_text(t.p)} ({t.test})", p_text(t.p_holm),
+            "–" if t.mde is None else f"{t.mde:.{digits}f}", t.verdict.split(" (MDE")[0]]
+
+
+def comparison_table(res: Any, style: str = "markdown") -> str:
+    """A steered run against its unsteered baseline on the same items."""
+    if res.comparison is None or res.baseline is None:
         raise DataError("this results file has no unsteered baseline to compare with; "
                         "run xlsteer eval with --intervention FILE (or --method) to get one")
-    base, comp = res["baseline"], res["comparison"]
-    anchor = res.get("anchor")
-    names = list(res["metrics"]["names"]) + list(res["metrics"].get("continuous", []))
+    base, comp, anchor = res.baseline, res.comparison, res.anchor
     head = ["lang", "metric", "unsteered [95% CI]", "steered [95% CI]", "diff [95% CI]", "p (test)", "p Holm", "MDE",
             "verdict"]
-    rows = [_header(res), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for lang in res["langs"]:
-        c = comp["per_lang"][lang]
-        for name in names:
-            t = c["metrics"].get(name) or c["continuous"].get(name)
-            digits = _digits(name)
-            rows.append("| " + " | ".join([
-                lang, name, _ci(_metric(base, lang, name), digits), _ci(_metric(res, lang, name), digits),
-                _diff(t, digits), f"{_p(t['p'])} ({t.get('test', '')})", _p(t["p_holm"]) if "p_holm" in t else "–",
-                f"{t['mde']:.{digits}f}" if "mde" in t else "–",
-                t.get("verdict", "").split(" (MDE")[0],
-            ]) + " |")
-    tests = comp.get("average", {}).get("tests", {})
-    for name in names if tests else []:
-        t = tests[name]
-        digits = _digits(name)
-        rows.append("| " + " | ".join([
-            f"avg non-{anchor}", name, _average(base, name, digits), _average(res, name, digits),
-            _diff(t, digits), f"{_p(t['p'])} (stratified paired bootstrap)", "–", f"{t['mde']:.{digits}f}", t["verdict"].split(" (MDE")[0],
-        ]) + " |")
-    changed = ", ".join(f"{lang} {comp['per_lang'][lang]['prediction_changed']:.0%}" for lang in res["langs"])
-    rows += ["", f"Predictions changed by steering: {changed}."]
-    cons = []
-    for lang in res["langs"]:
-        b, o = (comp["per_lang"][lang].get("consistency") or {}).get("base"), \
-            (comp["per_lang"][lang].get("consistency") or {}).get("other")
-        if b and o:
-            key = "agreement" if "agreement" in b else "correct_agreement"
-            cons.append(f"{lang} {b[key]:.2f} -> {o[key]:.2f}")
+    rows = []
+    for lang in res.langs:
+        c = comp.per_lang[lang]
+        for name in _names(res):
+            t = c.metrics.get(name) or c.continuous.get(name)
+            a, b = _score(base, lang, name), _score(res, lang, name)
+            rows.append(_test_row(lang, name, ci(a.mean, a.ci_low, a.ci_high, _digits(name)),
+                                  ci(b.mean, b.ci_low, b.ci_high, _digits(name)), t))
+    for name, t in comp.average.tests.items():
+        rows.append(_test_row(f"avg non-{anchor}", name, _avg(base, name), _avg(res, name), t))
+    out = [header(res), "", render(head, rows, style), ""]
+    out.append("Predictions changed by steering: " + ", ".join(
+        f"{lang} {comp.per_lang[lang].prediction_changed:.0%}" for lang in res.langs) + ".")
+    cons = [(lang, comp.per_lang[lang].consistency) for lang in res.langs]
+    cons = [f"{lang} {_agree(c['base'])} -> {_agree(c['other'])}" for lang, c in cons if c.get("base") and c.get("other")]
     if cons:
-        rows.append(f"Agreement with {anchor} (unsteered -> steered): {', '.join(cons)}.")
-    return "\n".join(rows)
+        out.append(f"Agreement with {anchor} (unsteered -> steered): {', '.join(cons)}.")
+    return "\n".join(out)
 
 
-def results_markdown(res: dict[str, Any]) -> str:
-    """The tables of a results file: the run; for a steered run also its baseline and the comparison."""
-    res = _check(res)
-    if "baseline" in res and "comparison" in res:
-        return "\n\n".join([run_table(res["baseline"]), run_table(res), comparison_table(res)])
-    return run_table(res)
+def _avg(res: Any, name: str) -> str:
+    value = res.average.metrics.get(name, res.average.continuous.get(name))
+    iv = res.average.ci.get(name)
+    return "–" if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(name))
+
+
+def results_tables(res: Any, style: str = "markdown") -> str:
+    """The tables of an eval file: the run; for a steered run also its baseline and the comparison."""
+    if getattr(res, "format", None) != "xlsteer.eval":
+        raise DataError("not an xlsteer eval results file (expected the JSON written by xlsteer eval -o FILE)")
+    if res.baseline is not None and res.comparison is not None:
+        return "\n\n".join([run_table(res.baseline, style), run_table(res, style), comparison_table(res, style)])
+    return run_table(res, style)
+
+
+def sweep_table(rec: Any, style: str = "text") -> str:
+    """Main metric per grid point and language on the selection split, then what was chosen."""
+    main, tie = rec.metrics.main, rec.metrics.tie_break
+    langs = rec.langs
+    rows = []
+    if rec.baseline is not None:
+        bl = rec.baseline
+        rows.append(["unsteered", *[f"{bl['per_lang'][lang]['metrics'][main]['mean']:.3f}" for lang in langs],
+                     f"{bl['average']['metrics'].get(main, float('nan')):.3f}"])
+    for e in rec.results:
+        rows.append([getattr(e, "key", None) or f"L{e.layer}@{e.alpha:g}",
+                     *[f"{e.per_lang[lang].metrics[main].mean:.3f}" for lang in langs],
+                     f"{e.average.metrics.get(main, float('nan')):.3f}"])
+    out = [f"sweep {rec.task} on {rec.split}, main metric {main}, tie-break {tie}", "",
+           render(["config", *langs, "avg"], rows, style), ""]
+    for lang, b in rec.best_per_lang.items():
+        out.append(f"best for {lang}: layer {b.layer} alpha {b.alpha:g} ({main} {b.main:.3f})")
+    b = rec.best
+    gain = "" if b.gain_over_baseline is None else f", {b.gain_over_baseline:+.3f} vs unsteered on {rec.split}"
+    out.append(f"selected (all languages): layer {b.layer} alpha {b.alpha:g} ({main} {b.main:.3f}{gain})")
+    return "\n".join(out)
+
+
+def mark(p_holm: float | None, diff: float | None, alpha: float) -> str:
+    """▲/▼ for a change significant after Holm (over the non-anchor languages), else nothing."""
+    if p_holm is None or diff is None or p_holm >= alpha:
+        return ""
+    return "▲" if diff > 0 else "▼"
+
+
+def _pct_cell(cell: Any, reference: bool, alpha: float, holm: bool = True) -> str:
+    if getattr(cell, "score", None) is None:
+        return "–"
+    m = "" if reference else mark(cell.p_holm if holm else cell.p, cell.diff, alpha)
+    body = f"{100 * cell.score:.1f}"
+    if cell.ci_low is not None and cell.ci_high is not None:
+        body += f" [{100 * cell.ci_low:.1f}, {100 * cell.ci_high:.1f}]"
+    return body + (f" {m}" if m else "")
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 1_000 else str(n)
+
+
+def methods_table(rec: Any, style: str = "markdown") -> str:
+    """``xlsteer compare``: rows = methods, columns = languages + average over non-anchor languages + cost."""
+    langs, anchor, alpha = rec.langs, rec.anchor, rec.alpha_level
+    n = rec.item_ids.per_lang
+    head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], f"avg non-{anchor}",
+            "fit s", "+tok/item", "trained params"]
+    rows, footnotes = [], []
+    for name in rec.methods:
+        row = rec.rows[name]
+        ref = name == rec.reference
+        if row.error:
+            cells = ["–"] * (len(langs) + 1)
+            footnotes.append(f"{name}: not run — {row.error}")
+        else:
+            cells = [_pct_cell(row.per_lang[lang], ref, alpha) for lang in langs]
+            avg = _pct_cell(row.average, ref, alpha, holm=False)
+            cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
+            footnotes += [f"{name}, {lang}: {why}" for lang, why in row.skipped.items()]
+        cost = row.cost
+        fit_s = cost.get("fit_seconds", 0.0) + cost.get("selection_seconds", 0.0)
+        cells += [f"{fit_s:.0f}" if fit_s >= 1 else ("0" if fit_s == 0 else f"{fit_s:.1f}"),
+                  f"{cost.get('extra_tokens_per_item', 0):.0f}", _fmt_int(int(cost.get("trainable_parameters", 0)))]
+        rows.append([name, *cells])
+    out = [f"{rec.task} {rec.split}, {rec.main} (%) with 95% bootstrap CI — model {rec.model.name}, template "
+           f"{rec.template.name} v{rec.template.version}", "", render(head, rows, style), ""]
+    out.append(f"▲/▼: significantly higher/lower than {rec.reference} on the same items (p Holm-adjusted over the "
+               f"non-{anchor} languages < {alpha:g}; McNemar exact test for 0/1 scores, paired bootstrap otherwise; "
+               f"the average column: paired bootstrap stratified by language, p < {alpha:g}). † average over the "
+               "languages the method covers. fit s = training/fitting/search + dev selection seconds; "
+               "+tok/item = extra model tokens per item.")
+    out += [f"- {f}" for f in footnotes]
+    return "\n".join(out) + "\n"
+
+
+def tables_of(doc: Any, style: str = "markdown") -> str:
+    """The tables of any result file ``xlsteer table`` is given: eval, methods comparison or sweep."""
+    fmt = getattr(doc, "format", None)
+    if fmt == "xlsteer.methods":
+        return methods_table(doc, style).rstrip("\n")
+    if fmt == "xlsteer.sweep":
+        return sweep_table(doc, style)
+    if fmt == "xlsteer.eval":
+        return results_tables(doc, style)
+    raise DataError(f"xlsteer table prints eval, compare and sweep results, not {fmt} files; "
+                    "give the JSON written by xlsteer eval / compare / sweep")

@@ -1,0 +1,75 @@
+"""One self-contained HTML page that leads with the answer, from a run directory or a result file.
+
+The page (Jinja2 templates with autoescaping in ``templates/``, CSS inline from
+``templates/style.css``): a summary first (task, model, items; the methods x languages table with
+▲/▼ for changes significant after Holm; the MDE; the positive control where the run has one; one
+plain sentence), then scores with their figures, the full table of an ``xlsteer compare``
+directory, sweeps, analysis, other figures, and provenance last inside ``<details>``. Every PNG is
+embedded as a data URI with alt text and a caption, and also written beside the page in
+``<stem>_figures/``; the page loads nothing from anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    from . import filters
+
+    env = Environment(loader=PackageLoader("xlsteer.report", "templates"), autoescape=select_autoescape(["html"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(filters.FILTERS, id=id)
+    return env
+
+
+def build_report(source: str | Path, output_html: str | Path | None = None, *, alpha: float = 0.05,
+                 title: str | None = None) -> Path:
+    """Write the page for a run directory or one result file (default: ``DIR/report.html`` or
+    ``FILE.html`` beside the file). Returns the page's path."""
+    from .. import __version__
+    from ..io import atomic_write_bytes, atomic_write_text, check_writable
+    from ..provenance import now_utc
+    from ..results.rows import score_tables
+    from . import page as P
+    from .load import load_run
+    from .summary import mde_text, summarize
+
+    if not 0.0 < alpha < 1.0:
+        raise UsageError(f"alpha={alpha} must lie in (0, 1); e.g. 0.05")
+    src = Path(source)
+    run = load_run(src)
+    default = src.with_suffix(".html") if src.is_file() else src / "report.html"
+    out = check_writable(Path(output_html) if output_html is not None else default)
+
+    figures = [P.Figure(name, data, P.caption_of(name), P.section_of(name)) for name, data in run.figures]
+    by_section: dict[str, list[P.Figure]] = {}
+    for fig in figures:
+        by_section.setdefault(fig.section, []).append(fig)
+    tables = score_tables(run.files, alpha=alpha)
+    controls = run.of("xlsteer.control")
+    summary = summarize(tables, controls[0].doc if controls else None, len(run.problems))
+    score_figs = {id(t): P.score_figure(t) for t in tables if t.main}
+    sweeps = [P.sweep_view(f) for f in run.of("xlsteer.sweep")]
+    analysis = P.analysis_sections(run, by_section)
+    drawn = list(score_figs.values()) + [s.figure for s in sweeps if s.figure] + [
+        fig for sec in analysis for part in sec.parts for fig in part.figures] + [
+        fig for sec in analysis for fig in sec.loose]
+    all_figures = list({fig.name: fig for fig in figures + drawn}.values())
+
+    heading = title or f"xlsteer report — {src.resolve().name}"
+    html = _environment().get_template("page.html").render(
+        heading=heading, source=str(src), alpha=alpha, summary=summary, tables=tables, score_figs=score_figs,
+        score_extra=by_section.get("scores", []), sweeps=sweeps, sweep_extra=by_section.get("sweeps", []),
+        analysis=analysis, has_analysis=bool(run.of("xlsteer.analysis")) or any(s.loose for s in analysis),
+        other_figures=by_section.get("other", []), provenance=P.provenance(run), n_files=len(run.files),
+        n_figures=len(all_figures), version=__version__, created=now_utc(), summary_mde=mde_text)
+    fig_dir = out.parent / f"{out.stem}_figures"
+    for fig in all_figures:
+        atomic_write_bytes(fig_dir / fig.name, fig.png)
+    atomic_write_text(out, html)
+    return out
