@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +40,81 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise UsageError(f"cannot write {p}: directory {probe} is not writable ({e.strerror}); "
                          "choose another output path") from None
     return p
+
+
+def _identity(p: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing path (what a hard link shares), else None."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return p.expanduser().absolute()
+
+
+def _files_of(folder: Path, limit: int = 20000) -> set[tuple[int, int]]:
+    """(device, inode) of the files under ``folder`` (bounded: a huge tree is only partly scanned)."""
+    out: set[tuple[int, int]] = set()
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            ident = _identity(Path(base) / name)
+            if ident is not None:
+                out.add(ident)
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def check_outputs_spare_inputs(outputs: Iterable[str | os.PathLike | None],
+                               inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse, before any work, an output that would overwrite (or replace) one of the command's inputs.
+
+    Why: ``-o`` naming an input was accepted and destroyed it (an intervention became GGUF, a
+    results file became Markdown). An output collides with an input file when both resolve to the
+    same path (symlinks, ``..``) or share an inode (hard links); with an input directory (a model
+    folder, a corpus folder, the data dir) when it would replace an existing file inside it.
+    Paths that are ``None`` are skipped, so callers can pass optional options as they are.
+    """
+    ins = [Path(i) for i in inputs if i is not None and str(i) != ""]
+    in_files = [(i, _resolved(i), _identity(i)) for i in ins if not i.is_dir()]
+    in_dirs = [(i, _resolved(i)) for i in ins if i.is_dir()]
+    dir_files: dict[Path, set[tuple[int, int]]] = {}
+    for out in (Path(o) for o in outputs if o is not None and str(o) != ""):
+        real, ident = _resolved(out), _identity(out)
+        for given, resolved, in_ident in in_files:
+            if real == resolved or (ident is not None and ident == in_ident):
+                raise UsageError(f"output {out} is the input file {given}; writing it would destroy the input, "
+                                 "choose another output path")
+        for given, resolved in in_dirs:
+            inside = real == resolved or resolved in real.parents
+            if inside and out.exists():
+                raise UsageError(f"output {out} would replace {real.relative_to(resolved) if real != resolved else '.'}"
+                                 f" of the input directory {given}; choose an output path outside it")
+            if ident is None:
+                continue
+            if resolved not in dir_files:
+                dir_files[resolved] = _files_of(resolved)
+            if ident in dir_files[resolved]:
+                raise UsageError(f"output {out} is a hard link to a file of the input directory {given}; "
+                                 "writing it would destroy that file, choose another output path")
+
+
+def files_written_into(folder: str | os.PathLike, patterns: Iterable[str]) -> list[Path]:
+    """The files a command writing ``patterns`` (names or globs) into ``folder`` would create or replace."""
+    root = Path(folder)
+    out: list[Path] = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            out.extend(root.glob(pattern) if root.is_dir() else [])
+        else:
+            out.append(root / pattern)
+    return out
 
 
 def _umask() -> int:

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
-from .options import data_dir_option, load_model_from, model_options, parse_langs, parse_layers
+from .options import (data_dir_option, load_model_from, model_options, parse_langs, parse_layers, model_input,
+                      spare_inputs)
+
+# what analyze writes into its run directory (xlsteer.analysis.run)
+_ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
 
 
 @click.command("analyze")
@@ -49,6 +53,11 @@ def analyze_cmd(**kw) -> None:
     out = Path(kw.pop("output"))
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; give a directory for the run (it is created if missing)")
+    from ..io import files_written_into
+
+    spare_inputs(files_written_into(out, _ANALYZE_WRITES),
+                 [*kw["intervention_files"], *kw["eval_files"], kw["stats_file"], kw["categories_file"], kw["corpus"],
+                  kw["compare_model"] and model_input(kw["compare_model"])], model=kw["model"], data_dir=kw["data_dir"])
     anchor = normalize_lang(kw.pop("anchor"))
     langs = parse_langs(kw.pop("langs"))
     if anchor not in langs:
@@ -104,8 +113,12 @@ def analyze_cmd(**kw) -> None:
 @click.option("--title", default=None, help="Page title.")
 def report_cmd(run_dir: str, output: str | None, alpha: float, title: str | None) -> None:
     """Render every result and figure in RUN_DIR as one self-contained HTML page."""
+    from ..io import files_written_into
     from ..report.html import build_report
 
+    html = Path(output) if output is not None else Path(run_dir) / "report.html"
+    spare_inputs([html, *files_written_into(html.parent / f"{html.stem}_figures", ["*.png"])],
+                 files_written_into(run_dir, ["*.json", "figures/*.png"]))
     path = build_report(run_dir, output, alpha=alpha, title=title)
     fig_dir = path.parent / f"{path.stem}_figures"
     n = path.read_text(encoding="utf-8").count('src="data:image/png;base64,')

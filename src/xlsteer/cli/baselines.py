@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import data_dir_option, load_model_from, model_options, parse_langs, task_langs
+from .options import data_dir_option, load_model_from, model_options, parse_langs, spare_inputs, task_langs
 
 _TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
@@ -56,6 +56,10 @@ def compare_cmd(**kw: Any) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; give a folder, e.g. -o results/compare")
     check_writable(out / "compare.json")
+    from ..io import files_written_into
+
+    spare_inputs(files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), [], model=kw["model"],
+                 data_dir=kw["data_dir"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))

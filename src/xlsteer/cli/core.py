@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_dir_option, load_model_from, model_options, parse_langs, parse_layers
+from .options import data_dir_option, load_model_from, model_options, parse_langs, parse_layers, spare_inputs
 
 
 @click.command("models")
@@ -95,6 +95,7 @@ def collect_cmd(**kw) -> None:
     from ..models.sites import SITE_NAMES, Site
 
     out = check_writable(kw.pop("output"))
+    spare_inputs([out], [kw["corpus"]], model=kw["model"], data_dir=kw["data_dir"])
     langs = parse_langs(kw.pop("langs"))
     names = [s.strip() for s in kw.pop("site_names").split(",") if s.strip()]
     for n in names:

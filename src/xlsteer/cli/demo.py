@@ -19,6 +19,10 @@ def demo_cmd(output: str, quick: bool, langs: str, test_limit: int | None, data_
     from ..demo import DemoConfig, format_summary, run_demo
     from .options import parse_langs
 
+    from ..io import files_written_into
+    from .options import spare_inputs
+
+    spare_inputs(files_written_into(output, ["**/*"]), [], data_dir=data_dir)  # stages there are reused or replaced
     codes = tuple(c for c in parse_langs(langs) if c != "en")
     kw = {"langs": codes}
     if test_limit is not None:

@@ -10,7 +10,7 @@ import click
 
 from ..errors import UsageError
 from .options import (data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
-                      task_langs)
+                      spare_inputs, task_langs)
 
 _TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -170,6 +170,7 @@ def eval_cmd(**kw: Any) -> None:
     t0 = time.perf_counter()
     _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
+    spare_inputs([out], [kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     raw_alpha = kw.pop("alpha")
     alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
@@ -243,6 +244,8 @@ def sweep_cmd(**kw: Any) -> None:
     if (kw["stats_path"] is None) == (kw["intervention"] is None):
         raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
     out = check_writable(kw.pop("output"))
+    best_path = out.with_name(out.stem + ".best.safetensors")
+    spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]
     if not alphas:
@@ -279,7 +282,6 @@ def sweep_cmd(**kw: Any) -> None:
         record = sweep(lm, kw["task"], langs, intervention=iv, layers=layers,
                        source={"kind": "intervention", "path": str(kw["intervention"]), "method": iv.method}, **common)
         best_iv = restrict_layers(iv, [record["best"]["layer"]]).with_strength(1.0)
-    best_path = out.with_name(out.stem + ".best.safetensors")
     best_iv.save(best_path)
     record["best"]["intervention_file"] = best_path.name
     write_results(out, record)
@@ -319,6 +321,7 @@ def table_cmd(results: str, output: str | None) -> None:
     from ..io import atomic_write_text, check_writable, read_json
 
     out = check_writable(output) if output else None
+    spare_inputs([out], [results])
     text = results_markdown(read_json(results, "results file"))
     if out is None:
         click.echo(text)

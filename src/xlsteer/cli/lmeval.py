@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import data_dir_option, load_model_from, model_options, parse_float
+from .options import data_dir_option, load_model_from, model_options, parse_float, spare_inputs
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -69,7 +69,9 @@ def lmeval_cmd(**kw: Any) -> None:
     t0 = time.perf_counter()
     if kw["write_tasks"] is not None:
         from ..evaluation.lm_eval_tasks import write_xcopa_tasks
+        from ..io import files_written_into
 
+        spare_inputs(files_written_into(kw["write_tasks"], ["*.yaml", "utils.py"]), [], data_dir=kw["data_dir"])
         names = write_xcopa_tasks(kw["write_tasks"], kw["data_dir"])
         click.echo(f"wrote {len(names)} task configs ({', '.join(names)}) to {kw['write_tasks']}; "
                    f"pass --include_path {kw['write_tasks']} to lm-eval")
@@ -77,6 +79,7 @@ def lmeval_cmd(**kw: Any) -> None:
     if not kw["tasks"]:
         raise UsageError("no tasks given; pass e.g. --tasks xcopa_sw,xcopa_zh")
     out = check_writable(kw["output"]) if kw["output"] else None
+    spare_inputs([out], [kw["intervention"], *kw["include_path"]], model=kw["model"], data_dir=kw["data_dir"])
     alpha = parse_float(kw["alpha"], "--alpha") if kw["alpha"] is not None else None
     if alpha is not None and kw["intervention"] is None:
         raise UsageError("--alpha needs --intervention FILE")

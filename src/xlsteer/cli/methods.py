@@ -19,7 +19,8 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers
+from .options import (data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
+                      spare_inputs)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 _METHOD_NAMES = ("diffmean", "learned", "clas", "incline", "lape", "intmu")
@@ -175,6 +176,7 @@ def fit_cmd(**kw: Any) -> None:
         check_writable(stats_cache)
         if Path(stats_cache).resolve() == out.resolve():
             raise UsageError("--stats-cache and -o name the same file; give two different files")
+    spare_inputs([out, stats_cache], [kw["corpus"]], model=kw["model"], data_dir=kw["data_dir"])
     anchor = normalize_lang(kw.pop("anchor"))
     targets = [lang for lang in parse_langs(kw.pop("langs")) if lang != anchor]
     if not targets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -126,3 +127,36 @@ def parse_float(text: str, name: str) -> float:
 
 def positive_int(name: str) -> click.types.IntRange:
     return click.IntRange(min=1)
+
+
+def model_input(name: str | None) -> str | None:
+    """The local folder or .gguf file a --model names (shipped names and hub ids read no user file)."""
+    if name and Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    return None
+
+
+def data_input(explicit: str | None) -> str | None:
+    """The data dir a command reads (None when none is found: the command says so itself later)."""
+    from ..data.paths import data_dir
+    from ..errors import XlsteerError
+
+    try:
+        return str(data_dir(explicit))
+    except XlsteerError:
+        return None
+
+
+def spare_inputs(outputs: list[Any], inputs: list[Any], *, model: str | None = None,
+                 data_dir: str | None | bool = False) -> None:
+    """Refuse an output that would overwrite an input, before any work (see xlsteer.io).
+
+    ``model`` is the --model value; ``data_dir`` the --data-dir value (None: the default data
+    dir; False: the command reads no data dir).
+    """
+    from ..io import check_outputs_spare_inputs
+
+    extra = [model_input(model)]
+    if data_dir is not False:
+        extra.append(data_input(data_dir))  # type: ignore[arg-type]
+    check_outputs_spare_inputs(outputs, [*inputs, *extra])
