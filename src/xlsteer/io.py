@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 from .errors import ArtifactError, UsageError
+from .validation import MAX_DEPTH, json_depth_exceeds
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -233,11 +234,21 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     if not p.is_file():
         raise UsageError(f"{what} {p} does not exist; check the path")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        doc = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ArtifactError(f"{what} {p} is not UTF-8 text; give a JSON file written by xlsteer") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{what} {p} is malformed JSON (line {e.lineno}: {e.msg}); re-create it") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {what} {p} ({e.strerror or e}); check the path and its permissions") from None
+    except RecursionError:
+        doc = None
+        deep = True
+    else:
+        deep = json_depth_exceeds(doc)
+    if deep:
+        raise ArtifactError(f"{what} {p} nests JSON deeper than {MAX_DEPTH} levels; give a file written by xlsteer")
+    return doc
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], metadata: dict[str, Any]) -> Path:
@@ -278,8 +289,11 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
         raise ArtifactError(f"{what} {p} has no xlsteer metadata; it was not written by xlsteer")
     try:
         metadata = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ArtifactError(f"{what} {p} has malformed metadata; re-create it") from None
+    if not isinstance(metadata, dict) or json_depth_exceeds(metadata):
+        raise ArtifactError(f"{what} {p} has malformed metadata (not an object, or nested deeper than "
+                            f"{MAX_DEPTH} levels); re-create it")
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"{what} {p}: tensor {name!r} contains NaN or Inf; re-create it")

@@ -311,18 +311,47 @@ def sweep_cmd(**kw: Any) -> None:
     click.echo(f"wrote {out} and {best_path} in {time.perf_counter() - t0:.1f} s")
 
 
+# the top level of a results file that the tables read (the rest is checked as it is read)
+def _results_fields() -> dict[str, Any]:
+    from ..validation import list_of, obj, text
+
+    return {"format": text, "task": text, "split": text, "langs": list_of(text, min_len=1), "per_lang": obj,
+            "metrics": obj, "model": obj, "template": obj}
+
+
+def results_tables(path: str) -> str:
+    """The Markdown tables of a results file; anything malformed in it is one line naming the file."""
+    from ..errors import DataError, XlsteerError
+    from ..evaluation.tables import results_markdown
+    from ..io import read_json
+    from ..validation import check_fields
+
+    doc = read_json(path, "results file")
+    fix = "give the file xlsteer eval -o wrote"
+    try:
+        check_fields(doc, _results_fields(), what=f"results file {path}", fix=fix,
+                     required=("format", "langs", "per_lang", "metrics"))
+        return results_markdown(doc)
+    except XlsteerError as e:
+        raise DataError(str(e) if str(path) in str(e) else f"results file {path}: {e}") from None
+    except KeyError as e:
+        raise DataError(f"results file {path} lacks the field {e}; {fix}") from None
+    except (TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise DataError(f"results file {path} has a malformed field ({why}); {fix}") from None
+
+
 @click.command("table")
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write the Markdown here (default: print it).")
 def table_cmd(results: str, output: str | None) -> None:
     """Markdown tables of an eval results file: per language, scores with 95% CIs, and for a
     steered run the paired tests against the unsteered model (nothing is recomputed)."""
-    from ..evaluation.tables import results_markdown
-    from ..io import atomic_write_text, check_writable, read_json
+    from ..io import atomic_write_text, check_writable
 
     out = check_writable(output) if output else None
     spare_inputs([out], [results])
-    text = results_markdown(read_json(results, "results file"))
+    text = results_tables(results)
     if out is None:
         click.echo(text)
     else:
