@@ -134,6 +134,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
     from xlsteer.testing import tiny_model
 
     root = tmp_path_factory.mktemp("fuzz_valid")
+    _WORK[:] = [tmp_path_factory.mktemp("fuzz_examples")]
     torch.manual_seed(0)
     lm = tiny_model("llama")
     texts = {"en": ["the cat sat", "it rains today", "we went home", "a big house"],
@@ -145,7 +146,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
         (corpus / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     sites = [Site(1, "resid_post"), Site(1, "mlp_act"), Site(0, "mlp_act")]
     stats = collect_statistics(lm, langs=list(texts), sites=sites, corpus=str(corpus), limit=4, keep_items=True)
-    out: dict[str, Any] = {"root": root, "corpus": corpus}
+    out: dict[str, Any] = Files(root=root, corpus=corpus)
     out["stats"] = stats.save(root / "stats.safetensors")
     vec = fit_diffmean(stats, [1], ["de", "sw"], anchor="en", meta={"model_fingerprint": lm.fingerprint})
     out["vector"] = vec.save(root / "vector.safetensors")
@@ -168,8 +169,18 @@ def files(tmp_path_factory) -> dict[str, Any]:
     return out
 
 
+class Files(dict):
+    """The valid files (a short repr, so a falsifying example prints readably)."""
+
+    def __repr__(self) -> str:
+        return "<valid files>"
+
+
+_WORK: list[Path] = []  # the folder under pytest's tmp dir that holds every example's files
+
+
 def _work() -> Path:
-    return Path(tempfile.mkdtemp(prefix="xlsteer-fuzz-"))
+    return Path(tempfile.mkdtemp(prefix="ex-", dir=_WORK[0]))
 
 
 # ---- readers ----------------------------------------------------------------------------------

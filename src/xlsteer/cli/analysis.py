@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import (data_dir_option, load_model_from, model_options, parse_langs, parse_layers, model_input,
-                      spare_inputs)
+from .options import (FINITE, MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_input, model_options,
+                      parse_langs, parse_layers, spare_inputs)
 
 # what analyze writes into its run directory (xlsteer.analysis.run)
 _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
@@ -25,7 +25,7 @@ _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
 @click.option("--data", "corpus", default="ntrex", show_default=True, help="Parallel text: ntrex, xquad, or a folder of <lang>.txt.")
 @click.option("--split", default="validation", show_default=True,
               help="Corpus split (ntrex: fit | validation | all; xquad: fit). Default: text not used for fitting.")
-@click.option("--limit", type=click.IntRange(min=2), default=100, show_default=True, help="Parallel texts per language.")
+@click.option("--limit", type=count(2), default=100, show_default=True, help="Parallel texts per language.")
 @click.option("--compare-model", default=None, help="Second model of the same family (e.g. the base of an instruct model).")
 @click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
               help="Evaluation results JSON for the gain-vs-similarity regression; repeatable.")
@@ -33,12 +33,12 @@ _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
               help="Statistics with mlp_act sites (xlsteer collect) for CLAS categories and LAPE counts.")
 @click.option("--categories", "categories_file", default=None, type=click.Path(dir_okay=False),
               help="CLAS categories JSON ({layer: {category: percent}}, see xlsteer.analysis.neuron_map).")
-@click.option("--projection-layer", type=int, default=None, help="Layer for PCA/t-SNE (default: penultimate).")
+@click.option("--projection-layer", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="Layer for PCA/t-SNE (default: penultimate).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
-@click.option("--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Logit-lens top-k.")
-@click.option("--seed", type=int, default=0, show_default=True, help="random_state of t-SNE/PCA.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--top-k", "k", type=count(1), default=10, show_default=True, help="Logit-lens top-k.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="random_state of t-SNE/PCA.")
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(2), default=128, show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run directory to write into.")
 def analyze_cmd(**kw) -> None:
     """Similarity to the anchor, logit lens, projections, neuron map and regression, into a run directory."""
@@ -109,7 +109,7 @@ def analyze_cmd(**kw) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
               help="HTML file to write (default: RUN_DIR/report.html).")
-@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level for verdicts.")
+@click.option("--alpha", type=FINITE, default=0.05, show_default=True, help="Significance level for verdicts.")
 @click.option("--title", default=None, help="Page title.")
 def report_cmd(run_dir: str, output: str | None, alpha: float, title: str | None) -> None:
     """Render every result and figure in RUN_DIR as one self-contained HTML page."""

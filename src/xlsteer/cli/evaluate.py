@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
-                      spare_inputs, task_langs)
+from .options import (MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_options, parse_float, parse_langs,
+                      parse_layers, spare_inputs, task_langs)
 
 _TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -52,15 +52,15 @@ def eval_options(f):
         click.option("--positions", type=click.Choice(_POSITIONS), default=None,
                      help="Which token positions the intervention edits (default: the policy the intervention "
                           "stores, e.g. last_prompt for INCLINE; else all)."),
-        click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
+        click.option("--limit", type=count(1), default=None, help="First N items per language (default: all)."),
         click.option("--calibrate", is_flag=True, help="XNLI: subtract the label log-probs of a content-free input."),
         click.option("--template", default=None, help="Prompt template (default: the task's)."),
-        click.option("--shots", type=int, default=None, help="MGSM: number of exemplars k (0-8)."),
+        click.option("--shots", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="MGSM: number of exemplars k (0-8)."),
         click.option("--exemplar-lang", default=None, help="MGSM: exemplar language ('same' or a code)."),
-        click.option("--max-new-tokens", type=int, default=None, help="Generation tasks: override the template's."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
-        click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
+        click.option("--max-new-tokens", type=count(1), default=None, help="Generation tasks: override the template's."),
+        click.option("--batch-size", type=count(1), default=8, show_default=True),
+        click.option("--max-length", type=count(8), default=2048, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--cache-dir", default=None, help="Per-item cache (default: <xlsteer cache>/eval)."),
         click.option("--no-cache", is_flag=True, help="Do not read or write the per-item cache."),
     ]

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import (data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
+from .options import (count, data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
                       spare_inputs)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -151,10 +151,10 @@ def clas_lines(params: dict[str, Any]) -> list[str]:
               help="Layers: 6, 4-8, 2,5,9, all (default: the method's, see xlsteer.interventions.fit).")
 @click.option("--site", default=None, help="Site (default: the method's; clas/lape/intmu act at mlp_act).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--limit", type=count(1), default=200, show_default=True,
               help="First N corpus rows per language.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(2), default=128, show_default=True)
 @click.option("--param", "-p", "params", multiple=True,
               help="Method parameter KEY=VALUE (repeatable; JSON values), e.g. normalize=unit, ridge=0.01, beta=0.4.")
 @click.option("--stats-cache", default=None, type=click.Path(dir_okay=False),
@@ -249,11 +249,11 @@ def _identify(prompts: list[str], candidates: list[str] | None) -> list[str]:
               help="Language of each prompt for routing: auto (identified among the anchor and the interventions' "
                    "languages), one code, or one code per prompt (de,en).")
 @click.option("--anchor", default=None, help="Anchor language, never steered (default: the interventions', else en).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-new-tokens", type=count(1), default=32, show_default=True)
 @click.option("--positions", type=click.Choice(_POSITIONS), default=None,
               help="Token positions steered (default: the policy the intervention recommends, e.g. all).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True)
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(8), default=2048, show_default=True)
 def generate_cmd(**kw: Any) -> None:
     """Greedy continuations of PROMPTS, unsteered and steered, with the language each prompt is routed as."""
     from ..data.langs import normalize_lang
@@ -390,7 +390,7 @@ def _fingerprint_line(fp: dict[str, Any] | None) -> str:
 @click.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the file's metadata as JSON.")
-@click.option("--max-tensors", type=click.IntRange(min=0), default=60, show_default=True,
+@click.option("--max-tensors", type=count(0), default=60, show_default=True,
               help="List at most N tensors (0: all).")
 def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
     """Print an intervention's (or a statistics file's) metadata and tensors."""

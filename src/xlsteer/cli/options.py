@@ -125,8 +125,33 @@ def parse_float(text: str, name: str) -> float:
     return check_alpha(text, name)
 
 
-def positive_int(name: str) -> click.types.IntRange:
-    return click.IntRange(min=1)
+MAX_COUNT = 2**31 - 1  # sizes beyond this overflow tokenizers and tensor shapes
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy, torch and scikit-learn all accept
+
+
+def count(minimum: int = 1) -> click.IntRange:
+    """An integer option from ``minimum`` to MAX_COUNT, checked when the command line is parsed."""
+    return click.IntRange(min=minimum, max=MAX_COUNT)
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that must be finite (NaN or infinity would be saved, or fail after the work)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = FiniteFloat()
 
 
 def model_input(name: str | None) -> str | None:
