@@ -263,8 +263,14 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], me
             raise ArtifactError(f"tensor {name!r} contains NaN or Inf; refusing to save (check the fit inputs)")
     meta = {"xlsteer": dumps_json(metadata)}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    from safetensors import SafetensorError
+
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=meta)
+        try:
+            save_file(flat, str(tmp), metadata=meta)
+        except SafetensorError as e:  # safetensors reports a full disk as its own error, not OSError
+            raise ArtifactError(f"cannot write {path} ({' '.join(str(e).split())[:200]}); check the free disk "
+                                "space and run again") from None
     return Path(path)
 
 

@@ -70,7 +70,9 @@ def os_error_line(e: OSError) -> str:
     """One line for a file-system fault that reached the CLI (full disk, permissions, ...)."""
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     hint = _OS_HINTS.get(e.errno or -1, f"{e.strerror or _one_line(e)}; check the path and the disk")
-    return f"{where}: {hint}" if where else f"{hint} ({_one_line(e)[:160]})"
+    if where:
+        return f"{where}: {hint}"
+    return f"{_one_line(e)[:200]}; {hint.split('; ', 1)[-1]}"
 
 
 def _library_io_error(e: BaseException) -> str | None:

@@ -72,7 +72,9 @@ def compare_cmd(**kw: Any) -> None:
     else:
         from ..models.loading import cache_dir as root
 
-        cache_dir = Path(cache_dir) if cache_dir else root() / "eval"
+        from .options import checked_cache_dir
+
+        cache_dir = checked_cache_dir(cache_dir if cache_dir else root() / "eval")
         translation_cache = tcache if tcache else True
     lm = load_model_from(kw)
 

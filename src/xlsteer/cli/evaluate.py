@@ -24,11 +24,13 @@ def _check_limit(limit: int | None) -> None:
 def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
     if no_cache:
         return None
+    from .options import checked_cache_dir
+
     if cache_dir:
-        return Path(cache_dir)
+        return checked_cache_dir(cache_dir)
     from ..models.loading import cache_dir as root
 
-    return root() / "eval"
+    return checked_cache_dir(root() / "eval")
 
 
 def _template_options(shots: int | None, exemplar_lang: str | None, max_new_tokens: int | None) -> dict[str, Any]:
@@ -171,6 +173,7 @@ def eval_cmd(**kw: Any) -> None:
     _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
     spare_inputs([out], [kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
+    cache_dir = _cache_dir(kw["cache_dir"], kw["no_cache"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     raw_alpha = kw.pop("alpha")
     alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
@@ -180,7 +183,7 @@ def eval_cmd(**kw: Any) -> None:
     lm = load_model_from(kw)
     args = dict(
         split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], template=kw["template"],
-        seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]), calibrate=kw["calibrate"],
+        seed=kw["seed"], cache_dir=cache_dir, calibrate=kw["calibrate"],
         positions=kw["positions"], batch_size=kw["batch_size"], max_length=kw["max_length"],
         template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
     )
@@ -246,6 +249,7 @@ def sweep_cmd(**kw: Any) -> None:
     out = check_writable(kw.pop("output"))
     best_path = out.with_name(out.stem + ".best.safetensors")
     spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
+    cache_dir = _cache_dir(kw["cache_dir"], kw["no_cache"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]
     if not alphas:
@@ -255,7 +259,7 @@ def sweep_cmd(**kw: Any) -> None:
     layers = parse_layers(kw.pop("layers"), lm.num_layers)
     common = dict(
         alphas=alphas, split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
-        template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
+        template=kw["template"], seed=kw["seed"], cache_dir=cache_dir,
         calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
         max_length=kw["max_length"],
         template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),

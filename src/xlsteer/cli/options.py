@@ -185,3 +185,19 @@ def spare_inputs(outputs: list[Any], inputs: list[Any], *, model: str | None = N
     if data_dir is not False:
         extra.append(data_input(data_dir))  # type: ignore[arg-type]
     check_outputs_spare_inputs(outputs, [*inputs, *extra])
+
+
+def checked_cache_dir(path: str | Path) -> Path:
+    """A per-item cache folder that exists or can be created, and can be written (checked before any work)."""
+    from ..io import check_writable
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--cache-dir {folder} is a file, not a folder; give a folder, or pass --no-cache")
+    try:
+        check_writable(folder / "cache.jsonl")
+    except UsageError as e:
+        reason = str(e).split(";")[0].split(": ", 1)[-1]
+        raise UsageError(f"--cache-dir {folder} cannot be written ({reason}); give a writable folder, or pass "
+                         "--no-cache") from None
+    return folder

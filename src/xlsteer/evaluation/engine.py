@@ -161,6 +161,11 @@ def intervention_info(interventions: Any, positions: str = "all") -> dict[str, A
 # the JSONL cache
 
 
+def _cache_error(folder: Path, e: OSError) -> XlsteerError:
+    return XlsteerError(f"cannot use the evaluation cache in {folder} ({e.strerror or e}); pass --cache-dir with a "
+                        "writable folder, or --no-cache")
+
+
 class _Store:
     """One JSONL file of ``{"k": key, "v": value}`` lines (after a header line with the scope).
 
@@ -170,10 +175,15 @@ class _Store:
     """
 
     def __init__(self, path: Path, scope: dict[str, Any], rank: int | None = None):
-        base = path
         self.path = path if rank is None else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
         self.data: dict[str, Any] = {}
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open(path, scope)
+        except OSError as e:
+            raise _cache_error(path.parent, e) from None
+
+    def _open(self, base: Path, scope: dict[str, Any]) -> None:
+        base.parent.mkdir(parents=True, exist_ok=True)
         for other in [base, *sorted(base.parent.glob(f"{base.stem}.rank*{base.suffix}"))]:
             if other != self.path and other.exists():
                 self._read(other.read_bytes())
@@ -206,10 +216,13 @@ class _Store:
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _cache_error(self.path.parent, e) from None
 
     def put(self, pairs: list[tuple[str, Any]]) -> None:
         self._append([{"k": k, "v": v} for k, v in pairs])
