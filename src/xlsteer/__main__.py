@@ -1,11 +1,12 @@
-"""``python -m xlsteer``: SIGINT/SIGTERM give one line from the very start (even during imports)."""
+"""``python -m xlsteer``: Ctrl-C and SIGTERM give one line from the very start (even during imports)."""
 
 import signal
 import sys
 
-from .errors import Terminated, raise_terminated
+from . import signals
+from .errors import Terminated
 
-signal.signal(signal.SIGTERM, raise_terminated)
+signals.install()
 try:
     from .cli import main
 
@@ -16,4 +17,7 @@ except KeyboardInterrupt:
 except Terminated:
     print("error: terminated", file=sys.stderr)
     code = 143
+# the work is done (or has unwound): a signal during interpreter shutdown must not turn into a traceback
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 sys.exit(code)

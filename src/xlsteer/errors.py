@@ -49,7 +49,3 @@ class XlsteerWarning(UserWarning):
 
 class Terminated(BaseException):
     """SIGTERM arrived (raised by the CLI's handler): unwind like Ctrl-C, so nothing is half-written."""
-
-
-def raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()

@@ -9,15 +9,13 @@ from __future__ import annotations
 import errno
 import importlib
 import os
-import signal
 import sys
-import threading
 import warnings
-from typing import Any
 
 import click
 
-from ..errors import Terminated, UsageError, XlsteerError, XlsteerWarning, raise_terminated
+from .. import signals
+from ..errors import Terminated, UsageError, XlsteerError, XlsteerWarning
 
 _COMMAND_MODULES = ("core", "methods", "evaluate", "analysis", "export", "baselines", "lmeval", "demo")
 
@@ -97,21 +95,13 @@ _DEFAULT_SHOWWARNING = warnings.showwarning
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn user-caused errors into one line and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("XLSTEER_DEBUG") == "1"
-    previous = _handle_sigterm()
+    previous = signals.install()  # SIGINT -> 130, SIGTERM -> 143, one line, temp files removed
     warnings.showwarning = _show_warning
     try:
         return _run(argv, debug)
     finally:
         warnings.showwarning = _DEFAULT_SHOWWARNING
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _handle_sigterm() -> Any:
-    """SIGTERM unwinds like Ctrl-C (temp files removed, one line, exit 143); main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, raise_terminated)
+        signals.restore(previous)
 
 
 def _run(argv: list[str] | None, debug: bool) -> int:
