@@ -729,7 +729,7 @@ def test_no_command_overwrites_its_input(env, case_id, setup, command, message, 
     argv = [part.format(w=w) for part in shlex.split(command)]
     capsys.readouterr()
     line = _one_error_line(capsys, main(argv), 2)
-    assert message in line and "destroy" in line or "replace" in line, line
+    assert message in line and ("destroy" in line or "replace" in line), line
     assert _snapshot(w) == before, "every input is unchanged and nothing was written"
 
 

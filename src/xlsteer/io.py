@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 from .errors import ArtifactError, UsageError
-from .validation import MAX_DEPTH, json_depth_exceeds
+from .validation import MAX_DEPTH, json_depth_exceeds, non_finite_field
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -261,6 +261,9 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], me
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"tensor {name!r} contains NaN or Inf; refusing to save (check the fit inputs)")
+    bad = non_finite_field(metadata)
+    if bad is not None:  # JSON would store null, which every later reader of the file refuses
+        raise ArtifactError(f"metadata field {bad} of {path} is NaN or infinite; refusing to save (check the inputs)")
     meta = {"xlsteer": dumps_json(metadata)}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     from safetensors import SafetensorError

@@ -39,6 +39,20 @@ def json_depth_exceeds(obj: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+def non_finite_field(obj: Any, where: str = "") -> str | None:
+    """The path of the first NaN or infinite number inside ``obj`` (iterative), else None."""
+    stack = [(obj, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return path or "(top level)"
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+    return None
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
