@@ -439,7 +439,7 @@ CASES += [
     ("stats_tensor_of_another_width", "inspect {st_shape}", 1, "is not a (64,) vector"),
     # results files read by xlsteer table
     ("table_lacks_a_language", "table {res_missing_lang}", 1, "lacks the field 'sw'"),
-    ("table_of_a_list", "table {res_list}", 1, "not an object"),
+    ("table_of_a_list", "table {res_list}", 1, "not an xlsteer results file"),
     ("table_value_of_another_type", "table {res_type_swap}", 1, "malformed field"),
     ("table_deeply_nested", "table {res_deep}", 1, "nests JSON deeper"),
     ("table_not_utf8", "table {res_latin1}", 1, "not UTF-8"),

@@ -122,9 +122,20 @@ def _loads_or_one_line(reader: Callable[[Path], Any], path: Path, names_file: bo
 # ---- valid files ---------------------------------------------------------------------------------
 
 
+class Files(dict):
+    """The valid files (a short repr, so a falsifying example prints readably)."""
+
+    def __repr__(self) -> str:
+        return "<valid files>"
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Any]:
-    """One valid file of each kind, made with the tiny model (seconds)."""
+    return make_valid_files(tmp_path_factory.mktemp("fuzz_valid"), tmp_path_factory.mktemp("fuzz_examples"))
+
+
+def make_valid_files(root: Path, work: Path) -> dict[str, Any]:
+    """One valid file of each kind, made with the tiny model (seconds); examples are written under ``work``."""
     from xlsteer.api import collect_statistics
     from xlsteer.cli import main
     from xlsteer.interventions.clas import fit_clas
@@ -133,8 +144,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
     from xlsteer.models.sites import Site
     from xlsteer.testing import tiny_model
 
-    root = tmp_path_factory.mktemp("fuzz_valid")
-    _WORK[:] = [tmp_path_factory.mktemp("fuzz_examples")]
+    _WORK[:] = [work]
     torch.manual_seed(0)
     lm = tiny_model("llama")
     texts = {"en": ["the cat sat", "it rains today", "we went home", "a big house"],
@@ -167,13 +177,6 @@ def files(tmp_path_factory) -> dict[str, Any]:
 
     out["gguf"] = export_control_vector(vec, "de", root / "vec.gguf").read_bytes()
     return out
-
-
-class Files(dict):
-    """The valid files (a short repr, so a falsifying example prints readably)."""
-
-    def __repr__(self) -> str:
-        return "<valid files>"
 
 
 _WORK: list[Path] = []  # the folder under pytest's tmp dir that holds every example's files

@@ -17,8 +17,9 @@ _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
 
 def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be a positive number of items per language, got {limit}; omit it for all items")
+    if limit is not None and not 1 <= limit <= MAX_COUNT:
+        raise UsageError(f"--limit must be a positive number of items per language (at most {MAX_COUNT}), got {limit}; "
+                         "omit it for all items")
 
 
 def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
@@ -54,7 +55,7 @@ def eval_options(f):
         click.option("--positions", type=click.Choice(_POSITIONS), default=None,
                      help="Which token positions the intervention edits (default: the policy the intervention "
                           "stores, e.g. last_prompt for INCLINE; else all)."),
-        click.option("--limit", type=count(1), default=None, help="First N items per language (default: all)."),
+        click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
         click.option("--calibrate", is_flag=True, help="XNLI: subtract the label log-probs of a content-free input."),
         click.option("--template", default=None, help="Prompt template (default: the task's)."),
         click.option("--shots", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="MGSM: number of exemplars k (0-8)."),
@@ -332,6 +333,9 @@ def results_tables(path: str) -> str:
 
     doc = read_json(path, "results file")
     fix = "give the file xlsteer eval -o wrote"
+    if not isinstance(doc, dict) or doc.get("format") != "xlsteer.results":
+        raise DataError(f"{path} is not an xlsteer results file (it is {type(doc).__name__} without "
+                        f"format xlsteer.results); {fix}")
     try:
         check_fields(doc, _results_fields(), what=f"results file {path}", fix=fix,
                      required=("format", "langs", "per_lang", "metrics"))
