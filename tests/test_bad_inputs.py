@@ -168,6 +168,8 @@ def env(tmp_path_factory):
     (root / "a_file").write_text("not a directory\n")
     e["a_file"] = str(root / "a_file")
     e.update(_malformed_files(root, e, tensors, meta))
+    os.mkfifo(root / "fifo")
+    e["fifo"] = str(root / "fifo")
     return e
 
 
@@ -474,6 +476,8 @@ CASES += [
     ("report_alpha_nan", "report {out} --alpha nan", 2, "--alpha"),
     ("alpha_overflows_the_model", "eval --model {T} --task xcopa --langs sw --limit 2 --no-cache --intervention {vec} "
      "--alpha 1e308 -o {out}/r.json", 1, "non-finite"),
+    ("output_is_a_device", "table {res_missing_lang} -o /dev/null", 2, "not a regular file"),
+    ("output_is_a_pipe", "export gguf {vec} --lang de -o {fifo}", 2, "not a regular file"),
     # faults of the per-item cache folder, before any work
     ("cache_dir_is_a_file", "eval --model {T} --task xcopa --langs sw --limit 2 --cache-dir {a_file} -o {out}/r.json",
      2, "is a file"),

@@ -24,6 +24,8 @@ def check_writable(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.exists() and p.is_dir():
         raise UsageError(f"output path {p} is a directory; give a file name, e.g. {p}/out.json")
+    if p.exists() and not p.is_file():  # a device, FIFO or socket: renaming over it would replace the node
+        raise UsageError(f"output path {p} is not a regular file (a device, pipe or socket); give a file name")
     parent = p.parent if str(p.parent) else Path(".")
     probe = parent
     while not probe.exists():

@@ -59,8 +59,8 @@ def compare_cmd(**kw: Any) -> None:
     check_writable(out / "compare.json")
     from ..io import files_written_into
 
-    spare_inputs(files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), [], model=kw["model"],
-                 data_dir=kw["data_dir"])
+    spare_inputs([*files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), kw["translation_cache"]], [],
+                 model=kw["model"], data_dir=kw["data_dir"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))
