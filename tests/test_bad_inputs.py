@@ -885,7 +885,7 @@ def test_real_process_interrupted_prints_one_line(env, tmp_path, signame, delay,
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "xlsteer", "eval", "--model", env["T"], "--task", "xnli",
-                             "--langs", "sw,de", "--split", "dev", "--limit", "400", "-o", str(out / "r.json")],
+                             "--langs", "sw,de", "--split", "dev", "--limit", "2000", "-o", str(out / "r.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc_env)
     time.sleep(delay)
     proc.send_signal(getattr(signal, signame))
