@@ -218,6 +218,8 @@ def _malformed_files(root: Path, e: dict[str, str], tensors: dict, meta: dict) -
     for name, doc in docs.items():
         (root / f"{name}.json").write_text(json.dumps(doc), encoding="utf-8")
         out[name] = str(root / f"{name}.json")
+    (root / "categories_bad.json").write_text(json.dumps({"0": "x", "1": [1, 2]}), encoding="utf-8")
+    out["categories_bad"] = str(root / "categories_bad.json")
     (root / "res_latin1.json").write_bytes(json.dumps({**results, "task": "é"}, ensure_ascii=False).encode("latin-1"))
     out["res_latin1"] = str(root / "res_latin1.json")
 
@@ -445,6 +447,8 @@ CASES += [
     ("table_value_of_another_type", "table {res_type_swap}", 1, "malformed field"),
     ("table_deeply_nested", "table {res_deep}", 1, "nests JSON deeper"),
     ("table_not_utf8", "table {res_latin1}", 1, "not UTF-8"),
+    ("categories_malformed", "analyze --model {T} --langs en,de --data {corpus} --limit 4 "
+     "--categories {categories_bad} -o {out}/run", 1, "categories file"),
     # model folders
     ("truncated_model_weights", "sites {model_truncated}", 1, "corrupted or truncated"),
     ("truncated_model_weights_collect", "collect --model {model_truncated} --langs en,de --data {corpus} "

@@ -47,7 +47,6 @@ def analyze_cmd(**kw) -> None:
     from ..data.langs import normalize_lang
     from ..errors import UsageError
     from ..interventions.base import Intervention
-    from ..io import read_json
     from ..models.loading import load_model
 
     out = Path(kw.pop("output"))
@@ -89,7 +88,7 @@ def analyze_cmd(**kw) -> None:
         from ..stats import Statistics
 
         stats = Statistics.load(kw["stats_file"], fingerprint=lm.fingerprint)
-    categories = read_json(kw["categories_file"], "categories file") if kw.get("categories_file") else None
+    categories = _read_categories(kw["categories_file"]) if kw.get("categories_file") else None
     other = load_model(compare_name, **model_kw) if compare_name else None
     t0 = time.perf_counter()
     result = analyze(
@@ -103,6 +102,23 @@ def analyze_cmd(**kw) -> None:
         click.echo(f"note: {note}")
     click.echo(f"wrote {len(result['files'])} JSON files and {len(result['figures'])} figures to {out} "
                f"in {time.perf_counter() - t0:.1f} s; render them with: xlsteer report {out}")
+
+
+def _read_categories(path: str) -> object:
+    """The CLAS categories JSON, checked where it enters (not after the model has run)."""
+    from ..analysis.neuron_map import category_table
+    from ..errors import DataError
+    from ..io import read_json
+
+    doc = read_json(path, "categories file")
+    try:
+        category_table(doc)
+    except DataError as e:
+        raise DataError(f"categories file {path}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise DataError(f"categories file {path} is malformed ({' '.join(str(e).split())[:160]}); give "
+                        "{layer: {category: percent}} (see xlsteer.analysis.neuron_map)") from None
+    return doc
 
 
 @click.command("report")
