@@ -875,23 +875,29 @@ def test_a_signal_during_an_import_is_delivered_after_it(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is previous[signal.SIGINT]
 
 
-@pytest.mark.parametrize("signame, delay, code, word", [
-    ("SIGINT", 0.3, 130, "interrupted"), ("SIGTERM", 0.3, 143, "terminated"),  # start-up: imports
-    ("SIGINT", 1.5, 130, "interrupted"), ("SIGTERM", 1.5, 143, "terminated"),  # model loading or the first batches
+@pytest.mark.parametrize("signame, when, code, word", [
+    ("SIGINT", "start-up", 130, "interrupted"), ("SIGTERM", "start-up", 143, "terminated"),  # imports
+    ("SIGINT", "mid-run", 130, "interrupted"), ("SIGTERM", "mid-run", 143, "terminated"),  # between batches
 ])
-def test_real_process_interrupted_prints_one_line(env, tmp_path, signame, delay, code, word):
+def test_real_process_interrupted_prints_one_line(env, tmp_path, signame, when, code, word):
     import signal
     import time
 
-    proc_env = dict(os.environ, XLSTEER_QUIET="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-                    XLSTEER_CACHE_DIR=str(tmp_path / "cache"))
+    proc_env = dict(os.environ, XLSTEER_QUIET="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc_env.pop("XLSTEER_DEBUG", None)
-    out = tmp_path / "out"
+    out, cache = tmp_path / "out", tmp_path / "cache"
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "xlsteer", "eval", "--model", env["T"], "--task", "xnli",
-                             "--langs", "sw,de", "--split", "dev", "--limit", "2000", "-o", str(out / "r.json")],
+                             "--langs", "sw,de", "--split", "dev", "--limit", "2000", "--batch-size", "4",
+                             "--cache-dir", str(cache), "-o", str(out / "r.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc_env)
-    time.sleep(delay)
+    if when == "start-up":
+        time.sleep(0.3)
+    else:  # the model is loaded and batches are being scored: the cache has its first lines
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and \
+                sum(p.stat().st_size for p in cache.glob("*.jsonl")) < 2000:
+            time.sleep(0.05)
     proc.send_signal(getattr(signal, signame))
     stdout, stderr = proc.communicate(timeout=300)
     lines = [line for line in stderr.splitlines() if line.strip()]

@@ -165,5 +165,8 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point of older installs (now ``xlsteer.__main__:run``, which handles
+    signals from before this module is imported)."""
+    from ..__main__ import run
+
+    run()
