@@ -480,7 +480,7 @@ CASES += [
     ("report_alpha_nan", "report {out} --alpha nan", 2, "--alpha"),
     ("alpha_overflows_the_model", "eval --model {T} --task xcopa --langs sw --limit 2 --no-cache --intervention {vec} "
      "--alpha 1e308 -o {out}/r.json", 1, "non-finite"),
-    ("output_is_a_device", "table {res_missing_lang} -o /dev/null", 2, "not a regular file"),
+    ("table_output_is_a_pipe", "table {res_missing_lang} -o {fifo}", 2, "not a regular file"),
     ("output_is_a_pipe", "export gguf {vec} --lang de -o {fifo}", 2, "not a regular file"),
     # faults of the per-item cache folder, before any work
     ("cache_dir_is_a_file", "eval --model {T} --task xcopa --langs sw --limit 2 --cache-dir {a_file} -o {out}/r.json",
