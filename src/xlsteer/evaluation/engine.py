@@ -360,37 +360,7 @@ class Engine:
             if len(set(keys)) != n:
                 raise UsageError("cache keys must be unique (e.g. language + item id)")
         ivs = _as_list(interventions)
-        results: list[Any] = [None] * n
-        universe = set(range(n))
-        poisoned: list[str] = []
-
-        def cached(i: int, raw: Any) -> Any:
-            """A cached value, or None (recomputed) when its line was altered into something else."""
-            try:
-                return decode(raw, i)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError):
-                poisoned.append(str(keys[i]))  # type: ignore[index]
-                return None
-
-        if ivs and anchor is not None and keys is not None and self.cache_dir is not None:
-            # Anchor rows are never steered: where the unsteered run of the same requests is in
-            # the cache, its results are the anchor rows' results (exactly, bit for bit), and a
-            # steered run (sweep grid point, method) does not compute them again.
-            plain = self._store(kind, params, scope, [], positions, anchor, create=False)
-            for i in range(n if plain is not None else 0):
-                if langs[i] == anchor and keys[i] in plain.data:  # type: ignore[union-attr]
-                    results[i] = cached(i, plain.data[keys[i]])  # type: ignore[union-attr]
-                    if results[i] is not None:
-                        universe.discard(i)
-        store = self._store(kind, params, scope, ivs, positions, anchor) if keys is not None else None
-        if store is not None:
-            for i in universe:
-                if keys[i] in store.data:  # type: ignore[index]
-                    results[i] = cached(i, store.data[keys[i]])  # type: ignore[index]
-        if poisoned:
-            warnings.warn(f"{len(poisoned)} malformed line(s) of the evaluation cache in {self.cache_dir} "
-                          f"(e.g. item {poisoned[0]}) were skipped and are computed again", XlsteerWarning,
-                          stacklevel=2)
+        results, universe, store = self._cached(kind, params, scope, ivs, positions, anchor, langs, keys, decode)
         dist = current_dist()
         if store is not None:
             dist.barrier()  # every process has read the cache before any of them appends to it
@@ -430,6 +400,47 @@ class Engine:
         # values round-trip through JSON in the cache: decode fresh ones too, so a cached and a
         # fresh run return exactly the same Python objects
         return [decode(json.loads(json.dumps(r)), i) for i, r in enumerate(results)]
+
+    def _cached(self, kind: str, params: dict[str, Any], scope: dict[str, Any] | None, ivs: list[Any],
+                positions: str, anchor: str | None, langs: Sequence[str], keys: Sequence[str] | None,
+                decode: Callable[[Any, int], Any]) -> tuple[list[Any], set[int], _Store | None]:
+        """Results served from the cache, the rows not served by the unsteered anchor cache, and the store.
+
+        A line whose value does not decode (or fails the kind's checks) is skipped, so that row is
+        computed again; one warning says how many.
+        """
+        n = len(langs)
+        results: list[Any] = [None] * n
+        universe = set(range(n))
+        poisoned: list[str] = []
+
+        def cached(i: int, raw: Any) -> Any:
+            try:
+                return decode(raw, i)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError):
+                poisoned.append(str(keys[i]))  # type: ignore[index]
+                return None
+
+        if ivs and anchor is not None and keys is not None and self.cache_dir is not None:
+            # Anchor rows are never steered: where the unsteered run of the same requests is in
+            # the cache, its results are the anchor rows' results (exactly, bit for bit), and a
+            # steered run (sweep grid point, method) does not compute them again.
+            plain = self._store(kind, params, scope, [], positions, anchor, create=False)
+            for i in range(n if plain is not None else 0):
+                if langs[i] == anchor and keys[i] in plain.data:  # type: ignore[union-attr]
+                    results[i] = cached(i, plain.data[keys[i]])  # type: ignore[union-attr]
+                    if results[i] is not None:
+                        universe.discard(i)
+        store = self._store(kind, params, scope, ivs, positions, anchor) if keys is not None else None
+        if store is not None:
+            for i in universe:
+                if keys[i] in store.data:  # type: ignore[index]
+                    results[i] = cached(i, store.data[keys[i]])  # type: ignore[index]
+        if poisoned:
+            warnings.warn(f"{len(poisoned)} malformed line(s) of the evaluation cache in {self.cache_dir} "
+                          f"(e.g. item {poisoned[0]}) were skipped and are computed again", XlsteerWarning,
+                          stacklevel=3)
+        return results, universe, store
 
     def _run_batch(self, batch_fn: Callable[[Any, list[int]], list[Any]], session: Any, idx: list[int]) -> list[Any]:
         """One batch, in chunks of at most ``oom_batch_size`` rows; halved again on out-of-memory.
