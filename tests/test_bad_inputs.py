@@ -167,7 +167,72 @@ def env(tmp_path_factory):
     e["data_no_sums"] = e["corpus"]
     (root / "a_file").write_text("not a directory\n")
     e["a_file"] = str(root / "a_file")
+    e.update(_malformed_files(root, e, tensors, meta))
+    os.mkfifo(root / "fifo")
+    e["fifo"] = str(root / "fifo")
     return e
+
+
+def _nested(depth: int) -> object:
+    doc: object = 1
+    for _ in range(depth):
+        doc = {"a": [doc]}
+    return doc
+
+
+def _malformed_files(root: Path, e: dict[str, str], tensors: dict, meta: dict) -> dict[str, str]:
+    """Files of the right kind whose contents have the wrong types, shapes or encodings."""
+    from safetensors.torch import save_file
+
+    out: dict[str, str] = {}
+
+    def intervention(name: str, **changes) -> None:
+        save_file(tensors, str(root / f"{name}.safetensors"),
+                  metadata={"xlsteer": json.dumps({**meta, **changes}, allow_nan=True)})
+        out[name] = str(root / f"{name}.safetensors")
+
+    intervention("iv_sites_number", sites=3)
+    intervention("iv_params_list", params=[1, 2])
+    intervention("iv_strength_text", strength="2")
+    intervention("iv_languages_text", languages="de")
+    intervention("iv_deep", params=_nested(300))
+    intervention("iv_unknown_site", sites=["resid_mid@1"])
+    intervention("iv_strength_nan", strength=float("nan"))
+
+    st_tensors, st_meta = load_tensors(e["stats"])
+
+    def statistics(name: str, tensors_: dict | None = None, **changes) -> None:
+        save_file(tensors_ or st_tensors, str(root / f"{name}.safetensors"),
+                  metadata={"xlsteer": json.dumps({**st_meta, **changes}, allow_nan=True)})
+        out[name] = str(root / f"{name}.safetensors")
+
+    statistics("st_widths_list", widths=[64])
+    statistics("st_threshold_null", threshold=None)
+    statistics("st_counts_text", counts={k: "many" for k in st_meta["counts"]})
+    statistics("st_shape", {**st_tensors, "en|resid_post@0|tok_sum": torch.zeros(32, dtype=torch.float64)})
+
+    results = {"format": "xlsteer.results", "task": "xcopa", "split": "test", "langs": ["sw"], "anchor": "en",
+               "metrics": {"names": ["acc"], "main": "acc"}, "model": {"name": "tiny"}, "template": {}}
+    docs = {"res_missing_lang": {**results, "per_lang": {}}, "res_list": [1, 2],
+            "res_type_swap": {**results, "per_lang": {"sw": 5}}, "res_deep": {**results, "per_lang": _nested(300)}}
+    for name, doc in docs.items():
+        (root / f"{name}.json").write_text(json.dumps(doc), encoding="utf-8")
+        out[name] = str(root / f"{name}.json")
+    (root / "categories_bad.json").write_text(json.dumps({"0": "x", "1": [1, 2]}), encoding="utf-8")
+    out["categories_bad"] = str(root / "categories_bad.json")
+    (root / "res_latin1.json").write_bytes(json.dumps({**results, "task": "é"}, ensure_ascii=False).encode("latin-1"))
+    out["res_latin1"] = str(root / "res_latin1.json")
+
+    truncated = root / "model_truncated"
+    shutil.copytree(e["T"], truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    out["model_truncated"] = str(truncated)
+    config_list = root / "model_config_list"
+    shutil.copytree(e["T"], config_list)
+    (config_list / "config.json").write_text("[1, 2]")
+    out["model_config_list"] = str(config_list)
+    return out
 
 
 # id, command line ({placeholders} from env, {out}: an empty output dir), exit code, part of the message
@@ -358,6 +423,89 @@ CASES += [pytest.param(*case, marks=needs_methods, id=case[0]) for case in [
 ]]
 
 
+# round two: readers of every file kind, values at the edges, faults
+CASES += [
+    # intervention metadata of the wrong JSON types
+    ("iv_sites_as_a_number", "inspect {iv_sites_number}", 1, "'sites' must be a list"),
+    ("iv_params_as_a_list", "export gguf {iv_params_list} --lang de -o {out}/v.gguf", 1, "'params' must be an object"),
+    ("iv_strength_as_text", "eval --model {T} --task xcopa --langs sw --limit 2 --intervention {iv_strength_text} "
+     "-o {out}/r.json", 1, "'strength' must be a finite number"),
+    ("iv_strength_nan", "inspect {iv_strength_nan}", 1, "'strength' must be a finite number"),
+    ("iv_deeply_nested_metadata", "inspect {iv_deep}", 1, "nested deeper"),
+    ("iv_unknown_site_name", "eval --model {T} --task xcopa --langs sw --limit 2 --intervention {iv_unknown_site} "
+     "-o {out}/r.json", 1, "unknown site"),
+    # statistics metadata and tensors
+    ("stats_widths_as_a_list", "sweep --model {T} --task xcopa --langs sw --limit 2 --stats {st_widths_list} "
+     "-o {out}/r.json", 1, "'widths' must be"),
+    ("stats_threshold_null", "inspect {st_threshold_null}", 1, "'threshold' must be a finite number"),
+    ("stats_counts_as_text", "analyze --model {T} --langs en,de --data {corpus} --limit 4 --stats {st_counts_text} "
+     "-o {out}/run", 1, "'counts' must be"),
+    ("stats_tensor_of_another_width", "inspect {st_shape}", 1, "is not a (64,) vector"),
+    # results files read by xlsteer table
+    ("table_lacks_a_language", "table {res_missing_lang}", 1, "lacks the field 'sw'"),
+    ("table_of_a_list", "table {res_list}", 1, "not an xlsteer results file"),
+    ("table_value_of_another_type", "table {res_type_swap}", 1, "malformed field"),
+    ("table_deeply_nested", "table {res_deep}", 1, "nests JSON deeper"),
+    ("table_not_utf8", "table {res_latin1}", 1, "not UTF-8"),
+    ("categories_malformed", "analyze --model {T} --langs en,de --data {corpus} --limit 4 "
+     "--categories {categories_bad} -o {out}/run", 1, "categories file"),
+    # model folders
+    ("truncated_model_weights", "sites {model_truncated}", 1, "corrupted or truncated"),
+    ("truncated_model_weights_collect", "collect --model {model_truncated} --langs en,de --data {corpus} "
+     "-o {out}/s.safetensors", 1, "corrupted or truncated"),
+    ("model_config_not_an_object", "sites {model_config_list}", 1, "cannot load"),
+    # numbers at the edges, refused when parsed
+    ("seed_negative", "eval --model {T} --task xcopa --langs sw --limit 2 --seed -1 -o {out}/r.json", 2, "--seed"),
+    ("seed_negative_analyze", "analyze --model {T} --langs en,de --data {corpus} --limit 4 --seed -1 -o {out}/run",
+     2, "--seed"),
+    ("seed_negative_compare", "compare --model {T} --task xcopa --langs sw --limit 2 --seed -3 -o {out}/cmp",
+     2, "--seed"),
+    ("seed_too_large_lm_eval", "lm-eval --model {T} --tasks xcopa_sw --limit 2 --seed 99999999999 -o {out}/r.json",
+     2, "--seed"),
+    ("threshold_nan", "collect --model {T} --langs en,de --data {corpus} --threshold nan -o {out}/s.safetensors",
+     2, "finite"),
+    ("threshold_infinite", "collect --model {T} --langs en,de --data {corpus} --threshold -inf "
+     "-o {out}/s.safetensors", 2, "finite"),
+    ("max_length_overflows", "collect --model {T} --langs en,de --data {corpus} --max-length 99999999999999999999 "
+     "-o {out}/s.safetensors", 2, "--max-length"),
+    ("batch_size_overflows", "eval --model {T} --task xcopa --langs sw --limit 2 --batch-size 99999999999999999999 "
+     "-o {out}/r.json", 2, "--batch-size"),
+    ("limit_overflows", "eval --model {T} --task xcopa --langs sw --limit 99999999999999999999999 -o {out}/r.json",
+     2, "--limit"),
+    ("limit_infinite_lm_eval", "lm-eval --model {T} --tasks xcopa_sw --limit inf -o {out}/r.json", 2, "--limit"),
+    ("num_fewshot_overflows", "lm-eval --model {T} --tasks xcopa_sw --limit 2 --num-fewshot 99999999999 "
+     "-o {out}/r.json", 2, "--num-fewshot"),
+    ("max_new_tokens_negative", "eval --model {T} --task mgsm --langs sw --limit 1 --max-new-tokens -3 "
+     "-o {out}/r.json", 2, "--max-new-tokens"),
+    ("report_alpha_nan", "report {out} --alpha nan", 2, "--alpha"),
+    ("alpha_overflows_the_model", "eval --model {T} --task xcopa --langs sw --limit 2 --no-cache --intervention {vec} "
+     "--alpha 1e308 -o {out}/r.json", 1, "non-finite"),
+    ("table_output_is_a_pipe", "table {res_missing_lang} -o {fifo}", 2, "not a regular file"),
+    ("output_is_a_pipe", "export gguf {vec} --lang de -o {fifo}", 2, "not a regular file"),
+    # faults of the per-item cache folder, before any work
+    ("cache_dir_is_a_file", "eval --model {T} --task xcopa --langs sw --limit 2 --cache-dir {a_file} -o {out}/r.json",
+     2, "is a file"),
+    ("cache_dir_under_a_file", "eval --model {T} --task xcopa --langs sw --limit 2 --cache-dir {a_file}/sub "
+     "-o {out}/r.json", 2, "--cache-dir"),
+    ("cache_dir_not_writable", "sweep --model {T} --task xcopa --langs sw --limit 2 --stats {stats} "
+     "--cache-dir {readonly}/cache -o {out}/r.json", 2, "--cache-dir"),
+]
+CASES += [pytest.param(*case, marks=needs_methods, id=case[0]) for case in [
+    ("generate_languages_as_text", "generate --model {T} -i {iv_languages_text} --lang de Hallo", 1,
+     "'languages' must be a list"),
+    ("generate_max_new_tokens_overflows", "generate --model {T} --max-new-tokens 99999999999 Hallo", 2,
+     "--max-new-tokens"),
+    ("param_negative_ridge", "fit incline --model {T} --langs de --data {corpus} -p ridge=-1 -o {out}/v.safetensors",
+     2, "out of range"),
+    ("param_nested_infinity", "fit diffmean --model {T} --langs de --data {corpus} -p 'ref_norm={{\"1\": 1e999}}' "
+     "-o {out}/v.safetensors", 2, "finite"),
+    ("param_integer_overflow", "fit clas --model {T} --langs de,sw --data {corpus} -p k=99999999999999999999 "
+     "-o {out}/v.safetensors", 2, "out of range"),
+    ("param_fraction_out_of_range", "fit lape --model {T} --langs de,sw --data {corpus} -p top_fraction=2 "
+     "-o {out}/v.safetensors", 2, "out of range"),
+]]
+
+
 def _ids(case) -> str:
     return case[0] if isinstance(case, tuple) else case.id
 
@@ -516,3 +664,243 @@ def test_real_process_prints_one_line(env, case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert os.listdir(tmp_path) == []
+
+
+# ---- no command may destroy its input -----------------------------------------------------------
+
+# id, setup (links and copies inside the work folder), command ({w}: the work folder holding copies of
+# vec, stats, r.json, the corpus, the model and a data dir), part of the message
+COLLISIONS = [
+    ("export_over_its_input", "", "export gguf {w}/vec.safetensors --lang de -o {w}/vec.safetensors", "input file"),
+    ("eval_over_its_intervention", "", "eval --model {w}/model --task xcopa --langs sw --limit 2 "
+     "--intervention {w}/vec.safetensors -o {w}/vec.safetensors", "input file"),
+    ("sweep_over_its_statistics", "", "sweep --model {w}/model --task xcopa --langs sw --limit 2 "
+     "--stats {w}/stats.safetensors -o {w}/stats.safetensors", "input file"),
+    ("sweep_best_file_over_its_intervention", "copy vec.safetensors r.best.safetensors",
+     "sweep --model {w}/model --task xcopa --langs sw --limit 2 --intervention {w}/r.best.safetensors "
+     "-o {w}/r.json", "input file"),
+    ("table_over_its_input", "", "table {w}/r.json -o {w}/r.json", "input file"),
+    ("lm_eval_over_its_intervention", "", "lm-eval --model {w}/model --tasks xcopa_sw --limit 2 "
+     "--intervention {w}/vec.safetensors -o {w}/vec.safetensors", "input file"),
+    ("report_over_a_results_file", "copy r.json run/r.json", "report {w}/run -o {w}/run/r.json", "input file"),
+    ("report_over_a_figure", "copy r.json run/figures/a.png", "report {w}/run -o {w}/run/figures/a.png", "input file"),
+    ("analyze_over_its_eval_file", "copy r.json run/analysis_similarity_de.json",
+     "analyze --model {w}/model --langs en,de --data {w}/corpus --limit 4 "
+     "--eval {w}/run/analysis_similarity_de.json -o {w}/run", "input file"),
+    ("collect_over_its_corpus", "", "collect --model {w}/model --langs en,de --data {w}/corpus "
+     "-o {w}/corpus/de.txt", "input directory"),
+    ("collect_over_the_model_weights", "", "collect --model {w}/model --langs en,de --data {w}/corpus "
+     "-o {w}/model/model.safetensors", "input directory"),
+    ("fit_over_its_corpus", "", "fit diffmean --model {w}/model --langs de --data {w}/corpus -o {w}/corpus/en.txt",
+     "input directory"),
+    ("fit_stats_cache_over_its_corpus", "", "fit diffmean --model {w}/model --langs de --data {w}/corpus "
+     "--stats-cache {w}/corpus/de.txt -o {w}/v.safetensors", "input directory"),
+    ("eval_into_the_data_dir", "", "eval --model {w}/model --task xcopa --langs sw --limit 2 --split dev "
+     "--data-dir {w}/data -o {w}/data/xcopa/data/sw/val.sw.jsonl", "input directory"),
+    ("demo_over_the_data_dir", "", "demo --quick --data-dir {w}/data -o {w}/data", "input directory"),
+    ("symlink_to_the_input", "symlink vec.safetensors link.json", "eval --model {w}/model --task xcopa --langs sw "
+     "--limit 2 --intervention {w}/vec.safetensors -o {w}/link.json", "input file"),
+    ("hard_link_to_the_input", "hardlink vec.safetensors hard.json", "eval --model {w}/model --task xcopa --langs sw "
+     "--limit 2 --intervention {w}/vec.safetensors -o {w}/hard.json", "input file"),
+    ("hard_link_into_the_model_folder", "hardlink model/config.json cfg.json", "collect --model {w}/model "
+     "--langs en,de --data {w}/corpus -o {w}/cfg.json", "hard link"),
+    ("dotdot_to_the_input", "", "export gguf {w}/vec.safetensors --lang de -o {w}/corpus/../vec.safetensors",
+     "input file"),
+    ("symlinked_input_named_by_its_target", "symlink vec.safetensors alias.safetensors",
+     "export gguf {w}/alias.safetensors --lang de -o {w}/vec.safetensors", "input file"),
+]
+
+
+def _work_folder(env, w: Path, setup: str) -> None:
+    shutil.copy(env["vec"], w / "vec.safetensors")
+    shutil.copy(env["stats"], w / "stats.safetensors")
+    (w / "r.json").write_text('{"format": "xlsteer.results"}\n', encoding="utf-8")
+    shutil.copytree(env["corpus"], w / "corpus")
+    shutil.copytree(env["T"], w / "model")
+    shutil.copytree(env["data_no_field"], w / "data")
+    if setup:
+        how, src, dst = setup.split()
+        (w / dst).parent.mkdir(parents=True, exist_ok=True)
+        {"copy": shutil.copy, "symlink": lambda a, b: os.symlink(a, b), "hardlink": os.link}[how](w / src, w / dst)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case_id, setup, command, message", COLLISIONS, ids=[c[0] for c in COLLISIONS])
+def test_no_command_overwrites_its_input(env, case_id, setup, command, message, tmp_path, capsys):
+    w = tmp_path / "work"
+    w.mkdir()
+    _work_folder(env, w, setup)
+    before = _snapshot(w)
+    argv = [part.format(w=w) for part in shlex.split(command)]
+    capsys.readouterr()
+    line = _one_error_line(capsys, main(argv), 2)
+    assert message in line and ("destroy" in line or "replace" in line), line
+    assert _snapshot(w) == before, "every input is unchanged and nothing was written"
+
+
+# ---- the per-item cache: a poisoned line is skipped and recomputed ------------------------------
+
+
+def test_poisoned_cache_lines_are_recomputed_with_one_warning(env, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    args = ["eval", "--model", env["T"], "--task", "xcopa", "--langs", "sw", "--limit", "4", "--cache-dir", str(cache)]
+    assert main([*args, "-o", str(tmp_path / "first.json")]) == 0
+    (store,) = cache.glob("*.jsonl")
+    lines = store.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    items = [i for i, r in enumerate(records) if "k" in r]
+    assert len(items) == 4
+    poison = [{"k": records[items[0]]["k"], "v": "not a score"},  # a value of another type
+              {"k": records[items[1]]["k"], "v": [[float("nan"), 1, 1, True]] * 2},  # NaN
+              {"k": records[items[2]]["k"], "v": [[-1.0, 1, 1, True]]}]  # one continuation instead of two
+    for i, rec in zip(items, poison):
+        lines[i] = json.dumps(rec)
+    store.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "second.json")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: 3 malformed line(s) of the evaluation cache"), err
+    first = json.loads((tmp_path / "first.json").read_text())
+    second = json.loads((tmp_path / "second.json").read_text())
+    # computed again: the same answers (scores differ at float rounding: the 3 items form another batch)
+    assert first["per_lang"]["sw"]["metrics"] == second["per_lang"]["sw"]["metrics"]
+    margin = [first["per_lang"]["sw"]["continuous"]["margin"], second["per_lang"]["sw"]["continuous"]["margin"]]
+    assert margin[1] == pytest.approx(margin[0], rel=1e-4, abs=1e-4)
+
+
+# ---- faults while writing: one line, nothing left ------------------------------------------------
+
+
+def test_full_disk_while_saving_tensors(env, tmp_path, capsys, monkeypatch):
+    import safetensors
+    import safetensors.torch
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    code = main(["collect", "--model", env["T"], "--langs", "en,de", "--data", env["corpus"], "--limit", "2",
+                 "-o", str(out / "s.safetensors")])
+    assert "disk" in _one_error_line(capsys, code, 1)
+    assert os.listdir(out) == []
+
+
+def test_full_disk_while_exporting_leaves_nothing(env, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import gguf
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full)
+    capsys.readouterr()
+    code = main(["export", "gguf", env["vec"], "--lang", "de", "-o", str(tmp_path / "v.gguf")])
+    assert "No space left" in _one_error_line(capsys, code, 1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_full_disk_while_appending_to_the_cache(env, tmp_path, capsys, monkeypatch):
+    import errno
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    code = main(["eval", "--model", env["T"], "--task", "xcopa", "--langs", "sw", "--limit", "2",
+                 "--cache-dir", str(tmp_path / "cache"), "-o", str(out / "r.json")])
+    line = _one_error_line(capsys, code, 1)
+    assert "evaluation cache" in line and "--no-cache" in line
+    assert os.listdir(out) == []
+
+
+@pytest.mark.slow  # lm-eval indexes its task configs (seconds)
+def test_lm_eval_task_config_naming_a_missing_data_file(env, tmp_path, capsys):
+    tasks = tmp_path / "tasks"
+    assert main(["lm-eval", "--write-tasks", str(tasks)]) == 0
+    config = (tasks / "xcopa_sw.yaml").read_text(encoding="utf-8")
+    test_file = next(line.split(": ", 1)[1] for line in config.splitlines() if line.strip().startswith("test:"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(tasks / "utils.py", mine / "utils.py")
+    (mine / "mytask_sw.yaml").write_text(config.replace("task: xcopa_sw", "task: mytask_sw")
+                                         .replace(test_file, str(tmp_path / "missing.jsonl")), encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    code = main(["lm-eval", "--model", env["T"], "--tasks", "mytask_sw", "--include-path", str(mine), "--limit", "2",
+                 "-o", str(out / "r.json")])
+    assert "missing.jsonl" in _one_error_line(capsys, code, 1)
+    assert os.listdir(out) == []
+
+
+# ---- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
+
+
+def test_a_signal_during_an_import_is_delivered_after_it(tmp_path, monkeypatch):
+    """An interrupted import leaves a broken module (numpy then recurses forever): hold the signal back."""
+    import importlib
+    import signal
+
+    from xlsteer import signals
+
+    (tmp_path / "slow_module_xl.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.1)\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    previous = signals.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            module = importlib.import_module("slow_module_xl")
+            assert module.DONE  # the import finished ...
+            for _ in range(100):  # ... and the interrupt arrives right after it
+                __import__("time").sleep(0.01)
+        assert sys.modules["slow_module_xl"].DONE
+    finally:
+        signals.restore(previous)
+        sys.modules.pop("slow_module_xl", None)
+    assert signal.getsignal(signal.SIGINT) is previous[signal.SIGINT]
+
+
+@pytest.mark.parametrize("signame, when, code, word", [
+    ("SIGINT", "start-up", 130, "interrupted"), ("SIGTERM", "start-up", 143, "terminated"),  # imports
+    ("SIGINT", "mid-run", 130, "interrupted"), ("SIGTERM", "mid-run", 143, "terminated"),  # between batches
+])
+def test_real_process_interrupted_prints_one_line(env, tmp_path, signame, when, code, word):
+    import signal
+    import time
+
+    proc_env = dict(os.environ, XLSTEER_QUIET="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc_env.pop("XLSTEER_DEBUG", None)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "xlsteer", "eval", "--model", env["T"], "--task", "xnli",
+                             "--langs", "sw,de", "--split", "dev", "--limit", "2000", "--batch-size", "4",
+                             "--cache-dir", str(cache), "-o", str(out / "r.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc_env)
+    if when == "start-up":
+        time.sleep(0.3)
+    else:  # the model is loaded and batches are being scored: the cache has its first lines
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and \
+                sum(p.stat().st_size for p in cache.glob("*.jsonl")) < 2000:
+            time.sleep(0.05)
+    proc.send_signal(getattr(signal, signame))
+    stdout, stderr = proc.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, stderr
+    assert lines == [f"error: {word}"], stderr
+    assert os.listdir(out) == []

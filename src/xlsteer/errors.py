@@ -41,3 +41,11 @@ class FingerprintError(XlsteerError):
 
 class ArtifactError(XlsteerError):
     """A corrupted, truncated or incomplete artifact file."""
+
+
+class XlsteerWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised by the CLI's handler): unwind like Ctrl-C, so nothing is half-written."""

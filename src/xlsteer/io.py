@@ -10,12 +10,13 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
     import torch
 
 from .errors import ArtifactError, UsageError
+from .validation import MAX_DEPTH, json_depth_exceeds, non_finite_field
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -23,6 +24,8 @@ def check_writable(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.exists() and p.is_dir():
         raise UsageError(f"output path {p} is a directory; give a file name, e.g. {p}/out.json")
+    if p.exists() and not p.is_file():  # a device, FIFO or socket: renaming over it would replace the node
+        raise UsageError(f"output path {p} is not a regular file (a device, pipe or socket); give a file name")
     parent = p.parent if str(p.parent) else Path(".")
     probe = parent
     while not probe.exists():
@@ -40,6 +43,81 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise UsageError(f"cannot write {p}: directory {probe} is not writable ({e.strerror}); "
                          "choose another output path") from None
     return p
+
+
+def _identity(p: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing path (what a hard link shares), else None."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return p.expanduser().absolute()
+
+
+def _files_of(folder: Path, limit: int = 20000) -> set[tuple[int, int]]:
+    """(device, inode) of the files under ``folder`` (bounded: a huge tree is only partly scanned)."""
+    out: set[tuple[int, int]] = set()
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            ident = _identity(Path(base) / name)
+            if ident is not None:
+                out.add(ident)
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def check_outputs_spare_inputs(outputs: Iterable[str | os.PathLike | None],
+                               inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse, before any work, an output that would overwrite (or replace) one of the command's inputs.
+
+    Why: ``-o`` naming an input was accepted and destroyed it (an intervention became GGUF, a
+    results file became Markdown). An output collides with an input file when both resolve to the
+    same path (symlinks, ``..``) or share an inode (hard links); with an input directory (a model
+    folder, a corpus folder, the data dir) when it would replace an existing file inside it.
+    Paths that are ``None`` are skipped, so callers can pass optional options as they are.
+    """
+    ins = [Path(i) for i in inputs if i is not None and str(i) != ""]
+    in_files = [(i, _resolved(i), _identity(i)) for i in ins if not i.is_dir()]
+    in_dirs = [(i, _resolved(i)) for i in ins if i.is_dir()]
+    dir_files: dict[Path, set[tuple[int, int]]] = {}
+    for out in (Path(o) for o in outputs if o is not None and str(o) != ""):
+        real, ident = _resolved(out), _identity(out)
+        for given, resolved, in_ident in in_files:
+            if real == resolved or (ident is not None and ident == in_ident):
+                raise UsageError(f"output {out} is the input file {given}; writing it would destroy the input, "
+                                 "choose another output path")
+        for given, resolved in in_dirs:
+            inside = real == resolved or resolved in real.parents
+            if inside and out.exists():
+                raise UsageError(f"output {out} would replace {real.relative_to(resolved) if real != resolved else '.'}"
+                                 f" of the input directory {given}; choose an output path outside it")
+            if ident is None:
+                continue
+            if resolved not in dir_files:
+                dir_files[resolved] = _files_of(resolved)
+            if ident in dir_files[resolved]:
+                raise UsageError(f"output {out} is a hard link to a file of the input directory {given}; "
+                                 "writing it would destroy that file, choose another output path")
+
+
+def files_written_into(folder: str | os.PathLike, patterns: Iterable[str]) -> list[Path]:
+    """The files a command writing ``patterns`` (names or globs) into ``folder`` would create or replace."""
+    root = Path(folder)
+    out: list[Path] = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            out.extend(root.glob(pattern) if root.is_dir() else [])
+        else:
+            out.append(root / pattern)
+    return out
 
 
 def _umask() -> int:
@@ -158,11 +236,21 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     if not p.is_file():
         raise UsageError(f"{what} {p} does not exist; check the path")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        doc = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ArtifactError(f"{what} {p} is not UTF-8 text; give a JSON file written by xlsteer") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{what} {p} is malformed JSON (line {e.lineno}: {e.msg}); re-create it") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {what} {p} ({e.strerror or e}); check the path and its permissions") from None
+    except RecursionError:
+        doc = None
+        deep = True
+    else:
+        deep = json_depth_exceeds(doc)
+    if deep:
+        raise ArtifactError(f"{what} {p} nests JSON deeper than {MAX_DEPTH} levels; give a file written by xlsteer")
+    return doc
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], metadata: dict[str, Any]) -> Path:
@@ -175,10 +263,19 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], me
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"tensor {name!r} contains NaN or Inf; refusing to save (check the fit inputs)")
+    bad = non_finite_field(metadata)
+    if bad is not None:  # JSON would store null, which every later reader of the file refuses
+        raise ArtifactError(f"metadata field {bad} of {path} is NaN or infinite; refusing to save (check the inputs)")
     meta = {"xlsteer": dumps_json(metadata)}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    from safetensors import SafetensorError
+
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=meta)
+        try:
+            save_file(flat, str(tmp), metadata=meta)
+        except SafetensorError as e:  # safetensors reports a full disk as its own error, not OSError
+            raise ArtifactError(f"cannot write {path} ({' '.join(str(e).split())[:200]}); check the free disk "
+                                "space and run again") from None
     return Path(path)
 
 
@@ -203,8 +300,11 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
         raise ArtifactError(f"{what} {p} has no xlsteer metadata; it was not written by xlsteer")
     try:
         metadata = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ArtifactError(f"{what} {p} has malformed metadata; re-create it") from None
+    if not isinstance(metadata, dict) or json_depth_exceeds(metadata):
+        raise ArtifactError(f"{what} {p} has malformed metadata (not an object, or nested deeper than "
+                            f"{MAX_DEPTH} levels); re-create it")
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"{what} {p}: tensor {name!r} contains NaN or Inf; re-create it")

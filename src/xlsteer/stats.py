@@ -12,18 +12,28 @@ Two levels:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-from .errors import ArtifactError, LanguageError, UsageError
+from .errors import ArtifactError, LanguageError, UsageError, XlsteerError
 from .hooks import ForwardContext, record
 from .io import load_tensors, save_tensors
 from .models.sites import Site, check_site
 from .progress import bar
 from .provenance import provenance
+from .validation import check_fields, dict_of, finite, integer, list_of, obj, one_of, optional, text
+
+# the JSON types of a statistics file's metadata
+_METADATA = {
+    "format": text, "langs": list_of(text, min_len=1, unique=True), "sites": list_of(text, min_len=1),
+    "widths": dict_of(integer(1, 1 << 24)), "pooling": one_of("mean", "last"), "threshold": finite,
+    "counts": dict_of(list_of(integer(0), min_len=2, max_len=2)), "keep_items": optional(one_of(True, False)),
+    "model_fingerprint": optional(obj), "provenance": optional(obj),
+}
 
 Pooling = Literal["mean", "last"]
 _TOKEN_KEYS = ("tok_sum", "tok_sumsq", "tok_pos", "tok_thr")
@@ -71,6 +81,8 @@ class Statistics:
         self.widths = dict(widths)
         self.pooling = pooling
         self.threshold = float(threshold)
+        if not math.isfinite(self.threshold):
+            raise UsageError(f"threshold must be a finite number, got {threshold!r}")
         self.keep_items = keep_items
         self.meta = dict(meta or {})
         self.acc: dict[tuple[str, Site], _Acc] = {
@@ -202,31 +214,45 @@ class Statistics:
             raise ArtifactError(
                 f"statistics file {path} lacks field(s) {', '.join(missing) or 'format'}; re-create it with `xlsteer collect`"
             )
-        if fingerprint is not None and "model_fingerprint" in meta:
+        fix = "re-create it with `xlsteer collect`"
+        check_fields(meta, _METADATA, what=f"statistics file {path}", fix=fix, required=required)
+        if fingerprint is not None and isinstance(meta.get("model_fingerprint"), dict):
             from .models.loading import check_fingerprint
 
             check_fingerprint(meta["model_fingerprint"], fingerprint, what=f"statistics file {path}")
+        try:
+            sites = [Site.parse(s) for s in meta["sites"]]
+        except XlsteerError as e:
+            raise ArtifactError(f"statistics file {path} has an invalid site ({e}); {fix}") from None
+        absent = sorted({s.name for s in sites} - set(meta["widths"]))
+        if absent:
+            raise ArtifactError(f"statistics file {path}: field 'widths' lacks {', '.join(absent)}; {fix}")
         extra = {k: v for k, v in meta.items() if k not in required and k != "keep_items"}
-        stats = cls(
-            meta["langs"],
-            [Site.parse(s) for s in meta["sites"]],
-            meta["widths"],
-            meta["pooling"],
-            meta["threshold"],
-            bool(meta.get("keep_items")),
-            extra,
-        )
+        stats = cls(meta["langs"], sites, meta["widths"], meta["pooling"], meta["threshold"],
+                    bool(meta.get("keep_items")), extra)
         for (lang, site), a in stats.acc.items():
-            prefix = f"{lang}|{site}|"
-            try:
-                for name in _TOKEN_KEYS + _ITEM_KEYS:
-                    setattr(a, name, tensors[prefix + name].double())
-                a.n_items, a.n_tokens = meta["counts"][f"{lang}|{site}"]
-            except KeyError:
-                raise ArtifactError(f"statistics file {path} lacks tensors for {lang} at {site}; re-create it") from None
-            if prefix + "items" in tensors:
-                a.items = [tensors[prefix + "items"]]
+            _fill(a, tensors, meta["counts"], lang, site, f"statistics file {path}", fix)
         return stats
+
+
+def _fill(a: _Acc, tensors: dict[str, torch.Tensor], counts: dict[str, Any], lang: str, site: Site,
+          what: str, fix: str) -> None:
+    """Load one (language, site)'s accumulators, checking their shapes against the site's width."""
+    prefix = f"{lang}|{site}|"
+    try:
+        for name in _TOKEN_KEYS + _ITEM_KEYS:
+            setattr(a, name, tensors[prefix + name].double())
+        a.n_items, a.n_tokens = counts[f"{lang}|{site}"]
+    except KeyError:
+        raise ArtifactError(f"{what} lacks tensors for {lang} at {site}; {fix}") from None
+    bad = [name for name in _TOKEN_KEYS + _ITEM_KEYS if tuple(getattr(a, name).shape) != (a.width,)]
+    if bad:
+        raise ArtifactError(f"{what}: tensor {prefix + bad[0]} is not a ({a.width},) vector; {fix}")
+    if prefix + "items" in tensors:
+        items = tensors[prefix + "items"]
+        if items.dim() != 2 or items.shape[1] != a.width or items.shape[0] != a.n_items:
+            raise ArtifactError(f"{what}: tensor {prefix}items is not ({a.n_items}, {a.width}); {fix}")
+        a.items = [items]
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,16 @@ one line (``error: ...``) with exit code 1 (runtime) or 2 (usage); ``--debug`` s
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
-from ..errors import UsageError, XlsteerError
+from .. import signals
+from ..errors import Terminated, UsageError, XlsteerError, XlsteerWarning
 
 _COMMAND_MODULES = ("core", "data", "methods", "evaluate", "analysis", "export", "baselines", "lmeval", "demo")
 
@@ -48,14 +51,68 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EACCES: "permission denied; check the permissions or choose another path",
+    errno.EPERM: "operation not permitted; check the permissions or choose another path",
+    errno.EROFS: "read-only file system; write elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a directory; check the path",
+    errno.EISDIR: "is a directory; give a file",
+    errno.ENOENT: "no such file or directory; check the path",
+    errno.EIO: "input/output error; check the disk",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system fault that reached the CLI (full disk, permissions, ...)."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    hint = _OS_HINTS.get(e.errno or -1, f"{e.strerror or _one_line(e)}; check the path and the disk")
+    if where:
+        return f"{where}: {hint}"
+    return f"{_one_line(e)[:200]}; {hint.split('; ', 1)[-1]}"
+
+
+def _library_io_error(e: BaseException) -> str | None:
+    """One line for the I/O errors of libraries that do not subclass OSError (safetensors, datasets)."""
+    name = type(e).__name__
+    module = type(e).__module__ or ""
+    if name == "SafetensorError" or module.split(".")[0] in ("safetensors", "datasets", "fsspec", "huggingface_hub"):
+        return f"{name}: {_one_line(e)[:300]}; check the file (it may be truncated or the disk full)"
+    return None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if issubclass(category, XlsteerWarning):
+        click.echo(f"warning: {_one_line(message)}", err=True)
+    else:
+        _DEFAULT_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_DEFAULT_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn user-caused errors into one line and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("XLSTEER_DEBUG") == "1"
+    previous = signals.install()  # SIGINT -> 130, SIGTERM -> 143, one line, temp files removed
+    warnings.showwarning = _show_warning
+    try:
+        return _run(argv, debug)
+    finally:
+        warnings.showwarning = _DEFAULT_SHOWWARNING
+        signals.restore(previous)
+
+
+def _run(argv: list[str] | None, debug: bool) -> int:
     try:
         cli.main(args=argv, prog_name="xlsteer", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
         return 130
+    except Terminated:
+        click.echo("error: terminated", err=True)
+        return 143
     except click.ClickException as e:
         if debug:
             raise
@@ -66,9 +123,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {_one_line(e)}", err=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        return 130
     except MemoryError:
         if debug:
             raise
@@ -78,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         click.echo(f"error: out of memory on the device ({_one_line(e)[:120]}); use a smaller --batch-size", err=True)
+        return 1
+    except OSError as e:
+        if debug:
+            raise
+        click.echo(f"error: {os_error_line(e)}", err=True)
+        return 1
+    except Exception as e:
+        line = _library_io_error(e)
+        if debug or line is None:
+            raise
+        click.echo(f"error: {line}", err=True)
         return 1
     return 0
 
@@ -100,5 +165,8 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point of older installs (now ``xlsteer.__main__:run``, which handles
+    signals from before this module is imported)."""
+    from ..__main__ import run
+
+    run()

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
-from .options import data_dir_option, load_model_from, model_options, parse_langs, parse_layers
+from .options import (FINITE, MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_input, model_options,
+                      parse_langs, parse_layers, spare_inputs)
+
+# what analyze writes into its run directory (xlsteer.analysis.run)
+_ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
 
 
 @click.command("analyze")
@@ -21,7 +25,7 @@ from .options import data_dir_option, load_model_from, model_options, parse_lang
 @click.option("--data", "corpus", default="ntrex", show_default=True, help="Parallel text: ntrex, xquad, or a folder of <lang>.txt.")
 @click.option("--split", default="validation", show_default=True,
               help="Corpus split (ntrex: fit | validation | all; xquad: fit). Default: text not used for fitting.")
-@click.option("--limit", type=click.IntRange(min=2), default=100, show_default=True, help="Parallel texts per language.")
+@click.option("--limit", type=count(2), default=100, show_default=True, help="Parallel texts per language.")
 @click.option("--compare-model", default=None, help="Second model of the same family (e.g. the base of an instruct model).")
 @click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
               help="Evaluation results JSON for the gain-vs-similarity regression; repeatable.")
@@ -29,12 +33,12 @@ from .options import data_dir_option, load_model_from, model_options, parse_lang
               help="Statistics with mlp_act sites (xlsteer collect) for CLAS categories and LAPE counts.")
 @click.option("--categories", "categories_file", default=None, type=click.Path(dir_okay=False),
               help="CLAS categories JSON ({layer: {category: percent}}, see xlsteer.analysis.neuron_map).")
-@click.option("--projection-layer", type=int, default=None, help="Layer for PCA/t-SNE (default: penultimate).")
+@click.option("--projection-layer", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="Layer for PCA/t-SNE (default: penultimate).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
-@click.option("--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Logit-lens top-k.")
-@click.option("--seed", type=int, default=0, show_default=True, help="random_state of t-SNE/PCA.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--top-k", "k", type=count(1), default=10, show_default=True, help="Logit-lens top-k.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="random_state of t-SNE/PCA.")
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(2), default=128, show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run directory to write into.")
 def analyze_cmd(**kw) -> None:
     """Similarity to the anchor, logit lens, projections, neuron map and regression, into a run directory."""
@@ -43,12 +47,16 @@ def analyze_cmd(**kw) -> None:
     from ..data.langs import normalize_lang
     from ..errors import UsageError
     from ..interventions.base import Intervention
-    from ..io import read_json
     from ..models.loading import load_model
 
     out = Path(kw.pop("output"))
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; give a directory for the run (it is created if missing)")
+    from ..io import files_written_into
+
+    spare_inputs(files_written_into(out, _ANALYZE_WRITES),
+                 [*kw["intervention_files"], *kw["eval_files"], kw["stats_file"], kw["categories_file"], kw["corpus"],
+                  kw["compare_model"] and model_input(kw["compare_model"])], model=kw["model"], data_dir=kw["data_dir"])
     anchor = normalize_lang(kw.pop("anchor"))
     langs = parse_langs(kw.pop("langs"))
     if anchor not in langs:
@@ -80,7 +88,7 @@ def analyze_cmd(**kw) -> None:
         from ..stats import Statistics
 
         stats = Statistics.load(kw["stats_file"], fingerprint=lm.fingerprint)
-    categories = read_json(kw["categories_file"], "categories file") if kw.get("categories_file") else None
+    categories = _read_categories(kw["categories_file"]) if kw.get("categories_file") else None
     other = load_model(compare_name, **model_kw) if compare_name else None
     t0 = time.perf_counter()
     result = analyze(
@@ -96,17 +104,38 @@ def analyze_cmd(**kw) -> None:
                f"in {time.perf_counter() - t0:.1f} s; render them with: xlsteer report {out}")
 
 
+def _read_categories(path: str) -> object:
+    """The CLAS categories JSON, checked where it enters (not after the model has run)."""
+    from ..analysis.neuron_map import category_table
+    from ..errors import DataError
+    from ..io import read_json
+
+    doc = read_json(path, "categories file")
+    try:
+        category_table(doc)
+    except DataError as e:
+        raise DataError(f"categories file {path}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise DataError(f"categories file {path} is malformed ({' '.join(str(e).split())[:160]}); give "
+                        "{layer: {category: percent}} (see xlsteer.analysis.neuron_map)") from None
+    return doc
+
+
 @click.command("report")
 @click.argument("run_dir", type=click.Path())
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
               help="HTML file to write (default: RUN_DIR/report.html, or FILE.html for a result file).")
-@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level for verdicts.")
+@click.option("--alpha", type=FINITE, default=0.05, show_default=True, help="Significance level for verdicts.")
 @click.option("--title", default=None, help="Page title.")
 def report_cmd(run_dir: str, output: str | None, alpha: float, title: str | None) -> None:
     """Render every result and figure in RUN_DIR (or one result file) as one self-contained HTML page,
     the answer first."""
+    from ..io import files_written_into
     from ..report import build_report
 
+    html = Path(output) if output is not None else Path(run_dir) / "report.html"
+    spare_inputs([html, *files_written_into(html.parent / f"{html.stem}_figures", ["*.png"])],
+                 files_written_into(run_dir, ["*.json", "figures/*.png"]))
     path = build_report(run_dir, output, alpha=alpha, title=title)
     fig_dir = path.parent / f"{path.stem}_figures"
     n = path.read_text(encoding="utf-8").count('src="data:image/png;base64,')

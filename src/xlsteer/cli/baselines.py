@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import data_dir_option, load_model_from, model_options, parse_langs, task_langs
+from .options import (SEED, count, data_dir_option, load_model_from, model_options, parse_langs, spare_inputs,
+                      task_langs)
 
 _TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
@@ -25,16 +26,16 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
                    "translate-test, translate-self, translate-gmt, incline, diffmean, learned, clas, intmu.")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered).")
 @click.option("--split", default="test", show_default=True, help="Split the reported numbers come from.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N items per language (default: all).")
-@click.option("--dev-limit", type=click.IntRange(min=1), default=None,
+@click.option("--limit", type=count(1), default=None, help="First N items per language (default: all).")
+@click.option("--dev-limit", type=count(1), default=None,
               help="Dev items per language for selection (prompt search, sweeps); default: --limit, else 100.")
-@click.option("--fit-limit", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--fit-limit", type=count(1), default=200, show_default=True,
               help="NTREX fit lines per language for steering methods.")
 @click.option("--option", "-O", "options", multiple=True,
               help="Per-method setting METHOD.KEY=VALUE (repeatable), e.g. -O sft.steps=20 -O icl-en.k=2.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed (exemplars, training, bootstrap).")
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(8), default=2048, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed (exemplars, training, bootstrap).")
 @click.option("--cache-dir", default=None, help="Per-item evaluation cache (default: <xlsteer cache>/eval).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the evaluation and translation caches.")
 @click.option("--translation-cache", default=None, type=click.Path(dir_okay=False),
@@ -56,6 +57,10 @@ def compare_cmd(**kw: Any) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; give a folder, e.g. -o results/compare")
     check_writable(out / "compare.json")
+    from ..io import files_written_into
+
+    spare_inputs([*files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), kw["translation_cache"]], [],
+                 model=kw["model"], data_dir=kw["data_dir"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))
@@ -67,7 +72,9 @@ def compare_cmd(**kw: Any) -> None:
     else:
         from ..models.loading import cache_dir as root
 
-        cache_dir = Path(cache_dir) if cache_dir else root() / "eval"
+        from .options import checked_cache_dir
+
+        cache_dir = checked_cache_dir(cache_dir if cache_dir else root() / "eval")
         translation_cache = tcache if tcache else True
     lm = load_model_from(kw)
 

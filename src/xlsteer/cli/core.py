@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import data_dir_option, load_model_from, model_options, parse_langs, parse_layers
+from .options import (FINITE, count, data_dir_option, load_model_from, model_options, parse_langs, parse_layers,
+                      spare_inputs)
 
 
 @click.command("models")
@@ -51,15 +52,15 @@ def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_downlo
 @click.option("--langs", required=True, help="Comma-separated languages, e.g. en,de,sw,zh.")
 @click.option("--data", "corpus", default="ntrex", show_default=True, help="ntrex, xquad, or a folder of <lang>.txt.")
 @click.option("--split", default="fit", show_default=True, help="Corpus split (ntrex: fit | validation | all).")
-@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Texts per language.")
+@click.option("--limit", type=count(1), default=200, show_default=True, help="Texts per language.")
 @click.option("--layers", default="all", show_default=True, help="Layers: all, 6, 4-8, 2,5,9.")
 @click.option("--site", "site_names", default="resid_post", show_default=True,
               help="Comma-separated sites: resid_pre,resid_post,attn_out,mlp_out,mlp_act.")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
-@click.option("--threshold", type=float, default=0.0, show_default=True, help="Also count P(act > threshold).")
+@click.option("--threshold", type=FINITE, default=0.0, show_default=True, help="Also count P(act > threshold).")
 @click.option("--keep-items", is_flag=True, help="Store one pooled vector per text (for projections, INCLINE).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(2), default=128, show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Statistics file (.safetensors).")
 def collect_cmd(**kw) -> None:
     """Collect activation statistics per language on parallel text."""
@@ -68,6 +69,7 @@ def collect_cmd(**kw) -> None:
     from ..models.sites import SITE_NAMES, Site
 
     out = check_writable(kw.pop("output"))
+    spare_inputs([out], [kw["corpus"]], model=kw["model"], data_dir=kw["data_dir"])
     langs = parse_langs(kw.pop("langs"))
     names = [s.strip() for s in kw.pop("site_names").split(",") if s.strip()]
     for n in names:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import data_dir_option
+from .options import count, data_dir_option
 
 
 @click.command("demo")
@@ -12,13 +12,17 @@ from .options import data_dir_option
               help="Run directory (stages already there are reused).")
 @click.option("--quick", is_flag=True, help="Reduced sizes (what CI runs): a smoke test of every stage.")
 @click.option("--langs", default="zh,vi,sw", show_default=True, help="Three (or more) XCOPA languages besides en.")
-@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Test items per language.")
+@click.option("--test-limit", type=count(1), default=None, help="Test items per language.")
 @data_dir_option
 def demo_cmd(output: str, quick: bool, langs: str, test_limit: int | None, data_dir: str | None) -> None:
     """Collect, fit DiffMean + CLAS, sweep on dev, evaluate on test, analyse, write the report."""
     from ..demo import DemoConfig, format_summary, run_demo
     from .options import parse_langs
 
+    from ..io import files_written_into
+    from .options import spare_inputs
+
+    spare_inputs(files_written_into(output, ["**/*"]), [], data_dir=data_dir)  # stages there are reused or replaced
     codes = tuple(c for c in parse_langs(langs) if c != "en")
     kw = {"langs": codes}
     if test_limit is not None:

@@ -9,26 +9,29 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
-                      task_langs)
+from .options import (MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_options, parse_float, parse_langs,
+                      parse_layers, spare_inputs, task_langs)
 
 _TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
 
 def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be a positive number of items per language, got {limit}; omit it for all items")
+    if limit is not None and not 1 <= limit <= MAX_COUNT:
+        raise UsageError(f"--limit must be a positive number of items per language (at most {MAX_COUNT}), got {limit}; "
+                         "omit it for all items")
 
 
 def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
     if no_cache:
         return None
+    from .options import checked_cache_dir
+
     if cache_dir:
-        return Path(cache_dir)
+        return checked_cache_dir(cache_dir)
     from ..models.loading import cache_dir as root
 
-    return root() / "eval"
+    return checked_cache_dir(root() / "eval")
 
 
 def _template_options(shots: int | None, exemplar_lang: str | None, max_new_tokens: int | None) -> dict[str, Any]:
@@ -55,12 +58,12 @@ def eval_options(f):
         click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
         click.option("--calibrate", is_flag=True, help="XNLI: subtract the label log-probs of a content-free input."),
         click.option("--template", default=None, help="Prompt template (default: the task's)."),
-        click.option("--shots", type=int, default=None, help="MGSM: number of exemplars k (0-8)."),
+        click.option("--shots", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="MGSM: number of exemplars k (0-8)."),
         click.option("--exemplar-lang", default=None, help="MGSM: exemplar language ('same' or a code)."),
-        click.option("--max-new-tokens", type=int, default=None, help="Generation tasks: override the template's."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
-        click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
+        click.option("--max-new-tokens", type=count(1), default=None, help="Generation tasks: override the template's."),
+        click.option("--batch-size", type=count(1), default=8, show_default=True),
+        click.option("--max-length", type=count(8), default=2048, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--cache-dir", default=None, help="Per-item cache (default: <xlsteer cache>/eval)."),
         click.option("--no-cache", is_flag=True, help="Do not read or write the per-item cache."),
     ]
@@ -112,6 +115,8 @@ def eval_cmd(**kw: Any) -> None:
     t0 = time.perf_counter()
     _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
+    spare_inputs([out], [kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
+    cache_dir = _cache_dir(kw["cache_dir"], kw["no_cache"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     raw_alpha = kw.pop("alpha")
     alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
@@ -121,7 +126,7 @@ def eval_cmd(**kw: Any) -> None:
     lm = load_model_from(kw)
     args = dict(
         split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], template=kw["template"],
-        seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]), calibrate=kw["calibrate"],
+        seed=kw["seed"], cache_dir=cache_dir, calibrate=kw["calibrate"],
         positions=kw["positions"], batch_size=kw["batch_size"], max_length=kw["max_length"],
         template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
     )
@@ -184,6 +189,9 @@ def sweep_cmd(**kw: Any) -> None:
     if (kw["stats_path"] is None) == (kw["intervention"] is None):
         raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
     out = check_writable(kw.pop("output"))
+    best_path = out.with_name(out.stem + ".best.safetensors")
+    spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
+    cache_dir = _cache_dir(kw["cache_dir"], kw["no_cache"])
     langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
     alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]
     if not alphas:
@@ -193,7 +201,7 @@ def sweep_cmd(**kw: Any) -> None:
     layers = parse_layers(kw.pop("layers"), lm.num_layers)
     common = dict(
         alphas=alphas, split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
-        template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
+        template=kw["template"], seed=kw["seed"], cache_dir=cache_dir,
         calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
         max_length=kw["max_length"],
         template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
@@ -220,7 +228,6 @@ def sweep_cmd(**kw: Any) -> None:
         record = sweep(lm, kw["task"], langs, intervention=iv, layers=layers,
                        source={"kind": "intervention", "path": str(kw["intervention"]), "method": iv.method}, **common)
         best_iv = restrict_layers(iv, [record["best"]["layer"]]).with_strength(1.0)
-    best_path = out.with_name(out.stem + ".best.safetensors")
     best_iv.save(best_path)
     record["best"]["intervention_file"] = best_path.name
     write_results(out, record)
@@ -237,18 +244,37 @@ def sweep_cmd(**kw: Any) -> None:
     click.echo(f"wrote {out} and {best_path} in {time.perf_counter() - t0:.1f} s")
 
 
+# the top level of a results file that the tables read (the rest is checked as it is read)
+def read_results_tables(path: str) -> str:
+    """The Markdown tables of a result file (typed by the results schema); anything malformed in it
+    is one line naming the file, never a traceback."""
+    from ..errors import DataError, XlsteerError
+    from ..evaluation.tables import tables_of
+    from ..results.read import load_result
+
+    fix = "give a file that xlsteer eval, sweep or compare wrote"
+    try:
+        return tables_of(load_result(path).doc)
+    except XlsteerError as e:
+        raise type(e)(str(e) if str(path) in str(e) else f"results file {path}: {e}") from None
+    except KeyError as e:
+        raise DataError(f"results file {path} lacks the field {e}; {fix}") from None
+    except (TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise DataError(f"results file {path} has a malformed field ({why}); {fix}") from None
+
+
 @click.command("table")
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write the Markdown here (default: print it).")
 def table_cmd(results: str, output: str | None) -> None:
     """Markdown tables of a results file (eval, compare.json or sweep): per language, scores with 95%
     CIs, and for a steered run the paired tests against the unsteered model (nothing is recomputed)."""
-    from ..evaluation.tables import tables_of
     from ..io import atomic_write_text, check_writable
-    from ..results.read import load_result
 
     out = check_writable(output) if output else None
-    text = tables_of(load_result(results).doc)
+    spare_inputs([out], [results])
+    text = read_results_tables(results)
     if out is None:
         click.echo(text)
     else:

@@ -47,7 +47,10 @@ def export_gguf_cmd(file: str, lang: str | None, output: str, model_hint: str | 
     from ..export.gguf import export_control_vector, read_control_vector
     from ..io import check_writable
 
+    from .options import spare_inputs
+
     check_writable(output)
+    spare_inputs([output], [file])
     iv = load_any_intervention(file)
     if lang is None:
         if len(iv.languages) != 1:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import data_dir_option, load_model_from, model_options, parse_float
+from .options import MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_options, parse_float, spare_inputs
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -25,8 +25,8 @@ def _limit(text: str | None) -> int | float | None:
         value = float(text)
     except ValueError:
         raise UsageError(f"--limit must be a number of items per task (or a fraction below 1), got {text!r}") from None
-    if not value > 0:
-        raise UsageError(f"--limit must be positive, got {text!r}; omit it for all items")
+    if not 0 < value <= MAX_COUNT:
+        raise UsageError(f"--limit must be a positive finite number, got {text!r}; omit it for all items")
     return int(value) if value >= 1 and value == int(value) else value
 
 
@@ -45,12 +45,12 @@ def _limit(text: str | None) -> int | float | None:
 @click.option("--positions", type=click.Choice(_POSITIONS), default="all", show_default=True,
               help="Which token positions the intervention edits.")
 @click.option("--limit", default=None, help="First N documents per task (or a fraction below 1).")
-@click.option("--num-fewshot", type=click.IntRange(min=0), default=None, help="Few-shot examples (default: the task's).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True)
+@click.option("--num-fewshot", type=count(0), default=None, help="Few-shot examples (default: the task's).")
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(8), default=2048, show_default=True)
 @click.option("--include-path", multiple=True, type=click.Path(file_okay=False),
               help="More lm-eval task config directories (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True, help="lm-eval's random seeds (few-shot sampling).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="lm-eval's random seeds (few-shot sampling).")
 @click.option("--no-log-samples", is_flag=True, help="Leave the per-item records out of the output file.")
 @click.option("--write-tasks", default=None, type=click.Path(file_okay=False),
               help="Only write the offline XCOPA task configs into this directory (for lm-eval's --include_path).")
@@ -69,7 +69,9 @@ def lmeval_cmd(**kw: Any) -> None:
     t0 = time.perf_counter()
     if kw["write_tasks"] is not None:
         from ..evaluation.lm_eval_tasks import write_xcopa_tasks
+        from ..io import files_written_into
 
+        spare_inputs(files_written_into(kw["write_tasks"], ["*.yaml", "utils.py"]), [], data_dir=kw["data_dir"])
         names = write_xcopa_tasks(kw["write_tasks"], kw["data_dir"])
         click.echo(f"wrote {len(names)} task configs ({', '.join(names)}) to {kw['write_tasks']}; "
                    f"pass --include_path {kw['write_tasks']} to lm-eval")
@@ -77,6 +79,7 @@ def lmeval_cmd(**kw: Any) -> None:
     if not kw["tasks"]:
         raise UsageError("no tasks given; pass e.g. --tasks xcopa_sw,xcopa_zh")
     out = check_writable(kw["output"]) if kw["output"] else None
+    spare_inputs([out], [kw["intervention"], *kw["include_path"]], model=kw["model"], data_dir=kw["data_dir"])
     alpha = parse_float(kw["alpha"], "--alpha") if kw["alpha"] is not None else None
     if alpha is not None and kw["intervention"] is None:
         raise UsageError("--alpha needs --intervention FILE")
@@ -87,8 +90,12 @@ def lmeval_cmd(**kw: Any) -> None:
     lm = XlsteerLM(pretrained=loaded, batch_size=kw["batch_size"], max_length=kw["max_length"],
                    intervention=kw["intervention"], alpha=alpha, anchor=kw["anchor"], lang=kw["lang"],
                    positions=kw["positions"], task_langs=kw["task_langs"])
-    results = run_lm_eval(lm, kw["tasks"], limit=limit, num_fewshot=kw["num_fewshot"], data_dir=kw["data_dir"],
-                          include_path=kw["include_path"], log_samples=not kw["no_log_samples"], seed=kw["seed"])
+    try:
+        results = run_lm_eval(lm, kw["tasks"], limit=limit, num_fewshot=kw["num_fewshot"], data_dir=kw["data_dir"],
+                              include_path=kw["include_path"], log_samples=not kw["no_log_samples"], seed=kw["seed"])
+    except ValueError as e:  # lm-eval's own refusals (e.g. more few-shot examples than docs)
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UsageError(f"lm-eval refused the run ({why}); check --tasks, --num-fewshot and --limit") from None
     click.echo(results_table(results))
     if out is not None:
         atomic_write_text(out, results_json(results))

@@ -8,10 +8,7 @@ the JSON metadata and tensors of an intervention or statistics file.
 
 from __future__ import annotations
 
-import inspect as _inspect
 import json
-import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,86 +16,12 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers
+from .options import (count, data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
+                      spare_inputs)
+from .params import parse_params
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 _METHOD_NAMES = ("diffmean", "learned", "clas", "incline", "lape", "intmu")
-
-# Arguments ``fit`` passes to the method's fit function itself: not settable with --param.
-_RESERVED = {
-    "stats": "--stats-cache", "source": "--stats-cache", "lm": "--model", "data": "--data",
-    "layers": "--layers", "langs": "--langs", "target_langs": "--langs", "anchor": "--anchor",
-    "site": "--site", "meta": None, "n_layers": None, "pooling": "--pooling", "batch_size": "--batch-size",
-    "max_length": "--max-length", "limit": "--limit", "parallel": None, "neurons": None,
-}
-
-
-def _fit_function(method: str) -> Any:
-    from ..interventions import fit_clas, fit_diffmean, fit_incline, fit_intmu, fit_lape, fit_learned
-
-    return {"diffmean": fit_diffmean, "learned": fit_learned, "clas": fit_clas, "incline": fit_incline,
-            "lape": fit_lape, "intmu": fit_intmu}[method]
-
-
-def _parse_value(text: str) -> Any:
-    """JSON when it parses (0.01, true, "unit", [1,2], {"6": 5}); else the text itself."""
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        return text
-
-
-def _type_ok(value: Any, annotation: str) -> bool:
-    """Whether ``value`` fits a (string) annotation such as ``float | None``; unknown ones pass."""
-    words = set(re.findall(r"[A-Za-z_]+", annotation))
-    kinds: list[Any] = []
-    if "bool" in words:
-        kinds.append(lambda v: isinstance(v, bool))
-    if "float" in words:
-        kinds.append(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-    if "int" in words:
-        kinds.append(lambda v: isinstance(v, int) and not isinstance(v, bool))
-    if "str" in words:
-        kinds.append(lambda v: isinstance(v, str))
-    if "None" in words:
-        kinds.append(lambda v: v is None)
-    if "Mapping" in words or "dict" in words:
-        kinds.append(lambda v: isinstance(v, dict))
-    if "Sequence" in words or "list" in words:
-        kinds.append(lambda v: isinstance(v, list))
-    return not kinds or any(k(value) for k in kinds)
-
-
-def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
-    """``--param key=value`` pairs, checked against the method's fit function."""
-    sig = _inspect.signature(_fit_function(method))
-    allowed = {name: p for name, p in sig.parameters.items()
-               if name not in _RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise UsageError(f"cannot parse --param '{item}'; write KEY=VALUE, e.g. --param ridge=0.01")
-        if key in _RESERVED:
-            flag = _RESERVED[key]
-            raise UsageError(f"--param {key} is not a method parameter" + (f"; use {flag}" if flag else ""))
-        if key not in allowed:
-            raise UsageError(f"{method} has no parameter '{key}'; its parameters: {', '.join(sorted(allowed))}")
-        if key in out:
-            raise UsageError(f"--param {key} is given twice; give it once")
-        value = _parse_value(raw.strip())
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"--param {key} must be a finite number, got {raw!r}")
-        annotation = str(allowed[key].annotation)
-        if not _type_ok(value, annotation):
-            raise UsageError(f"--param {key}={raw} has the wrong type: {method} expects {annotation}")
-        out[key] = value
-    if method == "learned" and out.get("objective", "align") != "align":
-        raise UsageError("xlsteer fit learned trains the 'align' objective on parallel text; the 'task' objective "
-                         "needs (prompt, answer) examples: use xlsteer.interventions.fit_learned from Python")
-    return out
-
 
 def _fit_name(iv_method: str, params: dict[str, Any]) -> str:
     """'diffmean'/'learned' for steering vectors (params["fit"]), else the method name."""
@@ -150,10 +73,10 @@ def clas_lines(params: dict[str, Any]) -> list[str]:
               help="Layers: 6, 4-8, 2,5,9, all (default: the method's, see xlsteer.interventions.fit).")
 @click.option("--site", default=None, help="Site (default: the method's; clas/lape/intmu act at mlp_act).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--limit", type=count(1), default=200, show_default=True,
               help="First N corpus rows per language.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(2), default=128, show_default=True)
 @click.option("--param", "-p", "params", multiple=True,
               help="Method parameter KEY=VALUE (repeatable; JSON values), e.g. normalize=unit, ridge=0.01, beta=0.4.")
 @click.option("--stats-cache", default=None, type=click.Path(dir_okay=False),
@@ -175,6 +98,7 @@ def fit_cmd(**kw: Any) -> None:
         check_writable(stats_cache)
         if Path(stats_cache).resolve() == out.resolve():
             raise UsageError("--stats-cache and -o name the same file; give two different files")
+    spare_inputs([out, stats_cache], [kw["corpus"]], model=kw["model"], data_dir=kw["data_dir"])
     anchor = normalize_lang(kw.pop("anchor"))
     targets = [lang for lang in parse_langs(kw.pop("langs")) if lang != anchor]
     if not targets:
@@ -247,11 +171,11 @@ def _identify(prompts: list[str], candidates: list[str] | None) -> list[str]:
               help="Language of each prompt for routing: auto (identified among the anchor and the interventions' "
                    "languages), one code, or one code per prompt (de,en).")
 @click.option("--anchor", default=None, help="Anchor language, never steered (default: the interventions', else en).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-new-tokens", type=count(1), default=32, show_default=True)
 @click.option("--positions", type=click.Choice(_POSITIONS), default=None,
               help="Token positions steered (default: the policy the intervention recommends, e.g. all).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True)
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(8), default=2048, show_default=True)
 def generate_cmd(**kw: Any) -> None:
     """Greedy continuations of PROMPTS, unsteered and steered, with the language each prompt is routed as."""
     from ..data.langs import normalize_lang
@@ -388,7 +312,7 @@ def _fingerprint_line(fp: dict[str, Any] | None) -> str:
 @click.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the file's metadata as JSON.")
-@click.option("--max-tensors", type=click.IntRange(min=0), default=60, show_default=True,
+@click.option("--max-tensors", type=count(0), default=60, show_default=True,
               help="List at most N tensors (0: all).")
 def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
     """Print an intervention's (or a statistics file's) metadata and tensors."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -124,5 +125,79 @@ def parse_float(text: str, name: str) -> float:
     return check_alpha(text, name)
 
 
-def positive_int(name: str) -> click.types.IntRange:
-    return click.IntRange(min=1)
+MAX_COUNT = 2**31 - 1  # sizes beyond this overflow tokenizers and tensor shapes
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy, torch and scikit-learn all accept
+
+
+def count(minimum: int = 1) -> click.IntRange:
+    """An integer option from ``minimum`` to MAX_COUNT, checked when the command line is parsed."""
+    return click.IntRange(min=minimum, max=MAX_COUNT)
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that must be finite (NaN or infinity would be saved, or fail after the work)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = FiniteFloat()
+
+
+def model_input(name: str | None) -> str | None:
+    """The local folder or .gguf file a --model names (shipped names and hub ids read no user file)."""
+    if name and Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    return None
+
+
+def data_input(explicit: str | None) -> str | None:
+    """The data dir a command reads (None when none is found: the command says so itself later)."""
+    from ..data.paths import data_dir
+    from ..errors import XlsteerError
+
+    try:
+        return str(data_dir(explicit))
+    except XlsteerError:
+        return None
+
+
+def spare_inputs(outputs: list[Any], inputs: list[Any], *, model: str | None = None,
+                 data_dir: str | None | bool = False) -> None:
+    """Refuse an output that would overwrite an input, before any work (see xlsteer.io).
+
+    ``model`` is the --model value; ``data_dir`` the --data-dir value (None: the default data
+    dir; False: the command reads no data dir).
+    """
+    from ..io import check_outputs_spare_inputs
+
+    extra = [model_input(model)]
+    if data_dir is not False:
+        extra.append(data_input(data_dir))  # type: ignore[arg-type]
+    check_outputs_spare_inputs(outputs, [*inputs, *extra])
+
+
+def checked_cache_dir(path: str | Path) -> Path:
+    """A per-item cache folder that exists or can be created, and can be written (checked before any work)."""
+    from ..io import check_writable
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--cache-dir {folder} is a file, not a folder; give a folder, or pass --no-cache")
+    try:
+        check_writable(folder / "cache.jsonl")
+    except UsageError as e:
+        reason = str(e).split(";")[0].split(": ", 1)[-1]
+        raise UsageError(f"--cache-dir {folder} cannot be written ({reason}); give a writable folder, or pass "
+                         "--no-cache") from None
+    return folder

@@ -59,19 +59,43 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..distributed import current as current_dist
-from ..errors import UsageError, XlsteerError
+from ..errors import UsageError, XlsteerError, XlsteerWarning
 from ..hooks import POSITION_POLICIES, steer
 from ..io import dumps_json
 from ..progress import bar
 from ..stats import positions_from_mask
 
 LLResult = tuple[float, int, int, bool]
+
+
+def _label_logprobs(value: Any, n: int) -> list[float]:
+    """A cached labels result: one log-probability (not NaN or +inf) per label."""
+    out = [float(x) for x in value]
+    if len(out) != n or any(x != x or x == float("inf") for x in out):
+        raise ValueError(f"not {n} label log-probabilities")
+    return out
+
+
+def _check_fresh(decode: Callable[[Any, int], Any], value: Any, i: int, kind: str) -> None:
+    """A fresh result passes the checks a cached one must pass (so NaN is never cached or saved)."""
+    try:
+        decode(json.loads(json.dumps(value)), i)
+    except (TypeError, ValueError) as e:
+        raise XlsteerError(f"the model produced non-finite {kind} results ({e}); the steering strength may be "
+                           "too large (try a smaller --alpha), or the model's weights are broken") from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("a generation is a string")
+    return value
 
 #: Intervention metadata keys that change between identical fits (left out of the hash).
 VOLATILE_META = frozenset({"strength", "provenance", "fit_seconds", "fitted_at", "created"})
@@ -137,6 +161,11 @@ def intervention_info(interventions: Any, positions: str = "all") -> dict[str, A
 # the JSONL cache
 
 
+def _cache_error(folder: Path, e: OSError) -> XlsteerError:
+    return XlsteerError(f"cannot use the evaluation cache in {folder} ({e.strerror or e}); pass --cache-dir with a "
+                        "writable folder, or --no-cache")
+
+
 class _Store:
     """One JSONL file of ``{"k": key, "v": value}`` lines (after a header line with the scope).
 
@@ -146,10 +175,15 @@ class _Store:
     """
 
     def __init__(self, path: Path, scope: dict[str, Any], rank: int | None = None):
-        base = path
         self.path = path if rank is None else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
         self.data: dict[str, Any] = {}
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open(path, scope)
+        except OSError as e:
+            raise _cache_error(path.parent, e) from None
+
+    def _open(self, base: Path, scope: dict[str, Any]) -> None:
+        base.parent.mkdir(parents=True, exist_ok=True)
         for other in [base, *sorted(base.parent.glob(f"{base.stem}.rank*{base.suffix}"))]:
             if other != self.path and other.exists():
                 self._read(other.read_bytes())
@@ -182,10 +216,13 @@ class _Store:
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _cache_error(self.path.parent, e) from None
 
     def put(self, pairs: list[tuple[str, Any]]) -> None:
         self._append([{"k": k, "v": v} for k, v in pairs])
@@ -311,7 +348,7 @@ class Engine:
         params: dict[str, Any],
         order: Callable[[int], Any],
         batch_fn: Callable[[Any, list[int]], list[Any]],
-        decode: Callable[[Any], Any],
+        decode: Callable[[Any, int], Any],
     ) -> list[Any]:
         if positions not in POSITION_POLICIES:
             raise UsageError(f"unknown position policy '{positions}'; choose one of {', '.join(POSITION_POLICIES)}")
@@ -323,22 +360,7 @@ class Engine:
             if len(set(keys)) != n:
                 raise UsageError("cache keys must be unique (e.g. language + item id)")
         ivs = _as_list(interventions)
-        results: list[Any] = [None] * n
-        universe = set(range(n))
-        if ivs and anchor is not None and keys is not None and self.cache_dir is not None:
-            # Anchor rows are never steered: where the unsteered run of the same requests is in
-            # the cache, its results are the anchor rows' results (exactly, bit for bit), and a
-            # steered run (sweep grid point, method) does not compute them again.
-            plain = self._store(kind, params, scope, [], positions, anchor, create=False)
-            for i in range(n if plain is not None else 0):
-                if langs[i] == anchor and keys[i] in plain.data:  # type: ignore[union-attr]
-                    results[i] = decode(plain.data[keys[i]])  # type: ignore[union-attr]
-                    universe.discard(i)
-        store = self._store(kind, params, scope, ivs, positions, anchor) if keys is not None else None
-        if store is not None:
-            for i in universe:
-                if keys[i] in store.data:  # type: ignore[index]
-                    results[i] = decode(store.data[keys[i]])  # type: ignore[index]
+        results, universe, store = self._cached(kind, params, scope, ivs, positions, anchor, langs, keys, decode)
         dist = current_dist()
         if store is not None:
             dist.barrier()  # every process has read the cache before any of them appends to it
@@ -361,6 +383,8 @@ class Engine:
             for idx in mine:
                 out = self._run_batch(batch_fn, session, idx)
                 for i, v in zip(idx, out):
+                    _check_fresh(decode, v, i, kind)
+                for i, v in zip(idx, out):
                     results[i] = v
                     fresh[i] = v
                 self.computed += len(idx)
@@ -375,7 +399,48 @@ class Engine:
                     results[i] = v
         # values round-trip through JSON in the cache: decode fresh ones too, so a cached and a
         # fresh run return exactly the same Python objects
-        return [decode(json.loads(json.dumps(r))) for r in results]
+        return [decode(json.loads(json.dumps(r)), i) for i, r in enumerate(results)]
+
+    def _cached(self, kind: str, params: dict[str, Any], scope: dict[str, Any] | None, ivs: list[Any],
+                positions: str, anchor: str | None, langs: Sequence[str], keys: Sequence[str] | None,
+                decode: Callable[[Any, int], Any]) -> tuple[list[Any], set[int], _Store | None]:
+        """Results served from the cache, the rows not served by the unsteered anchor cache, and the store.
+
+        A line whose value does not decode (or fails the kind's checks) is skipped, so that row is
+        computed again; one warning says how many.
+        """
+        n = len(langs)
+        results: list[Any] = [None] * n
+        universe = set(range(n))
+        poisoned: list[str] = []
+
+        def cached(i: int, raw: Any) -> Any:
+            try:
+                return decode(raw, i)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError):
+                poisoned.append(str(keys[i]))  # type: ignore[index]
+                return None
+
+        if ivs and anchor is not None and keys is not None and self.cache_dir is not None:
+            # Anchor rows are never steered: where the unsteered run of the same requests is in
+            # the cache, its results are the anchor rows' results (exactly, bit for bit), and a
+            # steered run (sweep grid point, method) does not compute them again.
+            plain = self._store(kind, params, scope, [], positions, anchor, create=False)
+            for i in range(n if plain is not None else 0):
+                if langs[i] == anchor and keys[i] in plain.data:  # type: ignore[union-attr]
+                    results[i] = cached(i, plain.data[keys[i]])  # type: ignore[union-attr]
+                    if results[i] is not None:
+                        universe.discard(i)
+        store = self._store(kind, params, scope, ivs, positions, anchor) if keys is not None else None
+        if store is not None:
+            for i in universe:
+                if keys[i] in store.data:  # type: ignore[index]
+                    results[i] = cached(i, store.data[keys[i]])  # type: ignore[index]
+        if poisoned:
+            warnings.warn(f"{len(poisoned)} malformed line(s) of the evaluation cache in {self.cache_dir} "
+                          f"(e.g. item {poisoned[0]}) were skipped and are computed again", XlsteerWarning,
+                          stacklevel=3)
+        return results, universe, store
 
     def _run_batch(self, batch_fn: Callable[[Any, list[int]], list[Any]], session: Any, idx: list[int]) -> list[Any]:
         """One batch, in chunks of at most ``oom_batch_size`` rows; halved again on out-of-memory.
@@ -484,8 +549,11 @@ class Engine:
             ctx, conts = encoded[i]
             return (-(len(ctx) + w * len(conts) * max(len(c) for c in conts)), i)
 
-        def decode(v: Any) -> list[LLResult]:
-            return [(float(a), int(b), int(c), bool(d)) for a, b, c, d in v]
+        def decode(v: Any, i: int) -> list[LLResult]:
+            out = [(float(a), int(b), int(c), bool(d)) for a, b, c, d in v]
+            if len(out) != len(requests[i][1]) or any(a != a or a == float("inf") or b < 1 or c < 0 for a, b, c, _ in out):
+                raise ValueError("not one (log-prob, tokens >= 1, chars, greedy) per continuation")
+            return out
 
         return self._run("loglikelihood", len(requests), langs, interventions, positions, anchor, keys, scope,
                          {}, order, batch, decode)
@@ -666,7 +734,7 @@ class Engine:
 
         return self._run("labels", len(prompts), langs, interventions, positions, anchor, keys, scope,
                          {"labels": list(label_tokens), "label_ids": ids}, lambda i: (-len(enc[i]), i), batch,
-                         lambda v: [float(x) for x in v])
+                         lambda v, i: _label_logprobs(v, len(ids)))
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -706,7 +774,7 @@ class Engine:
 
         return self._run("generate", len(prompts), langs, interventions, positions, anchor, keys, scope,
                          {"max_new_tokens": max_new_tokens, "stop": stops}, lambda i: (-len(enc[i]), i), batch,
-                         lambda v: str(v))
+                         lambda v, i: _text(v))
 
     def _cut(self, text: str, stops: list[str]) -> tuple[str, bool]:
         cut = min((p for p in (text.find(s) for s in stops) if p >= 0), default=-1)

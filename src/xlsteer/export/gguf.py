@@ -181,14 +181,17 @@ def read_control_vector_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def read_control_vector(path: str | os.PathLike) -> dict[int, np.ndarray]:
     """{direction index N: float32 (d,) array} of a llama.cpp control-vector GGUF file."""
     reader = _reader(path)
-    arch_field = reader.get_field("general.architecture")
-    arch = _field_value(arch_field) if arch_field is not None else None
-    if arch != ARCH:
-        raise ArtifactError(f"{path} is not a control vector (general.architecture is {arch!r}, not '{ARCH}')")
-    out: dict[int, np.ndarray] = {}
-    for t in reader.tensors:
-        m = _DIRECTION.match(t.name)
-        if m is None:
-            raise ArtifactError(f"{path} has a tensor {t.name!r}; a control vector only holds direction.N tensors")
-        out[int(m.group(1))] = np.array(t.data, dtype=np.float32).reshape(-1)  # copy: the reader memory-maps
+    try:
+        arch_field = reader.get_field("general.architecture")
+        arch = _field_value(arch_field) if arch_field is not None else None
+        if arch != ARCH:
+            raise ArtifactError(f"{path} is not a control vector (general.architecture is {arch!r}, not '{ARCH}')")
+        out: dict[int, np.ndarray] = {}
+        for t in reader.tensors:
+            m = _DIRECTION.match(t.name)
+            if m is None:
+                raise ArtifactError(f"{path} has a tensor {t.name!r}; a control vector only holds direction.N tensors")
+            out[int(m.group(1))] = np.array(t.data, dtype=np.float32).reshape(-1)  # copy: the reader memory-maps
+    except (ValueError, IndexError, KeyError, TypeError) as e:  # a damaged field (e.g. a string that is not UTF-8)
+        raise ArtifactError(f"{path} is not a readable GGUF file ({type(e).__name__}); re-export it") from None
     return out

@@ -15,11 +15,19 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ArtifactError, FingerprintError, LanguageError, UsageError
+from ..errors import ArtifactError, FingerprintError, LanguageError, UsageError, XlsteerError
 from ..hooks import ForwardContext
 from ..io import load_tensors, save_tensors
 from ..models.sites import Site
 from ..provenance import provenance
+from ..validation import check_fields, finite, integer, list_of, obj, optional, text
+
+# the JSON types of an intervention file's metadata (values are checked by the method's validate)
+_METADATA = {
+    "format": text, "format_version": integer(1, 1000), "method": text, "sites": list_of(text, min_len=1),
+    "params": obj, "languages": list_of(text, min_len=1, unique=True), "anchor": text, "strength": finite,
+    "model_fingerprint": optional(obj), "model": optional(text), "provenance": optional(obj),
+}
 
 FORMAT_VERSION = 1
 _REGISTRY: dict[str, type["Intervention"]] = {}
@@ -170,6 +178,8 @@ class Intervention:
                 f"intervention file {path} is missing metadata field(s) {', '.join(missing) or 'format'}; "
                 "re-create it with `xlsteer fit`"
             )
+        check_fields(meta, _METADATA, what=f"intervention file {path}", fix="re-create it with `xlsteer fit`",
+                     required=required)
         cls = _REGISTRY.get(meta["method"])
         if cls is None:
             raise ArtifactError(
@@ -177,16 +187,25 @@ class Intervention:
                 f"known: {', '.join(registered_methods())}"
             )
         extra = {k: v for k, v in meta.items() if k not in required and k != "format_version"}
-        obj = cls(
-            sites=[Site.parse(s) for s in meta["sites"]],
-            tensors=tensors,
-            params=meta["params"],
-            languages=meta["languages"],
-            anchor=meta["anchor"],
-            strength=meta["strength"],
-            meta=extra,
-        )
-        obj.validate()
+        try:
+            obj = cls(
+                sites=[Site.parse(s) for s in meta["sites"]],
+                tensors=tensors,
+                params=meta["params"],
+                languages=meta["languages"],
+                anchor=meta["anchor"],
+                strength=meta["strength"],
+                meta=extra,
+            )
+            obj.validate()
+        except ArtifactError as e:
+            raise ArtifactError(f"intervention file {path}: {e}") from None
+        except (XlsteerError, KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            # a value of the right JSON type that the method cannot use (an unknown site name, a
+            # parameter of the wrong type or shape): the file is the problem, not the command line
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise ArtifactError(f"intervention file {path} has invalid contents ({why}); "
+                                "re-create it with `xlsteer fit`") from None
         return obj
 
     def validate(self) -> None:

@@ -568,6 +568,8 @@ def load_model(
     name, where, source = _resolve(str(name_or_path), allow_download)
     local_only = source["kind"] != "hub"
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
+    from safetensors import SafetensorError
+
     try:
         tokenizer = _load_tokenizer(where, **kwargs)
         extra: dict[str, Any] = {}
@@ -578,7 +580,10 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **extra, **kwargs)
     except ImportError as e:
         raise ModelError(f"cannot load {name!r}: a required package is missing ({_first_line(e)}); install it") from e
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except SafetensorError as e:  # a truncated or damaged weights file
+        raise ModelError(f"cannot load {name!r}: its weights file is corrupted or truncated ({_first_line(e)}); "
+                         "save or download the model again") from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
         msg = _first_line(e)
         if "trust_remote_code" in msg and not trust_remote_code:
             raise ModelError(

@@ -1,0 +1,131 @@
+"""``xlsteer fit --param KEY=VALUE``: parsed as JSON, checked against the method's fit function
+(name, type) and range-checked (finite, integer range, the parameter's own bounds) before any work."""
+
+from __future__ import annotations
+
+import inspect as _inspect
+import json
+import math
+import re
+from typing import Any
+
+from ..errors import UsageError
+
+# Arguments ``fit`` passes to the method's fit function itself: not settable with --param.
+_RESERVED = {
+    "stats": "--stats-cache", "source": "--stats-cache", "lm": "--model", "data": "--data",
+    "layers": "--layers", "langs": "--langs", "target_langs": "--langs", "anchor": "--anchor",
+    "site": "--site", "meta": None, "n_layers": None, "pooling": "--pooling", "batch_size": "--batch-size",
+    "max_length": "--max-length", "limit": "--limit", "parallel": None, "neurons": None,
+}
+
+
+def _fit_function(method: str) -> Any:
+    from ..interventions import fit_clas, fit_diffmean, fit_incline, fit_intmu, fit_lape, fit_learned
+
+    return {"diffmean": fit_diffmean, "learned": fit_learned, "clas": fit_clas, "incline": fit_incline,
+            "lape": fit_lape, "intmu": fit_intmu}[method]
+
+
+def _parse_value(text: str) -> Any:
+    """JSON when it parses (0.01, true, "unit", [1,2], {"6": 5}); else the text itself."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return text
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Whether ``value`` fits a (string) annotation such as ``float | None``; unknown ones pass."""
+    words = set(re.findall(r"[A-Za-z_]+", annotation))
+    kinds: list[Any] = []
+    if "bool" in words:
+        kinds.append(lambda v: isinstance(v, bool))
+    if "float" in words:
+        kinds.append(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    if "int" in words:
+        kinds.append(lambda v: isinstance(v, int) and not isinstance(v, bool))
+    if "str" in words:
+        kinds.append(lambda v: isinstance(v, str))
+    if "None" in words:
+        kinds.append(lambda v: v is None)
+    if "Mapping" in words or "dict" in words:
+        kinds.append(lambda v: isinstance(v, dict))
+    if "Sequence" in words or "list" in words:
+        kinds.append(lambda v: isinstance(v, list))
+    return not kinds or any(k(value) for k in kinds)
+
+
+# Ranges of numeric method parameters, checked when the command line is parsed (before the model
+# loads): name -> (lowest, lowest allowed?, highest, highest allowed?); None = unbounded.
+_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "ref_norm": (0, False, None, False), "target_layer": (0, True, None, False), "steps": (1, True, None, False),
+    "lr": (0, False, None, False), "dev_fraction": (0, False, 1, False), "eval_every": (1, True, None, False),
+    "patience": (0, True, None, False), "min_delta": (0, True, None, False), "seed": (0, True, 2**32 - 1, True),
+    "beta": (0, True, None, False), "gamma": (0, True, None, False), "quantile": (0, True, 1, True),
+    "margin": (0, True, None, False), "k": (1, True, None, False), "ridge": (0, True, None, False),
+    "sign": (-1, True, 1, True), "max_pairs": (1, True, None, False), "top_fraction": (0, False, 1, True),
+    "filter_quantile": (0, True, 1, True),
+}
+_MAX_INT = 2**31 - 1
+
+
+def _numbers(value: Any) -> list[Any]:
+    """Every number inside a parameter value (lists and objects included)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    return []
+
+
+def _check_range(key: str, value: Any, raw: str) -> None:
+    """Finite, integers in range, and the parameter's own bounds (sign, fraction) -- before any work."""
+    for x in _numbers(value):
+        if isinstance(x, float) and not math.isfinite(x):
+            raise UsageError(f"--param {key} must be a finite number, got {raw!r}")
+        if isinstance(x, int) and abs(x) > _MAX_INT:
+            raise UsageError(f"--param {key}={raw} is out of range; integers must lie within ±{_MAX_INT}")
+    if key not in _RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, lo_ok, hi, hi_ok = _RANGES[key]
+    if (lo is not None and (value < lo or (value == lo and not lo_ok))) or \
+            (hi is not None and (value > hi or (value == hi and not hi_ok))):
+        low = "" if lo is None else ("[" if lo_ok else "(") + f"{lo:g}"
+        high = "" if hi is None else f"{hi:g}" + ("]" if hi_ok else ")")
+        interval = f"{low or '(-inf'}, {high or 'inf)'}"
+        raise UsageError(f"--param {key}={raw} is out of range; it must lie in {interval}")
+
+
+def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
+    """``--param key=value`` pairs, checked against the method's fit function."""
+    sig = _inspect.signature(_fit_function(method))
+    allowed = {name: p for name, p in sig.parameters.items()
+               if name not in _RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"cannot parse --param '{item}'; write KEY=VALUE, e.g. --param ridge=0.01")
+        if key in _RESERVED:
+            flag = _RESERVED[key]
+            raise UsageError(f"--param {key} is not a method parameter" + (f"; use {flag}" if flag else ""))
+        if key not in allowed:
+            raise UsageError(f"{method} has no parameter '{key}'; its parameters: {', '.join(sorted(allowed))}")
+        if key in out:
+            raise UsageError(f"--param {key} is given twice; give it once")
+        value = _parse_value(raw.strip())
+        _check_range(key, value, raw)
+        annotation = str(allowed[key].annotation)
+        if not _type_ok(value, annotation):
+            raise UsageError(f"--param {key}={raw} has the wrong type: {method} expects {annotation}")
+        out[key] = value
+    if method == "learned" and out.get("objective", "align") != "align":
+        raise UsageError("xlsteer fit learned trains the 'align' objective on parallel text; the 'task' objective "
+                         "needs (prompt, answer) examples: use xlsteer.interventions.fit_learned from Python")
+    return out
