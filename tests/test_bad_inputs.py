@@ -212,7 +212,7 @@ def _malformed_files(root: Path, e: dict[str, str], tensors: dict, meta: dict) -
     statistics("st_shape", {**st_tensors, "en|resid_post@0|tok_sum": torch.zeros(32, dtype=torch.float64)})
 
     results = {"format": "xlsteer.results", "task": "xcopa", "split": "test", "langs": ["sw"], "anchor": "en",
-               "metrics": {"names": ["acc"], "main": "acc"}, "model": {"name": "tiny"}, "template": {}}
+               "metrics": {"names": ["acc"], "main": "acc"}, "model": {"name": "tiny"}, "template": {"name": "xcopa"}}
     docs = {"res_missing_lang": {**results, "per_lang": {}}, "res_list": [1, 2],
             "res_type_swap": {**results, "per_lang": {"sw": 5}}, "res_deep": {**results, "per_lang": _nested(300)}}
     for name, doc in docs.items():
@@ -442,9 +442,9 @@ CASES += [
      "-o {out}/run", 1, "'counts' must be"),
     ("stats_tensor_of_another_width", "inspect {st_shape}", 1, "is not a (64,) vector"),
     # results files read by xlsteer table
-    ("table_lacks_a_language", "table {res_missing_lang}", 1, "lacks the field 'sw'"),
-    ("table_of_a_list", "table {res_list}", 1, "not an xlsteer results file"),
-    ("table_value_of_another_type", "table {res_type_swap}", 1, "malformed field"),
+    ("table_lacks_a_language", "table {res_missing_lang}", 1, "does not match the xlsteer.eval schema"),
+    ("table_of_a_list", "table {res_list}", 1, "not a JSON object"),
+    ("table_value_of_another_type", "table {res_type_swap}", 1, "does not match the xlsteer.eval schema"),
     ("table_deeply_nested", "table {res_deep}", 1, "nests JSON deeper"),
     ("table_not_utf8", "table {res_latin1}", 1, "not UTF-8"),
     ("categories_malformed", "analyze --model {T} --langs en,de --data {corpus} --limit 4 "
