@@ -148,7 +148,7 @@ def clas_lines(params: dict[str, Any]) -> list[str]:
               help="Corpus rows (ntrex: fit = lines 0-1499; folders: fit = first 75%).")
 @click.option("--layers", default=None,
               help="Layers: 6, 4-8, 2,5,9, all (default: the method's, see xlsteer.interventions.fit).")
-@click.option("--site", default=None, help="Site (default: the method's; clas/lape/intmu act at mlp_act).")
+@click.option("--site", default=None, help="Site (default: the method's; clas acts at mlp_act, lape/intmu at mlp_gate, or mlp_act).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="First N corpus rows per language.")

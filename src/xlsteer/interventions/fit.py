@@ -14,8 +14,8 @@ diffmean   resid_post  the middle layer (L // 2)   item-level pooled means
 learned    resid_post  the middle layer (L // 2)   none (trains on the corpus directly)
 clas       mlp_act     bridge layers (auto)        token-level means at every layer
 incline    mlp_out     every layer (as the paper)  per-item pooled vectors (keep_items)
-lape       mlp_act     every layer                 token-level P(act > 0) at every layer
-intmu      mlp_act     every layer                 P(act > 0) and means at every layer
+lape       mlp_gate    every layer                 token-level P(act > 0) at every layer
+intmu      mlp_gate    every layer                 P(act > 0) and means at every layer
 =========  ==========  ==========================  ======================================
 
 ``langs`` may include the anchor (it is dropped from the steered languages; CLAS, LAPE and
@@ -41,8 +41,8 @@ DEFAULT_SITE = {
     "learned": "resid_post",
     "clas": "mlp_act",
     "incline": "mlp_out",
-    "lape": "mlp_act",
-    "intmu": "mlp_act",
+    "lape": "mlp_gate",
+    "intmu": "mlp_gate",
 }
 
 
@@ -169,10 +169,11 @@ def fit(
         lays = list(layers) if layers is not None else list(range(n_layers))
         sites = [Site(x, site) for x in lays]
     else:
-        if site != "mlp_act":
-            raise UsageError(f"{method} acts on MLP neurons (site mlp_act), not {site}; drop --site")
+        allowed = ("mlp_act",) if method == "clas" else ("mlp_gate", "mlp_act")
+        if site not in allowed:
+            raise UsageError(f"{method} acts on MLP neurons (site {' or '.join(allowed)}), not {site}; drop --site")
         lays = list(range(n_layers))  # categories / LAPE compare all layers; layers picks where to act
-        sites = [Site(x, "mlp_act") for x in lays]
+        sites = [Site(x, site) for x in lays]
     collect_texts: dict[str, list[str]] = texts
     if method == "incline":
         from .incline import incline_texts
@@ -221,11 +222,11 @@ def fit(
     elif method == "lape":
         from .neurons import fit_lape
 
-        iv = fit_lape(stats, all_langs, anchor=anchor, layers=layers, meta=meta, **params)
+        iv = fit_lape(stats, all_langs, anchor=anchor, layers=layers, meta=meta, site=site, **params)
     else:
         from .neurons import fit_intmu
 
-        iv = fit_intmu(stats, all_langs, anchor=anchor, layers=layers, meta=meta, **params)
+        iv = fit_intmu(stats, all_langs, anchor=anchor, layers=layers, meta=meta, site=site, **params)
     iv.meta["collect_seconds"] = round(collect_seconds, 4)
     iv.meta["fit_seconds"] = round(time.perf_counter() - t0, 4)
     return iv
