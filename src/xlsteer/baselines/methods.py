@@ -384,7 +384,12 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
         raise LanguageError(f"{name}: none of {', '.join(targets)} has NTREX text to fit a vector on")
     langs = ([ctx.anchor] if ctx.anchor in ctx.langs else []) + use
     fit_limit = int(p.get("fit_limit", ctx.fit_limit))
-    corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=[ctx.anchor, *use], split="fit",
+    # CLAS categorises neurons over a fixed language set: every corpus language unless given
+    corpus_langs = None if method == "clas" and p.get("category_langs") is None else [ctx.anchor, *use]
+    if method == "clas" and p.get("category_langs") is not None:
+        cats = p["category_langs"]
+        corpus_langs = list(dict.fromkeys([ctx.anchor, *use, *(cats.split(",") if isinstance(cats, str) else cats)]))
+    corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=corpus_langs, split="fit",
                          limit=fit_limit)
     alphas = tuple(float(a) for a in p.get("alphas", DEFAULT_ALPHAS[method]))
     fit_kw: dict[str, Any] = {k: v for k, v in p.items()
@@ -405,7 +410,7 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
         sweep_layers = None
     t0 = time.perf_counter()
     iv = fit(method, lm, corpus, [ctx.anchor, *use], anchor=ctx.anchor, layers=fit_layers, site=p.get("site"),
-             batch_size=ctx.batch_size, **fit_kw)
+             batch_size=ctx.batch_size, stats_cache=_stats_cache(ctx, lm, method, corpus, p.get("site")), **fit_kw)
     fit_seconds = time.perf_counter() - t0
     from ..evaluation import sweep as sweep_mod
     from ..evaluation.selection import evaluate_selection
@@ -458,6 +463,21 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
                            trainable_parameters=trainable,
                            fitted_parameters=_numel(chosen, used_layers) if chosen is not None else 0),
                      selection, notes, skipped, extra={"intervention": res.get("intervention")})
+
+
+def _stats_cache(ctx: RunContext, lm: Any, method: str, corpus: Any, site: str | None) -> Path | None:
+    """A statistics file in the evaluation cache, named by what the statistics depend on (fit() checks
+    the model fingerprint and the data hash again when it reads it); None without a cache."""
+    if ctx.cache_dir is None or method in ("learned",):
+        return None
+    import hashlib
+
+    from ..io import dumps_json
+
+    key = {"model": getattr(lm, "fingerprint", None), "corpus": corpus.name, "langs": list(corpus.langs),
+           "n": len(corpus), "method": method, "site": site, "batch_size": ctx.batch_size}
+    digest = hashlib.sha256(dumps_json(key).encode("utf-8")).hexdigest()[:20]
+    return Path(ctx.cache_dir) / "statistics" / f"{method}-{digest}.safetensors"
 
 
 def _steer(method: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:

@@ -183,7 +183,11 @@ def fit_cmd(**kw: Any) -> None:
     site = kw.pop("site")
     if site is not None:
         Site(0, site)  # validates the name
-    corpus = load_corpus(kw.pop("corpus"), data_dir=kw.pop("data_dir"), langs=[anchor, *targets],
+    corpus_langs: list[str] | None = [anchor, *targets]
+    if method == "clas":  # neuron categories over a fixed set: every corpus language, or --param category_langs
+        cats = params.get("category_langs")
+        corpus_langs = None if cats is None else [anchor, *targets, *(cats.split(",") if isinstance(cats, str) else cats)]
+    corpus = load_corpus(kw.pop("corpus"), data_dir=kw.pop("data_dir"), langs=corpus_langs,
                          split=kw.pop("split"), limit=kw.pop("limit"))
     lm = load_model_from(kw)
     layers = parse_layers(kw.pop("layers"), lm.num_layers)

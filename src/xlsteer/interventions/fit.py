@@ -91,6 +91,16 @@ def _covers(stats: Statistics, langs: Sequence[str], sites: Sequence[Site], keep
     return None
 
 
+def _category_langs(given: Any, texts: Mapping[str, Any], steered: Sequence[str]) -> list[str]:
+    """CLAS's category language set: ``given`` (list or comma-separated), else every corpus language."""
+    from ..data.langs import normalize_langs
+
+    if given is None:
+        return list(dict.fromkeys([*steered, *texts]))
+    raw = given.split(",") if isinstance(given, str) else list(given)
+    return normalize_langs([str(x).strip() for x in raw if str(x).strip()])
+
+
 def _normalize(langs: Sequence[str] | str, anchor: str) -> tuple[list[str], str]:
     from ..data.langs import normalize_lang, normalize_langs
 
@@ -132,6 +142,11 @@ def fit(
         raise UsageError("no target languages: --langs must name at least one language other than the anchor")
     all_langs = [anchor, *targets]
     texts = _texts(corpus)
+    category_rule = "given" if params.get("category_langs") is not None else f"every language of the corpus " \
+        f"({getattr(corpus, 'name', 'texts')})"
+    if method == "clas":  # categories over a fixed language set (default: every corpus language)
+        params["category_langs"] = _category_langs(params.get("category_langs"), texts, all_langs)
+        all_langs = list(dict.fromkeys([*all_langs, *params["category_langs"]]))
     missing = [lang for lang in all_langs if lang not in texts]
     if missing:
         raise DataError(f"the corpus has no text for {', '.join(missing)}; choose a corpus with these languages")
@@ -218,7 +233,8 @@ def fit(
     elif method == "clas":
         from .clas import fit_clas
 
-        iv = fit_clas(stats, all_langs, anchor=anchor, layers=layers, n_layers=n_layers, meta=meta, **params)
+        iv = fit_clas(stats, [anchor, *targets], anchor=anchor, layers=layers, n_layers=n_layers, meta=meta, **params)
+        iv.params["category_langs_rule"] = category_rule
     elif method == "lape":
         from .neurons import fit_lape
 
