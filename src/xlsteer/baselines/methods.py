@@ -451,7 +451,7 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
                                 **{e["key"]: e["average"]["metrics"] for e in rec["results"]}}}
     trainable = _numel(chosen, used_layers) if method == "learned" and chosen is not None else 0
     params = {"method": method, "fit_limit": fit_limit, "corpus": corpus.name, "corpus_split": "fit",
-              "positions": positions, "sites": [str(s) for s in chosen.sites],
+              "positions": positions, "sites": [str(s) for s in chosen.sites] if chosen is not None else [],
               **{k: v for k, v in fit_kw.items()}}
     notes = []
     if name != method:

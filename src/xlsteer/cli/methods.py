@@ -284,13 +284,9 @@ def generate_cmd(**kw: Any) -> None:
         raise UsageError(f"the interventions have different anchors ({', '.join(anchors)}); use one anchor")
     else:
         anchor = anchors[0] if anchors else "en"
-    positions = kw.pop("positions")
-    if positions is None:
-        recommended = sorted({str(iv.params.get("positions", "all")) for iv in ivs}) or ["all"]
-        if len(recommended) > 1:
-            raise UsageError(f"the interventions recommend different positions ({', '.join(recommended)}); "
-                             "choose one with --positions")
-        positions = recommended[0]
+    from ..interventions.base import default_positions
+
+    positions = default_positions(ivs, kw.pop("positions"))
     if alpha is not None:
         ivs = [iv.with_strength(alpha) for iv in ivs]
 
