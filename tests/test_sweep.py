@@ -188,3 +188,25 @@ def test_per_language_selection_steers_each_language_with_its_own_choice_or_none
     assert res["item_ids"]["per_lang"] == {"en": 3, "sw": 3, "zh": 3}
     assert res["average"]["langs"] == ["sw", "zh"]
     assert res["intervention"]["per_lang"]["zh"] is None and res["intervention"]["per_lang"]["sw"]["layers"] == [1]
+
+
+def test_cli_sweep_applies_incline_at_every_fitted_layer_together(lm, tmp_path, capsys, splits_read):
+    """As in the paper (and compare): one alpha for the maps of all layers, not one layer at a time."""
+    from xlsteer.interventions import fit
+
+    from test_vector import parallel_texts
+
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    iv = fit("incline", lm, parallel_texts(8), ["en", "sw"], ridge=0.1)
+    path = iv.save(tmp_path / "incline.safetensors")
+    out = tmp_path / "sweep.json"
+    code = main(["-q", "sweep", "--model", str(folder), "--task", "xcopa", "--langs", "en,sw", "--intervention",
+                 str(path), "--alphas", "0.5", "--limit", "2", "--no-cache", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    assert rec["grid"]["layers"] == [-1] and [e["key"] for e in rec["results"]] == ["all@0.5"]
+    assert rec["results"][0]["intervention"]["layers"] == iv.layers == [0, 1]
+    assert rec["positions"] == "last_prompt"
