@@ -384,13 +384,8 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
         raise LanguageError(f"{name}: none of {', '.join(targets)} has NTREX text to fit a vector on")
     langs = ([ctx.anchor] if ctx.anchor in ctx.langs else []) + use
     fit_limit = int(p.get("fit_limit", ctx.fit_limit))
-    # CLAS categorises neurons over a fixed language set: every corpus language unless given
-    corpus_langs = None if method == "clas" and p.get("category_langs") is None else [ctx.anchor, *use]
-    if method == "clas" and p.get("category_langs") is not None:
-        cats = p["category_langs"]
-        corpus_langs = list(dict.fromkeys([ctx.anchor, *use, *(cats.split(",") if isinstance(cats, str) else cats)]))
-    corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=corpus_langs, split="fit",
-                         limit=fit_limit)
+    corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=_corpus_langs(ctx, method, p, use),
+                         split="fit", limit=fit_limit)
     alphas = tuple(float(a) for a in p.get("alphas", DEFAULT_ALPHAS[method]))
     fit_kw: dict[str, Any] = {k: v for k, v in p.items()
                               if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site")}
@@ -440,15 +435,7 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
     best = rec["best"]
     chosen = make(best["layer"], best["alpha"]) if best["steer"] else None
     used_layers = (iv.layers if best["layer"] == sweep_mod.ALL_LAYERS else [best["layer"]]) if best["steer"] else []
-    selection = {"source": "evaluation.sweep on dev", "split": "dev", "dev_limit": dev_limit, "select": select,
-                 "steer": res["selection"]["steer"], "decision": res["selection"]["decision"],
-                 "per_lang": res["selection"]["per_lang"],
-                 "layers": used_layers, "alpha": best["alpha"], "grid": rec["grid"],
-                 "dev_main": best["main"], "dev_gain_over_unsteered": best.get("gain_over_baseline"),
-                 "dev_unsteered_main": best.get("baseline_main"), "best_steered": rec["best_steered"],
-                 "rule": rec["selection_rule"],
-                 "dev_scores": {sweep_mod.UNSTEERED: rec["baseline"]["average"]["metrics"],
-                                **{e["key"]: e["average"]["metrics"] for e in rec["results"]}}}
+    selection = _selection_record(rec, res["selection"], dev_limit, select, used_layers)
     trainable = _numel(chosen, used_layers) if method == "learned" and chosen is not None else 0
     params = {"method": method, "fit_limit": fit_limit, "corpus": corpus.name, "corpus_split": "fit",
               "positions": positions, "sites": [str(s) for s in chosen.sites] if chosen is not None else [],
@@ -463,6 +450,33 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
                            trainable_parameters=trainable,
                            fitted_parameters=_numel(chosen, used_layers) if chosen is not None else 0),
                      selection, notes, skipped, extra={"intervention": res.get("intervention")})
+
+
+def _corpus_langs(ctx: RunContext, method: str, p: Mapping[str, Any], use: Sequence[str]) -> list[str] | None:
+    """The corpus languages a fit needs; CLAS categorises neurons over a fixed language set (every
+    corpus language, None here, unless ``category_langs`` is given)."""
+    if method != "clas":
+        return [ctx.anchor, *use]
+    cats = p.get("category_langs")
+    if cats is None:
+        return None
+    return list(dict.fromkeys([ctx.anchor, *use, *(cats.split(",") if isinstance(cats, str) else cats)]))
+
+
+def _selection_record(rec: Mapping[str, Any], chosen: Mapping[str, Any], dev_limit: Any, select: str,
+                      used_layers: list[int]) -> dict[str, Any]:
+    """What a steering row records about its dev selection (``rec``: the sweep; ``chosen``: its summary)."""
+    from ..evaluation.sweep import UNSTEERED
+
+    best = rec["best"]
+    return {"source": "evaluation.sweep on dev", "split": "dev", "dev_limit": dev_limit, "select": select,
+            "steer": chosen["steer"], "decision": chosen["decision"], "per_lang": chosen["per_lang"],
+            "layers": used_layers, "alpha": best["alpha"], "grid": rec["grid"],
+            "dev_main": best["main"], "dev_gain_over_unsteered": best.get("gain_over_baseline"),
+            "dev_unsteered_main": best.get("baseline_main"), "best_steered": rec["best_steered"],
+            "rule": rec["selection_rule"],
+            "dev_scores": {UNSTEERED: rec["baseline"]["average"]["metrics"],
+                           **{e["key"]: e["average"]["metrics"] for e in rec["results"]}}}
 
 
 def _stats_cache(ctx: RunContext, lm: Any, method: str, corpus: Any, site: str | None) -> Path | None:

@@ -62,7 +62,9 @@ def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task:
     n_ids = {lang: len(by_lang[lang]) for lang in lang_list}
     out.update(langs=lang_list, per_lang=per_lang, items=items,
                average=R.average(per_lang, [lang for lang in lang_list if lang != anchor], by_lang, task, seed, n_boot),
-               intervention={"per_lang": infos, "positions": next((i["positions"] for i in infos.values() if i), None)})
+               intervention={"per_lang": infos, "selection": "per-lang",
+                             "method": next((i.get("method") for i in infos.values() if i), None),
+                             "positions": next((i["positions"] for i in infos.values() if i), None)})
     out["item_ids"] = {**out["item_ids"], "n": sum(n_ids.values()), "per_lang": n_ids}
     return out
 
