@@ -198,6 +198,19 @@ def resolve(model: nn.Module, site: Site) -> tuple[nn.Module, HookKind]:
     return module, ("pre" if site.name == "mlp_act" else "post")
 
 
+def placement_module(model: nn.Module, site: Site) -> nn.Module:
+    """The module whose device and dtype an intervention at ``site`` must be prepared in.
+
+    The hooked module itself, except for ``mlp_gate``: the activation module has no weights (and
+    no accelerate hook), so it cannot say where it runs; it runs where its MLP's projections do,
+    in their dtype, so the down projection answers for it.
+    """
+    module, _ = resolve(model, site)
+    if site.name != "mlp_gate":
+        return module
+    return resolve(model, Site(site.layer, "mlp_act"))[0]
+
+
 def site_width(model: nn.Module, site_name: str) -> int:
     """Width of the activation at a site: d_model, or d_ff for mlp_act and mlp_gate."""
     cfg = model.config
