@@ -57,7 +57,7 @@ def test_categories_match_hand_computed_example():
     assert c["percent"] == pytest.approx({"dead": 100 / 6, "specific": 50.0, "partial": 100 / 6, "all": 100 / 6})
     assert c["threshold"] == 0.0 and "0.0" in cats["rule"]
     iv = fit_clas(stats, ["de", "sw"], anchor="en", layers=[0])
-    assert iv.languages == ["de", "sw"] and iv.params["category_langs"] == ["de", "sw", "en"]
+    assert iv.languages == ["de", "sw"] and iv.params["category_langs"] == ["en", "de", "sw"]
     assert iv.tensors[partial_key(0)].tolist() == [False, True, False, False, False, False]
     assert iv.tensors[spec_key(0)].tolist() == [
         [False, False, False, False, True, False],  # de's own neuron 4
@@ -189,3 +189,29 @@ def test_clas_roundtrip_and_fingerprint(tmp_path):
     assert iv.params["beta"] == 0.3 and iv.params["quantile"] == 0.5
     roundtrip(iv, tmp_path)
     check_truncated_and_foreign(iv, tmp_path, lm)
+
+
+def test_one_target_language_still_has_a_partial_category():
+    """Categories over a fixed language set: steering only de, neuron 1 (active for en and de, not
+    sw) is partial-shared. Over [anchor, target] alone (n = 2) that category is empty by construction."""
+    stats = stats_with_means(HAND_MEANS)
+    iv = fit_clas(stats, ["de"], anchor="en", layers=[0])
+    assert iv.languages == ["de"] and iv.params["category_langs"] == ["en", "de", "sw"]
+    assert iv.params["category_langs_rule"] == "every language of the statistics"
+    assert iv.tensors[partial_key(0)].tolist() == [False, True, False, False, False, False]
+    assert iv.params["category_percent"]["0"]["partial"] > 0
+    assert iv.tensors[spec_key(0)].tolist() == [[False, False, False, False, True, False]]
+    narrow = fit_clas(stats, ["de"], anchor="en", layers=[0], category_langs="en,de")
+    assert not narrow.tensors[partial_key(0)].any()  # what the steered-languages-only set gave
+    with pytest.raises(UsageError, match="must include"):
+        fit_clas(stats, ["de"], anchor="en", layers=[0], category_langs=["en", "sw"])
+
+
+def test_fit_categorises_over_every_corpus_language_and_records_it(gemma):
+    texts = {**parallel_texts(8), "fr": parallel_texts(8, seed=1)["sw"]}
+    iv = fit("clas", gemma, texts, ["en", "de"], layers=[0])
+    assert iv.languages == ["de"] and iv.params["category_langs"] == ["en", "de", "sw", "fr"]
+    assert iv.params["category_langs_rule"].startswith("every language of the corpus")
+    assert set(iv.meta["data"]["langs"]) == {"en", "de", "sw", "fr"}  # statistics collected for the whole set
+    chosen = fit("clas", gemma, texts, ["en", "de"], layers=[0], category_langs="en,de,fr")
+    assert chosen.params["category_langs"] == ["en", "de", "fr"] and chosen.params["category_langs_rule"] == "given"

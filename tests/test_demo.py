@@ -25,6 +25,17 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     sweep = json.loads((run / "sweep_diffmean.json").read_text())
     assert sweep["split"] == "dev"
     assert json.loads((run / "eval_diffmean.json").read_text())["split"] == "test"
+    from test_control import check_shape
+
+    control = json.loads((run / "control.json").read_text())
+    check_shape(control)
+    assert [(r["prompt_lang"], r["target_lang"]) for r in control["rows"]] == [("en", "de"), ("de", "en")]
+    assert "positive control" in printed and "mcnemar p=" in printed
+    for method in ("diffmean", "clas"):
+        sel = summary["selected"][method]
+        assert isinstance(sel["steer"], bool)
+        if not sel["steer"]:  # "no steering": the test run is the unsteered model's, and the demo says so
+            assert "no steering" in printed
     html = (run / "report.html").read_text()
     assert html.count("<img") >= 5
     assert "wall time" in printed and "report:" in printed

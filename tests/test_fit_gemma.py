@@ -57,7 +57,7 @@ def test_every_method_fits_on_gemma_and_changes_generation():
     corpus = _corpus()
     texts = getattr(corpus, "texts", corpus)
     n_layers = num_layers(lm.model)
-    sites = [Site(layer, name) for layer in range(n_layers) for name in ("resid_post", "mlp_out", "mlp_act")]
+    sites = [Site(layer, name) for layer in range(n_layers) for name in ("resid_post", "mlp_out", "mlp_act", "mlp_gate")]
     t0 = time.perf_counter()
     stats = collect(lm, texts, sites, keep_items=True, max_length=MAX_LENGTH, batch_size=8,
                     meta={"model_fingerprint": lm.fingerprint})

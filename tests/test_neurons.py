@@ -21,8 +21,8 @@ LANGS = ["en", "de", "sw", "fr"]
 def planted_stats(d_ff=100, tokens=400, seed=0) -> Statistics:
     """P(act > 0) ~ 0.5 everywhere, except neuron 7 of layer 0 (only de) and 42 of layer 1 (only sw)."""
     g = torch.Generator().manual_seed(seed)
-    sites = [Site(0, "mlp_act"), Site(1, "mlp_act")]
-    stats = Statistics(LANGS, sites, {"mlp_act": d_ff})
+    sites = [Site(0, "mlp_gate"), Site(1, "mlp_gate")]
+    stats = Statistics(LANGS, sites, {"mlp_gate": d_ff})
     for lang in LANGS:
         for site in sites:
             act = torch.randn(1, tokens, d_ff, generator=g)
@@ -69,7 +69,7 @@ def llama():
 def llama_stats(llama):
     from xlsteer.stats import collect
 
-    return collect(llama, parallel_texts(8), [Site(0, "mlp_act"), Site(1, "mlp_act")])
+    return collect(llama, parallel_texts(8), [Site(0, "mlp_gate"), Site(1, "mlp_gate")])
 
 
 HAND = {"de": {0: torch.tensor([3, 10, 50])}, "sw": {0: torch.tensor([5, 10])}, "en": {0: torch.tensor([99])}}
@@ -77,7 +77,7 @@ HAND = {"de": {0: torch.tensor([3, 10, 50])}, "sw": {0: torch.tensor([5, 10])}, 
 
 def test_lape_deactivate_and_amplify_only_touch_the_rows_neurons(llama, llama_stats):
     model = llama.model
-    site = Site(0, "mlp_act")
+    site = Site(0, "mlp_gate")
     iv = fit_lape(llama_stats, ["de", "sw"], anchor="en", layers=[0], neurons=HAND)
     assert iv.languages == ["de", "sw"] and iv.sites == [site]
     enc = llama.tokenizer(parallel_texts(3)["de"], return_tensors="pt", padding=True)
@@ -102,7 +102,7 @@ def test_lape_deactivate_and_amplify_only_touch_the_rows_neurons(llama, llama_st
 
 def test_intmu_writes_stored_means_exactly_and_nowhere_else(llama, llama_stats):
     model = llama.model
-    site = Site(0, "mlp_act")
+    site = Site(0, "mlp_gate")
     iv = fit_intmu(llama_stats, ["de", "sw"], anchor="en", layers=[0], neurons=HAND, mean_of="anchor")
     mu_en = llama_stats.mean("en", site, level="token")
     assert torch.equal(iv.tensors[mu_key(0)][0], mu_en) and torch.equal(iv.tensors[mu_key(0)][1], mu_en)
@@ -142,3 +142,31 @@ def test_lape_and_intmu_fit_dispatch_roundtrip_and_fingerprint(llama, tmp_path):
         with steer(llama.model, iv, langs=["en", "de", "en", "sw"]):
             mixed = llama.model(**enc).logits
         assert torch.equal(mixed[0], base[0]) and torch.equal(mixed[2], base[2])
+
+
+def test_lape_and_intmu_default_to_the_gate_site_and_keep_the_product_as_an_option(llama):
+    """Tang et al. threshold act(gate) > 0 (mlp_gate); act(gate) * up (mlp_act) stays selectable."""
+    texts = parallel_texts(8)
+    for method in ("lape", "intmu"):
+        default = fit(method, llama, texts, ["en", "de", "sw"], top_fraction=0.05)
+        assert {s.name for s in default.sites} == {"mlp_gate"}
+        assert default.params["site"] == "mlp_gate" and default.params["selection"]["site"] == "mlp_gate"
+        old = fit(method, llama, texts, ["en", "de", "sw"], site="mlp_act", top_fraction=0.05)
+        assert {s.name for s in old.sites} == {"mlp_act"} and old.params["selection"]["site"] == "mlp_act"
+    with pytest.raises(UsageError, match="mlp_gate"):
+        fit("lape", llama, texts, ["en", "de"], site="resid_post")
+
+
+def test_gate_and_product_statistics_select_different_neurons(llama):
+    """The product's sign also carries up's sign: P(act > 0) differs, so the selections differ."""
+    from xlsteer.stats import collect
+
+    sites = [Site(layer, name) for layer in (0, 1) for name in ("mlp_gate", "mlp_act")]
+    stats = collect(llama, parallel_texts(8), sites)
+    langs = ["en", "de", "sw"]
+    gate = stats.prob_active("de", Site(0, "mlp_gate"), "zero")
+    prod = stats.prob_active("de", Site(0, "mlp_act"), "zero")
+    assert not torch.allclose(gate, prod)
+    by_gate = lape_neurons(stats, [0, 1], langs, top_fraction=0.05, site="mlp_gate")
+    by_prod = lape_neurons(stats, [0, 1], langs, top_fraction=0.05, site="mlp_act")
+    assert any(not torch.equal(by_gate[lang][layer], by_prod[lang][layer]) for lang in langs for layer in (0, 1))

@@ -13,7 +13,7 @@ import torch
 from xlsteer.hooks import steer
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.placement import device_map_entry, module_placement, site_placements
-from xlsteer.models.sites import Site, get_layers
+from xlsteer.models.sites import SITE_NAMES, Site, get_layers
 from xlsteer.testing import tiny_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -66,7 +66,9 @@ def test_placement_reports_each_layers_own_dtype():
     assert (pre.dtype, pre.input_dtype) == (torch.float64, torch.float32)  # arrives from layer 0
     assert pre.at_boundary and not pre.crosses_device
     assert not by_site[Site(1, "resid_post")].at_boundary
-    assert len(by_site) == 2 * 5  # every site of both layers
+    # the activation module has no weights: it runs where (and in the dtype) its MLP's projections do
+    assert by_site[Site(1, "mlp_gate")].dtype == torch.float64 and by_site[Site(0, "mlp_gate")].dtype == torch.float32
+    assert len(by_site) == 2 * len(SITE_NAMES)  # every site of both layers
 
 
 def test_steer_prepares_each_site_with_its_modules_device_and_dtype():

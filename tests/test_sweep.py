@@ -9,7 +9,9 @@ import torch
 
 from xlsteer.cli import main
 from xlsteer.errors import UsageError
-from xlsteer.evaluation.sweep import _best, diffmean_from_statistics, restrict_layers, sweep
+from xlsteer.evaluation.runner import evaluate
+from xlsteer.evaluation.selection import evaluate_selection
+from xlsteer.evaluation.sweep import NO_STEERING, UNSTEERED, _best, diffmean_from_statistics, restrict_layers, sweep
 from xlsteer.evaluation.tasks import get_task
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
@@ -118,9 +120,93 @@ def test_cli_sweep_prints_selection_and_test_command(lm, stats, tmp_path, capsys
                  str(stats_path), "--layers", "1", "--alphas", "1,2", "--limit", "2", "--no-cache", "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "selected (all languages): layer 1" in text
-    assert "xlsteer eval" in text and "--split test" in text and "--alpha" in text
     rec = json.loads(out.read_text(encoding="utf-8"))
+    assert "xlsteer eval" in text and "--split test" in text
+    if rec["best"]["steer"]:
+        assert "selected (all languages): layer 1" in text and "--alpha" in text
+        assert (tmp_path / "sweep.best.safetensors").is_file()
+    else:
+        assert "selected (all languages): no steering" in text and "--intervention" not in text
     assert rec["selected_on_split"] == "dev" and rec["source"]["kind"] == "statistics"
-    assert (tmp_path / "sweep.best.safetensors").is_file()
     assert set(splits_read) == {"dev"}
+
+
+def _entry(key, layer, alpha, acc, margin=0.0):
+    return {"layer": layer, "alpha": alpha, "key": key,
+            "per_lang": {"sw": {"metrics": {"acc": {"mean": acc}}, "continuous": {"margin": {"mean": margin}}}}}
+
+
+def test_the_unsteered_model_is_a_candidate_and_wins_ties():
+    unsteered = _entry(UNSTEERED, None, 0.0, 0.7, 0.2)
+    worse = [_entry("L1@1", 1, 1.0, 0.6, 0.9), _entry("L2@0.5", 2, 0.5, 0.7, 0.1)]
+    best = _best([unsteered, *worse], ["sw"], "acc", "margin")
+    assert best["steer"] is False and best["key"] == UNSTEERED and best["decision"] == NO_STEERING
+    tie = _best([unsteered, _entry("L2@0.5", 2, 0.5, 0.7, 0.2)], ["sw"], "acc", "margin")
+    assert tie["steer"] is False  # doing nothing wins an exact tie
+    better = _best([unsteered, _entry("L2@0.5", 2, 0.5, 0.75, 0.0)], ["sw"], "acc", "margin")
+    assert better["steer"] is True and better["layer"] == 2
+
+
+def _zero_vector(lm, layer, alpha):
+    return SteeringVector(sites=[Site(layer, "resid_post")], tensors={vector_key(layer): torch.zeros(2, lm.hidden_size)},
+                          params={"normalize": "none"}, languages=["sw", "zh"], strength=alpha)
+
+
+def test_a_sweep_where_unsteered_is_best_on_dev_selects_no_steering(lm, splits_read):
+    """Steering that does nothing cannot beat doing nothing: the selection is "no steering", and the
+    test evaluation of that selection is the unsteered model's and says so."""
+    langs = ["en", "sw", "zh"]
+    rec = sweep(lm, "xcopa", langs, lambda layer, a: _zero_vector(lm, layer, a), layers=[0, 1], alphas=[1.0, 2.0],
+                limit=3, n_boot=50)
+    assert rec["best"]["steer"] is False and rec["best"]["key"] == UNSTEERED
+    assert rec["best"]["gain_over_baseline"] == 0.0 and rec["best_steered"]["steer"] is True
+    assert all(b["steer"] is False for b in rec["best_per_lang"].values())
+    res = evaluate_selection(lm, "xcopa", langs, lambda layer, a: _zero_vector(lm, layer, a), rec,
+                             split="dev", limit=3, n_boot=50)
+    plain = evaluate(lm, "xcopa", langs, split="dev", limit=3, n_boot=50)
+    assert res["selection"]["steer"] is False and res["selection"]["decision"] == NO_STEERING
+    assert res["intervention"] is None
+    assert [r["logprobs"] for r in res["items"]] == [r["logprobs"] for r in plain["items"]]
+
+
+def test_per_language_selection_steers_each_language_with_its_own_choice_or_none(lm, stats):
+    make, _ = diffmean_from_statistics(stats, ["en", "sw", "zh"])
+    langs = ["en", "sw", "zh"]
+    chosen = {"layer": 1, "alpha": 4.0, "key": "L1@4", "steer": True, "main": 0.0}
+    record = {"best": chosen, "selection_rule": "r", "split": "dev",
+              "best_per_lang": {"sw": chosen, "zh": {"layer": None, "alpha": 0.0, "key": UNSTEERED, "steer": False}}}
+    res = evaluate_selection(lm, "xcopa", langs, make, record, "per-lang", split="dev", limit=3, n_boot=50)
+    steered = evaluate(lm, "xcopa", langs, interventions=make(1, 4.0), split="dev", limit=3, n_boot=50)
+    plain = evaluate(lm, "xcopa", langs, split="dev", limit=3, n_boot=50)
+
+    def lps(r, lang):
+        return [x["logprobs"] for x in r["items"] if x["lang"] == lang]
+
+    assert lps(res, "sw") == lps(steered, "sw") and lps(res, "sw") != lps(plain, "sw")
+    assert lps(res, "zh") == lps(plain, "zh") and lps(res, "en") == lps(plain, "en")
+    assert res["selection"]["per_lang"]["zh"]["steer"] is False and res["selection"]["steer"] is True
+    assert res["item_ids"]["per_lang"] == {"en": 3, "sw": 3, "zh": 3}
+    assert res["average"]["langs"] == ["sw", "zh"]
+    assert res["intervention"]["per_lang"]["zh"] is None and res["intervention"]["per_lang"]["sw"]["layers"] == [1]
+
+
+def test_cli_sweep_applies_incline_at_every_fitted_layer_together(lm, tmp_path, capsys, splits_read):
+    """As in the paper (and compare): one alpha for the maps of all layers, not one layer at a time."""
+    from xlsteer.interventions import fit
+
+    from test_vector import parallel_texts
+
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    iv = fit("incline", lm, parallel_texts(8), ["en", "sw"], ridge=0.1)
+    path = iv.save(tmp_path / "incline.safetensors")
+    out = tmp_path / "sweep.json"
+    code = main(["-q", "sweep", "--model", str(folder), "--task", "xcopa", "--langs", "en,sw", "--intervention",
+                 str(path), "--alphas", "0.5", "--limit", "2", "--no-cache", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    assert rec["grid"]["layers"] == [-1] and [e["key"] for e in rec["results"]] == ["all@0.5"]
+    assert rec["results"][0]["intervention"]["layers"] == iv.layers == [0, 1]
+    assert rec["positions"] == "last_prompt"

@@ -1,9 +1,10 @@
 """The complete pipeline on the shipped model, as ``xlsteer demo`` runs it.
 
-collect statistics -> fit DiffMean and CLAS -> choose layer x alpha on XCOPA dev -> evaluate the
-chosen configurations on XCOPA test against the unsteered model (paired tests) -> analysis
-(similarity to English per layer, logit lens, neuron categories, projections, gain vs change in
-similarity) -> one HTML report.
+collect statistics -> fit DiffMean and CLAS -> choose layer x alpha on XCOPA dev (the unsteered
+model is a candidate: the choice may be "no steering") -> evaluate the chosen configurations on
+XCOPA test against the unsteered model (paired tests) -> positive control (does a DiffMean vector
+change the language the model writes in? ``control.json``) -> analysis (similarity to English per
+layer, logit lens, neuron categories, projections, gain vs change in similarity) -> one HTML report.
 
 Every stage writes a file into the run directory and is reused when it already exists with the
 same inputs, so a re-run is fast and gives the same numbers. Nothing is chosen on test items.
@@ -38,6 +39,8 @@ class DemoConfig:
     dev_limit: int = 20  # XCOPA val items per language for the sweep
     test_limit: int = 50  # XCOPA test items per language for the reported numbers (--test-limit)
     n_analysis: int = 24  # NTREX validation lines per language for the analysis
+    control_langs: tuple[str, ...] = ("de", "zh")  # positive control: output language en <-> each
+    control_prompts: int = 32  # prompts per control direction
     batch_size: int = 8
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -45,7 +48,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **kw: Any) -> "DemoConfig":
         base = dict(n_parallel=24, diffmean_layers=(6,), alphas=(1.0,), clas_alphas=(0.5,), dev_limit=8,
-                    test_limit=12, n_analysis=12)
+                    test_limit=12, n_analysis=12, control_langs=("de",), control_prompts=12)
         base.update(kw)
         return cls(**base)
 
@@ -70,7 +73,8 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     from .data.corpora import load_ntrex
     from .data.paths import data_dir as resolve_data_dir
     from .evaluation import runner as R
-    from .evaluation.sweep import sweep
+    from .evaluation.control import ControlConfig, run_control
+    from .evaluation.sweep import ALL_LAYERS, chosen_intervention, for_layer, sweep
     from .interventions.clas import fit_clas
     from .interventions.vector import fit_diffmean
     from .models.loading import load_model
@@ -137,21 +141,19 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     best_vec = sw["best"]
     done()
     done = _stage(log, f"choose CLAS alpha among {list(cfg.clas_alphas)} on dev")
-    sw_clas = sweep(lm, cfg.task, eval_langs, make_intervention=lambda layer, a: clas.with_strength(a),
-                    layers=[clas.layers[0]], alphas=list(cfg.clas_alphas), split="dev", limit=cfg.dev_limit,
-                    source={"kind": "clas", "layers": clas.layers,
-                            "note": "CLAS acts at all its bridge layers; the layer column shows the first"},
+    sw_clas = sweep(lm, cfg.task, eval_langs, intervention=clas, layers=[ALL_LAYERS], alphas=list(cfg.clas_alphas),
+                    split="dev", limit=cfg.dev_limit,
+                    source={"kind": "clas", "layers": clas.layers, "note": "CLAS acts at all its bridge layers"},
                     **common)
     atomic_write_json(run_dir / "sweep_clas.json", sw_clas)
     best_clas = sw_clas["best"]
     done()
 
-    # 4. evaluate on test: unsteered, DiffMean (chosen layer, alpha), CLAS (chosen alpha)
-    from .evaluation.sweep import restrict_layers
-
+    # 4. evaluate on test: unsteered, DiffMean (chosen layer, alpha), CLAS (chosen alpha); a method
+    #    for which the unsteered model won on dev is evaluated unsteered ("no steering")
     done = _stage(log, f"evaluate on {cfg.task} test ({cfg.test_limit} items per language)")
-    chosen_vec = restrict_layers(vec, [best_vec["layer"]]).with_strength(best_vec["alpha"])
-    chosen_clas = clas.with_strength(best_clas["alpha"])
+    chosen_vec = chosen_intervention(lambda layer, a: for_layer(vec, layer).with_strength(a), best_vec)
+    chosen_clas = chosen_intervention(lambda layer, a: clas.with_strength(a), best_clas)
     runs = {
         "zero-shot": R.evaluate(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit, **common),
         "diffmean": R.evaluate(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit,
@@ -169,12 +171,22 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
             atomic_write_json(run_dir / f"compare_{name}.json", comparisons[name])
     done()
 
-    # 5. analysis on held-out parallel text (NTREX validation lines), then the report
+    # 5. positive control: does steering change behaviour at all (output language)?
+    done = _stage(log, f"positive control: output language en <-> {', '.join(cfg.control_langs)}")
+    control = _control(run_dir, lm, ControlConfig(target_langs=tuple(cfg.control_langs),
+                                                  n_prompts=cfg.control_prompts, batch_size=cfg.batch_size,
+                                                  seed=cfg.seed), str(root), run_control)
+    done()
+
+    # 6. analysis on held-out parallel text (NTREX validation lines), then the report; a method
+    #    that chose "no steering" is analysed at its best steered configuration on dev
     done = _stage(log, "analysis (similarity, logit lens, neuron map, projections, regression)")
     held = load_ntrex(root, langs, split="validation", limit=cfg.n_analysis)
-    analysis_layers = sorted(set(range(0, lm.num_layers, 3)) | {best_vec["layer"]})
+    vec_seen = sw["best_steered"]
+    analysis_layers = sorted(set(range(0, lm.num_layers, 3)) | {vec_seen["layer"]})
     analyze(lm, run_dir, {lang: held.texts[lang] for lang in langs}, analysis_layers,
-            {"diffmean": chosen_vec, "clas": chosen_clas}, stats=stats,
+            {"diffmean": chosen_vec or for_layer(vec, vec_seen["layer"]).with_strength(vec_seen["alpha"]),
+             "clas": chosen_clas or clas.with_strength(sw_clas["best_steered"]["alpha"])}, stats=stats,
             eval_results=[run_dir / f"eval_{n}.json" for n in runs], anchor=cfg.anchor,
             batch_size=cfg.batch_size, projections=("pca", "tsne"),
             meta={"corpus": "ntrex", "split": "validation", "data_hash": held.data_hash})
@@ -185,8 +197,31 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
 
     wall = time.perf_counter() - t_start
     summary = _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall)
+    summary["control"] = control
     atomic_write_json(run_dir / "demo_summary.json", stamp(SETUP, summary))
     return summary
+
+
+def _control(run_dir: Path, lm: Any, cfg: Any, data_dir: str, run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """``<run>/control.json``, reused when it was written for this model and configuration."""
+    from dataclasses import asdict
+
+    from .io import read_json
+
+    path = run_dir / "control.json"
+    if path.is_file():
+        try:
+            old = read_json(path, "control record")
+            prov = old.get("provenance", {})
+            wanted = {**asdict(cfg), "layer": old.get("layer")}
+            if prov.get("model_fingerprint") == lm.fingerprint and \
+                    {k: (list(v) if isinstance(v, tuple) else v) for k, v in wanted.items()} == prov.get("config"):
+                return old
+        except Exception:  # stale or foreign file: run again
+            pass
+    record = run(lm, cfg, data_dir=data_dir)
+    atomic_write_json(path, record)
+    return record
 
 
 def _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall) -> dict[str, Any]:
@@ -212,8 +247,10 @@ def _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall) ->
         table[name] = row
     return {
         "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"},
-        "selected": {"diffmean": {"layer": best_vec["layer"], "alpha": best_vec["alpha"], "split": "dev"},
-                     "clas": {"alpha": best_clas["alpha"], "bridge_layers": clas.layers, "split": "dev"}},
+        "selected": {"diffmean": {"layer": best_vec["layer"], "alpha": best_vec["alpha"], "split": "dev",
+                                  "steer": best_vec["steer"]},
+                     "clas": {"alpha": best_clas["alpha"], "bridge_layers": clas.layers, "split": "dev",
+                              "steer": best_clas["steer"]}},
         "table": table,
         "report": str(report),
         "wall_seconds": round(wall, 1),
@@ -222,10 +259,16 @@ def _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall) ->
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table: accuracy [CI], margin, paired verdicts; and what moved and what did not."""
+    from .evaluation.control import format_control
+
     lines = []
     sel = summary["selected"]
-    lines.append(f"chosen on dev: DiffMean layer {sel['diffmean']['layer']} alpha {sel['diffmean']['alpha']}; "
-                 f"CLAS alpha {sel['clas']['alpha']} at bridge layers {sel['clas']['bridge_layers']}")
+    vec = sel["diffmean"]
+    cl = sel["clas"]
+    no = "no steering (the unsteered model is best on dev; its test scores are the unsteered model's)"
+    lines.append("chosen on dev: DiffMean " + (f"layer {vec['layer']} alpha {vec['alpha']}" if vec["steer"] else no)
+                 + "; CLAS " + (f"alpha {cl['alpha']} at bridge layers {cl['bridge_layers']}" if cl["steer"] else
+                                f"{no} (bridge layers {cl['bridge_layers']})"))
     table = summary["table"]
     langs = list(next(iter(table.values())).keys())
     lines.append("")
@@ -261,6 +304,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     else:
         lines.append("no difference is significant at p < 0.05: on this small model steering shows no measurable "
                      "effect on these items (see the MDE: smaller effects cannot be detected with this n)")
+    if summary.get("control"):
+        lines.append("")
+        lines.append(format_control(summary["control"]))
+        lines.append("the intervention changes behaviour (control); the task scores above show whether it changes "
+                     "the task score")
     lines.append(f"report: {summary['report']}")
     lines.append(f"wall time: {summary['wall_seconds']:.1f} s")
     return "\n".join(lines)

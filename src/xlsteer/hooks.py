@@ -49,6 +49,7 @@ from .models.sites import (
     Site,
     get_tensor,
     pre_hook_replace,
+    placement_module,
     pre_hook_tensor,
     replace_tensor,
     resolve,
@@ -320,7 +321,7 @@ def _install(
                 module, _ = resolve(model, site)
                 # the module's *execution* device (accelerate device maps, offloaded layers whose
                 # weights rest on 'meta') and its own dtype: never the model's first device
-                device, dtype = module_placement(module)
+                device, dtype = module_placement(placement_module(model, site))
                 by_site.setdefault(site, []).append((editor, editor.prepare(site, device, dtype), policy))
                 devices.setdefault(site, device)
         read_by_site: dict[Site, list[Reader]] = {}

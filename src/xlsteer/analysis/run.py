@@ -393,7 +393,10 @@ def _from_stats(stats: Any, categories: Any, lape: Any, bridge_layers: Any, n_la
         try:
             from ..interventions.neurons import lape_neurons
 
-            lape = lape_neurons(stats, mlp_layers, langs)
+            gate_layers = sorted({s.layer for s in stats.sites if s.name == "mlp_gate"})
+            # LAPE counts P(act(gate) > 0) (mlp_gate) when collected, else the product at mlp_act
+            lape = (lape_neurons(stats, gate_layers, langs, site="mlp_gate") if gate_layers
+                    else lape_neurons(stats, mlp_layers, langs, site="mlp_act"))
         except ImportError:
             notes.append("LAPE neurons unavailable (xlsteer.interventions.neurons not installed)")
         except XlsteerError as e:

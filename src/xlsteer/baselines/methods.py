@@ -26,16 +26,19 @@ clas           steering     CLAS at its bridge layers (NTREX statistics); alpha 
 
 Selection (layers, strengths, prompts, exemplars) uses only dev/train items; reported numbers
 come from ``split`` (test). Steering methods choose layer and strength with
-:func:`xlsteer.evaluation.sweep.sweep` on ``dev_limit`` dev items per language; without that
-module they fall back to a fixed documented default (:data:`DEFAULT_SELECTION`), recorded as
-``selection.source = "default"``.
+:func:`xlsteer.evaluation.sweep.sweep` on ``dev_limit`` dev items per language, the unsteered
+model being one of the candidates: when it wins on dev the selection is "no steering"
+(``selection.steer`` False) and the reported scores are the unsteered model's. ``select``
+(``RunContext.select`` or ``-O METHOD.select=per-lang``) lets each language choose its own
+configuration or none (:mod:`xlsteer.evaluation.selection`). INCLINE and CLAS sweep only alpha,
+applied at every fitted layer together (all layers / all bridge layers, as in their papers).
 
 Steering defaults (every value is recorded in the row's ``params`` and ``selection``): fit on the
 first ``fit_limit`` (200) NTREX fit lines of the anchor and each target language; DiffMean
 fitted at layers L/4, L/2 and 3L/4 (site resid_post, mean pooling, raw vector) and the sweep
 picks one layer and alpha in (0.5, 1, 2); learned: the middle layer, ``align`` objective, 100
 steps, alpha in (0.5, 1, 2); CLAS: bridge layers chosen by its fit (beta 0.4, gamma 0.2),
-alpha in (0.5, 1, 2); INCLINE: every layer at mlp_out, last prompt token, relative ridge 0.1
+alpha in (-0.5, 0.5, 1, 2); Int_mu: LAPE neurons at mlp_gate, strength in (0.5, 1); INCLINE: every layer at mlp_out, last prompt token, relative ridge 0.1
 (200 pairs are fewer than the residual width, so plain least squares is under-determined),
 sigma in (0.25, 0.5, 1). Per-method settings override these (``options`` / ``-O METHOD.KEY=V``).
 
@@ -72,8 +75,6 @@ from ..results import METHODS as METHODS_FORMAT, VERSION
 
 FAMILIES = ("reference", "prompting", "fine-tuning", "combination", "translation", "steering")
 REFERENCE = "zero-shot"
-#: Fallback when evaluation/sweep.py is unavailable: the middle layer, alpha (strength) 1.
-DEFAULT_SELECTION = {"layer": "L // 2", "alpha": 1.0}
 #: Strength grids searched on dev, per steering method.
 DEFAULT_ALPHAS: dict[str, tuple[float, ...]] = {
     "diffmean": (0.5, 1.0, 2.0),
@@ -104,6 +105,8 @@ class RunContext:
     max_length: int = 2048
     n_boot: int = 2000
     cache_dir: str | os.PathLike | None = None
+    calibrate: bool = False
+    select: str = "global"
     translation_cache: Any = True
     work_dir: str | os.PathLike | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -176,7 +179,7 @@ def _eval(ctx: RunContext, lm: Any, langs: Sequence[str], **kw: Any) -> tuple[di
     from ..evaluation.runner import evaluate
 
     t0 = time.perf_counter()
-    args = ctx.eval_kw()
+    args = {**ctx.eval_kw(), "calibrate": ctx.calibrate}
     args.update(kw)
     res = evaluate(lm, ctx.task, list(langs), split=ctx.split, limit=ctx.limit, **args)
     return res, time.perf_counter() - t0
@@ -382,8 +385,8 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
         raise LanguageError(f"{name}: none of {', '.join(targets)} has NTREX text to fit a vector on")
     langs = ([ctx.anchor] if ctx.anchor in ctx.langs else []) + use
     fit_limit = int(p.get("fit_limit", ctx.fit_limit))
-    corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=[ctx.anchor, *use], split="fit",
-                         limit=fit_limit)
+    corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=_corpus_langs(ctx, method, p, use),
+                         split="fit", limit=fit_limit)
     alphas = tuple(float(a) for a in p.get("alphas", DEFAULT_ALPHAS[method]))
     fit_kw: dict[str, Any] = {k: v for k, v in p.items()
                               if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site")}
@@ -403,64 +406,93 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
         sweep_layers = None
     t0 = time.perf_counter()
     iv = fit(method, lm, corpus, [ctx.anchor, *use], anchor=ctx.anchor, layers=fit_layers, site=p.get("site"),
-             batch_size=ctx.batch_size, **fit_kw)
+             batch_size=ctx.batch_size, stats_cache=_stats_cache(ctx, lm, method, corpus, p.get("site")), **fit_kw)
     fit_seconds = time.perf_counter() - t0
-    positions = str(iv.params.get("positions", "all")) if method == "incline" else "all"
+    from ..evaluation import sweep as sweep_mod
+    from ..evaluation.selection import evaluate_selection
+    from ..interventions.base import default_positions
+
+    positions = default_positions(iv)  # the policy the intervention stores (INCLINE: last prompt token)
     dev_limit = p.get("dev_limit", ctx.dev_limit)
+    select = str(p.get("select", ctx.select))
     t1 = time.perf_counter()
-    try:
-        from ..evaluation import sweep as sweep_mod
-    except ImportError:  # pragma: no cover - evaluation/sweep.py ships with xlsteer
-        sweep_mod = None
-    if sweep_mod is not None:
-        common = dict(alphas=alphas, split="dev", limit=dev_limit, anchor=ctx.anchor, data_dir=ctx.data_dir,
-                      seed=ctx.seed, cache_dir=ctx.cache_dir, positions=positions, batch_size=ctx.batch_size,
-                      max_length=ctx.max_length, n_boot=200)
-        if sweep_layers is not None:
-            rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=sweep_layers,
-                                  source={"kind": "baselines", "method": method}, **common)
-            best_layer, best_alpha = int(rec["best"]["layer"]), float(rec["best"]["alpha"])
-            chosen = sweep_mod.restrict_layers(iv, [best_layer]).with_strength(best_alpha)
-            used_layers = [best_layer]
-        else:
-            rec = sweep_mod.sweep(lm, ctx.task, langs, lambda layer, a: iv.with_strength(a), layers=[-1],
-                                  source={"kind": "baselines", "method": method, "layers": iv.layers,
-                                          "note": "layer -1 = every fitted layer (strength-only sweep)"}, **common)
-            best_alpha = float(rec["best"]["alpha"])
-            chosen = iv.with_strength(best_alpha)
-            used_layers = iv.layers
-        selection = {"source": "evaluation.sweep on dev", "split": "dev", "dev_limit": dev_limit,
-                     "layers": used_layers, "alpha": best_alpha, "grid": rec["grid"],
-                     "dev_main": rec["best"]["main"], "dev_gain_over_unsteered": rec["best"].get("gain_over_baseline"),
-                     "rule": rec["selection_rule"],
-                     "dev_scores": {e["key"]: e["average"]["metrics"] for e in rec["results"]}}
-    else:  # pragma: no cover - fixed documented default, recorded as such
-        used_layers = [mid] if mid in iv.layers and sweep_layers is not None else iv.layers
-        chosen = iv if used_layers == iv.layers else _restrict(iv, used_layers)
-        chosen = chosen.with_strength(DEFAULT_SELECTION["alpha"])
-        selection = {"source": "default", **DEFAULT_SELECTION, "layers": used_layers}
+    common = dict(split="dev", limit=dev_limit, anchor=ctx.anchor, data_dir=ctx.data_dir,
+                  seed=ctx.seed, cache_dir=ctx.cache_dir, positions=positions, batch_size=ctx.batch_size,
+                  max_length=ctx.max_length, calibrate=ctx.calibrate)
+    grid = sweep_layers if sweep_layers is not None else [sweep_mod.ALL_LAYERS]
+    rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=grid, alphas=alphas, n_boot=200,
+                          source={"kind": "baselines", "method": method, "layers": iv.layers,
+                                  "note": "layer -1 = every fitted layer together"}, **common)
+
+    def make(layer: int, alpha: float) -> Any:
+        return sweep_mod.for_layer(iv, layer).with_strength(alpha)
+
     selection_seconds = time.perf_counter() - t1
-    res, secs = _eval(ctx, lm, langs, interventions=chosen, positions=positions)
-    trainable = _numel(chosen, used_layers) if method == "learned" else 0
+    t2 = time.perf_counter()
+    res = evaluate_selection(lm, ctx.task, langs, make, rec, select, **{**ctx.eval_kw(), "split": ctx.split,
+                                                                        "limit": ctx.limit, "positions": positions,
+                                                                        "calibrate": ctx.calibrate})
+    secs = time.perf_counter() - t2
+    best = rec["best"]
+    chosen = make(best["layer"], best["alpha"]) if best["steer"] else None
+    used_layers = (iv.layers if best["layer"] == sweep_mod.ALL_LAYERS else [best["layer"]]) if best["steer"] else []
+    selection = _selection_record(rec, res["selection"], dev_limit, select, used_layers)
+    trainable = _numel(chosen, used_layers) if method == "learned" and chosen is not None else 0
     params = {"method": method, "fit_limit": fit_limit, "corpus": corpus.name, "corpus_split": "fit",
-              "positions": positions, "sites": [str(s) for s in chosen.sites],
+              "positions": positions, "sites": [str(s) for s in chosen.sites] if chosen is not None else [],
               **{k: v for k, v in fit_kw.items()}}
     notes = []
     if name != method:
         notes.append(f"{method} fitted on the fine-tuned model ({lm.name})")
+    if not selection["steer"]:
+        notes.append(f"{sweep_mod.NO_STEERING}: the {ctx.split} scores are the unsteered model's")
     return MethodRun(name, family, res, params,
                      _cost(fit_seconds=fit_seconds, selection_seconds=selection_seconds, eval_seconds=secs,
-                           trainable_parameters=trainable, fitted_parameters=_numel(chosen, used_layers)),
+                           trainable_parameters=trainable,
+                           fitted_parameters=_numel(chosen, used_layers) if chosen is not None else 0),
                      selection, notes, skipped, extra={"intervention": res.get("intervention")})
 
 
-def _restrict(iv: Any, layers: Sequence[int]) -> Any:
-    import copy
+def _corpus_langs(ctx: RunContext, method: str, p: Mapping[str, Any], use: Sequence[str]) -> list[str] | None:
+    """The corpus languages a fit needs; CLAS categorises neurons over a fixed language set (every
+    corpus language, None here, unless ``category_langs`` is given)."""
+    if method != "clas":
+        return [ctx.anchor, *use]
+    cats = p.get("category_langs")
+    if cats is None:
+        return None
+    return list(dict.fromkeys([ctx.anchor, *use, *(cats.split(",") if isinstance(cats, str) else cats)]))
 
-    out = copy.copy(iv)
-    out.sites = sorted(s for s in iv.sites if s.layer in set(layers))
-    out._prepared = {}
-    return out
+
+def _selection_record(rec: Mapping[str, Any], chosen: Mapping[str, Any], dev_limit: Any, select: str,
+                      used_layers: list[int]) -> dict[str, Any]:
+    """What a steering row records about its dev selection (``rec``: the sweep; ``chosen``: its summary)."""
+    from ..evaluation.sweep import UNSTEERED
+
+    best = rec["best"]
+    return {"source": "evaluation.sweep on dev", "split": "dev", "dev_limit": dev_limit, "select": select,
+            "steer": chosen["steer"], "decision": chosen["decision"], "per_lang": chosen["per_lang"],
+            "layers": used_layers, "alpha": best["alpha"], "grid": rec["grid"],
+            "dev_main": best["main"], "dev_gain_over_unsteered": best.get("gain_over_baseline"),
+            "dev_unsteered_main": best.get("baseline_main"), "best_steered": rec["best_steered"],
+            "rule": rec["selection_rule"],
+            "dev_scores": {UNSTEERED: rec["baseline"]["average"]["metrics"],
+                           **{e["key"]: e["average"]["metrics"] for e in rec["results"]}}}
+
+
+def _stats_cache(ctx: RunContext, lm: Any, method: str, corpus: Any, site: str | None) -> Path | None:
+    """A statistics file in the evaluation cache, named by what the statistics depend on (fit() checks
+    the model fingerprint and the data hash again when it reads it); None without a cache."""
+    if ctx.cache_dir is None or method in ("learned",):
+        return None
+    import hashlib
+
+    from ..io import dumps_json
+
+    key = {"model": getattr(lm, "fingerprint", None), "corpus": corpus.name, "langs": list(corpus.langs),
+           "n": len(corpus), "method": method, "site": site, "batch_size": ctx.batch_size}
+    digest = hashlib.sha256(dumps_json(key).encode("utf-8")).hexdigest()[:20]
+    return Path(ctx.cache_dir) / "statistics" / f"{method}-{digest}.safetensors"
 
 
 def _steer(method: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
@@ -618,8 +650,13 @@ def compare_methods(
     out_dir: str | os.PathLike | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     on_method: Callable[[str, MethodRun], None] | None = None,
+    calibrate: bool = False,
+    select: str = "global",
 ) -> dict[str, Any]:
     """Run ``methods`` on the same items and pair each with zero-shot; returns the "compare" record.
+
+    ``calibrate``: content-free calibration of label tasks (XNLI) for every model-scored method;
+    ``select``: ``global`` or ``per-lang`` selection of steering settings on dev (unsteered included).
 
     ``out_dir``: per-method runner results go to ``out_dir/runs/<method>.json`` (and adapters to
     ``out_dir/adapters``). ``dev_limit`` defaults to ``limit`` (else 100).
@@ -642,7 +679,8 @@ def compare_methods(
                      dev_limit=dev_limit if dev_limit is not None else (limit or 100), fit_limit=fit_limit,
                      anchor=normalize_lang(anchor), data_dir=data_dir, seed=seed, batch_size=batch_size,
                      max_length=max_length, n_boot=n_boot, cache_dir=cache_dir, translation_cache=translation_cache,
-                     work_dir=out_dir, options={k: dict(v) for k, v in (options or {}).items()})
+                     work_dir=out_dir, options={k: dict(v) for k, v in (options or {}).items()},
+                     calibrate=bool(calibrate), select=select)
     runs: dict[str, MethodRun] = {}
     files: dict[str, str] = {}
     for name in names:
@@ -687,6 +725,7 @@ def resume_key(ctx: RunContext, name: str) -> str:
     body = {"method": name, "params": params, "task": ctx.task, "langs": ctx.langs, "split": ctx.split,
             "limit": ctx.limit, "dev_limit": ctx.dev_limit, "fit_limit": ctx.fit_limit, "anchor": ctx.anchor,
             "seed": ctx.seed, "max_length": ctx.max_length, "n_boot": ctx.n_boot,
+            "calibrate": ctx.calibrate, "select": ctx.select,
             "data_dir": str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
             "model": getattr(ctx.lm, "fingerprint", None), "xlsteer": __version__}
     return hashlib.sha256(dumps_json(body).encode("utf-8")).hexdigest()

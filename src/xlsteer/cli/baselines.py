@@ -40,6 +40,10 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the evaluation and translation caches.")
 @click.option("--translation-cache", default=None, type=click.Path(dir_okay=False),
               help="Translation cache file (default: <xlsteer cache>/translations.json).")
+@click.option("--calibrate", is_flag=True, help="Content-free calibration of label scores (xnli).")
+@click.option("--select", type=click.Choice(["global", "per-lang"]), default="global", show_default=True,
+              help="Steering settings chosen on dev for all languages at once, or per language (each may choose "
+                   "no steering).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def compare_cmd(**kw: Any) -> None:
     """Compare steering with what a practitioner would do instead, on the same test items.
@@ -87,6 +91,7 @@ def compare_cmd(**kw: Any) -> None:
         fit_limit=kw["fit_limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], seed=kw["seed"],
         batch_size=kw["batch_size"], max_length=kw["max_length"], cache_dir=cache_dir,
         translation_cache=translation_cache, out_dir=out, options=options, on_method=report,
+        calibrate=kw["calibrate"], select=kw["select"],
     )
     record["command_seconds"] = round(time.perf_counter() - t0, 3)
     json_path, md_path = write_compare(out, record)

@@ -172,14 +172,15 @@ def eval_cmd(**kw: Any) -> None:
 @click.option("--site", default=None, help="With --stats: the site to fit at (default resid_post).")
 @click.option("--normalize", type=click.Choice(["none", "unit", "relative"]), default="none", show_default=True,
               help="With --stats: how alpha scales the DiffMean vector.")
-@click.option("--layers", default=None, help="Layers to try: 6, 4-12, 2,5,9 (default: all the source holds).")
+@click.option("--layers", default=None, help="Layers to try: 6, 4-12, 2,5,9 (default: all the source holds, each alone; "
+              "INCLINE and CLAS: all fitted layers together, as in their papers; 'all' forces that).")
 @click.option("--alphas", default="0.5,1,2", show_default=True, help="Comma-separated strengths.")
 @click.option("--split", default="dev", show_default=True, help="dev (or train); never test.")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Sweep record (.json).")
 def sweep_cmd(**kw: Any) -> None:
     """Choose layer and alpha on the dev split (never test); print the selection and the test command."""
     from ..evaluation.runner import write_results
-    from ..evaluation.sweep import diffmean_from_statistics, restrict_layers, sweep
+    from ..evaluation.sweep import ALL_LAYERS, diffmean_from_statistics, for_layer, sweep
     from ..io import check_writable
 
     t0 = time.perf_counter()
@@ -198,7 +199,9 @@ def sweep_cmd(**kw: Any) -> None:
         raise UsageError("--alphas is empty; give e.g. 0.5,1,2")
     model_name = kw["model"]
     lm = load_model_from(kw)
-    layers = parse_layers(kw.pop("layers"), lm.num_layers)
+    layers_text = kw.pop("layers")
+    together = layers_text is not None and layers_text.strip() == "all"
+    layers = None if together else parse_layers(layers_text, lm.num_layers)
     common = dict(
         alphas=alphas, split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
         template=kw["template"], seed=kw["seed"], cache_dir=cache_dir,
@@ -220,16 +223,19 @@ def sweep_cmd(**kw: Any) -> None:
         source = {"kind": "statistics", "path": str(kw["stats_path"]), "fit": "diffmean",
                   "normalize": kw["normalize"], "site": kw["site"] or "resid_post"}
         record = sweep(lm, kw["task"], langs, make, layers=layers, source=source, **common)
-        best_iv = make(record["best"]["layer"], 1.0)
+        best_iv = make(record["best"]["layer"], 1.0) if record["best"]["steer"] else None
     else:
         from ..interventions.base import Intervention
 
         iv = Intervention.load(kw["intervention"])
+        if together or (layers is None and iv.method in ("incline", "clas")):
+            layers = [ALL_LAYERS]  # the papers apply INCLINE at every layer and CLAS at all bridge layers
         record = sweep(lm, kw["task"], langs, intervention=iv, layers=layers,
                        source={"kind": "intervention", "path": str(kw["intervention"]), "method": iv.method}, **common)
-        best_iv = restrict_layers(iv, [record["best"]["layer"]]).with_strength(1.0)
-    best_iv.save(best_path)
-    record["best"]["intervention_file"] = best_path.name
+        best_iv = for_layer(iv, record["best"]["layer"]).with_strength(1.0) if record["best"]["steer"] else None
+    if best_iv is not None:
+        best_iv.save(best_path)
+        record["best"]["intervention_file"] = best_path.name
     write_results(out, record)
 
     from ..evaluation.tables import sweep_table
@@ -237,14 +243,18 @@ def sweep_cmd(**kw: Any) -> None:
 
     click.echo(sweep_table(validate(record)))
     b = record["best"]
-    cmd = (f"xlsteer eval --model {model_name} --task {record['task']} --langs {','.join(langs)} "
-           f"--intervention {best_path} --alpha {b['alpha']:g} --positions {record['positions']} --split test "
+    cmd = (f"xlsteer eval --model {model_name} --task {record['task']} --langs {','.join(langs)} --split test "
            f"-o results.json")
+    if best_iv is None:
+        click.echo(f"no steering beat the unsteered model on {record['split']}; evaluate the unsteered model on "
+                   f"test with:\n  {cmd}")
+        click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+        return
+    cmd += f" --intervention {best_path} --alpha {b['alpha']:g} --positions {record['positions']}"
     click.echo(f"evaluate it on test with:\n  {cmd}")
     click.echo(f"wrote {out} and {best_path} in {time.perf_counter() - t0:.1f} s")
 
 
-# the top level of a results file that the tables read (the rest is checked as it is read)
 def read_results_tables(path: str) -> str:
     """The Markdown tables of a result file (typed by the results schema); anything malformed in it
     is one line naming the file, never a traceback."""

@@ -42,8 +42,9 @@ def _limit(text: str | None) -> int | float | None:
 @click.option("--lang", default="task", show_default=True,
               help="Language of the requests: 'task' (from each task's name, e.g. xcopa_sw -> sw) or a code.")
 @click.option("--task-langs", default=None, help="Languages of tasks whose names carry none, e.g. 'copa:en;mytask:de'.")
-@click.option("--positions", type=click.Choice(_POSITIONS), default="all", show_default=True,
-              help="Which token positions the intervention edits.")
+@click.option("--positions", type=click.Choice(_POSITIONS), default=None,
+              help="Which token positions the intervention edits (default: the policy the intervention stores, "
+                   "e.g. last_prompt for INCLINE, else all).")
 @click.option("--limit", default=None, help="First N documents per task (or a fraction below 1).")
 @click.option("--num-fewshot", type=count(0), default=None, help="Few-shot examples (default: the task's).")
 @click.option("--batch-size", type=count(1), default=8, show_default=True)

@@ -71,7 +71,7 @@ def clas_lines(params: dict[str, Any]) -> list[str]:
               help="Corpus rows (ntrex: fit = lines 0-1499; folders: fit = first 75%).")
 @click.option("--layers", default=None,
               help="Layers: 6, 4-8, 2,5,9, all (default: the method's, see xlsteer.interventions.fit).")
-@click.option("--site", default=None, help="Site (default: the method's; clas/lape/intmu act at mlp_act).")
+@click.option("--site", default=None, help="Site (default: the method's; clas acts at mlp_act, lape/intmu at mlp_gate, or mlp_act).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
 @click.option("--limit", type=count(1), default=200, show_default=True,
               help="First N corpus rows per language.")
@@ -107,7 +107,11 @@ def fit_cmd(**kw: Any) -> None:
     site = kw.pop("site")
     if site is not None:
         Site(0, site)  # validates the name
-    corpus = load_corpus(kw.pop("corpus"), data_dir=kw.pop("data_dir"), langs=[anchor, *targets],
+    corpus_langs: list[str] | None = [anchor, *targets]
+    if method == "clas":  # neuron categories over a fixed set: every corpus language, or --param category_langs
+        cats = params.get("category_langs")
+        corpus_langs = None if cats is None else [anchor, *targets, *(cats.split(",") if isinstance(cats, str) else cats)]
+    corpus = load_corpus(kw.pop("corpus"), data_dir=kw.pop("data_dir"), langs=corpus_langs,
                          split=kw.pop("split"), limit=kw.pop("limit"))
     lm = load_model_from(kw)
     layers = parse_layers(kw.pop("layers"), lm.num_layers)
@@ -204,13 +208,9 @@ def generate_cmd(**kw: Any) -> None:
         raise UsageError(f"the interventions have different anchors ({', '.join(anchors)}); use one anchor")
     else:
         anchor = anchors[0] if anchors else "en"
-    positions = kw.pop("positions")
-    if positions is None:
-        recommended = sorted({str(iv.params.get("positions", "all")) for iv in ivs}) or ["all"]
-        if len(recommended) > 1:
-            raise UsageError(f"the interventions recommend different positions ({', '.join(recommended)}); "
-                             "choose one with --positions")
-        positions = recommended[0]
+    from ..interventions.base import default_positions
+
+    positions = default_positions(ivs, kw.pop("positions"))
     if alpha is not None:
         ivs = [iv.with_strength(alpha) for iv in ivs]
 

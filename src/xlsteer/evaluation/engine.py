@@ -350,6 +350,9 @@ class Engine:
         batch_fn: Callable[[Any, list[int]], list[Any]],
         decode: Callable[[Any, int], Any],
     ) -> list[Any]:
+        from ..interventions.base import default_positions
+
+        positions = default_positions(interventions, positions)  # None: the policy the interventions store
         if positions not in POSITION_POLICIES:
             raise UsageError(f"unknown position policy '{positions}'; choose one of {', '.join(POSITION_POLICIES)}")
         if len(langs) != n:
@@ -527,7 +530,7 @@ class Engine:
         requests: Sequence[tuple[str, Sequence[str]]],
         langs: Sequence[str],
         interventions: Any = None,
-        positions: str = "all",
+        positions: str | None = None,
         *,
         anchor: str | None = "en",
         keys: Sequence[str] | None = None,
@@ -706,7 +709,7 @@ class Engine:
         label_tokens: Sequence[str],
         langs: Sequence[str],
         interventions: Any = None,
-        positions: str = "all",
+        positions: str | None = None,
         *,
         anchor: str | None = "en",
         keys: Sequence[str] | None = None,
@@ -745,7 +748,7 @@ class Engine:
         max_new_tokens: int,
         stop: Sequence[str] = (),
         interventions: Any = None,
-        positions: str = "all",
+        positions: str | None = None,
         *,
         anchor: str | None = "en",
         keys: Sequence[str] | None = None,

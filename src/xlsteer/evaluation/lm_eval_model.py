@@ -19,7 +19,7 @@ model_args: ``pretrained`` (shipped name, local folder or .gguf; or a loaded
 default ``cuda:0`` falls back to the CPU without a GPU, as its ``hf`` backend does), ``batch_size``,
 ``max_length``, ``intervention`` (an intervention file), ``alpha`` (its strength), ``anchor``
 (never steered; ``none`` steers every row), ``lang`` and ``positions`` (all, prompt, generated,
-last_prompt).
+last_prompt; default: the policy the intervention stores, ``Intervention.default_positions``).
 
 Languages. lm-eval pools the requests of all tasks by request type, so one ``loglikelihood``
 call may hold xcopa_sw, xcopa_zh and English requests at once. ``lang=task`` (the default)
@@ -157,7 +157,7 @@ class XlsteerLM(LM):
         alpha: float | None = None,
         anchor: str | None = "en",
         lang: str | None = "task",
-        positions: str = "all",
+        positions: str | None = None,
         task_langs: str | dict[str, str] | None = None,
         max_gen_toks: int = 256,
         trust_remote_code: bool = False,
@@ -167,6 +167,7 @@ class XlsteerLM(LM):
         super().__init__()
         from ..models.loading import LoadedModel, load_model
         from .engine import Engine, intervention_info
+        from ..interventions.base import default_positions
         from .runner import load_interventions
 
         kwargs.pop("max_batch_size", None)  # lm-eval passes it to every model; meaningless here
@@ -179,7 +180,7 @@ class XlsteerLM(LM):
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             raise UsageError("xlsteer's lm-eval adapter needs a fixed batch size; pass e.g. batch_size=8")
         batch_size = _positive_int(batch_size, "batch_size")
-        if positions not in POSITION_POLICIES:
+        if positions is not None and positions not in POSITION_POLICIES:
             raise UsageError(f"unknown position policy {positions!r}; choose one of {', '.join(POSITION_POLICIES)}")
         if isinstance(pretrained, LoadedModel):
             self.lm = pretrained
@@ -190,7 +191,7 @@ class XlsteerLM(LM):
             raise UsageError("pass pretrained=<shipped model name, folder or .gguf file> (or a LoadedModel object)")
         self.anchor = None if anchor in (None, "", "none") else normalize_lang(str(anchor))
         self.interventions = load_interventions(intervention, alpha, self.lm.fingerprint, model=self.lm)
-        self.positions = positions
+        self.positions = default_positions(self.interventions, positions)  # None: the stored policy
         if lang in (None, "", "task"):
             self.lang: str | None = None
         else:
@@ -202,7 +203,7 @@ class XlsteerLM(LM):
         self.tokenizer = self.lm.tokenizer
         self.batch_size = batch_size
         self._device = self.engine.device
-        self._info = intervention_info(self.interventions, positions)
+        self._info = intervention_info(self.interventions, self.positions)
 
     # ---- lm-eval plumbing -----------------------------------------------------------------
 
@@ -417,7 +418,7 @@ def run_lm_eval(
     alpha: float | None = None,
     anchor: str | None = "en",
     lang: str | None = "task",
-    positions: str = "all",
+    positions: str | None = None,
     task_langs: str | dict[str, str] | None = None,
     limit: int | float | None = None,
     num_fewshot: int | None = None,

@@ -7,12 +7,18 @@
     margin for choice tasks, EM for XQuAD), then by the smaller |alpha|, then the lower layer.
 
 The global choice maximises the unweighted mean over the non-anchor languages. The unsteered
-model is evaluated on the same dev items as a reference (``baseline``), so the record shows
-whether the selected configuration beats doing nothing. Configurations come from:
+model is always evaluated on the same dev items (``baseline``) and is itself a candidate (key
+``unsteered``, alpha 0, which wins every tie): when no steered configuration beats it on dev,
+the selection is "no steering" (``best["steer"]`` is False) — a tool that can only say "steer
+this much" would carry a setting that hurts on dev over to test. ``best_steered`` keeps the best
+steered configuration for inspection. The same holds per language (``best_per_lang``).
+Configurations come from:
 
 - ``make_intervention(layer, alpha)``: any callable returning an intervention; or
 - ``intervention`` + ``layers``: that intervention restricted to one layer's sites, strength
-  set to alpha (for vectors, CLAS masks, ... fitted at several layers at once); or
+  set to alpha (for vectors, CLAS masks, ... fitted at several layers at once); layer
+  :data:`ALL_LAYERS` (-1) is the intervention at every layer it was fitted at, as INCLINE (all
+  layers) and CLAS (all bridge layers) are applied in their papers; or
 - :func:`diffmean_from_statistics`: DiffMean vectors fitted per layer from a Statistics file
   (layers among those the statistics hold), alpha scaling the vector.
 """
@@ -30,9 +36,15 @@ from ..results import SWEEP, VERSION
 from . import runner as R
 
 SELECTION_RULE = (
-    "max main metric on the dev split; ties: max tie-break score (mean margin for choice tasks, EM for xquad), "
-    "then smaller |alpha|, then lower layer; global = mean over non-anchor languages"
+    "max main metric on the dev split over the steered configurations and the unsteered model (alpha 0); "
+    "ties: max tie-break score (mean margin for choice tasks, EM for xquad), then smaller |alpha| (so the "
+    "unsteered model wins ties), then lower layer; global = mean over non-anchor languages"
 )
+UNSTEERED = "unsteered"
+#: Layer value meaning "every layer the intervention was fitted at, together".
+ALL_LAYERS = -1
+NO_STEERING = "no steering: the unsteered model is best on dev"
+SELECT_MODES = ("global", "per-lang")
 
 
 def restrict_layers(intervention: Any, layers: Sequence[int]) -> Any:
@@ -90,7 +102,12 @@ def diffmean_from_statistics(stats: Any, langs: Sequence[str], anchor: str = "en
 
 
 def _key(layer: int, alpha: float) -> str:
-    return f"L{layer}@{alpha:g}"
+    return f"all@{alpha:g}" if layer == ALL_LAYERS else f"L{layer}@{alpha:g}"
+
+
+def for_layer(intervention: Any, layer: int) -> Any:
+    """``intervention`` at one of its layers, or at all of them for :data:`ALL_LAYERS`."""
+    return restrict_layers(intervention, intervention.layers if layer == ALL_LAYERS else [layer])
 
 
 def _score(per_lang: dict, langs: Sequence[str], main: str, tie: str | None) -> tuple[float, float]:
@@ -107,11 +124,22 @@ def _score(per_lang: dict, langs: Sequence[str], main: str, tie: str | None) -> 
 def _best(entries: list[dict], langs: Sequence[str], main: str, tie: str | None) -> dict[str, Any]:
     def rank(e: dict) -> tuple:
         m, t = _score(e["per_lang"], langs, main, tie)
-        return (-m, -t, abs(e["alpha"]), e["layer"], e["alpha"])
+        steer = e.get("key") != UNSTEERED
+        return (-m, -t, abs(e["alpha"]) if steer else -1.0, e["layer"] if steer else -2, e["alpha"])
 
     best = min(entries, key=rank)
     m, t = _score(best["per_lang"], langs, main, tie)
-    return {"layer": best["layer"], "alpha": best["alpha"], "key": best["key"], "main": m, "tie_break": t}
+    steer = best.get("key") != UNSTEERED
+    out = {"layer": best["layer"], "alpha": best["alpha"], "key": best["key"], "main": m, "tie_break": t,
+           "steer": steer}
+    if not steer:
+        out["decision"] = NO_STEERING
+    return out
+
+
+def _unsteered_entry(baseline: dict[str, Any]) -> dict[str, Any]:
+    return {"layer": None, "alpha": 0.0, "key": UNSTEERED, "intervention": None,
+            "per_lang": baseline["per_lang"], "average": baseline["average"]}
 
 
 def sweep(
@@ -136,10 +164,10 @@ def sweep(
     max_length: int = 2048,
     n_boot: int = 2000,
     template_options: dict[str, Any] | None = None,
-    include_baseline: bool = True,
     source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a layers x alphas grid on ``split`` (dev) and select the best configuration."""
+    """Evaluate a layers x alphas grid and the unsteered model on ``split`` (dev); select the best
+    (possibly "no steering", see the module docstring)."""
     from .engine import Engine
 
     if split == "test":
@@ -154,7 +182,7 @@ def sweep(
         grid_layers = list(layers) if layers is not None else iv0.layers
 
         def make_intervention(layer: int, alpha: float) -> Any:  # noqa: F811 - the given intervention, per layer
-            return restrict_layers(iv0, [layer]).with_strength(alpha)
+            return for_layer(iv0, layer).with_strength(alpha)
 
         if source is None:
             source = {"kind": "intervention", "method": iv0.method, "layers": iv0.layers}
@@ -176,7 +204,7 @@ def sweep(
                   calibrate=calibrate, positions=positions, n_boot=n_boot, template_options=template_options,
                   engine=engine)
 
-    baseline = R.evaluate(lm, task, lang_list, **common) if include_baseline else None
+    baseline = R.evaluate(lm, task, lang_list, **common)
     entries: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     for layer in grid_layers:
@@ -190,8 +218,12 @@ def sweep(
     main = info["metrics"]["main"]
     tie = info["metrics"]["tie_break"]
     non_anchor = [lang for lang in lang_list if lang != anchor] or lang_list
-    per_lang_best = {lang: _best(entries, [lang], main, tie) for lang in lang_list if lang != anchor}
-    best = _best(entries, non_anchor, main, tie)
+    candidates = [_unsteered_entry(baseline), *entries]
+    per_lang_best = {lang: _best(candidates, [lang], main, tie) for lang in lang_list if lang != anchor}
+    best = _best(candidates, non_anchor, main, tie)
+    b_main, b_tie = _score(baseline["per_lang"], non_anchor, main, tie)
+    best["baseline_main"] = b_main
+    best["gain_over_baseline"] = best["main"] - b_main
     out: dict[str, Any] = {
         "format": SWEEP,
         "version": VERSION,
@@ -209,13 +241,16 @@ def sweep(
         "selection_rule": SELECTION_RULE,
         "results": entries,
         "best": best,
+        "best_steered": _best(entries, non_anchor, main, tie),
         "best_per_lang": per_lang_best,
-        "baseline": None,
+        "baseline": {"per_lang": baseline["per_lang"], "average": baseline["average"]},
         "versions": R.versions(),
     }
-    if baseline is not None:
-        out["baseline"] = {"per_lang": baseline["per_lang"], "average": baseline["average"]}
-        b_main, b_tie = _score(baseline["per_lang"], non_anchor, main, tie)
-        out["best"]["baseline_main"] = b_main
-        out["best"]["gain_over_baseline"] = best["main"] - b_main
     return out
+
+
+def chosen_intervention(make_intervention: Callable[[int, float], Any], choice: dict[str, Any]) -> Any:
+    """The intervention a sweep selected (``best`` or one ``best_per_lang`` entry); None for "no steering"."""
+    if not choice.get("steer", True):
+        return None
+    return make_intervention(int(choice["layer"]), float(choice["alpha"]))

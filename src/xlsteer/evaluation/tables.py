@@ -182,11 +182,20 @@ def sweep_table(rec: Any, style: str = "text") -> str:
     out = [f"sweep {rec.task} on {rec.split}, main metric {main}, tie-break {tie}", "",
            render(["config", *langs, "avg"], rows, style), ""]
     for lang, b in rec.best_per_lang.items():
-        out.append(f"best for {lang}: layer {b.layer} alpha {b.alpha:g} ({main} {b.main:.3f})")
+        out.append(f"best for {lang}: {choice_text(b)} ({main} {b.main:.3f})")
     b = rec.best
-    gain = "" if b.gain_over_baseline is None else f", {b.gain_over_baseline:+.3f} vs unsteered on {rec.split}"
-    out.append(f"selected (all languages): layer {b.layer} alpha {b.alpha:g} ({main} {b.main:.3f}{gain})")
+    gain = ("" if b.gain_over_baseline is None or not b.steer
+            else f", {b.gain_over_baseline:+.3f} vs unsteered on {rec.split}")
+    out.append(f"selected (all languages): {choice_text(b)} ({main} {b.main:.3f}{gain})")
     return "\n".join(out)
+
+
+def choice_text(choice: Any) -> str:
+    """A sweep's choice in words: a layer and alpha, every fitted layer, or no steering."""
+    if not getattr(choice, "steer", True):
+        return "no steering (the unsteered model is best on dev)"
+    layer = "every fitted layer" if choice.layer == -1 else f"layer {choice.layer}"
+    return f"{layer} alpha {choice.alpha:g}"
 
 
 def mark(p_holm: float | None, diff: float | None, alpha: float) -> str:
@@ -228,6 +237,7 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
             avg = _pct_cell(row.average, ref, alpha, holm=False)
             cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
             footnotes += [f"{name}, {lang}: {why}" for lang, why in row.skipped.items()]
+            footnotes += selection_note(name, getattr(row, "selection", None))
         cost = row.cost
         fit_s = cost.get("fit_seconds", 0.0) + cost.get("selection_seconds", 0.0)
         cells += [f"{fit_s:.0f}" if fit_s >= 1 else ("0" if fit_s == 0 else f"{fit_s:.1f}"),
@@ -242,6 +252,19 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
                "+tok/item = extra model tokens per item.")
     out += [f"- {f}" for f in footnotes]
     return "\n".join(out) + "\n"
+
+
+def selection_note(name: str, sel: Any) -> list[str]:
+    """A steering row's dev selection in words: a "no steering" choice must be visible."""
+    if not isinstance(sel, dict) or "steer" not in sel:
+        return []
+    if not sel["steer"]:
+        return [f"{name}: {sel.get('decision', 'no steering')} — its scores are the unsteered model's"]
+    off = [lang for lang, v in (sel.get("per_lang") or {}).items() if not v.get("steer", True)]
+    text = f"{name}: chosen on dev — {sel.get('decision', '')}"
+    if off and sel.get("select") == "per-lang":
+        text += f" (unsteered for {', '.join(off)})"
+    return [text]
 
 
 def tables_of(doc: Any, style: str = "markdown") -> str:

@@ -70,6 +70,11 @@ def control_vector_directions(intervention: Any, lang: str) -> dict[int, np.ndar
             f"only steering vectors (method 'vector') can be exported to a llama.cpp control vector, "
             f"not a '{method}' intervention (it is not a fixed residual-stream offset); fit diffmean or learned instead"
         )
+    if intervention.default_positions != "all":
+        raise UsageError(
+            f"llama.cpp applies a control vector at every position, but this vector is applied at "
+            f"'{intervention.default_positions}' positions (params.positions); refit it for all positions"
+        )
     bad = [str(s) for s in intervention.sites if s.name != "resid_post"]
     if bad:
         raise UsageError(

@@ -149,6 +149,16 @@ class Intervention:
     def layers(self) -> list[int]:
         return sorted({s.layer for s in self.sites})
 
+    @property
+    def default_positions(self) -> str:
+        """The position policy this intervention is applied with unless the caller chooses one.
+
+        The one place that decides it: the fit stores it in ``params["positions"]`` (INCLINE:
+        ``last_prompt``, as the authors patch the last prompt token only; the others ``all``).
+        Every entry point (eval, sweep, compare, lm-eval, generate, export) asks this.
+        """
+        return str(self.params.get("positions") or "all")
+
     # ---- persistence -------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         return {
@@ -233,8 +243,7 @@ def default_positions(interventions: Any, given: str | None = None) -> str:
     if given is not None:
         return given
     ivs = interventions if isinstance(interventions, (list, tuple)) else ([] if interventions is None else [interventions])
-    stored = {str(iv.params["positions"]) for iv in ivs if isinstance(getattr(iv, "params", None), dict)
-              and iv.params.get("positions")}
+    stored = {iv.default_positions for iv in ivs if isinstance(iv, Intervention)}
     if len(stored) > 1:
         raise UsageError(f"the interventions store different position policies ({', '.join(sorted(stored))}); "
                          "choose one with --positions")

@@ -211,6 +211,27 @@ def select_bridge_layers(
     return {"layers": chosen, "rule": text, "shared_percent": {str(x): s for x, s in shared.items()}}
 
 
+def resolve_category_langs(category_langs: Sequence[str] | str | None, stats: "Statistics", anchor: str,
+                           targets: Sequence[str]) -> list[str]:
+    """The fixed category language set: given (list or comma-separated), else every statistics language."""
+    from ..data.langs import normalize_langs
+
+    if category_langs is None:
+        chosen = list(stats.langs)
+    else:
+        raw = category_langs.split(",") if isinstance(category_langs, str) else list(category_langs)
+        chosen = normalize_langs([x.strip() for x in raw if str(x).strip()])
+    out = _check_langs(chosen)
+    missing = [lang for lang in [anchor, *targets] if lang not in out]
+    if missing:
+        raise UsageError(f"category_langs ({', '.join(out)}) must include the anchor and every steered language; "
+                         f"add {', '.join(missing)}")
+    absent = [lang for lang in out if lang not in stats.langs]
+    if absent:
+        raise UsageError(f"the statistics lack category language(s) {', '.join(absent)}; collect them too")
+    return out
+
+
 def _stats_layers(stats: "Statistics") -> list[int]:
     return sorted({s.layer for s in stats.sites if s.name == "mlp_act"})
 
@@ -229,19 +250,23 @@ def fit_clas(
     k: int = 2,
     n_layers: int | None = None,
     meta: Mapping[str, Any] | None = None,
+    category_langs: Sequence[str] | str | None = None,
 ) -> CLASIntervention:
     """Fit CLAS from ``mlp_act`` statistics.
 
-    Categories are computed over ``langs`` plus the anchor (added if missing: the paper's
-    language set includes English). The intervention steers the non-anchor languages.
+    The intervention steers the non-anchor ``langs``. Categories (and so bridge layers and the
+    masks) are computed over ``category_langs``, a fixed set independent of the steered languages
+    as in the paper (12 languages there): default every language the statistics cover. With the
+    categories taken over the steered languages only, one target gives n = 2 and the
+    partial-shared category is empty by construction. The set must contain the anchor and every
+    steered language (M_spec is "specific to the row's language within the set").
     ``layers=None`` chooses bridge layers with :func:`select_bridge_layers` among every layer
     with mlp_act statistics; ``n_layers`` (the model's depth, for excluding its last two layers)
     defaults to the statistics' model fingerprint, else the highest such layer + 1.
     """
     t0 = time.perf_counter()
-    cat_langs = list(dict.fromkeys([*langs, anchor]))
-    _check_langs(cat_langs)
-    targets = [lang for lang in cat_langs if lang != anchor]
+    targets = [lang for lang in dict.fromkeys(langs) if lang != anchor]
+    cat_langs = resolve_category_langs(category_langs, stats, anchor, targets)
     available = _stats_layers(stats)
     if not available:
         raise UsageError("the statistics have no mlp_act site; collect them at mlp_act for CLAS")
@@ -275,6 +300,7 @@ def fit_clas(
         "T_act": {str(x): all_cats["layers"][x]["threshold"] for x in sorted(all_cats["layers"])},
         "quantile": quantile,
         "category_langs": cat_langs,
+        "category_langs_rule": "given" if category_langs is not None else "every language of the statistics",
         "category_percent": percent,
         "bridge_rule": bridge_text,
         "bridge_margin": float(margin),

@@ -14,8 +14,8 @@ diffmean   resid_post  the middle layer (L // 2)   item-level pooled means
 learned    resid_post  the middle layer (L // 2)   none (trains on the corpus directly)
 clas       mlp_act     bridge layers (auto)        token-level means at every layer
 incline    mlp_out     every layer (as the paper)  per-item pooled vectors (keep_items)
-lape       mlp_act     every layer                 token-level P(act > 0) at every layer
-intmu      mlp_act     every layer                 P(act > 0) and means at every layer
+lape       mlp_gate    every layer                 token-level P(act > 0) at every layer
+intmu      mlp_gate    every layer                 P(act > 0) and means at every layer
 =========  ==========  ==========================  ======================================
 
 ``langs`` may include the anchor (it is dropped from the steered languages; CLAS, LAPE and
@@ -41,8 +41,8 @@ DEFAULT_SITE = {
     "learned": "resid_post",
     "clas": "mlp_act",
     "incline": "mlp_out",
-    "lape": "mlp_act",
-    "intmu": "mlp_act",
+    "lape": "mlp_gate",
+    "intmu": "mlp_gate",
 }
 
 
@@ -91,6 +91,16 @@ def _covers(stats: Statistics, langs: Sequence[str], sites: Sequence[Site], keep
     return None
 
 
+def _category_langs(given: Any, texts: Mapping[str, Any], steered: Sequence[str]) -> list[str]:
+    """CLAS's category language set: ``given`` (list or comma-separated), else every corpus language."""
+    from ..data.langs import normalize_langs
+
+    if given is None:
+        return list(dict.fromkeys([*steered, *texts]))
+    raw = given.split(",") if isinstance(given, str) else list(given)
+    return normalize_langs([str(x).strip() for x in raw if str(x).strip()])
+
+
 def _normalize(langs: Sequence[str] | str, anchor: str) -> tuple[list[str], str]:
     from ..data.langs import normalize_lang, normalize_langs
 
@@ -132,6 +142,11 @@ def fit(
         raise UsageError("no target languages: --langs must name at least one language other than the anchor")
     all_langs = [anchor, *targets]
     texts = _texts(corpus)
+    category_rule = "given" if params.get("category_langs") is not None else f"every language of the corpus " \
+        f"({getattr(corpus, 'name', 'texts')})"
+    if method == "clas":  # categories over a fixed language set (default: every corpus language)
+        params["category_langs"] = _category_langs(params.get("category_langs"), texts, all_langs)
+        all_langs = list(dict.fromkeys([*all_langs, *params["category_langs"]]))
     missing = [lang for lang in all_langs if lang not in texts]
     if missing:
         raise DataError(f"the corpus has no text for {', '.join(missing)}; choose a corpus with these languages")
@@ -169,10 +184,11 @@ def fit(
         lays = list(layers) if layers is not None else list(range(n_layers))
         sites = [Site(x, site) for x in lays]
     else:
-        if site != "mlp_act":
-            raise UsageError(f"{method} acts on MLP neurons (site mlp_act), not {site}; drop --site")
+        allowed = ("mlp_act",) if method == "clas" else ("mlp_gate", "mlp_act")
+        if site not in allowed:
+            raise UsageError(f"{method} acts on MLP neurons (site {' or '.join(allowed)}), not {site}; drop --site")
         lays = list(range(n_layers))  # categories / LAPE compare all layers; layers picks where to act
-        sites = [Site(x, "mlp_act") for x in lays]
+        sites = [Site(x, site) for x in lays]
     collect_texts: dict[str, list[str]] = texts
     if method == "incline":
         from .incline import incline_texts
@@ -217,15 +233,16 @@ def fit(
     elif method == "clas":
         from .clas import fit_clas
 
-        iv = fit_clas(stats, all_langs, anchor=anchor, layers=layers, n_layers=n_layers, meta=meta, **params)
+        iv = fit_clas(stats, [anchor, *targets], anchor=anchor, layers=layers, n_layers=n_layers, meta=meta, **params)
+        iv.params["category_langs_rule"] = category_rule
     elif method == "lape":
         from .neurons import fit_lape
 
-        iv = fit_lape(stats, all_langs, anchor=anchor, layers=layers, meta=meta, **params)
+        iv = fit_lape(stats, all_langs, anchor=anchor, layers=layers, meta=meta, site=site, **params)
     else:
         from .neurons import fit_intmu
 
-        iv = fit_intmu(stats, all_langs, anchor=anchor, layers=layers, meta=meta, **params)
+        iv = fit_intmu(stats, all_langs, anchor=anchor, layers=layers, meta=meta, site=site, **params)
     iv.meta["collect_seconds"] = round(collect_seconds, 4)
     iv.meta["fit_seconds"] = round(time.perf_counter() - t0, 4)
     return iv

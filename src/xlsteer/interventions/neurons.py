@@ -1,4 +1,4 @@
-"""Language neurons at ``mlp_act``: LAPE selection (Tang et al., arXiv 2402.16438) and two
+"""Language neurons at ``mlp_gate`` (default) or ``mlp_act``: LAPE selection (Tang et al., arXiv 2402.16438) and two
 interventions on selected neurons, LAPE deactivate/amplify and Int_mu (Mondal et al.,
 arXiv 2503.17456). METHODS.md section 3.
 
@@ -6,9 +6,9 @@ LAPE selection (:func:`lape_neurons`), as in the authors' algorithm, over all ch
 jointly:
 
 1. P[l, i, lang] = P(act > 0) per neuron and language (token level, BOS/padding excluded).
-   Here "act" is the ``mlp_act`` site (``act(gate) * up``, the down projection's input); the
-   authors threshold ``act(gate)`` alone, which for SiLU/GELU gates differs only in the sign
-   of ``up``.
+   "act" is the ``mlp_gate`` site, ``act(gate_proj(x))``, as the authors threshold it
+   (``site="mlp_act"``, the product ``act(gate) * up``, stays available: its sign also carries
+   the sign of ``up``, which can wash out the per-language differences the entropy relies on).
 2. Normalise P across languages; entropy H = -sum p log p (0 log 0 = 0).
 3. Filter: the bar is the ``filter_quantile`` (0.95) quantile of all P values (all layers,
    neurons, languages; ``kthvalue(round(N * q))`` as in the authors' code); a neuron whose P
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from ..stats import Statistics
 
 LAPE_MODES = ("deactivate", "amplify")
+#: Sites LAPE and Int_mu may select and act on; the first is the default (Tang et al.'s statistic).
+NEURON_SITES = ("mlp_gate", "mlp_act")
 MEAN_OF = ("anchor", "target")
 NEURONS_OF = ("target", "anchor", "union")
 
@@ -70,8 +72,10 @@ def lape_selection(
     langs: Sequence[str],
     top_fraction: float = 0.01,
     filter_quantile: float = 0.95,
+    site: str = NEURON_SITES[0],
 ) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, Any]]:
-    """LAPE neurons and what decided them (bar value, counts, entropy cut-off)."""
+    """LAPE neurons and what decided them (bar value, counts, entropy cut-off), from P(act > 0) at ``site``."""
+    check_neuron_site(site)
     lang_list = list(dict.fromkeys(langs))
     if len(lang_list) < 2:
         raise UsageError(f"LAPE needs at least 2 languages to compare, got {lang_list}; give more --langs")
@@ -84,7 +88,7 @@ def lape_selection(
         raise UsageError("LAPE: no layers given; pass --layers or collect mlp_act statistics")
     probs = torch.stack(
         [
-            torch.stack([stats.prob_active(lang, Site(layer, "mlp_act"), "zero") for lang in lang_list], dim=-1)
+            torch.stack([stats.prob_active(lang, Site(layer, site), "zero") for lang in lang_list], dim=-1)
             for layer in layers
         ]
     ).double()  # (n_layers, d_ff, n_langs)
@@ -119,6 +123,7 @@ def lape_selection(
         "top_fraction": top_fraction,
         "filter_quantile": filter_quantile,
         "assignment": "languages whose P(act>0) exceeds the filter bar",
+        "site": site,
     }
     return out, info
 
@@ -129,9 +134,17 @@ def lape_neurons(
     langs: Sequence[str],
     top_fraction: float = 0.01,
     filter_quantile: float = 0.95,
+    site: str = NEURON_SITES[0],
 ) -> dict[str, dict[int, torch.Tensor]]:
     """``{lang: {layer: sorted neuron indices}}`` of LAPE language-specific neurons (see module doc)."""
-    return lape_selection(stats, site_layers, langs, top_fraction, filter_quantile)[0]
+    return lape_selection(stats, site_layers, langs, top_fraction, filter_quantile, site)[0]
+
+
+def check_neuron_site(site: str) -> str:
+    if site not in NEURON_SITES:
+        raise UsageError(f"LAPE and Int_mu act on MLP neurons: site must be one of {', '.join(NEURON_SITES)}, "
+                         f"not {site}")
+    return site
 
 
 def _masks_from(neurons: Mapping[str, Mapping[int, torch.Tensor]], langs: Sequence[str], layer: int, d_ff: int) -> torch.Tensor:
@@ -148,8 +161,9 @@ def _masks_from(neurons: Mapping[str, Mapping[int, torch.Tensor]], langs: Sequen
 
 def _validate_masks(iv: Intervention, rows: int, extra: str | None = None) -> None:
     for site in iv.sites:
-        if site.name != "mlp_act":
-            raise ArtifactError(f"{iv.method} acts at mlp_act, but the file has site {site}; re-create it")
+        if site.name not in NEURON_SITES:
+            raise ArtifactError(f"{iv.method} acts at {' or '.join(NEURON_SITES)}, but the file has site {site}; "
+                                "re-create it")
         m = iv.tensors.get(mask_key(site.layer))
         if m is None or m.dim() != 2 or m.shape[0] != rows or m.dtype != torch.bool:
             raise ArtifactError(f"{iv.method} file lacks a ({rows}, d_ff) bool tensor '{mask_key(site.layer)}'; re-create it")
@@ -229,8 +243,8 @@ class IntMuIntervention(Intervention):
         return torch.where(m[idx].unsqueeze(1), blended, act)
 
 
-def _mlp_layers(stats: "Statistics") -> list[int]:
-    return sorted({s.layer for s in stats.sites if s.name == "mlp_act"})
+def _mlp_layers(stats: "Statistics", site: str) -> list[int]:
+    return sorted({s.layer for s in stats.sites if s.name == site})
 
 
 def _lape_langs(langs: Sequence[str], anchor: str) -> tuple[list[str], list[str]]:
@@ -256,6 +270,7 @@ def fit_lape(
     top_fraction: float = 0.01,
     filter_quantile: float = 0.95,
     neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+    site: str = NEURON_SITES[0],
     meta: Mapping[str, Any] | None = None,
 ) -> LapeIntervention:
     """LAPE intervention steering the non-anchor ``langs``.
@@ -268,16 +283,17 @@ def fit_lape(
     if mode not in LAPE_MODES:
         raise UsageError(f"unknown LAPE mode '{mode}'; choose one of {', '.join(LAPE_MODES)}")
     all_langs, targets = _lape_langs(langs, anchor)
-    layer_list = sorted(set(layers)) if layers is not None else _mlp_layers(stats)
+    check_neuron_site(site)
+    layer_list = sorted(set(layers)) if layers is not None else _mlp_layers(stats, site)
     info: dict[str, Any] = {"given": True}
     if neurons is None:
-        neurons, info = lape_selection(stats, layer_list, all_langs, top_fraction, filter_quantile)
+        neurons, info = lape_selection(stats, layer_list, all_langs, top_fraction, filter_quantile, site)
     if neuron_lang is not None and neuron_lang not in neurons:
         raise UsageError(f"no LAPE neurons for language '{neuron_lang}'; choose one of {', '.join(neurons)}")
     used = [neuron_lang] if neuron_lang is not None else targets
     sets = [lang for lang in all_langs if lang in neurons] if neuron_lang is None else [neuron_lang]
     tensors: dict[str, torch.Tensor] = {}
-    d_ff = int(stats.widths["mlp_act"])
+    d_ff = int(stats.widths[site])
     for layer in layer_list:
         if not any(len(neurons.get(lang, {}).get(layer, ())) for lang in used):
             continue
@@ -295,10 +311,11 @@ def fit_lape(
         "neurons": _jsonable({lang: neurons[lang] for lang in sets}),
         "formula": "deactivate: h*(1-s*m); amplify: h*(1+s*m); s = strength",
         "positions": "all",
+        "site": site,
     }
     layers_used = sorted(int(k.split("@")[1]) for k in tensors)
     return LapeIntervention(
-        sites=[Site(layer, "mlp_act") for layer in layers_used],
+        sites=[Site(layer, site) for layer in layers_used],
         tensors=tensors,
         params=params,
         languages=targets,
@@ -317,6 +334,7 @@ def fit_intmu(
     top_fraction: float = 0.01,
     filter_quantile: float = 0.95,
     neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+    site: str = NEURON_SITES[0],
     meta: Mapping[str, Any] | None = None,
 ) -> IntMuIntervention:
     """Int_mu: for rows of each steered language, overwrite its selected neurons with a mean.
@@ -332,11 +350,12 @@ def fit_intmu(
     all_langs, targets = _lape_langs(langs, anchor)
     if mean_of not in MEAN_OF and mean_of not in stats.langs:
         raise UsageError(f"mean_of must be anchor, target or a language in the statistics, got '{mean_of}'")
-    layer_list = sorted(set(layers)) if layers is not None else _mlp_layers(stats)
+    check_neuron_site(site)
+    layer_list = sorted(set(layers)) if layers is not None else _mlp_layers(stats, site)
     info: dict[str, Any] = {"given": True}
     if neurons is None:
-        neurons, info = lape_selection(stats, layer_list, all_langs, top_fraction, filter_quantile)
-    d_ff = int(stats.widths["mlp_act"])
+        neurons, info = lape_selection(stats, layer_list, all_langs, top_fraction, filter_quantile, site)
+    d_ff = int(stats.widths[site])
     tensors: dict[str, torch.Tensor] = {}
     for layer in layer_list:
         own = _masks_from(neurons, targets, layer, d_ff)
@@ -344,11 +363,10 @@ def fit_intmu(
         mask = {"target": own, "anchor": anc.clone(), "union": own | anc}[neurons_of]
         if not bool(mask.any()):
             continue
-        site = Site(layer, "mlp_act")
         rows = []
         for lang in targets:
             src = anchor if mean_of == "anchor" else lang if mean_of == "target" else mean_of
-            rows.append(stats.mean(src, site, level="token"))
+            rows.append(stats.mean(src, Site(layer, site), level="token"))
         tensors[mask_key(layer)] = mask.contiguous()
         tensors[mu_key(layer)] = torch.stack(rows).float()
     if not tensors:
@@ -359,15 +377,16 @@ def fit_intmu(
     params = {
         "mean_of": mean_of,
         "neurons_of": neurons_of,
-        "mean": "token-level mean activation at mlp_act (BOS and padding excluded)",
+        "mean": f"token-level mean activation at {site} (BOS and padding excluded)",
         "selection": info,
         "neurons": _jsonable(neurons),
         "formula": "where(m, (1-s)*h + s*mu, h); s = strength",
         "positions": "all",
+        "site": site,
     }
     layers_used = sorted(int(k.split("@")[1]) for k in tensors if k.startswith("mask@"))
     return IntMuIntervention(
-        sites=[Site(layer, "mlp_act") for layer in layers_used],
+        sites=[Site(layer, site) for layer in layers_used],
         tensors=tensors,
         params=params,
         languages=targets,

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .sites import SITE_NAMES, Site, get_layers, num_layers, resolve
+from .sites import SITE_NAMES, Site, get_layers, num_layers, placement_module, resolve
 from ..errors import SiteError
 
 
@@ -175,7 +175,7 @@ def site_placements(model: nn.Module | Any, sites: Iterable[Site] | None = None)
             if skip_missing:
                 continue
             raise
-        device, dtype = module_placement(module)
+        device, dtype = module_placement(placement_module(model, site))
         if kind == "pre":
             in_device, in_dtype = module_placement(_producer(model, site, module, names))
         else:

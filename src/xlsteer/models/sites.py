@@ -9,6 +9,10 @@ A :class:`Site` is ``(layer, name)``. The registry turns it into a module and a 
 - ``mlp_out``    the MLP's contribution to the residual, after any post-feed-forward norm
 - ``mlp_act``    MLP intermediate activation = input of the down projection (width d_ff;
                  act(gate) * up for gated MLPs)  (forward pre-hook on the down projection)
+- ``mlp_gate``   the MLP's activation-function output (width d_ff): act(gate_proj(x)) for gated
+                 MLPs, act(fc_in(x)) for non-gated ones (GPT-2, GPT-NeoX, where it equals
+                 mlp_act)  (forward hook on the activation module). LAPE (Tang et al.) counts
+                 P(act(gate) > 0) here: the product act(gate) * up also carries up's sign.
 
 Decoder layers return a tensor in some architectures/versions and a tuple in others; this
 module's ``get_tensor`` / ``replace_tensor`` handle both, nowhere else does.
@@ -24,7 +28,9 @@ from torch import nn
 
 from ..errors import ModelError, SiteError
 
-SITE_NAMES: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_act")
+SITE_NAMES: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_act", "mlp_gate")
+#: Sites inside the MLP, width d_ff (the others have width d_model).
+MLP_SITES: tuple[str, ...] = ("mlp_act", "mlp_gate")
 HookKind = Literal["pre", "post"]
 
 
@@ -60,6 +66,7 @@ class ArchSpec:
     final_norm: str
     lm_head: str = "lm_head"
     mlp_width_attr: str = "intermediate_size"
+    mlp_gate: str = "mlp.act_fn"  # relative to the layer; the activation module (its output is mlp_gate)
 
 
 _LLAMA = ArchSpec("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm")
@@ -73,7 +80,7 @@ REGISTRY: dict[str, ArchSpec] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "phi3": _LLAMA,
+    "phi3": ArchSpec("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm", mlp_gate="mlp.activation_fn"),
     "granite": _LLAMA,
     "smollm3": _LLAMA,
     "gemma": _LLAMA,
@@ -88,14 +95,16 @@ REGISTRY: dict[str, ArchSpec] = {
     "gemma3_text": _GEMMA,
     "olmo2": _OLMO2,
     "gpt_neox": ArchSpec(
-        "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "embed_out"
+        "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "embed_out",
+        mlp_gate="mlp.act",
     ),
-    "gpt2": ArchSpec("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.ln_f", "lm_head", "n_inner"),
+    "gpt2": ArchSpec("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.ln_f", "lm_head", "n_inner", "mlp.act"),
 }
 
 _ATTN_CANDIDATES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_CANDIDATES = ("mlp", "feed_forward", "ffn")
 _DOWN_CANDIDATES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2", "fc_out")
+_ACT_CANDIDATES = ("act_fn", "activation_fn", "act", "activation")
 
 
 def _get(root: nn.Module, path: str) -> nn.Module | None:
@@ -129,11 +138,14 @@ def _fallback_spec(model: nn.Module) -> ArchSpec:
     down = None
     if mlp is not None:
         down = next((f"{mlp}.{d}" for d in _DOWN_CANDIDATES if _get(first, f"{mlp}.{d}") is not None), None)
+    gate = None
+    if mlp is not None:
+        gate = next((f"{mlp}.{a}" for a in _ACT_CANDIDATES if isinstance(_get(first, f"{mlp}.{a}"), nn.Module)), None)
     norm = next(
         (p for p in (name.rsplit(".", 1)[0] + ".norm", name.rsplit(".", 1)[0] + ".final_layernorm") if _get(model, p)),
         "",
     )
-    return ArchSpec(name, attn or "", mlp or "", down or "", norm)
+    return ArchSpec(name, attn or "", mlp or "", down or "", norm, mlp_gate=gate or "")
 
 
 def arch_spec(model: nn.Module) -> ArchSpec:
@@ -174,9 +186,11 @@ def resolve(model: nn.Module, site: Site) -> tuple[nn.Module, HookKind]:
         return layer, "pre"
     if site.name == "resid_post":
         return layer, "post"
-    rel = {"attn_out": spec.attn_out, "mlp_out": spec.mlp_out, "mlp_act": spec.mlp_down}[site.name]
+    rel = {"attn_out": spec.attn_out, "mlp_out": spec.mlp_out, "mlp_act": spec.mlp_down, "mlp_gate": spec.mlp_gate}[
+        site.name
+    ]
     module = _get(layer, rel) if rel else None
-    if module is None:
+    if not isinstance(module, nn.Module):
         raise SiteError(
             f"site {site.name} is not available for {type(model).__name__} "
             f"(module '{rel or '?'}' not found in layer {site.layer}); use resid_pre or resid_post"
@@ -184,12 +198,25 @@ def resolve(model: nn.Module, site: Site) -> tuple[nn.Module, HookKind]:
     return module, ("pre" if site.name == "mlp_act" else "post")
 
 
+def placement_module(model: nn.Module, site: Site) -> nn.Module:
+    """The module whose device and dtype an intervention at ``site`` must be prepared in.
+
+    The hooked module itself, except for ``mlp_gate``: the activation module has no weights (and
+    no accelerate hook), so it cannot say where it runs; it runs where its MLP's projections do,
+    in their dtype, so the down projection answers for it.
+    """
+    module, _ = resolve(model, site)
+    if site.name != "mlp_gate":
+        return module
+    return resolve(model, Site(site.layer, "mlp_act"))[0]
+
+
 def site_width(model: nn.Module, site_name: str) -> int:
-    """Width of the activation at a site: d_model, or d_ff for mlp_act."""
+    """Width of the activation at a site: d_model, or d_ff for mlp_act and mlp_gate."""
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
-    if site_name != "mlp_act":
+    if site_name not in MLP_SITES:
         return int(d)
     spec = arch_spec(model)
     module, _ = resolve(model, Site(0, "mlp_act"))

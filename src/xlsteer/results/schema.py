@@ -114,10 +114,15 @@ class ItemIds(_Open):
 
 
 class Selection(_Open):
-    """What a sweep chose on its selection split (never test)."""
+    """What a sweep chose on its selection split (never test).
 
-    layer: int
-    alpha: float
+    ``steer`` is False when the unsteered model won on that split ("no steering"; ``layer`` is
+    then None); ``layer`` -1 means every fitted layer (INCLINE, CLAS)."""
+
+    layer: Optional[int] = None
+    alpha: float = 0.0
+    steer: bool = True
+    decision: Optional[str] = None
     main: Optional[float] = None
     tie_break: Optional[float] = None
     baseline_main: Optional[float] = None

@@ -1,0 +1,97 @@
+"""Evaluate what a dev sweep selected, including "no steering", globally or per language.
+
+A sweep (:func:`xlsteer.evaluation.sweep.sweep`) selects among the steered configurations *and*
+the unsteered model. :func:`evaluate_selection` carries that choice to the evaluation split:
+
+- ``global``: one configuration for every language, or none (the result is then the unsteered
+  model's, and ``selection["steer"]`` is False with the reason);
+- ``per-lang``: each non-anchor language gets its own configuration or none. Languages with the
+  same choice are evaluated together (with the anchor, so that cross-lingual consistency is
+  still measured against it) and the per-language results are merged; the average and its CI
+  are recomputed over the merged per-item records.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..errors import UsageError
+from . import runner as R
+from .tasks import get_task
+from .sweep import NO_STEERING, SELECT_MODES, UNSTEERED, chosen_intervention
+
+
+def _choices(record: dict[str, Any], langs: Sequence[str], anchor: str, mode: str) -> dict[str, dict[str, Any]]:
+    if mode not in SELECT_MODES:
+        raise UsageError(f"unknown selection mode '{mode}'; choose one of {', '.join(SELECT_MODES)}")
+    targets = [lang for lang in langs if lang != anchor]
+    if mode == "global":
+        return {lang: record["best"] for lang in targets}
+    return {lang: record["best_per_lang"][lang] for lang in targets}
+
+
+def selection_summary(record: dict[str, Any], mode: str, langs: Sequence[str], anchor: str) -> dict[str, Any]:
+    """What was chosen on dev, in the words the results and the demo print."""
+    choices = _choices(record, langs, anchor, mode)
+    per_lang = {lang: ({"steer": True, "layer": c["layer"], "alpha": c["alpha"], "key": c["key"]}
+                       if c.get("steer", True) else {"steer": False, "key": UNSTEERED}) for lang, c in choices.items()}
+    steer = any(v["steer"] for v in per_lang.values())
+    out: dict[str, Any] = {"mode": mode, "steer": steer, "per_lang": per_lang, "rule": record["selection_rule"],
+                           "split": record["split"]}
+    if not steer:
+        out["decision"] = NO_STEERING
+    elif mode == "global":
+        out["decision"] = f"steer: {record['best']['key']} (layer {record['best']['layer']}, alpha {record['best']['alpha']:g})"
+    else:
+        off = [lang for lang, v in per_lang.items() if not v["steer"]]
+        out["decision"] = "steer per language" + (f"; no steering for {', '.join(off)}" if off else "")
+    return out
+
+
+def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task: str, seed: int, n_boot: int,
+           infos: dict[str, Any]) -> dict[str, Any]:
+    """One result from group results (each language taken from the group that evaluated it)."""
+    per_lang: dict[str, Any] = {}
+    items: list[dict[str, Any]] = []
+    for lang in lang_list:
+        part = next(p for p in parts if lang in p["per_lang"])
+        per_lang[lang] = part["per_lang"][lang]
+        items.extend(r for r in part["items"] if r["lang"] == lang)
+    by_lang = {lang: [r for r in items if r["lang"] == lang] for lang in lang_list}
+    out = dict(parts[0])
+    n_ids = {lang: len(by_lang[lang]) for lang in lang_list}
+    out.update(langs=lang_list, per_lang=per_lang, items=items,
+               average=R.average(per_lang, [lang for lang in lang_list if lang != anchor], by_lang, task, seed, n_boot),
+               intervention={"per_lang": infos, "selection": "per-lang",
+                             "method": next((i.get("method") for i in infos.values() if i), None),
+                             "positions": next((i["positions"] for i in infos.values() if i), None)})
+    out["item_ids"] = {**out["item_ids"], "n": sum(n_ids.values()), "per_lang": n_ids}
+    return out
+
+
+def evaluate_selection(lm: Any, task: str, langs: Sequence[str], make_intervention: Callable[[int, float], Any],
+                       record: dict[str, Any], mode: str = "global", **eval_kw: Any) -> dict[str, Any]:
+    """Evaluate the sweep's choice (``record``) on ``eval_kw['split']`` (test); adds ``selection``."""
+    anchor = eval_kw.get("anchor", "en")
+    lang_list = list(langs)
+    choices = _choices(record, lang_list, anchor, mode)
+    summary = selection_summary(record, mode, lang_list, anchor)
+    groups: dict[str, list[str]] = {}
+    for lang, c in choices.items():
+        groups.setdefault(c["key"] if c.get("steer", True) else UNSTEERED, []).append(lang)
+    if len(groups) <= 1:
+        choice = next(iter(choices.values()), {"steer": False})
+        res = R.evaluate(lm, task, lang_list, interventions=chosen_intervention(make_intervention, choice), **eval_kw)
+        res["selection"] = summary
+        return res
+    parts, infos = [], {}
+    for key, members in groups.items():
+        iv = chosen_intervention(make_intervention, choices[members[0]])
+        group_langs = ([anchor] if anchor in lang_list else []) + members
+        part = R.evaluate(lm, task, group_langs, interventions=iv, **eval_kw)
+        parts.append(part)
+        infos.update({lang: part["intervention"] for lang in members})
+    seed, n_boot = eval_kw.get("seed", 0), eval_kw.get("n_boot", 2000)
+    res = _merge(parts, lang_list, anchor, get_task(task).NAME, seed, n_boot, infos)
+    res["selection"] = summary
+    return res
