@@ -102,14 +102,7 @@ def build(name: str, args: argparse.Namespace) -> Any:
     import steer_overhead as so
 
     dtype = torch.float32 if args.smoke else torch.bfloat16
-    if args.smoke:
-        saved = dict(so.CONFIGS[name])
-        so.CONFIGS[name] = {**saved, **SMOKE_SHAPE}
-        try:
-            return so.build_config_only(name, args.device, dtype, None)
-        finally:
-            so.CONFIGS[name] = saved
-    return so.build_config_only(name, args.device, dtype, None)
+    return so.build_config_only(name, args.device, dtype, None, overrides=SMOKE_SHAPE if args.smoke else None)
 
 
 def interventions(lm: Any, prompt: Any) -> tuple[dict[str, Any], str]:

@@ -216,6 +216,8 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
     mask = torch.ones_like(ids)
     kw = _gen_kwargs(cfg, device)
     cache = _static_cache(model, ids.shape[1] + cfg.new_tokens) if cfg.fast else None
+    if cache is not None:
+        kw["past_key_values"] = cache
 
     def run(iv: Any) -> Callable[[], tuple[int, float | None]]:
         def go() -> tuple[int, float | None]:
@@ -225,7 +227,6 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
             with torch.inference_mode():
                 if cache is not None:  # its tensors are inference tensors: reset them in inference mode
                     cache.reset()
-                    kw["past_key_values"] = cache
                 if iv is None:
                     out = model.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([timer]), **kw)
                 else:

@@ -71,14 +71,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # models
 
 
-def build_config_only(name: str, device: str, dtype: Any, num_layers: int | None) -> Any:
-    """A random-weight model of the real architecture (weights initialised directly on ``device``)."""
+def build_config_only(name: str, device: str, dtype: Any, num_layers: int | None,
+                      overrides: dict[str, Any] | None = None) -> Any:
+    """A random-weight model of the real architecture (weights initialised directly on ``device``).
+
+    ``num_layers`` / ``overrides`` shrink it (same architecture), only to smoke-test a script."""
     import torch
     import transformers as tf
 
     from xlsteer.models.loading import LoadedModel
 
-    spec = dict(CONFIGS[name])
+    spec = {**CONFIGS[name], **(overrides or {})}
     arch = spec.pop("arch")
     if num_layers is not None:  # a shallower copy, only to smoke-test this script on a small machine
         spec["num_hidden_layers"] = num_layers
