@@ -229,6 +229,18 @@ def _check_exemplars(root: Path, counts: dict[str, int | None], problems: list[s
             problems.append(f"mgsm/mgsm_exemplars.json: {ex.get(lang)} exemplars for {lang}, expected 8")
 
 
+def _file_status(root: Path, sums: dict[str, str], verify_hashes: bool) -> dict[str, str]:
+    """``ok`` / ``missing`` / ``mismatch`` per listed file (hashes compared only when asked)."""
+    files: dict[str, str] = {}
+    for rel, sha in sorted(sums.items()):
+        p = root / rel
+        if not p.is_file():
+            files[rel] = "missing"
+        else:
+            files[rel] = "mismatch" if verify_hashes and sha256_file(p) != sha else "ok"
+    return files
+
+
 def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = True,
                datasets: Iterable[str] | None = None) -> dict[str, Any]:
     """Verify every file against SHA256SUMS and count items per dataset and language.
@@ -246,18 +258,7 @@ def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = 
 
     all_sums = read_sums(root)
     sums = {rel: sha for rel, sha in all_sums.items() if selected(rel)}
-    files: dict[str, str] = {}
-    if verify_hashes:
-        for rel, sha in sorted(sums.items()):
-            p = root / rel
-            if not p.is_file():
-                files[rel] = "missing"
-            else:
-                files[rel] = "ok" if sha256_file(p) == sha else "mismatch"
-    else:
-        for rel in sorted(sums):
-            files[rel] = "ok" if (root / rel).is_file() else "missing"
-
+    files = _file_status(root, sums, verify_hashes)
     counts: dict[str, dict[str, int | None]] = {k: {} for k in EXPECTED}
     problems: list[str] = []
 
