@@ -236,6 +236,19 @@ def _stats_layers(stats: "Statistics") -> list[int]:
     return sorted({s.layer for s in stats.sites if s.name == "mlp_act"})
 
 
+def _masks(all_cats: dict[str, Any], layers: Sequence[int], cat_langs: Sequence[str],
+           targets: Sequence[str]) -> dict[str, torch.Tensor]:
+    """M_partial per layer and M_spec per layer and steered language (rows of the category set)."""
+    tensors: dict[str, torch.Tensor] = {}
+    rows = [list(cat_langs).index(t) for t in targets]
+    for layer in layers:
+        c = all_cats["layers"][layer]
+        tensors[partial_key(layer)] = c["partial"].clone()
+        spec = c["specific"].unsqueeze(0) & c["active"]  # (n_cat_langs, d_ff): the one active language
+        tensors[spec_key(layer)] = spec[rows].clone()
+    return tensors
+
+
 def fit_clas(
     stats: "Statistics",
     langs: Sequence[str],
@@ -284,13 +297,7 @@ def fit_clas(
     else:
         chosen = sorted(set(layers))
         bridge_text = "given"
-    tensors: dict[str, torch.Tensor] = {}
-    for layer in chosen:
-        c = all_cats["layers"][layer]
-        tensors[partial_key(layer)] = c["partial"].clone()
-        spec = c["specific"].unsqueeze(0) & c["active"]  # (n_cat_langs, d_ff): the one active language
-        rows = [cat_langs.index(t) for t in targets]
-        tensors[spec_key(layer)] = spec[rows].clone()
+    tensors = _masks(all_cats, chosen, cat_langs, targets)
     percent = category_percentages(all_cats)
     params = {
         "beta": float(beta),
