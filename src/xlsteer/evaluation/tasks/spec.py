@@ -1,0 +1,296 @@
+"""What a task *is*: :class:`TaskSpec`, one frozen record per benchmark, and the task registry.
+
+Why one record: the runner, the sweep, the baselines, the comparison, the tables and the report
+all need the same facts about a benchmark (its languages, its fixed splits, how a request is
+built and scored, which metric decides, what breaks ties, where few-shot exemplars and training
+data may come from, which fields translate-test translates). Declaring them once, next to the
+loader, means a new benchmark is one module (or one YAML file, or one lm-eval task name) and
+nothing else branches on a task's name.
+
+Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package that call
+:func:`register_task` on import; they are imported on first use so ``import xlsteer`` stays
+cheap. User tasks come from a *task reference* that is not a registered name: ``lmeval:NAME,...``
+(an lm-evaluation-harness task, :mod:`xlsteer.evaluation.tasks.lmeval`) or the path of a YAML
+spec over JSONL files (:mod:`xlsteer.evaluation.tasks.jsonl`); :func:`resolve_task` builds and
+registers their spec for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+
+from ...errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..templates import Template
+    from .base import Item
+
+MetricKind = Literal["binary", "continuous", "macro_f1"]
+
+#: Built-in task modules of this package, imported on first use.
+BUILTIN: tuple[str, ...] = ("mgsm", "xcopa", "xnli", "xquad")
+#: Per-item scores every choice and label request yields (besides the task's metrics).
+CHOICE_CONTINUOUS: tuple[str, ...] = ("margin", "p_correct")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric. ``binary``: a 0/1 score per item (McNemar applies); ``continuous``: a
+    real score per item (paired bootstrap); ``macro_f1``: computed over the whole set from
+    (prediction, gold) codes with ``n_labels`` labels (bootstrap over items)."""
+
+    name: str
+    kind: MetricKind
+    n_labels: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind == "macro_f1" and self.n_labels < 2:
+            raise ValueError(f"metric {self.name}: macro_f1 needs n_labels >= 2")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a generation task's scorer says about one generated text."""
+
+    prediction: Any
+    correct: bool
+    scores: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class FewShot:
+    """Exemplars a template renders into the prompt itself (MGSM's k exemplars).
+
+    ``load(template, lang, data_dir)`` returns ``(exemplars, exemplar_lang)``; ``([], None)``
+    when the template uses none. ``files`` are the data files they come from (for the data hash).
+    """
+
+    load: Callable[[Any, str, Any], tuple[list[Any], str | None]]
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BaselineHints:
+    """What the baselines need to know of a task; every source split here is never ``test``.
+
+    ``icl_split``/``train_split``: where in-context exemplars / LoRA training items come from
+    (None: that baseline cannot run on the task, and says so). ``answer_text(item, template)``:
+    the gold answer as the model should write it after a generation prompt (ICL demonstrations,
+    fine-tuning targets). ``translate_fields``: the item fields translate-test translates
+    (empty: translate-test cannot run; ``translate_unsupported`` says why).
+    ``polish_translation(field, text)``: makes a translation renderable (XCOPA's premise needs
+    its final full stop). ``english_reference(data_dir, lang, split)``: human or MT English of
+    the same items, where the benchmark ships one (XCOPA's Google-MT English).
+    """
+
+    icl_split: str | None = None
+    icl_k: int = 4
+    icl_separator: str = "\n\n"
+    train_split: str | None = None
+    train_note: str = ""
+    answer_text: Callable[[Any, Any], str] | None = None
+    instructions: tuple[str, ...] = ()
+    instruction_separator: str = "\n\n"
+    translate_fields: tuple[str, ...] = ()
+    translate_unsupported: str = ""
+    polish_translation: Callable[[str, str], str] | None = None
+    english_reference: Callable[[Any, str, str], list[Any]] | None = None
+    english_reference_langs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One benchmark, declared once.
+
+    ``splits`` maps each split to the rule that fixes its items (recorded in results, shown in
+    ``xlsteer tasks``); items of a split are the same ids in every language, so scores pair item
+    by item. ``load_items(data_dir, lang, split, limit)`` and ``data_files(lang, split)`` (paths
+    relative to the data dir, or absolute for user tasks) read the data. ``templates``: the
+    task's prompt templates, the first is the default. ``metrics`` are reported per language
+    with CIs and paired tests; ``main`` decides sweeps and headlines, ``tie_break`` breaks ties
+    between equal main scores. ``score(item, text)`` scores a generated text (generation tasks;
+    choice and label tasks are scored by log-likelihood and need none). ``comparable_predictions``:
+    whether predictions can be compared across languages (not for extractive QA, whose answers
+    are text in each language). ``dev_split``: the split sweeps and selection use (None: the task
+    cannot be swept).
+    """
+
+    name: str
+    description: str
+    langs: tuple[str, ...]
+    splits: Mapping[str, str]
+    load_items: Callable[..., list["Item"]]
+    data_files: Callable[[str, str], list[str]]
+    templates: tuple["Template", ...]
+    metrics: tuple[Metric, ...]
+    main: str
+    tie_break: str | None = None
+    score: Callable[["Item", str], Scored] | None = None
+    comparable_predictions: bool = True
+    dev_split: str | None = "dev"
+    few_shot: FewShot | None = None
+    extra_continuous: tuple[str, ...] | None = None
+    baselines: BaselineHints = field(default_factory=BaselineHints)
+    source: Mapping[str, Any] = field(default_factory=lambda: {"kind": "builtin"})
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.metrics]
+        if not self.templates:
+            raise ValueError(f"task {self.name}: declare at least one template")
+        if self.main not in names:
+            raise ValueError(f"task {self.name}: main metric {self.main!r} is not among {names}")
+        kind = self.templates[0].kind
+        if kind == "generate" and self.score is None:
+            raise ValueError(f"task {self.name}: a generation task needs a score function")
+        if self.tie_break is not None and self.tie_break not in [*names, *self.continuous]:
+            raise ValueError(f"task {self.name}: tie-break {self.tie_break!r} is not a metric of the task")
+        if self.dev_split is not None and self.dev_split not in self.splits:
+            raise ValueError(f"task {self.name}: dev split {self.dev_split!r} is not one of its splits")
+
+    # ---- derived facts
+
+    @property
+    def kind(self) -> str:
+        """The request kind of the default template: choice, label or generate."""
+        return self.templates[0].kind
+
+    @property
+    def continuous(self) -> tuple[str, ...]:
+        """Continuous per-item scores reported besides the metrics (margin and p_correct of the
+        gold answer for log-likelihood tasks, unless ``extra_continuous`` says otherwise)."""
+        if self.extra_continuous is not None:
+            return self.extra_continuous
+        return CHOICE_CONTINUOUS if self.kind in ("choice", "label") else ()
+
+    @property
+    def metric_kinds(self) -> dict[str, str]:
+        return {m.name: m.kind for m in self.metrics}
+
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def template(self, name: str | None = None) -> "Template":
+        """The template ``name`` of this task (default: its first)."""
+        if name is None:
+            return self.templates[0]
+        for t in self.templates:
+            if t.name == name:
+                return t
+        raise UsageError(f"unknown template {name!r} for task {self.name!r}; "
+                         f"choose one of {', '.join(t.name for t in self.templates)}")
+
+    def check_split(self, split: str) -> str:
+        if split not in self.splits:
+            raise UsageError(f"{self.name} has no split {split!r}; available: {' '.join(self.splits)}")
+        return split
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identity of the task (goes into result files)."""
+        return {"name": self.name, "kind": self.kind, "splits": dict(self.splits), "source": dict(self.source)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+_REGISTRY: dict[str, TaskSpec] = {}
+#: Task references that are not names: (matches(ref), build(ref, **options) -> [TaskSpec, ...]).
+_RESOLVERS: list[tuple[Callable[[str], bool], Callable[..., list[TaskSpec]]]] = []
+
+
+def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
+    """Make ``spec`` known by its name (an existing name is an error unless ``replace``)."""
+    key = spec.name.strip().lower()
+    if not key or any(c.isspace() for c in key):
+        raise UsageError(f"task name {spec.name!r} must be non-empty and without spaces")
+    if key in _REGISTRY and _REGISTRY[key] is not spec and not replace:
+        raise UsageError(f"a task named {spec.name!r} is already registered; choose another name")
+    _REGISTRY[key] = spec
+    return spec
+
+
+def unregister_task(name: str) -> None:
+    """Forget a task (tests and temporary user tasks)."""
+    _REGISTRY.pop(str(name).strip().lower(), None)
+
+
+def register_resolver(matches: Callable[[str], bool], build: Callable[..., list[TaskSpec]]) -> None:
+    """Teach :func:`resolve_task` a new kind of task reference."""
+    _RESOLVERS.append((matches, build))
+
+
+def _load_builtins() -> None:
+    for name in BUILTIN:
+        if name not in _REGISTRY:
+            importlib.import_module(f"{__package__}.{name}")
+
+
+def task_names() -> list[str]:
+    """Names of the registered tasks (built-ins first)."""
+    _load_builtins()
+    return [*BUILTIN, *sorted(k for k in _REGISTRY if k not in BUILTIN)]
+
+
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    """The registered task ``name`` (case-insensitive); a TaskSpec is returned as is."""
+    if isinstance(name, TaskSpec):
+        return name
+    key = str(name).strip().lower()
+    if key not in _REGISTRY:
+        _load_builtins()
+    if key not in _REGISTRY:
+        raise UsageError(f"unknown task {name!r}; available: {' '.join(task_names())} "
+                         "(or lmeval:NAME for an lm-eval task, or the path of a task spec .yaml)")
+    return _REGISTRY[key]
+
+
+def _load_resolvers() -> None:
+    if not _RESOLVERS:
+        importlib.import_module(f"{__package__}.jsonl")
+        importlib.import_module(f"{__package__}.lmeval")
+
+
+def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
+    """The task(s) a reference names: a registered name, ``lmeval:NAME[,NAME...]`` or a spec file.
+
+    ``options`` go to the resolver (``include_path``, ``task_langs`` for lm-eval tasks). User
+    tasks are registered for the rest of the process, so every later step finds them by name.
+    """
+    if isinstance(ref, TaskSpec):
+        return [ref]
+    text = str(ref).strip()
+    if text.lower() in _REGISTRY or text.lower() in BUILTIN:
+        return [get_task(text)]
+    _load_resolvers()
+    for matches, build in _RESOLVERS:
+        if matches(text):
+            specs = build(text, **options)
+            for s in specs:
+                register_task(s, replace=True)
+            return specs
+    return [get_task(text)]  # the one-line unknown-task error
+
+
+def is_path_reference(ref: str) -> bool:
+    """Whether ``ref`` looks like a task spec file rather than a name."""
+    return str(ref).lower().endswith((".yaml", ".yml")) or os.sep in str(ref)
+
+
+def items_by_lang(spec: TaskSpec, langs: Sequence[str], split: str, limit: int | None,
+                  data_dir: Any) -> dict[str, list["Item"]]:
+    """The items of ``split`` per language, checked non-empty."""
+    from ...errors import XlsteerError
+
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise UsageError(f"limit must be a positive integer, got {limit!r}")
+    spec.check_split(split)
+    out = {lang: spec.load_items(data_dir, lang, split, limit) for lang in langs}
+    for lang, its in out.items():
+        if not its:
+            raise XlsteerError(f"{spec.name} {split} has no items in {lang}; check the split")
+    return out
