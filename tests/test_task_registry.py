@@ -176,3 +176,14 @@ def test_no_module_outside_the_task_modules_branches_on_a_task_name():
             if pattern.search(line):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, "task-specific branches outside the task modules:\n" + "\n".join(offenders)
+
+
+def test_xlsteer_tasks_lists_the_registry_and_describes_one_task(toy, capsys):
+    assert main(["tasks"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("mgsm", "xcopa", "xnli", "xquad", "toy-colours"):
+        assert re.search(rf"^\| {re.escape(name)}\s+\|", listing, re.M), name
+    assert main(["tasks", "--task", "toy-colours"]) == 0
+    text = capsys.readouterr().out
+    assert "split dev: items 0-3" in text and "metrics: acc*, acc_norm; tie-break: margin" in text
+    assert "icl (dev exemplars)" in text and "translate-test" not in text

@@ -63,12 +63,12 @@ TASK_HELP = ("Benchmark: a built-in task ({names}), lmeval:NAME[,NAME...] (lm-ev
              "language), or the path of a task spec .yaml over JSONL files (see docs/tasks.md).")
 
 
-def task_options(f: F) -> F:
+def task_options(f: F, required: bool = True) -> F:
     """--task (any task reference), --include-path and --task-langs (for lm-eval tasks)."""
     from ..evaluation.tasks.spec import BUILTIN
 
     decorators = [
-        click.option("--task", required=True, help=TASK_HELP.format(names=", ".join(BUILTIN))),
+        click.option("--task", required=required, default=None, help=TASK_HELP.format(names=", ".join(BUILTIN))),
         click.option("--include-path", "include_path", multiple=True, type=click.Path(file_okay=False),
                      help="lmeval: tasks: a folder of lm-eval task YAML files (repeatable)."),
         click.option("--task-langs", default=None,
