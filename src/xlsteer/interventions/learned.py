@@ -39,6 +39,8 @@ from ..hooks import ForwardContext, record, steer
 from ..models.sites import Site, check_site, num_layers, site_width
 from ..progress import bar
 from ..stats import positions_from_mask
+from .registry import NO_STATISTICS, FitJob, LayerPolicy, register_method
+from .task_objective import as_task_examples, task_loss
 from .vector import SteeringVector, check_layers, check_targets, check_width, fit_metadata, vector_key
 
 OBJECTIVES = ("align", "task")
@@ -153,57 +155,6 @@ def _split(n: int, dev_fraction: float, seed: int) -> tuple[list[int], list[int]
     return sorted(perm[n_dev:]), sorted(perm[:n_dev])
 
 
-def _task_batch(tok: Any, pairs: Sequence[tuple[str, str]], max_length: int, device: torch.device):
-    """Left-padded prompt+answer ids, attention mask, and a mask of answer tokens."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    rows, ans_lens = [], []
-    for prompt, answer in pairs:
-        p = list(tok(prompt)["input_ids"])
-        a = list(tok(answer, add_special_tokens=False)["input_ids"])
-        if not a:
-            raise DataError(f"empty reference answer for prompt {prompt[:40]!r}; every example needs an answer")
-        seq = (p + a)[-max_length:]
-        a_len = min(len(a), len(seq) - 1)
-        rows.append(seq)
-        ans_lens.append(a_len)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    answer = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (r, a_len) in enumerate(zip(rows, ans_lens)):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-        answer[i, width - a_len :] = True
-    return ids.to(device), mask.to(device), answer.to(device), max(ans_lens)
-
-
-def _task_loss(lm: Any, pairs: Sequence[tuple[str, str]], max_length: int, iv: Any, lang: str, anchor: str) -> torch.Tensor:
-    model, tok = lm.model, lm.tokenizer
-    ids, mask, answer, a_max = _task_batch(tok, pairs, max_length, _device(model))
-    keep = a_max + 1  # logits at positions T-keep .. T-1 predict the answer tokens
-    with steer(model, iv, langs=lang, anchor=anchor):
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=keep
-        ).logits
-    pred = logits[:, :-1].float()
-    target = ids[:, -keep + 1 :]
-    sel = answer[:, -keep + 1 :]
-    return F.cross_entropy(pred[sel], target[sel])
-
-
-def _as_task_examples(data: Any, langs: list[str]) -> dict[str, list[tuple[str, str]]]:
-    if isinstance(data, Mapping):
-        out = {}
-        for lang in langs:
-            if lang not in data:
-                raise DataError(f"no task examples for language '{lang}'; give (prompt, answer) pairs for it")
-            out[lang] = [(str(p), str(a)) for p, a in data[lang]]
-        return out
-    if len(langs) != 1:
-        raise UsageError("with several languages give the task examples as a dict: language -> [(prompt, answer), ...]")
-    return {langs[0]: [(str(p), str(a)) for p, a in data]}
-
-
 def _as_texts(data: Any, langs: Sequence[str]) -> dict[str, list[str]]:
     texts = getattr(data, "texts", data)
     if not isinstance(texts, Mapping):
@@ -254,6 +205,24 @@ def _site_scale(lm: Any, texts: Sequence[str], sites: list[Site], max_length: in
     return float(sum(vals) / max(len(vals), 1)) or 1.0
 
 
+def _call(fn: Any, job: FitJob) -> SteeringVector:
+    """fit() trains the align objective on the corpus texts directly (no statistics)."""
+    return fn(job.lm, job.texts, job.layers, job.targets, anchor=job.anchor, site=job.site, pooling=job.pooling,
+              batch_size=job.batch_size, max_length=job.max_length, meta=job.meta, **job.params)
+
+
+def _check_objective(params: Mapping[str, Any]) -> None:
+    if params.get("objective", "align") != "align":
+        raise UsageError("xlsteer fit learned trains the 'align' objective on parallel text; the 'task' objective "
+                         "needs (prompt, answer) examples: use xlsteer.interventions.fit_learned from Python")
+
+
+@register_method(
+    "learned", site="resid_post", statistics=NO_STATISTICS, layer_policy=LayerPolicy(), alpha_grid=(0.5, 1.0, 2.0),
+    description="a vector trained with the model frozen to align target states with the anchor's",
+    compare="learned vector (align objective, NTREX), alpha chosen on dev", compare_defaults={"steps": 100},
+    trainable=True, call=_call, check_params=_check_objective,
+)
 def fit_learned(
     lm: Any,
     data: Any,
@@ -322,7 +291,7 @@ def fit_learned(
         n_items = len(texts[anchor])
         parallel_texts = texts
     else:
-        examples = _as_task_examples(data, targets)
+        examples = as_task_examples(data, targets)
         n_items = min(len(v) for v in examples.values())
         parallel_texts = None
         if parallel is not None:
@@ -365,7 +334,7 @@ def fit_learned(
                 ex = examples[lang]
 
                 def loss_on(rows: list[int], iv: Any) -> torch.Tensor:
-                    return _task_loss(lm, [ex[i] for i in rows], max_length, iv, lang, anchor)
+                    return task_loss(lm, [ex[i] for i in rows], max_length, iv, lang, anchor)
 
                 sample = [ex[i][0] for i in train_rows[:batch_size]]
 
