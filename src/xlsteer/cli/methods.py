@@ -62,28 +62,6 @@ def _fmt_layers(layers: list[int]) -> str:
     return ",".join(str(x) for x in layers) if layers else "-"
 
 
-def clas_lines(params: dict[str, Any]) -> list[str]:
-    """Per-layer neuron category percentages and the bridge-layer rule and selection of a CLAS fit."""
-    percent = params.get("category_percent") or {}
-    bridge = set(params.get("bridge_layers") or [])
-    langs = params.get("category_langs") or []
-    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
-             f"  {'layer':>5} {'dead':>7} {'specific':>9} {'partial':>8} {'all':>7} {'shared':>7}"]
-    for layer in sorted(percent, key=int):
-        p = percent[layer]
-        shared = p.get("partial", 0.0) + p.get("all", 0.0)
-        mark = "  <- bridge" if int(layer) in bridge else ""
-        lines.append(f"  {int(layer):>5} {p.get('dead', 0.0):7.2f} {p.get('specific', 0.0):9.2f} "
-                     f"{p.get('partial', 0.0):8.2f} {p.get('all', 0.0):7.2f} {shared:7.2f}{mark}")
-    if params.get("threshold_rule"):
-        lines.append(f"  {params['threshold_rule']}")
-    lines.append(f"bridge layers: {_fmt_layers(sorted(bridge))} (rule: {params.get('bridge_rule', '?')})")
-    if len(langs) == 2:
-        lines.append("note: with 2 languages no neuron can be partial-shared, so only the language-specific "
-                     "mask acts; fit with more --langs for the full rule")
-    return lines
-
-
 # ---------------------------------------------------------------------------------------------
 # fit
 
@@ -152,9 +130,8 @@ def fit_cmd(**kw: Any) -> None:
              pooling=kw.pop("pooling"), batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"), **params)
     iv.meta.setdefault("model", lm.name)
     iv.save(out)
-    if method == "clas":
-        for line in clas_lines(iv.params):
-            click.echo(line)
+    for line in spec.summary(iv.params) if spec.summary is not None else []:
+        click.echo(line)
     sites = sorted({s.name for s in iv.sites})
     fit_s = iv.meta.get("fit_seconds", time.perf_counter() - t0)
     click.echo(f"fit {method}: layers {_fmt_layers(iv.layers)}, site {','.join(sites)}, "
@@ -363,7 +340,9 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
         import xlsteer.interventions  # noqa: F401  (registers every method)
         from ..interventions.base import Intervention
 
-        Intervention.load(file)  # full validation: fields, method, tensor names and shapes
+        from ..interventions.registry import method_for
+
+        fitted_by = method_for(Intervention.load(file))  # full validation: fields, method, tensor names and shapes
     elif fmt == "xlsteer.statistics":
         from ..stats import Statistics
 
@@ -406,8 +385,8 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
                    f"statistics {meta.get('statistics_source', '-')}, fitted at {meta.get('fitted_at', '?')}")
     click.echo(f"created: {prov.get('created', '?')}; versions: "
                + (", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if k != "platform") or "?"))
-    if fmt == "xlsteer.intervention" and meta.get("method") == "clas":
-        for line in clas_lines(meta.get("params") or {}):
+    if fmt == "xlsteer.intervention" and fitted_by is not None and fitted_by.summary is not None:
+        for line in fitted_by.summary(meta.get("params") or {}):
             click.echo(line)
     names = sorted(tensors)
     shown = names if max_tensors == 0 else names[:max_tensors]

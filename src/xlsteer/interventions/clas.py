@@ -275,6 +275,30 @@ def _prepare(job: FitJob) -> None:
     job.langs = list(dict.fromkeys([*job.langs, *cats]))
 
 
+def category_summary(params: Mapping[str, Any]) -> list[str]:
+    """Per-layer neuron category percentages and the bridge-layer rule and selection of a CLAS fit
+    (what ``xlsteer fit clas`` and ``xlsteer inspect`` print)."""
+    percent = params.get("category_percent") or {}
+    bridge = set(params.get("bridge_layers") or [])
+    langs = params.get("category_langs") or []
+    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
+             f"  {'layer':>5} {'dead':>7} {'specific':>9} {'partial':>8} {'all':>7} {'shared':>7}"]
+    for layer in sorted(percent, key=int):
+        p = percent[layer]
+        shared = p.get("partial", 0.0) + p.get("all", 0.0)
+        mark = "  <- bridge" if int(layer) in bridge else ""
+        lines.append(f"  {int(layer):>5} {p.get('dead', 0.0):7.2f} {p.get('specific', 0.0):9.2f} "
+                     f"{p.get('partial', 0.0):8.2f} {p.get('all', 0.0):7.2f} {shared:7.2f}{mark}")
+    if params.get("threshold_rule"):
+        lines.append(f"  {params['threshold_rule']}")
+    chosen = ",".join(str(x) for x in sorted(bridge)) or "-"
+    lines.append(f"bridge layers: {chosen} (rule: {params.get('bridge_rule', '?')})")
+    if len(langs) == 2:
+        lines.append("note: with 2 languages no neuron can be partial-shared, so only the language-specific "
+                     "mask acts; fit with more --langs for the full rule")
+    return lines
+
+
 def _call(fn: Any, job: FitJob) -> "CLASIntervention":
     return fn(job.stats, [job.anchor, *job.targets], anchor=job.anchor, layers=job.layers, n_layers=job.n_layers,
               meta=job.meta, **job.params)
@@ -287,7 +311,7 @@ def _call(fn: Any, job: FitJob) -> "CLASIntervention":
     alpha_grid=(-0.5, 0.5, 1.0, 2.0),  # the CLAS paper tunes alpha on dev and allows it to be negative
     description="neuron steering at the bridge layers (CLAS: shared neurons up, language-specific down)",
     compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
-    corpus_langs=_corpus_langs,
+    corpus_langs=_corpus_langs, summary=category_summary,
 )
 def fit_clas(
     stats: "Statistics",

@@ -174,6 +174,7 @@ class SteeringMethod:
     corpus_langs: Callable[[str, Sequence[str], Mapping[str, Any]], list[str] | None] = default_corpus_langs
     check_params: Callable[[Mapping[str, Any]], None] | None = None
     check_inputs: Callable[[Any, str, int, Mapping[str, Any]], None] | None = None
+    summary: Callable[[Mapping[str, Any]], list[str]] | None = None  # lines xlsteer fit / inspect print
 
     def check_site(self, site: str) -> None:
         if self.sites is not None and site not in self.sites:
@@ -200,7 +201,8 @@ def register_method(
     """Decorator: register the decorated fit function as method ``name`` (returned unchanged).
 
     ``hooks``: the other :class:`SteeringMethod` fields (``compare``, ``compare_defaults``,
-    ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``).
+    ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``,
+    ``summary``).
     """
     known = {f.name for f in dataclasses.fields(SteeringMethod)}
     unknown = sorted(set(hooks) - known)
