@@ -51,6 +51,13 @@ class RunContext:
         return dict(anchor=self.anchor, data_dir=self.data_dir, seed=self.seed, batch_size=self.batch_size,
                     max_length=self.max_length, n_boot=self.n_boot, cache_dir=self.cache_dir)
 
+    def eval_config(self, **changes: Any) -> Any:
+        """The EvalConfig of the reported evaluations (split, limit, ...), with ``changes``."""
+        from ..evaluation.config import EvalConfig
+
+        cfg = EvalConfig(split=self.split, limit=self.limit, calibrate=self.calibrate, **self.eval_kw())
+        return cfg.replace(**changes) if changes else cfg
+
 
 @dataclass
 class MethodRun:
@@ -114,9 +121,7 @@ def _eval(ctx: RunContext, lm: Any, langs: Sequence[str], **kw: Any) -> tuple[di
     from ..evaluation.runner import evaluate
 
     t0 = time.perf_counter()
-    args = {**ctx.eval_kw(), "calibrate": ctx.calibrate}
-    args.update(kw)
-    res = evaluate(lm, ctx.task, list(langs), split=ctx.split, limit=ctx.limit, **args)
+    res = evaluate(lm, ctx.task, list(langs), None, ctx.eval_config(), **kw)
     return res, time.perf_counter() - t0
 
 

@@ -114,22 +114,18 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
     dev_limit = p.get("dev_limit", ctx.dev_limit)
     select = str(p.get("select", ctx.select))
     t1 = time.perf_counter()
-    common = dict(split="dev", limit=dev_limit, anchor=ctx.anchor, data_dir=ctx.data_dir,
-                  seed=ctx.seed, cache_dir=ctx.cache_dir, positions=positions, batch_size=ctx.batch_size,
-                  max_length=ctx.max_length, calibrate=ctx.calibrate)
+    dev_cfg = ctx.eval_config(split="dev", limit=dev_limit, positions=positions, n_boot=200)
     grid = sweep_layers if sweep_layers is not None else [sweep_mod.ALL_LAYERS]
-    rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=grid, alphas=alphas, n_boot=200,
+    rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=grid, alphas=alphas, cfg=dev_cfg,
                           source={"kind": "baselines", "method": method, "layers": iv.layers,
-                                  "note": "layer -1 = every fitted layer together"}, **common)
+                                  "note": "layer -1 = every fitted layer together"})
 
     def make(layer: int, alpha: float) -> Any:
         return sweep_mod.for_layer(iv, layer).with_strength(alpha)
 
     selection_seconds = time.perf_counter() - t1
     t2 = time.perf_counter()
-    res = evaluate_selection(lm, ctx.task, langs, make, rec, select, **{**ctx.eval_kw(), "split": ctx.split,
-                                                                        "limit": ctx.limit, "positions": positions,
-                                                                        "calibrate": ctx.calibrate})
+    res = evaluate_selection(lm, ctx.task, langs, make, rec, select, ctx.eval_config(positions=positions))
     secs = time.perf_counter() - t2
     best = rec["best"]
     chosen = make(best["layer"], best["alpha"]) if best["steer"] else None
