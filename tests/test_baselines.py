@@ -21,6 +21,7 @@ from xlsteer.baselines import translate as TR
 from xlsteer.baselines.methods import compare_markdown, compare_methods, load_options, parse_methods
 from xlsteer.errors import UsageError
 from xlsteer.evaluation.tasks import get_task
+from xlsteer.testing import replaced_task
 from xlsteer.evaluation.templates import get_template
 from xlsteer.testing import tiny_model
 
@@ -48,7 +49,7 @@ def test_icl_exemplars_never_come_from_test(task):
     test_ids = ICL.test_ids(task, "en", None)
     assert ids and not set(ids) & test_ids
     pool = ICL.exemplar_pool(task, "sw" if task in ("xcopa", "mgsm", "xnli") else "de")
-    assert {it.split for it in pool} == {ICL.EXEMPLAR_SPLIT[task]} != {"test"}
+    assert {it.split for it in pool} == {get_task(task).baselines.icl_split} != {"test"}
 
 
 def test_exemplar_leak_check_refuses_a_test_item():
@@ -98,9 +99,9 @@ def test_prompt_search_never_scores_test_items(lm, monkeypatch):
         calls.append(split)
         return original(data_dir, lang, split, limit)
 
-    monkeypatch.setattr(mod, "load_items", spy)
-    rec = PS.search(lm, "xcopa", ["en", "sw"], dev_limit=2, rounds=1, per_round=1, n_parents=1,
-                    seeds=["Choose the best ending."], propose_tokens=6, max_length=512)
+    with replaced_task("xcopa", load_items=spy):
+        rec = PS.search(lm, "xcopa", ["en", "sw"], dev_limit=2, rounds=1, per_round=1, n_parents=1,
+                        seeds=["Choose the best ending."], propose_tokens=6, max_length=512)
     assert calls and set(calls) == {"dev"}
     assert len(rec["candidates"]) >= 2  # the empty instruction and the seed at least
     assert all("dev_score" in c for c in rec["candidates"])
@@ -211,7 +212,7 @@ def test_self_translation_prompt_stops_at_newline(lm):
 
 def test_translate_test_keeps_ids_and_predicts_every_item(lm):
     res = TR.run_translate_test(lm, "xcopa", ["en", "sw", "qu"], "gmt", limit=2, cache=False, **EVAL)
-    assert res["translation"]["skipped"] == {"qu": "XCOPA data-gmt has no qu"}
+    assert res["translation"]["skipped"] == {"qu": "xcopa's English reference has no qu"}
     _every_item_predicted(res, "xcopa", ["en", "sw"], "test", 2)
     ex = res["translation"]["examples"][0]
     assert ex["lang"] == "sw" and ex["premise"] != ex["premise_source"]

@@ -23,7 +23,7 @@ from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
 from xlsteer.testing import tiny_model
 
-TOP_LEVEL = {
+TOP_LEVEL = {"task_spec", 
     "format", "version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
     "limit", "seed", "n_boot", "calibrate", "intervention", "alpha", "metrics", "engine", "per_lang", "average",
     "items", "versions",
@@ -266,7 +266,7 @@ def test_langs_all_is_the_tasks_languages_anchor_first():
 
     for task in ("mgsm", "xcopa", "xnli", "xquad"):
         langs = parse_langs("all", all_langs=task_langs(task))
-        assert langs[0] == "en" and sorted(langs) == sorted(get_task(task).LANGS)
+        assert langs[0] == "en" and sorted(langs) == sorted(get_task(task).langs)
     assert parse_langs("sw,all", all_langs=task_langs("xcopa"))[:2] == ["sw", "en"]  # no duplicates
     assert task_langs("xnli", anchor="de")[0] == "de"
     with pytest.raises(UsageError, match="needs a task"):

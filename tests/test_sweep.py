@@ -13,6 +13,7 @@ from xlsteer.evaluation.runner import evaluate
 from xlsteer.evaluation.selection import evaluate_selection
 from xlsteer.evaluation.sweep import NO_STEERING, UNSTEERED, _best, diffmean_from_statistics, restrict_layers, sweep
 from xlsteer.evaluation.tasks import get_task
+from xlsteer.testing import replaced_task
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
 from xlsteer.stats import collect
@@ -47,8 +48,8 @@ def splits_read(monkeypatch):
         assert split != "test", "the sweep read test items"
         return real(data_dir, lang, split, limit)
 
-    monkeypatch.setattr(mod, "load_items", spy)
-    return seen
+    with replaced_task("xcopa", load_items=spy):
+        yield seen
 
 
 def test_sweep_never_reads_test_items(lm, stats, splits_read):

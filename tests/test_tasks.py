@@ -12,9 +12,11 @@ import pytest
 from xlsteer.data.corpora import load_xquad_paragraphs
 from xlsteer.data.paths import data_dir, data_hash
 from xlsteer.errors import DataError, LanguageError, UsageError
-from xlsteer.evaluation.tasks import TASKS, Item, get_task
+from xlsteer.evaluation.tasks import Item, TaskSpec, get_task, task_names
+from xlsteer.evaluation.tasks.spec import BUILTIN
 from xlsteer.evaluation.tasks import mgsm, xcopa, xnli, xquad
 
+TASKS = {name: get_task(name) for name in BUILTIN}
 EXPECTED = {
     "mgsm": {"train": 8, "dev": 50, "test": 200},
     "xcopa": {"dev": 100, "test": 500},
@@ -36,19 +38,20 @@ def all_items(real_data):
     """(task, split) -> {lang: items}, loaded once."""
     out = {}
     for name, mod in TASKS.items():
-        for split in mod.SPLITS:
-            out[name, split] = {lang: mod.load_items(real_data, lang, split) for lang in mod.LANGS}
+        for split in mod.splits:
+            out[name, split] = {lang: mod.load_items(real_data, lang, split) for lang in mod.langs}
     return out
 
 
 def test_registry():
-    assert list(TASKS) == ["mgsm", "xcopa", "xnli", "xquad"]
-    assert get_task("MGSM") is mgsm and TASKS["xquad"] is xquad
+    assert task_names()[:4] == ["mgsm", "xcopa", "xnli", "xquad"]
+    assert get_task("MGSM") is mgsm.SPEC and TASKS["xquad"] is xquad.SPEC
     with pytest.raises(UsageError, match=r"unknown task 'belebele'; available: mgsm xcopa xnli xquad"):
         get_task("belebele")
-    for mod in TASKS.values():
-        assert set(mod.SPLITS) == set(EXPECTED[mod.NAME])
-        assert callable(mod.load_items) and callable(mod.data_files)
+    for spec in TASKS.values():
+        assert isinstance(spec, TaskSpec)
+        assert set(spec.splits) == set(EXPECTED[spec.name])
+        assert callable(spec.load_items) and callable(spec.data_files)
 
 
 def test_languages():
@@ -73,7 +76,7 @@ def test_counts_and_alignment(all_items):
 
 def test_splits_disjoint(all_items):
     for name, mod in TASKS.items():
-        ids = [set(it.id for it in all_items[name, s][mod.LANGS[0]]) for s in mod.SPLITS]
+        ids = [set(it.id for it in all_items[name, s][mod.langs[0]]) for s in mod.splits]
         for i in range(len(ids)):
             for j in range(i + 1, len(ids)):
                 assert not ids[i] & ids[j], name
@@ -169,8 +172,8 @@ def test_limit_and_frozen(real_data):
 
 def test_data_files_hash(real_data):
     for name, mod in TASKS.items():
-        for split in mod.SPLITS:
-            files = mod.data_files(mod.LANGS[-1], split)
+        for split in mod.splits:
+            files = mod.data_files(mod.langs[-1], split)
             assert all((real_data / f).is_file() for f in files)
             assert len(data_hash(real_data, files)) == 64
     assert xcopa.data_files("en", "dev") == ["xcopa/data-gmt/et/val.et.jsonl", "xcopa/data/zh/val.zh.jsonl"]
@@ -190,9 +193,9 @@ def _write(path: Path, text: str | bytes) -> None:
 
 def test_missing_files(tmp_path):
     for name, mod in TASKS.items():
-        lang = mod.LANGS[0]
+        lang = mod.langs[0]
         with pytest.raises(DataError, match="does not exist"):
-            mod.load_items(tmp_path, lang, mod.SPLITS[-1])
+            mod.load_items(tmp_path, lang, list(mod.splits)[-1])
 
 
 def test_mgsm_malformed(tmp_path):

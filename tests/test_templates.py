@@ -38,11 +38,12 @@ def test_every_template_has_a_version_and_renders_its_kind():
 def test_xcopa_matches_lm_eval_on_real_items_in_every_language():
     utils = _lmeval_xcopa_utils()
     tpl = get_template("xcopa")
-    mod = get_task("xcopa")
-    for lang in [x for x in mod.SOURCE_LANGS]:
+    from xlsteer.evaluation.tasks import xcopa
+
+    for lang in [x for x in xcopa.SOURCE_LANGS]:
         fn = getattr(utils, f"doc_to_text_{lang}")
         assert fn.keywords["connector"] == XCOPA_CONNECTORS[lang]
-        for it in mod.load_items(None, lang, "dev", limit=5):
+        for it in xcopa.load_items(None, lang, "dev", limit=5):
             req = tpl.render(it)
             doc = dict(it.fields)
             assert req.context == fn(doc)
@@ -92,7 +93,8 @@ def test_xnli_clas_format_and_content_free_input():
 
 
 def test_mgsm_direct_and_cot_with_exemplars():
-    mod = get_task("mgsm")
+    from xlsteer.evaluation.tasks import mgsm as mod
+
     ex = mod.load_exemplars(None, "de")
     item = mod.load_items(None, "de", "dev", limit=1)[0]
     direct = get_template("mgsm", "mgsm-direct", k=2).render(item, ex)
@@ -127,6 +129,8 @@ def test_unknown_or_mismatched_template_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown template"):
         get_template("xcopa", "nope")
     with pytest.raises(UsageError, match="is for task"):
+        get_template("xcopa", TEMPLATES["xnli"])
+    with pytest.raises(UsageError, match="unknown template 'xnli' for task 'xcopa'; choose one of xcopa"):
         get_template("xcopa", "xnli")
     with pytest.raises(UsageError, match="no option"):
         get_template("xcopa", k=1)

@@ -13,7 +13,8 @@ real tokenizers of these families, it prepends ``<bos>`` for the architectures i
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -184,3 +185,20 @@ def tiny_model(arch: str, vocab_size: int = 128, hidden: int = 64, layers: int =
         fingerprint=fingerprint_of(model, tokenizer),
         source={"kind": "tiny", "arch": arch, "vocab_size": vocab_size, "hidden": hidden, "layers": layers, "seed": seed},
     )
+
+
+@contextlib.contextmanager
+def replaced_task(name: str, **changes: Any) -> Iterator[Any]:
+    """The registered task ``name`` with fields replaced (e.g. a spying ``load_items``) while the
+    block runs; the original spec is registered again afterwards. Yields the replacement."""
+    import dataclasses
+
+    from .evaluation.tasks import get_task, register_task
+
+    original = get_task(name)
+    replacement = dataclasses.replace(original, **changes)
+    register_task(replacement, replace=True)
+    try:
+        yield replacement
+    finally:
+        register_task(original, replace=True)

@@ -62,14 +62,7 @@ from ..progress import bar
 from ..stats import positions_from_mask
 from .icl import check_no_test
 
-#: Where training data comes from, per task (never test).
-TRAIN_SPLIT: dict[str, str] = {"mgsm": "train", "xnli": "train", "xcopa": "dev", "xquad": "dev"}
-TRAIN_NOTE: dict[str, str] = {
-    "mgsm": "MGSM has no training set: the 8 exemplars per language are the training data",
-    "xnli": "XNLI train = items 200-1489 of the labelled dev file (METHODS.md section 5)",
-    "xcopa": "XCOPA has no train split: the 100 dev (val) items per language are the training data",
-    "xquad": "XQuAD has no train split: the dev articles 0-4 are the training data",
-}
+# Where training data comes from (never test) and what it is: each task's BaselineHints.
 TRAINING_RECORD = "xlsteer_training.json"
 RECIPES = ("xlt", "sft")
 
@@ -122,12 +115,22 @@ class FineTuned:
 # data
 
 
+def train_split(task: Any) -> str:
+    """The split fine-tuning trains on (the task's train split, else dev; never test)."""
+    spec = get_task(task)
+    split = spec.baselines.train_split
+    if split is None:
+        raise UsageError(f"task {spec.name} declares no training split (train or dev); it has no fine-tuning baseline")
+    if split == "test":
+        raise UsageError(f"task {spec.name} would train on test items; declare a train or dev split")
+    return split
+
+
 def train_items(task: str, langs: Sequence[str], data_dir: str | os.PathLike | None = None,
                 max_items: int | None = None) -> dict[str, list[Any]]:
     """Training items per language (train split, else dev; never test)."""
-    task = get_task(task).NAME
-    split = TRAIN_SPLIT[task]
     mod = get_task(task)
+    task, split = mod.name, train_split(mod)
     out = {}
     for lang in langs:
         items = mod.load_items(data_dir, normalize_lang(lang), split, max_items)
@@ -161,13 +164,10 @@ def encode_example(tok: Any, tpl: Template, item: Any, exemplars: Sequence[Any] 
         answer = enc
         ids = prompt_ids + answer
     else:
-        if tpl.task == "mgsm":
-            if tpl.options.get("style") == "cot" and "cot" in item.fields:
-                gold = " " + item.fields["cot"].strip()
-            else:
-                gold = " " + str(item.answer)
-        else:
-            gold = " " + str(item.answer[0])
+        answer_text = get_task(tpl.task).baselines.answer_text
+        if answer_text is None:
+            raise UsageError(f"task {tpl.task} declares no answer_text, so it has no fine-tuning targets")
+        gold = answer_text(item, tpl)
         stop = req.stop[0] if req.stop else ""
         prompt_ids = _encode(tok, req.prompt)
         whole = _encode(tok, req.prompt + gold + stop)
@@ -183,7 +183,7 @@ def encode_example(tok: Any, tpl: Template, item: Any, exemplars: Sequence[Any] 
 def build_examples(lm: Any, task: str, items: dict[str, list[Any]], template: str | Template | None = None,
                    data_dir: str | os.PathLike | None = None, max_length: int = 512) -> list[Example]:
     """Examples for every language's training items (MGSM: zero-shot prompts, as evaluated)."""
-    tpl = get_template(get_task(task).NAME, template)
+    tpl = get_template(task, template)
     out = []
     for lang, its in items.items():
         for it in its:
@@ -393,14 +393,14 @@ def finetune(lm: Any, task: str, recipe: str, langs: Sequence[str], *, anchor: s
     """
     if recipe not in RECIPES:
         raise UsageError(f"unknown fine-tuning recipe {recipe!r}; choose xlt or sft")
-    task = get_task(task).NAME
-    cfg = config or TrainConfig()
     mod = get_task(task)
+    task = mod.name
+    cfg = config or TrainConfig()
     if recipe == "xlt":
         tl = [normalize_lang(anchor)]
     else:
         tl = [normalize_lang(x) for x in (train_langs or langs)]
-    tl = [x for x in dict.fromkeys(tl) if x in mod.LANGS]
+    tl = [x for x in dict.fromkeys(tl) if x in mod.langs]
     if not tl:
         raise UsageError(f"no training language of {task} among {', '.join(train_langs or langs)}")
     items = train_items(task, tl, data_dir, cfg.max_train_items)
@@ -410,8 +410,8 @@ def finetune(lm: Any, task: str, recipe: str, langs: Sequence[str], *, anchor: s
         "recipe": recipe,
         "task": task,
         "train_langs": tl,
-        "train_split": TRAIN_SPLIT[task],
-        "train_note": TRAIN_NOTE[task],
+        "train_split": train_split(mod),
+        "train_note": mod.baselines.train_note,
         "train_item_ids": {"n": sum(len(v) for v in items.values()),
                            "sha256": hashlib.sha256(json.dumps({k: [i.id for i in v] for k, v in items.items()},
                                                                sort_keys=True).encode()).hexdigest()},

@@ -40,11 +40,7 @@ from ..errors import UsageError, XlsteerError
 from ..evaluation.tasks import get_task
 from ..evaluation.templates import Request, Template, get_template
 
-#: Where exemplars come from, per task (never "test").
-EXEMPLAR_SPLIT: dict[str, str] = {"mgsm": "train", "xnli": "train", "xcopa": "dev", "xquad": "dev"}
-DEFAULT_K: dict[str, int] = {"mgsm": 4, "xnli": 4, "xcopa": 4, "xquad": 2}
-#: Text between demonstrations (and between the last one and the item).
-SEPARATOR: dict[str, str] = {"mgsm": "\n\n", "xnli": "\n\n", "xcopa": "\n", "xquad": "\n\n"}
+# Where exemplars come from, how many and what separates them: each task's BaselineHints.
 VARIANTS = ("en", "native")
 
 
@@ -81,35 +77,32 @@ def wrap_template(base: Template, render: Callable[[Template, Any, Sequence[Any]
 
 def base_render(t: Template, item: Any, exemplars: Sequence[Any] = ()) -> Request:
     """Render with the renderer of the template that ``t`` wraps (its own task's renderer)."""
-    from ..evaluation.templates import TEMPLATES
-
-    inner = TEMPLATES[t.name]._render
+    inner = get_task(t.task).template(t.name)._render
     assert inner is not None
     return inner(t, item, exemplars)
 
 
-def gold_text(task: str, req: Request, item: Any) -> str:
+def gold_text(task: str, req: Request, item: Any, template: Template | None = None) -> str:
     """What the model should produce after ``req`` for ``item``.
 
     Choice: the gold continuation (it starts with a space); label: the gold label token;
-    generation: " " + the gold answer (MGSM: the number; XQuAD: the first gold answer).
+    generation: the task's ``answer_text`` (MGSM: " " + the number; XQuAD: " " + the first gold answer).
     """
     if req.kind == "choice":
         return req.choices[int(item.answer)]
     if req.kind == "label":
         return req.labels[int(item.answer)]
-    if task == "xquad":
-        return " " + str(item.answer[0])
-    if task == "mgsm":
-        return " " + str(item.answer)
-    raise UsageError(f"no gold text rule for task {task!r}")
+    answer_text = get_task(task).baselines.answer_text
+    if answer_text is None:
+        raise UsageError(f"task {task!r} declares no answer_text, so its gold answers cannot be shown or trained on")
+    return answer_text(item, template)
 
 
 def demonstration(t: Template, item: Any) -> str:
     """One solved exemplar, rendered as the item would be and followed by its gold answer
     (label tasks: "Answer: 0", with the space a reader would write)."""
     req = base_render(t, item, ())
-    ans = gold_text(t.task, req, item)
+    ans = gold_text(t.task, req, item, t)
     if req.kind == "choice":
         return req.context + ans
     if req.kind == "label":
@@ -127,10 +120,10 @@ def short_hash(obj: Any) -> str:
 
 def test_ids(task: str, lang: str, data_dir: str | os.PathLike | None) -> set[str]:
     """Ids of the task's test split (for the leak check)."""
-    mod = get_task(task)
-    if "test" not in mod.SPLITS:
+    spec = get_task(task)
+    if "test" not in spec.splits:
         return set()
-    return {it.id for it in mod.load_items(data_dir, lang, "test")}
+    return {it.id for it in spec.load_items(data_dir, lang, "test")}
 
 
 def check_no_test(items: Sequence[Any], task: str, data_dir: str | os.PathLike | None, what: str) -> None:
@@ -149,16 +142,19 @@ def check_no_test(items: Sequence[Any], task: str, data_dir: str | os.PathLike |
 
 
 def exemplar_split(task: str) -> str:
-    task = get_task(task).NAME
-    split = EXEMPLAR_SPLIT[task]
-    if split == "test":  # pragma: no cover - the table above never says test
-        raise LeakError(f"exemplars of {task} would come from test")
+    spec = get_task(task)
+    split = spec.baselines.icl_split
+    if split is None:
+        raise UsageError(f"task {spec.name} declares no split to draw in-context exemplars from "
+                         "(a train or dev split); it has no ICL baseline")
+    if split == "test":
+        raise LeakError(f"exemplars of {spec.name} would come from test")
     return split
 
 
 def exemplar_pool(task: str, lang: str, data_dir: str | os.PathLike | None = None) -> list[Any]:
     """Every item exemplars may be drawn from, in ``lang`` (train, else dev; never test)."""
-    task = get_task(task).NAME
+    task = get_task(task).name
     split = exemplar_split(task)
     items = get_task(task).load_items(data_dir, normalize_lang(lang), split)
     check_no_test(items, task, data_dir, "in-context exemplars")
@@ -194,10 +190,11 @@ def icl_template(task: str, variant: str = "en", k: int | None = None, seed: int
 
     ``langs``: languages to preload exemplars for (others are loaded on first use).
     """
-    task = get_task(task).NAME
+    spec = get_task(task)
+    task = spec.name
     if variant not in VARIANTS:
         raise UsageError(f"unknown ICL variant {variant!r}; choose en or native")
-    k = DEFAULT_K[task] if k is None else k
+    k = spec.baselines.icl_k if k is None else k
     base = get_template(task, template)
     chosen = select_exemplar_ids(task, k, seed, data_dir)
     split = exemplar_split(task)
@@ -210,20 +207,20 @@ def icl_template(task: str, variant: str = "en", k: int | None = None, seed: int
 
     for lang in langs or ():
         pool("en" if variant == "en" else normalize_lang(lang))
-    sep = SEPARATOR[task]
+    sep = spec.baselines.icl_separator
     info = {"method": f"icl-{variant}", "k": k, "seed": seed, "exemplar_split": split,
             "exemplar_ids": list(chosen[:k]), "spare_id": chosen[k] if len(chosen) > k else None,
             "exemplar_lang": "en" if variant == "en" else "same", "separator": sep}
 
-    if task == "mgsm":
-        # the template's own exemplar mechanism: the runner passes all 8 train exemplars in the
+    if spec.few_shot is not None:
+        # the template's own exemplar mechanism (MGSM): the runner passes the exemplars in the
         # exemplar language; we pick the seeded k of them (by id) in the drawn order
         def render(t: Template, item: Any, exemplars: Sequence[Any]) -> Request:
             by_id = {ex.id: ex for ex in exemplars}
             if not by_id:
                 by_id = pool("en" if variant == "en" else item.lang)
             shots = exemplars_for(item.id, chosen, by_id, k)
-            if any(s.split == "test" for s in shots):  # cannot happen: MGSM exemplars are train
+            if any(s.split == "test" for s in shots):  # cannot happen: the pool is checked
                 raise LeakError(f"in-context exemplars for {item.id} include a test item")
             return base_render(t, item, shots)
 
@@ -253,11 +250,12 @@ def extra_tokens_per_item(lm: Any, tpl: Template, items: Sequence[Any],
     if not items:
         return 0.0
     base = get_template(tpl.task, tpl.name)
+    few_shot = get_task(tpl.task).few_shot is not None and int(tpl.options.get("k", 0)) > 0
     total = 0
     for it in items:
         ex: list[Any] = []
-        if tpl.task == "mgsm" and int(tpl.options.get("k", 0)) > 0:
-            ex = exemplar_pool("mgsm", "en" if tpl.options.get("exemplar_lang") == "en" else it.lang, data_dir)
+        if few_shot:
+            ex = exemplar_pool(tpl.task, "en" if tpl.options.get("exemplar_lang") == "en" else it.lang, data_dir)
         a, b = tpl.render(it, ex), base.render(it, ())
         ta = a.context if a.kind == "choice" else a.prompt
         tb = b.context if b.kind == "choice" else b.prompt

@@ -201,9 +201,9 @@ def _zero_shot(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
 
 def _icl(variant: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
     def run(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
-        from .icl import DEFAULT_K, exemplar_split, extra_tokens_per_item, icl_template
+        from .icl import exemplar_split, extra_tokens_per_item, icl_template
 
-        k = p.get("k") or DEFAULT_K[get_task(ctx.task).NAME]
+        k = p.get("k") or get_task(ctx.task).baselines.icl_k
         seed = int(p.get("seed", ctx.seed))
         tpl = icl_template(ctx.task, variant, k, seed, ctx.data_dir, None, ctx.langs)
         res, secs = _eval(ctx, ctx.lm, ctx.langs, template=tpl)
@@ -219,7 +219,7 @@ def _icl(variant: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
 
 def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
     from .icl import prefix_tokens
-    from .prompt_search import PREFIX_SEP, run_prompt_search
+    from .prompt_search import run_prompt_search
 
     params = {"rounds": int(p.get("rounds", 2)), "per_round": int(p.get("per_round", 4)),
               "n_parents": int(p.get("n_parents", 2)), "dev_limit": p.get("dev_limit", ctx.dev_limit),
@@ -232,7 +232,7 @@ def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
     total = time.perf_counter() - t0
     rec = res.pop("prompt_search")
     best = rec["best"]["instruction"]
-    extra = prefix_tokens(ctx.lm, best + PREFIX_SEP[get_task(ctx.task).NAME]) if best else 0
+    extra = prefix_tokens(ctx.lm, best + get_task(ctx.task).baselines.instruction_separator) if best else 0
     sel = {"source": "dev", "instruction": best, "dev_score": rec["best"]["dev_score"],
            "candidates": [{k: c[k] for k in ("instruction", "source", "round", "dev_score", "dev_per_lang")}
                           for c in rec["candidates"]],
@@ -664,7 +664,7 @@ def compare_methods(
     from ..evaluation.runner import write_results
 
     t_start = time.perf_counter()
-    task = get_task(task).NAME
+    task = get_task(task).name
     lang_list = list(dict.fromkeys(normalize_lang(x) for x in langs))
     names = parse_methods(list(methods))
     added_reference = REFERENCE not in names

@@ -4,8 +4,8 @@ What a practitioner would do instead of steering: put an instruction in front of
 and pick the one that works best. The search (in the spirit of APE / OPRO, kept small and
 deterministic):
 
-1. Candidates start as hand-written seed instructions for the task (:data:`SEEDS`), plus the
-   empty instruction (the zero-shot prompt itself: if nothing beats it, the search says so).
+1. Candidates start as hand-written seed instructions for the task (its
+   ``BaselineHints.instructions``), plus the empty instruction (the zero-shot prompt itself: if nothing beats it, the search says so).
 2. Every candidate is scored on the ``dev`` split (``dev_limit`` items per language): the mean
    main metric (accuracy / EM / F1) over the non-anchor languages, ties broken by the task's
    continuous score (mean margin for choice tasks), then by the shorter instruction, then
@@ -36,29 +36,8 @@ from ..evaluation.tasks import get_task
 from ..evaluation.templates import Request, Template, get_template
 from .icl import LeakError, base_render, prefix_tokens, with_prefix, wrap_template
 
-#: Hand-written seed instructions per task (English: the anchor language).
-SEEDS: dict[str, tuple[str, ...]] = {
-    "xcopa": (
-        "Complete the sentence with the most plausible cause or effect.",
-        "Read the sentence and continue it in the way that makes the most sense.",
-        "The following text may be in any language. Think about its meaning in English and complete it sensibly.",
-    ),
-    "xnli": (
-        "Decide whether the premise entails the hypothesis (0), is neutral to it (1), or contradicts it (2).",
-        "Read both sentences carefully and answer with the number of the correct relation.",
-        "The sentences may be in any language. Understand them as if they were in English, then answer 0, 1 or 2.",
-    ),
-    "mgsm": (
-        "Solve the math word problem and answer with the final number only.",
-        "Read the problem carefully, compute the result, and give the number.",
-        "The problem may be in any language. Solve it as you would in English and answer with a number.",
-    ),
-    "xquad": (
-        "Answer the question with a short phrase copied from the context.",
-        "Find the answer to the question in the context and write it exactly as it appears.",
-        "The text may be in any language. Answer with the exact words from the context.",
-    ),
-}
+# The hand-written seed instructions (English: the anchor language) and the text that separates
+# an instruction from the prompt are each task's BaselineHints (instructions, instruction_separator).
 
 #: How the model is asked to propose a new instruction ({x} = a current instruction).
 META_PROMPTS: tuple[str, ...] = (
@@ -67,16 +46,15 @@ META_PROMPTS: tuple[str, ...] = (
     "Instruction: {x}\nThe same instruction in other words:",
 )
 
-PREFIX_SEP = {"xcopa": "\n", "xnli": "\n\n", "mgsm": "\n\n", "xquad": "\n\n"}
 MAX_INSTRUCTION_CHARS = 300
 
 
 def instruction_template(task: str, instruction: str, template: str | Template | None = None,
                          extra: dict[str, Any] | None = None) -> Template:
     """The task's template with ``instruction`` in front of every prompt (unchanged when empty)."""
-    task = get_task(task).NAME
-    base = get_template(task, template)
-    sep = PREFIX_SEP[task]
+    spec = get_task(task)
+    base = get_template(spec, template)
+    sep = spec.baselines.instruction_separator
     prefix = instruction.strip() + sep if instruction.strip() else ""
 
     def render(t: Template, item: Any, exemplars: Sequence[Any]) -> Request:
@@ -141,21 +119,23 @@ def search(
 ) -> dict[str, Any]:
     """Score seeds and model-proposed paraphrases on ``split`` (dev); return the record with the best."""
     from ..evaluation.engine import Engine
-    from ..evaluation.runner import MAIN_METRIC, TIE_BREAK, evaluate
+    from ..evaluation.runner import evaluate
 
     if split == "test":
         raise LeakError("prompt search selects a prompt and must not score test items; use split='dev'")
-    task = get_task(task).NAME
-    if split not in get_task(task).SPLITS:
-        raise UsageError(f"{task} has no split {split!r}")
+    spec = get_task(task)
+    task = spec.name
+    spec.check_split(split)
     for name, v in (("rounds", rounds), ("per_round", per_round), ("n_parents", n_parents)):
         if not isinstance(v, int) or v < 0:
             raise UsageError(f"{name} must be a non-negative integer, got {v!r}")
     t0 = time.perf_counter()
-    seed_list = list(SEEDS[task] if seeds is None else seeds)
+    seed_list = list(spec.baselines.instructions if seeds is None else seeds)
+    if not seed_list and not include_empty:
+        raise UsageError(f"task {task} declares no seed instructions; pass seeds=[...] (or --options prompt-opt:seeds=...)")
     if include_empty:
         seed_list = ["", *seed_list]
-    main, tie = MAIN_METRIC[task], TIE_BREAK[task]
+    main, tie = spec.main, spec.tie_break
     targets = [lang for lang in langs if lang != anchor] or list(langs)
     engine = Engine(lm, batch_size=batch_size, cache_dir=cache_dir, max_length=max_length, progress_desc="prompt-search")
     candidates: list[dict[str, Any]] = []

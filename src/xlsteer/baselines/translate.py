@@ -9,281 +9,42 @@ Three translators (METHODS.md section 1, baseline "translation to English"):
 * ``gmt``       XCOPA only: the Google-MT English that ships with XCOPA (``data-gmt``), i.e. the
   production-MT reference of the steering paper (no translation is run).
 
-Why a cache: translation is the slow part (a 270M model translating 500 XCOPA items x 3 fields
-takes minutes on a CPU) and it does not depend on the method evaluated afterwards. Entries are
-keyed by translator id + source language + sha256 of the text, in one JSON file written
-atomically (merged with what is on disk, so two processes never produce a half-written file;
-the last writer wins on a conflicting key, which holds the same translation anyway).
-The translator id pins what produced the text: the apertium version and pair, or the model's
-fingerprint, the prompt and the generation length for self-translation.
+The translators and their cache live in :mod:`.translators` (re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..data.langs import normalize_lang
-from ..errors import DataError, LanguageError, UsageError, XlsteerError
-from ..io import atomic_write_json, sha256_text
+from ..errors import DataError, LanguageError, UsageError
+from .translators import (SELF_MAX_NEW_TOKENS, SELF_PROMPT, ApertiumTranslator, SelfTranslator,  # noqa: F401
+                          TranslationCache, TranslationError, apertium_pairs, default_cache_path, greedy_lines,
+                          make_translator)
 
 TRANSLATORS = ("apertium", "self", "gmt")
 
-#: Item fields that carry text to translate, per task (everything else is copied unchanged).
-TRANSLATED_FIELDS: dict[str, tuple[str, ...]] = {
-    "xcopa": ("premise", "choice1", "choice2"),
-    "xnli": ("premise", "hypothesis"),
-    "mgsm": ("question",),
-}
-#: Why a task has no translate-test here.
-UNSUPPORTED_TASKS = {
-    "xquad": "translate-test on XQuAD needs the English answer span projected back onto the source-language "
-             "context (the gold answers are spans of it); xlsteer does not implement answer projection",
-}
-
-SELF_PROMPT = "Translate to English: {text}\nEnglish:"
-SELF_MAX_NEW_TOKENS = 96
-
-
-class TranslationError(XlsteerError):
-    """A translator failed (missing program or language pair, or malformed output)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# cache
-
-
-def default_cache_path() -> Path:
-    from ..models.loading import cache_dir
-
-    return cache_dir() / "translations.json"
-
-
-class TranslationCache:
-    """``(translator, lang, sha256(text)) -> translation`` in one JSON file (atomic writes).
-
-    ``path=None`` keeps the cache in memory only (tests, or ``--no-cache``).
-    """
-
-    FORMAT = "xlsteer.translations"
-
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.path = None if path is None else Path(path)
-        self._data: dict[str, dict[str, str]] = {}
-        self._dirty: dict[str, dict[str, str]] = {}
-        self.hits = 0
-        self.misses = 0
-        if self.path is not None:
-            self._data = self._read()
-
-    @staticmethod
-    def key(translator: str, lang: str, text: str) -> str:
-        return f"{translator}\t{lang}\t{sha256_text(text)}"
-
-    def _read(self) -> dict[str, dict[str, str]]:
-        if self.path is None or not self.path.is_file():
-            return {}
-        try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DataError(f"translation cache {self.path} is corrupted; delete it (it is re-created)") from None
-        if not isinstance(raw, dict) or raw.get("format") != self.FORMAT or not isinstance(raw.get("entries"), dict):
-            raise DataError(f"{self.path} is not an xlsteer translation cache; delete it or choose another --translation-cache")
-        return raw["entries"]
-
-    def get(self, translator: str, lang: str, text: str) -> str | None:
-        hit = self._data.get(self.key(translator, lang, text))
-        if hit is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return hit["en"]
-
-    def put(self, translator: str, lang: str, text: str, translation: str) -> None:
-        entry = {"en": translation, "src": text[:80]}
-        k = self.key(translator, lang, text)
-        self._data[k] = entry
-        self._dirty[k] = entry
-
-    def save(self) -> None:
-        """Merge new entries into the file on disk and write it atomically."""
-        if self.path is None or not self._dirty:
-            return
-        merged = self._read()
-        merged.update(self._dirty)
-        atomic_write_json(self.path, {"format": self.FORMAT, "entries": merged})
-        self._data.update(merged)
-        self._dirty = {}
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-# ---------------------------------------------------------------------------------------------
-# translators
-
-
-@dataclasses.dataclass
-class ApertiumTranslator:
-    """Rule-based MT through the ``apertium`` program (unknown-word marks off, ``-u``)."""
-
-    program: str = "apertium"
-    timeout_s: float = 600.0
-    name: str = "apertium"
-
-    def __post_init__(self) -> None:
-        exe = shutil.which(self.program)
-        if exe is None:
-            raise TranslationError(
-                f"program {self.program!r} not found; install it (Debian: apt-get install apertium apertium-eng-spa) "
-                "or use the translate-self / translate-gmt methods"
-            )
-        self.program = exe
-        self.version = _apertium_version(exe)
-        self.pairs = apertium_pairs(exe)
-
-    def pair(self, lang: str) -> str:
-        """The apertium mode translating ``lang`` into English (e.g. spa-eng)."""
-        code = normalize_lang(lang)
-        mode = self.pairs.get(code)
-        if mode is None:
-            have = ", ".join(sorted(self.pairs)) or "none"
-            raise LanguageError(
-                f"apertium has no pair from {code!r} to English (installed: {have}); install apertium-<lang>-eng "
-                "or drop that language from translate-test (apertium)"
-            )
-        return mode
-
-    def translator_id(self, lang: str) -> str:
-        return f"apertium/{self.version}/{self.pair(lang)}"
-
-    def translate(self, texts: Sequence[str], lang: str) -> list[str]:
-        mode = self.pair(lang)
-        flat = [" ".join(t.split()) for t in texts]  # one line per text
-        if not flat:
-            return []
-        out = self._run(mode, "\n".join(flat) + "\n")
-        lines = out.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        if len(lines) != len(flat):  # should not happen; translate one by one to stay aligned
-            lines = [self._run(mode, t + "\n").strip() for t in flat]
-        return [line.strip() for line in lines]
-
-    def _run(self, mode: str, text: str) -> str:
-        try:
-            res = subprocess.run(
-                [self.program, "-u", mode], input=text, capture_output=True, text=True, encoding="utf-8",
-                timeout=self.timeout_s, check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise TranslationError(f"apertium {mode} took longer than {self.timeout_s:.0f} s; translate fewer items") from None
-        if res.returncode != 0:
-            msg = (res.stderr or "").strip().splitlines()
-            raise TranslationError(f"apertium {mode} failed ({msg[0] if msg else f'exit {res.returncode}'}); "
-                                   "check the installed pair with `apertium -l`")
-        return res.stdout
-
-
-def _apertium_version(exe: str) -> str:
-    try:
-        res = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=30, check=False)
-        return (res.stdout.strip().split() or ["unknown"])[-1]
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
-@functools.lru_cache(maxsize=4)
-def _apertium_list(exe: str) -> tuple[str, ...]:
-    try:
-        res = subprocess.run([exe, "-l"], capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return tuple(line.strip() for line in res.stdout.splitlines() if line.strip())
-
-
-def apertium_pairs(program: str | None = "apertium") -> dict[str, str]:
-    """Source language (ISO 639-1) -> apertium mode into English, e.g. ``{"es": "spa-eng"}``.
-
-    Only plain ``xxx-eng`` modes count (``spa-eng_US`` variants and debugging modes are ignored).
-    Empty when apertium is not installed.
-    """
-    exe = shutil.which(program or "apertium")
-    if exe is None:
-        return {}
-    out: dict[str, str] = {}
-    for mode in _apertium_list(exe):
-        parts = mode.split("-")
-        if len(parts) != 2 or parts[1] != "eng":
-            continue
-        try:
-            out[normalize_lang(parts[0])] = mode
-        except LanguageError:
-            continue
-    return out
-
-
-class SelfTranslator:
-    """The evaluated model translates its own input (greedy, one line)."""
-
-    name = "self"
-
-    def __init__(self, lm: Any, *, prompt: str = SELF_PROMPT, max_new_tokens: int = SELF_MAX_NEW_TOKENS,
-                 batch_size: int = 8, generate: Callable[[list[str], int], list[str]] | None = None):
-        if "{text}" not in prompt:
-            raise UsageError("the self-translation prompt must contain {text}")
-        self.lm = lm
-        self.prompt = prompt
-        self.max_new_tokens = int(max_new_tokens)
-        self.batch_size = int(batch_size)
-        self._generate = generate or functools.partial(greedy_lines, lm, batch_size=self.batch_size)
-        fp = getattr(lm, "fingerprint", {}) or {}
-        ident = json.dumps({"model": getattr(lm, "name", "?"), "config": fp.get("config_hash", ""),
-                            "tokenizer": fp.get("tokenizer_hash", ""), "prompt": prompt,
-                            "max_new_tokens": self.max_new_tokens}, sort_keys=True)
-        self._id = f"self/{getattr(lm, 'name', 'model')}/{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
-        self.generated_tokens = 0
-        self.prompt_tokens = 0
-
-    def translator_id(self, lang: str) -> str:
-        return self._id
-
-    def translate(self, texts: Sequence[str], lang: str) -> list[str]:
-        prompts = [self.prompt.format(text=" ".join(t.split())) for t in texts]
-        outs = self._generate(prompts, self.max_new_tokens)
-        tok = self.lm.tokenizer
-        self.prompt_tokens += sum(len(tok(p)["input_ids"]) for p in prompts)
-        self.generated_tokens += sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outs)
-        return [o.split("\n", 1)[0].strip() for o in outs]
-
-
-def greedy_lines(lm: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy continuations of ``prompts`` (unsteered, the evaluation engine), cut at the first newline."""
-    from ..evaluation.engine import Engine
-
-    engine = Engine(lm, batch_size=batch_size, progress_desc="self-translate")
-    return engine.generate(list(prompts), ["en"] * len(prompts), max_new_tokens, ["\n"])
-
+# Which item fields carry text to translate (everything else is copied unchanged), and why a
+# task has no translate-test: each task's BaselineHints (translate_fields, translate_unsupported).
 
 # ---------------------------------------------------------------------------------------------
 # items
 
 
 def translated_fields(task: str) -> tuple[str, ...]:
-    if task in UNSUPPORTED_TASKS:
-        raise UsageError(UNSUPPORTED_TASKS[task] + "; use translate-test on xcopa, xnli or mgsm")
-    try:
-        return TRANSLATED_FIELDS[task]
-    except KeyError:
-        raise UsageError(f"translate-test is not defined for task {task!r}; available: {' '.join(TRANSLATED_FIELDS)}") from None
+    """The item fields translate-test translates for ``task`` (UsageError when it has none)."""
+    from ..evaluation.tasks import get_task, task_names
+
+    hints = get_task(task).baselines
+    if hints.translate_fields:
+        return hints.translate_fields
+    able = " ".join(n for n in task_names() if get_task(n).baselines.translate_fields)
+    why = hints.translate_unsupported or f"task {task} declares no fields to translate (translate_fields)"
+    raise UsageError(f"{why}; use translate-test on {able}")
 
 
 def translate_texts(translator: Any, texts: Sequence[str], lang: str, cache: TranslationCache | None = None,
@@ -318,7 +79,10 @@ def translate_items(task: str, items: Sequence[Any], translator: Any, cache: Tra
     ``translated_from`` and ``translator``; the template is the English one (``prompt_lang``).
     Anchor-language (English) items are returned unchanged.
     """
+    from ..evaluation.tasks import get_task
+
     names = translated_fields(task)
+    polish = get_task(task).baselines.polish_translation
     out: list[Any] = list(items)
     by_lang: dict[str, list[int]] = {}
     for i, it in enumerate(items):
@@ -333,7 +97,7 @@ def translate_items(task: str, items: Sequence[Any], translator: Any, cache: Tra
             empty = []
             for j, f in enumerate(names):
                 fields[f"{f}_source"] = fields[f]
-                fields[f] = _usable(task, f, trans[k * len(names) + j], fields[f])
+                fields[f] = _usable(polish, f, trans[k * len(names) + j], fields[f])
                 if not trans[k * len(names) + j].strip():
                     empty.append(f)
             fields.update(translated_from=lang, translator=translator.translator_id(lang), prompt_lang="en",
@@ -342,51 +106,46 @@ def translate_items(task: str, items: Sequence[Any], translator: Any, cache: Tra
     return out
 
 
-def _usable(task: str, name: str, text: str, source: str) -> str:
+def _usable(polish: Callable[[str, str], str] | None, name: str, text: str, source: str) -> str:
     """A translation the template can render: an empty one falls back to the source text (recorded
-    in ``untranslated_fields``); an XCOPA premise gets the final full stop the template removes."""
+    in ``untranslated_fields``); the task's ``polish_translation`` then adapts it (an XCOPA
+    premise gets the final full stop the template removes)."""
     t = " ".join(text.split()) or source
-    if task == "xcopa" and name == "premise" and t and t[-1] not in ".!?。":
-        t += "."
-    return t
+    return polish(name, t) if polish is not None else t
 
 
-def gmt_items(items: Sequence[Any], data_dir: str | None = None) -> list[Any]:
-    """XCOPA items replaced by their Google-MT English (``data-gmt``), matched by id."""
-    from ..evaluation.tasks import xcopa
+def gmt_items(items: Sequence[Any], data_dir: str | None = None, task: str = "xcopa") -> list[Any]:
+    """Items replaced by the English translation their benchmark ships (XCOPA's Google-MT
+    ``data-gmt``: the task's ``english_reference``), matched by id."""
+    from ..evaluation.tasks import get_task
 
+    hints = get_task(task).baselines
+    if hints.english_reference is None:
+        raise UsageError(f"task {task} ships no English translation of its items; translate-gmt runs on xcopa")
+    fields_to_copy = hints.translate_fields
     out: list[Any] = list(items)
     by_key: dict[tuple[str, str], list[int]] = {}
     for i, it in enumerate(items):
         if it.lang != "en":
             by_key.setdefault((it.lang, it.split), []).append(i)
     for (lang, split), idx in by_key.items():
-        if lang not in xcopa.GMT_LANGS:
-            raise LanguageError(f"XCOPA data-gmt has no {lang!r} (it has {' '.join(xcopa.GMT_LANGS)}); "
-                                "drop it from translate-gmt")
-        gmt = {it.id: it for it in xcopa.load_gmt_english(data_dir, lang, split)}
+        if lang not in hints.english_reference_langs:
+            raise LanguageError(f"{task}'s English reference has no {lang!r} (it has "
+                                f"{' '.join(hints.english_reference_langs)}); drop it from translate-gmt")
+        gmt = {it.id: it for it in hints.english_reference(data_dir, lang, split)}
         for i in idx:
             it = items[i]
             g = gmt.get(it.id)
             if g is None or g.answer != it.answer:
-                raise DataError(f"XCOPA data-gmt item {it.id} ({lang}) is missing or misaligned; restore the shared data")
+                raise DataError(f"{task} English reference item {it.id} ({lang}) is missing or misaligned; "
+                                "restore the shared data")
             fields = dict(it.fields)
-            for f in TRANSLATED_FIELDS["xcopa"]:
+            for f in fields_to_copy:
                 fields[f"{f}_source"] = fields[f]
                 fields[f] = g.fields[f]
             fields.update(translated_from=lang, translator="gmt", prompt_lang="en")
             out[i] = dataclasses.replace(it, fields=fields)
     return out
-
-
-def make_translator(kind: str, lm: Any = None, **kwargs: Any) -> Any:
-    if kind == "apertium":
-        return ApertiumTranslator(**kwargs)
-    if kind == "self":
-        if lm is None:
-            raise UsageError("self-translation needs the model; pass lm")
-        return SelfTranslator(lm, **kwargs)
-    raise UsageError(f"unknown translator {kind!r}; choose apertium or self (gmt is not a translator)")
 
 
 def supported_langs(kind: str, task: str, langs: Sequence[str]) -> dict[str, str | None]:
@@ -399,12 +158,13 @@ def supported_langs(kind: str, task: str, langs: Sequence[str]) -> dict[str, str
         elif kind == "apertium":
             out[lang] = None if lang in pairs else f"apertium has no {lang}-eng pair (installed: {' '.join(sorted(pairs)) or 'none'})"
         elif kind == "gmt":
-            from ..evaluation.tasks import xcopa
+            from ..evaluation.tasks import get_task
 
-            if task != "xcopa":
-                out[lang] = "Google-MT English exists only for XCOPA"
+            hints = get_task(task).baselines
+            if hints.english_reference is None:
+                out[lang] = f"{task} ships no English translation of its items (XCOPA's Google-MT English does)"
             else:
-                out[lang] = None if lang in xcopa.GMT_LANGS else f"XCOPA data-gmt has no {lang}"
+                out[lang] = None if lang in hints.english_reference_langs else f"{task}'s English reference has no {lang}"
         else:
             out[lang] = None
     return out
@@ -463,7 +223,7 @@ def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str
     from ..evaluation.runner import evaluate
     from ..evaluation.tasks import get_task
 
-    task = get_task(task).NAME
+    task = get_task(task).name
     fields = translated_fields(task)
     if translator not in TRANSLATORS:
         raise UsageError(f"unknown translator {translator!r}; choose one of {', '.join(TRANSLATORS)}")
@@ -486,7 +246,7 @@ def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str
     items = [it for lang in use if lang != anchor for it in mod.load_items(data_dir, lang, split, limit)]
     tr_obj = None
     if translator == "gmt":
-        done = gmt_items(items, data_dir)
+        done = gmt_items(items, data_dir, task)
         ids = {lang: "gmt (XCOPA data-gmt)" for lang in use if lang != anchor}
     else:
         tr_obj = make_translator(translator, lm, **dict(translator_options or {}))

@@ -64,7 +64,7 @@ def task_langs(task: str, anchor: str = "en") -> list[str]:
     from ..data.langs import normalize_lang
     from ..evaluation.tasks import get_task
 
-    langs = list(get_task(task).LANGS)
+    langs = list(get_task(task).langs)
     anchor = normalize_lang(anchor)
     return ([anchor] if anchor in langs else []) + [lang for lang in langs if lang != anchor]
 

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 from ..errors import UsageError
 from . import runner as R
-from .tasks import get_task
+from .config import EvalConfig
+from .tasks import TaskSpec, get_task
 from .sweep import NO_STEERING, SELECT_MODES, UNSTEERED, chosen_intervention
 
 
@@ -48,7 +49,7 @@ def selection_summary(record: dict[str, Any], mode: str, langs: Sequence[str], a
     return out
 
 
-def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task: str, seed: int, n_boot: int,
+def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task: TaskSpec, seed: int, n_boot: int,
            infos: dict[str, Any]) -> dict[str, Any]:
     """One result from group results (each language taken from the group that evaluated it)."""
     per_lang: dict[str, Any] = {}
@@ -69,10 +70,12 @@ def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task:
     return out
 
 
-def evaluate_selection(lm: Any, task: str, langs: Sequence[str], make_intervention: Callable[[int, float], Any],
-                       record: dict[str, Any], mode: str = "global", **eval_kw: Any) -> dict[str, Any]:
-    """Evaluate the sweep's choice (``record``) on ``eval_kw['split']`` (test); adds ``selection``."""
-    anchor = eval_kw.get("anchor", "en")
+def evaluate_selection(lm: Any, task: Any, langs: Sequence[str], make_intervention: Callable[[int, float], Any],
+                       record: dict[str, Any], mode: str = "global", cfg: EvalConfig | None = None,
+                       **settings: Any) -> dict[str, Any]:
+    """Evaluate the sweep's choice (``record``) on ``cfg.split`` (test); adds ``selection``."""
+    cfg = EvalConfig.of(cfg, **settings)
+    anchor = cfg.anchor
     lang_list = list(langs)
     choices = _choices(record, lang_list, anchor, mode)
     summary = selection_summary(record, mode, lang_list, anchor)
@@ -81,17 +84,16 @@ def evaluate_selection(lm: Any, task: str, langs: Sequence[str], make_interventi
         groups.setdefault(c["key"] if c.get("steer", True) else UNSTEERED, []).append(lang)
     if len(groups) <= 1:
         choice = next(iter(choices.values()), {"steer": False})
-        res = R.evaluate(lm, task, lang_list, interventions=chosen_intervention(make_intervention, choice), **eval_kw)
+        res = R.evaluate(lm, task, lang_list, chosen_intervention(make_intervention, choice), cfg)
         res["selection"] = summary
         return res
     parts, infos = [], {}
     for key, members in groups.items():
         iv = chosen_intervention(make_intervention, choices[members[0]])
         group_langs = ([anchor] if anchor in lang_list else []) + members
-        part = R.evaluate(lm, task, group_langs, interventions=iv, **eval_kw)
+        part = R.evaluate(lm, task, group_langs, iv, cfg)
         parts.append(part)
         infos.update({lang: part["intervention"] for lang in members})
-    seed, n_boot = eval_kw.get("seed", 0), eval_kw.get("n_boot", 2000)
-    res = _merge(parts, lang_list, anchor, get_task(task).NAME, seed, n_boot, infos)
+    res = _merge(parts, lang_list, anchor, get_task(task), cfg.seed, cfg.n_boot, infos)
     res["selection"] = summary
     return res

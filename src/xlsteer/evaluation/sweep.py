@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import UsageError
 from ..results import SWEEP, VERSION
 from . import runner as R
+from .config import EvalConfig
 
 SELECTION_RULE = (
     "max main metric on the dev split over the steered configurations and the unsteered model (alpha 0); "
@@ -142,36 +143,10 @@ def _unsteered_entry(baseline: dict[str, Any]) -> dict[str, Any]:
             "per_lang": baseline["per_lang"], "average": baseline["average"]}
 
 
-def sweep(
-    lm: Any,
-    task: str,
-    langs: str | Sequence[str],
-    make_intervention: Callable[[int, float], Any] | None = None,
-    *,
-    intervention: Any = None,
-    layers: Sequence[int] | None = None,
-    alphas: Sequence[float] = (0.5, 1.0, 2.0),
-    split: str = "dev",
-    limit: int | None = None,
-    anchor: str = "en",
-    data_dir: str | os.PathLike | None = None,
-    template: Any = None,
-    seed: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    calibrate: bool = False,
-    positions: str | None = None,
-    batch_size: int = 8,
-    max_length: int = 2048,
-    n_boot: int = 2000,
-    template_options: dict[str, Any] | None = None,
-    source: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluate a layers x alphas grid and the unsteered model on ``split`` (dev); select the best
-    (possibly "no steering", see the module docstring)."""
-    from .engine import Engine
-
-    if split == "test":
-        raise UsageError("a sweep selects hyper-parameters and must not see test items; use --split dev")
+def _grid(lm: Any, make_intervention: Callable[[int, float], Any] | None, intervention: Any,
+          layers: Sequence[int] | None, source: dict[str, Any] | None
+          ) -> tuple[Callable[[int, float], Any], list[int], dict[str, Any] | None]:
+    """(make_intervention, layers to try, source record) from either way of giving the grid."""
     if (make_intervention is None) == (intervention is None):
         raise UsageError("give exactly one of make_intervention or intervention")
     if intervention is not None:
@@ -192,61 +167,77 @@ def sweep(
         grid_layers = list(layers)
     if not grid_layers:
         raise UsageError("no layers to sweep; give at least one layer")
-    from ..interventions.base import default_positions
+    return make_intervention, grid_layers, source
 
-    positions = default_positions(make_intervention(grid_layers[0], 1.0), positions)
+
+def sweep_config(task: Any, cfg: EvalConfig | None = None, **settings: Any) -> EvalConfig:
+    """The settings of a sweep: the task's dev split unless another non-test split is given."""
+    from .tasks.spec import get_task
+
+    spec = get_task(task)
+    split = settings.pop("split", None) or (cfg.split if cfg is not None and cfg.split != "test" else None)
+    if split is None:
+        if spec.dev_split is None:
+            raise UsageError(f"task {spec.name} has no dev split, so it cannot be swept without seeing test items; "
+                             "declare one (a dev item range in the task spec) or evaluate without a sweep")
+        split = spec.dev_split
+    if split == "test":
+        raise UsageError("a sweep selects hyper-parameters and must not see test items; use --split dev")
+    return EvalConfig.of(cfg, split=split, **settings)
+
+
+def _selection(baseline: dict, entries: list[dict], lang_list: list[str], anchor: str, main: str,
+               tie: str | None) -> dict[str, Any]:
+    non_anchor = [lang for lang in lang_list if lang != anchor] or lang_list
+    candidates = [_unsteered_entry(baseline), *entries]
+    best = _best(candidates, non_anchor, main, tie)
+    b_main, _ = _score(baseline["per_lang"], non_anchor, main, tie)
+    best["baseline_main"] = b_main
+    best["gain_over_baseline"] = best["main"] - b_main
+    return {"best": best, "best_steered": _best(entries, non_anchor, main, tie),
+            "best_per_lang": {lang: _best(candidates, [lang], main, tie) for lang in lang_list if lang != anchor}}
+
+
+def sweep(lm: Any, task: Any, langs: str | Sequence[str], make_intervention: Callable[[int, float], Any] | None = None,
+          *, intervention: Any = None, layers: Sequence[int] | None = None, alphas: Sequence[float] = (0.5, 1.0, 2.0),
+          cfg: EvalConfig | None = None, source: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+    """Evaluate a layers x alphas grid and the unsteered model on the dev split; select the best
+    (possibly "no steering", see the module docstring). ``cfg``/``settings``: as for
+    :func:`~xlsteer.evaluation.runner.evaluate` (the split defaults to the task's dev split)."""
+    from ..interventions.base import default_positions
+    from .engine import Engine
+
+    cfg = sweep_config(task, cfg, **settings)
+    make_intervention, grid_layers, source = _grid(lm, make_intervention, intervention, layers, source)
+    cfg = cfg.replace(positions=default_positions(make_intervention(grid_layers[0], 1.0), cfg.positions))
     alpha_list = [float(a) for a in alphas]
     if not alpha_list:
         raise UsageError("no alphas to sweep; give at least one, e.g. 0.5,1,2")
-    lang_list = R._langs(langs)
-    engine = Engine(lm, batch_size=batch_size, cache_dir=cache_dir, max_length=max_length, progress_desc="sweep")
-    common = dict(split=split, limit=limit, anchor=anchor, data_dir=data_dir, template=template, seed=seed,
-                  calibrate=calibrate, positions=positions, n_boot=n_boot, template_options=template_options,
-                  engine=engine)
-
-    baseline = R.evaluate(lm, task, lang_list, **common)
+    lang_list = R.parse_langs(langs)
+    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length,
+                    progress_desc="sweep")
+    baseline = R.evaluate(lm, task, lang_list, cfg=cfg, engine=engine)
     entries: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     for layer in grid_layers:
         for alpha in alpha_list:
-            res = R.evaluate(lm, task, lang_list, interventions=make_intervention(layer, alpha), **common)
+            res = R.evaluate(lm, task, lang_list, make_intervention(layer, alpha), cfg, engine=engine)
             if not info:
                 info = {k: res[k] for k in ("task", "split", "template", "model", "data", "item_ids", "metrics")}
             entries.append({"layer": layer, "alpha": alpha, "key": _key(layer, alpha),
                             "intervention": res["intervention"], "per_lang": res["per_lang"],
                             "average": res["average"]})
-    main = info["metrics"]["main"]
-    tie = info["metrics"]["tie_break"]
-    non_anchor = [lang for lang in lang_list if lang != anchor] or lang_list
-    candidates = [_unsteered_entry(baseline), *entries]
-    per_lang_best = {lang: _best(candidates, [lang], main, tie) for lang in lang_list if lang != anchor}
-    best = _best(candidates, non_anchor, main, tie)
-    b_main, b_tie = _score(baseline["per_lang"], non_anchor, main, tie)
-    best["baseline_main"] = b_main
-    best["gain_over_baseline"] = best["main"] - b_main
-    out: dict[str, Any] = {
-        "format": SWEEP,
-        "version": VERSION,
-        **info,
-        "langs": lang_list,
-        "anchor": anchor,
-        "split": split,
-        "selected_on_split": split,
-        "limit": limit,
-        "seed": seed,
-        "positions": positions,
-        "calibrate": bool(calibrate),
-        "source": source or {"kind": "callable"},
-        "grid": {"layers": grid_layers, "alphas": alpha_list},
-        "selection_rule": SELECTION_RULE,
-        "results": entries,
-        "best": best,
-        "best_steered": _best(entries, non_anchor, main, tie),
-        "best_per_lang": per_lang_best,
+    chosen = _selection(baseline, entries, lang_list, cfg.anchor, info["metrics"]["main"],
+                        info["metrics"]["tie_break"])
+    return {
+        "format": SWEEP, "version": VERSION, **info, "langs": lang_list, "anchor": cfg.anchor, "split": cfg.split,
+        "selected_on_split": cfg.split, "limit": cfg.limit, "seed": cfg.seed, "positions": cfg.positions,
+        "calibrate": bool(cfg.calibrate), "source": source or {"kind": "callable"},
+        "grid": {"layers": grid_layers, "alphas": alpha_list}, "selection_rule": SELECTION_RULE,
+        "results": entries, **chosen,
         "baseline": {"per_lang": baseline["per_lang"], "average": baseline["average"]},
         "versions": R.versions(),
     }
-    return out
 
 
 def chosen_intervention(make_intervention: Callable[[int, float], Any], choice: dict[str, Any]) -> Any:

@@ -37,6 +37,7 @@ naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -78,6 +79,9 @@ class Request:
     labels: tuple[str, ...] = ()
     max_new_tokens: int = 0
     stop: tuple[str, ...] = ()
+    #: "Multiple input" choice (Winograd-style): one context per choice, one shared continuation
+    #: ``choices[0]``; choice i is scored as log P(choices[0] | contexts[i]).
+    contexts: tuple[str, ...] = ()
 
 
 def _field(item: Any, name: str, template: str) -> Any:
@@ -108,6 +112,8 @@ class Template:
     description: str
     options: Mapping[str, Any] = field(default_factory=dict)
     _render: Callable[["Template", Any, Sequence[Any]], Request] | None = None
+    #: The text fields a content-free (calibration) input sets to "N/A" (label templates).
+    content_free_fields: tuple[str, ...] = ()
 
     def render(self, item: Any, exemplars: Sequence[Any] = ()) -> Request:
         """The request for ``item`` (``exemplars``: few-shot items, only used by MGSM)."""
@@ -124,7 +130,7 @@ class Template:
             )
         merged = {**self.options, **{k: v for k, v in options.items() if v is not None}}
         _check_options(self.name, merged)
-        return Template(self.name, self.task, self.version, self.kind, self.description, merged, self._render)
+        return dataclasses.replace(self, options=merged)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready identity of the template (name, version, options): goes into results and cache keys."""
@@ -132,13 +138,14 @@ class Template:
                 "options": dict(self.options)}
 
     def content_free(self, lang: str) -> Request:
-        """XNLI calibration input: the same prompt with premise and hypothesis "N/A"."""
-        if self.task != "xnli":
-            raise UsageError(f"calibration is only defined for label templates (xnli), not '{self.name}'")
+        """Calibration input: the same prompt with every text field "N/A" (label templates)."""
+        if self.kind != "label" or not self.content_free_fields:
+            raise UsageError(f"calibration is only defined for label templates with content-free fields, "
+                             f"not '{self.name}'")
         from .tasks.base import Item
 
         item = Item(id="content-free", lang=lang, split="none",
-                    fields={"premise": "N/A", "hypothesis": "N/A"}, answer=0)
+                    fields={f: "N/A" for f in self.content_free_fields}, answer=0)
         return self.render(item)
 
 
@@ -219,13 +226,14 @@ def _xquad(t: Template, item: Any, exemplars: Sequence[Any]) -> Request:
     return Request(kind="generate", prompt=prompt, max_new_tokens=int(t.options["max_new_tokens"]), stop=("\n",))
 
 
+#: The built-in tasks' templates by name; each task's TaskSpec lists its own (the first is its default).
 TEMPLATES: dict[str, Template] = {
     "xcopa": Template("xcopa", "xcopa", "1", "choice",
                       "lm-eval XCOPA: premise + connector in the item's language; choices lower-cased",
                       {}, _xcopa),
     "xnli": Template("xnli", "xnli", "1", "label",
                      "CLAS format: premise, hypothesis, options 0/1/2, 'Answer:'; argmax over '0','1','2'",
-                     {}, _xnli),
+                     {}, _xnli, content_free_fields=("premise", "hypothesis")),
     "mgsm-direct": Template("mgsm-direct", "mgsm", "1", "generate",
                             "'Question: ...\\nAnswer:' with k exemplars (their final number)",
                             {"style": "direct", "k": 0, "exemplar_lang": "same", "max_new_tokens": 32}, _mgsm),
@@ -237,20 +245,20 @@ TEMPLATES: dict[str, Template] = {
                       {"max_new_tokens": 32}, _xquad),
 }
 
-DEFAULT_TEMPLATE: dict[str, str] = {"xcopa": "xcopa", "xnli": "xnli", "mgsm": "mgsm-direct", "xquad": "xquad"}
+def get_template(task: Any, name: str | Template | None = None, **options: Any) -> Template:
+    """The template ``name`` of ``task`` (a task name or TaskSpec; default: the task's first template).
 
+    A Template object is checked to belong to the task; ``options`` (None values ignored) are
+    applied with :meth:`Template.with_options`.
+    """
+    from .tasks.spec import get_task
 
-def get_template(task: str, name: str | Template | None = None, **options: Any) -> Template:
-    """The template ``name`` (default: the task's default), checked to belong to ``task``."""
+    spec = get_task(task)
     if isinstance(name, Template):
         tpl = name
     else:
-        key = DEFAULT_TEMPLATE.get(task) if name is None else str(name)
-        if key is None or key not in TEMPLATES:
-            names = ", ".join(n for n, t in TEMPLATES.items() if t.task == task) or ", ".join(TEMPLATES)
-            raise UsageError(f"unknown template {name!r} for task {task!r}; choose one of {names}")
-        tpl = TEMPLATES[key]
-    if tpl.task != task:
-        raise UsageError(f"template '{tpl.name}' is for task {tpl.task}, not {task}; choose a {task} template")
+        tpl = spec.template(None if name is None else str(name))
+    if tpl.task != spec.name:
+        raise UsageError(f"template '{tpl.name}' is for task {tpl.task}, not {spec.name}; choose a {spec.name} template")
     opts = {k: v for k, v in options.items() if v is not None}
     return tpl.with_options(**opts) if opts else tpl

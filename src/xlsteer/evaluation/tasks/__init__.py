@@ -1,5 +1,13 @@
-"""Evaluation task items and splits (mgsm, xcopa, xnli, xquad); see :mod:`.base`."""
+"""Evaluation tasks: the :class:`TaskSpec` record, its registry, and the built-in benchmarks.
 
-from .base import TASK_NAMES, TASKS, Item, get_task
+A task is declared once, as a :class:`TaskSpec` (see :mod:`.spec`); the built-ins (mgsm, xcopa,
+xnli, xquad) are one module each. :func:`resolve_task` also accepts user benchmarks:
+``lmeval:NAME[,NAME...]`` and the path of a JSONL task spec (``.yaml``).
+"""
 
-__all__ = ["Item", "TASKS", "TASK_NAMES", "get_task"]
+from .base import Item
+from .spec import (BaselineHints, FewShot, Metric, Scored, TaskSpec, get_task, register_task, resolve_task,
+                   task_names, unregister_task)
+
+__all__ = ["BaselineHints", "FewShot", "Item", "Metric", "Scored", "TaskSpec", "get_task", "register_task",
+           "resolve_task", "task_names", "unregister_task"]

@@ -1,29 +1,24 @@
-"""Evaluation items and the task registry.
+"""Evaluation items and the file readers the task modules share.
 
-Every task module (mgsm, xcopa, xnli, xquad) exposes ``NAME``, ``LANGS``, ``SPLITS``,
-``load_items(data_dir, lang, split, limit=None) -> list[Item]`` and
+Every built-in task module (mgsm, xcopa, xnli, xquad) declares its :class:`~.spec.TaskSpec`,
+whose ``load_items(data_dir, lang, split, limit=None) -> list[Item]`` and
 ``data_files(lang, split) -> list[str]`` (paths relative to the data dir, for
-:func:`xlsteer.data.paths.data_hash`). Splits follow METHODS.md section 5 and are fixed by
-position or id, so an item's ``id`` is identical in every language: scores can be paired
-across languages and methods item by item.
+:func:`xlsteer.data.paths.data_hash`) read the data. Splits follow METHODS.md section 5 and are
+fixed by position or id, so an item's ``id`` is identical in every language: scores can be
+paired across languages and methods item by item.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from ...data.langs import normalize_lang
 from ...data.paths import data_dir as _resolve_data_dir
 from ...errors import DataError, LanguageError, UsageError
-
-TASK_NAMES = ("mgsm", "xcopa", "xnli", "xquad")
 
 
 @dataclass(frozen=True)
@@ -35,32 +30,6 @@ class Item:
     split: str
     fields: dict
     answer: Any
-
-
-class _Registry(Mapping):
-    """name -> task module, imported on first use (keeps ``import xlsteer`` cheap)."""
-
-    def __getitem__(self, name: str) -> ModuleType:
-        if name not in TASK_NAMES:
-            raise KeyError(name)
-        return importlib.import_module(f"{__package__}.{name}")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(TASK_NAMES)
-
-    def __len__(self) -> int:
-        return len(TASK_NAMES)
-
-
-TASKS: Mapping[str, ModuleType] = _Registry()
-
-
-def get_task(name: str) -> ModuleType:
-    """The task module for ``name`` (mgsm, xcopa, xnli, xquad)."""
-    key = str(name).strip().lower()
-    if key not in TASK_NAMES:
-        raise UsageError(f"unknown task {name!r}; available: {' '.join(TASK_NAMES)}")
-    return TASKS[key]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import re
 
 from ...errors import DataError
 from .base import Item, check_limit, check_split, read_json, read_lines, resolve_lang, root_dir, take
+from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec, register_task
 
 NAME = "mgsm"
 LANGS = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
@@ -103,3 +104,59 @@ def load_items(data_dir: str | os.PathLike | None, lang: str, split: str, limit:
         items.append(Item(id=f"mgsm/{i}", lang=lang, split=split,
                           fields={"question": parts[0], "answer_text": parts[1].strip()}, answer=ans))
     return take(items, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# the task
+
+
+def _few_shot(template: object, lang: str, data_dir: str | os.PathLike | None) -> tuple[list[Item], str | None]:
+    """The template's k exemplars: the 8 train exemplars in the item's language or a fixed one."""
+    from ...data.langs import normalize_lang
+
+    options = getattr(template, "options", {})
+    if int(options.get("k", 0)) == 0:
+        return [], None
+    ex_lang = options.get("exemplar_lang", "same")
+    ex_lang = lang if ex_lang == "same" else normalize_lang(ex_lang)
+    return load_exemplars(data_dir, ex_lang), ex_lang
+
+
+def _score(item: Item, text: str) -> Scored:
+    from .. import metrics as M
+
+    em = float(M.mgsm_exact_match(text, item.answer, item.lang))
+    return Scored(prediction=M.extract_number(text, item.lang), correct=bool(em), scores={"em": em})
+
+
+def _answer_text(item: Item, template: object) -> str:
+    """The gold answer after the prompt: the chain of thought for CoT templates, else the number."""
+    if getattr(template, "options", {}).get("style") == "cot" and "cot" in item.fields:
+        return " " + item.fields["cot"].strip()
+    return " " + str(item.answer)
+
+
+def _spec() -> TaskSpec:
+    from ..templates import TEMPLATES
+
+    return TaskSpec(
+        name=NAME, description="grade-school math word problems; exact match of the final number",
+        langs=LANGS, splits={"train": "the 8 exemplars (mgsm_exemplars.json)", "dev": "items 0-49",
+                             "test": "items 50-249"},
+        load_items=load_items, data_files=data_files,
+        templates=(TEMPLATES["mgsm-direct"], TEMPLATES["mgsm-cot"]),
+        metrics=(Metric("em", "binary"),), main="em", tie_break=None, score=_score,
+        few_shot=FewShot(_few_shot, (EXEMPLARS_FILE,)),
+        baselines=BaselineHints(
+            icl_split="train", icl_k=4, icl_separator="\n\n", train_split="train",
+            train_note="MGSM has no training set: the 8 exemplars per language are the training data",
+            answer_text=_answer_text, translate_fields=("question",),
+            instructions=(
+                "Solve the math word problem and answer with the final number only.",
+                "Read the problem carefully, compute the result, and give the number.",
+                "The problem may be in any language. Solve it as you would in English and answer with a number.",
+            )),
+    )
+
+
+SPEC = register_task(_spec())

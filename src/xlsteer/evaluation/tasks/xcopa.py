@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ...errors import DataError, LanguageError
 from .base import Item, check_limit, check_split, read_jsonl, resolve_lang, root_dir, take
+from .spec import BaselineHints, Metric, TaskSpec, register_task
 
 NAME = "xcopa"
 SOURCE_LANGS = ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh")
@@ -117,3 +118,39 @@ def load_items(data_dir: str | os.PathLike | None, lang: str, split: str, limit:
     recs = _read(path, split)
     ref = recs if lang == QUESTION_LANG else _read(root / _rel("data", QUESTION_LANG, split), split)
     return take(_items(recs, ref, lang, split, path), limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# the task
+
+
+def _polish_translation(field: str, text: str) -> str:
+    """The template drops the premise's final character (its full stop): give a translation one."""
+    if field == "premise" and text and text[-1] not in ".!?。":
+        return text + "."
+    return text
+
+
+def _spec() -> TaskSpec:
+    from ..templates import TEMPLATES
+
+    return TaskSpec(
+        name=NAME, description="causal commonsense: the more plausible cause or effect of a premise (2 choices)",
+        langs=LANGS, splits={"dev": "upstream val (100 items)", "test": "upstream test (500 items)"},
+        load_items=load_items, data_files=data_files, templates=(TEMPLATES["xcopa"],),
+        metrics=(Metric("acc", "binary"), Metric("acc_norm", "binary")), main="acc", tie_break="margin",
+        baselines=BaselineHints(
+            icl_split="dev", icl_k=4, icl_separator="\n", train_split="dev",
+            train_note="XCOPA has no train split: the 100 dev (val) items per language are the training data",
+            translate_fields=("premise", "choice1", "choice2"), polish_translation=_polish_translation,
+            english_reference=load_gmt_english, english_reference_langs=GMT_LANGS,
+            instructions=(
+                "Complete the sentence with the most plausible cause or effect.",
+                "Read the sentence and continue it in the way that makes the most sense.",
+                "The following text may be in any language. Think about its meaning in English and complete it "
+                "sensibly.",
+            ), instruction_separator="\n"),
+    )
+
+
+SPEC = register_task(_spec())

@@ -12,6 +12,7 @@ import os
 
 from ...errors import DataError
 from .base import Item, check_limit, check_split, read_lines, resolve_lang, root_dir, take
+from .spec import BaselineHints, Metric, TaskSpec, register_task
 
 NAME = "xnli"
 LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
@@ -50,3 +51,29 @@ def load_items(data_dir: str | os.PathLike | None, lang: str, split: str, limit:
                           fields={"premise": parts[0], "hypothesis": parts[1], "label_name": label},
                           answer=LABEL_IDS[label]))
     return take(items, limit)
+
+
+def _spec() -> TaskSpec:
+    from ..templates import TEMPLATES
+
+    return TaskSpec(
+        name=NAME, description="natural language inference (entailment / neutral / contradiction)",
+        langs=LANGS, splits={"train": "dev file items 200-1489", "dev": "dev file items 0-199",
+                             "test": "dev file items 1490-2489 (held out; the upstream test labels are not used)"},
+        load_items=load_items, data_files=data_files, templates=(TEMPLATES["xnli"],),
+        metrics=(Metric("acc", "binary"), Metric("macro_f1", "macro_f1", n_labels=len(LABELS))),
+        main="acc", tie_break="margin",
+        baselines=BaselineHints(
+            icl_split="train", icl_k=4, icl_separator="\n\n", train_split="train",
+            train_note="XNLI train = items 200-1489 of the labelled dev file (METHODS.md section 5)",
+            translate_fields=("premise", "hypothesis"),
+            instructions=(
+                "Decide whether the premise entails the hypothesis (0), is neutral to it (1), or contradicts it (2).",
+                "Read both sentences carefully and answer with the number of the correct relation.",
+                "The sentences may be in any language. Understand them as if they were in English, then answer "
+                "0, 1 or 2.",
+            )),
+    )
+
+
+SPEC = register_task(_spec())

@@ -15,6 +15,7 @@ import os
 
 from ...errors import DataError
 from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir, take
+from .spec import BaselineHints, Metric, Scored, TaskSpec, register_task
 
 NAME = "xquad"
 LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
@@ -69,3 +70,47 @@ def load_items(data_dir: str | os.PathLike | None, lang: str, split: str, limit:
     except (KeyError, TypeError, ValueError):
         raise DataError(f"file {path} is not SQuAD v1.1 JSON (data/paragraphs/qas/answers); restore it from the shared data") from None
     return take(items, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# the task
+
+
+def _score(item: Item, text: str) -> Scored:
+    from .. import metrics as M
+
+    pred = text.strip()
+    f1 = float(M.squad_f1(pred, item.answer, item.lang))
+    em = float(M.squad_em(pred, item.answer, item.lang))
+    return Scored(prediction=pred, correct=bool(em), scores={"f1": f1, "em": em})
+
+
+def _answer_text(item: Item, template: object) -> str:
+    return " " + str(item.answer[0])
+
+
+def _spec() -> TaskSpec:
+    from ..templates import TEMPLATES
+
+    return TaskSpec(
+        name=NAME, description="extractive question answering over a paragraph (SQuAD F1 / EM)",
+        langs=LANGS, splits={"dev": "articles 0-4", "test": "articles 10-47 (5-9 are parallel text for fitting)"},
+        load_items=load_items, data_files=data_files, templates=(TEMPLATES["xquad"],),
+        metrics=(Metric("f1", "continuous"), Metric("em", "binary")), main="f1", tie_break="em",
+        score=_score, comparable_predictions=False,  # the answers are text in each language
+        baselines=BaselineHints(
+            icl_split="dev", icl_k=2, icl_separator="\n\n", train_split="dev",
+            train_note="XQuAD has no train split: the dev articles 0-4 are the training data",
+            answer_text=_answer_text,
+            translate_unsupported="translate-test on XQuAD needs the English answer span projected back onto the "
+                                  "source-language context (the gold answers are spans of it); xlsteer does not "
+                                  "implement answer projection",
+            instructions=(
+                "Answer the question with a short phrase copied from the context.",
+                "Find the answer to the question in the context and write it exactly as it appears.",
+                "The text may be in any language. Answer with the exact words from the context.",
+            )),
+    )
+
+
+SPEC = register_task(_spec())

@@ -1,0 +1,151 @@
+"""From rendered requests to per-item records, one function per request kind.
+
+Why here and not in each task: every task of a kind is scored the same way (the same
+log-likelihood rule as lm-eval for choices, argmax over label tokens for labels), so a new
+task declares its kind and never re-implements scoring; generation tasks bring their own
+``TaskSpec.score`` (a number, an exact string, SQuAD F1...).
+
+Each record holds: id, lang, gold, prediction, correct, ``scores`` (the per-item value of every
+metric and continuous score of the task) and what the model produced (per-choice log-probs,
+the label log-probs, or the generated text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import metrics as M
+from .tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class ScoringCall:
+    """What every engine call of one evaluation shares: the edit and the cache scope."""
+
+    interventions: Any
+    positions: str | None
+    anchor: str | None
+    scope: dict[str, Any]
+
+    def kwargs(self, keys: Sequence[str]) -> dict[str, Any]:
+        return dict(interventions=self.interventions, positions=self.positions, anchor=self.anchor,
+                    keys=list(keys), scope=self.scope)
+
+
+def softmax(lp: Sequence[float]) -> list[float]:
+    a = np.asarray(lp, dtype=np.float64)
+    e = np.exp(a - a.max())
+    return (e / e.sum()).tolist()
+
+
+def _json_gold(answer: Any) -> Any:
+    if isinstance(answer, (list, tuple)):
+        return list(answer)
+    if isinstance(answer, (bool, np.bool_)):
+        return bool(answer)
+    if isinstance(answer, (int, np.integer)):
+        return int(answer)
+    return answer
+
+
+def _choice_results(engine: Any, reqs: Sequence[Any], langs: Sequence[str], keys: Sequence[str],
+                    call: ScoringCall) -> list[list[tuple]]:
+    """Per request, one (logprob, n_tokens, n_chars, is_greedy) per choice; "multiple input"
+    requests (one context per choice) are scored as one single-continuation request per context."""
+    flat: list[tuple[str, list[str]]] = []
+    flat_langs: list[str] = []
+    flat_keys: list[str] = []
+    spans: list[tuple[int, int, bool]] = []
+    for req, lang, key in zip(reqs, langs, keys):
+        start = len(flat)
+        if req.contexts:
+            for i, ctx in enumerate(req.contexts):
+                flat.append((ctx, [req.choices[0]]))
+                flat_langs.append(lang)
+                flat_keys.append(f"{key}#{i}")
+        else:
+            flat.append((req.context, list(req.choices)))
+            flat_langs.append(lang)
+            flat_keys.append(key)
+        spans.append((start, len(flat), bool(req.contexts)))
+    out = engine.loglikelihood(flat, flat_langs, **call.kwargs(flat_keys))
+    return [[r[0] for r in out[a:b]] if multi else list(out[a]) for a, b, multi in spans]
+
+
+def choice_records(engine: Any, items: Sequence[Any], reqs: Sequence[Any], keys: Sequence[str],
+                   call: ScoringCall) -> list[dict[str, Any]]:
+    """Summed log-likelihood of each choice (acc), per character (acc_norm), margin and p_correct.
+
+    With a single continuation (lm-eval's ``loglikelihood`` tasks) correct means the
+    continuation is the model's greedy one, and p_correct is its probability.
+    """
+    results = _choice_results(engine, reqs, [it.lang for it in items], keys, call)
+    records = []
+    for it, res in zip(items, results):
+        lp = [x[0] for x in res]
+        gold = int(it.answer)
+        if len(lp) == 1:
+            ok = bool(res[0][3])
+            margin, p_correct, pred, pred_norm = float(lp[0]), float(np.exp(lp[0])), 0 if ok else -1, 0 if ok else -1
+        else:
+            sc = M.choice_scores(np.asarray([lp]), np.asarray([gold]))
+            pred = int(sc["pred"][0])
+            pred_norm = int(np.argmax([x[0] / max(x[2], 1) for x in res]))
+            ok, margin, p_correct = bool(sc["correct"][0]), float(sc["margin"][0]), float(sc["p_correct"][0])
+        records.append({
+            "id": it.id, "lang": it.lang, "gold": gold, "prediction": pred, "prediction_norm": pred_norm,
+            "correct": ok, "logprobs": lp, "n_tokens": [x[1] for x in res], "n_chars": [x[2] for x in res],
+            "is_greedy": [x[3] for x in res], "margin": margin, "p_correct": p_correct, "probs": softmax(lp),
+            "scores": {"acc": float(ok), "acc_norm": float(pred_norm == gold) if len(lp) > 1 else float(ok),
+                       "margin": margin, "p_correct": p_correct},
+        })
+    return records
+
+
+def label_records(engine: Any, tpl: Any, items: Sequence[Any], reqs: Sequence[Any], keys: Sequence[str],
+                  call: ScoringCall, calibrate: bool) -> list[dict[str, Any]]:
+    """Argmax over the next-token log-probs of the label tokens (optionally content-free calibrated)."""
+    labels = list(reqs[0].labels)
+    row_langs = [it.lang for it in items]
+    out = engine.label_logits([r.prompt for r in reqs], labels, row_langs, **call.kwargs(keys))
+    cf: dict[str, list[float]] = {}
+    if calibrate:
+        cf_langs = sorted(set(row_langs), key=row_langs.index)
+        cf_out = engine.label_logits([tpl.content_free(lang).prompt for lang in cf_langs], labels, cf_langs,
+                                     **call.kwargs([f"{lang}/content-free" for lang in cf_langs]))
+        cf = dict(zip(cf_langs, cf_out))
+    records = []
+    for it, lp in zip(items, out):
+        score = [a - b for a, b in zip(lp, cf[it.lang])] if calibrate else list(lp)
+        sc = M.choice_scores(np.asarray([score]), np.asarray([it.answer]))
+        rec = {
+            "id": it.id, "lang": it.lang, "gold": int(it.answer), "prediction": int(sc["pred"][0]),
+            "correct": bool(sc["correct"][0]), "logprobs": list(lp),
+            "margin": float(sc["margin"][0]), "p_correct": float(sc["p_correct"][0]), "probs": softmax(score),
+            "scores": {"acc": float(sc["correct"][0]), "margin": float(sc["margin"][0]),
+                       "p_correct": float(sc["p_correct"][0])},
+        }
+        if calibrate:
+            rec["logprobs_calibrated"] = score
+            rec["content_free_logprobs"] = list(cf[it.lang])
+        records.append(rec)
+    return records
+
+
+def generation_records(engine: Any, spec: TaskSpec, items: Sequence[Any], reqs: Sequence[Any],
+                       keys: Sequence[str], call: ScoringCall) -> list[dict[str, Any]]:
+    """Greedy generation, scored by the task's own ``score`` function."""
+    assert spec.score is not None
+    r0 = reqs[0]
+    out = engine.generate([r.prompt for r in reqs], [it.lang for it in items], r0.max_new_tokens, list(r0.stop),
+                          **call.kwargs(keys))
+    records = []
+    for it, text in zip(items, out):
+        s = spec.score(it, text)
+        records.append({"id": it.id, "lang": it.lang, "gold": _json_gold(it.answer), "generated": text,
+                        "prediction": s.prediction, "correct": bool(s.correct),
+                        "scores": {k: float(v) for k, v in s.scores.items()}})
+    return records
