@@ -154,21 +154,30 @@ def _split_rules(spec: Any, present: set[str]) -> dict[str, str]:
     return {s: describe_ranges(spec.splits[s]) for s in SPLIT_NAMES if s in spec.splits}
 
 
-def _template(name: str, spec: Any) -> Any:
+def _template(name: str, spec: Any, content: str) -> Any:
+    """The task's one template; its version digests the settings and the files' bytes, because
+    the per-item cache is keyed by item id and an edited record must not reuse old scores."""
     from ..templates import Template
 
     if spec.kind == "multiple_choice":
         opts: dict[str, Any] = {"target_delimiter": spec.target_delimiter}
-        return Template("jsonl-choice", name, _digest(opts), "choice",
+        return Template("jsonl-choice", name, _digest([opts, content]), "choice",
                         "context, then target_delimiter + each choice, scored by summed log-likelihood",
                         opts, _render_choice)
     opts = {"max_new_tokens": spec.max_new_tokens, "stop": list(spec.stop)}
-    return Template("jsonl-generate", name, _digest(opts), "generate",
+    return Template("jsonl-generate", name, _digest([opts, content]), "generate",
                     f"the record's prompt, greedy, <= max_new_tokens, stop at {spec.stop!r}", opts, _render_generation)
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _content_digest(spec_bytes: bytes, files: dict[str, Path]) -> str:
+    h = hashlib.sha256(spec_bytes)
+    for lang, path in files.items():
+        h.update(lang.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def _langs(spec: Any, path: Path) -> dict[str, Path]:
@@ -211,7 +220,7 @@ def build_spec(path: str | os.PathLike) -> TaskSpec:
         splits=splits,
         load_items=partial(_load_items, data, name, tuple(splits)),
         data_files=lambda lang, split: [str(p), str(files[lang])],
-        templates=(_template(name, spec),),
+        templates=(_template(name, spec, _content_digest(raw, files)),),
         metrics=metrics,
         main=main,
         tie_break=tie,

@@ -239,6 +239,7 @@ def read_records(path: Path, spec: Any) -> list[Record]:
         raise DataError(f"file {path} is not UTF-8 (byte {e.start}); save it as UTF-8") from None
     out: list[Record] = []
     seen: dict[str, int] = {}
+    with_ids = False
     for n, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
         if not raw.strip():
             continue
@@ -249,6 +250,9 @@ def read_records(path: Path, spec: Any) -> list[Record]:
         if not isinstance(rec, dict):
             raise _bad(path, n, "expected a JSON object per line")
         index = len(out)
+        if out and ("id" in rec) != with_ids:
+            raise _bad(path, n, "some records have an 'id' and some not; give every record an id or none")
+        with_ids = "id" in rec
         rid = _record_id(rec, index, path, n)
         if rid in seen:
             raise _bad(path, n, f"id {rid!r} repeats line {seen[rid]}; give every record its own id")

@@ -1,0 +1,313 @@
+"""User tasks in the JSONL format: the spec, the records, the splits, the errors, and a full run.
+
+Every task here is written into a temporary directory by the test itself, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xlsteer.errors import DataError, LanguageError, UsageError, XlsteerError
+from xlsteer.evaluation.runner import compare_runs, evaluate
+from xlsteer.evaluation.tasks.jsonl import build_spec
+from xlsteer.evaluation.tasks.jsonl_format import describe_ranges, parse_ranges
+from xlsteer.evaluation.tasks.spec import get_task, resolve_task, unregister_task
+from xlsteer.interventions.vector import SteeringVector, vector_key
+from xlsteer.models.sites import Site
+from xlsteer.testing import tiny_model
+
+LANGS = ("en", "sw", "de")
+
+
+def mc_records(lang: str, n: int = 6) -> list[dict]:
+    return [{"context": f"[{lang}] Which colour is item {i}?", "choices": [f"red {i}", f"blue {i}", f"green {i}"],
+             "gold": i % 3} for i in range(n)]
+
+
+def gen_records(lang: str, n: int = 6) -> list[dict]:
+    return [{"prompt": f"[{lang}] What is {i} plus {i}? Answer:", "answer": 2 * i} for i in range(n)]
+
+
+def write_task(root: Path, spec: dict[str, Any], records: dict[str, list[dict]], name: str = "spec.yaml") -> Path:
+    """A spec YAML and one JSONL file per language under ``root`` (paths relative to the YAML)."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for lang, recs in records.items():
+        files[lang] = f"data/{lang}.jsonl"
+        (root / "data").mkdir(exist_ok=True)
+        (root / files[lang]).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs),
+                                        encoding="utf-8")
+    path = root / name
+    path.write_text(yaml.safe_dump({**spec, "files": spec.get("files", files)}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def mc_task(tmp_path):
+    path = write_task(tmp_path, {"name": "colours", "kind": "multiple_choice", "splits": {"dev": "0-1", "test": "2-"}},
+                      {lang: mc_records(lang) for lang in LANGS})
+    yield path
+    unregister_task("colours")
+
+
+# ---- the spec and its items ---------------------------------------------------------------------------
+
+
+def test_multiple_choice_items_pair_by_id_across_languages(mc_task):
+    [spec] = resolve_task(str(mc_task))
+    assert get_task("colours") is spec and spec.langs == LANGS and spec.kind == "choice"
+    assert spec.dev_split == "dev" and set(spec.splits) == {"dev", "test"}
+    assert spec.splits["test"] == "records 2 to the end (0-based)"
+    assert [m.name for m in spec.metrics] == ["acc", "acc_norm"] and spec.main == "acc"
+    test = {lang: spec.load_items(None, lang, "test") for lang in LANGS}
+    assert [it.id for it in test["en"]] == ["colours/2", "colours/3", "colours/4", "colours/5"]
+    assert all([it.id for it in test[lang]] == [it.id for it in test["en"]] for lang in LANGS)
+    assert [it.id for it in spec.load_items(None, "sw", "dev")] == ["colours/0", "colours/1"]
+    assert len(spec.load_items(None, "de", "test", 2)) == 2
+    req = spec.template().render(test["sw"][0])
+    assert req.kind == "choice" and req.context == "[sw] Which colour is item 2?"
+    assert req.choices == (" red 2", " blue 2", " green 2") and test["sw"][0].answer == 2
+    assert spec.source["kind"] == "jsonl" and len(spec.source["sha256"]) == 64
+    assert all(Path(f).is_absolute() for f in spec.data_files("sw", "test"))
+
+
+def test_records_with_ids_align_in_any_order(tmp_path):
+    recs = {lang: [{**r, "id": f"q{i}"} for i, r in enumerate(mc_records(lang, 4))] for lang in ("en", "sw")}
+    recs["sw"].reverse()
+    spec = build_spec(write_task(tmp_path, {"kind": "multiple_choice"}, recs, "ids.yaml"))
+    assert spec.name == "ids" and spec.dev_split is None and list(spec.splits) == ["test"]
+    en, sw = (spec.load_items(None, lang, "test") for lang in ("en", "sw"))
+    assert [it.id for it in sw] == [it.id for it in en] == ["ids/q0", "ids/q1", "ids/q2", "ids/q3"]
+    assert [it.fields["context"] for it in sw][0] == "[sw] Which colour is item 0?"
+
+
+def test_split_field_and_target_delimiter(tmp_path):
+    recs = {lang: [{**r, "part": ("dev" if i < 2 else "test" if i < 5 else "train")}
+                   for i, r in enumerate(mc_records(lang))] for lang in ("en", "sw")}
+    spec = build_spec(write_task(tmp_path, {"kind": "multiple_choice", "split_field": "part",
+                                            "target_delimiter": ""}, recs))
+    assert set(spec.splits) == {"dev", "test", "train"} and spec.baselines.icl_split == "train"
+    assert [len(spec.load_items(None, "sw", s)) for s in ("dev", "test", "train")] == [2, 3, 1]
+    assert spec.template().render(spec.load_items(None, "en", "test")[0]).choices[0] == "red 2"
+
+
+@pytest.mark.parametrize("metric, text, correct, scores", [
+    ("numeric", "It is 4.", True, {"em": 1.0}),
+    ("numeric", "It is 5.", False, {"em": 0.0}),
+])
+def test_generation_numeric(tmp_path, metric, text, correct, scores):
+    spec = build_spec(write_task(tmp_path, {"kind": "generation", "metric": metric, "max_new_tokens": 7,
+                                            "stop": ["\n", "Q:"], "splits": {"test": "0-5"}},
+                                 {lang: gen_records(lang) for lang in ("en", "sw")}))
+    item = spec.load_items(None, "sw", "test")[2]
+    req = spec.template().render(item)
+    assert req.kind == "generate" and req.max_new_tokens == 7 and req.stop == ("\n", "Q:")
+    s = spec.score(item, text)
+    assert s.correct is correct and dict(s.scores) == scores and spec.main == "em"
+
+
+def test_generation_exact_and_f1(tmp_path):
+    recs = {lang: [{"prompt": f"Capital of {c}?", "answer": a} for c, a in
+                   (("Kenya", ["Nairobi", "Nairobi City"]), ("Peru", "Lima"))] for lang in ("en", "sw")}
+    exact = build_spec(write_task(tmp_path / "a", {"kind": "generation", "metric": "exact"}, recs))
+    f1 = build_spec(write_task(tmp_path / "b", {"kind": "generation", "metric": "f1"}, recs))
+    nairobi = exact.load_items(None, "en", "test")[0]
+    assert exact.score(nairobi, " nairobi city.\n").correct
+    assert not exact.score(nairobi, "Nairobi is the capital").correct
+    s = f1.score(f1.load_items(None, "en", "test")[0], "Nairobi is the capital")
+    assert f1.main == "f1" and s.scores["em"] == 0.0 and s.scores["f1"] == pytest.approx(0.5)  # max over golds: "nairobi" vs 3 tokens
+    assert not exact.comparable_predictions and exact.baselines.translate_fields == ("prompt",)
+
+
+def test_edited_records_change_the_template_version(tmp_path):
+    recs = {lang: mc_records(lang, 3) for lang in ("en", "sw")}
+    before = build_spec(write_task(tmp_path, {"kind": "multiple_choice"}, recs)).template().version
+    recs["sw"][1]["context"] = "changed"
+    after = build_spec(write_task(tmp_path, {"kind": "multiple_choice"}, recs)).template().version
+    assert before != after
+
+
+def test_range_rules():
+    assert parse_ranges("0-49") == [(0, 49)] and parse_ranges("50-") == [(50, None)]
+    assert parse_ranges("3, 7-9") == [(3, 3), (7, 9)]
+    assert describe_ranges("0-4,9-") == "records 0-4, 9 to the end (0-based)"
+    for bad in ("a-b", "5-2", "-3", ""):
+        with pytest.raises(ValueError):
+            parse_ranges(bad)
+
+
+# ---- errors: one line naming the file, the line and the fix -------------------------------------------
+
+
+def _error(tmp_path: Path, spec: dict, records: dict, raw: dict[str, str] | None = None) -> str:
+    path = write_task(tmp_path, spec, records)
+    for rel, text in (raw or {}).items():
+        (tmp_path / rel).write_text(text, encoding="utf-8")
+    with pytest.raises(XlsteerError) as e:
+        build_spec(path)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400
+    return msg
+
+
+MC = {"kind": "multiple_choice"}
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({**MC, "splits": {"dev": "0-3", "test": "3-"}}, "the dev and test ranges overlap"),
+    ({**MC, "splits": {"dev": "0-1"}}, "declare a test split"),
+    ({**MC, "splits": {"test": "2-"}, "split_field": "s"}, "not both"),
+    ({**MC, "splits": {"test": "0-99"}}, "asks for record 99"),
+    ({"kind": "generation"}, "needs metric: numeric, exact or f1"),
+    ({**MC, "metric": "f1"}, "metric applies to generation tasks"),
+    ({**MC, "kind": "ranking"}, "kind"),
+    ({**MC, "shuffle": True}, "unknown key"),
+    ({**MC, "name": "has space"}, "name"),
+    ({**MC, "name": "xcopa"}, "is a built-in task"),
+    ({**MC, "max_new_tokens": 0}, "max_new_tokens"),
+])
+def test_spec_errors(tmp_path, spec, fragment):
+    msg = _error(tmp_path, spec, {lang: mc_records(lang) for lang in ("en", "sw")})
+    assert fragment in msg and ("spec.yaml" in msg or "en.jsonl" in msg)
+
+
+def test_spec_errors_name_the_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("kind: multiple_choice\nfiles: {en: a.jsonl}\nsplits: {test: \"x\"}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"s\.yaml line 3: splits: cannot read the range 'x'"):
+        build_spec(path)
+    path.write_text("kind: [unclosed\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"s\.yaml line \d+: .*fix the YAML"):
+        build_spec(path)
+    with pytest.raises(UsageError, match="does not exist"):
+        build_spec(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ('{"context": "c", "choices": ["a"], "gold": 0}', "at least 2 strings"),
+    ('{"context": "c", "choices": ["a", "b"], "gold": 2}', "'gold' must be the index of the right choice, 0..1"),
+    ('{"context": "c", "choices": ["a", "b"], "gold": true}', "'gold'"),
+    ('{"context": 3, "choices": ["a", "b"], "gold": 0}', "'context' must be a string"),
+    ('{"context": "c", "choices": ["a", "b"], "gold": 0, "id": 1}', "give every record an id or none"),
+    ('[1, 2]', "expected a JSON object"),
+    ('{"context": "c", ', "malformed JSON"),
+])
+def test_record_errors_name_file_and_line(tmp_path, line, fragment):
+    good = '{"context": "c", "choices": ["a", "b"], "gold": 0}\n'
+    msg = _error(tmp_path, MC, {"en": [], "sw": []}, {"data/en.jsonl": good + line + "\n", "data/sw.jsonl": good})
+    assert fragment in msg and "en.jsonl line 2" in msg
+
+
+def test_repeated_ids(tmp_path):
+    line = '{"context": "c", "choices": ["a", "b"], "gold": 0, "id": "q1"}\n'
+    msg = _error(tmp_path, MC, {"en": [], "sw": []}, {"data/en.jsonl": line + line, "data/sw.jsonl": line})
+    assert "en.jsonl line 2: id 'q1' repeats line 1" in msg
+
+
+def test_misaligned_languages(tmp_path):
+    recs = {"en": mc_records("en", 4), "sw": mc_records("sw", 3)}
+    assert "misaligned task files" in _error(tmp_path / "a", MC, recs)
+    recs = {"en": mc_records("en", 3), "sw": mc_records("sw", 3)}
+    recs["sw"][1]["gold"] = 0
+    assert "the same item must have the same gold" in _error(tmp_path / "b", MC, recs)
+    msg = _error(tmp_path / "c", {**MC, "files": {"xx-nope": "data/en.jsonl"}}, recs)
+    assert "files:" in msg
+    msg = _error(tmp_path / "d", {"kind": "generation", "metric": "numeric"},
+                 {"en": [{"prompt": "p", "answer": "no number"}]})
+    assert "'answer' must be a number" in msg
+
+
+def test_unknown_language_and_split(mc_task):
+    spec = build_spec(mc_task)
+    with pytest.raises(LanguageError):
+        spec.load_items(None, "fr", "test")
+    with pytest.raises(UsageError, match="has no split 'train'"):
+        spec.load_items(None, "en", "train")
+
+
+# ---- fuzz: malformed specs and records never give a traceback ---------------------------------------
+
+from test_fuzz_readers import FAST, LONG, mutated_bytes, mutated_json  # noqa: E402
+
+
+def _loads_or_one_line(path: Path) -> None:
+    try:
+        build_spec(path)
+    except XlsteerError as e:
+        msg = str(e).strip()
+        assert msg and "\n" not in msg and len(msg) < 1000, repr(msg)
+
+
+def _fuzz_spec(root: Path, data: Any) -> None:
+    import yaml
+
+    base = {"name": "fz", "kind": "multiple_choice", "files": {"en": "en.jsonl", "sw": "sw.jsonl"},
+            "splits": {"dev": "0-1", "test": "2-"}, "target_delimiter": " "}
+    for lang in ("en", "sw"):
+        (root / f"{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc_records(lang, 4)))
+    path = root / "fz.yaml"
+    text = yaml.safe_dump(data.draw(mutated_json(base)), allow_unicode=True)
+    path.write_bytes(data.draw(mutated_bytes(text.encode("utf-8"))) if data.draw(st.booleans()) else text.encode())
+    _loads_or_one_line(path)
+
+
+def _fuzz_records(root: Path, data: Any) -> None:
+    (root / "fz.yaml").write_text("kind: multiple_choice\nfiles: {en: en.jsonl, sw: sw.jsonl}\n"
+                                  "splits: {dev: \"0\", test: \"1-\"}\n")
+    recs = mc_records("en", 3)
+    line = data.draw(st.integers(0, 2))
+    recs[line] = data.draw(mutated_json(recs[line]))
+    raw = "".join(json.dumps(r) + "\n" for r in recs).encode()
+    (root / "en.jsonl").write_bytes(data.draw(mutated_bytes(raw)) if data.draw(st.booleans()) else raw)
+    (root / "sw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc_records("sw", 3)))
+    _loads_or_one_line(root / "fz.yaml")
+
+
+@FAST
+@given(data=st.data(), which=st.sampled_from(["spec", "records"]))
+def test_fuzz_jsonl_task(tmp_path_factory, data, which):
+    root = tmp_path_factory.mktemp("fz")
+    (_fuzz_spec if which == "spec" else _fuzz_records)(root, data)
+
+
+@pytest.mark.slow
+@pytest.mark.fuzz
+@LONG
+@given(data=st.data(), which=st.sampled_from(["spec", "records"]))
+def test_fuzz_jsonl_task_long(tmp_path_factory, data, which):
+    root = tmp_path_factory.mktemp("fz")
+    (_fuzz_spec if which == "spec" else _fuzz_records)(root, data)
+
+
+# ---- end to end: steered against unsteered, the same statistics as a built-in task ------------------
+
+
+def test_user_task_gets_paired_statistics(mc_task):
+    lm = tiny_model("llama")
+    [spec] = resolve_task(str(mc_task))
+    g = torch.Generator().manual_seed(3)
+    iv = SteeringVector(sites=[Site(1, "resid_post")],
+                        tensors={vector_key(1): 8 * torch.randn(2, lm.hidden_size, generator=g)},
+                        params={"normalize": "none"}, languages=["sw", "de"], anchor="en", strength=1.0)
+    base = evaluate(lm, "colours", list(LANGS), n_boot=200)
+    steered = evaluate(lm, "colours", list(LANGS), iv, n_boot=200)
+    assert base["task"] == "colours" and base["task_spec"]["source"]["kind"] == "jsonl"
+    assert base["per_lang"]["sw"]["n"] == 4 and base["per_lang"]["sw"]["consistency"] is not None
+    for lang in LANGS:
+        m = base["per_lang"][lang]["metrics"]["acc"]
+        assert m["ci_low"] <= m["mean"] <= m["ci_high"]
+    c = compare_runs(base, steered)
+    for lang in ("sw", "de"):
+        t = c["per_lang"][lang]["metrics"]["acc"]
+        assert 0 <= t["p"] <= t["p_holm"] <= 1 and t["mde"] > 0
+    assert c["per_lang"]["sw"]["continuous"]["margin"]["diff"] != 0.0  # the vector did act on sw
+    assert c["per_lang"]["en"]["continuous"]["margin"]["diff"] == 0.0  # and never on the anchor
