@@ -107,7 +107,7 @@ def _key_lines(text: str) -> dict[str, int]:
 
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return {}
     if not isinstance(node, yaml.MappingNode):
         return {}
