@@ -23,8 +23,8 @@ from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
 from xlsteer.testing import tiny_model
 
-TOP_LEVEL = {"task_spec", 
-    "format", "version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
+TOP_LEVEL = {
+    "task_spec", "format", "version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
     "limit", "seed", "n_boot", "calibrate", "intervention", "alpha", "metrics", "engine", "per_lang", "average",
     "items", "versions",
 }

@@ -68,19 +68,10 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     """Run the whole pipeline into ``run_dir``; returns the summary (also written as demo_summary.json)."""
     import torch
 
-    from .analysis.run import analyze
-    from .api import collect_statistics
-    from .data.corpora import load_ntrex
     from .data.paths import data_dir as resolve_data_dir
-    from .evaluation import runner as R
     from .evaluation.control import ControlConfig, run_control
-    from .evaluation.sweep import ALL_LAYERS, chosen_intervention, for_layer, sweep
-    from .interventions.clas import fit_clas
-    from .interventions.vector import fit_diffmean
     from .models.loading import load_model
-    from .models.sites import Site
     from .report import build_report
-    from .stats import Statistics
 
     cfg = cfg or DemoConfig()
     t_start = time.perf_counter()
@@ -96,8 +87,40 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     done = _stage(log, f"load {cfg.model}")
     lm = load_model(cfg.model)
     done()
+    stats = _statistics(run_dir, lm, cfg, langs, root, log)
+    vec, clas = _fit(run_dir, lm, cfg, stats, log)
+    common = dict(anchor=cfg.anchor, data_dir=str(root), seed=cfg.seed, cache_dir=str(cache_dir),
+                  batch_size=cfg.batch_size)
+    sw, sw_clas = _choose_on_dev(run_dir, lm, cfg, langs, vec, clas, common, log)
+    best_vec, best_clas = sw["best"], sw_clas["best"]
+    runs, comparisons, chosen = _evaluate_on_test(run_dir, lm, cfg, langs, vec, clas, best_vec, best_clas, common, log)
 
-    # 1. statistics (reused when the file exists for this model)
+    # 5. positive control: does steering change behaviour at all (output language)?
+    done = _stage(log, f"positive control: output language en <-> {', '.join(cfg.control_langs)}")
+    control = _control(run_dir, lm, ControlConfig(target_langs=tuple(cfg.control_langs),
+                                                  n_prompts=cfg.control_prompts, batch_size=cfg.batch_size,
+                                                  seed=cfg.seed), str(root), run_control)
+    done()
+
+    _analysis(run_dir, lm, cfg, langs, root, stats, vec, clas, sw, sw_clas, chosen, list(runs), log)
+    done = _stage(log, "report")
+    report = build_report(run_dir, run_dir / "report.html")
+    done()
+
+    wall = time.perf_counter() - t_start
+    summary = _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall)
+    summary["control"] = control
+    atomic_write_json(run_dir / "demo_summary.json", stamp(SETUP, summary))
+    return summary
+
+
+def _statistics(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: Path,
+                log: Callable[[str], None]) -> Any:
+    """1. Statistics at every ``mlp_act`` and the DiffMean ``resid_post`` sites (reused when the file fits)."""
+    from .api import collect_statistics
+    from .models.sites import Site
+    from .stats import Statistics
+
     stats_path = run_dir / "stats.safetensors"
     mlp_sites = [Site(layer, "mlp_act") for layer in range(lm.num_layers)]
     resid_sites = [Site(layer, "resid_post") for layer in cfg.diffmean_layers]
@@ -117,8 +140,14 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
                                    batch_size=cfg.batch_size, max_length=96)
         stats.save(stats_path)
     done()
+    return stats
 
-    # 2. fit
+
+def _fit(run_dir: Path, lm: Any, cfg: DemoConfig, stats: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
+    """2. DiffMean at the configured layers and CLAS at its bridge layers, saved into ``run_dir``."""
+    from .interventions.clas import fit_clas
+    from .interventions.vector import fit_diffmean
+
     done = _stage(log, "fit DiffMean and CLAS")
     vec = fit_diffmean(stats, layers=list(cfg.diffmean_layers), target_langs=list(cfg.langs), anchor=cfg.anchor,
                        meta={"model_fingerprint": lm.fingerprint, "data_hash": stats.meta.get("data_hash")})
@@ -128,17 +157,18 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     clas.save(run_dir / "clas.safetensors")
     done()
     log(f"CLAS bridge layers: {clas.layers} ({clas.params.get('bridge_rule', '')})")
+    return vec, clas
 
-    common = dict(anchor=cfg.anchor, data_dir=str(root), seed=cfg.seed, cache_dir=str(cache_dir),
-                  batch_size=cfg.batch_size)
-    eval_langs = langs
 
-    # 3. choose layer x alpha on dev only
+def _choose_on_dev(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[str], vec: Any, clas: Any,
+                   common: dict[str, Any], log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """3. The sweeps that choose DiffMean's layer x alpha and CLAS's alpha, on dev only."""
+    from .evaluation.sweep import ALL_LAYERS, sweep
+
     done = _stage(log, f"sweep DiffMean layers {list(cfg.diffmean_layers)} x alphas {list(cfg.alphas)} on dev")
     sw = sweep(lm, cfg.task, eval_langs, intervention=vec, layers=list(cfg.diffmean_layers), alphas=list(cfg.alphas),
                split="dev", limit=cfg.dev_limit, **common)
     atomic_write_json(run_dir / "sweep_diffmean.json", sw)
-    best_vec = sw["best"]
     done()
     done = _stage(log, f"choose CLAS alpha among {list(cfg.clas_alphas)} on dev")
     sw_clas = sweep(lm, cfg.task, eval_langs, intervention=clas, layers=[ALL_LAYERS], alphas=list(cfg.clas_alphas),
@@ -146,11 +176,22 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
                     source={"kind": "clas", "layers": clas.layers, "note": "CLAS acts at all its bridge layers"},
                     **common)
     atomic_write_json(run_dir / "sweep_clas.json", sw_clas)
-    best_clas = sw_clas["best"]
     done()
+    return sw, sw_clas
 
-    # 4. evaluate on test: unsteered, DiffMean (chosen layer, alpha), CLAS (chosen alpha); a method
-    #    for which the unsteered model won on dev is evaluated unsteered ("no steering")
+
+def _evaluate_on_test(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[str], vec: Any, clas: Any,
+                      best_vec: dict[str, Any], best_clas: dict[str, Any], common: dict[str, Any],
+                      log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
+    """4. Unsteered, DiffMean (chosen layer, alpha) and CLAS (chosen alpha) on test, paired against unsteered.
+
+    A method for which the unsteered model won on dev is evaluated unsteered ("no steering").
+    Returns the runs, the comparisons and the chosen ``(DiffMean, CLAS)`` interventions (None:
+    no steering).
+    """
+    from .evaluation import runner as R
+    from .evaluation.sweep import chosen_intervention, for_layer
+
     done = _stage(log, f"evaluate on {cfg.task} test ({cfg.test_limit} items per language)")
     chosen_vec = chosen_intervention(lambda layer, a: for_layer(vec, layer).with_strength(a), best_vec)
     chosen_clas = chosen_intervention(lambda layer, a: clas.with_strength(a), best_clas)
@@ -170,16 +211,21 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
             comparisons[name]["method"] = name
             atomic_write_json(run_dir / f"compare_{name}.json", comparisons[name])
     done()
+    return runs, comparisons, (chosen_vec, chosen_clas)
 
-    # 5. positive control: does steering change behaviour at all (output language)?
-    done = _stage(log, f"positive control: output language en <-> {', '.join(cfg.control_langs)}")
-    control = _control(run_dir, lm, ControlConfig(target_langs=tuple(cfg.control_langs),
-                                                  n_prompts=cfg.control_prompts, batch_size=cfg.batch_size,
-                                                  seed=cfg.seed), str(root), run_control)
-    done()
 
-    # 6. analysis on held-out parallel text (NTREX validation lines), then the report; a method
-    #    that chose "no steering" is analysed at its best steered configuration on dev
+def _analysis(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: Path, stats: Any, vec: Any,
+              clas: Any, sw: dict[str, Any], sw_clas: dict[str, Any], chosen: tuple[Any, Any],
+              run_names: list[str], log: Callable[[str], None]) -> None:
+    """6. Analysis on held-out parallel text (NTREX validation lines).
+
+    A method that chose "no steering" is analysed at its best steered configuration on dev.
+    """
+    from .analysis.run import analyze
+    from .data.corpora import load_ntrex
+    from .evaluation.sweep import for_layer
+
+    chosen_vec, chosen_clas = chosen
     done = _stage(log, "analysis (similarity, logit lens, neuron map, projections, regression)")
     held = load_ntrex(root, langs, split="validation", limit=cfg.n_analysis)
     vec_seen = sw["best_steered"]
@@ -187,19 +233,10 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     analyze(lm, run_dir, {lang: held.texts[lang] for lang in langs}, analysis_layers,
             {"diffmean": chosen_vec or for_layer(vec, vec_seen["layer"]).with_strength(vec_seen["alpha"]),
              "clas": chosen_clas or clas.with_strength(sw_clas["best_steered"]["alpha"])}, stats=stats,
-            eval_results=[run_dir / f"eval_{n}.json" for n in runs], anchor=cfg.anchor,
+            eval_results=[run_dir / f"eval_{n}.json" for n in run_names], anchor=cfg.anchor,
             batch_size=cfg.batch_size, projections=("pca", "tsne"),
             meta={"corpus": "ntrex", "split": "validation", "data_hash": held.data_hash})
     done()
-    done = _stage(log, "report")
-    report = build_report(run_dir, run_dir / "report.html")
-    done()
-
-    wall = time.perf_counter() - t_start
-    summary = _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall)
-    summary["control"] = control
-    atomic_write_json(run_dir / "demo_summary.json", stamp(SETUP, summary))
-    return summary
 
 
 def _control(run_dir: Path, lm: Any, cfg: Any, data_dir: str, run: Callable[..., dict[str, Any]]) -> dict[str, Any]:

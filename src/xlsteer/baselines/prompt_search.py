@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -95,6 +96,76 @@ def _rank_key(c: dict[str, Any]) -> tuple:
     return (-c["dev_score"], -c["dev_tie_break"], len(c["instruction"]), c["index"])
 
 
+@dataclass
+class _Pool:
+    """The scored candidates: each instruction scored once (case-insensitively) on dev, in order."""
+
+    lm: Any
+    spec: Any
+    langs: list[str]
+    targets: list[str]
+    template: Any
+    cfg: Any
+    engine: Any
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def _mean(self, res: dict[str, Any], name: str | None) -> float:
+        if name is None:
+            return 0.0
+        vals = []
+        for lang in self.targets:
+            d = res["per_lang"][lang]
+            vals.append((d["metrics"] if name in d["metrics"] else d["continuous"])[name]["mean"])
+        return float(np.mean(vals))
+
+    def score(self, instruction: str, origin: dict[str, Any]) -> None:
+        from ..evaluation.runner import evaluate
+
+        key = instruction.strip().casefold()
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        tpl = instruction_template(self.spec.name, instruction, self.template)
+        res = evaluate(self.lm, self.spec, self.langs, None, self.cfg, template=tpl, engine=self.engine)
+        per = {lang: res["per_lang"][lang]["metrics"][self.spec.main]["mean"] for lang in self.langs}
+        self.candidates.append({
+            "index": len(self.candidates), "instruction": instruction.strip(), **origin,
+            "dev_score": float(np.mean([per[lang] for lang in self.targets])),
+            "dev_tie_break": self._mean(res, self.spec.tie_break),
+            "dev_per_lang": per, "dev_n_items": res["item_ids"]["per_lang"],
+        })
+
+
+def _paraphrase_rounds(pool: _Pool, rounds: int, per_round: int, n_parents: int, propose_tokens: int,
+                       batch_size: int) -> tuple[list[dict[str, Any]], int]:
+    """Each round: the model paraphrases the best instructions; up to ``per_round`` new ones are scored."""
+    log: list[dict[str, Any]] = []
+    tokens = 0
+    for r in range(1, rounds + 1):
+        # the best non-empty instructions (the empty one has nothing to paraphrase)
+        parents = [c["instruction"] for c in sorted(pool.candidates, key=_rank_key) if c["instruction"]][:n_parents]
+        props = propose(pool.lm, parents, max_new_tokens=propose_tokens, batch_size=batch_size)
+        tokens += sum(p["prompt_tokens"] + p["generated_tokens"] for p in props)
+        added = 0
+        for p in props:
+            log.append({"round": r, **{k: p[k] for k in ("parent", "meta_prompt", "raw", "instruction")}})
+            if added >= per_round or p["instruction"] is None or p["instruction"].casefold() in pool.seen:
+                continue
+            pool.score(p["instruction"], {"source": "paraphrase", "round": r, "parent": p["parent"],
+                                          "meta_prompt": p["meta_prompt"]})
+            added += 1
+    return log, tokens
+
+
+def _seed_list(spec: Any, seeds: Sequence[str] | None, include_empty: bool) -> list[str]:
+    seed_list = list(spec.baselines.instructions if seeds is None else seeds)
+    if not seed_list and not include_empty:
+        raise UsageError(f"task {spec.name} declares no seed instructions; pass seeds=[...] "
+                         "(-O prompt-opt.seeds=...)")
+    return ["", *seed_list] if include_empty else seed_list
+
+
 def search(
     lm: Any,
     task: str,
@@ -118,84 +189,34 @@ def search(
     propose_tokens: int = 40,
 ) -> dict[str, Any]:
     """Score seeds and model-proposed paraphrases on ``split`` (dev); return the record with the best."""
+    from ..evaluation.config import EvalConfig
     from ..evaluation.engine import Engine
-    from ..evaluation.runner import evaluate
 
     if split == "test":
         raise LeakError("prompt search selects a prompt and must not score test items; use split='dev'")
     spec = get_task(task)
-    task = spec.name
     spec.check_split(split)
     for name, v in (("rounds", rounds), ("per_round", per_round), ("n_parents", n_parents)):
         if not isinstance(v, int) or v < 0:
             raise UsageError(f"{name} must be a non-negative integer, got {v!r}")
     t0 = time.perf_counter()
-    seed_list = list(spec.baselines.instructions if seeds is None else seeds)
-    if not seed_list and not include_empty:
-        raise UsageError(f"task {task} declares no seed instructions; pass seeds=[...] (or --options prompt-opt:seeds=...)")
-    if include_empty:
-        seed_list = ["", *seed_list]
-    main, tie = spec.main, spec.tie_break
+    seed_list = _seed_list(spec, seeds, include_empty)
     targets = [lang for lang in langs if lang != anchor] or list(langs)
+    cfg = EvalConfig(split=split, limit=dev_limit, anchor=anchor, data_dir=data_dir, seed=seed, n_boot=n_boot)
     engine = Engine(lm, batch_size=batch_size, cache_dir=cache_dir, max_length=max_length, progress_desc="prompt-search")
-    candidates: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    gen_tokens = 0
-
-    def score(instruction: str, origin: dict[str, Any]) -> None:
-        key = instruction.strip().casefold()
-        if key in seen:
-            return
-        seen.add(key)
-        tpl = instruction_template(task, instruction, template)
-        res = evaluate(lm, task, list(langs), split=split, limit=dev_limit, anchor=anchor, data_dir=data_dir,
-                       template=tpl, seed=seed, engine=engine, n_boot=n_boot)
-        per = {lang: res["per_lang"][lang]["metrics"][main]["mean"] for lang in langs}
-        tb = 0.0
-        if tie is not None:
-            vals = []
-            for lang in targets:
-                d = res["per_lang"][lang]
-                src = d["metrics"] if tie in d["metrics"] else d["continuous"]
-                vals.append(src[tie]["mean"])
-            tb = float(np.mean(vals))
-        candidates.append({
-            "index": len(candidates), "instruction": instruction.strip(), **origin,
-            "dev_score": float(np.mean([per[lang] for lang in targets])), "dev_tie_break": tb,
-            "dev_per_lang": per, "dev_n_items": res["item_ids"]["per_lang"],
-        })
-
+    pool = _Pool(lm, spec, list(langs), targets, template, cfg, engine)
     for s in seed_list:
-        score(s, {"source": "seed" if s else "empty", "round": 0})
-    proposals_log = []
-    for r in range(1, rounds + 1):
-        # the best non-empty instructions (the empty one has nothing to paraphrase)
-        parents = [c["instruction"] for c in sorted(candidates, key=_rank_key) if c["instruction"]][:n_parents]
-        props = propose(lm, parents, max_new_tokens=propose_tokens, batch_size=batch_size)
-        gen_tokens += sum(p["prompt_tokens"] + p["generated_tokens"] for p in props)
-        added = 0
-        for p in props:
-            proposals_log.append({"round": r, **{k: p[k] for k in ("parent", "meta_prompt", "raw", "instruction")}})
-            if added >= per_round or p["instruction"] is None or p["instruction"].casefold() in seen:
-                continue
-            score(p["instruction"], {"source": "paraphrase", "round": r, "parent": p["parent"],
-                                     "meta_prompt": p["meta_prompt"]})
-            added += 1
-    best = sorted(candidates, key=_rank_key)[0]
+        pool.score(s, {"source": "seed" if s else "empty", "round": 0})
+    proposals_log, gen_tokens = _paraphrase_rounds(pool, rounds, per_round, n_parents, propose_tokens, batch_size)
+    best = sorted(pool.candidates, key=_rank_key)[0]
     return {
-        "format": "xlsteer.prompt-search",
-        "task": task,
-        "split": split,
-        "dev_limit": dev_limit,
-        "langs": list(langs),
-        "scored_langs": targets,
-        "main": main,
-        "tie_break": tie,
+        "format": "xlsteer.prompt-search", "task": spec.name, "split": split, "dev_limit": dev_limit,
+        "langs": list(langs), "scored_langs": targets, "main": spec.main, "tie_break": spec.tie_break,
         "selection_rule": "max mean main metric over non-anchor languages on dev; ties: tie-break score, "
                           "shorter instruction, earlier candidate",
         "budget": {"seeds": len(seed_list), "rounds": rounds, "per_round": per_round, "n_parents": n_parents,
-                   "meta_prompts": list(META_PROMPTS), "candidates_scored": len(candidates)},
-        "candidates": candidates,
+                   "meta_prompts": list(META_PROMPTS), "candidates_scored": len(pool.candidates)},
+        "candidates": pool.candidates,
         "proposals": proposals_log,
         "best": {"instruction": best["instruction"], "index": best["index"], "dev_score": best["dev_score"],
                  "source": best["source"]},

@@ -17,7 +17,7 @@ import click
 from .. import signals
 from ..errors import Terminated, UsageError, XlsteerError, XlsteerWarning
 
-_COMMAND_MODULES = ("core", "data", "methods", "evaluate", "analysis", "export", "baselines", "lmeval", "demo")
+_COMMAND_MODULES = ("core", "data", "methods", "evaluate", "tasks", "analysis", "export", "baselines", "lmeval", "demo")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -9,18 +9,18 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (SEED, count, data_dir_option, load_model_from, model_options, parse_langs, spare_inputs,
-                      task_langs)
+from .options import (SEED, count, data_dir_option, langs_for, load_model_from, model_options, resolve_task_from,
+                      spare_inputs, task_options)
 
-_TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
 
 
 @click.command("compare")
 @model_options
 @data_dir_option
-@click.option("--task", required=True, type=click.Choice(_TASKS), help="Benchmark.")
-@click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh,id,it, or 'all' (the task's).")
+@task_options
+@click.option("--langs", default=None, help="Comma-separated languages, e.g. en,sw,zh,id,it, or 'all' (the task's; "
+              "the default for a user task).")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated methods, or 'all': zero-shot, icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
                    "translate-test, translate-self, translate-gmt, incline, diffmean, learned, clas, intmu.")
@@ -65,7 +65,8 @@ def compare_cmd(**kw: Any) -> None:
 
     spare_inputs([*files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), kw["translation_cache"]], [],
                  model=kw["model"], data_dir=kw["data_dir"])
-    langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
+    spec = resolve_task_from(kw)
+    langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))
     no_cache = kw.pop("no_cache")
@@ -87,7 +88,7 @@ def compare_cmd(**kw: Any) -> None:
         click.echo(f"[{name}] {status}", err=True)
 
     record = compare_methods(
-        lm, kw["task"], langs, methods, split=kw["split"], limit=kw["limit"], dev_limit=kw["dev_limit"],
+        lm, spec.name, langs, methods, split=kw["split"], limit=kw["limit"], dev_limit=kw["dev_limit"],
         fit_limit=kw["fit_limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], seed=kw["seed"],
         batch_size=kw["batch_size"], max_length=kw["max_length"], cache_dir=cache_dir,
         translation_cache=translation_cache, out_dir=out, options=options, on_method=report,

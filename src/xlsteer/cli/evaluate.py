@@ -9,10 +9,9 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_options, parse_float, parse_langs,
-                      parse_layers, spare_inputs, task_langs)
+from .options import (MAX_COUNT, SEED, count, data_dir_option, langs_for, load_model_from, model_options, parse_float,
+                      parse_layers, resolve_task_from, spare_inputs, task_options)
 
-_TASKS = ["mgsm", "xcopa", "xnli", "xquad"]
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
 
@@ -49,14 +48,16 @@ def eval_options(f):
     decorators = [
         model_options,
         data_dir_option,
-        click.option("--task", required=True, type=click.Choice(_TASKS), help="Benchmark."),
-        click.option("--langs", required=True, help="Comma-separated languages, e.g. en,sw,zh, or 'all' (the task's)."),
+        task_options,
+        click.option("--langs", default=None, help="Comma-separated languages, e.g. en,sw,zh, or 'all' (the task's; "
+                     "the default for a user task)."),
         click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered)."),
         click.option("--positions", type=click.Choice(_POSITIONS), default=None,
                      help="Which token positions the intervention edits (default: the policy the intervention "
                           "stores, e.g. last_prompt for INCLINE; else all)."),
         click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
-        click.option("--calibrate", is_flag=True, help="XNLI: subtract the label log-probs of a content-free input."),
+        click.option("--calibrate", is_flag=True, help="Label tasks (XNLI): subtract the label log-probs of a "
+                     "content-free input."),
         click.option("--template", default=None, help="Prompt template (default: the task's)."),
         click.option("--shots", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="MGSM: number of exemplars k (0-8)."),
         click.option("--exemplar-lang", default=None, help="MGSM: exemplar language ('same' or a code)."),
@@ -72,12 +73,15 @@ def eval_options(f):
     return f
 
 
-def _print_tables(doc: dict[str, Any]) -> str:
-    """The eval tables as plain text (the same tables as ``xlsteer table``, one formatter)."""
-    from ..evaluation.tables import results_tables
-    from ..results.schema import validate
+def eval_config(kw: dict[str, Any], split: str) -> Any:
+    """The EvalConfig the shared evaluation options describe."""
+    from ..evaluation.config import EvalConfig
 
-    return results_tables(validate(doc), style="text")
+    return EvalConfig(split=split, limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
+                      template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
+                      calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
+                      max_length=kw["max_length"],
+                      template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]))
 
 
 @click.command("eval")
@@ -99,68 +103,31 @@ def eval_cmd(**kw: Any) -> None:
     writes and prints.
     """
     from ..distributed import is_main_process
+    from ..evaluation.api import evaluate, evaluate_method
     from ..io import check_writable
-    from ..evaluation.runner import compare_runs, evaluate, write_results as _write
-
-    main_proc = is_main_process()
-
-    def write_results(path: Any, results: dict[str, Any]) -> None:
-        if main_proc:
-            _write(path, results)
-
-    def echo(text: str) -> None:
-        if main_proc:
-            click.echo(text)
 
     t0 = time.perf_counter()
     _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
     spare_inputs([out], [kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
-    cache_dir = _cache_dir(kw["cache_dir"], kw["no_cache"])
-    langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
-    raw_alpha = kw.pop("alpha")
-    alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
-    iv_path = kw.pop("intervention")
-    if alpha is not None and iv_path is None:
+    spec = resolve_task_from(kw)
+    langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
+    alpha = parse_float(kw["alpha"], "--alpha") if kw["alpha"] is not None else None
+    if alpha is not None and kw["intervention"] is None:
         raise UsageError("--alpha needs --intervention FILE")
+    method = kw["method"] if kw["method"] != "zero-shot" else None
+    if method is not None and kw["intervention"] is not None:
+        raise UsageError("give --method or --intervention, not both")
+    cfg = eval_config(kw, kw["split"])
     lm = load_model_from(kw)
-    args = dict(
-        split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], template=kw["template"],
-        seed=kw["seed"], cache_dir=cache_dir, calibrate=kw["calibrate"],
-        positions=kw["positions"], batch_size=kw["batch_size"], max_length=kw["max_length"],
-        template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
-    )
-    method = kw.pop("method")
-    if method is not None and method != "zero-shot":  # a baseline of xlsteer.baselines.methods
-        from ..baselines.methods import RunContext, run_method
-
-        if iv_path is not None:
-            raise UsageError("give --method or --intervention, not both")
-        ctx = RunContext(lm=lm, task=kw["task"], langs=langs, split=kw["split"], limit=kw["limit"],
-                         dev_limit=kw["limit"] or 100, anchor=kw["anchor"], data_dir=kw["data_dir"], seed=kw["seed"],
-                         batch_size=kw["batch_size"], max_length=kw["max_length"], cache_dir=args["cache_dir"])
-        run = run_method(method, ctx)
-        if run.results is None:
-            raise UsageError(f"method {method} produced no results: {run.error}")
-        base = evaluate(lm, kw["task"], run.results["langs"], **args)
-        comparison = compare_runs(base, run.results)
-        doc = {**run.results, "method": run.record(), "baseline": base, "comparison": comparison}
-        write_results(out, doc)
-        echo(_print_tables(doc))
-        echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
-        return
-    base = evaluate(lm, kw["task"], langs, **args)
-    if iv_path is None:
-        write_results(out, base)
-        echo(_print_tables(base))
+    if method is not None:  # a baseline of xlsteer.baselines.methods
+        result = evaluate_method(lm, spec, langs, method, cfg)
     else:
-        steered = evaluate(lm, kw["task"], langs, interventions=iv_path, alpha=alpha, **args)
-        comparison = compare_runs(base, steered)
-        steered["baseline"] = base
-        steered["comparison"] = comparison
-        write_results(out, steered)
-        echo(_print_tables(steered))
-    echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+        result = evaluate(lm, spec, langs, kw["intervention"], cfg, alpha=alpha)
+    if is_main_process():
+        result.write(out)
+        click.echo(result.table())
+        click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
 
 
 @click.command("sweep")
@@ -175,25 +142,26 @@ def eval_cmd(**kw: Any) -> None:
 @click.option("--layers", default=None, help="Layers to try: 6, 4-12, 2,5,9 (default: all the source holds, each alone; "
               "INCLINE and CLAS: all fitted layers together, as in their papers; 'all' forces that).")
 @click.option("--alphas", default="0.5,1,2", show_default=True, help="Comma-separated strengths.")
-@click.option("--split", default="dev", show_default=True, help="dev (or train); never test.")
+@click.option("--split", default=None, help="The task's dev split (default), or train; never test.")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Sweep record (.json).")
 def sweep_cmd(**kw: Any) -> None:
     """Choose layer and alpha on the dev split (never test); print the selection and the test command."""
     from ..evaluation.runner import write_results
-    from ..evaluation.sweep import ALL_LAYERS, diffmean_from_statistics, for_layer, sweep
+    from ..evaluation.sweep import ALL_LAYERS, diffmean_from_statistics, for_layer, sweep, sweep_config
     from ..io import check_writable
 
     t0 = time.perf_counter()
     _check_limit(kw["limit"])
     if kw["split"] == "test":
         raise UsageError("a sweep must not see test items; use --split dev")
+    spec = resolve_task_from(kw)
     if (kw["stats_path"] is None) == (kw["intervention"] is None):
         raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
     out = check_writable(kw.pop("output"))
     best_path = out.with_name(out.stem + ".best.safetensors")
     spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
-    cache_dir = _cache_dir(kw["cache_dir"], kw["no_cache"])
-    langs = parse_langs(kw.pop("langs"), all_langs=task_langs(kw["task"], kw["anchor"]))
+    cfg = sweep_config(spec, eval_config(kw, "test"), split=kw["split"])
+    langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]
     if not alphas:
         raise UsageError("--alphas is empty; give e.g. 0.5,1,2")
@@ -202,13 +170,7 @@ def sweep_cmd(**kw: Any) -> None:
     layers_text = kw.pop("layers")
     together = layers_text is not None and layers_text.strip() == "all"
     layers = None if together else parse_layers(layers_text, lm.num_layers)
-    common = dict(
-        alphas=alphas, split=kw["split"], limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
-        template=kw["template"], seed=kw["seed"], cache_dir=cache_dir,
-        calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
-        max_length=kw["max_length"],
-        template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
-    )
+    common = dict(alphas=alphas, cfg=cfg)
     if kw["stats_path"] is not None:
         from ..stats import Statistics
 
@@ -222,7 +184,7 @@ def sweep_cmd(**kw: Any) -> None:
             raise UsageError(f"the statistics hold layers {stat_layers}, not {bad}; choose --layers among them")
         source = {"kind": "statistics", "path": str(kw["stats_path"]), "fit": "diffmean",
                   "normalize": kw["normalize"], "site": kw["site"] or "resid_post"}
-        record = sweep(lm, kw["task"], langs, make, layers=layers, source=source, **common)
+        record = sweep(lm, spec, langs, make, layers=layers, source=source, **common)
         best_iv = make(record["best"]["layer"], 1.0) if record["best"]["steer"] else None
     else:
         from ..interventions.base import Intervention
@@ -230,7 +192,7 @@ def sweep_cmd(**kw: Any) -> None:
         iv = Intervention.load(kw["intervention"])
         if together or (layers is None and iv.method in ("incline", "clas")):
             layers = [ALL_LAYERS]  # the papers apply INCLINE at every layer and CLAS at all bridge layers
-        record = sweep(lm, kw["task"], langs, intervention=iv, layers=layers,
+        record = sweep(lm, spec, langs, intervention=iv, layers=layers,
                        source={"kind": "intervention", "path": str(kw["intervention"]), "method": iv.method}, **common)
         best_iv = for_layer(iv, record["best"]["layer"]).with_strength(1.0) if record["best"]["steer"] else None
     if best_iv is not None:
@@ -243,7 +205,7 @@ def sweep_cmd(**kw: Any) -> None:
 
     click.echo(sweep_table(validate(record)))
     b = record["best"]
-    cmd = (f"xlsteer eval --model {model_name} --task {record['task']} --langs {','.join(langs)} --split test "
+    cmd = (f"xlsteer eval --model {model_name} --task {_task_words(kw)} --langs {','.join(langs)} --split test "
            f"-o results.json")
     if best_iv is None:
         click.echo(f"no steering beat the unsteered model on {record['split']}; evaluate the unsteered model on "
@@ -253,6 +215,17 @@ def sweep_cmd(**kw: Any) -> None:
     cmd += f" --intervention {best_path} --alpha {b['alpha']:g} --positions {record['positions']}"
     click.echo(f"evaluate it on test with:\n  {cmd}")
     click.echo(f"wrote {out} and {best_path} in {time.perf_counter() - t0:.1f} s")
+
+
+def _task_words(kw: dict[str, Any]) -> str:
+    """The --task (and lm-eval options) of a command line that evaluates the same task."""
+    import shlex
+
+    words = [shlex.quote(str(kw["task"]))]
+    words += [f"--include-path {shlex.quote(str(p))}" for p in kw.get("include_path") or ()]
+    if kw.get("task_langs"):
+        words.append(f"--task-langs {shlex.quote(kw['task_langs'])}")
+    return " ".join(words)
 
 
 def read_results_tables(path: str) -> str:

@@ -59,7 +59,39 @@ def data_dir_option(f: F) -> F:
                         help="Data directory (default: $XLSTEER_DATA_DIR, else ../shared/data, else the per-user data dir).")(f)
 
 
-def task_langs(task: str, anchor: str = "en") -> list[str]:
+TASK_HELP = ("Benchmark: a built-in task ({names}), lmeval:NAME[,NAME...] (lm-evaluation-harness tasks, one per "
+             "language), or the path of a task spec .yaml over JSONL files (see docs/tasks.md).")
+
+
+def task_options(f: F, required: bool = True) -> F:
+    """--task (any task reference), --include-path and --task-langs (for lm-eval tasks)."""
+    from ..evaluation.tasks.spec import BUILTIN
+
+    decorators = [
+        click.option("--task", required=required, default=None, help=TASK_HELP.format(names=", ".join(BUILTIN))),
+        click.option("--include-path", "include_path", multiple=True, type=click.Path(file_okay=False),
+                     help="lmeval: tasks: a folder of lm-eval task YAML files (repeatable)."),
+        click.option("--task-langs", default=None,
+                     help="lmeval: tasks: the language of each task where its name does not say, e.g. "
+                          "mytask_a:sw,mytask_b:yo."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def resolve_task_from(kw: dict[str, Any]) -> Any:
+    """The TaskSpec the --task reference names (registering a user task for this process)."""
+    from ..evaluation.tasks import resolve_task
+
+    specs = resolve_task(kw["task"], include_path=tuple(kw.get("include_path") or ()),
+                         task_langs=kw.get("task_langs"), data_dir=kw.get("data_dir"))
+    if len(specs) != 1:
+        raise UsageError(f"--task {kw['task']} names {len(specs)} benchmarks; evaluate one at a time")
+    return specs[0]
+
+
+def task_langs(task: Any, anchor: str = "en") -> list[str]:
     """A task's languages, the anchor first: what ``--langs all`` means for that task."""
     from ..data.langs import normalize_lang
     from ..evaluation.tasks import get_task
@@ -67,6 +99,18 @@ def task_langs(task: str, anchor: str = "en") -> list[str]:
     langs = list(get_task(task).langs)
     anchor = normalize_lang(anchor)
     return ([anchor] if anchor in langs else []) + [lang for lang in langs if lang != anchor]
+
+
+def langs_for(text: str | None, spec: Any, anchor: str = "en") -> list[str]:
+    """--langs for a task: given codes or 'all'; omitted, a user task's own languages (a built-in
+    benchmark has too many to guess: it needs --langs)."""
+    from ..evaluation.tasks.spec import BUILTIN
+
+    if text is None or not text.strip():
+        if spec.name in BUILTIN:
+            raise UsageError(f"pass --langs for {spec.name}, e.g. --langs en,{spec.langs[0]} (or all)")
+        text = "all"
+    return parse_langs(text, all_langs=task_langs(spec, anchor))
 
 
 def parse_langs(text: str | None, *, allow_auto: bool = False, all_langs: list[str] | None = None) -> list[str]:

@@ -176,13 +176,12 @@ def sweep_config(task: Any, cfg: EvalConfig | None = None, **settings: Any) -> E
 
     spec = get_task(task)
     split = settings.pop("split", None) or (cfg.split if cfg is not None and cfg.split != "test" else None)
-    if split is None:
-        if spec.dev_split is None:
-            raise UsageError(f"task {spec.name} has no dev split, so it cannot be swept without seeing test items; "
-                             "declare one (a dev item range in the task spec) or evaluate without a sweep")
-        split = spec.dev_split
     if split == "test":
         raise UsageError("a sweep selects hyper-parameters and must not see test items; use --split dev")
+    if spec.dev_split is None and split != "train":
+        raise UsageError(f"task {spec.name} has no dev split, so it cannot be swept without seeing test items; "
+                         "declare one (a dev item range in the task spec) or evaluate without a sweep")
+    split = split or spec.dev_split
     return EvalConfig.of(cfg, split=split, **settings)
 
 

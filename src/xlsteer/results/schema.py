@@ -100,11 +100,25 @@ class TemplateInfo(_Open):
 
 
 class MetricsInfo(_Open):
+    """The task's metrics: ``kinds`` binary | continuous | macro_f1 (``n_labels`` for macro F1), so
+    files of any task can be compared without the task being registered."""
+
     names: list[str]
-    kinds: dict[str, str]
+    kinds: dict[str, Literal["binary", "continuous", "macro_f1"]]
     main: str
     continuous: list[str] = Field(default_factory=list)
     tie_break: Optional[str] = None
+    n_labels: dict[str, int] = Field(default_factory=dict)
+
+
+class TaskInfo(_Open):
+    """What the task declared: its request kind, the item rule of each split, where it came from
+    (built-in, a spec file with its sha256, lm-eval tasks)."""
+
+    name: str
+    kind: str
+    splits: dict[str, str] = Field(default_factory=dict)
+    source: dict[str, Any] = Field(default_factory=dict)
 
 
 class ItemIds(_Open):
@@ -200,6 +214,7 @@ class EvalResult(_Open):
     format: Literal["xlsteer.eval"] = EVAL
     version: Literal[2] = 2
     task: str
+    task_spec: Optional[TaskInfo] = None
     split: str
     langs: list[str]
     anchor: Optional[str] = None

@@ -245,7 +245,7 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
         _load_builtins()
     if key not in _REGISTRY:
         raise UsageError(f"unknown task {name!r}; available: {' '.join(task_names())} "
-                         "(or lmeval:NAME for an lm-eval task, or the path of a task spec .yaml)")
+                         "(--task also takes lmeval:NAME for an lm-eval task, or the path of a task spec .yaml)")
     return _REGISTRY[key]
 
 
