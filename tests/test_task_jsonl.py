@@ -313,3 +313,44 @@ def test_user_task_gets_paired_statistics(mc_task):
         assert 0 <= t["p"] <= t["p_holm"] <= 1 and t["mde"] > 0
     assert c["per_lang"]["sw"]["continuous"]["margin"]["diff"] != 0.0  # the vector did act on sw
     assert c["per_lang"]["en"]["continuous"]["margin"]["diff"] == 0.0  # and never on the anchor
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+
+def model_and_vector(root: Path, langs=("sw", "de")) -> tuple[str, str]:
+    """A tiny model saved as a folder and a random steering vector for ``langs`` (files a user would pass)."""
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(root / "tiny")
+    lm.tokenizer.save_pretrained(root / "tiny")
+    g = torch.Generator().manual_seed(3)
+    iv = SteeringVector(sites=[Site(1, "resid_post")],
+                        tensors={vector_key(1): 8 * torch.randn(len(langs), lm.hidden_size, generator=g)},
+                        params={"normalize": "none"}, languages=list(langs), anchor="en", strength=1.0,
+                        meta={"model_fingerprint": lm.fingerprint})
+    return str(root / "tiny"), str(iv.save(root / "v.safetensors"))
+
+
+def check_cli_run(task_args: list[str], root: Path, capsys, langs: str = "en,sw,de") -> dict:
+    """``xlsteer eval ... --intervention V -o r.json`` then ``xlsteer table r.json``; the results file."""
+    from xlsteer.cli import main
+
+    model, vector = model_and_vector(root)
+    out = root / "r.json"
+    assert main(["eval", "--model", model, *task_args, "--langs", langs, "--intervention", vector,
+                 "--limit", "3", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["table", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "p Holm" in table and "MDE" in table and "[95% CI]" in table
+    r = json.loads(out.read_text(encoding="utf-8"))
+    for lang in ("sw", "de"):
+        t = r["comparison"]["per_lang"][lang]["metrics"][r["metrics"]["main"]]
+        assert {"p", "p_holm", "mde", "diff_ci_low", "diff_ci_high"} <= set(t) and t["n"] == 3
+        assert f"\n| {lang} " in table
+    return r
+
+
+def test_cli_eval_and_table_on_a_jsonl_spec(mc_task, tmp_path, capsys):
+    r = check_cli_run(["--task", str(mc_task)], tmp_path, capsys)
+    assert r["task"] == "colours" and r["split"] == "test" and r["task_spec"]["source"]["kind"] == "jsonl"

@@ -163,6 +163,7 @@ def test_generation_task_scores_through_its_own_filters(tasks):
     s = spec.score(it, " it is 12, surely")
     assert s.correct and s.prediction == "12" and dict(s.scores) == {"exact_match:number": 1.0, "exact_match:raw": 0.0}
     assert not spec.score(it, "13").correct
+    assert spec.template().with_options(max_new_tokens=3).render(it).max_new_tokens == 3
 
 
 def test_loglikelihood_task_has_one_continuation(tasks):
@@ -238,3 +239,10 @@ def test_steered_against_unsteered_on_an_lm_eval_task(tasks, ref):
         assert 0 <= t["p"] <= t["p_holm"] <= 1 and "mde" in t
         m = base["per_lang"][lang]["metrics"][spec.main]
         assert m["ci_low"] <= m["mean"] <= m["ci_high"]
+
+
+def test_cli_eval_and_table_on_an_lm_eval_task(tasks, tmp_path, capsys):
+    from test_task_jsonl import check_cli_run
+
+    r = check_cli_run(["--task", "lmeval:T_en,T_sw,T_de", "--include-path", str(tasks)], tmp_path, capsys)
+    assert r["task"] == "lmeval:T" and r["task_spec"]["source"]["kind"] == "lmeval"

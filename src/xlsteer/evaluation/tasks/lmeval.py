@@ -125,7 +125,7 @@ def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> Task
     metrics, main, tie, extra = task_metrics(cfgs, kind, multi.pop())
     generate = kind == "generate_until"
     template = Template("lmeval", name, config_version(cfgs), "generate" if generate else "choice",
-                        f"lm-eval's own {kind} requests of {', '.join(names)}", {}, render)
+                        f"lm-eval's own {kind} requests of {', '.join(names)}", _options(loaded, generate), render)
     train = "train" if "train" in splits else None
     return TaskSpec(
         name=name,
@@ -149,6 +149,17 @@ def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> Task
                                             for n in names},
                 "config_sha256": template.version, "include_path": [str(p) for p in include_path or ()]},
     )
+
+
+def _options(loaded: dict[str, Any], generate: bool) -> dict[str, Any]:
+    """Template options: a generation task's max_gen_toks (overridable) where every language agrees."""
+    if not generate:
+        return {}
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    limits = {int(normalize_gen_kwargs(dict(t.config.generation_kwargs or {}), 256)["max_gen_toks"])
+              for t in loaded.values()}
+    return {"max_new_tokens": limits.pop()} if len(limits) == 1 else {}
 
 
 def _items(docs: Docs, name: str, lang: str, split: str, limit: int | None) -> list:

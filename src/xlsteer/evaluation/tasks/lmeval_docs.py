@@ -211,8 +211,8 @@ def render(t: Any, item: Any, exemplars: Any = ()) -> Any:
 
     f = item.fields
     if t.kind == "generate":
-        return Request(kind="generate", prompt=f["context"], max_new_tokens=int(f["max_gen_toks"]),
-                       stop=tuple(f["until"]))
+        limit = t.options.get("max_new_tokens") or f["max_gen_toks"]  # the option: --max-new-tokens
+        return Request(kind="generate", prompt=f["context"], max_new_tokens=int(limit), stop=tuple(f["until"]))
     if f.get("contexts"):
         return Request(kind="choice", contexts=tuple(f["contexts"]), choices=tuple(f["continuations"]))
     return Request(kind="choice", context=f["context"], choices=tuple(f["continuations"]))
