@@ -146,6 +146,21 @@ def test_range_rules():
             parse_ranges(bad)
 
 
+def test_docs_list_the_built_in_tasks_as_registered():
+    """docs/tasks.md's table holds each built-in task's kind, languages, split rules and metrics."""
+    from xlsteer.evaluation.tasks.spec import BUILTIN
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    for name in BUILTIN:
+        spec, row = get_task(name), rows[name]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == spec.kind and cells[2] == " ".join(spec.langs)
+        assert cells[3] == "; ".join(f"{s}: {rule}" for s, rule in spec.splits.items())
+        assert cells[4] == ", ".join(m.name for m in spec.metrics) and cells[4].startswith(spec.main)
+        assert cells[5] == (spec.tie_break or "–")
+
+
 # ---- errors: one line naming the file, the line and the fix -------------------------------------------
 
 
@@ -354,3 +369,68 @@ def check_cli_run(task_args: list[str], root: Path, capsys, langs: str = "en,sw,
 def test_cli_eval_and_table_on_a_jsonl_spec(mc_task, tmp_path, capsys):
     r = check_cli_run(["--task", str(mc_task)], tmp_path, capsys)
     assert r["task"] == "colours" and r["split"] == "test" and r["task_spec"]["source"]["kind"] == "jsonl"
+
+
+# ---- the shipped model ----------------------------------------------------------------------------------
+
+# (English, Swahili, German country name; capital in English / Swahili, German)
+CAPITALS = [
+    ("France", "Ufaransa", "Frankreich", "Paris", "Paris"), ("Germany", "Ujerumani", "Deutschland", "Berlin", "Berlin"),
+    ("Kenya", "Kenya", "Kenia", "Nairobi", "Nairobi"), ("Japan", "Japani", "Japan", "Tokyo", "Tokio"),
+    ("China", "China", "China", "Beijing", "Peking"), ("Egypt", "Misri", "Ägypten", "Cairo", "Kairo"),
+    ("Italy", "Italia", "Italien", "Rome", "Rom"), ("Spain", "Hispania", "Spanien", "Madrid", "Madrid"),
+    ("Russia", "Urusi", "Russland", "Moscow", "Moskau"), ("Uganda", "Uganda", "Uganda", "Kampala", "Kampala"),
+    ("Nigeria", "Nigeria", "Nigeria", "Abuja", "Abuja"), ("India", "India", "Indien", "New Delhi", "Neu-Delhi"),
+    ("Canada", "Kanada", "Kanada", "Ottawa", "Ottawa"), ("Greece", "Ugiriki", "Griechenland", "Athens", "Athen"),
+    ("Ethiopia", "Ethiopia", "Äthiopien", "Addis Ababa", "Addis Abeba"), ("Brazil", "Brazil", "Brasilien", "Brasília",
+                                                                          "Brasília"),
+]
+PROMPTS = {"en": "The capital of {} is", "sw": "Mji mkuu wa {} ni", "de": "Die Hauptstadt von {} ist"}
+
+
+def capitals_records(lang: str) -> list[dict]:
+    """Three-way choice: the capital and two other countries' capitals, the gold at position i % 3."""
+    col = {"en": 0, "sw": 1, "de": 2}[lang]
+    cap = 4 if lang == "de" else 3
+    out = []
+    for i, row in enumerate(CAPITALS):
+        wrong = [CAPITALS[(i + k) % len(CAPITALS)][cap] for k in (5, 11)]
+        choices = wrong[:i % 3] + [row[cap]] + wrong[i % 3:]
+        out.append({"id": row[0].lower(), "context": PROMPTS[lang].format(row[col]), "choices": choices,
+                    "gold": i % 3})
+    return out
+
+
+@pytest.mark.slow
+def test_gemma_user_jsonl_task_cli(tmp_path, capsys):
+    import time
+
+    from xlsteer.api import collect_statistics
+    from xlsteer.cli import main
+    from xlsteer.interventions.vector import fit_diffmean
+    from xlsteer.models.loading import load_model
+
+    t0 = time.perf_counter()
+    spec = write_task(tmp_path, {"name": "capitals", "kind": "multiple_choice", "splits": {"dev": "0-3", "test": "4-"}},
+                      {lang: capitals_records(lang) for lang in ("en", "sw", "de")}, "capitals.yaml")
+    lm = load_model("gemma3-270m")
+    layer = 6
+    stats = collect_statistics(lm, langs=["en", "sw", "de"], sites=[Site(layer, "resid_post")], corpus="ntrex",
+                               split="fit", limit=60)
+    vector = fit_diffmean(stats, [layer], ["sw", "de"], anchor="en").save(tmp_path / "diffmean.safetensors")
+    del lm
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", "gemma3-270m", "--task", str(spec), "--intervention", str(vector),
+                 "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["table", str(out)]) == 0
+    table = capsys.readouterr().out
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert r["task"] == "capitals" and r["langs"] == ["en", "sw", "de"]
+    assert r["item_ids"]["per_lang"] == {"en": 12, "sw": 12, "de": 12}
+    en = [x["logprobs"] for x in r["items"] if x["lang"] == "en"]
+    assert en == [x["logprobs"] for x in r["baseline"]["items"] if x["lang"] == "en"]  # the anchor is not steered
+    assert r["per_lang"]["en"]["metrics"]["acc"]["mean"] > 1 / 3  # the model knows some capitals
+    for lang in ("sw", "de"):
+        assert {"p", "p_holm", "mde"} <= set(r["comparison"]["per_lang"][lang]["metrics"]["acc"])
+    print(f"\n{table}\n(capitals, gemma3-270m, {time.perf_counter() - t0:.0f} s)", flush=True)
