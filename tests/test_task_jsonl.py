@@ -242,6 +242,15 @@ def test_misaligned_languages(tmp_path):
     assert "'answer' must be a number" in msg
 
 
+def test_a_task_without_dev_split_cannot_be_swept(tmp_path):
+    from xlsteer.evaluation.sweep import sweep_config
+
+    spec = build_spec(write_task(tmp_path, MC, {lang: mc_records(lang) for lang in ("en", "sw")}))
+    assert spec.dev_split is None
+    with pytest.raises(UsageError, match="has no dev split"):
+        sweep_config(spec)
+
+
 def test_unknown_language_and_split(mc_task):
     spec = build_spec(mc_task)
     with pytest.raises(LanguageError):

@@ -147,7 +147,7 @@ def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> Task
         source={"kind": "lmeval", "tasks": {n: {"lang": langs[n], "yaml": cfgs[n].get("_yaml_path"),
                                                 "version": (cfgs[n].get("metadata") or {}).get("version")}
                                             for n in names},
-                "config_sha256": template.version, "include_path": [str(p) for p in include_path or ()]},
+                "config_digest": template.version, "include_path": [str(p) for p in include_path or ()]},
     )
 
 
