@@ -246,3 +246,7 @@ def test_cli_eval_and_table_on_an_lm_eval_task(tasks, tmp_path, capsys):
 
     r = check_cli_run(["--task", "lmeval:T_en,T_sw,T_de", "--include-path", str(tasks)], tmp_path, capsys)
     assert r["task"] == "lmeval:T" and r["task_spec"]["source"]["kind"] == "lmeval"
+    from xlsteer.cli import main
+
+    assert main(["report", str(tmp_path / "r.json"), "-o", str(tmp_path / "r.html")]) == 0
+    assert "lmeval:T test: acc per language" in (tmp_path / "r.html").read_text(encoding="utf-8")
