@@ -42,18 +42,18 @@ from .spec import BUILTIN, BaselineHints, Metric, Scored, TaskSpec, register_res
 
 
 class _Data:
-    """The records of every language, read once per file version and checked to align."""
+    """The records of every language, read once (when the spec is built: the template version
+    digests these very bytes) and checked to align."""
 
     def __init__(self, name: str, spec: Any, files: dict[str, Path]):
         self.name, self.spec, self.files = name, spec, files
-        self._cache: dict[tuple, dict[str, list[Record]]] = {}
+        self._records: dict[str, dict[str, list[Record]]] | None = None
 
     def by_split(self) -> dict[str, dict[str, list[Record]]]:
         """lang -> split -> records, in the first language's order; DataError when misaligned."""
-        key = tuple((str(p), *_stamp(p)) for p in self.files.values())
-        if key not in self._cache:
-            self._cache = {key: self._read()}
-        return self._cache[key]
+        if self._records is None:
+            self._records = self._read()
+        return self._records
 
     def _read(self) -> dict[str, dict[str, list[Record]]]:
         langs = list(self.files)
@@ -76,14 +76,6 @@ class _Data:
                                             f"{r.answer}; the same item must have the same gold in every language")
                 out[lang][split] = [mine[r.id] for r in ref]
         return out
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (0, 0)
-    return (st.st_mtime_ns, st.st_size)
 
 
 def _load_items(data: _Data, name: str, splits: tuple[str, ...], data_dir: Any, lang: str, split: str,
