@@ -443,3 +443,20 @@ def test_gemma_user_jsonl_task_cli(tmp_path, capsys):
     for lang in ("sw", "de"):
         assert {"p", "p_holm", "mde"} <= set(r["comparison"]["per_lang"][lang]["metrics"]["acc"])
     print(f"\n{table}\n(capitals, gemma3-270m, {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def test_cli_sweep_selects_on_the_dev_split_and_refuses_a_task_without_one(mc_task, tmp_path, capsys):
+    from xlsteer.cli import main
+
+    model, vector = model_and_vector(tmp_path)
+    out = tmp_path / "sweep.json"
+    assert main(["sweep", "--model", model, "--task", str(mc_task), "--intervention", vector, "--alphas", "1",
+                 "-o", str(out)]) == 0
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert r["task"] == "colours" and r["split"] == "dev" and r["item_ids"]["per_lang"]["sw"] == 2
+    no_dev = write_task(tmp_path / "nodev", MC, {lang: mc_records(lang) for lang in ("en", "sw")})
+    capsys.readouterr()
+    assert main(["sweep", "--model", model, "--task", str(no_dev), "--intervention", vector,
+                 "-o", str(tmp_path / "s2.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no dev split" in err and "\n" not in err
