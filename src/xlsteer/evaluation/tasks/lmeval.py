@@ -18,7 +18,8 @@ Requests are lm-eval's own: for every document, the task's ``fewshot_context`` (
 lm-eval would send, rendered in document order from the first document, so ``limit=N`` gives
 the prompts of lm-eval's ``--limit N``. Deviation: when the few-shot pool is the split being
 rendered, the document itself is never one of its exemplars (lm-eval excludes it only when the
-pool is declared as the test split).
+pool is declared as the test split). Prompts are plain text: no chat template and no system
+instruction (lm-eval's defaults).
 
 * ``multiple_choice``: choice i is scored as the summed log-likelihood of
   ``target_delimiter + choice_i`` after the context (acc, acc_norm per character, margin,
