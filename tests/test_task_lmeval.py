@@ -252,3 +252,31 @@ def test_cli_eval_and_table_on_an_lm_eval_task(tasks, tmp_path, capsys):
 
     assert main(["report", str(tmp_path / "r.json"), "-o", str(tmp_path / "r.html")]) == 0
     assert "lmeval:T test: acc per language" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_same_requests_and_scores_as_lm_eval_itself(tasks):
+    """lm-eval's own evaluator (with xlsteer's lm-eval model adapter) on the same tasks: the same
+    generated texts, filtered answers and per-document scores as ``evaluate`` on the TaskSpec."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from xlsteer.evaluation.lm_eval_model import XlsteerLM
+
+    lm = tiny_model("llama")
+    for ref, names in (("lmeval:T_en,T_sw", ["T_en", "T_sw"]), ("lmeval:G_en,G_sw", ["G_en", "G_sw"])):
+        [spec] = resolve_task(ref, include_path=[tasks])
+        ours = {(r["lang"], int(r["id"].rsplit("/", 1)[1])): r for r in evaluate(lm, spec, ["en", "sw"])["items"]}
+        theirs = simple_evaluate(model=XlsteerLM(pretrained=lm), tasks=names, log_samples=True, bootstrap_iters=0,
+                                 task_manager=TaskManager(include_path=[str(tasks)], include_defaults=False))
+        for name in names:
+            lang = name.split("_")[1]
+            for s in theirs["samples"][name]:
+                r = ours[(lang, s["doc_id"])]
+                if spec.kind == "choice":
+                    assert r["scores"]["acc"] == s["acc"]
+                    assert r["logprobs"] == pytest.approx([x[0][0] for x in s["resps"]], abs=1e-4)
+                else:
+                    assert r["generated"] == s["resps"][0][0]
+                    assert r["scores"][f"exact_match:{s['filter']}"] == s["exact_match"]
+                    if s["filter"] == "number":
+                        assert r["prediction"] == s["filtered_resps"][0]
