@@ -96,7 +96,9 @@ def run_lm_eval(
     else:
         lm = XlsteerLM(pretrained=model, batch_size=batch_size, max_length=max_length, intervention=intervention,
                        alpha=alpha, anchor=anchor, lang=lang, positions=positions, task_langs=task_langs)
-    with local_task_dir(data_dir) as task_dir, _kept_random_state():
+    from .lm_eval_quiet import quiet_lm_eval
+
+    with local_task_dir(data_dir) as task_dir, _kept_random_state(), quiet_lm_eval():
         tm = task_manager(task_dir, names, include_path=list(include_path))
         unknown = [n for n in names if n not in set(tm.all_tasks) and not Path(n).is_file()]
         if unknown:
