@@ -175,8 +175,9 @@ def test_loglikelihood_task_has_one_continuation(tasks):
 
 def test_languages_from_names_or_task_langs(tasks):
     assert spec_name(["xnli_de", "xnli_en"]) == "lmeval:xnli" and spec_name(["a_de", "b_en"]) == "lmeval:a_de+b_en"
-    spec = build_spec("lmeval:T_en,T_sw", include_path=[tasks], task_langs="T_en:de;T_sw:fr")
+    spec = build_spec("lmeval:T_en,T_sw", include_path=[tasks], task_langs="T_en:de,T_sw:fr")  # as --task-langs
     assert spec.langs == ("de", "fr")
+    assert build_spec("lmeval:T_en,T_sw", include_path=[tasks], task_langs={"T_sw": "yo"}).langs == ("en", "yo")
     with pytest.raises(UsageError, match="both in language en"):
         build_spec("lmeval:T_en,T_sw", include_path=[tasks], task_langs="T_sw:en")
 
