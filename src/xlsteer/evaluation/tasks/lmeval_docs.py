@@ -137,8 +137,11 @@ class Docs:
 
 
 def _fewshot_pool(task: Any) -> str | None:
-    """The lm-eval split few-shot exemplars are drawn from (lm-eval's own fallback order)."""
+    """The lm-eval split few-shot exemplars are drawn from (lm-eval's own fallback order; None:
+    they are listed in the config)."""
     cfg = task.config
+    if getattr(task.fewshot_cfg, "samples", None) is not None:
+        return None  # exemplars listed in the config itself, not drawn from a split
     declared = getattr(task.fewshot_cfg, "split", None)
     return declared or cfg.training_split or cfg.validation_split or cfg.test_split
 
