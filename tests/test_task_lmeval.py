@@ -210,6 +210,8 @@ def test_errors(tasks, tmp_path):
     assert "perplexity" in _msg(UsageError, "lmeval:R_en,R_sw", tmp_path / "a")
     write_tasks(tmp_path / "b", "S", GEN.replace("do_sample: false", "do_sample: true"))
     assert "decodes greedily" in _msg(UsageError, "lmeval:S_en,S_sw", tmp_path / "b")
+    greedy = write_tasks(tmp_path / "b2", "S", GEN.replace("do_sample: false", "do_sample: false\n  temperature: 0.7"))
+    assert build_spec("lmeval:S_en,S_sw", include_path=[greedy]).kind == "generate"  # lm-eval decodes greedily too
     write_tasks(tmp_path / "c", "M", MC, langs=("en", "sw"), counts={("sw", "test"): 4})
     assert "different numbers of test documents (M_en 5, M_sw 4)" in _msg(DataError, "lmeval:M_en,M_sw", tmp_path / "c")
     write_tasks(tmp_path / "d", "Q", MC.replace("doc_to_target: label", 'doc_to_target: "{{nothere}}"'), langs=("en",))

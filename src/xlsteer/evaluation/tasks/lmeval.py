@@ -158,8 +158,9 @@ def _options(loaded: dict[str, Any], generate: bool) -> dict[str, Any]:
         return {}
     from lm_eval.models.utils import normalize_gen_kwargs
 
-    limits = {int(normalize_gen_kwargs(dict(t.config.generation_kwargs or {}), 256)["max_gen_toks"])
-              for t in loaded.values()}
+    with quiet():  # lm-eval's normaliser warns about contradictory settings
+        limits = {int(normalize_gen_kwargs(dict(t.config.generation_kwargs or {}), 256)["max_gen_toks"])
+                  for t in loaded.values()}
     return {"max_new_tokens": limits.pop()} if len(limits) == 1 else {}
 
 

@@ -5,6 +5,7 @@ they can be evaluated item by item, and what they report (metrics, splits, versi
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import os
@@ -17,11 +18,8 @@ from .spec import Metric
 
 SUPPORTED = ("multiple_choice", "loglikelihood", "generate_until")
 #: Per-item metrics that are 0/1 (McNemar applies); other per-item metrics are continuous.
-
-
 BINARY_METRICS = frozenset({"acc", "acc_norm", "exact_match", "em", "accuracy"})
-
-
+#: TaskManagers by (include paths, with lm-eval's own tasks): indexing is the slow part.
 _TM_CACHE: dict[tuple, Any] = {}
 
 
@@ -43,8 +41,6 @@ def task_manager(names: Sequence[str], include_path: Sequence[str | os.PathLike]
         if set(names) <= set(tm.all_tasks):
             return tm
     unknown = [n for n in names if n not in set(tm.all_tasks)]
-    import difflib
-
     close = sorted({m for n in unknown for m in difflib.get_close_matches(n, tm.all_subtasks, n=3)})
     raise UsageError(f"unknown lm-eval task(s) {', '.join(unknown)}; "
                      + (f"did you mean {', '.join(close)}? " if close else "")
@@ -67,11 +63,24 @@ def task_config(tm: Any, name: str) -> dict[str, Any]:
         raise UsageError(f"lm-eval task {name} has output_type {kind}; xlsteer evaluates {', '.join(SUPPORTED)} tasks "
                          "(perplexity has no per-item score to pair)")
     gen = cfg.get("generation_kwargs") or {}
-    if kind == "generate_until" and (gen.get("do_sample") or float(gen.get("temperature", 0) or 0) > 0):
+    if not isinstance(gen, dict):
+        raise UsageError(f"lm-eval task {name}: generation_kwargs must be a mapping (until, max_gen_toks, ...)")
+    if kind == "generate_until" and _samples(gen):
         raise UsageError(f"lm-eval task {name} samples (do_sample/temperature); xlsteer decodes greedily: "
                          "set do_sample: false in its generation_kwargs")
     cfg["_yaml_path"] = str(entry.yaml_path) if entry.yaml_path else None
     return cfg
+
+
+def _samples(gen: dict[str, Any]) -> bool:
+    """Whether lm-eval would sample with these generation arguments (its own normaliser decides)."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    try:
+        with quiet():  # it warns about contradictory settings
+            return bool(normalize_gen_kwargs(dict(gen), 256).get("do_sample"))
+    except (TypeError, ValueError):
+        return True  # unreadable settings: refused with the same line
 
 
 def _per_item_metrics(cfg: dict[str, Any]) -> list[str]:
