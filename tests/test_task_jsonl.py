@@ -201,6 +201,9 @@ def test_spec_errors_name_the_line(tmp_path):
     path.write_text("kind: multiple_choice\nfiles: {en: a.jsonl}\nsplits: {test: \"x\"}\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"s\.yaml line 3: splits: cannot read the range 'x'"):
         build_spec(path)
+    path.write_text("kind: multiple_choice\ndescription: 2001-13-45\n", encoding="utf-8")  # not a date
+    with pytest.raises(DataError, match=r"s\.yaml: month must be in 1\.\.12; quote the value"):
+        build_spec(path)
     path.write_text("kind: [unclosed\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"s\.yaml line \d+: .*fix the YAML"):
         build_spec(path)
@@ -272,6 +275,10 @@ def _loads_or_one_line(path: Path) -> None:
         assert msg and "\n" not in msg and len(msg) < 1000, repr(msg)
 
 
+YAML_VALUES = ["2001-13-45", "2001-02-03", "!!binary xx", "!!python/name:os.system", "&a [*a]", "*nowhere",
+               "{? [a, b]: 1}", ".inf", "0x1F", "1e999", "~", "yes", "[[[[", "'unclosed", "|\n  block", "!custom 1"]
+
+
 def _fuzz_spec(root: Path, data: Any) -> None:
     import yaml
 
@@ -282,6 +289,10 @@ def _fuzz_spec(root: Path, data: Any) -> None:
     path = root / "fz.yaml"
     doc = data.draw(mutated_json(base))  # written as YAML's flow style (JSON), which any depth survives
     text = json.dumps(doc, ensure_ascii=False) if data.draw(st.booleans()) else yaml.safe_dump(base)
+    if data.draw(st.booleans()):  # a value only YAML can write: dates, tags, anchors, complex keys
+        key = data.draw(st.sampled_from(sorted(base)))
+        raw = data.draw(st.sampled_from(YAML_VALUES))
+        text = "\n".join(f"{key}: {raw}" if line.startswith(f"{key}:") else line for line in text.splitlines())
     path.write_bytes(data.draw(mutated_bytes(text.encode("utf-8"))) if data.draw(st.booleans()) else text.encode())
     _loads_or_one_line(path)
 

@@ -148,6 +148,8 @@ def read_spec(path: str | os.PathLike) -> tuple[Any, bytes]:
         raise DataError(f"task spec {p} {line}: {problem}; fix the YAML ({HINT})") from None
     except RecursionError:
         raise DataError(f"task spec {p} is nested too deeply; fix the YAML ({HINT})") from None
+    except (ValueError, OverflowError) as e:  # a value YAML reads as a date that is none (2001-13-45)
+        raise DataError(f"task spec {p}: {' '.join(str(e).split())}; quote the value or fix it ({HINT})") from None
     if not isinstance(doc, dict):
         raise DataError(f"task spec {p} line 1: expected a mapping (kind: ..., files: ...); fix the spec ({HINT})")
     try:
