@@ -219,6 +219,7 @@ def test_spec_errors_name_the_line(tmp_path):
     ('{"context": "c", "choices": ["a", "b"], "gold": 0, "id": 1}', "give every record an id or none"),
     ('[1, 2]', "expected a JSON object"),
     ('{"context": "c", ', "malformed JSON"),
+    ('{"context": "c", "choices": ["a", "b"], "gold": ' + "9" * 5000 + "}", "malformed JSON (Exceeds the limit"),
 ])
 def test_record_errors_name_file_and_line(tmp_path, line, fragment):
     good = '{"context": "c", "choices": ["a", "b"], "gold": 0}\n'

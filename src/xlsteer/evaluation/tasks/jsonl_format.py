@@ -247,8 +247,11 @@ def read_records(path: Path, spec: Any) -> list[Record]:
             continue
         try:
             rec = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise _bad(path, n, f"malformed JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
+        except RecursionError:
+            raise _bad(path, n, "malformed JSON (nested too deeply)") from None
+        except ValueError as e:  # JSONDecodeError, or an integer of thousands of digits
+            why = getattr(e, "msg", None) or " ".join(str(e).split())[:120]
+            raise _bad(path, n, f"malformed JSON ({why})") from None
         if not isinstance(rec, dict):
             raise _bad(path, n, "expected a JSON object per line")
         index = len(out)
