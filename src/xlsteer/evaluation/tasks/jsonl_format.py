@@ -6,6 +6,7 @@ every problem one line naming the file, the line and the fix (:class:`~xlsteer.e
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -53,6 +54,7 @@ def _overlap(a: list[tuple[int, int | None]], b: list[tuple[int, int | None]]) -
                for lo1, hi1 in a for lo2, hi2 in b)
 
 
+@functools.cache
 def _spec_model() -> type:
     """The pydantic model of a spec (built on first use: pydantic stays out of ``import xlsteer``)."""
     from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
