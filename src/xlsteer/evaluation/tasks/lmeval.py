@@ -49,7 +49,6 @@ from .lmeval_docs import Docs, answer_text, one_line, quiet, render, score
 from .spec import BaselineHints, TaskSpec, register_resolver
 
 PREFIX = "lmeval:"
-#: lm-eval's default few-shot seed (``simple_evaluate(fewshot_random_seed=1234)``).
 
 
 def parse_reference(ref: str) -> list[str]:
@@ -132,7 +131,8 @@ def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> Task
         name=name,
         description=f"lm-eval tasks {', '.join(names)} ({kind})",
         langs=tuple(langs[n] for n in names),
-        splits={s: f"lm-eval {lm} split, all documents" for s, lm in splits.items()},
+        splits={s: f"lm-eval {lm} split, all {len(docs.docs(langs[names[0]], s))} documents"
+                for s, lm in splits.items()},
         load_items=lambda data_dir, lang, split, limit=None: _items(docs, name, lang, split, limit),
         data_files=lambda lang, split: local_files(cfgs[docs.task_names[lang]]),
         templates=(template,),
