@@ -187,3 +187,38 @@ def test_xlsteer_tasks_lists_the_registry_and_describes_one_task(toy, capsys):
     text = capsys.readouterr().out
     assert "split dev: items 0-3" in text and "metrics: acc*, acc_norm; tie-break: margin" in text
     assert "icl (dev exemplars)" in text and "translate-test" not in text
+
+
+# ---- a toy task and a toy method, both declared in this file alone ------------------------------
+
+
+def fit_negated(stats, layers, targets, anchor="en", site="resid_post", meta=None):
+    """A toy steering method: the DiffMean vector pointing the other way."""
+    from xlsteer.interventions import fit_diffmean
+
+    iv = fit_diffmean(stats, layers, targets, anchor=anchor, site=site, meta=meta)
+    iv.tensors = {k: -t for k, t in iv.tensors.items()}
+    iv.params.update(fit="negated")
+    return iv
+
+
+def test_a_toy_method_on_a_toy_task_runs_through_fit_eval_and_compare(toy, lm):
+    from xlsteer.baselines.methods import compare_methods
+    from xlsteer.interventions import fit
+    from xlsteer.interventions.registry import LayerPolicy, StatisticsNeed, registered
+
+    with registered("negated", fit_negated, site="resid_post", statistics=StatisticsNeed("item-level pooled means"),
+                    layer_policy=LayerPolicy(compare=lambda n_layers: [1]), alpha_grid=(0.5, 1.0),
+                    description="minus the DiffMean vector (a test method)", compare="negated DiffMean"):
+        from test_vector import parallel_texts
+
+        iv = fit("negated", lm, {k: v for k, v in parallel_texts(8).items() if k in ("en", "sw")}, ["sw"], layers=[1])
+        assert iv.params["fit"] == "negated"
+        rec = compare_methods(lm, "toy-colours", ["en", "de"], ["negated"], limit=4, dev_limit=4, fit_limit=8,
+                              n_boot=20, max_length=256, translation_cache=False)
+    row = rec["rows"]["negated"]
+    assert rec["task"] == "toy-colours" and rec["methods"] == ["zero-shot", "negated"], row["error"]
+    assert row["error"] is None and row["family"] == "steering"
+    assert row["selection"]["split"] == "dev" and set(row["selection"]["dev_scores"]) == {"unsteered", "L1@0.5",
+                                                                                            "L1@1"}
+    assert {"score", "p"} <= set(row["per_lang"]["de"])

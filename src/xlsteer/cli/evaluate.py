@@ -190,7 +190,7 @@ def sweep_cmd(**kw: Any) -> None:
         from ..interventions.base import Intervention
 
         iv = Intervention.load(kw["intervention"])
-        if together or (layers is None and iv.method in ("incline", "clas")):
+        if together or (layers is None and iv.sweeps_together):
             layers = [ALL_LAYERS]  # the papers apply INCLINE at every layer and CLAS at all bridge layers
         record = sweep(lm, spec, langs, intervention=iv, layers=layers,
                        source={"kind": "intervention", "path": str(kw["intervention"]), "method": iv.method}, **common)

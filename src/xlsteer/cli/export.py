@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import click
 
-# Intervention modules that register a method when imported (missing ones are skipped), so that
-# a file of any method loads and a non-vector one gets a clear "cannot export" message.
-_METHOD_MODULES = ("vector", "learned", "clas", "incline", "neurons")
-
 
 def load_any_intervention(path: str) -> Any:
-    """``Intervention.load`` after registering every available method."""
-    from ..interventions.base import Intervention
+    """``Intervention.load`` with every method registered (importing ``xlsteer.interventions`` does
+    that), so a file of any method loads and a non-vector one gets a clear "cannot export" message."""
+    from ..interventions import load_intervention
 
-    for name in _METHOD_MODULES:
-        try:
-            importlib.import_module(f"xlsteer.interventions.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"xlsteer.interventions.{name}":
-                raise
-    return Intervention.load(path)
+    return load_intervention(path)
 
 
 @click.group("export")

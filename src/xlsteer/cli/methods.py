@@ -21,7 +21,36 @@ from .options import (count, data_dir_option, load_model_from, model_options, pa
 from .params import parse_params
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
-_METHOD_NAMES = ("diffmean", "learned", "clas", "incline", "lape", "intmu")
+
+
+class MethodChoice(click.Choice):
+    """The registered steering methods, read when a command line is parsed or help is shown (not
+    when the CLI is imported: registering them imports torch)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from ..interventions.registry import method_names
+
+        return tuple(method_names())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        pass
+
+
+class FitCommand(click.Command):
+    """``xlsteer fit``: the help lists every registered method with its one-line description."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        from ..interventions.registry import get_method, method_names
+
+        with formatter.section("Methods"):
+            formatter.write_dl([(name, f"{get_method(name).description} [site {get_method(name).site}]")
+                                for name in method_names()])
 
 def _fit_name(iv_method: str, params: dict[str, Any]) -> str:
     """'diffmean'/'learned' for steering vectors (params["fit"]), else the method name."""
@@ -33,34 +62,12 @@ def _fmt_layers(layers: list[int]) -> str:
     return ",".join(str(x) for x in layers) if layers else "-"
 
 
-def clas_lines(params: dict[str, Any]) -> list[str]:
-    """Per-layer neuron category percentages and the bridge-layer rule and selection of a CLAS fit."""
-    percent = params.get("category_percent") or {}
-    bridge = set(params.get("bridge_layers") or [])
-    langs = params.get("category_langs") or []
-    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
-             f"  {'layer':>5} {'dead':>7} {'specific':>9} {'partial':>8} {'all':>7} {'shared':>7}"]
-    for layer in sorted(percent, key=int):
-        p = percent[layer]
-        shared = p.get("partial", 0.0) + p.get("all", 0.0)
-        mark = "  <- bridge" if int(layer) in bridge else ""
-        lines.append(f"  {int(layer):>5} {p.get('dead', 0.0):7.2f} {p.get('specific', 0.0):9.2f} "
-                     f"{p.get('partial', 0.0):8.2f} {p.get('all', 0.0):7.2f} {shared:7.2f}{mark}")
-    if params.get("threshold_rule"):
-        lines.append(f"  {params['threshold_rule']}")
-    lines.append(f"bridge layers: {_fmt_layers(sorted(bridge))} (rule: {params.get('bridge_rule', '?')})")
-    if len(langs) == 2:
-        lines.append("note: with 2 languages no neuron can be partial-shared, so only the language-specific "
-                     "mask acts; fit with more --langs for the full rule")
-    return lines
-
-
 # ---------------------------------------------------------------------------------------------
 # fit
 
 
-@click.command("fit")
-@click.argument("method", metavar="METHOD", type=click.Choice(_METHOD_NAMES))
+@click.command("fit", cls=FitCommand)
+@click.argument("method", metavar="METHOD", type=MethodChoice())
 @model_options
 @data_dir_option
 @click.option("--langs", required=True, help="Comma-separated target languages, e.g. de,sw,zh (the anchor is added).")
@@ -71,7 +78,8 @@ def clas_lines(params: dict[str, Any]) -> list[str]:
               help="Corpus rows (ntrex: fit = lines 0-1499; folders: fit = first 75%).")
 @click.option("--layers", default=None,
               help="Layers: 6, 4-8, 2,5,9, all (default: the method's, see xlsteer.interventions.fit).")
-@click.option("--site", default=None, help="Site (default: the method's; clas acts at mlp_act, lape/intmu at mlp_gate, or mlp_act).")
+@click.option("--site", default=None, help="Site (default: the method's, listed above; clas acts at mlp_act only, "
+                                          "lape/intmu at mlp_gate or mlp_act).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
 @click.option("--limit", type=count(1), default=200, show_default=True,
               help="First N corpus rows per language.")
@@ -83,12 +91,16 @@ def clas_lines(params: dict[str, Any]) -> list[str]:
               help="Statistics file to reuse when it covers this fit (else written after collection).")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Intervention file (.safetensors).")
 def fit_cmd(**kw: Any) -> None:
-    """Fit a steering METHOD on parallel text and save it as one intervention file."""
+    """Fit a steering METHOD on parallel text and save it as one intervention file.
+
+    The defaults per method (site, layers, statistics) are listed in xlsteer.interventions.fit.
+    """
     from ..data.corpora import load_corpus
     from ..data.langs import normalize_lang
-    from ..interventions.fit import DEFAULT_SITE, fit
+    from ..interventions.fit import fit
+    from ..interventions.registry import get_method
     from ..io import check_writable
-    from ..models.sites import Site, site_width
+    from ..models.sites import Site
 
     t0 = time.perf_counter()
     method = kw.pop("method")
@@ -103,33 +115,23 @@ def fit_cmd(**kw: Any) -> None:
     targets = [lang for lang in parse_langs(kw.pop("langs")) if lang != anchor]
     if not targets:
         raise UsageError(f"no target languages: --langs must name at least one language other than the anchor {anchor}")
+    spec = get_method(method)
     params = parse_params(method, kw.pop("params"))
     site = kw.pop("site")
     if site is not None:
         Site(0, site)  # validates the name
-    corpus_langs: list[str] | None = [anchor, *targets]
-    if method == "clas":  # neuron categories over a fixed set: every corpus language, or --param category_langs
-        cats = params.get("category_langs")
-        corpus_langs = None if cats is None else [anchor, *targets, *(cats.split(",") if isinstance(cats, str) else cats)]
-    corpus = load_corpus(kw.pop("corpus"), data_dir=kw.pop("data_dir"), langs=corpus_langs,
+    corpus = load_corpus(kw.pop("corpus"), data_dir=kw.pop("data_dir"), langs=spec.corpus_langs(anchor, targets, params),
                          split=kw.pop("split"), limit=kw.pop("limit"))
     lm = load_model_from(kw)
     layers = parse_layers(kw.pop("layers"), lm.num_layers)
-    if method == "incline" and float(params.get("ridge", 0.0)) == 0.0:
-        width = site_width(lm.model, site or DEFAULT_SITE["incline"])
-        n = len(corpus) if params.get("max_pairs") is None else min(len(corpus), int(params["max_pairs"]))
-        if n < width:
-            raise UsageError(
-                f"INCLINE with ridge=0 needs at least {width} parallel pairs (the width of "
-                f"{site or DEFAULT_SITE['incline']}), got {n}; pass --param ridge=0.01, or --limit {width} or more"
-            )
+    if spec.check_inputs is not None:
+        spec.check_inputs(lm, site or spec.site, len(corpus), params)
     iv = fit(method, lm, corpus, targets, anchor=anchor, layers=layers, site=site, stats_cache=stats_cache,
              pooling=kw.pop("pooling"), batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"), **params)
     iv.meta.setdefault("model", lm.name)
     iv.save(out)
-    if method == "clas":
-        for line in clas_lines(iv.params):
-            click.echo(line)
+    for line in spec.summary(iv.params) if spec.summary is not None else []:
+        click.echo(line)
     sites = sorted({s.name for s in iv.sites})
     fit_s = iv.meta.get("fit_seconds", time.perf_counter() - t0)
     click.echo(f"fit {method}: layers {_fmt_layers(iv.layers)}, site {','.join(sites)}, "
@@ -165,61 +167,26 @@ def _identify(prompts: list[str], candidates: list[str] | None) -> list[str]:
     return identify_language(prompts, candidates)
 
 
-@click.command("generate")
-@model_options
-@click.argument("prompts", nargs=-1, required=True)
-@click.option("--intervention", "-i", "interventions", multiple=True, type=click.Path(dir_okay=False),
-              help="Intervention file (.safetensors); repeatable (all are applied together).")
-@click.option("--alpha", default=None, help="Strength of every intervention (default: as saved).")
-@click.option("--lang", default="auto", show_default=True,
-              help="Language of each prompt for routing: auto (identified among the anchor and the interventions' "
-                   "languages), one code, or one code per prompt (de,en).")
-@click.option("--anchor", default=None, help="Anchor language, never steered (default: the interventions', else en).")
-@click.option("--max-new-tokens", type=count(1), default=32, show_default=True)
-@click.option("--positions", type=click.Choice(_POSITIONS), default=None,
-              help="Token positions steered (default: the policy the intervention recommends, e.g. all).")
-@click.option("--batch-size", type=count(1), default=8, show_default=True)
-@click.option("--max-length", type=count(8), default=2048, show_default=True)
-def generate_cmd(**kw: Any) -> None:
-    """Greedy continuations of PROMPTS, unsteered and steered, with the language each prompt is routed as."""
+def _anchor(given: str | None, ivs: list[Any]) -> str:
+    """--anchor, else the interventions' (they must agree), else en."""
     from ..data.langs import normalize_lang
-    from ..evaluation.engine import Engine
-    from ..interventions import check_compatible
-    from ..interventions.base import Intervention
 
-    prompts = list(kw.pop("prompts"))
-    if any(not p.strip() for p in prompts):
-        raise UsageError("a prompt is empty; give non-empty prompts")
-    raw_alpha = kw.pop("alpha")
-    alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
-    paths = list(kw.pop("interventions"))
-    if alpha is not None and not paths:
-        raise UsageError("--alpha needs --intervention FILE")
-    langs_spec = _row_langs(kw.pop("lang"), len(prompts))
-    ivs = [Intervention.load(p) for p in paths]  # validates (corruption, NaN/Inf) before the model loads
     anchors = sorted({iv.anchor for iv in ivs})
-    anchor_opt = kw.pop("anchor")
-    if anchor_opt is not None:
-        anchor = normalize_lang(anchor_opt)
+    if given is not None:
+        anchor = normalize_lang(given)
         if anchors and anchors != [anchor]:
             raise UsageError(f"the intervention was fitted with anchor {', '.join(anchors)}, not {anchor}; "
                              "drop --anchor or fit it for that anchor")
-    elif len(anchors) > 1:
+        return anchor
+    if len(anchors) > 1:
         raise UsageError(f"the interventions have different anchors ({', '.join(anchors)}); use one anchor")
-    else:
-        anchor = anchors[0] if anchors else "en"
-    from ..interventions.base import default_positions
+    return anchors[0] if anchors else "en"
 
-    positions = default_positions(ivs, kw.pop("positions"))
-    if alpha is not None:
-        ivs = [iv.with_strength(alpha) for iv in ivs]
 
-    lm = load_model_from(kw)
-    for path, iv in zip(paths, ivs):
-        try:
-            check_compatible(iv, lm)
-        except XlsteerError as e:  # name the file in the one-line message
-            raise type(e)(f"{path}: {e}") from None
+def _route(prompts: list[str], langs_spec: list[str], anchor: str, paths: list[str],
+           ivs: list[Any]) -> tuple[list[str], list[str]]:
+    """Each prompt's routing language (``auto`` ones identified) and how it was decided; every
+    non-anchor language must be one the interventions have statistics for."""
     known = sorted({lang for iv in ivs for lang in iv.languages})
     auto_rows = [i for i, code in enumerate(langs_spec) if code == "auto"]
     routed = list(langs_spec)
@@ -245,6 +212,54 @@ def generate_cmd(**kw: Any) -> None:
                     f"prompt {i + 1} is {how} '{lang}', but {path} has no statistics for it (it has "
                     f"{', '.join(iv.languages)}); pass --lang with one of them or the anchor, or fit it for {lang}"
                 )
+    return routed, notes
+
+
+@click.command("generate")
+@model_options
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--intervention", "-i", "interventions", multiple=True, type=click.Path(dir_okay=False),
+              help="Intervention file (.safetensors); repeatable (all are applied together).")
+@click.option("--alpha", default=None, help="Strength of every intervention (default: as saved).")
+@click.option("--lang", default="auto", show_default=True,
+              help="Language of each prompt for routing: auto (identified among the anchor and the interventions' "
+                   "languages), one code, or one code per prompt (de,en).")
+@click.option("--anchor", default=None, help="Anchor language, never steered (default: the interventions', else en).")
+@click.option("--max-new-tokens", type=count(1), default=32, show_default=True)
+@click.option("--positions", type=click.Choice(_POSITIONS), default=None,
+              help="Token positions steered (default: the policy the intervention recommends, e.g. all).")
+@click.option("--batch-size", type=count(1), default=8, show_default=True)
+@click.option("--max-length", type=count(8), default=2048, show_default=True)
+def generate_cmd(**kw: Any) -> None:
+    """Greedy continuations of PROMPTS, unsteered and steered, with the language each prompt is routed as."""
+    from ..evaluation.engine import Engine
+    from ..interventions import check_compatible
+    from ..interventions.base import Intervention
+
+    prompts = list(kw.pop("prompts"))
+    if any(not p.strip() for p in prompts):
+        raise UsageError("a prompt is empty; give non-empty prompts")
+    raw_alpha = kw.pop("alpha")
+    alpha = parse_float(raw_alpha, "--alpha") if raw_alpha is not None else None
+    paths = list(kw.pop("interventions"))
+    if alpha is not None and not paths:
+        raise UsageError("--alpha needs --intervention FILE")
+    langs_spec = _row_langs(kw.pop("lang"), len(prompts))
+    ivs = [Intervention.load(p) for p in paths]  # validates (corruption, NaN/Inf) before the model loads
+    anchor = _anchor(kw.pop("anchor"), ivs)
+    from ..interventions.base import default_positions
+
+    positions = default_positions(ivs, kw.pop("positions"))
+    if alpha is not None:
+        ivs = [iv.with_strength(alpha) for iv in ivs]
+
+    lm = load_model_from(kw)
+    for path, iv in zip(paths, ivs):
+        try:
+            check_compatible(iv, lm)
+        except XlsteerError as e:  # name the file in the one-line message
+            raise type(e)(f"{path}: {e}") from None
+    routed, notes = _route(prompts, langs_spec, anchor, paths, ivs)
 
     engine = Engine(lm, batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"), progress_desc="generate")
     max_new = kw.pop("max_new_tokens")
@@ -325,7 +340,9 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
         import xlsteer.interventions  # noqa: F401  (registers every method)
         from ..interventions.base import Intervention
 
-        Intervention.load(file)  # full validation: fields, method, tensor names and shapes
+        from ..interventions.registry import method_for
+
+        fitted_by = method_for(Intervention.load(file))  # full validation: fields, method, tensor names and shapes
     elif fmt == "xlsteer.statistics":
         from ..stats import Statistics
 
@@ -368,8 +385,8 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
                    f"statistics {meta.get('statistics_source', '-')}, fitted at {meta.get('fitted_at', '?')}")
     click.echo(f"created: {prov.get('created', '?')}; versions: "
                + (", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if k != "platform") or "?"))
-    if fmt == "xlsteer.intervention" and meta.get("method") == "clas":
-        for line in clas_lines(meta.get("params") or {}):
+    if fmt == "xlsteer.intervention" and fitted_by is not None and fitted_by.summary is not None:
+        for line in fitted_by.summary(meta.get("params") or {}):
             click.echo(line)
     names = sorted(tensors)
     shown = names if max_tensors == 0 else names[:max_tensors]

@@ -20,13 +20,6 @@ _RESERVED = {
 }
 
 
-def _fit_function(method: str) -> Any:
-    from ..interventions import fit_clas, fit_diffmean, fit_incline, fit_intmu, fit_lape, fit_learned
-
-    return {"diffmean": fit_diffmean, "learned": fit_learned, "clas": fit_clas, "incline": fit_incline,
-            "lape": fit_lape, "intmu": fit_intmu}[method]
-
-
 def _parse_value(text: str) -> Any:
     """JSON when it parses (0.01, true, "unit", [1,2], {"6": 5}); else the text itself."""
     try:
@@ -102,8 +95,12 @@ def _check_range(key: str, value: Any, raw: str) -> None:
 
 
 def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
-    """``--param key=value`` pairs, checked against the method's fit function."""
-    sig = _inspect.signature(_fit_function(method))
+    """``--param key=value`` pairs, checked against the method's fit function (and its registry
+    entry's ``check_params``)."""
+    from ..interventions.registry import get_method
+
+    spec = get_method(method)
+    sig = _inspect.signature(spec.fit)
     allowed = {name: p for name, p in sig.parameters.items()
                if name not in _RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     out: dict[str, Any] = {}
@@ -125,7 +122,6 @@ def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
         if not _type_ok(value, annotation):
             raise UsageError(f"--param {key}={raw} has the wrong type: {method} expects {annotation}")
         out[key] = value
-    if method == "learned" and out.get("objective", "align") != "align":
-        raise UsageError("xlsteer fit learned trains the 'align' objective on parallel text; the 'task' objective "
-                         "needs (prompt, answer) examples: use xlsteer.interventions.fit_learned from Python")
+    if spec.check_params is not None:
+        spec.check_params(out)
     return out

@@ -25,7 +25,6 @@ Configurations come from:
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any, Callable, Sequence
 
@@ -49,19 +48,8 @@ SELECT_MODES = ("global", "per-lang")
 
 
 def restrict_layers(intervention: Any, layers: Sequence[int]) -> Any:
-    """A shallow copy of ``intervention`` acting only at ``layers`` (tensors shared, not copied)."""
-    keep = set(layers)
-    sites = [s for s in intervention.sites if s.layer in keep]
-    if not sites:
-        raise UsageError(
-            f"the {intervention.method} intervention has no sites at layer(s) {sorted(keep)} "
-            f"(it has layers {intervention.layers}); choose layers among those"
-        )
-    out = copy.copy(intervention)
-    out.sites = sorted(sites)
-    out._prepared = {}
-    out.params = dict(intervention.params)
-    return out
+    """A shallow copy of ``intervention`` acting only at ``layers`` (``Intervention.at_layers``)."""
+    return intervention.at_layers(layers)
 
 
 def diffmean_from_statistics(stats: Any, langs: Sequence[str], anchor: str = "en", site: str | None = None,
@@ -108,7 +96,7 @@ def _key(layer: int, alpha: float) -> str:
 
 def for_layer(intervention: Any, layer: int) -> Any:
     """``intervention`` at one of its layers, or at all of them for :data:`ALL_LAYERS`."""
-    return restrict_layers(intervention, intervention.layers if layer == ALL_LAYERS else [layer])
+    return intervention.at_layers(intervention.layers if layer == ALL_LAYERS else [layer])
 
 
 def _score(per_lang: dict, langs: Sequence[str], main: str, tie: str | None) -> tuple[float, float]:

@@ -1,8 +1,11 @@
 """Interventions: every steering method is an :class:`Intervention` (see ``base.py``).
 
-Importing this package registers every method, so :func:`load_intervention` can load any
-intervention file. Fit functions: ``fit_diffmean``, ``fit_learned``, ``fit_clas``,
-``fit_incline``, ``fit_lape``, ``fit_intmu``, and the dispatcher ``fit``.
+Importing this package registers every method: its intervention class (so
+:func:`load_intervention` can load any intervention file) and its fit function in the method
+registry (:mod:`xlsteer.interventions.registry`). The modules are imported in a fixed order,
+which is the order methods are listed in (``xlsteer fit --help``, ``xlsteer compare``). Fit
+functions: ``fit_diffmean``, ``fit_learned``, ``fit_incline``, ``fit_clas``, ``fit_lape``,
+``fit_intmu``, and the dispatcher ``fit``.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ from typing import Any
 
 from ..errors import FingerprintError
 from .base import Intervention, register, registered_methods
-from .clas import CLASIntervention, fit_clas, neuron_categories, select_bridge_layers
-from .fit import METHODS, fit
-from .incline import InclineIntervention, fit_incline, incline_texts
-from .learned import TrainableSteeringVector, fit_learned
-from .neurons import IntMuIntervention, LapeIntervention, fit_intmu, fit_lape, lape_neurons
-from .vector import SteeringVector, fit_diffmean, vector_key
+
+# the order of these imports is the order of the method registry
+from .vector import SteeringVector, fit_diffmean, vector_key  # isort: skip
+from .learned import TrainableSteeringVector, fit_learned  # isort: skip
+from .incline import InclineIntervention, fit_incline, incline_texts  # isort: skip
+from .clas import CLASIntervention, fit_clas, neuron_categories, select_bridge_layers  # isort: skip
+from .neurons import IntMuIntervention, LapeIntervention, fit_intmu, fit_lape, lape_neurons  # isort: skip
+from .fit import fit  # isort: skip
+from .registry import (LayerPolicy, SteeringMethod, StatisticsNeed, get_method, method_names,  # isort: skip
+                       register_method, registered)
 
 __all__ = [
     "Intervention",
@@ -31,6 +38,13 @@ __all__ = [
     "IntMuIntervention",
     "fit",
     "METHODS",
+    "SteeringMethod",
+    "LayerPolicy",
+    "StatisticsNeed",
+    "register_method",
+    "registered",
+    "get_method",
+    "method_names",
     "fit_diffmean",
     "fit_learned",
     "fit_clas",
@@ -45,6 +59,13 @@ __all__ = [
     "load_intervention",
     "check_compatible",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``METHODS``: the registered steering methods' names, read from the registry when asked."""
+    if name == "METHODS":
+        return tuple(method_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def site_widths(iv: Intervention) -> dict[Any, int]:

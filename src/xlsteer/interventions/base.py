@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 
@@ -132,12 +132,36 @@ class Intervention:
         return ctx._cache[key]
 
     # ---- composition -------------------------------------------------------------------
-    def scaled(self, factor: float) -> "Intervention":
-        """A copy with strength multiplied by ``factor`` (no refit)."""
+    def _shallow_copy(self) -> "Intervention":
+        """A copy sharing the tensors, with its own params and its own prepared (cast) tensors."""
         out = copy.copy(self)
-        out.strength = self.strength * check_alpha(factor, "alpha")
         out._prepared = {}
         out.params = dict(self.params)
+        return out
+
+    def scaled(self, factor: float) -> "Intervention":
+        """A copy with strength multiplied by ``factor`` (no refit)."""
+        out = self._shallow_copy()
+        out.strength = self.strength * check_alpha(factor, "alpha")
+        return out
+
+    def at_layers(self, layers: Sequence[int]) -> "Intervention":
+        """A shallow copy acting only at ``layers`` (tensors shared, not copied).
+
+        How a sweep tries one layer of an intervention fitted at several (or all of them at once);
+        the one implementation of it. Layers the intervention lacks are ignored, but at least one
+        must be among its layers. (``SteeringVector.select_layers`` is another job: a smaller
+        standalone vector, holding only those layers' tensors, to save or export.)
+        """
+        keep = set(layers)
+        sites = [s for s in self.sites if s.layer in keep]
+        if not sites:
+            raise UsageError(
+                f"the {self.method} intervention has no sites at layer(s) {sorted(keep)} "
+                f"(it has layers {self.layers}); choose layers among those"
+            )
+        out = self._shallow_copy()
+        out.sites = sorted(sites)
         return out
 
     def with_strength(self, strength: float) -> "Intervention":
@@ -148,6 +172,15 @@ class Intervention:
     @property
     def layers(self) -> list[int]:
         return sorted({s.layer for s in self.sites})
+
+    @property
+    def sweeps_together(self) -> bool:
+        """Whether a dev sweep applies this intervention at every fitted layer together rather than
+        at each layer alone (INCLINE, CLAS: as in their papers), per its method's registry entry."""
+        from .registry import method_for
+
+        spec = method_for(self)
+        return spec is not None and spec.sweeps_together()
 
     @property
     def default_positions(self) -> str:

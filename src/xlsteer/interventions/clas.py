@@ -36,6 +36,7 @@ from ..errors import ArtifactError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
 from .base import Intervention, register
+from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
 
 if TYPE_CHECKING:
@@ -249,6 +250,69 @@ def _masks(all_cats: dict[str, Any], layers: Sequence[int], cat_langs: Sequence[
     return tensors
 
 
+def _corpus_langs(anchor: str, targets: Sequence[str], params: Mapping[str, Any]) -> list[str] | None:
+    """The corpus languages a CLAS fit needs: categories are over a fixed language set, every corpus
+    language (None) unless ``category_langs`` names it."""
+    cats = params.get("category_langs")
+    if cats is None:
+        return None
+    return list(dict.fromkeys([anchor, *targets, *(cats.split(",") if isinstance(cats, str) else cats)]))
+
+
+def _prepare(job: FitJob) -> None:
+    """fit(): the category languages (given, else every corpus language) join the collected languages."""
+    from ..data.langs import normalize_langs
+
+    given = job.params.get("category_langs")
+    job.recorded["category_langs_rule"] = "given" if given is not None else \
+        f"every language of the corpus ({getattr(job.corpus, 'name', 'texts')})"
+    if given is None:
+        cats = list(dict.fromkeys([*job.langs, *job.texts]))
+    else:
+        raw = given.split(",") if isinstance(given, str) else list(given)
+        cats = normalize_langs([str(x).strip() for x in raw if str(x).strip()])
+    job.params["category_langs"] = cats
+    job.langs = list(dict.fromkeys([*job.langs, *cats]))
+
+
+def category_summary(params: Mapping[str, Any]) -> list[str]:
+    """Per-layer neuron category percentages and the bridge-layer rule and selection of a CLAS fit
+    (what ``xlsteer fit clas`` and ``xlsteer inspect`` print)."""
+    percent = params.get("category_percent") or {}
+    bridge = set(params.get("bridge_layers") or [])
+    langs = params.get("category_langs") or []
+    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
+             f"  {'layer':>5} {'dead':>7} {'specific':>9} {'partial':>8} {'all':>7} {'shared':>7}"]
+    for layer in sorted(percent, key=int):
+        p = percent[layer]
+        shared = p.get("partial", 0.0) + p.get("all", 0.0)
+        mark = "  <- bridge" if int(layer) in bridge else ""
+        lines.append(f"  {int(layer):>5} {p.get('dead', 0.0):7.2f} {p.get('specific', 0.0):9.2f} "
+                     f"{p.get('partial', 0.0):8.2f} {p.get('all', 0.0):7.2f} {shared:7.2f}{mark}")
+    if params.get("threshold_rule"):
+        lines.append(f"  {params['threshold_rule']}")
+    chosen = ",".join(str(x) for x in sorted(bridge)) or "-"
+    lines.append(f"bridge layers: {chosen} (rule: {params.get('bridge_rule', '?')})")
+    if len(langs) == 2:
+        lines.append("note: with 2 languages no neuron can be partial-shared, so only the language-specific "
+                     "mask acts; fit with more --langs for the full rule")
+    return lines
+
+
+def _call(fn: Any, job: FitJob) -> "CLASIntervention":
+    return fn(job.stats, [job.anchor, *job.targets], anchor=job.anchor, layers=job.layers, n_layers=job.n_layers,
+              meta=job.meta, **job.params)
+
+
+@register_method(
+    "clas", site="mlp_act", sites=("mlp_act",), statistics=StatisticsNeed("token-level means at every layer",
+                                                                          every_layer=True),
+    layer_policy=LayerPolicy(CHOSEN_BY_FIT, ALL_TOGETHER, text="bridge layers (auto)"),
+    alpha_grid=(-0.5, 0.5, 1.0, 2.0),  # the CLAS paper tunes alpha on dev and allows it to be negative
+    description="neuron steering at the bridge layers (CLAS: shared neurons up, language-specific down)",
+    compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
+    corpus_langs=_corpus_langs, summary=category_summary,
+)
 def fit_clas(
     stats: "Statistics",
     langs: Sequence[str],

@@ -39,6 +39,7 @@ from ..errors import ArtifactError, DataError, UsageError
 from ..hooks import POSITION_POLICIES, ForwardContext
 from ..models.sites import Site
 from .base import Intervention, register
+from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_layers, check_targets, check_width, fit_metadata
 
 if TYPE_CHECKING:
@@ -150,6 +151,36 @@ def _matrices(source: Any, lang: str, layer: int, site: str) -> torch.Tensor:
     return source.items(lang, Site(layer, site))
 
 
+def _collection(texts: Mapping[str, list[str]], targets: list[str], anchor: str,
+                params: Mapping[str, Any]) -> tuple[dict[str, list[str]], bool]:
+    """fit() collects INCLINE statistics on :func:`incline_texts` (code-switched when asked)."""
+    code_switch = bool(params.get("code_switch", False))
+    return incline_texts(texts, targets, anchor, code_switch=code_switch), code_switch
+
+
+def _check_pairs(lm: Any, site: str, n_pairs: int, params: Mapping[str, Any]) -> None:
+    """xlsteer fit: plain least squares (ridge 0) needs at least as many pairs as the site's width."""
+    from ..models.sites import site_width
+
+    if float(params.get("ridge", 0.0)) != 0.0:
+        return
+    width = site_width(lm.model, site)
+    n = n_pairs if params.get("max_pairs") is None else min(n_pairs, int(params["max_pairs"]))
+    if n < width:
+        raise UsageError(
+            f"INCLINE with ridge=0 needs at least {width} parallel pairs (the width of "
+            f"{site}), got {n}; pass --param ridge=0.01, or --limit {width} or more"
+        )
+
+
+@register_method(
+    "incline", site="mlp_out",
+    statistics=StatisticsNeed("per-item pooled vectors (keep_items)", keep_items=True, texts=_collection),
+    layer_policy=LayerPolicy(EVERY_LAYER, ALL_TOGETHER, text="every layer (as the paper)"),
+    alpha_grid=(0.25, 0.5, 1.0), description="per-layer linear maps of target states toward the anchor's (INCLINE)",
+    compare="INCLINE linear maps (NTREX), every layer, sigma chosen on dev", compare_defaults={"ridge": 0.1},
+    check_inputs=_check_pairs,
+)
 def fit_incline(
     source: "Statistics | Mapping[str, Mapping[int, torch.Tensor]]",
     layers: Sequence[int] | int,

@@ -39,6 +39,7 @@ from ..errors import ArtifactError, DataError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
 from .base import Intervention, register
+from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
 
 if TYPE_CHECKING:
@@ -260,6 +261,20 @@ def _jsonable(neurons: Mapping[str, Mapping[int, torch.Tensor]]) -> dict[str, di
             for lang, d in neurons.items()}
 
 
+def _call(fn: Any, job: FitJob) -> Intervention:
+    """LAPE and Int_mu select neurons over every language of the fit, the anchor included."""
+    return fn(job.stats, job.langs, anchor=job.anchor, layers=job.layers, meta=job.meta, site=job.site, **job.params)
+
+
+# neurons are compared across every layer; given layers only choose where to act
+_NEURON_LAYERS = LayerPolicy(CHOSEN_BY_FIT, ALL_TOGETHER, text="every layer")
+
+
+@register_method(
+    "lape", site=NEURON_SITES[0], sites=NEURON_SITES, statistics=StatisticsNeed(
+        "token-level P(act > 0) at every layer", every_layer=True), layer_policy=_NEURON_LAYERS,
+    alpha_grid=(0.5, 1.0), description="language-specific neurons (LAPE) deactivated or amplified", call=_call,
+)
 def fit_lape(
     stats: "Statistics",
     langs: Sequence[str],
@@ -324,6 +339,13 @@ def fit_lape(
     )
 
 
+@register_method(
+    "intmu", site=NEURON_SITES[0], sites=NEURON_SITES, statistics=StatisticsNeed(
+        "P(act > 0) and means at every layer", every_layer=True), layer_policy=_NEURON_LAYERS,
+    alpha_grid=(0.5, 1.0), description="LAPE neurons set to the anchor's mean activation (Int_mu)", call=_call,
+    compare="Int_mu: LAPE neurons of the row's language set to the anchor's mean (the CLAS paper's baseline), "
+            "strength chosen on dev",
+)
 def fit_intmu(
     stats: "Statistics",
     langs: Sequence[str],

@@ -30,6 +30,7 @@ from ..hooks import ForwardContext
 from ..models.sites import Site
 from ..provenance import now_utc
 from .base import Intervention, register
+from .registry import LayerPolicy, StatisticsNeed, quartile_layers, register_method
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -168,6 +169,12 @@ def token_rms_norm(stats: "Statistics", site: Site, langs: Sequence[str]) -> flo
     return math.sqrt(total / count)
 
 
+@register_method(
+    "diffmean", site="resid_post", statistics=StatisticsNeed("item-level pooled means"),
+    layer_policy=LayerPolicy(compare=quartile_layers), alpha_grid=(0.5, 1.0, 2.0),
+    description="the mean difference of anchor and target activations (closed form)",
+    compare="DiffMean vector (NTREX), layer and alpha chosen on dev",
+)
 def fit_diffmean(
     stats: "Statistics",
     layers: Sequence[int] | int,

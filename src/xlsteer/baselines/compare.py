@@ -1,0 +1,270 @@
+"""``xlsteer compare``: run several methods on the same items, pair each with zero-shot item by
+item, and write the comparison (JSON record and Markdown table). Resumes per method.
+
+The method table lives in :mod:`xlsteer.baselines.methods`, which re-exports these functions; it
+is read when a comparison runs (``run_method`` through the module, so it can be replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..data.langs import normalize_lang
+from ..errors import UsageError, XlsteerError
+from ..evaluation.tasks import get_task
+from ..results import METHODS as METHODS_FORMAT, VERSION
+from .context import REFERENCE, MethodRun, RunContext
+
+
+def _cell(res: dict[str, Any], lang: str, main: str) -> dict[str, Any]:
+    m = res["per_lang"][lang]["metrics"][main]
+    return {"score": m["mean"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
+
+
+def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequence[str], anchor: str,
+                        seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
+    """Per language and on average over non-anchor languages: score [CI] and the paired test vs ``ref``.
+
+    The tests are :func:`~xlsteer.evaluation.runner.compare_runs`'s: per language McNemar (0/1
+    scores) or the paired bootstrap, with p Holm-adjusted over the non-anchor languages; for the
+    average, the paired bootstrap stratified by language (its CI: the run's stratified interval).
+    """
+    from ..evaluation.runner import compare_runs
+
+    main = ref["metrics"]["main"]
+    cmp = compare_runs(ref, run, n_boot=n_boot, seed=seed, alpha=alpha)
+    per: dict[str, Any] = {}
+    for lang in langs:
+        if lang not in run["per_lang"]:
+            continue
+        c = cmp["per_lang"].get(lang)
+        cell = _cell(run, lang, main)
+        if c is not None:
+            t = c["metrics"][main]
+            cell.update({k: t[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "test", "verdict",
+                                           "mde") if k in t}, prediction_changed=c["prediction_changed"])
+        per[lang] = cell
+    covered = [lang for lang in langs if lang != anchor and lang in per]
+    avg: dict[str, Any] = {"langs": covered, "partial": len(covered) < len([x for x in langs if x != anchor])}
+    test = cmp["average"]["tests"].get(main)
+    if covered and test is not None and cmp["average"]["langs"] == covered:
+        ci = run["average"].get("ci", {}).get(main, {})
+        avg.update(score=float(np.mean([per[lang]["score"] for lang in covered])), ci_low=ci.get("ci_low"),
+                   ci_high=ci.get("ci_high"), n=int(sum(per[lang]["n"] for lang in covered)))
+        avg.update({k: test[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p", "test", "verdict", "mde")
+                    if k in test})
+    return {"per_lang": per, "average": avg}
+
+
+def compare_methods(
+    lm: Any,
+    task: str,
+    langs: Sequence[str],
+    methods: Sequence[str],
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    dev_limit: int | None = None,
+    fit_limit: int = 200,
+    anchor: str = "en",
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_length: int = 2048,
+    n_boot: int = 2000,
+    cache_dir: str | os.PathLike | None = None,
+    translation_cache: Any = True,
+    out_dir: str | os.PathLike | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    on_method: Callable[[str, MethodRun], None] | None = None,
+    calibrate: bool = False,
+    select: str = "global",
+) -> dict[str, Any]:
+    """Run ``methods`` on the same items and pair each with zero-shot; returns the "compare" record.
+
+    ``calibrate``: content-free calibration of label tasks (XNLI) for every model-scored method;
+    ``select``: ``global`` or ``per-lang`` selection of steering settings on dev (unsteered included).
+
+    ``out_dir``: per-method runner results go to ``out_dir/runs/<method>.json`` (and adapters to
+    ``out_dir/adapters``). ``dev_limit`` defaults to ``limit`` (else 100).
+    """
+    from ..evaluation.runner import write_results
+    from . import methods as M
+
+    METHODS, parse_methods = M.METHODS, M.parse_methods
+    t_start = time.perf_counter()
+    task = get_task(task).name
+    lang_list = list(dict.fromkeys(normalize_lang(x) for x in langs))
+    names = parse_methods(list(methods))
+    added_reference = REFERENCE not in names
+    if added_reference:
+        names = [REFERENCE, *names]
+    else:
+        names = [REFERENCE, *[n for n in names if n != REFERENCE]]
+    unknown = {k for k in (options or {}) if k not in METHODS}
+    if unknown:
+        raise UsageError(f"options given for unknown method(s) {', '.join(sorted(unknown))}")
+    ctx = RunContext(lm=lm, task=task, langs=lang_list, split=split, limit=limit,
+                     dev_limit=dev_limit if dev_limit is not None else (limit or 100), fit_limit=fit_limit,
+                     anchor=normalize_lang(anchor), data_dir=data_dir, seed=seed, batch_size=batch_size,
+                     max_length=max_length, n_boot=n_boot, cache_dir=cache_dir, translation_cache=translation_cache,
+                     work_dir=out_dir, options={k: dict(v) for k, v in (options or {}).items()},
+                     calibrate=bool(calibrate), select=select)
+    runs: dict[str, MethodRun] = {}
+    files: dict[str, str] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        key = resume_key(ctx, name)
+        path = None if out_dir is None else Path(out_dir) / "runs" / f"{name.replace('+', '_')}.json"
+        run = _reusable(path, key)
+        if run is None:
+            try:
+                run = M.run_method(name, ctx)
+            except XlsteerError as e:
+                if name == REFERENCE:
+                    raise
+                run = MethodRun(name, METHODS[name].family, None, error=" ".join(str(e).split()))
+            run.cost["wall_seconds"] = round(time.perf_counter() - t0, 3)
+            run.extra["resume_key"] = key
+            if path is not None and run.results is not None:
+                write_results(path, {**run.results, "method": run.record()})
+        runs[name] = run
+        if path is not None and path.is_file():
+            files[name] = str(path.relative_to(out_dir))
+        if on_method is not None:
+            on_method(name, run)
+    ctx.shared.clear()
+    return assemble_compare(ctx, names, runs, files, reference_added=added_reference,
+                            wall_seconds=time.perf_counter() - t_start)
+
+
+def resume_key(ctx: RunContext, name: str) -> str:
+    """What a method's result depends on: a finished ``runs/<method>.json`` with this key is reused.
+
+    Why: the per-item cache makes a re-run's evaluations instant, but fitting (LoRA training,
+    statistics, prompt search) would run again; an interrupted compare resumes per method.
+    """
+    import hashlib
+
+    from .. import __version__
+    from ..io import dumps_json
+    from .methods import METHODS
+
+    spec = METHODS[name]
+    params = {**dict(spec.defaults), **ctx.options.get(name, {})}
+    body = {"method": name, "params": params, "task": ctx.task, "langs": ctx.langs, "split": ctx.split,
+            "limit": ctx.limit, "dev_limit": ctx.dev_limit, "fit_limit": ctx.fit_limit, "anchor": ctx.anchor,
+            "seed": ctx.seed, "max_length": ctx.max_length, "n_boot": ctx.n_boot,
+            "calibrate": ctx.calibrate, "select": ctx.select,
+            "data_dir": str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
+            "model": getattr(ctx.lm, "fingerprint", None), "xlsteer": __version__}
+    return hashlib.sha256(dumps_json(body).encode("utf-8")).hexdigest()
+
+
+def _reusable(path: Path | None, key: str) -> MethodRun | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        run = MethodRun.from_file(path)
+    except XlsteerError:
+        return None
+    if run.extra.get("resume_key") != key or run.results is None:
+        return None
+    run.notes = [*run.notes, f"reused from {path.name} (same settings; finished earlier)"]
+    return run
+
+
+def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, MethodRun],
+                     files: Mapping[str, str] | None = None, *, reference_added: bool = False,
+                     wall_seconds: float | None = None) -> dict[str, Any]:
+    """The "compare" record from finished method runs: each paired with zero-shot item by item."""
+    from ..provenance import versions
+    from .methods import METHODS
+
+    seed, n_boot, lang_list, split, limit = ctx.seed, ctx.n_boot, ctx.langs, ctx.split, ctx.limit
+    ref = runs[REFERENCE].results
+    assert ref is not None
+    main = ref["metrics"]["main"]
+    rows: dict[str, Any] = {}
+    for name in names:
+        run = runs[name]
+        row = {**run.record(), "description": METHODS[name].description}
+        if run.results is not None:
+            row.update(pair_with_reference(run.results, ref, lang_list, ctx.anchor, seed=seed, n_boot=n_boot))
+            for lang in lang_list:
+                if lang not in row["per_lang"]:
+                    row["per_lang"][lang] = {"status": "n/a", "reason": run.skipped.get(lang, "not evaluated")}
+            row["item_ids_sha256"] = run.results["item_ids"]["sha256"]
+        else:
+            row["per_lang"] = {lang: {"status": "failed", "reason": run.error} for lang in lang_list}
+            row["average"] = {}
+        rows[name] = row
+    return {
+        "format": METHODS_FORMAT,
+        "version": VERSION,
+        "task": ctx.task,
+        "split": split,
+        "langs": lang_list,
+        "anchor": ctx.anchor,
+        "main": main,
+        "metric_kind": ref["metrics"]["kinds"][main],
+        "model": ref["model"],
+        "template": ref["template"],
+        "limit": limit,
+        "dev_limit": ctx.dev_limit,
+        "fit_limit": ctx.fit_limit,
+        "seed": seed,
+        "n_boot": n_boot,
+        "alpha_level": 0.05,
+        "reference": REFERENCE,
+        "reference_added": reference_added,
+        "item_ids": ref["item_ids"],
+        "methods": list(names),
+        "rows": rows,
+        "runs": dict(files or {}),
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
+        "versions": versions(),
+    }
+
+
+def compare_markdown(record: Mapping[str, Any]) -> str:
+    """One Markdown table: rows = methods, columns = languages + average (see evaluation.tables.methods_table)."""
+    from ..evaluation.tables import methods_table
+    from ..results.schema import validate
+
+    return methods_table(validate(dict(record)))
+
+
+def write_compare(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> tuple[Path, Path]:
+    """DIR/compare.json and DIR/compare.md (atomic writes)."""
+    from ..io import atomic_write_json, atomic_write_text
+
+    d = Path(out_dir)
+    j = atomic_write_json(d / "compare.json", dict(record))
+    m = atomic_write_text(d / "compare.md", compare_markdown(record))
+    return j, m
+
+
+def load_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["sft.steps=20", "icl-en.k=2"]`` -> ``{"sft": {"steps": 20}, "icl-en": {"k": 2}}`` (values as JSON when they parse)."""
+    from .methods import parse_methods
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in pairs:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UsageError(f"option {item!r} must look like METHOD.KEY=VALUE, e.g. sft.steps=20")
+        left, value = item.split("=", 1)
+        method, key = left.rsplit(".", 1)
+        method = parse_methods(method)[0]
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(method, {})[key.strip()] = parsed
+    return out
