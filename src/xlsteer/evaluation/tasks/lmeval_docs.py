@@ -1,0 +1,264 @@
+"""lm-eval documents as xlsteer items: lm-eval's own requests per document, and scoring of
+generated texts through the task's own filters and ``process_results``.
+
+See :mod:`xlsteer.evaluation.tasks.lmeval` for what is built and why; everything lm-eval or
+``datasets`` prints while doing it is kept off the terminal (:func:`quiet`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+from ...errors import DataError
+
+#: lm-eval's default few-shot seed (``simple_evaluate(fewshot_random_seed=1234)``).
+FEWSHOT_SEED = 1234
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Nothing lm-eval, ``datasets`` or a subprocess of theirs prints reaches the terminal.
+
+    Why at the file-descriptor level: lm-eval's warnings go through loggers without handlers
+    (Python's last-resort handler prints them), ``datasets`` draws progress bars, and git probes
+    print from child processes; only redirecting fds 1 and 2 catches all of them.
+    """
+    import sys
+    import tempfile
+    import warnings
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = []
+    try:
+        sink = tempfile.TemporaryFile()
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(sink.fileno(), fd)
+    except OSError:  # pragma: no cover  (no fds: nothing to hide)
+        sink = None
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(_Null()), contextlib.redirect_stderr(_Null()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        if sink is not None:
+            sink.close()
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+class Docs:
+    """The loaded lm-eval tasks of every language, their documents and rendered items (cached)."""
+
+    def __init__(self, name: str, tasks: dict[str, Any], task_names: dict[str, str], splits: dict[str, str]):
+        self.name, self.tasks, self.task_names, self.splits = name, tasks, task_names, splits
+        self._docs: dict[tuple[str, str], list] = {}
+        self._items: dict[tuple[str, str], list] = {}
+
+    def docs(self, lang: str, split: str) -> list:
+        key = (lang, split)
+        if key not in self._docs:
+            task = self.tasks[lang]
+            fn = {"test": task.test_docs if task.config.test_split else task.validation_docs,
+                  "dev": task.validation_docs, "train": task.training_docs}[split]
+            with quiet():
+                try:
+                    self._docs[key] = list(fn())
+                except Exception as e:  # lm-eval/datasets raise anything; the user needs one line
+                    raise DataError(f"lm-eval task {self.task_names[lang]} could not load its {self.splits[split]} "
+                                    f"documents: {one_line(e)}; check the task's process_docs") from None
+        return self._docs[key]
+
+    def check_aligned(self) -> None:
+        """Every language holds the same number of documents per split (ids pair by position)."""
+        for split in self.splits:
+            counts = {lang: len(self.docs(lang, split)) for lang in self.tasks}
+            if len(set(counts.values())) > 1:
+                shown = ", ".join(f"{self.task_names[lang]} {n}" for lang, n in counts.items())
+                raise DataError(f"the lm-eval tasks of {self.name} hold different numbers of {split} documents "
+                                f"({shown}); give every language the same items in the same order")
+            if not any(counts.values()):
+                raise DataError(f"the lm-eval tasks of {self.name} hold no {self.splits[split]} documents; "
+                                "check their data files")
+
+    def items(self, lang: str, split: str, limit: int | None) -> list:
+        """Items 0..limit-1 of a split, rendered from the first document with a fresh few-shot
+        seed (so the prompts are lm-eval's, whatever the limit)."""
+        docs = self.docs(lang, split)
+        n = len(docs) if limit is None else min(limit, len(docs))
+        key = (lang, split)
+        if len(self._items.get(key, ())) < n:
+            self._items[key] = self._build_items(lang, split, docs[:n])
+        return self._items[key][:n]
+
+    def _build_items(self, lang: str, split: str, docs: list) -> list:
+        from .base import Item
+
+        task, tname = self.tasks[lang], self.task_names[lang]
+        shots = int(task.config.num_fewshot or 0)
+        own_pool = shots > 0 and _fewshot_pool(task) == self.splits[split]
+        out = []
+        with quiet():
+            task.set_fewshot_seed(FEWSHOT_SEED)
+            for i, doc in enumerate(docs):
+                try:
+                    with _excluding(task, doc) if own_pool else contextlib.nullcontext():
+                        fields, answer = _request_fields(task, doc, i, shots)
+                except DataError:
+                    raise
+                except Exception as e:  # the task's own functions: jinja, KeyError, ...
+                    raise DataError(f"lm-eval task {tname} could not build the request of {self.splits[split]} "
+                                    f"document {i}: {one_line(e)}; check its doc_to_text/doc_to_choice/"
+                                    "doc_to_target") from None
+                out.append(Item(id=f"{self.name}/{split}/{i}", lang=lang, split=split, fields=fields, answer=answer))
+        return out
+
+
+def _fewshot_pool(task: Any) -> str | None:
+    """The lm-eval split few-shot exemplars are drawn from (lm-eval's own fallback order; None:
+    they are listed in the config)."""
+    cfg = task.config
+    if getattr(task.fewshot_cfg, "samples", None) is not None:
+        return None  # exemplars listed in the config itself, not drawn from a split
+    declared = getattr(task.fewshot_cfg, "split", None)
+    return declared or cfg.training_split or cfg.validation_split or cfg.test_split
+
+
+@contextlib.contextmanager
+def _excluding(task: Any, doc: dict) -> Iterator[None]:
+    """The few-shot sampler of ``task`` never draws ``doc`` itself (restored on exit)."""
+    sampler = task.sampler
+    original = sampler.sample
+
+    def sample(n: int, eval_doc: Any = None, **kwargs: Any) -> Any:
+        return original(n, eval_doc=doc, **kwargs)
+
+    sampler.sample = sample
+    try:
+        yield
+    finally:
+        del sampler.sample
+
+
+def _gold(task: Any, doc: dict, choices: list, multi_input: bool) -> int:
+    gold = task.doc_to_text(doc) if multi_input else task.doc_to_target(doc)
+    if isinstance(gold, list):
+        raise DataError(f"lm-eval task {task.config.task} gives several gold answers per document; xlsteer scores "
+                        "one gold choice per item: make doc_to_target return one")
+    if isinstance(gold, str):
+        gold = choices.index(gold) if gold in choices else -1
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+        raise DataError(f"lm-eval task {task.config.task}: gold {gold!r} is not one of the {len(choices)} choices; "
+                        "fix doc_to_target")
+    return gold
+
+
+def _request_fields(task: Any, doc: dict, index: int, shots: int) -> tuple[dict, Any]:
+    """lm-eval's own request of one document, as item fields (and the gold answer)."""
+    ctx = task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc))
+    insts = task.construct_requests(doc=doc, ctx=ctx, metadata=(task.config.task, index, 1))
+    insts = insts if isinstance(insts, list) else [insts]
+    fields: dict[str, Any] = {"doc": doc}
+    kind = task.OUTPUT_TYPE
+    if kind == "multiple_choice":
+        choices = task.doc_to_choice(doc)
+        multi = bool(task.multiple_input)
+        pairs = [inst.arguments for inst in insts[:len(choices)]]  # acc_mutual_info appends more
+        gold = _gold(task, doc, choices, multi)
+        if multi:
+            fields.update(contexts=[c for c, _ in pairs], continuations=[pairs[0][1]], target=choices[gold])
+        else:
+            fields.update(context=pairs[0][0], continuations=[c for _, c in pairs], target=choices[gold])
+        return fields, gold
+    if kind == "loglikelihood":
+        context, cont = insts[0].arguments[:2]
+        fields.update(context=context, continuations=[cont], target=cont)
+        return fields, 0
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    context, gen = insts[0].arguments[:2]
+    gen = normalize_gen_kwargs(dict(gen or {}), 256)
+    target = task.doc_to_target(doc)
+    if task.config.doc_to_choice is not None and isinstance(target, int):
+        target = task.doc_to_choice(doc)[target]
+    fields.update(context=context, until=[str(u) for u in gen.get("until") or []],
+                  max_gen_toks=int(gen["max_gen_toks"]), target=target)
+    return fields, target
+
+
+def render(t: Any, item: Any, exemplars: Any = ()) -> Any:
+    """The request lm-eval built for the item's document (fields made by the loader)."""
+    from ..templates import Request
+
+    f = item.fields
+    if t.kind == "generate":
+        limit = t.options.get("max_new_tokens") or f["max_gen_toks"]  # the option: --max-new-tokens
+        return Request(kind="generate", prompt=f["context"], max_new_tokens=int(limit), stop=tuple(f["until"]))
+    if f.get("contexts"):
+        return Request(kind="choice", contexts=tuple(f["contexts"]), choices=tuple(f["continuations"]))
+    return Request(kind="choice", context=f["context"], choices=tuple(f["continuations"]))
+
+
+def _number(value: Any, metric: str, task: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"lm-eval task {task}: process_results gave {metric}={value!r}, not one number per item; "
+                        "xlsteer reports per-item metrics only") from None
+    return out
+
+
+def score(docs: Docs, metrics: tuple[Any, ...], item: Any, text: str) -> Any:
+    """The task's own filters and process_results on one generated text (see the module doc)."""
+    from .lmeval_config import metric_key
+    from .spec import Scored
+
+    task, tname = docs.tasks[item.lang], docs.task_names[item.lang]
+    doc = item.fields["doc"]
+    wanted = {m.name for m in metrics}
+    filters = [ens.name for ens in task._filters]
+    values: dict[str, float] = {}
+    prediction: Any = None
+    with quiet():
+        for ens in task._filters:
+            resps: Any = [[text]]
+            for make in ens.filters:
+                resps = make().apply(resps, [doc])
+            out = list(resps)[0]
+            prediction = out if prediction is None else prediction
+            for metric, value in task.process_results(doc, [out]).items():
+                key = metric_key(metric, ens.name, filters)
+                if key in wanted:
+                    values[key] = _number(value, key, tname)
+    missing = sorted(wanted - set(values))
+    if missing:
+        raise DataError(f"lm-eval task {tname}: process_results gave no {missing[0]}; fix its metric_list")
+    binary = [m.name for m in metrics if m.kind == "binary"]
+    correct = values[binary[0]] >= 1.0 if binary else values[metrics[0].name] > 0
+    return Scored(prediction, bool(correct), values)
+
+
+def answer_text(item: Any, template: Any = None) -> str:
+    return str(item.fields["target"])
