@@ -168,7 +168,8 @@ def sweep_config(task: Any, cfg: EvalConfig | None = None, **settings: Any) -> E
         raise UsageError("a sweep selects hyper-parameters and must not see test items; use --split dev")
     if spec.dev_split is None and split != "train":
         raise UsageError(f"task {spec.name} has no dev split, so it cannot be swept without seeing test items; "
-                         "declare one (a dev item range in the task spec) or evaluate without a sweep")
+                         "declare one (splits: {dev: \"0-49\", test: \"50-\"} in a JSONL task spec, or a "
+                         "validation_split besides test_split in an lm-eval task) or evaluate without a sweep")
     split = split or spec.dev_split
     return EvalConfig.of(cfg, split=split, **settings)
 
