@@ -182,8 +182,11 @@ class TaskSpec:
         for t in self.templates:
             if t.name == name:
                 return t
-        raise UsageError(f"unknown template {name!r} for task {self.name!r}; "
-                         f"choose one of {', '.join(t.name for t in self.templates)}")
+        mine = ", ".join(t.name for t in self.templates)
+        owner = next((s.name for s in _REGISTRY.values() if any(t.name == name for t in s.templates)), None)
+        if owner is not None:
+            raise UsageError(f"template '{name}' is for task {owner}, not {self.name}; choose one of {mine}")
+        raise UsageError(f"unknown template {name!r} for task {self.name!r}; choose one of {mine}")
 
     def check_split(self, split: str) -> str:
         if split not in self.splits:
