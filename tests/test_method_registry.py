@@ -143,3 +143,18 @@ def test_fit_help_lists_every_registered_method(capsys, toy):
 
 def test_fit_docstring_table_matches_the_registry():
     assert method_table(BUILTINS) in fit_module.__doc__
+
+
+def test_refitting_the_same_intervention_gives_the_same_cache_hash(lm):
+    """Timings and where the statistics came from differ between identical fits; the per-item
+    cache key must not, or every refit would recompute every item."""
+    from xlsteer.evaluation.engine import intervention_hash
+
+    texts = parallel_texts(8)
+    a = fit("diffmean", lm, texts, ["sw"], layers=[1])
+    b = fit("diffmean", lm, texts, ["sw"], layers=[1])
+    b.meta["collect_seconds"] = a.meta["collect_seconds"] + 1.0
+    b.meta["statistics_source"] = "cache stats.safetensors"
+    assert intervention_hash(a) == intervention_hash(b)
+    c = fit("diffmean", lm, texts, ["sw"], layers=[0])
+    assert intervention_hash(a) != intervention_hash(c)

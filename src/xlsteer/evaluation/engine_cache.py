@@ -21,18 +21,13 @@ import torch
 
 from ..distributed import current as current_dist
 from ..errors import XlsteerError, XlsteerWarning
+from ..hooks import _as_list  # one rule for "an intervention or a list of them"
 from ..io import dumps_json
 
-#: Intervention metadata keys that change between identical fits (left out of the hash).
-VOLATILE_META = frozenset({"strength", "provenance", "fit_seconds", "fitted_at", "created"})
-
-
-def _as_list(interventions: Any) -> list[Any]:
-    if interventions is None:
-        return []
-    if isinstance(interventions, (list, tuple)):
-        return list(interventions)
-    return [interventions]
+#: Intervention metadata keys that change between identical fits (left out of the hash): timings,
+#: and whether the statistics were collected or read back from a statistics cache.
+VOLATILE_META = frozenset({"strength", "provenance", "fit_seconds", "collect_seconds", "statistics_source",
+                           "fitted_at", "created"})
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
