@@ -143,16 +143,21 @@ def data_hash(data_dir: str | os.PathLike, files: list[str] | None = None) -> st
 
     Cheap (reads only SHA256SUMS); equals :func:`files_hash` of the same files when they are intact.
     """
-    sums = read_sums(data_dir)
     if files is None:
-        return hash_lines(sums.items())
+        return hash_lines(read_sums(data_dir).items())
+    return hash_lines(sums_entries(data_dir, files))
+
+
+def sums_entries(data_dir: str | os.PathLike, files: Iterable[str]) -> list[tuple[str, str]]:
+    """(relative path, sha256) of ``files`` as SHA256SUMS lists them (DataError for one it lacks)."""
+    sums = read_sums(data_dir)
     entries = []
     for f in files:
         rel = _norm_rel(str(f))
         if rel not in sums:
             raise DataError(f"{rel} is not listed in {Path(data_dir) / SUMS_FILE}; use a file of the shared data")
         entries.append((rel, sums[rel]))
-    return hash_lines(entries)
+    return entries
 
 
 @functools.lru_cache(maxsize=512)

@@ -70,15 +70,13 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     from .pairing import compare_runs
 
     cfg = cfg or EvalConfig()
+    # loaded and checked against the model before any work, not after the unsteered run
+    ivs = R.load_interventions(interventions, alpha, lm.fingerprint, model=lm)
     engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length)
     base = R.evaluate(lm, task, langs, None, cfg, engine=engine)
-    if interventions is None or (isinstance(interventions, (list, tuple)) and not interventions):
-        if alpha is not None:
-            from ..errors import UsageError
-
-            raise UsageError("--alpha needs --intervention FILE")
+    if not ivs:
         return EvalResult(base)
-    steered = R.evaluate(lm, task, langs, interventions, cfg, alpha=alpha, engine=engine)
+    steered = R.evaluate(lm, task, langs, ivs, cfg, alpha=alpha, engine=engine)
     return EvalResult(steered, baseline=base, comparison=compare_runs(base, steered))
 
 

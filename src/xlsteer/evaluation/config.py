@@ -44,9 +44,9 @@ class EvalConfig:
     max_length: int = 2048
 
     def __post_init__(self) -> None:
-        lim = self.limit
-        if lim is not None and (not isinstance(lim, int) or isinstance(lim, bool) or lim < 1):
-            raise UsageError(f"limit must be a positive integer, got {lim!r}")
+        from .tasks.base import check_limit
+
+        check_limit(self.limit)
         if self.positions is not None and self.positions not in POSITIONS:
             raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         for name in ("batch_size", "max_length", "n_boot"):

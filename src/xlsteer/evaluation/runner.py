@@ -55,15 +55,13 @@ def _sha(obj: Any) -> str:
 
 def files_data_hash(data_dir: str | os.PathLike | None, files: Sequence[str]) -> str:
     """The data hash of the files an evaluation read: files of the data dir by their SHA256SUMS
-    lines (cheap), a user task's own files (absolute paths) by their bytes."""
-    from ..data.paths import data_dir as resolve_data_dir, data_hash, files_hash, hash_lines
+    lines (cheap), a user task's own files (absolute paths) by their bytes, named by file name."""
+    from ..data.paths import data_dir as resolve_data_dir, file_sha256, hash_lines, sums_entries
 
     shipped = [f for f in files if not os.path.isabs(f)]
-    own = [f for f in files if os.path.isabs(f)]
-    if not own:
-        return data_hash(resolve_data_dir(data_dir), shipped) if shipped else hash_lines([])
-    parts = [files_hash(own)] + ([data_hash(resolve_data_dir(data_dir), shipped)] if shipped else [])
-    return parts[0] if len(parts) == 1 else hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+    entries = sums_entries(resolve_data_dir(data_dir), shipped) if shipped else []
+    entries += [(Path(f).resolve().name, file_sha256(f)) for f in files if os.path.isabs(f)]
+    return hash_lines(entries)
 
 
 def load_interventions(interventions: Any, alpha: float | None, fingerprint: dict | None,
@@ -110,14 +108,6 @@ def parse_langs(langs: str | Sequence[str]) -> list[str]:
         raise UsageError("no languages given; pass at least one language code, e.g. en,sw,zh")
     return out
 
-
-_langs = parse_langs  # the name older callers import
-
-
-def load_task_items(task: str | TaskSpec, langs: Sequence[str], split: str, limit: int | None,
-                    data_dir: str | os.PathLike | None) -> dict[str, list[Any]]:
-    """The task's items of ``split`` per language (first ``limit``), checked non-empty."""
-    return items_by_lang(get_task(task), langs, split, limit, data_dir)
 
 
 def _records(spec: TaskSpec, tpl: Template, eng: Engine, flat: list[Any], exemplars: dict[str, list[Any]],

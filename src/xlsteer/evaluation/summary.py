@@ -17,9 +17,6 @@ from . import metrics as M
 from . import significance as S
 from .tasks.spec import Metric, TaskSpec, get_task
 
-#: What names the metrics of an evaluation: a task (registered name or spec) or its metrics.
-MetricSource = "str | TaskSpec | Sequence[Metric]"
-
 
 def metrics_of(source: Any) -> tuple[Metric, ...]:
     """The metrics of a task name, a TaskSpec, or a list of Metric."""

@@ -18,7 +18,6 @@ registers their spec for the rest of the process.
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
@@ -279,18 +278,13 @@ def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
     return [get_task(text)]  # the one-line unknown-task error
 
 
-def is_path_reference(ref: str) -> bool:
-    """Whether ``ref`` looks like a task spec file rather than a name."""
-    return str(ref).lower().endswith((".yaml", ".yml")) or os.sep in str(ref)
-
-
 def items_by_lang(spec: TaskSpec, langs: Sequence[str], split: str, limit: int | None,
                   data_dir: Any) -> dict[str, list["Item"]]:
     """The items of ``split`` per language, checked non-empty."""
     from ...errors import XlsteerError
+    from .base import check_limit
 
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise UsageError(f"limit must be a positive integer, got {limit!r}")
+    check_limit(limit)
     spec.check_split(split)
     out = {lang: spec.load_items(data_dir, lang, split, limit) for lang in langs}
     for lang, its in out.items():
