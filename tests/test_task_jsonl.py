@@ -472,3 +472,24 @@ def test_cli_sweep_selects_on_the_dev_split_and_refuses_a_task_without_one(mc_ta
                  "-o", str(tmp_path / "s2.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no dev split" in err and "\n" not in err
+
+
+def test_an_output_never_overwrites_the_task_spec_or_its_data(mc_task, tmp_path, capsys):
+    """The spec file and its JSONL files are inputs of eval, sweep and compare like any other."""
+    from xlsteer.cli import main
+
+    model, vector = model_and_vector(tmp_path / "m")
+    data = mc_task.parent / "data" / "en.jsonl"
+    before = {p: p.read_bytes() for p in (mc_task, data)}
+    for target in (mc_task, data):
+        for argv in (["eval", "--intervention", vector, "-o", str(target)],
+                     ["sweep", "--intervention", vector, "--layers", "1", "-o", str(target)]):
+            capsys.readouterr()
+            code = main([*argv[:1], "--model", model, "--task", str(mc_task), *argv[1:]])
+            err = capsys.readouterr().err
+            assert code == 2 and "is the input file" in err and err.count("\n") == 1, err
+    capsys.readouterr()
+    assert main(["compare", "--model", model, "--task", str(mc_task), "--methods", "zero-shot",
+                 "--translation-cache", str(data), "-o", str(tmp_path / "cmp")]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before

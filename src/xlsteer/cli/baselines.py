@@ -10,7 +10,7 @@ import click
 
 from ..errors import UsageError
 from .options import (SEED, count, data_dir_option, langs_for, load_model_from, model_options, resolve_task_from,
-                      spare_inputs, task_options)
+                      spare_inputs, task_inputs, task_options)
 
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
 
@@ -63,9 +63,9 @@ def compare_cmd(**kw: Any) -> None:
     check_writable(out / "compare.json")
     from ..io import files_written_into
 
-    spare_inputs([*files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), kw["translation_cache"]], [],
-                 model=kw["model"], data_dir=kw["data_dir"])
     spec = resolve_task_from(kw)
+    spare_inputs([*files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), kw["translation_cache"]],
+                 task_inputs(spec, kw), model=kw["model"], data_dir=kw["data_dir"])
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))

@@ -10,7 +10,7 @@ import click
 
 from ..errors import UsageError
 from .options import (MAX_COUNT, SEED, count, data_dir_option, langs_for, load_model_from, model_options, parse_float,
-                      parse_layers, resolve_task_from, spare_inputs, task_options)
+                      parse_layers, resolve_task_from, spare_inputs, task_inputs, task_options)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -109,8 +109,8 @@ def eval_cmd(**kw: Any) -> None:
     t0 = time.perf_counter()
     _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
-    spare_inputs([out], [kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
     spec = resolve_task_from(kw)
+    spare_inputs([out], [kw["intervention"], *task_inputs(spec, kw)], model=kw["model"], data_dir=kw["data_dir"])
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     alpha = parse_float(kw["alpha"], "--alpha") if kw["alpha"] is not None else None
     if alpha is not None and kw["intervention"] is None:
@@ -159,7 +159,8 @@ def sweep_cmd(**kw: Any) -> None:
         raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
     out = check_writable(kw.pop("output"))
     best_path = out.with_name(out.stem + ".best.safetensors")
-    spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"]], model=kw["model"], data_dir=kw["data_dir"])
+    spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"], *task_inputs(spec, kw)], model=kw["model"],
+                 data_dir=kw["data_dir"])
     cfg = sweep_config(spec, eval_config(kw, "test"), split=kw["split"])
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]

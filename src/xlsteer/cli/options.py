@@ -91,6 +91,17 @@ def resolve_task_from(kw: dict[str, Any]) -> Any:
     return specs[0]
 
 
+def task_inputs(spec: Any, kw: dict[str, Any]) -> list[str]:
+    """What a user task reads, for the outputs-spare-inputs check: its spec file, the lm-eval
+    include folders and its own data files (a built-in's files are in the data dir, checked as such)."""
+    from pathlib import Path as _Path
+
+    own = {f for lang in spec.langs for split in spec.splits for f in spec.data_files(lang, split)
+           if _Path(f).is_absolute()}
+    ref = [str(kw["task"])] if _Path(str(kw["task"])).is_file() else []
+    return [*ref, *(str(p) for p in kw.get("include_path") or ()), *sorted(own)]
+
+
 def task_langs(task: Any, anchor: str = "en") -> list[str]:
     """A task's languages, the anchor first: what ``--langs all`` means for that task."""
     from ..data.langs import normalize_lang
