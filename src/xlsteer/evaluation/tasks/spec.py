@@ -7,7 +7,7 @@ data may come from, which fields translate-test translates). Declaring them once
 loader, means a new benchmark is one module (or one YAML file, or one lm-eval task name) and
 nothing else branches on a task's name.
 
-Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package that call
+Built-in tasks (mgsm, xcopa, xnli, xquad, lcb) are modules of this package that call
 :func:`register_task` on import; they are imported on first use so ``import xlsteer`` stays
 cheap. User tasks come from a *task reference* that is not a registered name: ``lmeval:NAME,...``
 (an lm-evaluation-harness task, :mod:`xlsteer.evaluation.tasks.lmeval`) or the path of a YAML
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MetricKind = Literal["binary", "continuous", "macro_f1"]
 
 #: Built-in task modules of this package, imported on first use.
-BUILTIN: tuple[str, ...] = ("mgsm", "xcopa", "xnli", "xquad")
+BUILTIN: tuple[str, ...] = ("mgsm", "xcopa", "xnli", "xquad", "lcb")
 #: Per-item scores every choice and label request yields (besides the task's metrics).
 CHOICE_CONTINUOUS: tuple[str, ...] = ("margin", "p_correct")
 
@@ -57,6 +57,8 @@ class Scored:
     prediction: Any
     correct: bool
     scores: Mapping[str, float]
+    #: JSON-ready facts about the verdict kept in the item's record (e.g. which lines failed).
+    details: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ class TaskSpec:
     choice and label tasks are scored by log-likelihood and need none). ``comparable_predictions``:
     whether predictions can be compared across languages (not for extractive QA, whose answers
     are text in each language). ``dev_split``: the split sweeps and selection use (None: the task
-    cannot be swept).
+    cannot be swept). ``task_summary(records)``: a task's own figures over the scored records
+    (e.g. a benchmark's published aggregates), kept in the result as ``task_summary``.
     """
 
     name: str
@@ -134,6 +137,7 @@ class TaskSpec:
     extra_continuous: tuple[str, ...] | None = None
     baselines: BaselineHints = field(default_factory=BaselineHints)
     source: Mapping[str, Any] = field(default_factory=lambda: {"kind": "builtin"})
+    task_summary: Callable[[Sequence[dict]], dict] | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.metrics]
