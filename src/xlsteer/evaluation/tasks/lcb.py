@@ -315,10 +315,11 @@ def task_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _spec(name: str, sets: tuple[str, ...], description: str) -> TaskSpec:
     langs = set_langs(sets)
     files = [ZIP, WORDS]
+    test = f"rows {DEV_ROWS}- of every file ({ROWS_DEFAULT - DEV_ROWS} per source and language"
+    test += f"; {ROWS[('cross', 'complex_prompts')] - DEV_ROWS} for complex_prompts)" if "cross" in sets else ")"
     return TaskSpec(
         name=name, description=description, langs=langs,
-        splits={"dev": f"rows 0-{DEV_ROWS - 1} of every file (per source and language)",
-                "test": f"rows {DEV_ROWS}- of every file (80 per source and language; 79 for complex_prompts)"},
+        splits={"dev": f"rows 0-{DEV_ROWS - 1} of every file (per source and language)", "test": test},
         load_items=make_loader(sets, name, langs),
         data_files=lambda lang, split: list(files),
         templates=templates(name),
