@@ -153,7 +153,9 @@ def test_the_writing_commands_are_found_in_the_cli():
 
 
 def _cases():
-    return [(words, out.name) for words, cmd, outs, ins in writing_commands(cli) for out in outs]
+    """(command, output parameter) of every writing command that reads something (data fetch and
+    results schema read nothing: they have no input to collide with)."""
+    return [(words, out.name) for words, cmd, outs, ins in writing_commands(cli) for out in outs if ins]
 
 
 @pytest.mark.parametrize("words, output", _cases(), ids=[" ".join(w) + ":" + o for w, o in _cases()])
@@ -168,8 +170,7 @@ def test_no_output_may_be_an_input_or_inside_an_input_folder(files, words, outpu
     out = next(p for p in outs if p.name == output)
     base = _call(words, cmd, inputs, files)
     targets = _targets(inputs, words, files)
-    if not targets:
-        pytest.skip(f"{' '.join(words)} reads no file")
+    assert targets
     for target in targets:
         before = _state(files)
         argv = base + ([_flag(out), target] if _flag(out) else [target])
