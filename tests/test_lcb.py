@@ -279,7 +279,9 @@ def test_rows_wanted_in_english_are_never_steered(data):
                         tensors={vector_key(1): 8 * torch.randn(1, lm.hidden_size, generator=g)},
                         params={"normalize": "none"}, languages=["ja"], anchor="en", strength=1.0)
     cfg = EvalConfig(limit=2, n_boot=50, template_options={"max_new_tokens": 8}, data_dir=str(data))
-    res = evaluate(lm, "lcb-mono", ["en", "ja"], iv, cfg).to_json()
+    result = evaluate(lm, "lcb-mono", ["en", "ja"], iv, cfg)
+    assert "LCB monolingual, as upstream's compute_metrics.py reports it" in result.table()
+    res = result.to_json()
     steered = {(x["lang"], x["id"]): x["generated"] for x in res["items"]}
     base = {(x["lang"], x["id"]): x["generated"] for x in res["baseline"]["items"]}
     assert steered.keys() == base.keys() and len(base) == 6
@@ -311,7 +313,8 @@ def test_gemma_lcb_eval_cli_steered_and_unsteered(data, tmp_path, capsys):
 
     lm = load_model("gemma3-270m")
     g = torch.Generator().manual_seed(0)
-    iv = SteeringVector(sites=[Site(4, "resid_post")], tensors={vector_key(4): torch.randn(1, lm.hidden_size, generator=g)},
+    iv = SteeringVector(sites=[Site(4, "resid_post")],
+                        tensors={vector_key(4): torch.randn(1, lm.hidden_size, generator=g)},
                         params={"normalize": "none"}, languages=["ja"], anchor="en", strength=4.0)
     iv_path = iv.save(tmp_path / "ja.safetensors")
     del lm
@@ -319,8 +322,8 @@ def test_gemma_lcb_eval_cli_steered_and_unsteered(data, tmp_path, capsys):
     lid.write_bytes(LF.packaged_ftz().read_bytes())
     out = tmp_path / "r.json"
     code = main(["eval", "--model", "gemma3-270m", "--task", "lcb", "--langs", "en,ja", "--limit", "1",
-                 "--intervention", str(iv_path), "--lid-model", str(lid), "--cache-dir", str(tmp_path / "cache"),
-                 "--data-dir", str(data), "-o", str(out)])
+                 "--max-new-tokens", "24", "--intervention", str(iv_path), "--lid-model", str(lid),
+                 "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(data), "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "line_pass" in text and "lcb-qa" in text

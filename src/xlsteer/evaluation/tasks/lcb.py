@@ -207,7 +207,8 @@ def load_shots(template: Any, lang: str, data_dir: Any) -> tuple[list[Item], str
             msgs = [t["message"] for t in turns]
         except (KeyError, TypeError):
             raise DataError(f"{path}: {key}[{lang}] is not a list of {{role, message}}; restore it") from None
-        if roles != ["User", "Chatbot"] * (len(turns) // 2) or len(turns) % 2 or not all(isinstance(m, str) for m in msgs):
+        alternating = roles == ["User", "Chatbot"] * (len(turns) // 2) and not len(turns) % 2
+        if not alternating or not all(isinstance(m, str) for m in msgs):
             raise DataError(f"{path}: {key}[{lang}] does not alternate User and Chatbot turns; restore it")
         out += [Item(id=f"lcb/shot/{set_name}/{lang}/{j}", lang=lang, split="train",
                      fields={"set": set_name, "user": msgs[2 * j], "answer": msgs[2 * j + 1]}, answer=lang)
@@ -232,7 +233,7 @@ def conversation(t: Any, item: Any, exemplars: Sequence[Any]) -> list[tuple[str,
     prompt = fields["prompt"]
     if explicit:
         prompt = f"{prompt.rstrip()}\n{instruction(item.lang)}"
-    turns = [(role, text) for e in shots for role, text in (("user", e.fields["user"]), ("assistant", e.fields["answer"]))]
+    turns = [turn for e in shots for turn in (("user", e.fields["user"]), ("assistant", e.fields["answer"]))]
     return [*turns, ("user", prompt)]
 
 
@@ -306,10 +307,31 @@ def task_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                            "note": "upstream's compute_metrics.py figures: LPR over answered responses, WPR among "
                                    "line-level passes (ar hi ja ko ru zh), acc = line accuracy; means per source, "
                                    "per language, and over the per-language means"}
+    tables = []
     for set_name in ("mono", "cross"):
         if set_name in groups:
-            out[UPSTREAM_TASK[set_name]] = LF.upstream_report(groups[set_name])
+            report = LF.upstream_report(groups[set_name])
+            out[UPSTREAM_TASK[set_name]] = report
+            tables.append(_upstream_table(UPSTREAM_TASK[set_name], report))
+    out["tables"] = tables
     return out
+
+
+def _upstream_table(task: str, report: dict[str, Any]) -> dict[str, Any]:
+    """Upstream's printout of one task as a table, with the counts behind each group."""
+    from .. import language_fidelity as LF
+
+    counts = {tuple(k.rsplit("/", 1)): v for k, v in report["per_source_lang"].items()}
+    rows = []
+    for source, lang, lpr, wpr in LF.printed_rows(report):
+        c = counts.get((source, lang), {})
+        acc = report["per_source_lang"].get(f"{source}/{lang}") or (
+            report["overall"] if source == lang == "all" else
+            report["per_lang"].get(lang) if source == "all" else report["per_source"].get(source))
+        rows.append([source, lang, c.get("n", ""), c.get("answered", ""), lpr, wpr, LF.percent(acc["acc"])])
+    return {"title": f"LCB {task}, as upstream's compute_metrics.py reports it (LPR over answered responses; "
+                     f"'all': means)", "headers": ["source", "lang", "n", "answered", "LPR", "WPR", "line acc"],
+            "rows": rows}
 
 
 def _spec(name: str, sets: tuple[str, ...], description: str) -> TaskSpec:
