@@ -335,3 +335,19 @@ def test_gemma_lcb_eval_cli_steered_and_unsteered(data, tmp_path, capsys):
     assert set(r["task_summary"]) >= {"monolingual", "crosslingual"}
     assert r["comparison"]["per_lang"]["ja"]["metrics"]["line_pass"]["test"] == "mcnemar"
     assert all(len(x["generated"]) > 0 for x in r["items"])
+
+
+def test_fetch_gets_lcb_only_with_accept_nc(tmp_path):
+    from xlsteer.data.fetch import FetchOptions, license_lines, load_manifest, plan_fetch
+
+    manifest = load_manifest()
+    with pytest.raises(UsageError, match="--accept-nc"):
+        plan_fetch(FetchOptions(dest=tmp_path / "d", only=("lcb",)), manifest)
+    plan = plan_fetch(FetchOptions(dest=tmp_path / "d", only=("lcb",), accept_nc=True), manifest)
+    files = {f.path: f for f in plan.files}
+    assert {lcb.ZIP, lcb.WORDS, lcb.FEW_SHOT, "lcb/compute_metrics.py", "lcb/outputs/command-r.csv"} <= set(files)
+    assert {f.commit for f in plan.files} == {"0cfdbb4a64502648938c456b2fa9689968f22298"}
+    assert files[lcb.FEW_SHOT].upstream == "few_shot_prompting.py" and files[lcb.FEW_SHOT].convert
+    assert "Okapi" in license_lines(plan)[0] and "research use only" in license_lines(plan)[0]
+    everything = plan_fetch(FetchOptions(dest=tmp_path / "e"), manifest)
+    assert {d.name for d in everything.skipped} == {"xnli", "lcb"}
