@@ -122,6 +122,14 @@ def _records(spec: TaskSpec, tpl: Template, eng: Engine, flat: list[Any], exempl
     return scoring.generation_records(eng, spec, flat, reqs, keys, call)
 
 
+def _decoding(tpl: Template, flat: list[Any], exemplars: dict[str, list[Any]], call: scoring.ScoringCall
+              ) -> dict[str, Any] | None:
+    """How a generation task's answers were decoded (None for other request kinds)."""
+    if tpl.kind != "generate" or not flat:
+        return None
+    return call.decoding(tpl.render(flat[0], exemplars[flat[0].lang])).describe()
+
+
 def _few_shot(spec: TaskSpec, tpl: Template, langs: Sequence[str], data_dir: Any
               ) -> tuple[dict[str, list[Any]], dict[str, str | None], list[str]]:
     """Per language the exemplars the template renders itself, their language, and their files."""
@@ -179,7 +187,8 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     files = sorted({f for lang in lang_list for f in spec.data_files(lang, cfg.split)} | set(ex_files))
     flat = [it for lang in lang_list for it in items[lang]]
     call = scoring.ScoringCall(interventions=ivs or None, positions=positions, anchor=anchor,
-                               scope={"task": spec.name, "template": tpl.describe(), "split": cfg.split})
+                               scope={"task": spec.name, "template": tpl.describe(), "split": cfg.split},
+                               sampling=dict(cfg.sampling))
     records = _records(spec, tpl, eng, flat, exemplars, call, cfg.calibrate)
     per_lang, avg = summarize_records(spec, records, lang_list, anchor, cfg.seed, cfg.n_boot)
     ids = {lang: [it.id for it in items[lang]] for lang in lang_list}
@@ -192,6 +201,7 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
         "item_ids": {"n": len(flat), "per_lang": {lang: len(v) for lang, v in ids.items()}, "sha256": _sha(ids)},
         "limit": cfg.limit, "seed": cfg.seed, "n_boot": cfg.n_boot, "calibrate": bool(cfg.calibrate),
         "intervention": intervention_info(ivs, positions), "alpha": alpha,
+        "decoding": _decoding(tpl, flat, exemplars, call),
         "metrics": metrics_record(spec),
         "engine": {"max_length": eng.max_length, "truncated": eng.truncated - counters0[0],
                    "boundary_mismatches": eng.boundary_mismatches - counters0[1]},
