@@ -355,7 +355,7 @@ def test_gemma_compare_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     rec = json.loads((out / "compare.json").read_text())
-    assert rec["format"] == "xlsteer.methods" and len(rec["methods"]) == 15
+    assert rec["format"] == "xlsteer.methods" and len(rec["methods"]) == 16
     table = (out / "compare.md").read_text()
     assert table.strip() in printed
     ok = [m for m in rec["methods"] if not rec["rows"][m]["error"]]

@@ -71,6 +71,9 @@ def eval_options(f):
         click.option("--script-gate", is_flag=True, default=None,
                      help="Generation tasks: keep only tokens of the wanted language's script (non-Latin "
                           "targets; a decoding-time baseline)."),
+        click.option("--guard/--no-guard", default=None,
+                     help="Generation tasks: score each output's fluency and degeneration beside the metrics "
+                          "(default: as the task declares; on for lcb)."),
         click.option("--batch-size", type=count(1), default=8, show_default=True),
         click.option("--max-length", type=count(8), default=2048, show_default=True),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
@@ -91,7 +94,7 @@ def eval_config(kw: dict[str, Any], split: str) -> Any:
                       calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
                       max_length=kw["max_length"],
                       template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
-                      sampling=_sampling_changes(kw))
+                      sampling=_sampling_changes(kw), guard=kw.get("guard"))
 
 
 def _sampling_changes(kw: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +112,7 @@ def _sampling_changes(kw: dict[str, Any]) -> dict[str, Any]:
 @click.option("--split", default="test", show_default=True, help="dev or test (train where the task has one).")
 @click.option("--method", default=None,
               help="A baseline instead of --intervention (icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
-                   "translate-test, translate-self, translate-gmt, diffmean, learned, incline, clas; "
+                   "translate-test, translate-self, translate-gmt, script-gate, diffmean, learned, incline, clas; "
                    "see xlsteer compare); also runs the unsteered model for the paired test.")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Results file (.json).")
 def eval_cmd(**kw: Any) -> None:

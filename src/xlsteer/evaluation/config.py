@@ -46,6 +46,8 @@ class EvalConfig:
     #: changes to the generation template's decoding settings (:class:`~.sampling.Sampling` fields:
     #: temperature, top_p, seed, gate); empty: decode as the template says (greedy for most tasks)
     sampling: Mapping[str, Any] = field(default_factory=dict)
+    #: the quality guard (fluency, degeneration) of generation tasks: None as the task declares it
+    guard: bool | None = None
 
     def __post_init__(self) -> None:
         from .sampling import Sampling

@@ -43,6 +43,7 @@ from ..results import EVAL as FORMAT, VERSION as FORMAT_VERSION
 from . import scoring
 from .config import EvalConfig
 from .engine import Engine, intervention_info
+from .guard import guarded
 from .pairing import compare_runs  # noqa: F401  (re-exported: the runner's public API)
 from .summary import average, consistency, macro_f1_codes as _macro_f1_codes, summarize_records  # noqa: F401
 from .tasks.spec import TaskSpec, get_task, items_by_lang
@@ -158,6 +159,10 @@ def metrics_record(spec: TaskSpec) -> dict[str, Any]:
     n_labels = {m.name: m.n_labels for m in spec.metrics if m.kind == "macro_f1"}
     if n_labels:
         out["n_labels"] = n_labels
+    if spec.quality_guard:
+        from .guard import DEFINITIONS
+
+        out["guard"] = dict(DEFINITIONS)
     return out
 
 
@@ -171,7 +176,7 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     sets their strength. ``engine``: share one engine (and its cache) between calls.
     """
     cfg = EvalConfig.of(cfg, **settings)
-    spec = get_task(task)
+    spec = guarded(get_task(task), cfg.guard)
     lang_list = parse_langs(langs)
     anchor = normalize_lang(cfg.anchor) if cfg.anchor else cfg.anchor
     tpl = get_template(spec, cfg.template, **dict(cfg.template_options))
