@@ -243,7 +243,7 @@ def test_apertium_translates_spanish_to_english():
 def test_method_names_and_options_parse():
     assert parse_methods("zero-shot,icl-en,sft+steer,translate-apertium") == [
         "zero-shot", "icl-en", "sft+steer", "translate-test"]
-    assert len(parse_methods("all")) == 15
+    assert len(parse_methods("all")) == 16
     with pytest.raises(UsageError):
         parse_methods("zero-shot,magic")
     assert load_options(["sft.steps=3", "icl-en.k=2", "prompt-opt.seeds=[\"x y z\"]"]) == {
