@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data.langs import normalize_lang
 from ..errors import UsageError, XlsteerError
+from ..filenames import confined
 from ..evaluation.tasks import get_task
 from ..results import METHODS as METHODS_FORMAT, VERSION
 from .context import REFERENCE, MethodRun, RunContext
@@ -151,7 +152,7 @@ def compare_methods(
     for name in names:
         t0 = time.perf_counter()
         key = resume_key(ctx, name)
-        path = None if out_dir is None else Path(out_dir) / "runs" / f"{name.replace('+', '_')}.json"
+        path = None if out_dir is None else confined(Path(out_dir) / "runs", f"{name.replace('+', '_')}.json")
         run = _reusable(path, key)
         if run is None:
             try:
