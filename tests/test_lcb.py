@@ -235,6 +235,7 @@ def test_the_base_model_prompt_is_upstreams_format():
     req = tpl.with_options(k=2).render(_item("What is AI?"), shots)
     assert req.prompt == "Q: Hi?\nA: Hallo!\n\nQ: Why?\nA: Darum.\n\nQ: What is AI?\nA:"
     assert req.max_new_tokens == 100 and req.stop == ("\nQ:",)
+    assert (req.sampling.temperature, req.sampling.top_p) == (0.3, 0.75)  # upstream's decoding
     explicit = tpl.with_options(explicit=True).render(_item("Wie geht's?\n", "mono"))
     assert explicit.prompt == "Q: Wie geht's?\nAnswer in German.\nA:"
     with pytest.raises(UsageError, match="k=2 found 1"):

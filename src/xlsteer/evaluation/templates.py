@@ -9,7 +9,8 @@ Three kinds of request:
 
 ``choice``    (context, [continuation, ...]) scored by summed log-likelihood (XCOPA).
 ``label``     a prompt whose next token is one of a few label tokens (XNLI: "0"/"1"/"2").
-``generate``  a prompt, greedy generation, stop sequences (MGSM, XQuAD).
+``generate``  a prompt, generation (greedy unless the request's ``sampling`` says otherwise), stop
+              sequences (MGSM, XQuAD).
 
 Templates:
 
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from ..errors import LanguageError, UsageError
+from .sampling import GREEDY, Sampling
 
 Kind = Literal["choice", "label", "generate"]
 
@@ -85,6 +87,8 @@ class Request:
     #: A conversation ((role, text), ...) for the model's chat template instead of ``prompt``
     #: (generate requests; the scorer renders it with the tokenizer, see scoring.prompt_text).
     messages: tuple[tuple[str, str], ...] = ()
+    #: How a ``generate`` request is decoded (default greedy); ``EvalConfig.sampling`` may change it.
+    sampling: Sampling = GREEDY
 
 
 def _field(item: Any, name: str, template: str) -> Any:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import DataError, UsageError
+from ..sampling import Sampling
 from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir
 from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec, register_task
 
@@ -74,7 +75,10 @@ LANG_NAMES = {"ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", 
 MAX_SHOTS = 5
 MAX_NEW_TOKENS = 100
 MAX_MEMBER_BYTES = 16 << 20  # a CSV of the archive larger than this is refused (the largest is 24 kB)
-ROLES = {"User": "user", "Chatbot": "assistant"}
+#: Upstream's decoding: nucleus sampling, p = 0.75, T = 0.3, each item from its own stream
+#: seeded by (seed, its key), so unsteered and steered outputs are paired and a re-run repeats
+#: them; greedy with ``--temperature 0`` (``EvalConfig(sampling={"temperature": 0})``).
+UPSTREAM_SAMPLING = Sampling(temperature=0.3, top_p=0.75, seed=0)
 
 
 def set_langs(sets: Sequence[str]) -> tuple[str, ...]:
@@ -253,14 +257,14 @@ def _render_qa(t: Any, item: Any, exemplars: Sequence[Any]) -> Any:
     from ..templates import Request
 
     return Request(kind="generate", prompt=qa_prompt(conversation(t, item, exemplars)),
-                   max_new_tokens=int(t.options["max_new_tokens"]), stop=("\nQ:",))
+                   max_new_tokens=int(t.options["max_new_tokens"]), stop=("\nQ:",), sampling=UPSTREAM_SAMPLING)
 
 
 def _render_chat(t: Any, item: Any, exemplars: Sequence[Any]) -> Any:
     from ..templates import Request
 
     return Request(kind="generate", messages=tuple(conversation(t, item, exemplars)),
-                   max_new_tokens=int(t.options["max_new_tokens"]))
+                   max_new_tokens=int(t.options["max_new_tokens"]), sampling=UPSTREAM_SAMPLING)
 
 
 def templates(task: str) -> tuple[Any, ...]:
@@ -270,11 +274,13 @@ def templates(task: str) -> tuple[Any, ...]:
     return (
         Template("lcb-qa", task, "1", "generate",
                  "upstream's base-model format 'Q: <prompt>\\nA:' after k upstream exemplars (0-5); "
-                 "explicit: 'Answer in <Language>.' after the prompt; <= 100 new tokens, stop at '\\nQ:'",
+                 "explicit: 'Answer in <Language>.' after the prompt; <= 100 new tokens, stop at '\\nQ:'; "
+                 "nucleus sampling p 0.75, T 0.3, seeded per item",
                  dict(opts), _render_qa),
         Template("lcb-chat", task, "1", "generate",
                  "the tokenizer's chat template: k exemplar turns, then the prompt as the user turn; "
-                 "explicit: 'Answer in <Language>.' after the prompt; <= 100 new tokens",
+                 "explicit: 'Answer in <Language>.' after the prompt; <= 100 new tokens; "
+                 "nucleus sampling p 0.75, T 0.3, seeded per item",
                  dict(opts), _render_chat),
     )
 
@@ -348,7 +354,7 @@ def _spec(name: str, sets: tuple[str, ...], description: str) -> TaskSpec:
         metrics=(Metric("line_pass", "binary"), Metric("word_pass", "binary"), Metric("answered", "binary"),
                  Metric("line_acc", "continuous")),
         main="line_pass", tie_break="line_acc", score=_score, comparable_predictions=False,
-        few_shot=FewShot(load_shots, (FEW_SHOT,)), task_summary=task_summary,
+        few_shot=FewShot(load_shots, (FEW_SHOT,)), task_summary=task_summary, quality_guard=True,
         baselines=BaselineHints(icl_split=None, train_split=None,
                                 translate_unsupported="LCB asks for an answer in a language; translating the "
                                                       "prompt to English changes the task"),
