@@ -279,13 +279,13 @@ def test_rows_wanted_in_english_are_never_steered(data):
     iv = SteeringVector(sites=[Site(1, "resid_post")],
                         tensors={vector_key(1): 8 * torch.randn(1, lm.hidden_size, generator=g)},
                         params={"normalize": "none"}, languages=["ja"], anchor="en", strength=1.0)
-    cfg = EvalConfig(limit=2, n_boot=50, template_options={"max_new_tokens": 8}, data_dir=str(data))
+    cfg = EvalConfig(limit=1, n_boot=50, template_options={"max_new_tokens": 8}, data_dir=str(data))
     result = evaluate(lm, "lcb-mono", ["en", "ja"], iv, cfg)
     assert "LCB monolingual, as upstream's compute_metrics.py reports it" in result.table()
     res = result.to_json()
     steered = {(x["lang"], x["id"]): x["generated"] for x in res["items"]}
     base = {(x["lang"], x["id"]): x["generated"] for x in res["baseline"]["items"]}
-    assert steered.keys() == base.keys() and len(base) == 6
+    assert steered.keys() == base.keys() and len(base) == 3
     assert all(steered[k] == base[k] for k in base if k[0] == "en")  # bit-identical
     assert any(steered[k] != base[k] for k in base if k[0] == "ja")
     assert set(res["comparison"]["per_lang"]["ja"]["metrics"]) == {"line_pass", "word_pass", "answered", "line_acc"}
