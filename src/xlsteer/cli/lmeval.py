@@ -35,7 +35,7 @@ def _refuse_existing_configs(folder: str, force: bool) -> None:
     """Task configs already in ``folder`` are the user's: replaced only with --force."""
     from pathlib import Path
 
-    from ..evaluation.lm_eval_tasks import local_names
+    from ..lmeval.xcopa import local_names
 
     there = sorted(n for n in [*(f"{t}.yaml" for t in local_names() if t != "xcopa"), "_xcopa.yaml", "utils.py"]
                    if (Path(folder) / n).exists())

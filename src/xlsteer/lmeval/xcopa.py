@@ -221,6 +221,11 @@ def write_xcopa_tasks(dest: str | os.PathLike, data_dir: str | os.PathLike | Non
     return [task_name(lang) for lang in chosen]
 
 
+def local_names(langs: Sequence[str] | None = None) -> set[str]:
+    """Task and group names the local configs define."""
+    return {task_name(lang) for lang in _langs(langs)} | {GROUP}
+
+
 @contextlib.contextmanager
 def local_task_dir(data_dir: str | os.PathLike | None = None, langs: Sequence[str] | None = None) -> Iterator[Path]:
     """A temporary include dir holding the XCOPA configs (and the datasets cache); removed on exit."""
