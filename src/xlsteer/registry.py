@@ -54,21 +54,43 @@ class PluginOrigin:
 
 
 _LOADING: list[PluginOrigin] = []  # the plugins being loaded now, innermost last (a plugin may load another)
+_LOADED: list[PluginOrigin] = []  # the plugins this process has loaded, in order
 
 
 @contextlib.contextmanager
 def loading(origin: PluginOrigin) -> Iterator[PluginOrigin]:
-    """While the block runs, rows registered anywhere are attributed to ``origin``."""
+    """While the block runs, rows registered anywhere are attributed to ``origin``; once it has
+    run without error, ``origin`` counts as loaded (:func:`loaded_plugins`)."""
     _LOADING.append(origin)
     try:
         yield origin
     finally:
         _LOADING.pop()
+    if origin not in _LOADED:
+        _LOADED.append(origin)
 
 
 def current_plugin() -> PluginOrigin | None:
     """The plugin being loaded right now (None outside plugin loading)."""
     return _LOADING[-1] if _LOADING else None
+
+
+def loaded_plugins() -> list[PluginOrigin]:
+    """The plugins loaded in this process, in order."""
+    return list(_LOADED)
+
+
+def require_plugins(records: Any, what: str) -> None:
+    """Refuse, in one line, an artifact made with a plugin this process has not loaded.
+
+    ``records``: the artifact's ``plugins`` list (:meth:`PluginOrigin.record`). A plugin counts as
+    loaded when a loaded one has the same reference or the same source digest (a moved file).
+    """
+    for rec in records or []:
+        ref, digest = str(rec.get("ref", "")), str(rec.get("sha256", ""))
+        if not any(p.ref == ref or (digest and p.sha256 == digest) for p in _LOADED):
+            raise UsageError(f"{what} was made with plugin {ref}; load it: xlsteer --plugin {ref} ... "
+                             "(or XLSTEER_PLUGINS, or install the package that provides it)")
 
 
 class _Placeholder(str):
@@ -121,6 +143,9 @@ class Registry(Generic[T]):
         current = self._rows.get(key)
         fills = isinstance(current, _Placeholder) and str(current) == _qualified(defined_by or obj)
         if current is not None and current is not obj and not (fills or replace):
+            if key in self.builtins and isinstance(current, _Placeholder):
+                raise UsageError(f"a {self.kind} named {name!r} is already registered (built-in: {current}, "
+                                 "whose module defines it without registering it); choose another name")
             raise UsageError(f"a {self.kind} named {name!r} is already registered; choose another name")
         value = _Placeholder(obj) if isinstance(obj, str) else self._accept(key, obj)
         self._rows[key] = value

@@ -162,11 +162,3 @@ def usage(message: str) -> UsageError:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-
-def entry() -> None:
-    """Console-script entry point of older installs (now ``xlsteer.__main__:run``, which handles
-    signals from before this module is imported)."""
-    from ..__main__ import run
-
-    run()

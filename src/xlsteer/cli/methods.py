@@ -337,9 +337,7 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
     tensors, meta = load_tensors(file, what="file")
     fmt = meta.get("format")
     if fmt == "xlsteer.intervention":
-        import xlsteer.interventions  # noqa: F401  (registers every method)
         from ..interventions.base import Intervention
-
         from ..interventions.registry import method_for
 
         fitted_by = method_for(Intervention.load(file))  # full validation: fields, method, tensor names and shapes
