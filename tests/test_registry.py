@@ -117,7 +117,7 @@ def test_an_artifact_of_a_plugin_not_loaded_names_it_in_one_line(no_loaded_plugi
         require_plugins([{"ref": "/plugins/gone.py", "kind": "file", "sha256": "cd" * 32}], "intervention file v.st")
     msg = str(e.value)
     assert "\n" not in msg and "intervention file v.st was made with plugin /plugins/gone.py" in msg
-    assert "--plugin /plugins/gone.py" in msg
+    assert "xlsteer --plugin /plugins/gone.py ..." in msg
 
 
 def test_a_plugin_that_fails_to_load_is_not_counted_as_loaded(no_loaded_plugins):

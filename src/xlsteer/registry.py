@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
-from .errors import UsageError
+from .errors import UsageError, XlsteerWarning
 
 T = TypeVar("T")
 
@@ -84,13 +85,19 @@ def require_plugins(records: Any, what: str) -> None:
     """Refuse, in one line, an artifact made with a plugin this process has not loaded.
 
     ``records``: the artifact's ``plugins`` list (:meth:`PluginOrigin.record`). A plugin counts as
-    loaded when a loaded one has the same reference or the same source digest (a moved file).
+    loaded when a loaded one has the same reference or the same source digest (a moved file); the
+    same reference with another digest (an edited plugin) loads with a warning.
     """
     for rec in records or []:
         ref, digest = str(rec.get("ref", "")), str(rec.get("sha256", ""))
-        if not any(p.ref == ref or (digest and p.sha256 == digest) for p in _LOADED):
-            raise UsageError(f"{what} was made with plugin {ref}; load it: xlsteer --plugin {ref} ... "
-                             "(or XLSTEER_PLUGINS, or install the package that provides it)")
+        same = [p for p in _LOADED if p.ref == ref or (digest and p.sha256 == digest)]
+        if not same:
+            raise UsageError(f"{what} was made with plugin {ref}; pass it before the command: "
+                             f"xlsteer --plugin {ref} ... (or list it in XLSTEER_PLUGINS)")
+        if digest and all(p.sha256 and p.sha256 != digest for p in same):
+            warnings.warn(XlsteerWarning(f"{what} was made with plugin {ref} as it was then (sha256 {digest[:12]}); "
+                                         f"it has changed since (now {same[0].sha256[:12]}), so results may differ"),
+                          stacklevel=2)
 
 
 class _Placeholder(str):
@@ -107,6 +114,32 @@ def _qualified(obj: Any) -> str | None:
     """``module:qualname`` of a function or class (what a placeholder naming it reads)."""
     module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     return f"{module}:{name}" if module and name else None
+
+
+_REGISTRIES: list["Registry[Any]"] = []  # every registry, so a failed plugin's rows can be taken back
+
+
+def snapshot() -> Any:
+    """Every registry's rows and the loaded plugins now (for :func:`restore`)."""
+    return [(r, dict(r._rows), dict(r._origins)) for r in _REGISTRIES], list(_LOADED)
+
+
+def restore(saved: Any) -> None:
+    """Put back what :func:`snapshot` saw (takes back the rows of a plugin that failed half-way)."""
+    registries, loaded = saved
+    for reg, rows, origins in registries:
+        reg._rows, reg._origins = rows, origins
+    _LOADED[:] = loaded
+
+
+@contextlib.contextmanager
+def restoring() -> Iterator[None]:
+    """Registries and loaded plugins as they were before the block, once it ends (tests, notebooks)."""
+    saved = snapshot()
+    try:
+        yield
+    finally:
+        restore(saved)
 
 
 class Registry(Generic[T]):
@@ -128,6 +161,7 @@ class Registry(Generic[T]):
         for name, row in (builtins or {}).items():
             self._rows[self._key(name)] = _Placeholder(row) if isinstance(row, str) else self._accept(name, row)
         self.builtins: tuple[str, ...] = tuple(self._rows)
+        _REGISTRIES.append(self)
 
     # ---- adding rows
 
@@ -143,10 +177,11 @@ class Registry(Generic[T]):
         current = self._rows.get(key)
         fills = isinstance(current, _Placeholder) and str(current) == _qualified(defined_by or obj)
         if current is not None and current is not obj and not (fills or replace):
+            article = "an" if self.kind[:1] in "aeiou" else "a"
             if key in self.builtins and isinstance(current, _Placeholder):
-                raise UsageError(f"a {self.kind} named {name!r} is already registered (built-in: {current}, "
+                raise UsageError(f"{article} {self.kind} named {name!r} is already registered (built-in: {current}, "
                                  "whose module defines it without registering it); choose another name")
-            raise UsageError(f"a {self.kind} named {name!r} is already registered; choose another name")
+            raise UsageError(f"{article} {self.kind} named {name!r} is already registered; choose another name")
         value = _Placeholder(obj) if isinstance(obj, str) else self._accept(key, obj)
         self._rows[key] = value
         origin = None if fills else current_plugin()

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import (count, data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
-                      spare_inputs)
+from .options import (count, data_dir_option, intervention_plugins, load_model_from, model_options, parse_float,
+                      parse_langs, parse_layers, spare_inputs)
 from .params import parse_params
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -219,6 +219,7 @@ def _route(prompts: list[str], langs_spec: list[str], anchor: str, paths: list[s
 @model_options
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--intervention", "-i", "interventions", multiple=True, type=click.Path(dir_okay=False),
+              callback=intervention_plugins,
               help="Intervention file (.safetensors); repeatable (all are applied together).")
 @click.option("--alpha", default=None, help="Strength of every intervention (default: as saved).")
 @click.option("--lang", default="auto", show_default=True,

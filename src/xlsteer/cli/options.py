@@ -29,6 +29,17 @@ def model_options(f: F) -> F:
     return f
 
 
+def intervention_plugins(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback of the ``--intervention`` options: an intervention file made with a plugin
+    this process has not loaded is refused at once, in one line naming the plugin."""
+    from ..interventions.base import require_file_plugins
+
+    for path in (value if isinstance(value, (list, tuple)) else [value]):
+        if path is not None and Path(path).is_file():
+            require_file_plugins(path)
+    return value
+
+
 def load_model_from(kw: dict[str, Any]):
     """Pop the model options from a command's kwargs and load the model.
 

@@ -335,6 +335,22 @@ def check_compatible(iv: Intervention, lm: Any) -> None:
             )
 
 
+def require_file_plugins(path: str | Path) -> None:
+    """Refuse, in one line, an intervention file made with a plugin this process has not loaded,
+    reading only its metadata (a damaged file is left to :meth:`Intervention.load` to report)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("xlsteer") or "{}")
+    except Exception:  # noqa: BLE001  (unreadable here: the full load says why)
+        return
+    if isinstance(meta, dict) and isinstance(meta.get("plugins"), list):
+        require_plugins([p for p in meta["plugins"] if isinstance(p, dict)], f"intervention file {path}")
+
+
 def load_intervention(path: str | Path, lm: Any = None) -> Intervention:
     """Load any intervention file (``Intervention.load``); with ``lm``, also check it fits that model."""
     iv = Intervention.load(path)
