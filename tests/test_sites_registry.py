@@ -21,7 +21,7 @@ from xlsteer.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 XGLM_ROWS = {"attn_out": "self_attn", "mlp_out": "fc2", "mlp_act": ("fc2", "pre"), "mlp_gate": "activation_fn"}
-ATTN_IN = SiteSpec("attn_in", "input of the attention block", hook="pre", guess=("self_attn", "attn", "attention"))
+ATTN_IN = SiteSpec("attn_in", "input of the attention block", hook="pre", paths=("self_attn", "attn", "attention"))
 
 
 def _xglm() -> torch.nn.Module:
@@ -132,7 +132,7 @@ def test_a_new_site_is_one_declaration(arch):
 
 
 def test_a_site_row_declared_with_the_site_applies_to_that_model_type_only():
-    spec = dataclasses.replace(ATTN_IN, guess=(), archs={"llama": "self_attn.o_proj"})
+    spec = dataclasses.replace(ATTN_IN, paths=(), archs={"llama": "self_attn.o_proj"})
     with SITES.temporarily("attn_in", spec):
         llama = tiny_model("llama").model
         assert resolve(llama, Site(0, "attn_in"))[0] is llama.model.layers[0].self_attn.o_proj

@@ -5,8 +5,8 @@ A site is one :class:`SiteSpec` row of :data:`SITES` (:func:`register_site` adds
 meaning, its usual hook kind, its width (d_model or the MLP's), and what placement needs to know
 (where a weightless module's computation lives, where a pre-hook's input was computed). Where a
 site is in a given architecture comes from that architecture's table
-(:mod:`xlsteer.models.archs`), else from rows declared with the site, else from its usual path,
-else from its usual names in a layer (for layouts nobody declared). ``docs/sites.md`` holds the
+(:mod:`xlsteer.models.archs`), else from rows declared with the site, else from its paths (the
+same in every layout, or its usual names in a layer, for layouts nobody declared). ``docs/sites.md`` holds the
 tables below and a test keeps them equal to the registries (:func:`sites_markdown`).
 
 Decoder layers return a tensor in some architectures/versions and a tuple in others; this
@@ -51,11 +51,11 @@ class SiteSpec:
     """One named site, declared once.
 
     ``hook``: the hook kind where a table row gives none (``pre``: the module's input, ``post``:
-    its output). ``at``: its path inside every decoder layer, for sites that are the same in every
-    architecture (``""``: the layer itself); None: architectures name it. ``archs``: rows for
-    given model types, declared with the site (``{"llama": "self_attn.o_proj"}``). ``guess``: for
-    layouts without a row, candidate paths in a layer (the first module found wins) or a callable
-    ``layer -> path | None``. ``width``: ``model`` (d_model), ``mlp`` (the MLP's hidden width, the
+    its output). ``archs``: rows for given model types, declared with the site
+    (``{"llama": "self_attn.o_proj"}``). ``paths``: where an architecture has no row for the site,
+    candidate paths inside a decoder layer, the first that names a module wins (``("",)``: the
+    layer itself, the same in every architecture; ``("self_attn", "attn")``: found by its usual
+    names), or a callable ``layer -> path | None``. ``width``: ``model`` (d_model), ``mlp`` (the MLP's hidden width, the
     input width of the ``mlp_act`` module), or ``model -> int``. ``placed_at``: another site whose
     module tells this one's device and dtype (a module without weights cannot). ``arrives_from``:
     for pre hooks, where the input was computed: ``previous_layer`` (the layer before, or the
@@ -65,9 +65,8 @@ class SiteSpec:
     name: str
     description: str
     hook: HookKind = "post"
-    at: str | None = None
     archs: Mapping[str, Any] = field(default_factory=dict)
-    guess: tuple[str, ...] | Callable[[nn.Module], str | None] = ()
+    paths: tuple[str, ...] | Callable[[nn.Module], str | None] = ()
     width: Width | Callable[[nn.Module], int] = "model"
     placed_at: str | None = None
     arrives_from: Literal["previous_layer", "parent", "module"] = "parent"
@@ -78,26 +77,27 @@ class SiteSpec:
         if not (callable(self.width) or self.width in ("model", "mlp")):
             raise ValueError(f"site {self.name}: width must be 'model', 'mlp' or a callable, got {self.width!r}")
 
-    def guessed_path(self, layer: nn.Module) -> str | None:
-        if callable(self.guess):
-            return self.guess(layer)
-        return next((p for p in self.guess if isinstance(get_module(layer, p), nn.Module)), None)
+    def path_in(self, layer: nn.Module) -> str | None:
+        """The first of :attr:`paths` that names a module of ``layer`` (None: none does)."""
+        if callable(self.paths):
+            return self.paths(layer)
+        return next((p for p in self.paths if isinstance(get_module(layer, p), nn.Module)), None)
 
 
 BUILTIN_SITES: dict[str, SiteSpec] = {s.name: s for s in (
-    SiteSpec("resid_pre", "input of decoder layer l (the residual stream before it)", hook="pre", at="",
+    SiteSpec("resid_pre", "input of decoder layer l (the residual stream before it)", hook="pre", paths=("",),
              arrives_from="previous_layer"),
-    SiteSpec("resid_post", "output of decoder layer l (the residual stream after it)", hook="post", at=""),
+    SiteSpec("resid_post", "output of decoder layer l (the residual stream after it)", hook="post", paths=("",)),
     SiteSpec("attn_out", "attention's contribution to the residual, after any post-attention norm "
-             "(Gemma 2/3, OLMo 2 normalise it)", guess=("self_attn", "attn", "attention", "self_attention")),
+             "(Gemma 2/3, OLMo 2 normalise it)", paths=("self_attn", "attn", "attention", "self_attention")),
     SiteSpec("mlp_out", "the MLP's contribution to the residual, after any post-feed-forward norm",
-             guess=_MLP_NAMES),
+             paths=_MLP_NAMES),
     SiteSpec("mlp_act", "input of the MLP's down projection (act(gate) * up for gated MLPs)",
-             hook="pre", guess=_in_mlp(("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2", "fc_out")),
+             hook="pre", paths=_in_mlp(("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2", "fc_out")),
              width="mlp", arrives_from="parent"),
     SiteSpec("mlp_gate", "the MLP's activation-function output: act(gate_proj(x)), or act(fc_in(x)) (= mlp_act) "
              "for non-gated MLPs; LAPE counts P(act(gate) > 0) here",
-             guess=_in_mlp(("act_fn", "activation_fn", "act", "activation")), width="mlp", placed_at="mlp_act"),
+             paths=_in_mlp(("act_fn", "activation_fn", "act", "activation")), width="mlp", placed_at="mlp_act"),
 )}
 
 
@@ -113,7 +113,7 @@ SITE_NAMES: tuple[str, ...] = SITES.builtins
 
 
 def register_site(spec: SiteSpec, *, replace: bool = False) -> SiteSpec:
-    """Declare a new site; from then on ``Site(l, name)`` works wherever a table, row or guess places it."""
+    """Declare a new site; from then on ``Site(l, name)`` works wherever a table, a row or its paths place it."""
     return SITES.register(spec.name, spec, replace=replace)
 
 
@@ -157,15 +157,14 @@ def check_site(model: nn.Module, site: Site) -> None:
 
 
 def _row(model: nn.Module, spec: ArchSpec, site: SiteSpec, first: nn.Module) -> tuple[str | None, HookKind]:
-    """(path relative to a layer, hook): the model's table, else the site's rows, usual path or guess."""
+    """(path relative to a layer, hook): the model's table, else the site's own rows, else its paths."""
     row = spec.row(site.name)
     if row is None:
         declared = site.archs.get(getattr(model.config, "model_type", ""))
         if declared is not None and ARCHS.find(getattr(model.config, "model_type", "")) is spec:
             row = (declared, None) if isinstance(declared, str) else tuple(declared)
     if row is None:
-        path = site.at if site.at is not None else site.guessed_path(first)
-        return path, site.hook
+        return site.path_in(first), site.hook
     return row[0], row[1] or site.hook
 
 
@@ -345,7 +344,8 @@ def sites_markdown() -> str:
             spec = site_spec(name)
             row = arch.row(name) or ((spec.archs[model_type], None) if isinstance(spec.archs.get(model_type), str)
                                      else spec.archs.get(model_type))
-            path, hook = (row[0], row[1] or spec.hook) if row else (spec.at, spec.hook)
+            sure = spec.paths[0] if isinstance(spec.paths, tuple) and len(spec.paths) == 1 else None
+            path, hook = (row[0], row[1] or spec.hook) if row else (sure, spec.hook)
             cells.append("-" if path is None else f"{_cell(path)} {hook}")
         layers = arch.layers if isinstance(arch.layers, str) else "(a callable)"
         lines.append(f"| {model_type} | `{layers}` | " + " | ".join(cells) + " |")
