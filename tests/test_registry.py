@@ -120,6 +120,15 @@ def test_an_artifact_of_a_plugin_not_loaded_names_it_in_one_line(no_loaded_plugi
     assert "xlsteer --plugin /plugins/gone.py ..." in msg
 
 
+def test_an_artifact_of_an_edited_plugin_loads_with_a_warning(no_loaded_plugins):
+    from xlsteer.errors import XlsteerWarning
+
+    with loading(PluginOrigin("/plugins/mine.py", "file", "ef" * 32)):
+        pass
+    with pytest.warns(XlsteerWarning, match=r"made with plugin /plugins/mine.py as it was then \(sha256 abababababab\)"):
+        require_plugins([{"ref": "/plugins/mine.py", "kind": "file", "sha256": "ab" * 32}], "intervention file v")
+
+
 def test_a_plugin_that_fails_to_load_is_not_counted_as_loaded(no_loaded_plugins):
     with pytest.raises(RuntimeError):
         with loading(PluginOrigin("/p.py", "file", "")):

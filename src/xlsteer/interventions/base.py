@@ -18,7 +18,7 @@ import torch
 from ..errors import ArtifactError, FingerprintError, LanguageError, UsageError, XlsteerError
 from ..hooks import ForwardContext
 from ..io import load_tensors, save_tensors
-from ..models.sites import Site, check_site, site_width
+from ..models.sites import SITES, Site, check_site, site_names, site_width
 from ..provenance import provenance
 from ..registry import Registry, require_plugins
 from ..validation import check_fields, finite, integer, list_of, obj, optional, text
@@ -265,6 +265,7 @@ class Intervention:
                 meta=extra,
             )
             obj.validate()
+            _check_within_model(obj)
         except ArtifactError as e:
             raise ArtifactError(f"intervention file {path}: {e}") from None
         except (XlsteerError, KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
@@ -289,6 +290,20 @@ class Intervention:
             check_fingerprint(expected, fingerprint, what=f"{self.method} intervention")
         except FingerprintError:
             raise
+
+
+def _check_within_model(iv: Intervention) -> None:
+    """Layers exist in the model the file was fitted on (0..num_layers-1); a recorded site name is
+    one of the known sites. Checked at load, so ``export`` and ``inspect`` refuse them too."""
+    n = (iv.meta.get("model_fingerprint") or {}).get("num_layers")
+    bad = [layer for layer in iv.layers if layer < 0 or (isinstance(n, int) and layer >= n)]
+    if bad:
+        top = f"0..{n - 1}" if isinstance(n, int) else "0 or more"
+        raise ArtifactError(f"layer {bad[0]} is outside the model it was fitted on (layers {top}); re-create it")
+    site = iv.params.get("site")
+    if site is not None and site not in SITES:
+        raise ArtifactError(f"params.site {str(site)[:40]!r} is not a site name ({', '.join(site_names())}); "
+                            "re-create it")
 
 
 def default_positions(interventions: Any, given: str | None = None) -> str:
