@@ -191,3 +191,19 @@ def test_entry_points_of_installed_packages_load(isolated):
     assert "from_entry_point" in ARCHS and ARCHS.origin("from_entry_point").ref == "plugmod_ep"
     load_plugins(env=False)
     assert sys.modules["plugmod_ep"].CALLS == [1]
+
+
+def test_a_plugin_may_add_a_kind_of_task_reference(isolated):
+    from xlsteer.evaluation.tasks import TaskSource, get_task, register_task_source, resolve_task
+
+    xcopa = get_task("xcopa")
+
+    def build(ref: str, **options) -> list:
+        import dataclasses
+
+        return [dataclasses.replace(xcopa, name=ref.replace(":", "-"))]
+
+    register_task_source("mirror", TaskSource(lambda ref: ref.startswith("mirror:"), build))
+    [spec] = resolve_task("mirror:xcopa")
+    assert spec.name == "mirror-xcopa" and get_task("mirror-xcopa") is spec
+    assert resolve_task("xcopa") == [xcopa]

@@ -10,15 +10,15 @@ nothing else branches on a task's name.
 Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package, each defining ``SPEC``;
 :data:`BUILTIN_TASKS` names them (``name -> "module:SPEC"``) and each is imported the first time it
 is asked for, so ``import xlsteer`` stays cheap. A plugin or a script registers its own with
-:func:`register_task`. User tasks also come from a *task reference* that is not a registered name: ``lmeval:NAME,...``
-(an lm-evaluation-harness task, :mod:`xlsteer.evaluation.tasks.lmeval`) or the path of a YAML
+:func:`register_task`. User tasks also come from a *task reference* that is not a registered
+name, read by a :class:`TaskSource` of :data:`TASK_SOURCES`: ``lmeval:NAME,...`` (an
+lm-evaluation-harness task, :mod:`xlsteer.lmeval.tasks`) or the path of a YAML
 spec over JSONL files (:mod:`xlsteer.evaluation.tasks.jsonl`); :func:`resolve_task` builds and
 registers their spec for the rest of the process.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
@@ -227,8 +227,28 @@ def _accept(name: str, spec: Any) -> TaskSpec:
 
 
 TASKS: Registry[TaskSpec] = Registry("task", BUILTIN_TASKS, accept=_accept, key=lambda name: str(name).strip().lower())
-#: Task references that are not names: (matches(ref), build(ref, **options) -> [TaskSpec, ...]).
-_RESOLVERS: list[tuple[Callable[[str], bool], Callable[..., list[TaskSpec]]]] = []
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """A kind of task reference that is not a registered name: ``matches(ref)`` says whether a
+    reference is of this kind, ``build(ref, **options)`` makes its TaskSpec(s)."""
+
+    matches: Callable[[str], bool]
+    build: Callable[..., list[TaskSpec]]
+
+
+def _accept_source(name: str, source: Any) -> TaskSource:
+    if not isinstance(source, TaskSource):
+        raise TypeError(f"task reference kind {name!r} must be a TaskSource, got {type(source).__name__}")
+    return source
+
+
+#: Kinds of task reference, tried in this order (a plugin may add its own: :func:`register_task_source`).
+TASK_SOURCES: Registry[TaskSource] = Registry("task reference kind", {
+    "jsonl": "xlsteer.evaluation.tasks.jsonl:SOURCE",
+    "lmeval": "xlsteer.lmeval.tasks:SOURCE",
+}, accept=_accept_source)
 
 
 def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
@@ -241,9 +261,9 @@ def unregister_task(name: str) -> None:
     TASKS.unregister(name)
 
 
-def register_resolver(matches: Callable[[str], bool], build: Callable[..., list[TaskSpec]]) -> None:
-    """Teach :func:`resolve_task` a new kind of task reference."""
-    _RESOLVERS.append((matches, build))
+def register_task_source(name: str, source: TaskSource) -> TaskSource:
+    """Teach :func:`resolve_task` a new kind of task reference (tried after the built-in ones)."""
+    return TASK_SOURCES.register(name, source)
 
 
 def task_names() -> list[str]:
@@ -262,12 +282,6 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     return spec
 
 
-def _load_resolvers() -> None:
-    if not _RESOLVERS:
-        importlib.import_module(f"{__package__}.jsonl")
-        importlib.import_module(f"{__package__}.lmeval")
-
-
 def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
     """The task(s) a reference names: a registered name, ``lmeval:NAME[,NAME...]`` or a spec file.
 
@@ -279,10 +293,10 @@ def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
     text = str(ref).strip()
     if text in TASKS:
         return [get_task(text)]
-    _load_resolvers()
-    for matches, build in _RESOLVERS:
-        if matches(text):
-            specs = build(text, **options)
+    for name in TASK_SOURCES.names():
+        source = TASK_SOURCES.get(name)
+        if source.matches(text):
+            specs = source.build(text, **options)
             for s in specs:
                 register_task(s, replace=True)
             return specs
