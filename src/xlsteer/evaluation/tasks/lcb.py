@@ -8,7 +8,8 @@ sharegpt: 100 per language, complex_prompts: 99; 14 target languages) ask in Eng
 answer in another language, e.g. "Reply in Japanese. ...". The zip, not the unpacked folder, is
 read: it is the upstream file ``xlsteer data fetch`` downloads and the one its hash list covers.
 
-One module, three tasks: ``lcb`` (both sets), ``lcb-mono`` and ``lcb-cross``.
+One module, three tasks (``SPEC``, ``SPEC_MONO``, ``SPEC_CROSS``, named in the task registry's
+built-ins): ``lcb`` (both sets), ``lcb-mono`` and ``lcb-cross``.
 ``Item.lang`` is the language the answer is wanted in (the prompt's language for monolingual
 rows, the requested one for cross-lingual rows, whose prompt is English): the engine steers each
 row toward it, so rows wanted in the anchor language (English) are never steered. The prompt's
@@ -44,7 +45,7 @@ from typing import Any, Sequence
 from ...errors import DataError, UsageError
 from ..sampling import Sampling
 from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir
-from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec, register_task
+from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec
 
 ZIP = "lcb/test_sets.zip"
 WORDS = "lcb/words"
@@ -361,11 +362,10 @@ def _spec(name: str, sets: tuple[str, ...], description: str) -> TaskSpec:
     )
 
 
-SPECS = tuple(register_task(s) for s in (
-    _spec("lcb", ("mono", "cross"), "Language Confusion Benchmark, monolingual and cross-lingual prompts: is the "
-          "answer in the wanted language (upstream's line-level pass)"),
-    _spec("lcb-mono", ("mono",), "Language Confusion Benchmark, monolingual prompts (aya, dolly, okapi, native)"),
-    _spec("lcb-cross", ("cross",), "Language Confusion Benchmark, cross-lingual prompts (English, asking for "
-          "another language: okapi, sharegpt, complex_prompts)"),
-))
-SPEC = SPECS[0]
+SPEC = _spec("lcb", ("mono", "cross"), "Language Confusion Benchmark, monolingual and cross-lingual prompts: is the "
+             "answer in the wanted language (upstream's line-level pass)")
+SPEC_MONO = _spec("lcb-mono", ("mono",),
+                  "Language Confusion Benchmark, monolingual prompts (aya, dolly, okapi, native)")
+SPEC_CROSS = _spec("lcb-cross", ("cross",), "Language Confusion Benchmark, cross-lingual prompts (English, asking "
+                   "for another language: okapi, sharegpt, complex_prompts)")
+SPECS = (SPEC, SPEC_MONO, SPEC_CROSS)
