@@ -21,7 +21,7 @@ from xlsteer.evaluation.api import evaluate
 from xlsteer.evaluation.scoring import prompt_text
 from xlsteer.evaluation.tasks import Item, get_task
 from xlsteer.evaluation.tasks import lcb
-from xlsteer.evaluation.templates import get_template
+from xlsteer.evaluation.tasks.spec import get_template
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
 from xlsteer.testing import tiny_model, tiny_tokenizer
