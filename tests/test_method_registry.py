@@ -22,7 +22,7 @@ from test_vector import parallel_texts
 
 # the module (the package's attribute ``fit`` is the function)
 fit_module = importlib.import_module("xlsteer.interventions.fit")
-BUILTINS = ["diffmean", "learned", "incline", "clas", "lape", "intmu"]
+BUILTINS = ["diffmean", "learned", "incline", "clas", "lape", "intmu", "langvec"]
 
 
 def fit_toy(stats, layers, targets, anchor="en", site="resid_post", meta=None, scale: float = 2.0):
@@ -51,12 +51,11 @@ def toy():
 
 
 def test_builtin_methods_are_registered_in_order():
-    assert method_names()[:6] == BUILTINS
+    assert method_names()[:7] == BUILTINS
     assert fit_module.METHODS == tuple(method_names())
     assert fit_module.DEFAULT_SITE["incline"] == "mlp_out" and fit_module.DEFAULT_SITE["clas"] == "mlp_act"
-    assert dict(DEFAULT_ALPHAS) == {m: get_method(m).alpha_grid for m in BUILTINS if m != "lape"}
-    assert [m for m in METHODS if METHODS[m].family == "steering"] == ["diffmean", "learned", "incline", "clas",
-                                                                        "intmu"]
+    assert dict(DEFAULT_ALPHAS) == {m: get_method(m).alpha_grid for m in BUILTINS}
+    assert [m for m in METHODS if METHODS[m].family == "steering"] == BUILTINS
 
 
 def test_toy_method_fits_through_fit(lm, toy):

@@ -5,7 +5,7 @@ Importing this package registers every method: its intervention class (so
 registry (:mod:`xlsteer.interventions.registry`). The modules are imported in a fixed order,
 which is the order methods are listed in (``xlsteer fit --help``, ``xlsteer compare``). Fit
 functions: ``fit_diffmean``, ``fit_learned``, ``fit_incline``, ``fit_clas``, ``fit_lape``,
-``fit_intmu``, and the dispatcher ``fit``.
+``fit_intmu``, ``fit_langvec``, and the dispatcher ``fit``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .learned import TrainableSteeringVector, fit_learned  # isort: skip
 from .incline import InclineIntervention, fit_incline, incline_texts  # isort: skip
 from .clas import CLASIntervention, fit_clas, neuron_categories, select_bridge_layers  # isort: skip
 from .neurons import IntMuIntervention, LapeIntervention, fit_intmu, fit_lape, lape_neurons  # isort: skip
+from .langvec import LanguageVectors, fit_langvec  # isort: skip
 from .fit import fit  # isort: skip
 from .registry import (LayerPolicy, SteeringMethod, StatisticsNeed, get_method, method_names,  # isort: skip
                        register_method, registered)
@@ -36,6 +37,7 @@ __all__ = [
     "InclineIntervention",
     "LapeIntervention",
     "IntMuIntervention",
+    "LanguageVectors",
     "fit",
     "METHODS",
     "SteeringMethod",
@@ -51,6 +53,7 @@ __all__ = [
     "fit_incline",
     "fit_lape",
     "fit_intmu",
+    "fit_langvec",
     "neuron_categories",
     "select_bridge_layers",
     "lape_neurons",
