@@ -20,6 +20,12 @@ to each row steered toward its wanted language t (the row's language) from sourc
 
 every position, except each row's first prompt token, which is left as it is (the authors reset
 ``out[:, :1]``). alpha is the intervention's strength; defaults alpha = 1, beta = 1, every layer.
+``scaling="relative"`` (the authors' ``relative_norm``) adds ``alpha * ||h|| * v / ||v||`` instead:
+alpha is then a fraction of each token's norm, comparable across models.
+
+Dev grid (``xlsteer compare``): alpha (the registry's grid) x the registry's variants, beta in
+{0, 1} x layer ranges ``all`` and ``upper`` (:func:`dev_variants`; ``-O langvec.betas=[...]``,
+``-O langvec.layer_ranges=[...]``), the unsteered model among the candidates.
 
 Source (what the authors' ``Evaluator.predict`` passes). Cross-lingual prompts (English, "reply
 in Japanese"): ``set_lang(target, anchor=source_language)``, the prompt's language, English. Their
