@@ -10,7 +10,7 @@ nothing else branches on a task's name.
 Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package that call
 :func:`register_task` on import; they are imported on first use so ``import xlsteer`` stays
 cheap. User tasks come from a *task reference* that is not a registered name: ``lmeval:NAME,...``
-(an lm-evaluation-harness task, :mod:`xlsteer.evaluation.tasks.lmeval`) or the path of a YAML
+(an lm-evaluation-harness task, :mod:`xlsteer.lmeval.tasks`) or the path of a YAML
 spec over JSONL files (:mod:`xlsteer.evaluation.tasks.jsonl`); :func:`resolve_task` builds and
 registers their spec for the rest of the process.
 """
@@ -264,7 +264,7 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
 def _load_resolvers() -> None:
     if not _RESOLVERS:
         importlib.import_module(f"{__package__}.jsonl")
-        importlib.import_module(f"{__package__}.lmeval")
+        importlib.import_module("xlsteer.lmeval.tasks")
 
 
 def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
