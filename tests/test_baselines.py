@@ -350,7 +350,7 @@ def test_gemma_compare_cli_end_to_end(tmp_path, capsys):
         "-O", "diffmean.layers=[9]", "-O", "diffmean.alphas=[1]", "-O", "learned.alphas=[1]",
         "-O", "clas.alphas=[0.5]", "-O", "incline.alphas=[0.5]", "-O", "intmu.alphas=[1]",
         "-O", "sft+steer.layers=[9]", "-O", "sft+steer.alphas=[1]", "-O", "lape.alphas=[1]",
-        "-O", "langvec.alphas=[1]", "-O", "langvec.betas=[1]", "-O", 'langvec.layer_ranges=["all"]',
+        "-O", "langvec.alphas=[0.01]", "-O", "langvec.betas=[1]", "-O", 'langvec.layer_ranges=["all"]',
         "-O", "langvec.mean_langs=en,sw,de", "-o", str(out),
     ])
     wall = time.perf_counter() - t0

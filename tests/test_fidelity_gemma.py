@@ -32,7 +32,7 @@ def test_language_vectors_turn_english_prompts_chinese_and_leave_english_rows_al
 
     corpus = load_ntrex(None, ["en", "de", "zh", "ja"], split="fit", limit=24)
     iv = fit("langvec", gemma, corpus, ["en", "zh"], anchor="en", batch_size=8, max_length=64,
-             scaling="relative").with_strength(0.5)
+             scaling="relative").with_strength(0.02)
     assert iv.params["vector_langs"] == ["en", "zh", "de", "ja"] and len(iv.layers) == gemma.num_layers
     prompts = _prompts()
     eng = Engine(gemma, batch_size=12, max_length=256)

@@ -23,9 +23,11 @@ every position, except each row's first prompt token, which is left as it is (th
 ``scaling="relative"`` (the authors' ``relative_norm``) adds ``alpha * ||h|| * v / ||v||`` instead:
 alpha is then a fraction of each token's norm, comparable across models.
 
-Dev grid (``xlsteer compare``): alpha (the registry's grid) x the registry's variants, beta in
-{0, 1} x layer ranges ``all`` and ``upper`` (:func:`dev_variants`; ``-O langvec.betas=[...]``,
-``-O langvec.layer_ranges=[...]``), the unsteered model among the candidates.
+Dev grid (``xlsteer compare``): ``scaling="relative"`` and alpha in {0.0025, 0.005, 0.01} (the
+registry's grid; the paper's setting is ``-O langvec.scaling=norm -O langvec.alphas=[1]``) x the
+registry's variants, beta in {0, 1} x layer ranges ``all`` and ``upper`` (:func:`dev_variants`;
+``-O langvec.betas=[...]``, ``-O langvec.layer_ranges=[...]``), the unsteered model among the
+candidates.
 
 Source (what the authors' ``Evaluator.predict`` passes). Cross-lingual prompts (English, "reply
 in Japanese"): ``set_lang(target, anchor=source_language)``, the prompt's language, English. Their
@@ -223,9 +225,14 @@ def _check_params(params: Mapping[str, Any]) -> None:
     "langvec", site="resid_post", sites=("resid_post",),
     statistics=StatisticsNeed("item-level pooled means, every layer and language", every_layer=True),
     layer_policy=LayerPolicy(EVERY_LAYER, ALL_TOGETHER, text="every layer (as the paper)"),
-    alpha_grid=(0.5, 1.0, 2.0), description="ReCoVeR language vectors toward the wanted language (mean minus "
-    "the mean over languages), every layer, unit norm, norm restored",
-    compare="ReCoVeR language vectors toward each item's wanted language; alpha, beta and layers chosen on dev",
+    # the compare grid is in the authors' relative_norm units (alpha x each token's norm): the paper's
+    # absolute alpha = 1 leaves Gemma-3-270M's output unchanged (its residual norms are 140-37,000),
+    # while relative alpha 0.01 at every layer already turns English prompts' continuations Chinese
+    alpha_grid=(0.0025, 0.005, 0.01), description="ReCoVeR language vectors toward the wanted language (mean "
+    "minus the mean over languages), every layer, unit norm, norm restored",
+    compare="ReCoVeR language vectors toward each item's wanted language (relative scaling); alpha, beta and "
+            "layer range chosen on dev",
+    compare_defaults={"scaling": "relative"},
     prepare=_prepare, corpus_langs=_corpus_langs, check_params=_check_params, variants=dev_variants,
     variant_keys=("betas", "layer_ranges"),
 )
