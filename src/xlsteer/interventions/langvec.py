@@ -55,7 +55,7 @@ import torch
 from ..errors import ArtifactError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
-from .base import Intervention, register
+from .base import Intervention, register_intervention
 from .registry import ALL_TOGETHER, EVERY_LAYER, FitJob, LayerPolicy, StatisticsNeed, Variant, register_method
 from .vector import check_targets, check_width, fit_metadata
 
@@ -75,7 +75,7 @@ def langvec_key(layer: int) -> str:
     return f"langvec@{layer}"
 
 
-@register
+@register_intervention
 class LanguageVectors(Intervention):
     """ReCoVeR's language vectors; strength = alpha (0 is the identity)."""
 
