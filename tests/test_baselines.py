@@ -244,7 +244,7 @@ def test_apertium_translates_spanish_to_english():
 def test_method_names_and_options_parse():
     assert parse_methods("zero-shot,icl-en,sft+steer,translate-apertium") == [
         "zero-shot", "icl-en", "sft+steer", "translate-test"]
-    assert len(parse_methods("all")) == 16
+    assert len(parse_methods("all")) == 18
     with pytest.raises(UsageError):
         parse_methods("zero-shot,magic")
     assert load_options(["sft.steps=3", "icl-en.k=2", "prompt-opt.seeds=[\"x y z\"]"]) == {
@@ -350,18 +350,20 @@ def test_gemma_compare_cli_end_to_end(tmp_path, capsys):
         "-O", "prompt-opt.per_round=1", "-O", "translate-self.max_new_tokens=32",
         "-O", "diffmean.layers=[9]", "-O", "diffmean.alphas=[1]", "-O", "learned.alphas=[1]",
         "-O", "clas.alphas=[0.5]", "-O", "incline.alphas=[0.5]", "-O", "intmu.alphas=[1]",
-        "-O", "sft+steer.layers=[9]", "-O", "sft+steer.alphas=[1]", "-o", str(out),
+        "-O", "sft+steer.layers=[9]", "-O", "sft+steer.alphas=[1]", "-O", "lape.alphas=[1]",
+        "-O", "langvec.alphas=[0.01]", "-O", "langvec.betas=[1]", "-O", 'langvec.layer_ranges=["all"]',
+        "-O", "langvec.mean_langs=en,sw,de", "-o", str(out),
     ])
     wall = time.perf_counter() - t0
     printed = capsys.readouterr().out
     assert code == 0
     rec = json.loads((out / "compare.json").read_text())
-    assert rec["format"] == "xlsteer.methods" and len(rec["methods"]) == 16
+    assert rec["format"] == "xlsteer.methods" and len(rec["methods"]) == 18
     table = (out / "compare.md").read_text()
     assert table.strip() in printed
     ok = [m for m in rec["methods"] if not rec["rows"][m]["error"]]
     assert set(ok) >= {"zero-shot", "icl-en", "icl-native", "prompt-opt", "xlt", "sft", "sft+steer", "translate-self",
-                       "translate-gmt", "diffmean", "learned", "incline", "clas", "intmu"}
+                       "translate-gmt", "diffmean", "learned", "incline", "clas", "intmu", "lape", "langvec"}
     for m in ok:
         assert "score" in rec["rows"][m]["per_lang"]["sw"]
     with capsys.disabled():

@@ -32,6 +32,7 @@ FIT_ARGS = {
     "incline": ["-p", "ridge=0.01"],
     "lape": [],
     "intmu": [],
+    "langvec": ["-p", "beta=0.5"],
 }
 
 

@@ -21,7 +21,7 @@ from xlsteer.testing import tiny_model
 
 from test_vector import parallel_texts
 
-BUILTINS = ["diffmean", "learned", "incline", "clas", "lape", "intmu"]
+BUILTINS = ["diffmean", "learned", "incline", "clas", "lape", "intmu", "langvec"]
 
 
 def fit_toy(stats, layers, targets, anchor="en", site="resid_post", meta=None, scale: float = 2.0):
@@ -50,11 +50,10 @@ def toy():
 
 
 def test_builtin_methods_are_registered_in_order():
-    assert method_names()[:6] == BUILTINS
+    assert method_names()[:7] == BUILTINS
     assert get_method("incline").site == "mlp_out" and get_method("clas").site == "mlp_act"
-    assert dict(DEFAULT_ALPHAS) == {m: get_method(m).alpha_grid for m in BUILTINS if m != "lape"}
-    assert [m for m in METHODS if METHODS[m].family == "steering"] == ["diffmean", "learned", "incline", "clas",
-                                                                        "intmu"]
+    assert dict(DEFAULT_ALPHAS) == {m: get_method(m).alpha_grid for m in BUILTINS}
+    assert [m for m in METHODS if METHODS[m].family == "steering"] == BUILTINS
 
 
 def test_toy_method_fits_through_fit(lm, toy):

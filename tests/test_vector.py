@@ -111,6 +111,20 @@ def test_diffmean_equals_analytic_mean_difference():
     assert v.languages == ["de", "sw"] and v.anchor == "en"
 
 
+def test_diffmean_toward_the_wanted_language_is_the_controls_vector_under_the_target():
+    stats, _ = synthetic_stats()
+    toward = fit_diffmean(stats, [0, 1], ["de", "sw"], anchor="en", direction="to_target")
+    away = fit_diffmean(stats, [0, 1], ["de", "sw"], anchor="en")
+    assert toward.params["direction"] == "to_target" and "direction" not in away.params
+    for layer in (0, 1):
+        assert torch.equal(toward.tensors[vector_key(layer)], -away.tensors[vector_key(layer)])
+        # the positive control's vector (target as the anchor, prompt language steered): same numbers
+        control = fit_diffmean(stats, [layer], ["en"], anchor="de")
+        assert torch.equal(toward.tensors[vector_key(layer)][0], control.tensors[vector_key(layer)][0])
+    with pytest.raises(UsageError, match="direction"):
+        fit_diffmean(stats, [0], ["de"], direction="sideways")
+
+
 def test_relative_normalization_scales_to_rms_token_norm():
     stats, raw = synthetic_stats(1)
     v = fit_diffmean(stats, [0], ["de"], normalize="relative")

@@ -75,7 +75,8 @@ def _fit(ctx: RunContext, spec: Any, p: dict[str, Any], lm: Any, use: list[str])
     corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=_corpus_langs(ctx, method, p, use),
                          split="fit", limit=fit_limit)
     fit_kw: dict[str, Any] = {k: v for k, v in p.items()
-                              if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site", "select")}
+                              if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site", "select",
+                                           *spec.variant_keys)}
     for key, value in spec.compare_defaults.items():
         fit_kw.setdefault(key, value)
     if "seed" in inspect.signature(spec.fit).parameters:
@@ -105,7 +106,7 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
     alphas = tuple(float(a) for a in p.get("alphas", spec.alpha_grid))
     fitted = _fit(ctx, spec, p, lm, use)
     iv, corpus, fit_kw, fit_limit = fitted.iv, fitted.corpus, fitted.fit_kw, fitted.fit_limit
-    sweep_layers, fit_seconds = fitted.sweep_layers, fitted.fit_seconds
+    fit_seconds = fitted.fit_seconds
     from ..evaluation import sweep as sweep_mod
     from ..evaluation.selection import evaluate_selection
     from ..interventions.base import default_positions
@@ -115,22 +116,17 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
     select = str(p.get("select", ctx.select))
     t1 = time.perf_counter()
     dev_cfg = ctx.eval_config(split="dev", limit=dev_limit, positions=positions, n_boot=200)
-    grid = sweep_layers if sweep_layers is not None else [sweep_mod.ALL_LAYERS]
-    rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=grid, alphas=alphas, cfg=dev_cfg,
-                          source={"kind": "baselines", "method": method, "layers": iv.layers,
-                                  "note": "layer -1 = every fitted layer together"})
-
-    def make(layer: int, alpha: float) -> Any:
-        return sweep_mod.for_layer(iv, layer).with_strength(alpha)
-
+    rec, make, layers_of, variant_of = _dev_sweep(ctx, spec, fitted, p, lm, langs, alphas, dev_cfg)
     selection_seconds = time.perf_counter() - t1
     t2 = time.perf_counter()
     res = evaluate_selection(lm, ctx.task, langs, make, rec, select, ctx.eval_config(positions=positions))
     secs = time.perf_counter() - t2
     best = rec["best"]
     chosen = make(best["layer"], best["alpha"]) if best["steer"] else None
-    used_layers = (iv.layers if best["layer"] == sweep_mod.ALL_LAYERS else [best["layer"]]) if best["steer"] else []
+    used_layers = layers_of(best["layer"]) if best["steer"] else []
     selection = _selection_record(rec, res["selection"], dev_limit, select, used_layers)
+    if variant_of is not None and best["steer"]:
+        selection["variant"] = variant_of(best["layer"])
     trainable = _numel(chosen, used_layers) if spec.trainable and chosen is not None else 0
     params = {"method": method, "fit_limit": fit_limit, "corpus": corpus.name, "corpus_split": "fit",
               "positions": positions, "sites": [str(s) for s in chosen.sites] if chosen is not None else [],
@@ -145,6 +141,39 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
                            trainable_parameters=trainable,
                            fitted_parameters=_numel(chosen, used_layers) if chosen is not None else 0),
                      selection, notes, skipped, extra={"intervention": res.get("intervention")})
+
+
+def _dev_sweep(ctx: RunContext, spec: Any, fitted: _Fitted, p: Mapping[str, Any], lm: Any, langs: list[str],
+               alphas: tuple[float, ...], dev_cfg: Any) -> tuple[dict[str, Any], Any, Any, Any]:
+    """The dev sweep of a fitted method: ``(record, make(layer, alpha), layers_of(layer), variant_of)``.
+
+    Without variants the grid is each fitted layer alone (or every layer together) x alphas. With
+    the registry's variants (ReCoVeR: beta x layer range) each variant is a grid point of its own
+    x alphas: the sweep's ``layer`` is the variant's index, its keys are the variant's label
+    (``beta1-all@1``), and ``variant_of`` says which variant a choice is.
+    """
+    from ..evaluation import sweep as sweep_mod
+
+    iv = fitted.iv
+    variants = spec.variants(int(lm.num_layers), p) if spec.variants is not None else []
+    if not variants:
+        grid = fitted.sweep_layers if fitted.sweep_layers is not None else [sweep_mod.ALL_LAYERS]
+        rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=grid, alphas=alphas, cfg=dev_cfg,
+                              source={"kind": "baselines", "method": spec.name, "layers": iv.layers,
+                                      "note": "layer -1 = every fitted layer together"})
+        return (rec, lambda layer, alpha: sweep_mod.for_layer(iv, layer).with_strength(alpha),
+                lambda layer: iv.layers if layer == sweep_mod.ALL_LAYERS else [layer], None)
+    ivs = [v.of(iv) for v in variants]
+    rec = sweep_mod.sweep(lm, ctx.task, langs, lambda k, alpha: ivs[k].with_strength(alpha),
+                          layers=list(range(len(ivs))), alphas=alphas, cfg=dev_cfg,
+                          source={"kind": "baselines", "method": spec.name, "layers": iv.layers,
+                                  "variants": [v.describe() for v in variants],
+                                  "note": "layer = the index of the variant in 'variants'"})
+    relabel = {f"L{k}@{a:g}": f"{v.label}@{a:g}" for k, v in enumerate(variants) for a in alphas}
+    for entry in [*rec["results"], rec["best"], rec["best_steered"], *rec["best_per_lang"].values()]:
+        entry["key"] = relabel.get(entry["key"], entry["key"])
+    return (rec, lambda k, alpha: ivs[k].with_strength(alpha), lambda k: ivs[k].layers,
+            lambda k: variants[k].describe())
 
 
 def _corpus_langs(ctx: RunContext, method: str, p: Mapping[str, Any], use: Sequence[str]) -> list[str] | None:

@@ -13,7 +13,12 @@ gets their CIs, the paired bootstrap against the unsteered run, Holm, the tables
                   two methods that wrote the same text share it. An empty (or whitespace-only)
                   output (EOS or a stop sequence first) carries no evidence of fluency and scores ``-ln(V)``, the
                   per-token log-likelihood of a uniform guess over the vocabulary of V tokens:
-                  silencing the model must not look fluent.
+                  silencing the model must not look fluent. Read it as "how plausible is this
+                  text as an answer to this prompt for the unsteered model": when the prompt does
+                  not itself ask for the wanted language, switching language lowers it too
+                  (measured: English prompts continued in German, -1.38 -> -3.20 nats/token at
+                  a seq-rep-4 of 0.01), so a fluency drop alone is not degeneration; the two
+                  scores are read together.
 ``degeneration``  seq-rep-4 (Welleck et al., 2020, "Neural Text Generation with Unlikelihood
                   Training", ICLR 2020): the share of the output's 4-grams of model tokens that
                   repeat an earlier 4-gram of the same output, ``1 - |unique 4-grams| / |4-grams|``;

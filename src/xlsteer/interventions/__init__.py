@@ -4,7 +4,7 @@ function registered in the method registry (``registry.py``).
 Nothing here imports the methods: the registries name the built-in ones (``"module:attr"``) and
 import each module the first time it is asked for; plugins and tests add rows by running
 ``@register_method`` / ``@register_intervention``. The classes and fit functions of each method
-live in their modules (``vector``, ``learned``, ``incline``, ``clas``, ``neurons``).
+live in their modules (``vector``, ``learned``, ``incline``, ``clas``, ``neurons``, ``langvec``).
 """
 
 from __future__ import annotations

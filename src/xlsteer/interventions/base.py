@@ -41,6 +41,7 @@ BUILTIN_INTERVENTIONS: dict[str, str] = {
     "clas": "xlsteer.interventions.clas:CLASIntervention",
     "lape": "xlsteer.interventions.neurons:LapeIntervention",
     "intmu": "xlsteer.interventions.neurons:IntMuIntervention",
+    "langvec": "xlsteer.interventions.langvec:LanguageVectors",
 }
 
 

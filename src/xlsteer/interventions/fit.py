@@ -9,16 +9,17 @@ fingerprint, the data hash, the corpus rows used, the collection and fit times. 
 Defaults per method (every value used is recorded in the artifact; a test keeps this table equal
 to :func:`~xlsteer.interventions.registry.method_table`):
 
-========  ==========  ==========================  =====================================
+========  ==========  ==========================  =================================================
 method    site        layers (None)               statistics
-========  ==========  ==========================  =====================================
+========  ==========  ==========================  =================================================
 diffmean  resid_post  the middle layer (L // 2)   item-level pooled means
 learned   resid_post  the middle layer (L // 2)   none (trains on the corpus directly)
 incline   mlp_out     every layer (as the paper)  per-item pooled vectors (keep_items)
 clas      mlp_act     bridge layers (auto)        token-level means at every layer
 lape      mlp_gate    every layer                 token-level P(act > 0) at every layer
 intmu     mlp_gate    every layer                 P(act > 0) and means at every layer
-========  ==========  ==========================  =====================================
+langvec   resid_post  every layer (as the paper)  item-level pooled means, every layer and language
+========  ==========  ==========================  =================================================
 
 ``langs`` may include the anchor (it is dropped from the steered languages; CLAS, LAPE and
 Int_mu still use its statistics).

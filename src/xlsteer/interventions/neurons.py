@@ -274,6 +274,8 @@ _NEURON_LAYERS = LayerPolicy(CHOSEN_BY_FIT, ALL_TOGETHER, text="every layer")
     "lape", site=NEURON_SITES[0], sites=NEURON_SITES, statistics=StatisticsNeed(
         "token-level P(act > 0) at every layer", every_layer=True), layer_policy=_NEURON_LAYERS,
     alpha_grid=(0.5, 1.0), description="language-specific neurons (LAPE) deactivated or amplified", call=_call,
+    compare="LAPE: the neurons of each row's (wanted) language amplified, h*(1+s); strength chosen on dev",
+    compare_defaults={"mode": "amplify"},
 )
 def fit_lape(
     stats: "Statistics",

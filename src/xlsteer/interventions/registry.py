@@ -14,7 +14,8 @@ collects (:class:`StatisticsNeed`: none, pooled item means at the fit layers, to
 statistics at every layer, per-item vectors on the method's own texts); the layers fitted when
 none are given and how a dev sweep treats them (:class:`LayerPolicy`: each candidate alone, or
 every fitted layer together as in the INCLINE and CLAS papers); the strength grid searched on dev;
-whether ``xlsteer compare`` runs it as a steering row; and small hooks for what differs in
+whether ``xlsteer compare`` runs it as a steering row; the dev grid beyond strengths
+(:class:`Variant`: e.g. ReCoVeR's beta and layer ranges); and small hooks for what differs in
 calling convention, preparation (CLAS's category languages) and input checks (INCLINE's ridge
 against the corpus size, the learned vector's objective). Adding a method touches one file: its
 module (a plugin file, :mod:`xlsteer.plugins`, or a test), which registers it when it runs. The
@@ -117,6 +118,25 @@ class LayerPolicy:
                              CHOSEN_BY_FIT: "chosen by the fit"}[self.default]
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a fitted intervention that a dev sweep tries besides its strengths:
+    the intervention restricted to ``layers`` (None: every fitted layer) with ``params`` changed
+    (``Intervention.with_params``), e.g. ReCoVeR's beta and layer range."""
+
+    label: str
+    layers: tuple[int, ...] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def of(self, intervention: Any) -> Any:
+        out = intervention.at_layers(self.layers) if self.layers is not None else intervention
+        return out.with_params(**self.params) if self.params else out
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label, "layers": list(self.layers) if self.layers is not None else "all",
+                "params": dict(self.params)}
+
+
 @dataclass
 class FitJob:
     """One fit's resolved inputs, as :func:`~xlsteer.interventions.fit.fit` hands them to the hooks.
@@ -177,6 +197,10 @@ class SteeringMethod:
     check_params: Callable[[Mapping[str, Any]], None] | None = None
     check_inputs: Callable[[Any, str, int, Mapping[str, Any]], None] | None = None
     summary: Callable[[Mapping[str, Any]], list[str]] | None = None  # lines xlsteer fit / inspect print
+    #: the dev grid beyond strengths: ``(n_layers, compare options) -> [Variant, ...]``; each variant is
+    #: swept over ``alpha_grid`` (None: the layer policy's grid alone)
+    variants: Callable[[int, Mapping[str, Any]], list[Variant]] | None = None
+    variant_keys: tuple[str, ...] = ()  # compare options ``variants`` reads (not passed to the fit function)
 
     def check_site(self, site: str) -> None:
         if self.sites is not None and site not in self.sites:
@@ -194,6 +218,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "clas": "xlsteer.interventions.clas:fit_clas",
     "lape": "xlsteer.interventions.neurons:fit_lape",
     "intmu": "xlsteer.interventions.neurons:fit_intmu",
+    "langvec": "xlsteer.interventions.langvec:fit_langvec",
 }
 
 
@@ -223,7 +248,7 @@ def register_method(
 
     ``hooks``: the other :class:`SteeringMethod` fields (``compare``, ``compare_defaults``,
     ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``,
-    ``summary``).
+    ``summary``, ``variants``, ``variant_keys``).
     """
     known = {f.name for f in dataclasses.fields(SteeringMethod)}
     unknown = sorted(set(hooks) - known)

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from ..stats import Statistics
 
 
+#: DiffMean directions: toward the anchor (from each row's language) or toward each row's (wanted) language.
+DIRECTIONS = ("to_anchor", "to_target")
+
+
 def vector_key(layer: int) -> str:
     return f"vectors@{layer}"
 
@@ -194,7 +198,8 @@ def token_rms_norm(stats: "Statistics", site: Site, langs: Sequence[str]) -> flo
 @register_method(
     "diffmean", site="resid_post", statistics=StatisticsNeed("item-level pooled means"),
     layer_policy=LayerPolicy(compare=quartile_layers), alpha_grid=(0.5, 1.0, 2.0),
-    description="the mean difference of anchor and target activations (closed form)",
+    description="the mean difference of anchor and target activations (closed form); direction=to_target steers "
+                "toward each row's wanted language",
     compare="DiffMean vector (NTREX), layer and alpha chosen on dev",
 )
 def fit_diffmean(
@@ -206,8 +211,15 @@ def fit_diffmean(
     normalize: str = "none",
     ref_norm: Mapping[int, float] | float | None = None,
     meta: Mapping[str, Any] | None = None,
+    direction: str = "to_anchor",
 ) -> SteeringVector:
     """DiffMean: ``v[t, l] = mean_items(h_anchor) - mean_items(h_t)`` at ``site`` of each layer.
+
+    ``direction``: ``to_anchor`` (default, the vector above: rows of language t are moved toward
+    the anchor, for tasks solved better in English) or ``to_target``: ``v[t, l] = mean_items(h_t)
+    - mean_items(h_anchor)``, moving rows *wanted* in t away from the anchor toward t (language
+    fidelity: an English prompt answered in t; the positive control's vector, stored under the
+    wanted language). The direction is recorded in ``params`` (absent means ``to_anchor``).
 
     Item level: each text is pooled first (mean over its tokens or its last token: the
     statistics' pooling, recorded in params), then averaged over texts, so long texts do not
@@ -221,6 +233,9 @@ def fit_diffmean(
     t0 = time.perf_counter()
     targets = check_targets(target_langs, anchor, "diffmean")
     layer_list = check_layers(layers, "diffmean")
+    if direction not in DIRECTIONS:
+        raise UsageError(f"unknown DiffMean direction '{direction}'; choose one of {', '.join(DIRECTIONS)}")
+    sign = 1.0 if direction == "to_anchor" else -1.0
     if normalize not in SteeringVector.NORMALIZE:
         raise UsageError(f"unknown normalize mode '{normalize}'; choose one of {', '.join(SteeringVector.NORMALIZE)}")
     tensors: dict[str, torch.Tensor] = {}
@@ -232,7 +247,7 @@ def fit_diffmean(
         rows = []
         for t in targets:
             b = stats._get(t, s)
-            rows.append(anchor_mean - b.item_sum / b.n_items)
+            rows.append(sign * (anchor_mean - b.item_sum / b.n_items))  # negation is exact in floating point
         tensors[vector_key(layer)] = torch.stack(rows).float()
         if normalize == "relative":
             if ref_norm is None:
@@ -251,6 +266,8 @@ def fit_diffmean(
         "site": site,
         "positions": "all",
     }
+    if direction != "to_anchor":  # absent for the default: vectors fitted before the option keep their hash
+        params["direction"] = direction
     if normalize == "relative":
         params["ref_norm"] = norms
         params["ref_norm_source"] = "given" if ref_norm is not None else "stats_token_rms"
