@@ -116,11 +116,16 @@ def compare_methods(
     on_method: Callable[[str, MethodRun], None] | None = None,
     calibrate: bool = False,
     select: str = "global",
+    template: str | None = None,
+    preserve: Any = None,
 ) -> dict[str, Any]:
     """Run ``methods`` on the same items and pair each with zero-shot; returns the "compare" record.
 
     ``calibrate``: content-free calibration of label tasks (XNLI) for every model-scored method;
     ``select``: ``global`` or ``per-lang`` selection of steering settings on dev (unsteered included).
+    ``template``: the task template every method uses (None: the task's default). ``preserve``: a
+    :class:`~.preserve.Preservation` (or ``"xquad:40"``): each steering row's selected intervention
+    is also measured on that scored task, paired against the unsteered model.
 
     ``out_dir``: per-method runner results go to ``out_dir/runs/<method>.json`` (and adapters to
     ``out_dir/adapters``). ``dev_limit`` defaults to ``limit`` (else 100).
@@ -146,7 +151,8 @@ def compare_methods(
                      anchor=normalize_lang(anchor), data_dir=data_dir, seed=seed, batch_size=batch_size,
                      max_length=max_length, n_boot=n_boot, cache_dir=cache_dir, translation_cache=translation_cache,
                      work_dir=out_dir, options={k: dict(v) for k, v in (options or {}).items()},
-                     calibrate=bool(calibrate), select=select)
+                     calibrate=bool(calibrate), select=select, template=template,
+                     preserve=_preservation(preserve))
     runs: dict[str, MethodRun] = {}
     files: dict[str, str] = {}
     for name in names:
@@ -170,9 +176,46 @@ def compare_methods(
             files[name] = str(path.relative_to(out_dir))
         if on_method is not None:
             on_method(name, run)
+    _preservation_rows(ctx, runs)
     ctx.shared.clear()
     return assemble_compare(ctx, names, runs, files, reference_added=added_reference,
                             wall_seconds=time.perf_counter() - t_start)
+
+
+def _preservation(value: Any) -> Any:
+    from .preserve import Preservation
+
+    return Preservation.parse(value) if isinstance(value, str) or value is None else value
+
+
+def _preservation_rows(ctx: RunContext, runs: Mapping[str, MethodRun]) -> None:
+    """Every row says what it did to the preservation task: the reference's own scores, a steering
+    row's measurement (made by the row), or why a method has none (prompts and decoding rules of
+    the main task do not carry over to another task)."""
+    if ctx.preserve is None:
+        return
+    from .preserve import not_applicable, reference
+
+    for name, run in runs.items():
+        if run.results is None or "preservation" in run.extra:
+            continue
+        if name == REFERENCE:
+            ref = reference(ctx, ctx.preserve)
+            targets = [lang for lang in ref["langs"] if lang != ctx.anchor]
+            run.extra["preservation"] = {**ctx.preserve.describe(), "status": "reference",
+                                         "main": ref["metrics"]["main"], "langs": ref["langs"],
+                                         **pair_with_reference(ref, ref, ref["langs"], ctx.anchor, seed=ctx.seed,
+                                                               n_boot=ctx.n_boot),
+                                         "reference_average": _mean_main(ref, targets)}
+        else:
+            run.extra["preservation"] = not_applicable(ctx.preserve, f"{name} is not an intervention: it changes "
+                                                       f"the prompt or decoding of {ctx.task}")
+
+
+def _mean_main(res: Mapping[str, Any], langs: Sequence[str]) -> float | None:
+    main = res["metrics"]["main"]
+    vals = [res["per_lang"][lang]["metrics"][main]["mean"] for lang in langs]
+    return float(np.mean(vals)) if vals else None
 
 
 def resume_key(ctx: RunContext, name: str) -> str:
@@ -197,6 +240,10 @@ def resume_key(ctx: RunContext, name: str) -> str:
             "model": getattr(ctx.lm, "fingerprint", None), "xlsteer": __version__}
     if ctx.sampling or ctx.guard is not None:  # absent when unset: earlier runs keep their keys
         body.update(sampling=dict(ctx.sampling), guard=ctx.guard)
+    if ctx.template is not None or ctx.template_options:
+        body.update(template=ctx.template, template_options=dict(ctx.template_options))
+    if ctx.preserve is not None:
+        body["preserve"] = ctx.preserve.describe()
     return hashlib.sha256(dumps_json(body).encode("utf-8")).hexdigest()
 
 

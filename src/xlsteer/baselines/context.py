@@ -50,6 +50,12 @@ class RunContext:
     #: evaluation the methods run, so that all of them decode alike and all carry the guard
     sampling: Mapping[str, Any] = field(default_factory=dict)
     guard: bool | None = None
+    #: the task template every method evaluates with (None: the task's default) and its options
+    template: str | None = None
+    template_options: Mapping[str, Any] = field(default_factory=dict)
+    #: a scored task on which each steering row's selected intervention is also measured
+    #: (:class:`~xlsteer.baselines.preserve.Preservation`; None: not measured)
+    preserve: Any = None
 
     def eval_kw(self) -> dict[str, Any]:
         return dict(anchor=self.anchor, data_dir=self.data_dir, seed=self.seed, batch_size=self.batch_size,
@@ -60,7 +66,8 @@ class RunContext:
         from ..evaluation.config import EvalConfig
 
         cfg = EvalConfig(split=self.split, limit=self.limit, calibrate=self.calibrate, sampling=dict(self.sampling),
-                         guard=self.guard, **self.eval_kw())
+                         guard=self.guard, template=self.template, template_options=dict(self.template_options),
+                         **self.eval_kw())
         return cfg.replace(**changes) if changes else cfg
 
 

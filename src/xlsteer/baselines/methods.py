@@ -11,6 +11,8 @@ name           family       what
 zero-shot      reference    the unsteered model, the task's default template
 icl-en         prompting    k exemplars in English before every item (train split, else dev)
 icl-native     prompting    k exemplars in the item's language
+instruct       prompting    the task's explicit instruction (LCB: "Answer in German.") where it declares one
+few-shot       prompting    the task's own few-shot prompt (LCB: upstream's 5-shot prompt) where it declares one
 prompt-opt     prompting    an instruction searched on dev (seeds + the model's paraphrases)
 xlt            fine-tuning  LoRA trained on English training data only (cross-lingual transfer)
 sft            fine-tuning  LoRA trained on the training data of every evaluated language
@@ -131,6 +133,15 @@ def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
                      _cost(fit_seconds=rec["search_seconds"], eval_seconds=total - rec["search_seconds"],
                            extra_tokens_per_item=extra), sel, notes,
                      extra={"search_proposal_tokens": rec["proposal_tokens"]})
+
+
+def _task_prompt(name: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
+    def run(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+        from .task_prompts import run_prompt_baseline
+
+        return run_prompt_baseline(ctx, name, p)
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +285,10 @@ _FIXED: dict[str, MethodSpec] = {
                          _icl("en"), {"k": None}),
     "icl-native": MethodSpec("icl-native", "prompting", "k exemplars in the item's language (same items as icl-en)",
                              _icl("native"), {"k": None}),
+    "instruct": MethodSpec("instruct", "prompting", "an explicit instruction the task declares (LCB: 'Answer in "
+                           "German.' after the prompt)", _task_prompt("instruct")),
+    "few-shot": MethodSpec("few-shot", "prompting", "the task's own few-shot prompt (LCB: upstream's 5-shot prompt, "
+                           "the paper's mitigation)", _task_prompt("few-shot")),
     "prompt-opt": MethodSpec("prompt-opt", "prompting",
                              "instruction chosen on dev among seeds and the model's own paraphrases",
                              _prompt_opt, {"rounds": 2, "per_round": 4, "n_parents": 2}),

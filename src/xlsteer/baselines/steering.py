@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import LanguageError
+from ..errors import LanguageError, UsageError
 from .context import NTREX_LANGS, MethodRun, RunContext, _cost
 
 
@@ -99,6 +99,7 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
     from ..interventions.registry import get_method
 
     spec = get_method(method)
+    p = toward_goal(ctx, spec, p)
     lm = lm or ctx.lm
     name = name or method
     family = "combination" if name != method else "steering"
@@ -136,11 +137,33 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
         notes.append(f"{method} fitted on the fine-tuned model ({lm.name})")
     if not selection["steer"]:
         notes.append(f"{sweep_mod.NO_STEERING}: the {ctx.split} scores are the unsteered model's")
+    extra = {"intervention": res.get("intervention")}
+    if ctx.preserve is not None:
+        from .preserve import measure
+
+        t3 = time.perf_counter()
+        extra["preservation"] = measure(ctx, ctx.preserve, make, rec, select, positions)
+        extra["preservation"]["seconds"] = round(time.perf_counter() - t3, 3)
     return MethodRun(name, family, res, params,
                      _cost(fit_seconds=fit_seconds, selection_seconds=selection_seconds, eval_seconds=secs,
                            trainable_parameters=trainable,
                            fitted_parameters=_numel(chosen, used_layers) if chosen is not None else 0),
-                     selection, notes, skipped, extra={"intervention": res.get("intervention")})
+                     selection, notes, skipped, extra=extra)
+
+
+def toward_goal(ctx: RunContext, spec: Any, p: Mapping[str, Any]) -> dict[str, Any]:
+    """``p`` with the method's options for steering toward each row's own language when the task
+    asks for that (``BaselineHints.steer_toward == "wanted"``, e.g. LCB); the user's ``-O`` settings
+    still win. A method that can only move rows toward the anchor is refused with the reason."""
+    from ..evaluation.tasks import get_task
+
+    task = get_task(ctx.task)
+    if task.baselines.steer_toward != "wanted":
+        return dict(p)
+    if spec.toward_wanted is None:
+        raise UsageError(f"{spec.name} moves rows toward the anchor language, but task {task.name} wants each row "
+                         "steered toward the language its answer is wanted in; drop it from --methods")
+    return {**dict(p), **dict(spec.toward_wanted), **ctx.options.get(spec.name, {})}
 
 
 def _dev_sweep(ctx: RunContext, spec: Any, fitted: _Fitted, p: Mapping[str, Any], lm: Any, langs: list[str],

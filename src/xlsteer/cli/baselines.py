@@ -24,8 +24,9 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
 @click.option("--langs", default=None, help="Comma-separated languages, e.g. en,sw,zh,id,it, or 'all' (the task's; "
               "the default for a user task).")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
-              help="Comma-separated methods, or 'all': zero-shot, icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
-                   "translate-test, translate-self, translate-gmt, script-gate, incline, diffmean, learned, clas, intmu.")
+              help="Comma-separated methods, or 'all': zero-shot, icl-en, icl-native, instruct, few-shot, prompt-opt, "
+                   "xlt, sft, sft+steer, translate-test, translate-self, translate-gmt, script-gate, diffmean, learned, "
+                   "incline, clas, lape, intmu, langvec (and methods registered by plugins).")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered).")
 @click.option("--split", default="test", show_default=True, help="Split the reported numbers come from.")
 @click.option("--limit", type=count(1), default=None, help="First N items per language (default: all).")
@@ -47,6 +48,11 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
 @click.option("--select", type=click.Choice(["global", "per-lang"]), default="global", show_default=True,
               help="Steering settings chosen on dev for all languages at once, or per language (each may choose "
                    "no steering).")
+@click.option("--template", default=None, help="Prompt template every method uses (default: the task's; e.g. "
+              "lcb-chat for an instruct model).")
+@click.option("--preserve", default=None, metavar="TASK[:N]",
+              help="Also measure each steering row's selected intervention on a scored task's test items (N per "
+                   "language; default all), paired against the unsteered model, e.g. --preserve xquad:40.")
 @lid_model_option
 @click.option("--output", "-o", required=True, type=Output(folder=True, writes=COMPARE_WRITES), help="Output folder.")
 def compare_cmd(**kw: Any) -> None:
@@ -73,6 +79,12 @@ def compare_cmd(**kw: Any) -> None:
                  task_inputs(spec, kw), model=kw["model"], data_dir=kw["data_dir"])
     use_lid_model_from(kw)
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
+    from ..baselines.preserve import Preservation
+    from ..evaluation.tasks import get_template
+
+    preserve = Preservation.parse(kw["preserve"])
+    if kw["template"] is not None:
+        get_template(spec, kw["template"])  # an unknown name stops here, before the model loads
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))
     no_cache = kw.pop("no_cache")
@@ -98,7 +110,7 @@ def compare_cmd(**kw: Any) -> None:
         fit_limit=kw["fit_limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], seed=kw["seed"],
         batch_size=kw["batch_size"], max_length=kw["max_length"], cache_dir=cache_dir,
         translation_cache=translation_cache, out_dir=out, options=options, on_method=report,
-        calibrate=kw["calibrate"], select=kw["select"],
+        calibrate=kw["calibrate"], select=kw["select"], template=kw["template"], preserve=preserve,
     )
     record["command_seconds"] = round(time.perf_counter() - t0, 3)
     json_path, md_path = write_compare(out, record)

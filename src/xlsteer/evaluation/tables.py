@@ -249,20 +249,22 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
     langs, anchor, alpha = rec.langs, rec.anchor, rec.alpha_level
     n = rec.item_ids.per_lang
     guard = list(dict.fromkeys(g for name in rec.methods for g in (getattr(rec.rows[name], "guard", None) or {})))
+    kept = _preservation_head(rec)
     head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], f"avg non-{anchor}",
-            *[f"{g} avg (Δ)" for g in guard], "fit s", "+tok/item", "trained params"]
+            *[f"{g} avg (Δ)" for g in guard], *([kept] if kept else []), "fit s", "+tok/item", "trained params"]
     rows, footnotes = [], []
     for name in rec.methods:
         row = rec.rows[name]
         ref = name == rec.reference
         if row.error:
-            cells = ["–"] * (len(langs) + 1 + len(guard))
+            cells = ["–"] * (len(langs) + 1 + len(guard) + bool(kept))
             footnotes.append(f"{name}: not run — {row.error}")
         else:
             cells = [_pct_cell(row.per_lang[lang], ref, alpha) for lang in langs]
             avg = _pct_cell(row.average, ref, alpha, holm=False)
             cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
             cells += [_guard_cell((getattr(row, "guard", None) or {}).get(g), ref, alpha, _digits(g)) for g in guard]
+            cells += [_preservation_cell(getattr(row, "preservation", None), alpha)] if kept else []
             footnotes += [f"{name}, {lang}: {why}" for lang, why in row.skipped.items()]
             footnotes += selection_note(name, getattr(row, "selection", None))
         cost = row.cost
@@ -282,8 +284,34 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
                    "stratified paired bootstrap gives p < 0.05): fluency = mean log-likelihood per token of the "
                    "output under the unsteered model (nats; higher = more fluent); degeneration = share of repeated "
                    "4-grams of tokens in the output (seq-rep-4; higher = more repetition).")
+    if kept:
+        out.append(f"{kept}: each steering row's selected intervention on that task's test items (the languages "
+                   f"both tasks have), paired against the unsteered model; ▲/▼: stratified paired bootstrap p < "
+                   f"{alpha:g}; n/a: not an intervention.")
     out += [f"- {f}" for f in footnotes]
     return "\n".join(out) + "\n"
+
+
+def _preservation_head(rec: Any) -> str | None:
+    """The preservation column's title (``xquad f1 avg (Δ)``), or None when no row measured one."""
+    for name in rec.methods:
+        p = getattr(rec.rows[name], "preservation", None)
+        if isinstance(p, dict) and p.get("status") in ("ok", "reference") and p.get("main"):
+            return f"{p['task']} {p['main']} avg (Δ)"
+    return None
+
+
+def _preservation_cell(p: Any, alpha: float) -> str:
+    if not isinstance(p, dict) or p.get("status") == "n/a":
+        return "n/a"
+    avg = p.get("average") or {}
+    if avg.get("score") is None:
+        return "–"
+    body = f"{100 * avg['score']:.1f}"
+    if p.get("status") == "reference" or avg.get("diff") is None:
+        return body
+    m = mark(avg.get("p"), avg.get("diff"), alpha)
+    return body + f" ({100 * avg['diff']:+.1f}{' ' + m if m else ''})"
 
 
 def selection_note(name: str, sel: Any) -> list[str]:

@@ -312,6 +312,9 @@ def _call(fn: Any, job: FitJob) -> "CLASIntervention":
     description="neuron steering at the bridge layers (CLAS: shared neurons up, language-specific down)",
     compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
     corpus_langs=_corpus_langs, summary=category_summary,
+    # rows are routed by their wanted language: a negative alpha strengthens its specific neurons
+    # (toward it), a positive one weakens them; the dev grid holds both signs
+    toward_wanted={},
 )
 def fit_clas(
     stats: "Statistics",

@@ -234,7 +234,7 @@ def _check_params(params: Mapping[str, Any]) -> None:
             "layer range chosen on dev",
     compare_defaults={"scaling": "relative"},
     prepare=_prepare, corpus_langs=_corpus_langs, check_params=_check_params, variants=dev_variants,
-    variant_keys=("betas", "layer_ranges"),
+    variant_keys=("betas", "layer_ranges"), toward_wanted={},
 )
 def fit_langvec(
     stats: "Statistics",

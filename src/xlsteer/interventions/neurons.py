@@ -275,7 +275,7 @@ _NEURON_LAYERS = LayerPolicy(CHOSEN_BY_FIT, ALL_TOGETHER, text="every layer")
         "token-level P(act > 0) at every layer", every_layer=True), layer_policy=_NEURON_LAYERS,
     alpha_grid=(0.5, 1.0), description="language-specific neurons (LAPE) deactivated or amplified", call=_call,
     compare="LAPE: the neurons of each row's (wanted) language amplified, h*(1+s); strength chosen on dev",
-    compare_defaults={"mode": "amplify"},
+    compare_defaults={"mode": "amplify"}, toward_wanted={"mode": "amplify"},
 )
 def fit_lape(
     stats: "Statistics",
@@ -347,6 +347,7 @@ def fit_lape(
     alpha_grid=(0.5, 1.0), description="LAPE neurons set to the anchor's mean activation (Int_mu)", call=_call,
     compare="Int_mu: LAPE neurons of the row's language set to the anchor's mean (the CLAS paper's baseline), "
             "strength chosen on dev",
+    toward_wanted={"mean_of": "target"},
 )
 def fit_intmu(
     stats: "Statistics",

@@ -201,6 +201,10 @@ class SteeringMethod:
     #: swept over ``alpha_grid`` (None: the layer policy's grid alone)
     variants: Callable[[int, Mapping[str, Any]], list[Variant]] | None = None
     variant_keys: tuple[str, ...] = ()  # compare options ``variants`` reads (not passed to the fit function)
+    #: the compare options under which the method steers each row toward its *own* (wanted) language,
+    #: for tasks that ask for that (``BaselineHints.steer_toward == "wanted"``: language fidelity);
+    #: None: the method only moves rows toward the anchor, and such a task refuses it with the reason
+    toward_wanted: Mapping[str, Any] | None = None
 
     def check_site(self, site: str) -> None:
         if self.sites is not None and site not in self.sites:
@@ -248,7 +252,7 @@ def register_method(
 
     ``hooks``: the other :class:`SteeringMethod` fields (``compare``, ``compare_defaults``,
     ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``,
-    ``summary``, ``variants``, ``variant_keys``).
+    ``summary``, ``variants``, ``variant_keys``, ``toward_wanted``).
     """
     known = {f.name for f in dataclasses.fields(SteeringMethod)}
     unknown = sorted(set(hooks) - known)

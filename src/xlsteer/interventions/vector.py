@@ -201,6 +201,7 @@ def token_rms_norm(stats: "Statistics", site: Site, langs: Sequence[str]) -> flo
     description="the mean difference of anchor and target activations (closed form); direction=to_target steers "
                 "toward each row's wanted language",
     compare="DiffMean vector (NTREX), layer and alpha chosen on dev",
+    toward_wanted={"direction": "to_target"},
 )
 def fit_diffmean(
     stats: "Statistics",

@@ -8,8 +8,10 @@ sharegpt: 100 per language, complex_prompts: 99; 14 target languages) ask in Eng
 answer in another language, e.g. "Reply in Japanese. ...". The zip, not the unpacked folder, is
 read: it is the upstream file ``xlsteer data fetch`` downloads and the one its hash list covers.
 
-One module, three tasks (``SPEC``, ``SPEC_MONO``, ``SPEC_CROSS``, named in the task registry's
-built-ins): ``lcb`` (both sets), ``lcb-mono`` and ``lcb-cross``.
+One module, four tasks (``SPEC``, ``SPEC_MONO``, ``SPEC_CROSS``, ``SPEC_CROSS_OKAPI``, named in the
+task registry's built-ins): ``lcb`` (both sets), ``lcb-mono``, ``lcb-cross`` and ``lcb-cross-okapi``
+(the cross-lingual okapi prompts alone: one request per row, the paper's most-cited cross-lingual
+source, a third of the cost).
 ``Item.lang`` is the language the answer is wanted in (the prompt's language for monolingual
 rows, the requested one for cross-lingual rows, whose prompt is English): the engine steers each
 row toward it, so rows wanted in the anchor language (English) are never steered. The prompt's
@@ -45,7 +47,7 @@ from typing import Any, Sequence
 from ...errors import DataError, UsageError
 from ..sampling import Sampling
 from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir
-from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec
+from .spec import BaselineHints, FewShot, Metric, PromptBaseline, Scored, TaskSpec
 
 ZIP = "lcb/test_sets.zip"
 WORDS = "lcb/words"
@@ -82,8 +84,9 @@ MAX_MEMBER_BYTES = 16 << 20  # a CSV of the archive larger than this is refused 
 UPSTREAM_SAMPLING = Sampling(temperature=0.3, top_p=0.75, seed=0)
 
 
-def set_langs(sets: Sequence[str]) -> tuple[str, ...]:
-    return tuple(sorted({lang for s in sets for _, langs in SOURCES[s].values() for lang in langs}))
+def set_langs(sets: Sequence[str], sources: Sequence[str] | None = None) -> tuple[str, ...]:
+    return tuple(sorted({lang for s in sets for src, (_, langs) in SOURCES[s].items() for lang in langs
+                         if sources is None or src in sources}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +167,7 @@ def _item(data_dir: Any, set_name: str, source: str, lang: str, split: str, i: i
     return Item(id=ident, lang=lang, split=split, fields=fields, answer=lang)
 
 
-def make_loader(sets: tuple[str, ...], name: str, langs: tuple[str, ...]):
+def make_loader(sets: tuple[str, ...], name: str, langs: tuple[str, ...], sources: tuple[str, ...] | None = None):
     def load_items(data_dir: str | os.PathLike | None, lang: str, split: str, limit: int | None = None) -> list[Item]:
         """The prompts wanted in ``lang``: per set and source, the split's rows (first ``limit`` of each file)."""
         lang = resolve_lang(name, lang, langs)
@@ -173,7 +176,7 @@ def make_loader(sets: tuple[str, ...], name: str, langs: tuple[str, ...]):
         items = []
         for set_name in sets:
             for source, (_, src_langs) in SOURCES[set_name].items():
-                if lang in src_langs:
+                if lang in src_langs and (sources is None or source in sources):
                     rows = read_file(data_dir, set_name, source, lang)
                     items += [_item(data_dir, set_name, source, lang, split, i, rows[i])
                               for i in split_rows(split, len(rows), limit)]
@@ -341,15 +344,26 @@ def _upstream_table(task: str, report: dict[str, Any]) -> dict[str, Any]:
             "rows": rows}
 
 
-def _spec(name: str, sets: tuple[str, ...], description: str) -> TaskSpec:
-    langs = set_langs(sets)
+#: The prompt-level baselines of ``xlsteer compare`` (methods ``instruct`` and ``few-shot``): an explicit
+#: instruction, and upstream's own mitigation, its 5-shot prompt (exemplars answered in other languages).
+PROMPT_BASELINES = {
+    "instruct": PromptBaseline({"explicit": True}, "the prompt followed by the line 'Answer in <Language>.' (English "
+                               "language names, as LCB's cross-lingual prompts ask)"),
+    "few-shot": PromptBaseline({"k": MAX_SHOTS}, f"upstream's {MAX_SHOTS}-shot prompt (few_shot_examples.json: "
+                               "user/answer pairs in other languages before the prompt; the paper's mitigation)"),
+}
+
+
+def _spec(name: str, sets: tuple[str, ...], description: str, sources: tuple[str, ...] | None = None) -> TaskSpec:
+    langs = set_langs(sets, sources)
     files = [ZIP, WORDS]
     test = f"rows {DEV_ROWS}- of every file ({ROWS_DEFAULT - DEV_ROWS} per source and language"
-    test += f"; {ROWS[('cross', 'complex_prompts')] - DEV_ROWS} for complex_prompts)" if "cross" in sets else ")"
+    with_complex = "cross" in sets and (sources is None or "complex_prompts" in sources)
+    test += f"; {ROWS[('cross', 'complex_prompts')] - DEV_ROWS} for complex_prompts)" if with_complex else ")"
     return TaskSpec(
         name=name, description=description, langs=langs,
         splits={"dev": f"rows 0-{DEV_ROWS - 1} of every file (per source and language)", "test": test},
-        load_items=make_loader(sets, name, langs),
+        load_items=make_loader(sets, name, langs, sources),
         data_files=lambda lang, split: list(files),
         templates=templates(name),
         metrics=(Metric("line_pass", "binary"), Metric("word_pass", "binary"), Metric("answered", "binary"),
@@ -358,7 +372,8 @@ def _spec(name: str, sets: tuple[str, ...], description: str) -> TaskSpec:
         few_shot=FewShot(load_shots, (FEW_SHOT,)), task_summary=task_summary, quality_guard=True,
         baselines=BaselineHints(icl_split=None, train_split=None,
                                 translate_unsupported="LCB asks for an answer in a language; translating the "
-                                                      "prompt to English changes the task"),
+                                                      "prompt to English changes the task",
+                                steer_toward="wanted", prompt_baselines=PROMPT_BASELINES),
     )
 
 
@@ -368,4 +383,6 @@ SPEC_MONO = _spec("lcb-mono", ("mono",),
                   "Language Confusion Benchmark, monolingual prompts (aya, dolly, okapi, native)")
 SPEC_CROSS = _spec("lcb-cross", ("cross",), "Language Confusion Benchmark, cross-lingual prompts (English, asking "
                    "for another language: okapi, sharegpt, complex_prompts)")
-SPECS = (SPEC, SPEC_MONO, SPEC_CROSS)
+SPEC_CROSS_OKAPI = _spec("lcb-cross-okapi", ("cross",), "Language Confusion Benchmark, cross-lingual okapi prompts "
+                         "only (English, asking for another language)", sources=("okapi",))
+SPECS = (SPEC, SPEC_MONO, SPEC_CROSS, SPEC_CROSS_OKAPI)

@@ -41,6 +41,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "lcb": "xlsteer.evaluation.tasks.lcb:SPEC",
     "lcb-mono": "xlsteer.evaluation.tasks.lcb:SPEC_MONO",
     "lcb-cross": "xlsteer.evaluation.tasks.lcb:SPEC_CROSS",
+    "lcb-cross-okapi": "xlsteer.evaluation.tasks.lcb:SPEC_CROSS_OKAPI",
 }
 #: Their names, in order.
 BUILTIN: tuple[str, ...] = tuple(BUILTIN_TASKS)
@@ -90,6 +91,16 @@ class FewShot:
 
 
 @dataclass(frozen=True)
+class PromptBaseline:
+    """A baseline that is the task's default template with some options changed (e.g. LCB's
+    explicit instruction ``{"explicit": True}`` or upstream's few-shot prompt ``{"k": 5}``):
+    ``xlsteer compare`` runs it as the method of the same name (``instruct``, ``few-shot``)."""
+
+    options: Mapping[str, Any]
+    description: str
+
+
+@dataclass(frozen=True)
 class BaselineHints:
     """What the baselines need to know of a task; every source split here is never ``test``.
 
@@ -101,6 +112,11 @@ class BaselineHints:
     ``polish_translation(field, text)``: makes a translation renderable (XCOPA's premise needs
     its final full stop). ``english_reference(data_dir, lang, split)``: human or MT English of
     the same items, where the benchmark ships one (XCOPA's Google-MT English).
+    ``steer_toward``: where steering methods move a row: ``anchor`` (toward the anchor language,
+    for tasks solved better in English) or ``wanted`` (toward the row's own language, the one its
+    answer is wanted in: language fidelity; each method's registry entry says how, and a method
+    that cannot is refused with the reason). ``prompt_baselines``: the prompt-level baselines the
+    task declares, by method name (:class:`PromptBaseline`).
     """
 
     icl_split: str | None = None
@@ -116,6 +132,8 @@ class BaselineHints:
     polish_translation: Callable[[str, str], str] | None = None
     english_reference: Callable[[Any, str, str], list[Any]] | None = None
     english_reference_langs: tuple[str, ...] = ()
+    steer_toward: Literal["anchor", "wanted"] = "anchor"
+    prompt_baselines: Mapping[str, PromptBaseline] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

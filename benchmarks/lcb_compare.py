@@ -1,0 +1,141 @@
+"""LCB language fidelity, every method and baseline side by side: writes the LCB part of docs/results.md.
+
+Runs ``xlsteer compare`` once per configuration below (model x LCB task x languages; test and dev
+sizes fixed here, the steering grids fixed here before any run and chosen among on LCB's dev
+rows only, "no steering" a candidate), then renders the compare tables, upstream's LPR / WPR per
+method and the wall times between the markers ``<!-- lcb-compare:begin -->`` and
+``<!-- lcb-compare:end -->`` of docs/results.md. Re-running reuses the finished per-method
+results (``runs/<method>.json`` with the same resume key) and the evaluation cache, and writes
+the same bytes; a configuration that has not finished is listed as such, never guessed.
+
+    OMP_NUM_THREADS=1 python benchmarks/lcb_compare.py [--out DIR] [--only NAME] [--render-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "results.md"
+BEGIN, END = "<!-- lcb-compare:begin -->", "<!-- lcb-compare:end -->"
+METHODS = "zero-shot,instruct,few-shot,script-gate,langvec,diffmean,lape"
+#: the steering grids (alpha x layer/variant), small enough for a 2-core CPU; fixed before any run
+GRIDS = ("-O", "langvec.alphas=[0.005,0.01]", "-O", "langvec.betas=[1]", "-O", 'langvec.layer_ranges=["all"]',
+         "-O", "diffmean.layers=[4]", "-O", "diffmean.alphas=[0.5,1]", "-O", "lape.alphas=[0.5,1]")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    model: str
+    task: str
+    langs: str
+    limit: int  # test prompts per (source, language)
+    dev_limit: int  # dev prompts per (source, language)
+    extra: tuple[str, ...] = field(default=())
+
+    def command(self, out: Path) -> list[str]:
+        return [sys.executable, "-m", "xlsteer", "--quiet", "compare", "--model", self.model, "--task", self.task,
+                "--langs", self.langs, "--methods", METHODS, "--limit", str(self.limit), "--dev-limit",
+                str(self.dev_limit), "--fit-limit", "100", *GRIDS, *self.extra, "-o", str(out / self.name)]
+
+
+CONFIGS = (
+    # cross-lingual okapi: English requests asking for another language (where the room is)
+    Config("gemma-cross-okapi", "gemma3-270m", "lcb-cross-okapi", "de,ja,ru", limit=6, dev_limit=3),
+    # monolingual: ja (native), ru and hi (dolly), one source each
+    Config("gemma-mono", "gemma3-270m", "lcb-mono", "hi,ja,ru", limit=6, dev_limit=3),
+    Config("smollm2-cross-okapi", "smollm2-135m-instruct", "lcb-cross-okapi", "de,ja,ru", limit=6, dev_limit=3,
+           extra=("--template", "lcb-chat")),
+)
+
+
+def run(cfg: Config, out: Path) -> None:
+    t0 = time.perf_counter()
+    code = subprocess.call(cfg.command(out), cwd=ROOT)
+    wall = time.perf_counter() - t0
+    print(f"{cfg.name}: exit {code} in {wall:.0f} s", flush=True)
+
+
+def _lpr_wpr(run_file: Path) -> dict[str, dict[str, float | None]]:
+    summary = json.loads(run_file.read_text(encoding="utf-8")).get("task_summary") or {}
+    per_lang: dict[str, dict[str, float | None]] = {}
+    for part in ("monolingual", "crosslingual"):
+        for lang, vals in ((summary.get(part) or {}).get("per_lang") or {}).items():
+            per_lang[lang] = {"lpr": vals.get("lpr"), "wpr": vals.get("wpr")}
+    return per_lang
+
+
+def _pct(x: float | None) -> str:
+    return "N/A" if x is None else f"{100 * x:.1f}"
+
+
+def render_config(cfg: Config, out: Path) -> list[str]:
+    folder = out / cfg.name
+    lines = [f"### {cfg.name}: {cfg.model}, `{cfg.task}`, languages {cfg.langs.replace(',', ', ')}", ""]
+    cmd = " ".join(a if re.fullmatch(r"[\w.,=/:+-]+", a) else f"'{a}'" for a in cfg.command(Path("OUT"))[3:])
+    lines += [f"`xlsteer {cmd}`", ""]
+    rec_file = folder / "compare.json"
+    if not rec_file.is_file():
+        return lines + ["Not finished in the time this run had: no figures.", ""]
+    rec = json.loads(rec_file.read_text(encoding="utf-8"))
+    lines += [f"{cfg.limit} test prompts per source and language (rows {20}-{20 + cfg.limit - 1}), {cfg.dev_limit} dev "
+              f"prompts per source and language for the selection; compare wall time "
+              f"{rec.get('command_seconds', rec.get('wall_seconds', 0)):.0f} s.", ""]
+    lines += [(folder / "compare.md").read_text(encoding="utf-8").rstrip(), ""]
+    langs = [lang for lang in rec["langs"] if lang != rec["anchor"]]
+    head = ["method", *[f"{lang} LPR / WPR" for lang in langs], "wall s (fit+dev / test)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in rec["methods"]:
+        row = rec["rows"][name]
+        run_file = folder / (rec.get("runs") or {}).get(name, f"runs/{name}.json")
+        if row.get("error") or not run_file.is_file():
+            continue
+        got = _lpr_wpr(run_file)
+        cost = row.get("cost") or {}
+        fit = (cost.get("fit_seconds") or 0) + (cost.get("selection_seconds") or 0)
+        cells = [f"{_pct(got.get(lang, {}).get('lpr'))} / {_pct(got.get(lang, {}).get('wpr'))}" for lang in langs]
+        rows.append("| " + " | ".join([name, *cells, f"{fit:.0f} / {cost.get('eval_seconds') or 0:.0f}"]) + " |")
+    lines += ["Upstream's figures per language (LPR over answered responses, WPR where upstream defines it), %:", "",
+              *rows, ""]
+    return lines
+
+
+def render(out: Path) -> None:
+    body = [BEGIN, ""]
+    for cfg in CONFIGS:
+        body += render_config(cfg, out)
+    body.append(END)
+    text = DOC.read_text(encoding="utf-8")
+    block = "\n".join(body)
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "runs" / "lcb-compare"), help="where the compare folders go")
+    ap.add_argument("--only", default=None, help="run only this configuration")
+    ap.add_argument("--render-only", action="store_true", help="only rewrite docs/results.md from finished runs")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not args.render_only:
+        for cfg in CONFIGS:
+            if args.only in (None, cfg.name):
+                run(cfg, out)
+                render(out)
+    render(out)
+
+
+if __name__ == "__main__":
+    main()
