@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from xlsteer.analysis.run import analyze
-from xlsteer.baselines.methods import compare_methods, write_compare
-from xlsteer.evaluation.runner import compare_runs, evaluate, write_results
+from xlsteer.baselines.compare import compare_methods, write_compare
+from xlsteer.evaluation.pairing import compare_runs
+from xlsteer.evaluation.runner import run_task, write_results
 from xlsteer.evaluation.sweep import sweep
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.io import atomic_write_json
@@ -43,8 +44,8 @@ def build(root: Path) -> dict[str, Path]:
     kw = dict(split="dev", limit=6, n_boot=200)
     demo = root / "demo"
     demo.mkdir()
-    base = evaluate(lm, "xcopa", LANGS, **kw)
-    steered = evaluate(lm, "xcopa", LANGS, interventions=iv, **kw)
+    base = run_task(lm, "xcopa", LANGS, **kw)
+    steered = run_task(lm, "xcopa", LANGS, interventions=iv, **kw)
     write_results(demo / "eval_zero-shot.json", {**base, "method": "zero-shot"})
     write_results(demo / "eval_diffmean.json", {**steered, "method": "diffmean"})
     write_results(demo / "compare_diffmean.json", {**compare_runs(base, steered), "method": "diffmean"})

@@ -18,7 +18,8 @@ from xlsteer.baselines import finetune as FT
 from xlsteer.baselines import icl as ICL
 from xlsteer.baselines import prompt_search as PS
 from xlsteer.baselines import translate as TR
-from xlsteer.baselines.methods import compare_markdown, compare_methods, load_options, parse_methods
+from xlsteer.baselines.compare import compare_markdown, compare_methods, load_options
+from xlsteer.baselines.methods import parse_methods
 from xlsteer.errors import UsageError
 from xlsteer.evaluation.tasks import get_task
 from xlsteer.testing import replaced_task
@@ -156,11 +157,11 @@ def test_xlt_trains_on_english_only_and_predicts_every_item():
     lm = tiny_model("llama")
     ft = FT.finetune(lm, "xnli", "xlt", ["en", "de"], config=FT.TrainConfig(steps=2, batch_size=2, max_train_items=4))
     assert ft.record["train_langs"] == ["en"] and ft.record["train_split"] == "train"
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
 
-    res = evaluate(ft.lm, "xnli", ["en", "de"], split="test", limit=2, **EVAL)
+    res = run_task(ft.lm, "xnli", ["en", "de"], split="test", limit=2, **EVAL)
     _every_item_predicted(res, "xnli", ["en", "de"], "test", 2)
-    assert res["model"]["fingerprint_sha256"] != evaluate(lm, "xnli", ["en"], limit=1, **EVAL)["model"]["fingerprint_sha256"]
+    assert res["model"]["fingerprint_sha256"] != run_task(lm, "xnli", ["en"], limit=1, **EVAL)["model"]["fingerprint_sha256"]
 
 
 # ---- translate-test -------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from xlsteer.errors import UsageError
-from xlsteer.evaluation.engine import Engine, intervention_hash
+from xlsteer.evaluation.engine import Engine
+from xlsteer.evaluation.engine_cache import intervention_hash
 from xlsteer.hooks import steer
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
@@ -311,14 +312,14 @@ def test_duplicate_cache_keys_are_refused(models, tmp_path):
 
 
 def test_rerun_writes_an_identical_results_file(models, tmp_path):
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
     from xlsteer.io import dumps_json
 
     lm = models["llama"]
     kw = dict(split="dev", limit=4, cache_dir=tmp_path / "cache", n_boot=200)
-    a = dumps_json(evaluate(lm, "xcopa", ["en", "sw"], **kw))
+    a = dumps_json(run_task(lm, "xcopa", ["en", "sw"], **kw))
     eng = Engine(lm, cache_dir=tmp_path / "cache")
-    b = dumps_json(evaluate(lm, "xcopa", ["en", "sw"], engine=eng, **{k: v for k, v in kw.items() if k != "cache_dir"}))
+    b = dumps_json(run_task(lm, "xcopa", ["en", "sw"], engine=eng, **{k: v for k, v in kw.items() if k != "cache_dir"}))
     assert eng.computed == 0
     assert a == b
 

@@ -203,7 +203,7 @@ def fit_negated(stats, layers, targets, anchor="en", site="resid_post", meta=Non
 
 
 def test_a_toy_method_on_a_toy_task_runs_through_fit_eval_and_compare(toy, lm):
-    from xlsteer.baselines.methods import compare_methods
+    from xlsteer.baselines.compare import compare_methods
     from xlsteer.interventions import fit
     from xlsteer.interventions.registry import LayerPolicy, StatisticsNeed, registered
 

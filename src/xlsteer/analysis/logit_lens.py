@@ -260,30 +260,6 @@ def lens_hidden(
     return {layer: torch.cat(v) if v else torch.zeros(0, d) for layer, v in out.items()}
 
 
-def lens_topk(
-    lm: Any,
-    texts: Sequence[str],
-    layers: Sequence[int],
-    *,
-    k: int = 10,
-    positions: str = "last",
-    interventions: Any = None,
-    lang: str | None = None,
-    anchor: str = "en",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[int, torch.Tensor]:
-    """Top-k lens token ids per layer: ``(n_texts, k)`` for ``last``, ``(n_real_tokens, k)`` for ``all``.
-
-    Only the top-k ids are kept (the full vocab x layers x texts would not fit in memory).
-    """
-    if k < 1:
-        raise UsageError(f"k must be a positive integer, got {k}")
-    hidden = lens_hidden(lm, texts, layers, positions=positions, interventions=interventions, lang=lang,
-                         anchor=anchor, batch_size=batch_size, max_length=max_length)
-    return topk_from_hidden(lm.model, hidden, k)
-
-
 def shares_from_topk(
     tokenizer: Any, topk: Mapping[int, torch.Tensor], classifier: TokenLanguage, n_examples: int = 5
 ) -> tuple[dict[int, dict[str, float]], dict[int, list[str]]]:

@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..formats import p_inline
+
 # colour-blind-safe cycle (Okabe-Ito), then tab20 for many languages
 _OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 CATEGORY_COLORS = {
@@ -301,7 +303,7 @@ def plot_regression(result: Mapping[str, Any], title: str | None = None) -> Figu
         pad = 0.05 * (hi - lo or 1.0)
         gx = np.linspace(lo - pad, hi + pad, 50)
         ax.plot(gx, fit["slope"] * gx + fit["intercept"], color=_OKABE_ITO[3],
-                label=f"slope {fit['slope']:.3g}, r = {fit['r']:.2f}, p = {fit['p']:.3g}, n = {fit['n']}")
+                label=f"slope {fit['slope']:.3g}, r = {fit['r']:.2f}, {p_inline(fit['p'])}, n = {fit['n']}")
         ax.legend(fontsize=8)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8)

@@ -29,7 +29,7 @@ from ..errors import LanguageError, UsageError
 from ..io import read_json
 from ..results.read import typed
 from .similarity import check_parallel
-from .stages import (  # noqa: F401  (_slug: re-exported, the report names figures with it)
+from .stages import (
     _compare_stage,
     _Context,
     _logit_lens_stage,
@@ -37,7 +37,6 @@ from .stages import (  # noqa: F401  (_slug: re-exported, the report names figur
     _projection_stage,
     _regression_stage,
     _similarity_stage,
-    _slug,
     _Writer,
 )
 

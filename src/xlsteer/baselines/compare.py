@@ -19,7 +19,7 @@ from ..data.langs import normalize_lang
 from ..errors import UsageError, XlsteerError
 from ..filenames import confined
 from ..evaluation.tasks import get_task
-from ..results import METHODS as METHODS_FORMAT, VERSION
+from ..results import COMPARE, VERSION
 from .context import REFERENCE, MethodRun, RunContext
 
 
@@ -32,11 +32,11 @@ def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequenc
                         seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
     """Per language and on average over non-anchor languages: score [CI] and the paired test vs ``ref``.
 
-    The tests are :func:`~xlsteer.evaluation.runner.compare_runs`'s: per language McNemar (0/1
+    The tests are :func:`~xlsteer.evaluation.pairing.compare_runs`'s: per language McNemar (0/1
     scores) or the paired bootstrap, with p Holm-adjusted over the non-anchor languages; for the
     average, the paired bootstrap stratified by language (its CI: the run's stratified interval).
     """
-    from ..evaluation.runner import compare_runs
+    from ..evaluation.pairing import compare_runs
 
     main = ref["metrics"]["main"]
     cmp = compare_runs(ref, run, n_boot=n_boot, seed=seed, alpha=alpha)
@@ -239,7 +239,7 @@ def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, M
             row["average"] = {}
         rows[name] = row
     return {
-        "format": METHODS_FORMAT,
+        "format": COMPARE,
         "version": VERSION,
         "task": ctx.task,
         "split": split,

@@ -123,10 +123,10 @@ def _cost(**kw: Any) -> dict[str, Any]:
 
 
 def _eval(ctx: RunContext, lm: Any, langs: Sequence[str], **kw: Any) -> tuple[dict[str, Any], float]:
-    from ..evaluation.runner import evaluate
+    from ..evaluation.runner import run_task
 
     t0 = time.perf_counter()
-    res = evaluate(lm, ctx.task, list(langs), None, ctx.eval_config(), **kw)
+    res = run_task(lm, ctx.task, list(langs), None, ctx.eval_config(), **kw)
     return res, time.perf_counter() - t0
 
 

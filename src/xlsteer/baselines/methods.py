@@ -1,9 +1,9 @@
 """Every method a practitioner could use instead of (or with) steering, under one name each.
 
 :data:`METHODS` maps a name to how it is run; :func:`run_method` runs one on a task's ``test``
-split (or any split) and returns its runner result (:func:`xlsteer.evaluation.runner.evaluate`
-format, per-item records included) with what it cost; :func:`compare_methods` runs several on
-the *same items* and pairs each with ``zero-shot`` item by item.
+split (or any split) and returns its runner result (:func:`xlsteer.evaluation.runner.run_task`
+format, per-item records included) with what it cost; :func:`~xlsteer.baselines.compare.compare_methods`
+runs several on the *same items* and pairs each with ``zero-shot`` item by item.
 
 =============  ===========  ==============================================================
 name           family       what
@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import UsageError
 from ..evaluation.tasks import get_task
-from .context import FAMILIES, NTREX_LANGS, REFERENCE, MethodRun, MethodSpec, RunContext, _cost, _eval, _eval_items
+from .context import REFERENCE, MethodRun, MethodSpec, RunContext, _cost, _eval, _eval_items
 from .steering import steer_and_evaluate
 
 
@@ -344,10 +344,6 @@ ALIASES = {"zeroshot": "zero-shot", "base": "zero-shot", "translate-apertium": "
            "prompt-search": "prompt-opt", "sft-steer": "sft+steer"}
 
 
-def method_names() -> list[str]:
-    return list(METHODS)
-
-
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """Comma-separated method names ('all' = every method), validated, without duplicates."""
     parts = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x and x.strip()]
@@ -374,11 +370,3 @@ def run_method(name: str, ctx: RunContext, **params: Any) -> MethodRun:
     out = spec.run(ctx, p)
     out.extra.setdefault("description", spec.description)
     return out
-
-
-from .compare import (assemble_compare, compare_markdown, compare_methods, load_options,  # noqa: E402
-                      pair_with_reference, resume_key, write_compare)
-
-__all__ = ["FAMILIES", "REFERENCE", "NTREX_LANGS", "DEFAULT_ALPHAS", "METHODS", "ALIASES", "RunContext", "MethodRun",
-           "MethodSpec", "method_names", "parse_methods", "run_method", "steer_and_evaluate", "pair_with_reference",
-           "compare_methods", "resume_key", "assemble_compare", "compare_markdown", "write_compare", "load_options"]

@@ -120,14 +120,14 @@ class _Pool:
         return float(np.mean(vals))
 
     def score(self, instruction: str, origin: dict[str, Any]) -> None:
-        from ..evaluation.runner import evaluate
+        from ..evaluation.runner import run_task
 
         key = instruction.strip().casefold()
         if key in self.seen:
             return
         self.seen.add(key)
         tpl = instruction_template(self.spec.name, instruction, self.template)
-        res = evaluate(self.lm, self.spec, self.langs, None, self.cfg, template=tpl, engine=self.engine)
+        res = run_task(self.lm, self.spec, self.langs, None, self.cfg, template=tpl, engine=self.engine)
         per = {lang: res["per_lang"][lang]["metrics"][self.spec.main]["mean"] for lang in self.langs}
         self.candidates.append({
             "index": len(self.candidates), "instruction": instruction.strip(), **origin,
@@ -232,7 +232,7 @@ def run_prompt_search(lm: Any, task: str, langs: Sequence[str], split: str = "te
                       **eval_kw: Any) -> dict[str, Any]:
     """Search on dev, evaluate the winning instruction on ``split``; the search record is in
     ``results["prompt_search"]``."""
-    from ..evaluation.runner import evaluate
+    from ..evaluation.runner import run_task
 
     template = eval_kw.pop("template", None)
     record = search(lm, task, langs, dev_limit=dev_limit, rounds=rounds, per_round=per_round, n_parents=n_parents,
@@ -242,7 +242,7 @@ def run_prompt_search(lm: Any, task: str, langs: Sequence[str], split: str = "te
                     cache_dir=eval_kw.get("cache_dir"))
     tpl = instruction_template(task, record["best"]["instruction"], template,
                                {"selected_on": "dev", "dev_score": record["best"]["dev_score"]})
-    res = evaluate(lm, task, langs, split=split, limit=limit, anchor=anchor, data_dir=data_dir, template=tpl,
+    res = run_task(lm, task, langs, split=split, limit=limit, anchor=anchor, data_dir=data_dir, template=tpl,
                    seed=seed, **eval_kw)
     res["prompt_search"] = record
     return res

@@ -22,8 +22,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import DataError, LanguageError, UsageError
-from .translators import (SELF_MAX_NEW_TOKENS, SELF_PROMPT, ApertiumTranslator, SelfTranslator,  # noqa: F401
-                          TranslationCache, TranslationError, apertium_pairs, default_cache_path, greedy_lines,
+from .translators import (SelfTranslator, TranslationCache, TranslationError, apertium_pairs, default_cache_path,
                           make_translator)
 
 TRANSLATORS = ("apertium", "self", "gmt")
@@ -220,7 +219,7 @@ def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str
     False/None = no file. Cost figures: translation seconds and, for self-translation, the
     model's prompt + generated tokens per item.
     """
-    from ..evaluation.runner import evaluate
+    from ..evaluation.runner import run_task
     from ..evaluation.tasks import get_task
 
     task = get_task(task).name
@@ -259,7 +258,7 @@ def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str
     info = {"method": f"translate-{translator}", "translator": translator, "translator_ids": ids,
             "translations_sha256": digest, "fields": list(fields)}
     tpl = translation_template(task, translated, info, eval_kw.pop("template", None), anchor)
-    res = evaluate(lm, task, use, split=split, limit=limit, data_dir=data_dir, anchor=anchor, template=tpl,
+    res = run_task(lm, task, use, split=split, limit=limit, data_dir=data_dir, anchor=anchor, template=tpl,
                    seed=seed, **eval_kw)
     n_items = max(1, len(items))
     res["translation"] = {

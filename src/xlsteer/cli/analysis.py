@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from .options import (FINITE, MAX_COUNT, SEED, Input, Output, count, data_dir_option, load_model_from, model_input,
-                      model_options, parse_langs, parse_layers, spare_inputs)
+from .guard import Input, Output
+from .options import (FINITE, MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_input, model_options,
+                      parse_langs, parse_layers, spare_inputs)
 
 # what analyze writes into its run directory (xlsteer.analysis.run)
 _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")

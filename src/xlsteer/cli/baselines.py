@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (SEED, Output, count, data_dir_option, langs_for, load_model_from, model_options,
-                      resolve_task_from, spare_inputs, task_inputs, task_options)
+from .guard import Output
+from .options import (SEED, count, data_dir_option, langs_for, load_model_from, model_options, resolve_task_from,
+                      spare_inputs, task_inputs, task_options)
 
 COMPARE_WRITES = ("compare.json", "compare.md", "runs/*.json")
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
@@ -55,7 +56,8 @@ def compare_cmd(**kw: Any) -> None:
     (each method's per-item results). A method whose DIR/runs file was written with the same
     settings is reused, so an interrupted comparison resumes per method.
     """
-    from ..baselines.methods import compare_markdown, compare_methods, load_options, parse_methods, write_compare
+    from ..baselines.compare import compare_markdown, compare_methods, load_options, write_compare
+    from ..baselines.methods import parse_methods
     from ..io import check_writable
 
     t0 = time.perf_counter()
@@ -77,7 +79,7 @@ def compare_cmd(**kw: Any) -> None:
     if no_cache:
         cache_dir, translation_cache = None, False
     else:
-        from ..models.loading import cache_dir as root
+        from ..models.shipped import cache_dir as root
 
         from .options import checked_cache_dir
 

@@ -9,17 +9,11 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, langs_for, load_model_from,
-                      model_options, parse_float, parse_layers, resolve_task_from, spare_inputs, task_inputs,
-                      task_options)
+from .guard import Input, Output
+from .options import (MAX_COUNT, SEED, count, data_dir_option, langs_for, load_model_from, model_options, parse_float,
+                      parse_layers, resolve_task_from, spare_inputs, task_inputs, task_options)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and not 1 <= limit <= MAX_COUNT:
-        raise UsageError(f"--limit must be a positive number of items per language (at most {MAX_COUNT}), got {limit}; "
-                         "omit it for all items")
 
 
 def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
@@ -29,7 +23,7 @@ def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
 
     if cache_dir:
         return checked_cache_dir(cache_dir)
-    from ..models.loading import cache_dir as root
+    from ..models.shipped import cache_dir as root
 
     return checked_cache_dir(root() / "eval")
 
@@ -56,7 +50,7 @@ def eval_options(f):
         click.option("--positions", type=click.Choice(_POSITIONS), default=None,
                      help="Which token positions the intervention edits (default: the policy the intervention "
                           "stores, e.g. last_prompt for INCLINE; else all)."),
-        click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
+        click.option("--limit", type=count(1), default=None, help="First N items per language (default: all)."),
         click.option("--calibrate", is_flag=True, help="Label tasks (XNLI): subtract the label log-probs of a "
                      "content-free input."),
         click.option("--template", default=None, help="Prompt template (default: the task's)."),
@@ -129,7 +123,6 @@ def eval_cmd(**kw: Any) -> None:
     from ..io import check_writable
 
     t0 = time.perf_counter()
-    _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
     spec = resolve_task_from(kw)
     spare_inputs([out], [kw["intervention"], *task_inputs(spec, kw)], model=kw["model"], data_dir=kw["data_dir"])
@@ -174,7 +167,6 @@ def sweep_cmd(**kw: Any) -> None:
     from ..io import check_writable
 
     t0 = time.perf_counter()
-    _check_limit(kw["limit"])
     if kw["split"] == "test":
         raise UsageError("a sweep must not see test items; use --split dev")
     spec = resolve_task_from(kw)

@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, load_model_from, model_options,
-                      parse_float, spare_inputs)
+from .guard import Input, Output
+from .options import MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_options, parse_float, spare_inputs
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 

@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import (Input, Output, count, data_dir_option, load_model_from, model_options, parse_float,
-                      parse_langs, parse_layers, spare_inputs)
+from .guard import Input, Output
+from .options import (count, data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
+                      spare_inputs)
 from .params import parse_params
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]

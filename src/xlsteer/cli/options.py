@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import UsageError
-from .guard import Input, Output  # noqa: F401  (the types every command declares its paths with)
+from .guard import Input
 
 F = Callable[..., Any]
 

@@ -8,18 +8,18 @@ selection and every baseline; one frozen record passes them whole, checks them o
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import UsageError
+from ..settings import Settings
 
 POSITIONS = ("all", "prompt", "generated", "last_prompt")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Settings):
     """How to evaluate (not what: the model, task, languages and interventions are arguments).
 
     ``limit``: the first N items per language; ``template`` (a name or Template) and
@@ -49,9 +49,12 @@ class EvalConfig:
     #: the quality guard (fluency, degeneration) of generation tasks: None as the task declares it
     guard: bool | None = None
 
+    _what = "evaluation setting"
+    _keep_none = frozenset({"limit", "data_dir", "template", "cache_dir", "positions", "anchor"})
+
     def __post_init__(self) -> None:
         from .sampling import Sampling
-        from .tasks.base import check_limit
+        from ..validation import check_limit
 
         check_limit(self.limit)
         if not isinstance(self.sampling, Mapping):
@@ -63,19 +66,3 @@ class EvalConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UsageError(f"{name} must be a positive integer, got {v!r}")
-
-    def replace(self, **changes: Any) -> "EvalConfig":
-        """A copy with ``changes`` (unknown names: a one-line UsageError)."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise UsageError(f"unknown evaluation setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(f.name for f in dataclasses.fields(self))}")
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def of(cls, cfg: "EvalConfig | None" = None, **changes: Any) -> "EvalConfig":
-        """``cfg`` (default settings when None) with ``changes``; None values mean "keep"
-        for the settings whose None is not meaningful."""
-        base = cfg if cfg is not None else cls()
-        keep_none = {"limit", "data_dir", "template", "cache_dir", "positions", "anchor"}
-        return base.replace(**{k: v for k, v in changes.items() if v is not None or k in keep_none})

@@ -70,17 +70,8 @@ from ..distributed import current as current_dist
 from ..errors import UsageError, XlsteerError
 from ..hooks import POSITION_POLICIES, steer
 from ..progress import bar
-from .engine_cache import (  # noqa: F401  (re-exported: imported from here elsewhere)
-    VOLATILE_META,
-    _as_list,
-    _cache_error,
-    _CacheLookup,
-    _Store,
-    _tensor_bytes,
-    intervention_hash,
-    intervention_info,
-)
-from .engine_forward import _continuation_weight, _ForwardPasses, _HeadMismatch, _input_device  # noqa: F401
+from .engine_cache import _as_list, _CacheLookup
+from .engine_forward import _continuation_weight, _ForwardPasses, _HeadMismatch, _input_device
 from .sampling import GREEDY, RowDecoding, Sampling
 
 LLResult = tuple[float, int, int, bool]

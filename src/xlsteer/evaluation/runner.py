@@ -1,6 +1,6 @@
 """Evaluate a model (steered or not) on a task, and compare two runs item by item.
 
-:func:`evaluate` returns one JSON-ready dict (write it with :func:`write_results`):
+:func:`run_task` returns one run as a JSON-ready dict (write it with :func:`write_results`):
 
 - identity: task (and its spec: kind, splits with their item rules, source), split, langs, anchor, template (name, version, options; for MGSM the number
   of exemplars and their language), model (name, fingerprint and its sha256), data (hash of
@@ -42,10 +42,10 @@ from ..provenance import versions
 from ..results import EVAL as FORMAT, VERSION as FORMAT_VERSION
 from . import scoring
 from .config import EvalConfig
-from .engine import Engine, intervention_info
+from .engine import Engine
+from .engine_cache import intervention_info
 from .guard import guarded
-from .pairing import compare_runs  # noqa: F401  (re-exported: the runner's public API)
-from .summary import average, consistency, macro_f1_codes as _macro_f1_codes, summarize_records  # noqa: F401
+from .summary import summarize_records
 from .tasks.spec import TaskSpec, get_task, items_by_lang
 from .templates import Template, get_template
 
@@ -166,7 +166,7 @@ def metrics_record(spec: TaskSpec) -> dict[str, Any]:
     return out
 
 
-def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interventions: Any = None,
+def run_task(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interventions: Any = None,
              cfg: EvalConfig | None = None, *, alpha: float | None = None, engine: Engine | None = None,
              **settings: Any) -> dict[str, Any]:
     """One evaluation of ``lm`` on ``task`` in ``langs`` (the result structure: module docstring).

@@ -84,14 +84,14 @@ def evaluate_selection(lm: Any, task: Any, langs: Sequence[str], make_interventi
         groups.setdefault(c["key"] if c.get("steer", True) else UNSTEERED, []).append(lang)
     if len(groups) <= 1:
         choice = next(iter(choices.values()), {"steer": False})
-        res = R.evaluate(lm, task, lang_list, chosen_intervention(make_intervention, choice), cfg)
+        res = R.run_task(lm, task, lang_list, chosen_intervention(make_intervention, choice), cfg)
         res["selection"] = summary
         return res
     parts, infos = [], {}
     for key, members in groups.items():
         iv = chosen_intervention(make_intervention, choices[members[0]])
         group_langs = ([anchor] if anchor in lang_list else []) + members
-        part = R.evaluate(lm, task, group_langs, iv, cfg)
+        part = R.run_task(lm, task, group_langs, iv, cfg)
         parts.append(part)
         infos.update({lang: part["intervention"] for lang in members})
     res = _merge(parts, lang_list, anchor, get_task(task), cfg.seed, cfg.n_boot, infos)

@@ -191,7 +191,7 @@ def sweep(lm: Any, task: Any, langs: str | Sequence[str], make_intervention: Cal
           cfg: EvalConfig | None = None, source: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
     """Evaluate a layers x alphas grid and the unsteered model on the dev split; select the best
     (possibly "no steering", see the module docstring). ``cfg``/``settings``: as for
-    :func:`~xlsteer.evaluation.runner.evaluate` (the split defaults to the task's dev split)."""
+    :func:`~xlsteer.evaluation.runner.run_task` (the split defaults to the task's dev split)."""
     from ..interventions.base import default_positions
     from .engine import Engine
 
@@ -204,12 +204,12 @@ def sweep(lm: Any, task: Any, langs: str | Sequence[str], make_intervention: Cal
     lang_list = R.parse_langs(langs)
     engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length,
                     progress_desc="sweep")
-    baseline = R.evaluate(lm, task, lang_list, cfg=cfg, engine=engine)
+    baseline = R.run_task(lm, task, lang_list, cfg=cfg, engine=engine)
     entries: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     for layer in grid_layers:
         for alpha in alpha_list:
-            res = R.evaluate(lm, task, lang_list, make_intervention(layer, alpha), cfg, engine=engine)
+            res = R.run_task(lm, task, lang_list, make_intervention(layer, alpha), cfg, engine=engine)
             if not info:
                 info = {k: res[k] for k in ("task", "split", "template", "model", "data", "item_ids", "metrics")}
             entries.append({"layer": layer, "alpha": alpha, "key": _key(layer, alpha),

@@ -18,7 +18,8 @@ from .base import Intervention, register, registered_methods
 
 # the order of these imports is the order of the method registry
 from .vector import SteeringVector, fit_diffmean, vector_key  # isort: skip
-from .learned import TrainableSteeringVector, fit_learned  # isort: skip
+from .learned import fit_learned  # isort: skip
+from .training import TrainableSteeringVector  # isort: skip
 from .incline import InclineIntervention, fit_incline, incline_texts  # isort: skip
 from .clas import CLASIntervention, fit_clas, neuron_categories, select_bridge_layers  # isort: skip
 from .neurons import IntMuIntervention, LapeIntervention, fit_intmu, fit_lape, lape_neurons  # isort: skip

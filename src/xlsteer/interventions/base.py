@@ -257,7 +257,7 @@ class Intervention:
 
     def check_model(self, fingerprint: dict[str, Any]) -> None:
         """Refuse to run on a model other than the one this was fitted on."""
-        from ..models.loading import check_fingerprint
+        from ..models.fingerprint import check_fingerprint
 
         expected = self.meta.get("model_fingerprint")
         if expected is None:

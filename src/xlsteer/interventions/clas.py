@@ -281,14 +281,17 @@ def category_summary(params: Mapping[str, Any]) -> list[str]:
     percent = params.get("category_percent") or {}
     bridge = set(params.get("bridge_layers") or [])
     langs = params.get("category_langs") or []
-    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
-             f"  {'layer':>5} {'dead':>7} {'specific':>9} {'partial':>8} {'all':>7} {'shared':>7}"]
+    from ..formats import table
+
+    rows = []
     for layer in sorted(percent, key=int):
         p = percent[layer]
         shared = p.get("partial", 0.0) + p.get("all", 0.0)
-        mark = "  <- bridge" if int(layer) in bridge else ""
-        lines.append(f"  {int(layer):>5} {p.get('dead', 0.0):7.2f} {p.get('specific', 0.0):9.2f} "
-                     f"{p.get('partial', 0.0):8.2f} {p.get('all', 0.0):7.2f} {shared:7.2f}{mark}")
+        rows.append([int(layer), *(f"{p.get(k, 0.0):.2f}" for k in ("dead", "specific", "partial", "all")),
+                     f"{shared:.2f}", "<- bridge" if int(layer) in bridge else ""])
+    grid = table(["layer", "dead", "specific", "partial", "all", "shared", ""], rows, style="text")
+    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
+             *("  " + line.rstrip() for line in grid.splitlines())]
     if params.get("threshold_rule"):
         lines.append(f"  {params['threshold_rule']}")
     chosen = ",".join(str(x) for x in sorted(bridge)) or "-"

@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import DataError, UsageError
 from ..models.sites import Site, num_layers
 from ..stats import Statistics, collect
+from ..validation import check_limit
 from .base import Intervention
 from .registry import FitJob, SteeringMethod, get_method, method_names
 
@@ -122,8 +123,7 @@ def _job(spec: SteeringMethod, lm: Any, corpus: Any, langs: Sequence[str] | str,
         raise DataError(f"the corpus has no text for {', '.join(missing)}; choose a corpus with these languages")
     texts = {lang: job.texts[lang] for lang in job.langs}
     if limit is not None:
-        if not isinstance(limit, int) or limit < 1:
-            raise UsageError(f"limit must be a positive integer, got {limit!r}")
+        check_limit(limit)
         texts = {lang: t[:limit] for lang, t in texts.items()}
     if len({len(t) for t in texts.values()}) != 1:
         raise DataError("misaligned corpus: languages have different numbers of lines; align them")

@@ -36,11 +36,11 @@ from ..errors import DataError, UsageError
 from ..models.sites import Site, check_site, num_layers
 from .registry import NO_STATISTICS, FitJob, LayerPolicy, register_method
 from .task_objective import as_task_examples
-from .training import (TrainableSteeringVector, TrainingRun, anchor_states_at, frozen,  # noqa: F401 (re-export)
-                       initial_vector, objective_loss, split_rows, train_language)
+from .training import (TrainingRun, anchor_states_at, frozen, initial_vector, objective_loss, split_rows,
+                       train_language)
 from .vector import SteeringVector, check_layers, check_targets, fit_metadata, vector_key
 
-__all__ = ["OBJECTIVES", "INITS", "TrainableSteeringVector", "fit_learned"]
+__all__ = ["OBJECTIVES", "INITS", "fit_learned"]
 
 OBJECTIVES = ("align", "task")
 INITS = ("diffmean", "zero")

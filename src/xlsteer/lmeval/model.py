@@ -106,7 +106,8 @@ class XlsteerLM(LM):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        from ..evaluation.engine import Engine, intervention_info
+        from ..evaluation.engine import Engine
+        from ..evaluation.engine_cache import intervention_info
         from ..evaluation.runner import load_interventions
         from ..interventions.base import default_positions
         from ..models.loading import LoadedModel, load_model
