@@ -21,6 +21,7 @@ from xlsteer.baselines import translate as TR
 from xlsteer.baselines.compare import compare_markdown, compare_methods, load_options
 from xlsteer.baselines.methods import parse_methods
 from xlsteer.errors import UsageError
+from xlsteer.evaluation.config import EvalConfig
 from xlsteer.evaluation.tasks import get_task
 from xlsteer.testing import replaced_task
 from xlsteer.evaluation.templates import get_template
@@ -101,8 +102,9 @@ def test_prompt_search_never_scores_test_items(lm, monkeypatch):
         return original(data_dir, lang, split, limit)
 
     with replaced_task("xcopa", load_items=spy):
-        rec = PS.search(lm, "xcopa", ["en", "sw"], dev_limit=2, rounds=1, per_round=1, n_parents=1,
-                        seeds=["Choose the best ending."], propose_tokens=6, max_length=512)
+        rec = PS.search(lm, "xcopa", ["en", "sw"], PS.SearchConfig(dev_limit=2, rounds=1, per_round=1, n_parents=1,
+                                                                   seeds=["Choose the best ending."], propose_tokens=6),
+                        EvalConfig(max_length=512))
     assert calls and set(calls) == {"dev"}
     assert len(rec["candidates"]) >= 2  # the empty instruction and the seed at least
     assert all("dev_score" in c for c in rec["candidates"])

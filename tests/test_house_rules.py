@@ -72,3 +72,58 @@ def test_no_module_re_exports_what_it_imports():
                  for what in unused_from_imports(tree)]
     assert not offenders, ("names imported and never used (import them from where they are defined):\n"
                            + "\n".join(offenders))
+
+
+# ---- no public function with more than 8 parameters ------------------------------------------------
+
+MAX_PARAMETERS = 8
+
+
+def counted_parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef, in_class: bool) -> list[str]:
+    """The parameters the rule counts: every named one, positional or keyword-only; not ``self``
+    or ``cls`` of a method, not ``*args`` or ``**kwargs`` (settings passed as keywords to a
+    function that takes a settings record are checked against the record's fields)."""
+    args = fn.args
+    names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+    if in_class and names and names[0] in ("self", "cls"):
+        names = names[1:]
+    return names
+
+
+def public_functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef, bool]]:
+    """(qualified name, node, is a method) of every public function, method and constructor: names
+    not starting with ``_`` (``__init__`` is a constructor and counts), in public classes; functions
+    nested in functions are private to them and not listed. A dataclass's generated constructor is
+    a record's, not a keyword list, and is not listed."""
+    out = []
+
+    def visit(node: ast.AST, owner: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef) and not child.name.startswith("_"):
+                visit(child, child.name if owner is None else f"{owner}.{child.name}")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if not child.name.startswith("_") or child.name == "__init__":
+                    out.append((f"{owner}.{child.name}" if owner else child.name, child, owner is not None))
+
+    visit(tree, None)
+    return out
+
+
+def test_the_parameter_rule_counts_what_it_says():
+    tree = ast.parse("class A:\n    def __init__(self, a, b, *, c, **kw): ...\n    def _p(self, *a): ...\n"
+                     "def f(a, b=1, *args, c=2): ...\ndef _g(a): ...\nclass _H:\n    def m(self, a): ...\n")
+    found = {name: counted_parameters(node, method) for name, node, method in public_functions(tree)}
+    assert found == {"A.__init__": ["a", "b", "c"], "f": ["a", "b", "c"]}
+
+
+def test_no_public_function_takes_more_than_8_parameters():
+    offenders = []
+    for rel, tree in _modules():
+        if any(part.startswith("_") and part not in ("__init__.py", "__main__.py") for part in rel.split("/")):
+            continue  # a private module
+        for name, node, method in public_functions(tree):
+            n = len(counted_parameters(node, method))
+            if n > MAX_PARAMETERS:
+                offenders.append(f"{rel}:{node.lineno} {name}: {n} parameters")
+    assert not offenders, (f"public functions with more than {MAX_PARAMETERS} parameters (pass a settings record, "
+                           "see xlsteer.settings):\n" + "\n".join(offenders))

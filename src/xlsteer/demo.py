@@ -223,6 +223,7 @@ def _analysis(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: P
     """
     from .analysis.run import analyze
     from .data.corpora import load_ntrex
+    from .analysis.run import AnalysisInputs
     from .evaluation.sweep import for_layer
 
     chosen_vec, chosen_clas = chosen
@@ -232,10 +233,10 @@ def _analysis(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: P
     analysis_layers = sorted(set(range(0, lm.num_layers, 3)) | {vec_seen["layer"]})
     analyze(lm, run_dir, {lang: held.texts[lang] for lang in langs}, analysis_layers,
             {"diffmean": chosen_vec or for_layer(vec, vec_seen["layer"]).with_strength(vec_seen["alpha"]),
-             "clas": chosen_clas or clas.with_strength(sw_clas["best_steered"]["alpha"])}, stats=stats,
-            eval_results=[run_dir / f"eval_{n}.json" for n in run_names], anchor=cfg.anchor,
-            batch_size=cfg.batch_size, projections=("pca", "tsne"),
-            meta={"corpus": "ntrex", "split": "validation", "data_hash": held.data_hash})
+             "clas": chosen_clas or clas.with_strength(sw_clas["best_steered"]["alpha"])},
+            inputs=AnalysisInputs(stats=stats, eval_results=[run_dir / f"eval_{n}.json" for n in run_names],
+                                  meta={"corpus": "ntrex", "split": "validation", "data_hash": held.data_hash}),
+            anchor=cfg.anchor, batch_size=cfg.batch_size, projections=("pca", "tsne"))
     done()
 
 

@@ -25,6 +25,7 @@ from .io import load_tensors, save_tensors
 from .models.sites import Site, check_site
 from .progress import bar
 from .provenance import provenance
+from .settings import Settings
 from .validation import check_fields, dict_of, finite, integer, list_of, obj, one_of, optional, text
 
 # the JSON types of a statistics file's metadata
@@ -260,25 +261,34 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def collect(
-    lm: Any,
-    texts: dict[str, Sequence[str]],
-    sites: Sequence[Site],
-    *,
-    pooling: Pooling = "mean",
-    threshold: float = 0.0,
-    keep_items: bool = False,
-    batch_size: int = 8,
-    max_length: int = 128,
-    exclude_bos: bool = True,
-    meta: dict[str, Any] | None = None,
-    on_batch: Callable[[str, int], None] | None = None,
-) -> Statistics:
+@dataclass(frozen=True)
+class CollectConfig(Settings):
+    """How activations are read: ``pooling`` of a text's tokens into its item vector (``mean`` or
+    ``last``), the ``threshold`` of P(act > threshold), whether the per-item vectors are kept,
+    the batch size and maximum length, and whether BOS is left out of the statistics."""
+
+    pooling: Pooling = "mean"
+    threshold: float = 0.0
+    keep_items: bool = False
+    batch_size: int = 8
+    max_length: int = 128
+    exclude_bos: bool = True
+
+    _what = "statistics setting"
+
+
+def collect(lm: Any, texts: dict[str, Sequence[str]], sites: Sequence[Site], cfg: CollectConfig | None = None, *,
+            meta: dict[str, Any] | None = None, on_batch: Callable[[str, int], None] | None = None,
+            **settings: Any) -> Statistics:
     """Run every language's texts through ``lm`` and accumulate statistics at ``sites``.
 
     ``lm`` is a ``LoadedModel`` (model + tokenizer). Texts are batched per language, so each
-    batch is one language; BOS and padding never enter the statistics.
+    batch is one language; BOS and padding never enter the statistics. ``cfg``
+    (:class:`CollectConfig`; keyword ``settings`` override its fields) says how.
     """
+    cfg = CollectConfig.of(cfg, **settings)
+    pooling, threshold, keep_items = cfg.pooling, cfg.threshold, cfg.keep_items
+    batch_size, max_length, exclude_bos = cfg.batch_size, cfg.max_length, cfg.exclude_bos
     from .models.sites import site_width
 
     model, tok = lm.model, lm.tokenizer
@@ -334,24 +344,14 @@ def collect(
     return stats
 
 
-def collect_statistics(
-    lm: Any,
-    *,
-    langs: Sequence[str],
-    sites: Sequence[Site],
-    corpus: str = "ntrex",
-    data_dir: str | None = None,
-    split: str = "fit",
-    limit: int | None = 200,
-    pooling: Pooling = "mean",
-    threshold: float = 0.0,
-    keep_items: bool = False,
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> Statistics:
-    """Load a parallel corpus and collect statistics on it, with full provenance in ``meta``."""
+def collect_statistics(lm: Any, *, langs: Sequence[str], sites: Sequence[Site], corpus: str = "ntrex",
+                       data_dir: str | None = None, split: str = "fit", limit: int | None = 200,
+                       cfg: CollectConfig | None = None, **settings: Any) -> Statistics:
+    """Load a parallel corpus and collect statistics on it (:func:`collect`), with full
+    provenance in ``meta``."""
     from .data.corpora import load_corpus
 
+    cfg = CollectConfig.of(cfg, **settings)
     par = load_corpus(corpus, data_dir=data_dir, langs=list(langs), split=split, limit=limit)
     meta = {
         "model": lm.name,
@@ -361,21 +361,10 @@ def collect_statistics(
         "limit": limit,
         "data_hash": par.data_hash,
         "n_texts": len(par),
-        "max_length": max_length,
-        "batch_size": batch_size,
+        "max_length": cfg.max_length,
+        "batch_size": cfg.batch_size,
     }
-    texts = {lang: par.texts[lang] for lang in par.langs}
-    return collect(
-        lm,
-        texts,
-        list(sites),
-        pooling=pooling,
-        threshold=threshold,
-        keep_items=keep_items,
-        batch_size=batch_size,
-        max_length=max_length,
-        meta=meta,
-    )
+    return collect(lm, {lang: par.texts[lang] for lang in par.langs}, list(sites), cfg, meta=meta)
 
 
 def merge_shards(shards: Sequence[Statistics], batch_langs: Sequence[str], world: int) -> Statistics:

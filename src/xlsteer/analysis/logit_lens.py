@@ -42,6 +42,7 @@ from ..errors import LanguageError, UsageError
 from ..hooks import ForwardContext, steer
 from ..models.sites import Site, check_site, final_norm_and_head, text_config, unembed
 from ..progress import bar
+from .similarity import ForwardConfig
 
 CATEGORIES = ("anchor", "input", "other")
 MIN_LANGID_LETTERS = 3
@@ -219,19 +220,15 @@ def topk_from_hidden(model: Any, hidden: Mapping[int, Any], k: int,
     return dict(zip(layers, ids.split(counts)))
 
 
-def lens_hidden(
-    lm: Any,
-    texts: Sequence[str],
-    layers: Sequence[int],
-    *,
-    positions: str = "last",
-    interventions: Any = None,
-    lang: str | None = None,
-    anchor: str = "en",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[int, torch.Tensor]:
-    """Residual rows the lens decodes, per layer: ``(n_texts, d)`` for ``last``, ``(n_real_tokens, d)`` for ``all``."""
+def lens_hidden(lm: Any, texts: Sequence[str], layers: Sequence[int], *, positions: str = "last",
+                interventions: Any = None, lang: str | None = None, cfg: ForwardConfig | None = None,
+                **settings: Any) -> dict[int, torch.Tensor]:
+    """Residual rows the lens decodes, per layer: ``(n_texts, d)`` for ``last``, ``(n_real_tokens, d)`` for ``all``.
+
+    ``cfg`` (:class:`~.similarity.ForwardConfig`; keyword ``settings`` override its fields): anchor,
+    batch size, maximum length."""
+    cfg = ForwardConfig.of(cfg, **settings)
+    anchor, batch_size, max_length = cfg.anchor, cfg.batch_size, cfg.max_length
     if positions not in LENS_POSITIONS:
         raise UsageError(f"unknown lens positions '{positions}'; choose last or all")
     model = lm.model
@@ -277,18 +274,9 @@ def shares_from_topk(
     return shares, examples
 
 
-def language_shares(
-    lm: Any,
-    texts_by_lang: Mapping[str, Sequence[str]],
-    layers: Sequence[int],
-    *,
-    interventions: Any = None,
-    anchor: str = "en",
-    k: int = 10,
-    positions: str = "last",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[str, Any]:
+def language_shares(lm: Any, texts_by_lang: Mapping[str, Sequence[str]], layers: Sequence[int], *,
+                    interventions: Any = None, k: int = 10, positions: str = "last", cfg: ForwardConfig | None = None,
+                    **settings: Any) -> dict[str, Any]:
     """Anchor/input/other shares of the lens top-k per non-anchor language and layer.
 
     Result::
@@ -298,13 +286,17 @@ def language_shares(
          "examples": {"before"|"after": {lang: {layer: [top tokens of the first text]}}},
          "skipped": {lang: reason}}
 
-    ``after`` is filled when ``interventions`` is given, for the languages they cover.
+    ``after`` is filled when ``interventions`` is given, for the languages they cover. ``cfg``
+    (:class:`~.similarity.ForwardConfig`; keyword ``settings`` override its fields): anchor, batch
+    size, maximum length.
     """
     from .similarity import _as_list, covered_langs
 
+    cfg = ForwardConfig.of(cfg, **settings)
+    anchor = cfg.anchor
     ivs = _as_list(interventions)
     covered = set(covered_langs(ivs, list(texts_by_lang), anchor)) if ivs else set()
-    kw = dict(positions=positions, anchor=anchor, batch_size=batch_size, max_length=max_length)
+    kw = dict(positions=positions, cfg=cfg)
     before: dict[str, dict[int, torch.Tensor]] = {}
     after: dict[str, dict[int, torch.Tensor]] = {}
     skipped: dict[str, str] = {}

@@ -50,7 +50,7 @@ class EvalConfig(Settings):
     guard: bool | None = None
 
     _what = "evaluation setting"
-    _keep_none = frozenset({"limit", "data_dir", "template", "cache_dir", "positions", "anchor"})
+    _none_is_a_value = frozenset({"limit", "data_dir", "template", "cache_dir", "positions", "anchor"})
 
     def __post_init__(self) -> None:
         from .sampling import Sampling

@@ -61,6 +61,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,6 +71,7 @@ from ..distributed import current as current_dist
 from ..errors import UsageError, XlsteerError
 from ..hooks import POSITION_POLICIES, steer
 from ..progress import bar
+from ..settings import Settings
 from .engine_cache import _as_list, _CacheLookup
 from .engine_forward import _continuation_weight, _ForwardPasses, _HeadMismatch, _input_device
 from .sampling import GREEDY, RowDecoding, Sampling
@@ -98,6 +100,22 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError("a generation is a string")
     return value
+
+
+@dataclass(frozen=True)
+class EngineCall(Settings):
+    """How one engine call is steered and cached: the ``interventions`` (None: the unsteered
+    model), their position policy (None: the policy each stores), the ``anchor`` (its rows are
+    never steered; None steers every row), and the per-item cache ``keys`` and ``scope``."""
+
+    interventions: Any = None
+    positions: str | None = None
+    anchor: str | None = "en"
+    keys: Sequence[str] | None = None
+    scope: dict[str, Any] | None = None
+
+    _what = "engine call setting"
+    _none_is_a_value = frozenset({"interventions", "positions", "anchor", "keys", "scope"})
 
 
 class Engine(_CacheLookup, _ForwardPasses):
@@ -335,26 +353,19 @@ class Engine(_CacheLookup, _ForwardPasses):
 
     # ---- generation ----------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        langs: Sequence[str],
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        interventions: Any = None,
-        positions: str | None = None,
-        *,
-        anchor: str | None = "en",
-        keys: Sequence[str] | None = None,
-        scope: dict[str, Any] | None = None,
-        sampling: Sampling | None = None,
-    ) -> list[str]:
+    def generate(self, prompts: Sequence[str], langs: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 call: EngineCall | None = None, *, sampling: Sampling | None = None, **settings: Any) -> list[str]:
         """Continuations of ``prompts``, each cut at its first stop sequence.
 
-        ``sampling`` (default greedy): see :mod:`xlsteer.evaluation.sampling`. Each row samples
-        from its own stream seeded by the sampling seed and its cache key (its prompt without
-        keys), so its text does not depend on its batch; the settings enter the cache key.
+        ``call`` (:class:`EngineCall`; keyword ``settings`` -- ``interventions``, ``positions``,
+        ``anchor``, ``keys``, ``scope`` -- override its fields): the steering and the cache
+        identity, as for :meth:`loglikelihood`. ``sampling`` (default greedy): see
+        :mod:`xlsteer.evaluation.sampling`. Each row samples from its own stream seeded by the
+        sampling seed and its cache key (its prompt without keys), so its text does not depend on
+        its batch; the settings enter the cache key.
         """
+        call = EngineCall.of(call, **settings)
+        interventions, positions, anchor, keys, scope = call.interventions, call.positions, call.anchor, call.keys, call.scope
         sampling = sampling if sampling is not None else GREEDY
         if not isinstance(sampling, Sampling):
             raise UsageError(f"sampling must be a Sampling record, got {type(sampling).__name__}")

@@ -28,6 +28,7 @@ computed in the second form (one multiply per element; alpha=0 gives h * 1 = h e
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
@@ -35,6 +36,7 @@ import torch
 from ..errors import ArtifactError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
+from ..settings import Settings
 from .base import Intervention, register
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
@@ -307,6 +309,24 @@ def _call(fn: Any, job: FitJob) -> "CLASIntervention":
               meta=job.meta, **job.params)
 
 
+@dataclass(frozen=True)
+class ClasConfig(Settings):
+    """CLAS's settings (``-p KEY=V``): the rule's ``beta`` and ``gamma``; T_act as a ``threshold``
+    or a per-layer ``quantile`` (default 0.0); the bridge-layer rule (``margin`` points, or the
+    ``k`` best contiguous layers for ``topk``); the languages the categories are taken over."""
+
+    beta: float = 0.4
+    gamma: float = 0.2
+    threshold: float | None = None
+    quantile: float | None = None
+    bridge_rule: str = "margin"
+    margin: float = 5.0
+    k: int = 2
+    category_langs: Sequence[str] | str | None = None
+
+    _what = "CLAS parameter"
+
+
 @register_method(
     "clas", site="mlp_act", sites=("mlp_act",), statistics=StatisticsNeed("token-level means at every layer",
                                                                           every_layer=True),
@@ -316,23 +336,11 @@ def _call(fn: Any, job: FitJob) -> "CLASIntervention":
     compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
     corpus_langs=_corpus_langs, summary=category_summary,
 )
-def fit_clas(
-    stats: "Statistics",
-    langs: Sequence[str],
-    anchor: str = "en",
-    layers: Sequence[int] | None = None,
-    beta: float = 0.4,
-    gamma: float = 0.2,
-    threshold: float | None = None,
-    quantile: float | None = None,
-    bridge_rule: str = "margin",
-    margin: float = 5.0,
-    k: int = 2,
-    n_layers: int | None = None,
-    meta: Mapping[str, Any] | None = None,
-    category_langs: Sequence[str] | str | None = None,
-) -> CLASIntervention:
-    """Fit CLAS from ``mlp_act`` statistics.
+def fit_clas(stats: "Statistics", langs: Sequence[str], anchor: str = "en", layers: Sequence[int] | None = None,
+             cfg: ClasConfig | None = None, *, n_layers: int | None = None, meta: Mapping[str, Any] | None = None,
+             **settings: Any) -> CLASIntervention:
+    """Fit CLAS from ``mlp_act`` statistics (``cfg``: :class:`ClasConfig`; keyword ``settings``
+    override its fields).
 
     The intervention steers the non-anchor ``langs``. Categories (and so bridge layers and the
     masks) are computed over ``category_langs``, a fixed set independent of the steered languages
@@ -344,6 +352,9 @@ def fit_clas(
     with mlp_act statistics; ``n_layers`` (the model's depth, for excluding its last two layers)
     defaults to the statistics' model fingerprint, else the highest such layer + 1.
     """
+    cfg = ClasConfig.of(cfg, **settings)
+    beta, gamma, threshold, quantile, category_langs = cfg.beta, cfg.gamma, cfg.threshold, cfg.quantile, cfg.category_langs
+    bridge_rule, margin, k = cfg.bridge_rule, cfg.margin, cfg.k
     t0 = time.perf_counter()
     targets = [lang for lang in dict.fromkeys(langs) if lang != anchor]
     cat_langs = resolve_category_langs(category_langs, stats, anchor, targets)

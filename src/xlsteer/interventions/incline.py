@@ -31,6 +31,7 @@ the source text is ``source + " " + anchor`` and the anchor text ``anchor + " " 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
@@ -38,6 +39,7 @@ import torch
 from ..errors import ArtifactError, DataError, UsageError
 from ..hooks import POSITION_POLICIES, ForwardContext
 from ..models.sites import Site
+from ..settings import Settings
 from .base import Intervention, register
 from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_layers, check_targets, check_width, fit_metadata
@@ -173,6 +175,23 @@ def _check_pairs(lm: Any, site: str, n_pairs: int, params: Mapping[str, Any]) ->
         )
 
 
+@dataclass(frozen=True)
+class InclineConfig(Settings):
+    """INCLINE's settings (``-p KEY=V``): the relative ``ridge``; the map's ``target`` (``delta``:
+    ``XW ~ Y - X``, or ``anchor``: ``XW ~ Y``, the authors'); the ``sign`` of the edit; whether
+    half of the pairs are ``code_switch``-ed; the first ``max_pairs`` pairs (None: all); the
+    position policy stored in the intervention."""
+
+    ridge: float = 0.0
+    target: str = "delta"
+    sign: int = 1
+    code_switch: bool = False
+    max_pairs: int | None = None
+    positions: str = "last_prompt"
+
+    _what = "INCLINE parameter"
+
+
 @register_method(
     "incline", site="mlp_out",
     statistics=StatisticsNeed("per-item pooled vectors (keep_items)", keep_items=True, texts=_collection),
@@ -181,26 +200,20 @@ def _check_pairs(lm: Any, site: str, n_pairs: int, params: Mapping[str, Any]) ->
     compare="INCLINE linear maps (NTREX), every layer, sigma chosen on dev", compare_defaults={"ridge": 0.1},
     check_inputs=_check_pairs,
 )
-def fit_incline(
-    source: "Statistics | Mapping[str, Mapping[int, torch.Tensor]]",
-    layers: Sequence[int] | int,
-    langs: Sequence[str] | str,
-    anchor: str = "en",
-    site: str = "mlp_out",
-    ridge: float = 0.0,
-    target: str = "delta",
-    sign: int = 1,
-    code_switch: bool = False,
-    max_pairs: int | None = None,
-    positions: str = "last_prompt",
-    meta: Mapping[str, Any] | None = None,
-) -> InclineIntervention:
-    """Fit one map per (target language, layer) from pooled parallel states.
+def fit_incline(source: "Statistics | Mapping[str, Mapping[int, torch.Tensor]]", layers: Sequence[int] | int,
+                langs: Sequence[str] | str, anchor: str = "en", site: str = "mlp_out",
+                cfg: InclineConfig | None = None, *, meta: Mapping[str, Any] | None = None,
+                **settings: Any) -> InclineIntervention:
+    """Fit one map per (target language, layer) from pooled parallel states (``cfg``:
+    :class:`InclineConfig`; keyword ``settings`` override its fields).
 
     ``source``: Statistics collected with ``keep_items=True`` (items aligned across languages in
     corpus order), or ``{lang: {layer: (n, d) tensor}}`` including the anchor. ``max_pairs``
     keeps the first pairs (the paper uses up to 500); None uses all.
     """
+    cfg = InclineConfig.of(cfg, **settings)
+    ridge, target, sign, code_switch, max_pairs, positions = (cfg.ridge, cfg.target, cfg.sign, cfg.code_switch,
+                                                              cfg.max_pairs, cfg.positions)
     t0 = time.perf_counter()
     targets = check_targets(langs, anchor, "INCLINE")
     layer_list = check_layers(layers, "INCLINE")
