@@ -18,6 +18,7 @@ from xlsteer.baselines import finetune as FT
 from xlsteer.baselines import icl as ICL
 from xlsteer.baselines import prompt_search as PS
 from xlsteer.baselines import translate as TR
+from xlsteer.baselines import translators as TRS
 from xlsteer.baselines.compare import compare_markdown, compare_methods, load_options
 from xlsteer.baselines.methods import parse_methods
 from xlsteer.errors import UsageError
@@ -188,14 +189,14 @@ class _Echo:
 def test_translation_cache_is_keyed_and_reused(tmp_path):
     path = tmp_path / "cache.json"
     tr = _Echo()
-    out = TR.translate_texts(tr, ["a b", "c", "a b"], "de", TR.TranslationCache(path))
+    out = TR.translate_texts(tr, ["a b", "c", "a b"], "de", TRS.TranslationCache(path))
     assert out == ["EN(a b)", "EN(c)", "EN(a b)"] and tr.calls == 1
-    again = TR.translate_texts(tr, ["c", "a b"], "de", TR.TranslationCache(path))
+    again = TR.translate_texts(tr, ["c", "a b"], "de", TRS.TranslationCache(path))
     assert again == ["EN(c)", "EN(a b)"] and tr.calls == 1  # read back from the file
-    TR.translate_texts(tr, ["c"], "fr", TR.TranslationCache(path))
+    TR.translate_texts(tr, ["c"], "fr", TRS.TranslationCache(path))
     assert tr.calls == 2  # another language is another key
     data = json.loads(path.read_text())
-    assert data["format"] == TR.TranslationCache.FORMAT and len(data["entries"]) == 3
+    assert data["format"] == TRS.TranslationCache.FORMAT and len(data["entries"]) == 3
     assert all(k.startswith("echo/1\t") for k in data["entries"])
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -207,7 +208,7 @@ def test_self_translation_prompt_stops_at_newline(lm):
         seen.extend(prompts)
         return [" The cat sleeps.\nTranslate to English: more"] * len(prompts)
 
-    tr = TR.SelfTranslator(lm, generate=fake_generate)
+    tr = TRS.SelfTranslator(lm, generate=fake_generate)
     assert tr.translate(["Die  Katze\nschläft."], "de") == ["The cat sleeps."]
     assert seen == ["Translate to English: Die Katze schläft.\nEnglish:"]
     assert tr.translator_id("de").startswith("self/tiny-llama/")
@@ -226,14 +227,14 @@ def test_translate_test_keeps_ids_and_predicts_every_item(lm):
 def _apertium_reason() -> str | None:
     if shutil.which("apertium") is None:
         return "apertium is not installed (Debian: apt-get install apertium apertium-eng-spa)"
-    if "es" not in TR.apertium_pairs():
+    if "es" not in TRS.apertium_pairs():
         return "apertium has no spa-eng pair (Debian: apt-get install apertium-eng-spa)"
     return None
 
 
 @pytest.mark.skipif(_apertium_reason() is not None, reason=str(_apertium_reason()))
 def test_apertium_translates_spanish_to_english():
-    tr = TR.ApertiumTranslator()
+    tr = TRS.ApertiumTranslator()
     out = tr.translate(["El gato duerme en la casa.", "Hola,\n¿cómo estás?"], "es")
     assert len(out) == 2
     assert "cat" in out[0].lower() and "house" in out[0].lower()
@@ -327,10 +328,10 @@ def test_gemma_self_translation_is_mostly_english():
     gemma = load_model("gemma3-270m")
     langs = ["de", "es", "fr", "it"]
     corpus = load_ntrex(None, langs, split="validation", limit=5)
-    tr = TR.SelfTranslator(gemma, max_new_tokens=64)
+    tr = TRS.SelfTranslator(gemma, max_new_tokens=64)
     outs = []
     for lang in langs:
-        outs += TR.translate_texts(tr, corpus.texts[lang], lang, TR.TranslationCache(None))
+        outs += TR.translate_texts(tr, corpus.texts[lang], lang, TRS.TranslationCache(None))
     ids = identify_language(outs)
     rate = sum(x == "en" for x in ids) / len(ids)
     print(f"self-translation English rate: {rate:.2f} ({sum(x == 'en' for x in ids)}/{len(ids)}): {ids}")

@@ -190,6 +190,7 @@ def _evaluate_on_test(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[
     no steering).
     """
     from .evaluation import runner as R
+    from .evaluation.pairing import compare_runs
     from .evaluation.sweep import chosen_intervention, for_layer
 
     done = _stage(log, f"evaluate on {cfg.task} test ({cfg.test_limit} items per language)")
@@ -207,7 +208,7 @@ def _evaluate_on_test(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[
         res["method"] = name
         R.write_results(run_dir / f"eval_{name}.json", res)
         if name != "zero-shot":
-            comparisons[name] = R.compare_runs(runs["zero-shot"], res)
+            comparisons[name] = compare_runs(runs["zero-shot"], res)
             comparisons[name]["method"] = name
             atomic_write_json(run_dir / f"compare_{name}.json", comparisons[name])
     done()

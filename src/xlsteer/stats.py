@@ -218,7 +218,7 @@ class Statistics:
         fix = "re-create it with `xlsteer collect`"
         check_fields(meta, _METADATA, what=f"statistics file {path}", fix=fix, required=required)
         if fingerprint is not None and isinstance(meta.get("model_fingerprint"), dict):
-            from .models.loading import check_fingerprint
+            from .models.fingerprint import check_fingerprint
 
             check_fingerprint(meta["model_fingerprint"], fingerprint, what=f"statistics file {path}")
         try:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from ..errors import UsageError
 from . import runner as R
 from .config import EvalConfig
+from .summary import average
 from .tasks import TaskSpec, get_task
 from .sweep import NO_STEERING, SELECT_MODES, UNSTEERED, chosen_intervention
 
@@ -62,7 +63,7 @@ def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task:
     out = dict(parts[0])
     n_ids = {lang: len(by_lang[lang]) for lang in lang_list}
     out.update(langs=lang_list, per_lang=per_lang, items=items,
-               average=R.average(per_lang, [lang for lang in lang_list if lang != anchor], by_lang, task, seed, n_boot),
+               average=average(per_lang, [lang for lang in lang_list if lang != anchor], by_lang, task, seed, n_boot),
                intervention={"per_lang": infos, "selection": "per-lang",
                              "method": next((i.get("method") for i in infos.values() if i), None),
                              "positions": next((i["positions"] for i in infos.values() if i), None)})
