@@ -25,7 +25,7 @@ from xlsteer.errors import UsageError
 from xlsteer.evaluation.config import EvalConfig
 from xlsteer.evaluation.tasks import get_task
 from xlsteer.testing import replaced_task
-from xlsteer.evaluation.templates import get_template
+from xlsteer.evaluation.tasks import get_template
 from xlsteer.testing import tiny_model
 
 EVAL = dict(max_length=512, n_boot=50)

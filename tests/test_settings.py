@@ -27,7 +27,8 @@ def test_none_is_not_given_unless_none_is_a_value_of_that_setting():
 
 def test_what_fit_param_may_set_is_the_fit_functions_record():
     from xlsteer.cli.params import parse_params
-    from xlsteer.interventions import fit_clas, fit_learned
+    from xlsteer.interventions.clas import fit_clas
+    from xlsteer.interventions.learned import fit_learned
 
     learned = parameters_of(fit_learned)
     assert {"steps", "lr", "patience", "objective", "anchor"} <= set(learned) and "cfg" not in learned

@@ -194,7 +194,7 @@ def test_xlsteer_tasks_lists_the_registry_and_describes_one_task(toy, capsys):
 
 def fit_negated(stats, layers, targets, anchor="en", site="resid_post", meta=None):
     """A toy steering method: the DiffMean vector pointing the other way."""
-    from xlsteer.interventions import fit_diffmean
+    from xlsteer.interventions.vector import fit_diffmean
 
     iv = fit_diffmean(stats, layers, targets, anchor=anchor, site=site, meta=meta)
     iv.tensors = {k: -t for k, t in iv.tensors.items()}

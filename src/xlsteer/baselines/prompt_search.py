@@ -33,8 +33,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..evaluation.config import EvalConfig
-from ..evaluation.tasks import get_task
-from ..evaluation.templates import Request, Template, get_template
+from ..evaluation.tasks import get_task, get_template
+from ..evaluation.templates import Request, Template
 from ..settings import Settings
 from .icl import LeakError, base_render, prefix_tokens, with_prefix, wrap_template
 

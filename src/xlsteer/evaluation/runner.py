@@ -46,8 +46,8 @@ from .engine import Engine
 from .engine_cache import intervention_info
 from .guard import guarded
 from .summary import summarize_records
-from .tasks.spec import TaskSpec, get_task, items_by_lang
-from .templates import Template, get_template
+from .tasks.spec import TaskSpec, get_task, get_template, items_by_lang
+from .templates import Template
 
 
 def _sha(obj: Any) -> str:

@@ -37,7 +37,7 @@ from ..errors import ArtifactError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
 from ..settings import Settings
-from .base import Intervention, register
+from .base import Intervention, register_intervention
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
 
@@ -57,7 +57,7 @@ def spec_key(layer: int) -> str:
     return f"m_spec@{layer}"
 
 
-@register
+@register_intervention
 class CLASIntervention(Intervention):
     method = "clas"
 

@@ -16,7 +16,7 @@ import os
 from ...errors import DataError
 from ...validation import check_limit
 from .base import Item, check_split, read_json, resolve_lang, root_dir, take
-from .spec import BaselineHints, Metric, Scored, TaskSpec, register_task
+from .spec import BaselineHints, Metric, Scored, TaskSpec
 
 NAME = "xquad"
 LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
@@ -114,4 +114,4 @@ def _spec() -> TaskSpec:
     )
 
 
-SPEC = register_task(_spec())
+SPEC = _spec()
