@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, count, data_dir_option, langs_for, load_model_from, model_options, parse_float,
-                      parse_layers, resolve_task_from, spare_inputs, task_inputs, task_options)
+from .options import (MAX_COUNT, SEED, compile_option, compile_setting, count, data_dir_option, langs_for,
+                      load_model_from, model_options, parse_float, parse_layers, resolve_task_from, spare_inputs,
+                      task_inputs, task_options)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -64,6 +65,7 @@ def eval_options(f):
         click.option("--max-new-tokens", type=count(1), default=None, help="Generation tasks: override the template's."),
         click.option("--batch-size", type=count(1), default=8, show_default=True),
         click.option("--max-length", type=count(8), default=2048, show_default=True),
+        compile_option,
         click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--cache-dir", default=None, help="Per-item cache (default: <xlsteer cache>/eval)."),
         click.option("--no-cache", is_flag=True, help="Do not read or write the per-item cache."),
@@ -80,7 +82,7 @@ def eval_config(kw: dict[str, Any], split: str) -> Any:
     return EvalConfig(split=split, limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
                       template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
                       calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
-                      max_length=kw["max_length"],
+                      max_length=kw["max_length"], compile=compile_setting(kw),
                       template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]))
 
 

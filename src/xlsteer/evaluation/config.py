@@ -26,7 +26,10 @@ class EvalConfig:
     ``template_options`` (e.g. ``k`` for MGSM); ``seed`` and ``n_boot`` for the bootstrap CIs;
     ``cache_dir``: the per-item cache (None: no cache); ``calibrate``: content-free calibration
     of label tasks; ``positions``: which token positions an intervention edits (None: the policy
-    the intervention stores).
+    the intervention stores). ``compile``: generation with a static KV cache and a compiled decode
+    step (``True``, ``False``, ``"auto"``: on CUDA; or a torch.compile backend name), the same
+    tokens as eager. ``scoring``: how log-likelihoods are computed (``"auto"``: per batch, the
+    cheaper of ``"shared_prefix"`` and ``"full_forward"`` on this device), the same scores.
     """
 
     split: str = "test"
@@ -42,9 +45,18 @@ class EvalConfig:
     positions: str | None = None
     batch_size: int = 8
     max_length: int = 2048
+    compile: bool | str = "auto"
+    scoring: str = "auto"
 
     def __post_init__(self) -> None:
+        from .engine_compiled import BACKENDS
+        from .scoring_strategy import STRATEGIES
         from .tasks.base import check_limit
+
+        if self.compile not in (True, False, "auto", *BACKENDS):
+            raise UsageError(f"compile must be true, false, auto or one of {', '.join(BACKENDS)}, got {self.compile!r}")
+        if self.scoring not in ("auto", *STRATEGIES):
+            raise UsageError(f"scoring must be auto or one of {', '.join(STRATEGIES)}, got {self.scoring!r}")
 
         check_limit(self.limit)
         if self.positions is not None and self.positions not in POSITIONS:
