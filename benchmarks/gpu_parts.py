@@ -292,13 +292,15 @@ def xcopa_like_requests(vocab: int, n: int, seed: int = 0) -> list[tuple[list[in
 
 
 def engine_scores(engine: Any, reqs: list[tuple[list[int], list[list[int]]]], batch: int) -> list[float]:
-    """Log-probabilities of every continuation through the engine's batch path (longest first)."""
+    """Log-probabilities of every continuation through the engine's batch path (longest first), each
+    batch scored by the strategy the engine chooses (counted in ``engine.scored_by``)."""
     order = sorted(range(len(reqs)), key=lambda i: -(len(reqs[i][0]) + max(map(len, reqs[i][1]))))
     out: dict[int, list[float]] = {}
     with steer(engine.model, [], anchor="en") as session, torch.inference_mode():
         for s in range(0, len(order), batch):
             idx = order[s: s + batch]
-            res = engine._ll_batch(session, [reqs[i] for i in idx], [["a", "b"]] * len(idx), ["de"] * len(idx))
+            how, res = engine._ll_any(session, [reqs[i] for i in idx], [["a", "b"]] * len(idx), ["de"] * len(idx))
+            engine.scored_by[how] += len(idx)
             for i, r in zip(idx, res):
                 out[i] = [c[0] for c in r]
     return [lp for i in range(len(reqs)) for lp in out[i]]

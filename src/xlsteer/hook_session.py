@@ -128,6 +128,15 @@ def _static(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _row_buffer(t: torch.Tensor) -> torch.Tensor:
+    """A per-row buffer (dim 0 = batch): static address, and a batch dimension dynamo may keep
+    symbolic, so that a graph compiled for one batch size > 1 serves the others (as the model's
+    own inputs become dynamic after a second size; size 1 is always its own graph)."""
+    if t.dim() > 0 and t.shape[0] > 1:
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    return _static(t)
+
+
 def write(buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
     """``value`` written into ``buffer`` in place when it can be (same shape, dtype and device);
     else a new buffer. Returns the buffer to keep.
@@ -142,7 +151,7 @@ def write(buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
     if reuse:
         buffer.copy_(value)  # type: ignore[union-attr]
         return buffer  # type: ignore[return-value]
-    return _static(value.clone())
+    return _row_buffer(value.clone())
 
 
 class HookSession:

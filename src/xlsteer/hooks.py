@@ -100,7 +100,8 @@ def _edit(site: Site, edits: list[_Edit], act: torch.Tensor, device: torch.devic
     changed = False
     for e in edits:
         mask = e.mask.value
-        if mask is None or act.dim() != 3 or tuple(mask.shape) != tuple(act.shape[:2]):
+        # (the shape test runs eagerly only: traced, it would pin a symbolic batch size to one value)
+        if mask is None or (not compiling and (act.dim() != 3 or tuple(mask.shape) != tuple(act.shape[:2]))):
             raise UsageError(
                 f"cannot steer at {site}: the activation has shape {tuple(act.shape)} but the forward call "
                 "was not seen by the root hook; call the model object that was passed to steer()"

@@ -146,6 +146,7 @@ class Engine(_CacheLookup, _ForwardPasses, _LogLikelihood):
         #: log-likelihood requests by the strategy that scored them (cache hits: as recorded there)
         self.scored_by: Counter[str] = Counter()
         self._how: dict[int, str] = {}  # request index -> strategy, for the batch just computed
+        self.step_stamps: list[float] | None = None  # benchmarks: a list gets each decode step's time
         tok = self.tokenizer
         pad = tok.pad_token_id
         if pad is None:

@@ -20,7 +20,8 @@ float reordering in the attention over the longer static cache and in generated 
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -93,8 +94,14 @@ class CompiledDecoder:
                          logits_to_keep=1)
         gen = _Generation(engine, b, stops)
         pos = positions_from_mask(prompt_mask)[:, -1:]
-        real = torch.ones(rows, 1, dtype=torch.bool, device=device)
         cache_position = torch.tensor([width], device=device)
+        with _row_tensors_may_be_dynamic():
+            return self._decode(gen, session, out, mask, pos, cache_position, cache, max_new, width)
+
+    def _decode(self, gen: _Generation, session: Any, out: Any, mask: torch.Tensor, pos: torch.Tensor,
+                cache_position: torch.Tensor, cache: Any, max_new: int, width: int) -> list[str]:
+        rows, device = mask.shape[0], mask.device
+        real = torch.ones(rows, 1, dtype=torch.bool, device=device)
         for step in range(max_new):
             nxt = next_tokens(out.logits[:, -1, :])
             if gen.take(nxt.tolist()) or step == max_new - 1:
@@ -106,3 +113,17 @@ class CompiledDecoder:
                                past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache_position = cache_position + 1
         return gen.texts
+
+
+@contextlib.contextmanager
+def _row_tensors_may_be_dynamic() -> Iterator[None]:
+    """Let dynamo keep the batch dimension of the hook engine's per-row tensors symbolic.
+
+    Why: they reach the graph through module hooks, whose tensors dynamo treats as fixed-shape
+    by default (``force_nn_module_property_static_shapes``); a graph would then pin the batch
+    size, and every batch size would compile again. Set only while this loop's compiled step runs.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    with dynamo_config.patch(force_nn_module_property_static_shapes=False):
+        yield
