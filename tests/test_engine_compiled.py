@@ -66,6 +66,19 @@ def test_one_static_cache_is_reset_and_reused_across_calls_and_batches():
                                                                      interventions=_vector())
 
 
+def test_compiled_sampling_draws_the_same_tokens_as_eager():
+    """Nucleus sampling: each row's stream is its own, so the padded compiled batch samples alike."""
+    from xlsteer.evaluation.sampling import Sampling
+
+    lm = tiny_model("llama")
+    hot = Sampling(temperature=0.9, top_p=0.9, seed=3)
+    eager = Engine(lm, batch_size=4, compile=False).generate(PROMPTS, LANGS, 8, sampling=hot, interventions=_vector())
+    compiled = Engine(lm, batch_size=4, compile="eager").generate(PROMPTS, LANGS, 8, sampling=hot,
+                                                                   interventions=_vector())
+    assert compiled == eager
+    assert eager != Engine(lm, batch_size=4).generate(PROMPTS, LANGS, 8, interventions=_vector())  # not greedy
+
+
 def test_compile_setting_auto_compiles_on_cuda_only():
     assert compile_backend("auto", torch.device("cpu")) is None
     assert compile_backend("auto", torch.device("cuda", 0)) == "inductor"

@@ -42,7 +42,7 @@ def test_every_writers_output_validates(made):
 
 def test_lm_eval_results_are_stamped():
     pytest.importorskip("lm_eval")
-    from xlsteer.evaluation.lm_eval_model import results_json
+    from xlsteer.lmeval.harness import results_json
 
     doc = json.loads(results_json({"results": {"xcopa_sw": {"acc,none": 0.5}}, "versions": {"xcopa_sw": 1.0}}))
     assert validate(doc).format == "xlsteer.lm-eval" and doc["version"] == 2
@@ -92,8 +92,11 @@ def test_older_formats_are_converted_by_name(made, tmp_path):
 def test_unknown_shapes_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="no xlsteer command writes"):
         upgrade({"kind": "eval", "methods": {"none": {"de": {"mean": 0.5}}}})
-    with pytest.raises(DataError, match=CONVERTER.split(" FILE")[0]):
+    with pytest.raises(DataError, match="newer than this xlsteer reads") as e:  # not: "convert it with upgrade"
         upgrade({"format": "xlsteer.eval", "version": 7})
+    assert "upgrade" not in str(e.value).replace("pip install -U", "")
+    with pytest.raises(DataError, match=CONVERTER.split(" FILE")[0]):
+        upgrade({"format": "xlsteer.unknown"})
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "xlsteer.eval", "version": 2, "task": "xcopa"}), encoding="utf-8")
     with pytest.raises(DataError) as e:

@@ -26,10 +26,12 @@ class EvalConfig:
     ``template_options`` (e.g. ``k`` for MGSM); ``seed`` and ``n_boot`` for the bootstrap CIs;
     ``cache_dir``: the per-item cache (None: no cache); ``calibrate``: content-free calibration
     of label tasks; ``positions``: which token positions an intervention edits (None: the policy
-    the intervention stores). ``compile``: generation with a static KV cache and a compiled decode
-    step (``True``, ``False``, ``"auto"``: on CUDA; or a torch.compile backend name), the same
-    tokens as eager. ``scoring``: how log-likelihoods are computed (``"auto"``: per batch, the
-    cheaper of ``"shared_prefix"`` and ``"full_forward"`` on this device), the same scores.
+    the intervention stores); ``sampling``: decoding changes for generation tasks (e.g.
+    ``{"temperature": 0}`` for greedy, ``{"gate": "script"}`` for the script gate); ``compile``:
+    generation with a static KV cache and a compiled decode step (``True``, ``False``, ``"auto"``:
+    on CUDA; or a torch.compile backend name), the same tokens as eager; ``scoring``: how
+    log-likelihoods are computed (``"auto"``: per batch, the cheaper of ``"shared_prefix"`` and
+    ``"full_forward"`` on this device), the same scores.
     """
 
     split: str = "test"
@@ -45,11 +47,17 @@ class EvalConfig:
     positions: str | None = None
     batch_size: int = 8
     max_length: int = 2048
+    #: changes to the generation template's decoding settings (:class:`~.sampling.Sampling` fields:
+    #: temperature, top_p, seed, gate); empty: decode as the template says (greedy for most tasks)
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    #: the quality guard (fluency, degeneration) of generation tasks: None as the task declares it
+    guard: bool | None = None
     compile: bool | str = "auto"
     scoring: str = "auto"
 
     def __post_init__(self) -> None:
         from .engine_compiled import BACKENDS
+        from .sampling import Sampling
         from .scoring_strategy import STRATEGIES
         from .tasks.base import check_limit
 
@@ -59,6 +67,9 @@ class EvalConfig:
             raise UsageError(f"scoring must be auto or one of {', '.join(STRATEGIES)}, got {self.scoring!r}")
 
         check_limit(self.limit)
+        if not isinstance(self.sampling, Mapping):
+            raise UsageError(f"sampling must be a mapping of Sampling fields, got {type(self.sampling).__name__}")
+        Sampling.of(None, self.sampling)  # the names and values are checked once, here
         if self.positions is not None and self.positions not in POSITIONS:
             raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         for name in ("batch_size", "max_length", "n_boot"):

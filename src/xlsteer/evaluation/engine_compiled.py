@@ -27,7 +27,8 @@ import torch
 
 from ..errors import UsageError
 from ..stats import positions_from_mask
-from .engine_forward import _Generation, next_tokens
+from .engine_forward import _Generation, choose_tokens
+from .sampling import RowDecoding
 
 #: static cache lengths are multiples of this (fewer distinct shapes, so fewer compilations)
 LENGTH_STEP = 64
@@ -78,9 +79,11 @@ class CompiledDecoder:
         self.caches[(batch, size)] = cache
         return cache, batch, size
 
-    def generate(self, engine: Any, session: Any, enc: list[list[int]], langs: list[str], max_new: int,
-                 stops: list[str]) -> list[str]:
-        """Greedy continuations of one batch (as the engine's eager loop, through the compiled step)."""
+    def generate(self, engine: Any, session: Any, batch: tuple[list[list[int]], list[str]], max_new: int,
+                 stops: list[str], decoding: RowDecoding | None = None) -> list[str]:
+        """Continuations of one batch (``(token ids, row languages)``), as the engine's eager loop
+        decodes them (the same token choice), through the compiled step."""
+        enc, langs = batch
         b, width = len(enc), max(len(e) for e in enc)
         cache, rows, length = self._cache(b, width + max_new)
         pad_rows = rows - b
@@ -96,17 +99,19 @@ class CompiledDecoder:
         pos = positions_from_mask(prompt_mask)[:, -1:]
         cache_position = torch.tensor([width], device=device)
         with _row_tensors_may_be_dynamic():
-            return self._decode(gen, session, out, mask, pos, cache_position, cache, max_new, width)
+            return self._decode(gen, session, out, (mask, pos, cache_position), cache, (max_new, width, decoding))
 
-    def _decode(self, gen: _Generation, session: Any, out: Any, mask: torch.Tensor, pos: torch.Tensor,
-                cache_position: torch.Tensor, cache: Any, max_new: int, width: int) -> list[str]:
-        rows, device = mask.shape[0], mask.device
+    def _decode(self, gen: _Generation, session: Any, out: Any, inputs: tuple[torch.Tensor, ...], cache: Any,
+                plan: tuple[int, int, RowDecoding | None]) -> list[str]:
+        """The decode steps: the step's tokens chosen for the real rows (padding rows are fed padding)."""
+        (mask, pos, cache_position), (max_new, width, decoding) = inputs, plan
+        rows, device, b = mask.shape[0], mask.device, len(gen.done)
         real = torch.ones(rows, 1, dtype=torch.bool, device=device)
         for step in range(max_new):
-            nxt = next_tokens(out.logits[:, -1, :])
+            nxt = choose_tokens(out.logits[:b, -1, :], decoding)
             if gen.take(nxt.tolist()) or step == max_new - 1:
                 break
-            feed = torch.tensor(gen.feed(), device=device).unsqueeze(1)
+            feed = torch.tensor(gen.feed() + [gen.engine.pad_id] * (rows - b), device=device).unsqueeze(1)
             pos = pos + 1
             session.begin_call(rows, 1, width + step, real)  # the root hook's work, from host ints
             out = self.forward(input_ids=feed, attention_mask=mask, position_ids=pos, cache_position=cache_position,

@@ -3,9 +3,11 @@
 Why a module of its own: :class:`~xlsteer.evaluation.engine.Engine` decides *what* to compute
 (requests, their order, the cache, steering); the methods here (:class:`_ForwardPasses`, a mixin
 of the engine) decide *how* a batch goes through the model: left padding, the out-of-memory
-halving, and the KV-cached greedy decoding loop (eager here; compiled in :mod:`.engine_compiled`,
-log-likelihoods in :mod:`.engine_scoring`). Which device inputs go to and how expensive a
-continuation token is relative to a context token are helpers of the same kind.
+halving, and the KV-cached decoding loop (eager here; compiled in :mod:`.engine_compiled`;
+log-likelihoods in :mod:`.engine_scoring`). Both decoding loops choose tokens with
+:func:`choose_tokens` (greedy, or :class:`~.sampling.RowDecoding`'s choice). Which device inputs
+go to and how expensive a continuation token is relative to a context token are helpers of the
+same kind.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from ..errors import XlsteerError
 from ..stats import positions_from_mask
+from .sampling import RowDecoding
 
 
 def _input_device(model: Any) -> torch.device:
@@ -100,10 +103,11 @@ class _ForwardPasses:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, **kw: Any) -> Any:
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), **kw)
     def _gen_batch(self, session: Any, enc: list[list[int]], langs: list[str], max_new: int,
-                   stops: list[str]) -> list[str]:
-        """Greedy continuations of one batch: the compiled path when the engine compiles, else eager."""
+                   stops: list[str], decoding: RowDecoding | None = None) -> list[str]:
+        """KV-cached decoding of one batch (the compiled path when the engine compiles, else eager);
+        ``decoding`` picks each step's tokens (None: greedy)."""
         if self.compile_backend is not None:
-            return self._compiled_decoder().generate(self, session, enc, langs, max_new, stops)
+            return self._compiled_decoder().generate(self, session, (enc, langs), max_new, stops, decoding)
         session.set_langs(langs)
         ids, mask = self._left_pad(enc)
         b = len(enc)
@@ -112,7 +116,7 @@ class _ForwardPasses:
         rows = _Generation(self, b, stops)
         pos = positions_from_mask(mask)[:, -1]
         for step in range(max_new):
-            nxt = next_tokens(out.logits[:, -1, :])
+            nxt = choose_tokens(out.logits[:, -1, :], decoding)
             if rows.take(nxt.tolist()) or step == max_new - 1:
                 break
             feed = torch.tensor(rows.feed(), device=self.device).unsqueeze(1)
@@ -124,12 +128,13 @@ class _ForwardPasses:
         return rows.texts
 
 
-def next_tokens(logits: torch.Tensor) -> torch.Tensor:
-    """The token each row continues with, from its last logits ``(rows, vocab)``: greedy (argmax).
+def choose_tokens(logits: torch.Tensor, decoding: RowDecoding | None) -> torch.Tensor:
+    """The token each row continues with, from its last logits ``(rows, vocab)``: ``decoding``'s
+    choice (:func:`~.sampling.next_tokens`: sampling, the script gate), greedy when None.
 
-    The one place that chooses tokens; the eager and the compiled decoding loops both call it.
+    The one call the eager and the compiled decoding loops both make.
     """
-    return logits.argmax(-1)
+    return decoding.choose(logits) if decoding is not None else logits.argmax(-1)
 
 
 class _Generation:
