@@ -156,7 +156,7 @@ def multi_device(run: Run, models: dict[str, tuple[Any, dict[str, Any], Any]]) -
         out["devices"] = sorted(set(out["device_map"].values()))
         out.update(gp.big_correctness(lm, ivs["vector"], prompt))
     with run.section(f"{name}/device_map_auto/eager/batch8") as out:
-        out["rows"] = gp.decode_cell(lm, ivs, prompt, gp.DecodeSetup(8, run.args.new_tokens, run.args.repeats, fast=False),
+        out["rows"] = gp.decode_cell(lm, ivs, prompt, gp.DecodeSetup(8, run.args.new_tokens, run.args.repeats),
                                      run.args.device)
 
 
@@ -218,7 +218,7 @@ def eager_cells(run: Run, name: str, lm: Any, ivs: dict[str, Any], prompt: Any) 
     for bs in a.eager_batch_sizes if "eager" in a.sections else []:
         if run.fits(f"{name}/eager/batch{bs}", a.eager_cell_s):
             with run.section(f"{name}/eager/batch{bs}") as out:
-                cfg = gp.DecodeSetup(bs, a.new_tokens, a.repeats, fast=False)
+                cfg = gp.DecodeSetup(bs, a.new_tokens, a.repeats)
                 out["rows"] = gp.decode_cell(lm, ivs, prompt, cfg, a.device)
 
 

@@ -182,3 +182,20 @@ def test_inductor_compiled_steered_decode_equals_eager(lm, fitted):
         assert breaks == 0
         for a, b in zip(compiled, _decode(lm, fitted[method])):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_compiled_loop_reuses_decode_tensors_only_while_the_rows_stay_the_same(lm, fitted):
+    """begin_call (what the engine's compiled loop calls) writes nothing when a decode step selects
+    what the previous one did, and rewrites masks and row indices when the row languages change."""
+    iv = fitted["diffmean"]
+    with torch.inference_mode(), steer(lm.model, iv, langs=["de", "en"]) as session:
+        session.begin_call(2, 3, 0, torch.ones(2, 3, dtype=torch.bool))  # the prefill
+        real = torch.ones(2, 1, dtype=torch.bool)
+        session.begin_call(2, 1, 3, real)
+        (slot,), (rows,) = session.masks.values(), session.rows.values()
+        first = slot.value
+        session.begin_call(2, 1, 4, real)
+        assert slot.value is first and slot.value.tolist() == [[True], [False]]
+        session.set_langs(["en", "sw"])
+        session.begin_call(2, 1, 5, real)
+        assert slot.value.tolist() == [[False], [True]] and rows.index.tolist() == iv.row_index(["en", "sw"], 2)

@@ -168,6 +168,7 @@ class HookSession:
         self.masks: dict[tuple[str, str], MaskSlot] = {}
         self.rows: dict[tuple[int, str], Rows] = {}
         self._steer_rows: dict[Any, torch.Tensor] = {}
+        self._last: tuple[Any, Any] = (None, None)  # the previous call's token mask and rows (see _write_masks)
 
     def set_langs(self, langs: str | Sequence[str] | None) -> None:
         """Languages of the rows of the next forward calls (one code, or one per row)."""
@@ -199,6 +200,7 @@ class HookSession:
 
     def close(self) -> None:
         self.ctx = None
+        self._last = (None, None)
         for slot in self.masks.values():
             slot.value, slot.active = None, False
 
@@ -264,6 +266,16 @@ class HookSession:
         return self._steer_rows[key]
 
     def _write_masks(self, ctx: ForwardContext) -> None:
+        # A decode step like the previous one (one token past the prompt, the same token-mask
+        # tensor -- what a compiled loop passes -- and the same rows) selects exactly what that
+        # one selected: keep the tensors, so the step costs no kernel launches outside its graph.
+        decode_step = ctx.new_len == 1 and ctx.past_len >= ctx.prompt_len
+        key = (ctx.batch, ctx.prompt_len, None if ctx.langs is None else tuple(ctx.langs), decode_step)
+        same = (decode_step and ctx.token_mask is self._last[0] and self._last[1] == key
+                and all(slot.value is not None for slot in self.masks.values()))
+        self._last = (ctx.token_mask, key)
+        if same:
+            return
         any_active = False
         for slot in self.masks.values():
             slot.active = ctx.may_steer(slot.policy)
