@@ -35,7 +35,7 @@ import torch
 from ..errors import ArtifactError, UsageError
 from ..hook_session import Rows
 from ..models.sites import Site
-from .base import Intervention, check_width, register, row_table, scale_rows
+from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import fit_metadata
 
@@ -55,7 +55,7 @@ def spec_key(layer: int) -> str:
     return f"m_spec@{layer}"
 
 
-@register
+@register_intervention
 class CLASIntervention(Intervention):
     method = "clas"
 

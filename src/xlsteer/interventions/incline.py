@@ -38,7 +38,7 @@ import torch
 from ..errors import ArtifactError, DataError, UsageError
 from ..hook_session import POSITION_POLICIES, Rows
 from ..models.sites import Site
-from .base import Intervention, check_width, register
+from .base import Intervention, check_width, register_intervention
 from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_layers, check_targets, fit_metadata
 
@@ -52,7 +52,7 @@ def map_key(layer: int) -> str:
     return f"W@{layer}"
 
 
-@register
+@register_intervention
 class InclineIntervention(Intervention):
     method = "incline"
 

@@ -38,7 +38,7 @@ import torch
 from ..errors import ArtifactError, DataError, UsageError
 from ..hook_session import Rows
 from ..models.sites import Site
-from .base import Intervention, check_width, register, row_table, scale_rows
+from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import fit_metadata
 
@@ -176,7 +176,7 @@ def _validate_masks(iv: Intervention, rows: int, extra: str | None = None) -> No
                 )
 
 
-@register
+@register_intervention
 class LapeIntervention(Intervention):
     method = "lape"
 
@@ -214,7 +214,7 @@ class LapeIntervention(Intervention):
         return scale_rows(act, rows, prepared)
 
 
-@register
+@register_intervention
 class IntMuIntervention(Intervention):
     method = "intmu"
 

@@ -28,7 +28,7 @@ import torch
 from ..errors import ArtifactError, UsageError
 from ..models.sites import Site
 from ..provenance import now_utc
-from .base import Intervention, check_width, register  # noqa: F401 (check_width: re-export)
+from .base import Intervention, check_width, register_intervention  # noqa: F401 (check_width: re-export)
 from .registry import LayerPolicy, StatisticsNeed, quartile_layers, register_method
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def vector_key(layer: int) -> str:
     return f"vectors@{layer}"
 
 
-@register
+@register_intervention
 class SteeringVector(Intervention):
     method = "vector"
     NORMALIZE = ("none", "unit", "relative")
