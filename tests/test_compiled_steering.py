@@ -189,10 +189,12 @@ def test_a_compiled_loop_reuses_decode_tensors_only_while_the_rows_stay_the_same
     what the previous one did, and rewrites masks and row indices when the row languages change."""
     iv = fitted["diffmean"]
     with torch.inference_mode(), steer(lm.model, iv, langs=["de", "en"]) as session:
-        session.begin_call(2, 3, 0, torch.ones(2, 3, dtype=torch.bool))  # the prefill
+        session.begin_call(2, 3, 0, torch.tensor([[True, True, True], [False, True, True]]))  # the prefill
+        (slot,), (rows,) = session.masks.values(), session.rows.values()
+        assert rows.first.tolist() == [[True, False, False], [False, True, False]]  # each row's first real token
         real = torch.ones(2, 1, dtype=torch.bool)
         session.begin_call(2, 1, 3, real)
-        (slot,), (rows,) = session.masks.values(), session.rows.values()
+        assert rows.first.tolist() == [[False], [False]]
         first = slot.value
         session.begin_call(2, 1, 4, real)
         assert slot.value is first and slot.value.tolist() == [[True], [False]]

@@ -51,6 +51,13 @@ class ForwardContext:
                 [lang != self.anchor for lang in self.langs]
             self.steer_rows = torch.tensor(flags, dtype=torch.bool).to(self.token_mask.device)
 
+    @property
+    def first_token(self) -> torch.Tensor:
+        """(batch, new_len) bool: each row's first real token, where this call holds it (uncached calls)."""
+        if self.past_len > 0:
+            return torch.zeros_like(self.token_mask)
+        return self.token_mask & (self.token_mask.long().cumsum(dim=1) == 1)
+
     def may_steer(self, policy: str) -> bool:
         """False when ``policy`` surely selects nothing in this call, decided on the host.
 
@@ -93,10 +100,13 @@ class Rows:
     ``index``: (batch,) int64, each row's position in the intervention's ``languages``; ``-1``
     for rows it must leave alone (the anchor language). ``strength``: a 0-dim float32 tensor,
     the intervention's strength (data, not a Python constant: a new alpha needs no new graph).
+    ``first``: (batch, new tokens) bool, each row's first real token of its sequence where it is
+    in this call (at the uncached call; all False after), for methods that leave it alone.
     """
 
     index: torch.Tensor
     strength: torch.Tensor
+    first: torch.Tensor | None = None
     intervention: Any = field(default=None, repr=False)
     key: Any = field(default=None, repr=False)  # (row languages, batch) the index was built for
 
@@ -108,7 +118,7 @@ def rows_for(intervention: Any, langs: Sequence[str] | str | None, batch: int | 
     row_langs = [langs] * n if isinstance(langs, str) else (None if langs is None else list(langs))
     index = torch.tensor(intervention.row_index(row_langs, n), dtype=torch.long, device=device)
     return Rows(index=index, strength=torch.tensor(float(intervention.strength), dtype=torch.float32, device=device),
-                intervention=intervention)
+                first=torch.zeros(n, 1, dtype=torch.bool, device=device), intervention=intervention)
 
 
 @dataclass(eq=False)
@@ -281,8 +291,10 @@ class HookSession:
             slot.active = ctx.may_steer(slot.policy)
             any_active |= slot.active
             slot.value = write(slot.value, ctx.steer_mask(slot.policy).to(slot.device))
+        first = ctx.first_token
         for slot in self.rows.values():
             self._write_rows(slot, ctx, validate=any_active)
+            slot.first = write(slot.first, first.to(slot.strength.device))
 
     def _write_rows(self, slot: Rows, ctx: ForwardContext, validate: bool) -> None:
         """Each row's language index for ``slot``'s intervention, rebuilt only when the languages change.
