@@ -20,7 +20,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from .errors import ArtifactError, LanguageError, UsageError, XlsteerError
-from .hooks import ForwardContext, record
+from .hook_session import ForwardContext
+from .hooks import record
 from .io import load_tensors, save_tensors
 from .models.sites import Site, check_site
 from .progress import bar

@@ -39,7 +39,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import LanguageError, UsageError
-from ..hooks import ForwardContext, steer
+from ..hook_session import ForwardContext
+from ..hooks import steer
 from ..models.sites import Site, check_site, final_norm_and_head, text_config, unembed
 from ..progress import bar
 from .similarity import ForwardConfig

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError, LanguageError, UsageError
-from ..hooks import ForwardContext, steer
+from ..hook_session import ForwardContext
+from ..hooks import steer
 from ..models.sites import Site, check_site
 from ..progress import bar
 from ..settings import Settings

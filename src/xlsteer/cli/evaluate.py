@@ -10,9 +10,9 @@ import click
 
 from ..errors import UsageError
 from .guard import Input, Output
-from .options import (MAX_COUNT, SEED, count, data_dir_option, intervention_plugins, langs_for, load_model_from,
-                      model_options, parse_float, parse_layers, resolve_task_from, spare_inputs, task_inputs,
-                      task_options)
+from .options import (MAX_COUNT, SEED, compile_option, compile_setting, count, data_dir_option,
+                      intervention_plugins, langs_for, load_model_from, model_options, parse_float, parse_layers,
+                      resolve_task_from, spare_inputs, task_inputs, task_options)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -86,6 +86,7 @@ def eval_options(f):
                           "(default: as the task declares; on for lcb)."),
         click.option("--batch-size", type=count(1), default=8, show_default=True),
         click.option("--max-length", type=count(8), default=2048, show_default=True),
+        compile_option,
         click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--cache-dir", default=None, type=Output(folder=True),
                      help="Per-item cache (default: <xlsteer cache>/eval)."),
@@ -104,7 +105,7 @@ def eval_config(kw: dict[str, Any], split: str) -> Any:
     return EvalConfig(split=split, limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
                       template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
                       calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
-                      max_length=kw["max_length"],
+                      max_length=kw["max_length"], compile=compile_setting(kw),
                       template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
                       sampling=_sampling_changes(kw), guard=kw.get("guard"))
 

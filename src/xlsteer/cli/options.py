@@ -66,6 +66,23 @@ def load_model_from(kw: dict[str, Any]):
     )
 
 
+_COMPILE = {"auto": "auto", "true": True, "false": False, "inductor": "inductor", "aot_eager": "aot_eager",
+            "eager": "eager"}
+
+
+def compile_option(f: F) -> F:
+    """--compile [auto|true|false|BACKEND]: compiled generation (alone: true; default auto = on CUDA)."""
+    return click.option("--compile", "compile_", type=click.Choice(list(_COMPILE)), is_flag=False, flag_value="true",
+                        default="auto", show_default=True,
+                        help="Generate with a static KV cache and a compiled decode step (same tokens); "
+                             "auto: on CUDA only; a backend name (inductor, aot_eager, eager) picks it.")(f)
+
+
+def compile_setting(kw: dict[str, Any]) -> bool | str:
+    """The API value of --compile."""
+    return _COMPILE[kw.get("compile_") or "auto"]
+
+
 def data_dir_option(f: F) -> F:
     return click.option("--data-dir", default=None, envvar="XLSTEER_DATA_DIR", type=Input(data_dir=True),
                         help="Data directory (default: $XLSTEER_DATA_DIR, else ../shared/data, else the per-user data dir).")(f)

@@ -72,7 +72,7 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     cfg = cfg or EvalConfig()
     # loaded and checked against the model before any work, not after the unsteered run
     ivs = R.load_interventions(interventions, alpha, lm.fingerprint, model=lm)
-    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length)
+    engine = Engine.for_config(lm, cfg)
     base = R.run_task(lm, task, langs, None, cfg, engine=engine)
     if not ivs:
         return EvalResult(base)

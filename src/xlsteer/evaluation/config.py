@@ -27,7 +27,11 @@ class EvalConfig(Settings):
     ``cache_dir``: the per-item cache (None: no cache); ``calibrate``: content-free calibration
     of label tasks; ``positions``: which token positions an intervention edits (None: the policy
     the intervention stores); ``sampling``: decoding changes for generation tasks (e.g.
-    ``{"temperature": 0}`` for greedy, ``{"gate": "script"}`` for the script gate).
+    ``{"temperature": 0}`` for greedy, ``{"gate": "script"}`` for the script gate); ``compile``:
+    generation with a static KV cache and a compiled decode step (``True``, ``False``, ``"auto"``:
+    on CUDA; or a torch.compile backend name), the same tokens as eager; ``scoring``: how
+    log-likelihoods are computed (``"auto"``: per batch, the cheaper of ``"shared_prefix"`` and
+    ``"full_forward"`` on this device), the same scores.
     """
 
     split: str = "test"
@@ -48,13 +52,22 @@ class EvalConfig(Settings):
     sampling: Mapping[str, Any] = field(default_factory=dict)
     #: the quality guard (fluency, degeneration) of generation tasks: None as the task declares it
     guard: bool | None = None
+    compile: bool | str = "auto"
+    scoring: str = "auto"
 
     _what = "evaluation setting"
     _none_is_a_value = frozenset({"limit", "data_dir", "template", "cache_dir", "positions", "anchor"})
 
     def __post_init__(self) -> None:
+        from .engine_compiled import BACKENDS
         from .sampling import Sampling
         from ..validation import check_limit
+        from .scoring_strategy import STRATEGIES
+
+        if self.compile not in (True, False, "auto", *BACKENDS):
+            raise UsageError(f"compile must be true, false, auto or one of {', '.join(BACKENDS)}, got {self.compile!r}")
+        if self.scoring not in ("auto", *STRATEGIES):
+            raise UsageError(f"scoring must be auto or one of {', '.join(STRATEGIES)}, got {self.scoring!r}")
 
         check_limit(self.limit)
         if not isinstance(self.sampling, Mapping):

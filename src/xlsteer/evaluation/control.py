@@ -56,6 +56,7 @@ class ControlConfig:
     max_length: int = 96
     seed: int = 0
     n_boot: int = 2000
+    compile: bool | str = "auto"  # compiled greedy decoding (auto: on CUDA); the same tokens either way
 
 
 def _prefix(text: str, lang: str, words: int) -> str:
@@ -115,7 +116,8 @@ def run_control(lm: Any, cfg: ControlConfig | None = None, data_dir: Any = None)
                     max_length=cfg.max_length, meta={"model_fingerprint": lm.fingerprint,
                                                      "data_hash": fit_corpus.data_hash})
     held = load_ntrex(data_dir, langs, split="validation", limit=cfg.offset + cfg.n_prompts)
-    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=None, max_length=512, progress_desc="control")
+    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=None, max_length=512, progress_desc="control",
+                    compile=cfg.compile)
     rows, examples = [], {}
     for target in langs[1:]:
         for prompt_lang, goal in ((cfg.anchor, target), (target, cfg.anchor)):

@@ -206,8 +206,7 @@ def sweep(lm: Any, task: Any, langs: str | Sequence[str], intervention: Any = No
     if not alpha_list:
         raise UsageError("no alphas to sweep; give at least one, e.g. 0.5,1,2")
     lang_list = R.parse_langs(langs)
-    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length,
-                    progress_desc="sweep")
+    engine = Engine.for_config(lm, cfg, progress_desc="sweep")
     baseline = R.run_task(lm, task, lang_list, cfg=cfg, engine=engine)
     entries: list[dict[str, Any]] = []
     info: dict[str, Any] = {}

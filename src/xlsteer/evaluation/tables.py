@@ -109,7 +109,7 @@ def task_summary_tables(res: Any, style: str = "markdown") -> list[str]:
     out: list[str] = []
     for t in summary.get("tables") or ():
         if isinstance(t, dict) and isinstance(t.get("headers"), list) and isinstance(t.get("rows"), list):
-            out += ["", str(t.get("title", "")), "", render(t["headers"], t["rows"], style)]
+            out += ["", str(t.get("title", "")), "", table(t["headers"], t["rows"], style)]
     return out
 
 

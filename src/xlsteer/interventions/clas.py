@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from ..errors import ArtifactError, UsageError
-from ..hooks import ForwardContext
+from ..hook_session import Rows
 from ..models.sites import Site
 from ..settings import Settings
-from .base import Intervention, register_intervention
+from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
-from .vector import check_width, fit_metadata
+from .vector import fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -86,17 +86,14 @@ class CLASIntervention(Intervention):
         return (1 + beta * mp).unsqueeze(0) * (1 - gamma * ms)
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """``f - 1`` per language (float32), and a zero row for rows left alone (scale 1)."""
         f = self.factors(site.layer)
-        scale = 1 + self.strength * (f - 1)
-        ones = torch.ones(1, f.shape[1])  # anchor rows (index -1): unchanged
-        return torch.cat([scale, ones]).to(device=device, dtype=dtype)
+        return row_table(f - 1, torch.zeros(1, f.shape[1]), device)
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: torch.Tensor) -> torch.Tensor:
+        """``act * (1 + alpha * (f[lang] - 1))``: alpha = 0 multiplies by exactly 1."""
         check_width(self, site, act, prepared.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        return act * prepared[idx].unsqueeze(1)
+        return scale_rows(act, rows, prepared)
 
 
 def _means(stats: "Statistics", layer: int, langs: Sequence[str]) -> torch.Tensor:

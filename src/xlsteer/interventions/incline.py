@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from ..errors import ArtifactError, DataError, UsageError
-from ..hooks import POSITION_POLICIES, ForwardContext
+from ..hook_session import POSITION_POLICIES, Rows
 from ..models.sites import Site
 from ..settings import Settings
-from .base import Intervention, register_intervention
+from .base import Intervention, check_width, register_intervention
 from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
-from .vector import check_layers, check_targets, check_width, fit_metadata
+from .vector import check_layers, check_targets, fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -68,21 +68,24 @@ class InclineIntervention(Intervention):
             raise ArtifactError(f"INCLINE sign must be +1 or -1, got {self.params.get('sign')!r}; re-create the file")
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
-        w = self.tensors[map_key(site.layer)].float() * (self.strength * int(self.params["sign"]))
+        """``sign * W`` per language, in the module's dtype: ``(n_languages, d, d)``."""
+        w = self.tensors[map_key(site.layer)].float() * int(self.params["sign"])
         return w.to(device=device, dtype=dtype)
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: torch.Tensor) -> torch.Tensor:
+        """``h + s * (h @ W[lang])`` per row; rows with index -1 unchanged.
+
+        One traced path for any mix of row languages: every language's map is applied to the
+        whole batch and each row keeps its own (n maps; one when the intervention has one language).
+        """
         check_width(self, site, act, prepared.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        delta = torch.zeros_like(act)
-        for i in torch.unique(idx).tolist():
-            if i < 0:
-                continue  # anchor rows
-            rows = idx == i
-            delta[rows] = act[rows] @ prepared[i]
-        return act + delta
+        if prepared.shape[0] == 1:  # a shape, fixed per intervention: not a per-call branch
+            delta = act @ prepared[0]
+        else:
+            every = torch.einsum("btd,nde->nbte", act, prepared)
+            delta = every[rows.index.clamp_min(0), torch.arange(act.shape[0], device=act.device)]
+        out = act + delta * rows.strength.to(act.dtype)
+        return torch.where((rows.index >= 0).view(-1, 1, 1), out, act)
 
 
 def incline_texts(

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from ..errors import ArtifactError, DataError, UsageError
-from ..hooks import ForwardContext
+from ..hook_session import Rows
 from ..models.sites import Site
 from ..settings import Settings
-from .base import Intervention, register_intervention
+from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
-from .vector import check_width, fit_metadata
+from .vector import fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -205,17 +205,15 @@ class LapeIntervention(Intervention):
         return torch.stack(rows)
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """``-m`` (deactivate) or ``+m`` (amplify) per language (float32), a zero row for index -1."""
         m = self.row_masks(site.layer).float()
         sign = -1.0 if self.params["mode"] == "deactivate" else 1.0
-        scale = 1 + sign * self.strength * m
-        return torch.cat([scale, torch.ones(1, m.shape[1])]).to(device=device, dtype=dtype)
+        return row_table(sign * m, torch.zeros(1, m.shape[1]), device)
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: torch.Tensor) -> torch.Tensor:
+        """``act * (1 -/+ s * m[lang])``: the row's language's neurons scaled, others times exactly 1."""
         check_width(self, site, act, prepared.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        return act * prepared[idx].unsqueeze(1)
+        return scale_rows(act, rows, prepared)
 
 
 @register_intervention
@@ -228,22 +226,20 @@ class IntMuIntervention(Intervention):
             raise ArtifactError("Int_mu file lacks params.mean_of; re-create it")
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """(neuron mask per language + an all-False row, means per language + a zero row, in ``dtype``)."""
         m = self.tensors[mask_key(site.layer)]
         mu = self.tensors[mu_key(site.layer)].float()
         m = torch.cat([m, torch.zeros(1, m.shape[1], dtype=torch.bool)]).to(device)
         mu = torch.cat([mu, torch.zeros(1, mu.shape[1])]).to(device=device, dtype=dtype)
         return m, mu
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: Any) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: Any) -> torch.Tensor:
+        """The row's neurons moved to ``lerp(h, mu, s)`` (exactly ``mu`` at s = 1, ``h`` at s = 0)."""
         m, mu = prepared
         check_width(self, site, act, mu.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        s = self.strength
-        target = mu[idx].unsqueeze(1)
-        blended = target if s == 1 else (1 - s) * act + s * target
-        return torch.where(m[idx].unsqueeze(1), blended, act)
+        target = mu[rows.index].unsqueeze(1).float()
+        blended = torch.lerp(act.float(), target, rows.strength).to(act.dtype)
+        return torch.where(m[rows.index].unsqueeze(1), blended, act)
 
 
 def _mlp_layers(stats: "Statistics", site: str) -> list[int]:

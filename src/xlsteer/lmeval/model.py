@@ -45,7 +45,7 @@ from lm_eval.api.model import LM  # lm-eval's public base class of every model
 
 from ..data.langs import normalize_lang
 from ..errors import LanguageError, UsageError
-from ..hooks import POSITION_POLICIES
+from ..hook_session import POSITION_POLICIES
 from ..settings import Settings
 from . import harness
 from .languages import parse_task_langs, task_language
@@ -293,7 +293,7 @@ class XlsteerLM(LM):
             for start in range(0, len(order), eng.batch_size):
                 idx = order[start:start + eng.batch_size]
                 enc = [(windows[k][1], [windows[k][2]]) for k in idx]
-                rows = eng._ll_batch(session, enc, [[""] for _ in idx], [langs[windows[k][0]] for k in idx])
+                rows = eng._ll_any(session, enc, [[""] for _ in idx], [langs[windows[k][0]] for k in idx])[1]
                 for k, row in zip(idx, rows):
                     totals[windows[k][0]] += float(row[0][0])
         for r, total in zip(requests, totals):
