@@ -63,13 +63,13 @@ def _config(ctx: RunContext, pres: Preservation) -> Any:
 
 def reference(ctx: RunContext, pres: Preservation) -> dict[str, Any]:
     """The unsteered model on the preservation task (evaluated once per comparison)."""
-    from ..evaluation.runner import evaluate
+    from ..evaluation.runner import run_task
     from ..evaluation.tasks import get_task
 
     key = f"preserve-reference:{pres.task}:{pres.limit}"
     if key not in ctx.shared:
         task = get_task(pres.task)
-        ctx.shared[key] = evaluate(ctx.lm, task, _langs(ctx, task), None, _config(ctx, pres))
+        ctx.shared[key] = run_task(ctx.lm, task, _langs(ctx, task), None, _config(ctx, pres))
     return ctx.shared[key]
 
 

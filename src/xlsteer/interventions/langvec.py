@@ -48,16 +48,18 @@ over-counts the last batch and drops up to 20 trailing items, the means here are
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
 from ..errors import ArtifactError, UsageError
-from ..hooks import ForwardContext
+from ..hook_session import Rows
 from ..models.sites import Site
-from .base import Intervention, register_intervention
+from ..settings import Settings
+from .base import Intervention, check_width, register_intervention, row_table
 from .registry import ALL_TOGETHER, EVERY_LAYER, FitJob, LayerPolicy, StatisticsNeed, Variant, register_method
-from .vector import check_targets, check_width, fit_metadata
+from .vector import check_targets, fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -115,27 +117,24 @@ class LanguageVectors(Intervention):
         return torch.stack(rows).float()
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
-        add = self.directions(site.layer) * self.strength
-        # last row: zero, for rows of the anchor language (index -1)
-        return torch.cat([add, torch.zeros(1, add.shape[1])]).to(device=device, dtype=dtype)
+        """The unit directions per steered language, then a zero row for rows left alone (index -1)."""
+        dirs = self.directions(site.layer)
+        return row_table(dirs, torch.zeros(1, dirs.shape[1]), device)
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: torch.Tensor) -> torch.Tensor:
+        """``h + alpha * u[row]`` (relative: times ``||h||``), the norm restored, each row's first
+        token left alone: tensor operations only (traceable); the options are fixed per file."""
         check_width(self, site, act, prepared.shape[-1])
-        if self.strength == 0:
-            return act
-        add = prepared[self.language_index(ctx, act.device)].unsqueeze(1)
+        h = act.float()
+        add = (rows.strength * prepared[rows.index]).unsqueeze(1)
         if self.params.get("scaling", "norm") == "relative":  # alpha * ||h||: a fraction of each token's norm
-            add = add * act.float().norm(dim=-1, keepdim=True).to(act.dtype)
-        out = act + add
+            add = add * h.norm(dim=-1, keepdim=True)
+        out = h + add
         if self.params.get("restore_norm", True):
-            scale = act.float().norm(dim=-1, keepdim=True) / out.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            out = (out.float() * scale).to(act.dtype)
-        if self.params.get("skip_first", True) and ctx.past_len == 0:
-            # each row's first real token (left padding: the first True of the token mask)
-            first = ctx.token_mask.long().argmax(dim=1).to(act.device)
-            at_first = torch.arange(act.shape[1], device=act.device).unsqueeze(0) == first.unsqueeze(1)
-            out = torch.where(at_first.unsqueeze(-1), act, out)
-        return out
+            out = out * (h.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        if self.params.get("skip_first", True) and rows.first is not None:
+            out = torch.where(rows.first.unsqueeze(-1), h, out)  # each row's first real token (uncached call)
+        return out.to(act.dtype)
 
     def with_params(self, **changes: Any) -> "LanguageVectors":
         """A copy (tensors shared) with ``beta``, ``source``, ``restore_norm`` or ``skip_first`` changed."""
@@ -221,6 +220,24 @@ def _check_params(params: Mapping[str, Any]) -> None:
         raise UsageError(f"langvec: beta must be a number, got {params.get('beta')!r}") from None
 
 
+@dataclass(frozen=True)
+class LangvecConfig(Settings):
+    """langvec's settings (``-p KEY=V``), the authors' defaults: ``beta`` and ``source`` of the source
+    term, ``restore_norm``, ``skip_first`` (the first prompt token unsteered), ``scaling`` (norm:
+    absolute alpha; relative: alpha times each token's norm), the languages of the mean
+    (``mean_langs``; None: every corpus language the fit was given) and the ``site``."""
+
+    site: str = "resid_post"
+    beta: float = 1.0
+    source: str = "anchor"
+    restore_norm: bool = True
+    skip_first: bool = True
+    scaling: str = "norm"
+    mean_langs: Sequence[str] | None = None
+
+    _what = "langvec parameter"
+
+
 @register_method(
     "langvec", site="resid_post", sites=("resid_post",),
     statistics=StatisticsNeed("item-level pooled means, every layer and language", every_layer=True),
@@ -236,25 +253,18 @@ def _check_params(params: Mapping[str, Any]) -> None:
     prepare=_prepare, corpus_langs=_corpus_langs, check_params=_check_params, variants=dev_variants,
     variant_keys=("betas", "layer_ranges"), toward_wanted={},
 )
-def fit_langvec(
-    stats: "Statistics",
-    layers: Sequence[int] | int,
-    target_langs: Sequence[str] | str,
-    anchor: str = "en",
-    site: str = "resid_post",
-    beta: float = 1.0,
-    source: str = "anchor",
-    restore_norm: bool = True,
-    skip_first: bool = True,
-    scaling: str = "norm",
-    mean_langs: Sequence[str] | None = None,
-    meta: Mapping[str, Any] | None = None,
-) -> LanguageVectors:
-    """Language vectors of ``mean_langs`` (default: anchor + targets) at ``site`` of each layer.
+def fit_langvec(stats: "Statistics", layers: Sequence[int] | int, target_langs: Sequence[str] | str,
+                anchor: str = "en", cfg: LangvecConfig | None = None, *, meta: Mapping[str, Any] | None = None,
+                **settings: Any) -> LanguageVectors:
+    """Language vectors of ``mean_langs`` (default: anchor + targets) at ``site`` of each layer
+    (``cfg``: :class:`LangvecConfig`; keyword ``settings`` override its fields).
 
     Rows wanted in a target language are steered toward it (module docstring); ``beta`` and
     ``source`` set the source term, ``restore_norm`` and ``skip_first`` as in the authors' code.
     """
+    cfg = LangvecConfig.of(cfg, **settings)
+    site, beta, source, scaling, mean_langs = cfg.site, cfg.beta, cfg.source, cfg.scaling, cfg.mean_langs
+    restore_norm, skip_first = cfg.restore_norm, cfg.skip_first
     t0 = time.perf_counter()
     targets = check_targets(target_langs, anchor, "langvec")
     layer_list = sorted({int(x) for x in ([layers] if isinstance(layers, int) else layers)})

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
-from ..errors import ArtifactError, FingerprintError, UsageError
-from ..hooks import ForwardContext
+from ..errors import ArtifactError, UsageError
 from ..models.sites import Site
 from ..provenance import now_utc
+from ..settings import Settings
 from .base import Intervention, register_intervention
 from .registry import LayerPolicy, StatisticsNeed, quartile_layers, register_method
 
@@ -74,17 +75,9 @@ class SteeringVector(Intervention):
         ref = float(self.params["ref_norm"][str(layer)])
         return unit * ref
 
-    def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
-        v = self.effective(site.layer) * self.strength
-        zero = torch.zeros(1, v.shape[1])
-        # last row = zero vector, used by anchor rows (index -1)
-        return torch.cat([v, zero]).to(device=device, dtype=dtype)
-
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
-        check_width(self, site, act, prepared.shape[-1])
-        idx = self.language_index(ctx, act.device)
-        rows = prepared[idx]  # index -1 selects the zero row
-        return act + rows.unsqueeze(1)
+    def row_vectors(self, site: Site) -> torch.Tensor:
+        """The hook engine's additive path adds ``strength * effective(layer)[row language]``."""
+        return self.effective(site.layer)
 
     def select_layers(self, layers: Sequence[int]) -> "SteeringVector":
         """The same vectors at a subset of the layers (for a layer sweep over one fit)."""
@@ -124,17 +117,6 @@ def check_ref_norms(ref: Any, layers: Sequence[int], error: type[Exception] = Us
             raise error(f"ref_norm for layer {layer} must be a finite number > 0, got {str(value)[:40]}")
         out[str(layer)] = float(value)
     return out
-
-
-
-
-def check_width(iv: Intervention, site: Site, act: torch.Tensor, width: int) -> None:
-    """Refuse an activation of another width (an artifact applied to another model)."""
-    if act.shape[-1] != width:
-        raise FingerprintError(
-            f"{iv.method} intervention at {site} was fitted for width {width}, but the model's activation "
-            f"there has width {act.shape[-1]}; fit it again for this model"
-        )
 
 
 def fit_metadata(stats: "Statistics | None", meta: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:
@@ -195,6 +177,20 @@ def token_rms_norm(stats: "Statistics", site: Site, langs: Sequence[str]) -> flo
     return math.sqrt(total / count)
 
 
+@dataclass(frozen=True)
+class DiffMeanConfig(Settings):
+    """DiffMean's settings (``-p KEY=V``): the ``site``; ``normalize`` (none, unit or relative, the
+    latter with an optional measured ``ref_norm``, one number or one per layer); ``direction``
+    (``to_anchor`` or ``to_target``)."""
+
+    site: str = "resid_post"
+    normalize: str = "none"
+    ref_norm: Mapping[int, float] | float | None = None
+    direction: str = "to_anchor"
+
+    _what = "DiffMean parameter"
+
+
 @register_method(
     "diffmean", site="resid_post", statistics=StatisticsNeed("item-level pooled means"),
     layer_policy=LayerPolicy(compare=quartile_layers), alpha_grid=(0.5, 1.0, 2.0),
@@ -203,18 +199,11 @@ def token_rms_norm(stats: "Statistics", site: Site, langs: Sequence[str]) -> flo
     compare="DiffMean vector (NTREX), layer and alpha chosen on dev",
     toward_wanted={"direction": "to_target"},
 )
-def fit_diffmean(
-    stats: "Statistics",
-    layers: Sequence[int] | int,
-    target_langs: Sequence[str] | str,
-    anchor: str = "en",
-    site: str = "resid_post",
-    normalize: str = "none",
-    ref_norm: Mapping[int, float] | float | None = None,
-    meta: Mapping[str, Any] | None = None,
-    direction: str = "to_anchor",
-) -> SteeringVector:
-    """DiffMean: ``v[t, l] = mean_items(h_anchor) - mean_items(h_t)`` at ``site`` of each layer.
+def fit_diffmean(stats: "Statistics", layers: Sequence[int] | int, target_langs: Sequence[str] | str,
+                 anchor: str = "en", cfg: DiffMeanConfig | None = None, *, meta: Mapping[str, Any] | None = None,
+                 **settings: Any) -> SteeringVector:
+    """DiffMean: ``v[t, l] = mean_items(h_anchor) - mean_items(h_t)`` at ``site`` of each layer
+    (``cfg``: :class:`DiffMeanConfig`; keyword ``settings`` override its fields).
 
     ``direction``: ``to_anchor`` (default, the vector above: rows of language t are moved toward
     the anchor, for tasks solved better in English) or ``to_target``: ``v[t, l] = mean_items(h_t)
@@ -231,6 +220,8 @@ def fit_diffmean(
     (:func:`token_rms_norm`, anchor and targets pooled, BOS excluded); pass ``ref_norm`` (one
     number or one per layer) to use a measured value instead. Either way it is recorded.
     """
+    cfg = DiffMeanConfig.of(cfg, **settings)
+    site, normalize, ref_norm, direction = cfg.site, cfg.normalize, cfg.ref_norm, cfg.direction
     t0 = time.perf_counter()
     targets = check_targets(target_langs, anchor, "diffmean")
     layer_list = check_layers(layers, "diffmean")
