@@ -210,6 +210,32 @@ class FiniteFloat(click.ParamType):
 FINITE = FiniteFloat()
 
 
+class SiteName(click.ParamType):
+    """A site name (resid_post, mlp_act, ...), checked when the command line is parsed."""
+
+    name = "site"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from ..models.sites import SITE_NAMES
+
+        if value not in SITE_NAMES:
+            self.fail(f"unknown site {str(value)[:40]!r}; choose one of {', '.join(SITE_NAMES)}", param, ctx)
+        return str(value)
+
+
+class FiniteRange(FiniteFloat):
+    """A finite float option within ``(lo, hi]`` (checked when the command line is parsed)."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = super().convert(value, param, ctx)
+        if not self.lo < number <= self.hi:
+            self.fail(f"{value!r} is not in ({self.lo:g}, {self.hi:g}]", param, ctx)
+        return number
+
+
 def model_input(name: str | None) -> str | None:
     """The local folder or .gguf file a --model names (shipped names and hub ids read no user file)."""
     if name and Path(name).expanduser().exists():

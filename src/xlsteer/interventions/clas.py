@@ -36,6 +36,7 @@ from ..errors import ArtifactError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
 from .base import Intervention, register
+from . import params as P
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
 
@@ -312,6 +313,9 @@ def _call(fn: Any, job: FitJob) -> "CLASIntervention":
     description="neuron steering at the bridge layers (CLAS: shared neurons up, language-specific down)",
     compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
     corpus_langs=_corpus_langs, summary=category_summary,
+    params={"beta": P.number(0), "gamma": P.number(0), "threshold": P.number(optional=True),
+            "quantile": P.number(0, 1, optional=True), "bridge_rule": P.choice(*BRIDGE_RULES), "margin": P.number(0),
+            "k": P.integer(1), "category_langs": P.words(optional=True)},
 )
 def fit_clas(
     stats: "Statistics",

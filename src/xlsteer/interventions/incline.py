@@ -39,6 +39,7 @@ from ..errors import ArtifactError, DataError, UsageError
 from ..hooks import POSITION_POLICIES, ForwardContext
 from ..models.sites import Site
 from .base import Intervention, register
+from . import params as P
 from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_layers, check_targets, check_width, fit_metadata
 
@@ -180,6 +181,8 @@ def _check_pairs(lm: Any, site: str, n_pairs: int, params: Mapping[str, Any]) ->
     alpha_grid=(0.25, 0.5, 1.0), description="per-layer linear maps of target states toward the anchor's (INCLINE)",
     compare="INCLINE linear maps (NTREX), every layer, sigma chosen on dev", compare_defaults={"ridge": 0.1},
     check_inputs=_check_pairs,
+    params={"ridge": P.number(0), "target": P.choice(*TARGETS), "sign": P.choice(1, -1), "code_switch": P.flag(),
+            "max_pairs": P.integer(1, optional=True), "positions": P.choice("all", "prompt", "generated", "last_prompt")},
 )
 def fit_incline(
     source: "Statistics | Mapping[str, Mapping[int, torch.Tensor]]",

@@ -39,6 +39,7 @@ from ..errors import ArtifactError, DataError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
 from .base import Intervention, register
+from . import params as P
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
 
@@ -274,6 +275,8 @@ _NEURON_LAYERS = LayerPolicy(CHOSEN_BY_FIT, ALL_TOGETHER, text="every layer")
     "lape", site=NEURON_SITES[0], sites=NEURON_SITES, statistics=StatisticsNeed(
         "token-level P(act > 0) at every layer", every_layer=True), layer_policy=_NEURON_LAYERS,
     alpha_grid=(0.5, 1.0), description="language-specific neurons (LAPE) deactivated or amplified", call=_call,
+    params={"mode": P.choice(*LAPE_MODES), "neuron_lang": P.text(optional=True), "top_fraction": P.FRACTION,
+            "filter_quantile": P.QUANTILE},
 )
 def fit_lape(
     stats: "Statistics",
@@ -345,6 +348,8 @@ def fit_lape(
     alpha_grid=(0.5, 1.0), description="LAPE neurons set to the anchor's mean activation (Int_mu)", call=_call,
     compare="Int_mu: LAPE neurons of the row's language set to the anchor's mean (the CLAS paper's baseline), "
             "strength chosen on dev",
+    params={"mean_of": P.choice(*MEAN_OF), "neurons_of": P.choice(*NEURONS_OF), "top_fraction": P.FRACTION,
+            "filter_quantile": P.QUANTILE},
 )
 def fit_intmu(
     stats: "Statistics",

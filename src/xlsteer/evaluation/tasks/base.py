@@ -64,7 +64,9 @@ def read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"file {path} does not exist; check the data dir (--data-dir / XLSTEER_DATA_DIR) "
                         "or restore it with `xlsteer data fetch`")
-    raw = path.read_bytes()
+    from ...bounded import read_bytes
+
+    raw = read_bytes(path, "lines", "data file")  # bounded: a file of the data dir is user input too
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
