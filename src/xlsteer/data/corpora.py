@@ -160,7 +160,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if p.is_dir():
         raise DataError(f"{p} is a directory, not a text file; give the path of a line-aligned UTF-8 file")
-    if not p.is_file():
+    if not p.exists():
         raise DataError(f"file {p} does not exist; check the path or the data dir")
     from ..bounded import iter_lines
 

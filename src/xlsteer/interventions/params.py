@@ -145,8 +145,8 @@ def layers(help: str = "") -> Param:
     return Param("layers", help=help)
 
 
-def per_layer(lo: float | None = None, *, open_lo: bool = False, help: str = "") -> Param:
-    return Param("per_layer", lo, open_lo=open_lo, help=help)
+def per_layer(lo: float | None = None, *, open_lo: bool = False, optional: bool = False, help: str = "") -> Param:
+    return Param("per_layer", lo, open_lo=open_lo, optional=optional, help=help)
 
 
 FRACTION = number(0, 1, open_lo=True)
