@@ -24,7 +24,7 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
               "the default for a user task).")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated methods, or 'all': zero-shot, icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
-                   "translate-test, translate-self, translate-gmt, incline, diffmean, learned, clas, intmu.")
+                   "translate-test, translate-self, translate-gmt, script-gate, incline, diffmean, learned, clas, intmu.")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered).")
 @click.option("--split", default="test", show_default=True, help="Split the reported numbers come from.")
 @click.option("--limit", type=count(1), default=None, help="First N items per language (default: all).")

@@ -63,6 +63,18 @@ def eval_options(f):
         click.option("--shots", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="MGSM: number of exemplars k (0-8)."),
         click.option("--exemplar-lang", default=None, help="MGSM: exemplar language ('same' or a code)."),
         click.option("--max-new-tokens", type=count(1), default=None, help="Generation tasks: override the template's."),
+        click.option("--temperature", type=click.FloatRange(0, 100), default=None,
+                     help="Generation tasks: sampling temperature (0: greedy; default: the template's)."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Generation tasks: nucleus mass p (default: the template's)."),
+        click.option("--sampling-seed", type=SEED, default=None,
+                     help="Generation tasks: seed of the per-item random streams (default: the template's)."),
+        click.option("--script-gate", is_flag=True, default=None,
+                     help="Generation tasks: keep only tokens of the wanted language's script (non-Latin "
+                          "targets; a decoding-time baseline)."),
+        click.option("--guard/--no-guard", default=None,
+                     help="Generation tasks: score each output's fluency and degeneration beside the metrics "
+                          "(default: as the task declares; on for lcb)."),
         click.option("--batch-size", type=count(1), default=8, show_default=True),
         click.option("--max-length", type=count(8), default=2048, show_default=True),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
@@ -83,7 +95,15 @@ def eval_config(kw: dict[str, Any], split: str) -> Any:
                       template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
                       calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
                       max_length=kw["max_length"],
-                      template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]))
+                      template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
+                      sampling=_sampling_changes(kw), guard=kw.get("guard"))
+
+
+def _sampling_changes(kw: dict[str, Any]) -> dict[str, Any]:
+    """The decoding settings given on the command line (the others stay as the template says)."""
+    out = {"temperature": kw.get("temperature"), "top_p": kw.get("top_p"), "seed": kw.get("sampling_seed"),
+           "gate": "script" if kw.get("script_gate") else None}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @click.command("eval")
@@ -94,7 +114,7 @@ def eval_config(kw: dict[str, Any], split: str) -> Any:
 @click.option("--split", default="test", show_default=True, help="dev or test (train where the task has one).")
 @click.option("--method", default=None,
               help="A baseline instead of --intervention (icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
-                   "translate-test, translate-self, translate-gmt, diffmean, learned, incline, clas; "
+                   "translate-test, translate-self, translate-gmt, script-gate, diffmean, learned, incline, clas; "
                    "see xlsteer compare); also runs the unsteered model for the paired test.")
 @click.option("--output", "-o", required=True, type=Output(), help="Results file (.json).")
 def eval_cmd(**kw: Any) -> None:

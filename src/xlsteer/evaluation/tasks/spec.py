@@ -10,7 +10,7 @@ nothing else branches on a task's name.
 Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package that call
 :func:`register_task` on import; they are imported on first use so ``import xlsteer`` stays
 cheap. User tasks come from a *task reference* that is not a registered name: ``lmeval:NAME,...``
-(an lm-evaluation-harness task, :mod:`xlsteer.evaluation.tasks.lmeval`) or the path of a YAML
+(an lm-evaluation-harness task, :mod:`xlsteer.lmeval.tasks`) or the path of a YAML
 spec over JSONL files (:mod:`xlsteer.evaluation.tasks.jsonl`); :func:`resolve_task` builds and
 registers their spec for the rest of the process.
 """
@@ -33,6 +33,9 @@ MetricKind = Literal["binary", "continuous", "macro_f1"]
 BUILTIN: tuple[str, ...] = ("mgsm", "xcopa", "xnli", "xquad")
 #: Per-item scores every choice and label request yields (besides the task's metrics).
 CHOICE_CONTINUOUS: tuple[str, ...] = ("margin", "p_correct")
+#: The quality guard of generation tasks (:mod:`xlsteer.evaluation.guard`): fluency under the
+#: unsteered model and seq-rep-4 degeneration of the output, per item.
+GUARD_CONTINUOUS: tuple[str, ...] = ("fluency", "degeneration")
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,8 @@ class TaskSpec:
     choice and label tasks are scored by log-likelihood and need none). ``comparable_predictions``:
     whether predictions can be compared across languages (not for extractive QA, whose answers
     are text in each language). ``dev_split``: the split sweeps and selection use (None: the task
-    cannot be swept).
+    cannot be swept). ``quality_guard``: a generation task whose every item also gets the guard's
+    fluency and degeneration scores (:mod:`xlsteer.evaluation.guard`), reported beside its metrics.
     """
 
     name: str
@@ -132,6 +136,7 @@ class TaskSpec:
     dev_split: str | None = "dev"
     few_shot: FewShot | None = None
     extra_continuous: tuple[str, ...] | None = None
+    quality_guard: bool = False
     baselines: BaselineHints = field(default_factory=BaselineHints)
     source: Mapping[str, Any] = field(default_factory=lambda: {"kind": "builtin"})
 
@@ -148,6 +153,8 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: tie-break {self.tie_break!r} is not a metric of the task")
         if self.dev_split is not None and self.dev_split not in self.splits:
             raise ValueError(f"task {self.name}: dev split {self.dev_split!r} is not one of its splits")
+        if self.quality_guard and kind != "generate":
+            raise ValueError(f"task {self.name}: the quality guard scores generated text; it needs a generation task")
 
     # ---- derived facts
 
@@ -159,10 +166,13 @@ class TaskSpec:
     @property
     def continuous(self) -> tuple[str, ...]:
         """Continuous per-item scores reported besides the metrics (margin and p_correct of the
-        gold answer for log-likelihood tasks, unless ``extra_continuous`` says otherwise)."""
+        gold answer for log-likelihood tasks, unless ``extra_continuous`` says otherwise; then
+        the quality guard's scores when the task has it)."""
         if self.extra_continuous is not None:
-            return self.extra_continuous
-        return CHOICE_CONTINUOUS if self.kind in ("choice", "label") else ()
+            own = self.extra_continuous
+        else:
+            own = CHOICE_CONTINUOUS if self.kind in ("choice", "label") else ()
+        return (*own, *[g for g in GUARD_CONTINUOUS if g not in own]) if self.quality_guard else tuple(own)
 
     @property
     def metric_kinds(self) -> dict[str, str]:
@@ -254,7 +264,7 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
 def _load_resolvers() -> None:
     if not _RESOLVERS:
         importlib.import_module(f"{__package__}.jsonl")
-        importlib.import_module(f"{__package__}.lmeval")
+        importlib.import_module("xlsteer.lmeval.tasks")
 
 
 def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
