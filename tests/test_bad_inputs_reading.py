@@ -148,3 +148,35 @@ def test_each_method_declares_exactly_its_settable_parameters():
         for key, param in spec.params.items():
             default = sig[key].default
             assert default is inspect.Parameter.empty or param.accepts(default), (name, key, default)
+
+
+def test_the_cache_skips_a_line_past_its_bound_and_keeps_the_rest(tmp_path, monkeypatch):
+    """The per-item cache is streamed: a line longer than any record is skipped (its item is
+    recomputed), the lines around it are read, and a torn last line is cut off."""
+    import json
+
+    from xlsteer import bounded
+    from xlsteer.evaluation.engine_cache import _Store
+
+    monkeypatch.setitem(bounded.LINE_LIMITS, "cache", 200)
+    path = tmp_path / "c.jsonl"
+    lines = [json.dumps({"scope": {}}), json.dumps({"k": "a", "v": 1}), json.dumps({"k": "big", "v": "x" * 1000}),
+             json.dumps({"k": "b", "v": 2})]
+    path.write_text("\n".join(lines) + "\n" + '{"k": "torn", "v"', encoding="utf-8")
+    store = _Store(path, {})
+    assert store.data == {"a": 1, "b": 2}
+    assert path.read_text(encoding="utf-8").endswith(lines[-1] + "\n"), "the torn line is cut off"
+
+
+def test_a_control_vector_past_its_size_limit_is_refused_before_parsing(catalogue_files, tmp_path, monkeypatch):
+    from xlsteer import bounded
+    from xlsteer.errors import ArtifactError
+    from xlsteer.export.gguf import read_control_vector
+
+    out = tmp_path / "v.gguf"
+    assert main(["export", "gguf", catalogue_files["vec"], "--lang", "de", "-o", str(out)]) == 0
+    monkeypatch.setitem(bounded.FILE_LIMITS, "gguf", 100)
+    with pytest.raises(ArtifactError, match="more than the 100 bytes"):
+        read_control_vector(out)
+    monkeypatch.setenv(bounded.ENV_VAR, "1")  # the one knob that raises every limit
+    assert 1 in read_control_vector(out)

@@ -31,7 +31,7 @@ from xlsteer.cli import main
 
 FAST = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-LONG = settings(max_examples=300, deadline=None, database=None,
+LONG = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 SPEC = "name: fuzzy\nkind: multiple_choice\nfiles: {en: en.jsonl, sw: sw.jsonl}\nsplits: {dev: \"0-0\", test: \"1-\"}\n"

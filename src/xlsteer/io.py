@@ -326,7 +326,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], me
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     from safetensors import SafetensorError
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, validate=lambda tmp: _readable_header(tmp, path)) as tmp:
         try:
             save_file(flat, str(tmp), metadata=meta)
         except SafetensorError as e:  # safetensors reports a full disk as its own error, not OSError
@@ -366,6 +366,17 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"{what} {p}: tensor {name!r} contains NaN or Inf; re-create it")
     return tensors, metadata
+
+
+def _readable_header(tmp: Path, path: str | os.PathLike) -> None:
+    """A safetensors file just written opens and holds its xlsteer metadata (checked before the rename)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(tmp), framework="pt") as f:
+            json.loads((f.metadata() or {})["xlsteer"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise ArtifactError(f"{path} does not read back ({type(e).__name__})") from None
 
 
 def _check_safetensors_header(p: Path, what: str) -> None:

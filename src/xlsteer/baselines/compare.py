@@ -277,7 +277,9 @@ def write_compare(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> tupl
     from ..io import atomic_write_json, atomic_write_text
 
     d = Path(out_dir)
-    j = atomic_write_json(d / "compare.json", dict(record))
+    from ..results.read import check_readable
+
+    j = atomic_write_json(d / "compare.json", dict(record), validate=check_readable)
     m = atomic_write_text(d / "compare.md", compare_markdown(record))
     return j, m
 
