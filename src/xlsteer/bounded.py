@@ -117,3 +117,21 @@ def iter_lines(path: str | os.PathLike, kind: str = "lines", what: str = "file",
                 yield n, b""
                 continue
             yield n, line.rstrip(b"\n").removesuffix(b"\r")
+
+
+def check_safetensors_header(p: Path, what: str = "file") -> None:
+    """The header length a safetensors file starts with is bounded before the file is parsed."""
+    import struct
+
+    from .errors import ArtifactError
+
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {what} {p} ({e.strerror or e}); check the path") from None
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+    if not 0 < n <= min(SAFETENSORS_HEADER, size - 8):
+        raise ArtifactError(f"{what} {p} is corrupted or truncated (header of {n if n >= 0 else 'no'} bytes in a file "
+                            f"of {size}); re-create it")

@@ -340,10 +340,12 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+    from .bounded import check_safetensors_header
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} {p} does not exist; check the path")
-    _check_safetensors_header(p, what)
+    check_safetensors_header(p, what)
     try:
         from safetensors import safe_open
 
@@ -377,24 +379,6 @@ def _readable_header(tmp: Path, path: str | os.PathLike) -> None:
             json.loads((f.metadata() or {})["xlsteer"])
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise ArtifactError(f"{path} does not read back ({type(e).__name__})") from None
-
-
-def _check_safetensors_header(p: Path, what: str) -> None:
-    """The header length a safetensors file starts with is bounded before the file is parsed."""
-    import struct
-
-    from .bounded import SAFETENSORS_HEADER
-
-    try:
-        size = p.stat().st_size
-        with open(p, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise ArtifactError(f"cannot read {what} {p} ({e.strerror or e}); check the path") from None
-    n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-    if not 0 < n <= min(SAFETENSORS_HEADER, size - 8):
-        raise ArtifactError(f"{what} {p} is corrupted or truncated (header of {n if n >= 0 else 'no'} bytes in a file "
-                            f"of {size}); re-create it")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
