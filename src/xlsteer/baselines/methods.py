@@ -301,11 +301,11 @@ def steering_params(method: str) -> dict[str, Any]:
     """What ``-O`` may set on a steering row: the method's declared fit parameters and the row's
     own settings (strength grid, layers, corpus lines, dev items, site, selection rule)."""
     from ..interventions.registry import get_method
-    from ..models.sites import SITE_NAMES
+    from ..models.sites import site_names
 
     spec = get_method(method)
     return {**spec.params, "alphas": P.numbers(), "layers": P.layers(), "fit_limit": P.integer(1),
-            "corpus": P.text(), "dev_limit": P.integer(1), "site": P.choice(*(spec.sites or SITE_NAMES)),
+            "corpus": P.text(), "dev_limit": P.integer(1), "site": P.choice(*(spec.sites or site_names())),
             "select": P.choice("global", "per-lang")}
 
 
@@ -402,9 +402,5 @@ def run_method(name: str, ctx: RunContext, **params: Any) -> MethodRun:
     return out
 
 
-from .compare import (assemble_compare, compare_markdown, compare_methods, load_options,  # noqa: E402
-                      pair_with_reference, resume_key, write_compare)
-
 __all__ = ["FAMILIES", "REFERENCE", "NTREX_LANGS", "DEFAULT_ALPHAS", "METHODS", "ALIASES", "RunContext", "MethodRun",
-           "MethodSpec", "method_names", "parse_methods", "run_method", "steer_and_evaluate", "pair_with_reference",
-           "compare_methods", "resume_key", "assemble_compare", "compare_markdown", "write_compare", "load_options"]
+           "MethodSpec", "method_names", "parse_methods", "run_method", "steer_and_evaluate"]

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 from ..errors import DataError, LanguageError, UsageError
 from ..evaluation.tasks.base import check_limit
-from ..evaluation.tasks.spec import BaselineHints, TaskSpec, register_resolver
+from ..evaluation.tasks.spec import BaselineHints, TaskSource, TaskSpec
 from ..evaluation.templates import Template
 from . import harness
 from .config import config_version, local_files, task_config, task_metrics, task_splits
@@ -178,4 +178,5 @@ def build(ref: str, include_path: Any = (), task_langs: Any = None, **options: A
     return [build_spec(ref, include_path=include_path, task_langs=task_langs)]
 
 
-register_resolver(is_lmeval_reference, build)
+#: The ``lmeval:NAME,...`` task references (a row of xlsteer.evaluation.tasks.spec.TASK_SOURCES).
+SOURCE = TaskSource(is_lmeval_reference, build)
