@@ -22,10 +22,11 @@ from . import ANALYSIS, CONTROL, EVAL, LM_EVAL, METHODS, PAIRED, SETUP, SWEEP
 
 
 class _Open(BaseModel):
-    """Typed fields are checked (a number must be finite: NaN would be rendered, not refused);
-    other fields are kept as written."""
+    """Typed fields are checked; other fields are kept as written. (A file holding NaN or an
+    infinity is refused before it gets here, by :func:`xlsteer.io.read_json`; in memory an
+    infinite MDE means "no effect detectable" and is written as null.)"""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow")
 
 
 # ---------------------------------------------------------------------------------------------
