@@ -97,7 +97,7 @@ def build_files(root: Path) -> dict[str, str]:
     """Every input the sibling catalogue modules name (seconds, on the tiny model)."""
     import torch
 
-    from xlsteer.api import collect_statistics
+    from xlsteer.stats import collect_statistics
     from xlsteer.interventions.vector import fit_diffmean
     from xlsteer.models.loading import load_model
     from xlsteer.models.sites import Site

@@ -132,22 +132,31 @@ def test_numeric_answers_are_parsed_without_overflow():
 
 def test_each_method_declares_exactly_its_settable_parameters():
     """-p/-O parameters are declared once, with the fit function: every declared name is one of its
-    parameters, and every parameter a user may set (not one the command passes itself) is declared."""
+    parameters (its settings record's fields included), every parameter a user may set (not one the
+    command passes itself) is declared, and every default is a value the declaration accepts."""
+    import dataclasses
     import inspect
 
     from xlsteer.cli.params import _RESERVED
     from xlsteer.interventions.registry import get_method, method_names
+    from xlsteer.settings import _record_in, parameters_of
 
     for name in ("diffmean", "learned", "incline", "clas", "lape", "intmu"):
         assert name in method_names()
         spec = get_method(name)
-        sig = inspect.signature(spec.fit).parameters
-        settable = {k for k, p in sig.items() if k not in _RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD,
-                                                                                    p.KEYWORD_ONLY)}
+        settable = {k for k in parameters_of(spec.fit) if k not in _RESERVED}
         assert set(spec.params) == settable, (name, sorted(settable ^ set(spec.params)))
+        defaults: dict = {}
+        for key, p in inspect.signature(spec.fit).parameters.items():
+            record = _record_in(p.annotation, spec.fit.__globals__)
+            if record is None:
+                defaults[key] = p.default
+            else:
+                defaults.update({f.name: f.default for f in dataclasses.fields(record)})
         for key, param in spec.params.items():
-            default = sig[key].default
-            assert default is inspect.Parameter.empty or param.accepts(default), (name, key, default)
+            default = defaults[key]
+            assert default in (inspect.Parameter.empty, dataclasses.MISSING) or param.accepts(default), \
+                (name, key, default)
 
 
 def test_the_cache_skips_a_line_past_its_bound_and_keeps_the_rest(tmp_path, monkeypatch):

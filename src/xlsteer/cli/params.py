@@ -3,7 +3,6 @@ declares (name, type, range; :mod:`xlsteer.interventions.params`) before any wor
 
 from __future__ import annotations
 
-import inspect as _inspect
 import json
 import math
 import re
@@ -80,11 +79,10 @@ def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
     function's signature), then its registry entry's ``check_params``; all before any work."""
     from ..interventions.params import check_value
     from ..interventions.registry import get_method
+    from ..settings import parameters_of
 
     spec = get_method(method)
-    sig = _inspect.signature(spec.fit)
-    allowed = {name: p for name, p in sig.parameters.items()
-               if name not in _RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    allowed = {name: annotation for name, annotation in parameters_of(spec.fit).items() if name not in _RESERVED}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -103,7 +101,7 @@ def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
         if key not in allowed:
             raise UsageError(f"{method} has no parameter '{key}'; its parameters: {', '.join(sorted(allowed))}")
         _check_finite(key, value, raw)
-        annotation = str(allowed[key].annotation)
+        annotation = allowed[key]
         if not _type_ok(value, annotation):
             raise UsageError(f"--param {key}={raw} has the wrong type: {method} expects {annotation}")
         out[key] = value

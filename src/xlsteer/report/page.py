@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..filenames import slug
+from ..formats import MISSING, number
+from ..results import ANALYSIS, SETUP
 from . import analysis_view as A
 from .load import Run
 
@@ -36,12 +39,6 @@ class Figure:
     @property
     def anchor(self) -> str:
         return "fig-" + slug(self.name)
-
-
-def slug(text: str) -> str:
-    from ..filenames import slug as _slug
-
-    return _slug(text)
 
 
 def section_of(name: str) -> str:
@@ -120,7 +117,7 @@ def sweep_view(f: Any) -> SweepView:
     method = doc.source.get("method") or doc.source.get("kind") or "intervention"
     b = doc.best
     gain = "" if b.gain_over_baseline is None else f", {b.gain_over_baseline:+.3f} against unsteered"
-    selected = f"layer {b.layer}, alpha {b.alpha:g} ({main} {A.f(b.main)} on {doc.split}{gain})"
+    selected = f"layer {b.layer}, alpha {b.alpha:g} ({main} {number(b.main)} on {doc.split}{gain})"
     top = sorted([x for x in pts if x["score"] is not None], key=lambda x: -x["score"])[:10]
     caption = (f"{main} of {method} on {doc.task} {doc.split} over layer × alpha (average over the non-anchor "
                "languages); the best cell is boxed")
@@ -129,7 +126,7 @@ def sweep_view(f: Any) -> SweepView:
     rule = doc.selection_rule + (f" ({doc.source['note']})" if doc.source.get("note") else "")
     return SweepView(f"{method} · {doc.task} · {main} · {doc.split}", f.path.name, selected, rule,
                      ["layer", "alpha", f"{main} (avg non-{doc.anchor})"],
-                     [[str(x["layer"]), f"{x['alpha']:g}", A.f(x["score"])] for x in top], len(pts), figure)
+                     [[str(x["layer"]), f"{x['alpha']:g}", number(x["score"])] for x in top], len(pts), figure)
 
 
 @dataclass
@@ -150,7 +147,7 @@ class AnalysisSection:
 
 def analysis_sections(run: Run, by_section: dict[str, list[Figure]]) -> list[AnalysisSection]:
     out = []
-    docs = [(f.path.name, f.doc.model_dump()) for f in run.of("xlsteer.analysis")]
+    docs = [(f.path.name, f.doc.model_dump()) for f in run.of(ANALYSIS)]
     for key in A.ORDER:
         available = {fig.name: fig for fig in by_section.get(key, [])}
         parts, shown = [], set()
@@ -181,7 +178,7 @@ class FileRecord:
     name: str
     format: str
     status: str
-    model: str = "—"
+    model: str = MISSING
     config: str = ""
     data_hash: str = ""
     created: str = ""
@@ -198,7 +195,7 @@ def _record(f: Any) -> FileRecord:
     versions = prov.get("versions") or d.get("versions") or {}
     data = d.get("data") if isinstance(d.get("data"), Mapping) else {}
     status = "read" + (f" (converted from {f.converted_from})" if f.converted_from else "")
-    return FileRecord(f.path.name, f.format, status, str(model or "—"), str(fp.get("config_hash", ""))[:12],
+    return FileRecord(f.path.name, f.format, status, str(model or MISSING), str(fp.get("config_hash", ""))[:12],
                       str(d.get("data_hash") or data.get("data_hash") or "")[:16], str(prov.get("created") or ""),
                       str(versions.get("xlsteer", "")))
 
@@ -226,7 +223,7 @@ class Provenance:
 def provenance(run: Run) -> Provenance:
     records = [_record(f) for f in run.files]
     setups = [(f.path.name, flatten({k: v for k, v in f.doc.model_dump().items() if k not in ("format", "version")}))
-              for f in run.of("xlsteer.setup")]
+              for f in run.of(SETUP)]
     configs = sorted({r.config for r in records if r.config})
     notes = [f"{f.path.name}: {n}" for f in run.files for n in f.notes]
     return Provenance(records, setups, run.problems, configs if len(configs) > 1 else [], notes)

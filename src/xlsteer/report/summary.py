@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..formats import p_value
 from ..results.rows import ScoreTable
 
 
@@ -94,7 +95,7 @@ def control_view(doc: Any, task_changes: bool | None, alpha: float = 0.05) -> Co
                      f"{r.unsteered_share:.2f} [{r.unsteered_ci[0]:.2f}, {r.unsteered_ci[1]:.2f}]",
                      f"{r.steered_share:.2f} [{r.steered_ci[0]:.2f}, {r.steered_ci[1]:.2f}]",
                      f"{r.diff:+.2f} [{r.diff_ci[0]:+.2f}, {r.diff_ci[1]:+.2f}]",
-                     _p(r.p) + f" ({r.test})", _p(p_adj)])
+                     p_value(r.p) + f" ({r.test})", p_value(p_adj)])
     changes = any(p < alpha for p in adjusted)
     behaviour = ("the intervention changes behaviour (positive control)" if changes else
                  "the positive control shows no change in behaviour, so the intervention may not act at all")
@@ -105,10 +106,6 @@ def control_view(doc: Any, task_changes: bool | None, alpha: float = 0.05) -> Co
     return ControlView(title, ["prompt → target", "n", "unsteered share [95% CI]", "steered share [95% CI]",
                                "diff [95% CI]", "p (test)", "p Holm"], rows, changes,
                        behaviour[0].upper() + behaviour[1:] + task + ".")
-
-
-def _p(p: float | None) -> str:
-    return "—" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def summarize(tables: Sequence[ScoreTable], control_doc: Any = None, problems: int = 0) -> Summary:
