@@ -123,7 +123,7 @@ def test_a_jsonl_line_past_its_bound_is_refused_streaming(tmp_path, capsys, monk
 
 
 def test_numeric_answers_are_parsed_without_overflow():
-    from xlsteer.evaluation.metrics import extract_number, mgsm_exact_match
+    from xlsteer.evaluation.metrics_numeric import extract_number, mgsm_exact_match
 
     assert not mgsm_exact_match("1e400", "400", "en") and not mgsm_exact_match("The answer is 1e400", 400, "en")
     assert extract_number("1e400", "en") == "1E+400" and extract_number("1e999999999", "en") == "1E+999999999"
@@ -189,3 +189,22 @@ def test_a_control_vector_past_its_size_limit_is_refused_before_parsing(catalogu
         read_control_vector(out)
     monkeypatch.setenv(bounded.ENV_VAR, "1")  # the one knob that raises every limit
     assert 1 in read_control_vector(out)
+
+
+def test_a_data_dir_file_is_streamed_line_by_line(tmp_path, monkeypatch):
+    """The built-in tasks' TSV/JSONL files are read like every line-oriented file: CRLF and a BOM
+    handled as before, and a line past its bound refused by number without reading on."""
+    from xlsteer import bounded
+    from xlsteer.errors import DataError
+    from xlsteer.evaluation.tasks.base import read_lines
+
+    path = tmp_path / "dev.tsv"
+    path.write_bytes("\ufeffa\tb\r\nc\td\r\n\r\ne\n".encode("utf-8"))
+    assert read_lines(path) == ["a\tb", "c\td", "", "e"]
+    monkeypatch.setitem(bounded.LINE_LIMITS, "lines", 100)
+    path.write_bytes(b"a\tb\n" + b"x" * 500 + b"\nc\n")
+    with pytest.raises(DataError, match="line 2 is longer than"):
+        read_lines(path)
+    path.write_bytes(b"a\n\xff\n")
+    with pytest.raises(DataError, match="not UTF-8 .line 2"):
+        read_lines(path)

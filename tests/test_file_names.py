@@ -51,7 +51,7 @@ def _names_ok(root: Path) -> None:
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> Path:
     """A run folder of every analysis file kind the report redraws figures for."""
-    from xlsteer.analysis.run import analyze
+    from xlsteer.analysis.run import AnalysisInputs, analyze
     from xlsteer.interventions.vector import SteeringVector, vector_key
     from xlsteer.models.sites import Site
     from xlsteer.testing import tiny_model
@@ -63,7 +63,8 @@ def analysed(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("analysed") / "run"
     texts = {"en": ["the red house", "a dog runs", "water is cold", "we eat"],
              "de": ["das rote Haus", "ein Hund läuft", "Wasser ist kalt", "wir essen"]}
-    analyze(lm, run, texts, [1], {"diffmean": iv}, projections=("pca",), meta={"corpus": "t", "data_hash": "x"})
+    analyze(lm, run, texts, [1], {"diffmean": iv}, projections=("pca",),
+            inputs=AnalysisInputs(meta={"corpus": "t", "data_hash": "x"}))
     return run
 
 
@@ -163,7 +164,7 @@ def test_sweep_file_name_becomes_a_safe_figure_name(tmp_path):
 
 
 def test_analyze_names_files_from_intervention_names_safely(tmp_path):
-    from xlsteer.analysis.run import analyze
+    from xlsteer.analysis.run import AnalysisInputs, analyze
     from xlsteer.interventions.vector import SteeringVector, vector_key
     from xlsteer.models.sites import Site
     from xlsteer.testing import tiny_model
@@ -174,7 +175,8 @@ def test_analyze_names_files_from_intervention_names_safely(tmp_path):
            for name in HOSTILE[:4]}
     run = tmp_path / "out" / "run"
     texts = {"en": ["the house", "a dog", "water"], "de": ["das Haus", "ein Hund", "Wasser"]}
-    result = analyze(lm, run, texts, [1], ivs, projections=(), meta={"corpus": "t", "data_hash": "x"})
+    result = analyze(lm, run, texts, [1], ivs, projections=(),
+                         inputs=AnalysisInputs(meta={"corpus": "t", "data_hash": "x"}))
     written = [Path(p) for p in [*result["files"], *result["figures"]]]
     assert written and all(run in p.parents for p in written)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -59,7 +59,7 @@ def valid(tmp_path_factory) -> dict[str, Any]:
     """One valid input of each kind (the readers' fuzz files plus a sweep, a control, an analysis)."""
     torch.set_num_threads(1)
     files = make_valid_files(tmp_path_factory.mktemp("cli_valid"), tmp_path_factory.mktemp("cli_examples"))
-    from xlsteer.analysis.run import analyze
+    from xlsteer.analysis.run import AnalysisInputs, analyze
     from xlsteer.evaluation.sweep import sweep
     from xlsteer.interventions.base import Intervention
     from xlsteer.testing import tiny_model
@@ -72,7 +72,8 @@ def valid(tmp_path_factory) -> dict[str, Any]:
     run = Path(files["root"]) / "analysis_run"
     texts = {"en": ["the red house", "a dog runs", "water is cold"], "de": ["das rote Haus", "ein Hund läuft",
                                                                          "Wasser ist kalt"]}
-    analyze(lm, run, texts, [1], {"diffmean": iv}, projections=(), meta={"corpus": "t", "data_hash": "x"})
+    analyze(lm, run, texts, [1], {"diffmean": iv}, projections=(),
+            inputs=AnalysisInputs(meta={"corpus": "t", "data_hash": "x"}))
     files["analysis"] = json.loads((run / "analysis_similarity_diffmean.json").read_text(encoding="utf-8"))
     files["legacy"] = legacy_doc(files["results"])
     return files
