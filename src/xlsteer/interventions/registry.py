@@ -201,6 +201,9 @@ class SteeringMethod:
     #: swept over ``alpha_grid`` (None: the layer policy's grid alone)
     variants: Callable[[int, Mapping[str, Any]], list[Variant]] | None = None
     variant_keys: tuple[str, ...] = ()  # compare options ``variants`` reads (not passed to the fit function)
+    #: The parameters ``xlsteer fit -p`` and ``compare -O`` may set, with types and ranges
+    #: (:mod:`xlsteer.interventions.params`); empty: checked against the fit function's signature only.
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def check_site(self, site: str) -> None:
         if self.sites is not None and site not in self.sites:
@@ -248,7 +251,8 @@ def register_method(
 
     ``hooks``: the other :class:`SteeringMethod` fields (``compare``, ``compare_defaults``,
     ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``,
-    ``summary``, ``variants``, ``variant_keys``).
+    ``summary``, ``variants``, ``variant_keys``, ``params``: the settable parameters,
+    :mod:`xlsteer.interventions.params`).
     """
     known = {f.name for f in dataclasses.fields(SteeringMethod)}
     unknown = sorted(set(hooks) - known)
