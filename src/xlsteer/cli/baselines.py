@@ -64,7 +64,7 @@ def compare_cmd(**kw: Any) -> None:
     (each method's per-item results). A method whose DIR/runs file was written with the same
     settings is reused, so an interrupted comparison resumes per method.
     """
-    from ..baselines.compare import compare_markdown, compare_methods, load_options, write_compare
+    from ..baselines.compare import check_options, compare_markdown, compare_methods, load_options, write_compare
     from ..baselines.methods import parse_methods
     from ..io import check_writable
 
@@ -88,6 +88,7 @@ def compare_cmd(**kw: Any) -> None:
         get_template(spec, kw["template"])  # an unknown name stops here, before the model loads
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))
+    check_options(options, ["zero-shot", *methods])  # types, ranges, methods that run: before the model loads
     no_cache = kw.pop("no_cache")
     cache_dir = kw.pop("cache_dir")
     tcache = kw.pop("translation_cache")

@@ -57,6 +57,7 @@ from ..errors import ArtifactError, UsageError
 from ..hook_session import Rows
 from ..models.sites import Site
 from ..settings import Settings
+from . import params as P
 from .base import Intervention, check_width, register_intervention, row_table
 from .registry import ALL_TOGETHER, EVERY_LAYER, FitJob, LayerPolicy, StatisticsNeed, Variant, register_method
 from .vector import check_targets, fit_metadata
@@ -250,6 +251,9 @@ class LangvecConfig(Settings):
     compare="ReCoVeR language vectors toward each item's wanted language (relative scaling); alpha, beta and "
             "layer range chosen on dev",
     compare_defaults={"scaling": "relative"},
+    params={"beta": P.number(), "source": P.text(), "restore_norm": P.flag(), "skip_first": P.flag(),
+            "scaling": P.choice(*SCALINGS), "mean_langs": P.words(optional=True),
+            "betas": P.numbers(help="the dev grid of beta"), "layer_ranges": P.words(help="the dev grid of layer ranges")},
     prepare=_prepare, corpus_langs=_corpus_langs, check_params=_check_params, variants=dev_variants,
     variant_keys=("betas", "layer_ranges"), toward_wanted={},
 )

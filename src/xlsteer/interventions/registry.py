@@ -205,6 +205,9 @@ class SteeringMethod:
     #: for tasks that ask for that (``BaselineHints.steer_toward == "wanted"``: language fidelity);
     #: None: the method only moves rows toward the anchor, and such a task refuses it with the reason
     toward_wanted: Mapping[str, Any] | None = None
+    #: The parameters ``xlsteer fit -p`` and ``compare -O`` may set, with types and ranges
+    #: (:mod:`xlsteer.interventions.params`); empty: checked against the fit function's signature only.
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def check_site(self, site: str) -> None:
         if self.sites is not None and site not in self.sites:
@@ -252,7 +255,8 @@ def register_method(
 
     ``hooks``: the other :class:`SteeringMethod` fields (``compare``, ``compare_defaults``,
     ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``,
-    ``summary``, ``variants``, ``variant_keys``, ``toward_wanted``).
+    ``summary``, ``variants``, ``variant_keys``, ``toward_wanted``, ``params``: the settable parameters,
+    :mod:`xlsteer.interventions.params`).
     """
     known = {f.name for f in dataclasses.fields(SteeringMethod)}
     unknown = sorted(set(hooks) - known)

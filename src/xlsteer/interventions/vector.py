@@ -30,6 +30,7 @@ from ..errors import ArtifactError, UsageError
 from ..models.sites import Site
 from ..provenance import now_utc
 from ..settings import Settings
+from . import params as P
 from .base import Intervention, register_intervention
 from .registry import LayerPolicy, StatisticsNeed, quartile_layers, register_method
 
@@ -198,6 +199,8 @@ class DiffMeanConfig(Settings):
                 "toward each row's wanted language",
     compare="DiffMean vector (NTREX), layer and alpha chosen on dev",
     toward_wanted={"direction": "to_target"},
+    params={"normalize": P.choice("none", "unit", "relative"), "ref_norm": P.per_layer(0, open_lo=True, optional=True),
+            "direction": P.choice(*DIRECTIONS)},
 )
 def fit_diffmean(stats: "Statistics", layers: Sequence[int] | int, target_langs: Sequence[str] | str,
                  anchor: str = "en", cfg: DiffMeanConfig | None = None, *, meta: Mapping[str, Any] | None = None,

@@ -170,7 +170,10 @@ def _digest(obj: Any) -> str:
 def _content_digest(spec_bytes: bytes, files: dict[str, Path]) -> str:
     h = hashlib.sha256(spec_bytes)
     for lang, path in files.items():
-        h.update(lang.encode() + b"\0" + path.read_bytes())
+        h.update(lang.encode() + b"\0")
+        with open(path, "rb") as f:  # streamed: the files were checked and bounded when read
+            while block := f.read(1 << 20):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -186,13 +189,23 @@ def _langs(spec: Any, path: Path) -> dict[str, Path]:
         if lang in out:
             raise DataError(f"task spec {path}: files: language {lang} is given twice (as {code!r}); "
                             "list each language once")
-        out[lang] = (path.parent / rel).resolve()
+        out[lang] = _resolved(path.parent / rel, path)
     return out
+
+
+def _resolved(file: Path, spec: Path) -> Path:
+    """A data file's absolute path; a symlink loop is the spec's problem, said in one line."""
+    try:
+        return file.resolve()
+    except (RuntimeError, OSError) as e:  # RuntimeError: "Symlink loop" (Python 3.11)
+        why = " ".join(str(e).split())[:120]
+        raise DataError(f"task spec {spec}: file {file} cannot be resolved ({why}); fix the symlink or the path "
+                        "under 'files'") from None
 
 
 def build_spec(path: str | os.PathLike) -> TaskSpec:
     """The TaskSpec of a YAML spec file (validated; the data files are read on first use)."""
-    p = Path(path).expanduser().resolve()
+    p = _resolved(Path(path).expanduser(), Path(path))
     spec, raw = read_spec(p)
     name = spec.name or re.sub(r"[^A-Za-z0-9_.:-]", "_", p.stem)
     if name.lower() in BUILTIN:
