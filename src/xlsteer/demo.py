@@ -1,6 +1,7 @@
 """The complete pipeline on the shipped model, as ``xlsteer demo`` runs it.
 
-collect statistics -> fit DiffMean and CLAS -> choose layer x alpha on XCOPA dev (the unsteered
+language fidelity first (does steering make the model answer LCB's cross-lingual requests in the
+requested language? :mod:`xlsteer.demo_fidelity`) -> collect statistics -> fit DiffMean and CLAS -> choose layer x alpha on XCOPA dev (the unsteered
 model is a candidate: the choice may be "no steering") -> evaluate the chosen configurations on
 XCOPA test against the unsteered model (paired tests) -> positive control (does a DiffMean vector
 change the language the model writes in? ``control.json``) -> analysis (similarity to English per
@@ -13,10 +14,11 @@ same inputs, so a re-run is fast and gives the same numbers. Nothing is chosen o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .demo_fidelity import FidelityConfig, format_fidelity, run_fidelity
 from .errors import UsageError
 from .io import atomic_write_json
 from .results import SETUP, stamp
@@ -43,12 +45,14 @@ class DemoConfig:
     control_prompts: int = 32  # prompts per control direction
     batch_size: int = 8
     seed: int = 0
+    fidelity: FidelityConfig | None = field(default_factory=FidelityConfig)  # None: the stage is skipped
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls, **kw: Any) -> "DemoConfig":
         base = dict(n_parallel=24, diffmean_layers=(6,), alphas=(1.0,), clas_alphas=(0.5,), dev_limit=8,
-                    test_limit=12, n_analysis=12, control_langs=("de",), control_prompts=12)
+                    test_limit=12, n_analysis=12, control_langs=("de",), control_prompts=12,
+                    fidelity=FidelityConfig.quick())
         base.update(kw)
         return cls(**base)
 
@@ -87,10 +91,11 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     done = _stage(log, f"load {cfg.model}")
     lm = load_model(cfg.model)
     done()
-    stats = _statistics(run_dir, lm, cfg, langs, root, log)
-    vec, clas = _fit(run_dir, lm, cfg, stats, log)
     common = dict(anchor=cfg.anchor, data_dir=str(root), seed=cfg.seed, cache_dir=str(cache_dir),
                   batch_size=cfg.batch_size)
+    fidelity = run_fidelity(run_dir, lm, cfg.fidelity, common, log) if cfg.fidelity is not None else None
+    stats = _statistics(run_dir, lm, cfg, langs, root, log)
+    vec, clas = _fit(run_dir, lm, cfg, stats, log)
     sw, sw_clas = _choose_on_dev(run_dir, lm, cfg, langs, vec, clas, common, log)
     best_vec, best_clas = sw["best"], sw_clas["best"]
     runs, comparisons, chosen = _evaluate_on_test(run_dir, lm, cfg, langs, vec, clas, best_vec, best_clas, common, log)
@@ -110,6 +115,7 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     wall = time.perf_counter() - t_start
     summary = _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall)
     summary["control"] = control
+    summary["fidelity"] = fidelity
     atomic_write_json(run_dir / "demo_summary.json", stamp(SETUP, summary))
     return summary
 
@@ -285,7 +291,8 @@ def _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall) ->
             row[lang] = entry
         table[name] = row
     return {
-        "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"},
+        "config": {k: (asdict(v) if k == "fidelity" and v is not None else v) for k, v in cfg.__dict__.items()
+                   if k != "extra"},
         "selected": {"diffmean": {"layer": best_vec["layer"], "alpha": best_vec["alpha"], "split": "dev",
                                   "steer": best_vec["steer"]},
                      "clas": {"alpha": best_clas["alpha"], "bridge_layers": clas.layers, "split": "dev",
@@ -302,6 +309,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     from .evaluation.control import format_control
 
     lines = []
+    if summary.get("fidelity"):
+        lines += [format_fidelity(summary["fidelity"]), ""]
     sel = summary["selected"]
     vec = sel["diffmean"]
     cl = sel["clas"]

@@ -78,6 +78,7 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
     from ..results.rows import score_tables
     from . import page as P
     from .load import load_run
+    from .outputs_view import outputs_views
     from .summary import mde_text, summarize
 
     if not 0.0 < alpha < 1.0:
@@ -108,7 +109,8 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
         score_extra=by_section.get("scores", []), sweeps=sweeps, sweep_extra=by_section.get("sweeps", []),
         analysis=analysis, has_analysis=bool(run.of(ANALYSIS)) or any(s.loose for s in analysis),
         other_figures=by_section.get("other", []), provenance=P.provenance(run), n_files=len(run.files),
-        n_figures=len(all_figures), version=__version__, created=now_utc(), summary_mde=mde_text)
+        n_figures=len(all_figures), version=__version__, created=now_utc(), summary_mde=mde_text,
+        outputs=outputs_views(run.files))
     fig_dir = figure_dir(out)
     for fig in all_figures:  # names from records are slugs; confined() is the last defence
         atomic_write_bytes(confined(fig_dir, fig.name), fig.png)
