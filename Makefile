@@ -4,17 +4,17 @@
 setup:
 	bash scripts/setup.sh
 
-# the test suite's own extra environment (the LCB oracle); not needed by the demo
+# what only the tests need (lm-eval, pytest, apertium, chromium, SmolLM2, the LCB oracle); not the demo
 setup-test: setup
-	bash scripts/setup_lcb_oracle.sh
+	bash scripts/setup_test.sh
 
 demo: setup
 	HF_HUB_OFFLINE=1 .venv/bin/xlsteer demo
 
-test: setup setup-test
+test: setup-test
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=1800 tests
 
-test-fast: setup
+test-fast: setup-test
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m "not slow" tests
 
 bench: setup

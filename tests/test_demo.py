@@ -36,7 +36,17 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
         assert isinstance(sel["steer"], bool)
         if not sel["steer"]:  # "no steering": the test run is the unsteered model's, and the demo says so
             assert "no steering" in printed
+    # the language-fidelity stage leads: pass rates with CI and p, the guard, examples side by side
+    fid = summary["fidelity"]
+    assert fid["selected"]["split"] == "dev" and set(fid["rows"]) == {"de", "zh"}
+    for row in fid["rows"].values():
+        assert {"unsteered", "steered", "p", "guard"} <= set(row) and set(row["guard"]) == {"fluency", "degeneration"}
+    assert printed.index("Language fidelity") < printed.index("chosen on dev: DiffMean")
+    for name in ("eval_lcb_unsteered.json", "eval_lcb_steered.json", "compare_lcb_steered.json", "sweep_lcb.json"):
+        assert (run / name).is_file(), name
     html = (run / "report.html").read_text()
+    if fid["selected"]["steer"]:
+        assert html.index("What the model wrote") < html.index("<b>xcopa</b>")
     assert html.count("<img") >= 5
     assert "wall time" in printed and "report:" in printed
     assert not list(run.rglob("*.tmp*"))

@@ -37,7 +37,7 @@ class FidelityConfig:
     layer: int = 4  # L/4 of Gemma-3-270M, where the positive control's vector acts
     alphas: tuple[float, ...] = (0.5, 1.0)
     n_parallel: int = 48  # NTREX fit lines per language for the vectors
-    dev_limit: int = 3  # LCB dev prompts per language for the choice of alpha
+    dev_limit: int = 2  # LCB dev prompts per language for the choice of alpha
     test_limit: int = 8  # LCB test prompts per language for the reported pass rates
     max_new_tokens: int = 48  # upstream: 100
     n_examples: int = 3
