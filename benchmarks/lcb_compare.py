@@ -65,8 +65,8 @@ def run(cfg: Config, out: Path) -> None:
     print(f"{cfg.name}: exit {code} in {wall:.0f} s", flush=True)
 
 
-def _lpr_wpr(run_file: Path) -> dict[str, dict[str, float | None]]:
-    summary = json.loads(run_file.read_text(encoding="utf-8")).get("task_summary") or {}
+def _lpr_wpr(result: dict) -> dict[str, dict[str, float | None]]:
+    summary = result.get("task_summary") or {}
     per_lang: dict[str, dict[str, float | None]] = {}
     for part in ("monolingual", "crosslingual"):
         for lang, vals in ((summary.get(part) or {}).get("per_lang") or {}).items():
@@ -78,34 +78,79 @@ def _pct(x: float | None) -> str:
     return "N/A" if x is None else f"{100 * x:.1f}"
 
 
+def _p(p: float | None) -> str:
+    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _finished_rows(folder: Path) -> dict[str, dict]:
+    """The per-method results that finished (``runs/<method>.json``), in the configuration's method order."""
+    out = {}
+    for name in METHODS.split(","):
+        path = folder / "runs" / f"{name.replace('+', '_')}.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def _method_table(rows: dict[str, dict], langs: list[str]) -> list[str]:
+    """Per method and language: line pass [CI] (diff, McNemar p against zero-shot), LPR / WPR, the guard."""
+    from xlsteer.evaluation.pairing import compare_runs
+
+    head = ["method", *[f"{lang}: line pass [95% CI] (diff, p)" for lang in langs],
+            *[f"{lang}: LPR / WPR" for lang in langs], "fluency (Δ)", "degeneration (Δ)", "dev choice",
+            "wall s (fit+dev / test)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref = rows.get("zero-shot")
+    for name, res in rows.items():
+        cmp = compare_runs(ref, res) if ref is not None and name != "zero-shot" else None
+        cells = []
+        for lang in langs:
+            m = res["per_lang"][lang]["metrics"]["line_pass"]
+            cell = f"{100 * m['mean']:.0f} [{100 * m['ci_low']:.0f}, {100 * m['ci_high']:.0f}]"
+            if cmp is not None:
+                t = cmp["per_lang"][lang]["metrics"]["line_pass"]
+                cell += f" ({100 * t['diff']:+.0f}, p {_p(t['p'])})"
+            cells.append(cell)
+        got = _lpr_wpr(res)
+        cells += [f"{_pct(got.get(lang, {}).get('lpr'))} / {_pct(got.get(lang, {}).get('wpr'))}" for lang in langs]
+        for g in ("fluency", "degeneration"):
+            vals = [res["per_lang"][lang]["continuous"][g]["mean"] for lang in langs]
+            cell = f"{sum(vals) / len(vals):.2f}"
+            if cmp is not None:
+                diffs = [cmp["per_lang"][lang]["continuous"][g]["diff"] for lang in langs]
+                cell += f" ({sum(diffs) / len(diffs):+.2f})"
+            cells.append(cell)
+        method = res.get("method") or {}
+        sel = method.get("selection") or {}
+        cells.append("–" if "steer" not in sel else f"alpha {sel.get('alpha')}" if sel["steer"] else "no steering")
+        cost = method.get("cost") or {}
+        fit = (cost.get("fit_seconds") or 0) + (cost.get("selection_seconds") or 0)
+        cells.append(f"{fit:.0f} / {cost.get('eval_seconds') or 0:.0f}")
+        out.append("| " + " | ".join([name, *cells]) + " |")
+    return out
+
+
 def render_config(cfg: Config, out: Path) -> list[str]:
     folder = out / cfg.name
     lines = [f"### {cfg.name}: {cfg.model}, `{cfg.task}`, languages {cfg.langs.replace(',', ', ')}", ""]
-    cmd = " ".join(a if re.fullmatch(r"[\w.,=/:+-]+", a) else f"'{a}'" for a in cfg.command(Path("OUT"))[3:])
+    cmd = " ".join(a if re.fullmatch(r"[\w.,=/:+-]+", a) else f"'{a}'" for a in cfg.command(Path("OUT"))[4:])
     lines += [f"`xlsteer {cmd}`", ""]
-    rec_file = folder / "compare.json"
-    if not rec_file.is_file():
-        return lines + ["Not finished in the time this run had: no figures.", ""]
-    rec = json.loads(rec_file.read_text(encoding="utf-8"))
-    lines += [f"{cfg.limit} test prompts per source and language (rows {20}-{20 + cfg.limit - 1}), {cfg.dev_limit} dev "
-              f"prompts per source and language for the selection; compare wall time "
-              f"{rec.get('command_seconds', rec.get('wall_seconds', 0)):.0f} s.", ""]
-    lines += [(folder / "compare.md").read_text(encoding="utf-8").rstrip(), ""]
-    langs = [lang for lang in rec["langs"] if lang != rec["anchor"]]
-    head = ["method", *[f"{lang} LPR / WPR" for lang in langs], "wall s (fit+dev / test)"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in rec["methods"]:
-        row = rec["rows"][name]
-        run_file = folder / (rec.get("runs") or {}).get(name, f"runs/{name}.json")
-        if row.get("error") or not run_file.is_file():
-            continue
-        got = _lpr_wpr(run_file)
-        cost = row.get("cost") or {}
-        fit = (cost.get("fit_seconds") or 0) + (cost.get("selection_seconds") or 0)
-        cells = [f"{_pct(got.get(lang, {}).get('lpr'))} / {_pct(got.get(lang, {}).get('wpr'))}" for lang in langs]
-        rows.append("| " + " | ".join([name, *cells, f"{fit:.0f} / {cost.get('eval_seconds') or 0:.0f}"]) + " |")
-    lines += ["Upstream's figures per language (LPR over answered responses, WPR where upstream defines it), %:", "",
-              *rows, ""]
+    rows = _finished_rows(folder)
+    if not rows:
+        return lines + ["No method of this configuration has run to the end: no figures.", ""]
+    langs = [lang for lang in rows[next(iter(rows))]["langs"] if lang != "en"]
+    done = (folder / "compare.json").is_file()
+    missing = [m for m in METHODS.split(",") if m not in rows]
+    lines += [f"{cfg.limit} test prompts per source and language (rows 20-{20 + cfg.limit - 1}), {cfg.dev_limit} dev "
+              f"prompts per source and language for the steering rows' choice. Line pass and its difference to "
+              f"zero-shot in points, p: exact McNemar test on the paired items (not Holm-adjusted); fluency and "
+              f"degeneration: mean over the languages (Δ against zero-shot)."
+              + ("" if done else f" Methods that did not finish in the time the run had: {', '.join(missing)}."), ""]
+    lines += [*_method_table(rows, langs), ""]
+    if done:
+        rec = json.loads((folder / "compare.json").read_text(encoding="utf-8"))
+        lines += [f"The comparison as `xlsteer compare` prints it (wall time {rec.get('command_seconds', 0):.0f} s):",
+                  "", (folder / "compare.md").read_text(encoding="utf-8").rstrip(), ""]
     return lines
 
 
