@@ -85,11 +85,14 @@ def compare_methods(
     on_method: Callable[[str, MethodRun], None] | None = None,
     calibrate: bool = False,
     select: str = "global",
+    select_rule: Any = None,
 ) -> dict[str, Any]:
     """Run ``methods`` on the same items and pair each with zero-shot; returns the "compare" record.
 
     ``calibrate``: content-free calibration of label tasks (XNLI) for every model-scored method;
-    ``select``: ``global`` or ``per-lang`` selection of steering settings on dev (unsteered included).
+    ``select``: ``global`` or ``per-lang`` selection of steering settings on dev (unsteered included);
+    ``select_rule``: the evidence a steered setting needs to replace the unsteered model
+    (:class:`~xlsteer.evaluation.evidence.SelectionRule`; None: the default paired test).
 
     ``out_dir``: per-method runner results go to ``out_dir/runs/<method>.json`` (and adapters to
     ``out_dir/adapters``). ``dev_limit`` defaults to ``limit`` (else 100).
@@ -115,7 +118,7 @@ def compare_methods(
                      anchor=normalize_lang(anchor), data_dir=data_dir, seed=seed, batch_size=batch_size,
                      max_length=max_length, n_boot=n_boot, cache_dir=cache_dir, translation_cache=translation_cache,
                      work_dir=out_dir, options={k: dict(v) for k, v in (options or {}).items()},
-                     calibrate=bool(calibrate), select=select)
+                     calibrate=bool(calibrate), select=select, select_rule=select_rule)
     runs: dict[str, MethodRun] = {}
     files: dict[str, str] = {}
     for name in names:
@@ -162,9 +165,16 @@ def resume_key(ctx: RunContext, name: str) -> str:
             "limit": ctx.limit, "dev_limit": ctx.dev_limit, "fit_limit": ctx.fit_limit, "anchor": ctx.anchor,
             "seed": ctx.seed, "max_length": ctx.max_length, "n_boot": ctx.n_boot,
             "calibrate": ctx.calibrate, "select": ctx.select,
+            "select_rule": _rule_record(ctx.select_rule),
             "data_dir": str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
             "model": getattr(ctx.lm, "fingerprint", None), "xlsteer": __version__}
     return hashlib.sha256(dumps_json(body).encode("utf-8")).hexdigest()
+
+
+def _rule_record(rule: Any) -> dict[str, Any]:
+    from ..evaluation.evidence import SelectionRule
+
+    return (rule or SelectionRule()).record()
 
 
 def _reusable(path: Path | None, key: str) -> MethodRun | None:

@@ -42,6 +42,7 @@ class RunContext:
     cache_dir: str | os.PathLike | None = None
     calibrate: bool = False
     select: str = "global"
+    select_rule: Any = None  # evaluation.evidence.SelectionRule; None: the default rule
     translation_cache: Any = True
     work_dir: str | os.PathLike | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -56,6 +57,8 @@ class RunContext:
         from ..evaluation.config import EvalConfig
 
         cfg = EvalConfig(split=self.split, limit=self.limit, calibrate=self.calibrate, **self.eval_kw())
+        if self.select_rule is not None:
+            cfg = cfg.replace(select_rule=self.select_rule)
         return cfg.replace(**changes) if changes else cfg
 
 

@@ -75,7 +75,8 @@ def _fit(ctx: RunContext, spec: Any, p: dict[str, Any], lm: Any, use: list[str])
     corpus = load_corpus(p.get("corpus", "ntrex"), data_dir=ctx.data_dir, langs=_corpus_langs(ctx, method, p, use),
                          split="fit", limit=fit_limit)
     fit_kw: dict[str, Any] = {k: v for k, v in p.items()
-                              if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site", "select")}
+                              if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site", "select",
+                                           "select_rule", "select_level")}
     for key, value in spec.compare_defaults.items():
         fit_kw.setdefault(key, value)
     if "seed" in inspect.signature(spec.fit).parameters:
@@ -115,6 +116,7 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
     select = str(p.get("select", ctx.select))
     t1 = time.perf_counter()
     dev_cfg = ctx.eval_config(split="dev", limit=dev_limit, positions=positions, n_boot=200)
+    dev_cfg = dev_cfg.replace(select_rule=_rule(p, dev_cfg.select_rule))
     grid = sweep_layers if sweep_layers is not None else [sweep_mod.ALL_LAYERS]
     rec = sweep_mod.sweep(lm, ctx.task, langs, intervention=iv, layers=grid, alphas=alphas, cfg=dev_cfg,
                           source={"kind": "baselines", "method": method, "layers": iv.layers,
@@ -147,6 +149,16 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
                      selection, notes, skipped, extra={"intervention": res.get("intervention")})
 
 
+def _rule(p: Mapping[str, Any], default: Any) -> Any:
+    """The selection rule of a steering row: ``-O METHOD.select_rule=one-se`` / ``select_level=0.01``
+    over the comparison's own."""
+    from ..evaluation.evidence import SelectionRule
+
+    if "select_rule" not in p and "select_level" not in p:
+        return default
+    return SelectionRule(str(p.get("select_rule", default.name)), float(p.get("select_level", default.level)))
+
+
 def _corpus_langs(ctx: RunContext, method: str, p: Mapping[str, Any], use: Sequence[str]) -> list[str] | None:
     """The corpus languages a fit needs (the registry's hook: CLAS categorises neurons over a fixed
     language set, every corpus language, None, unless ``category_langs`` is given)."""
@@ -166,7 +178,9 @@ def _selection_record(rec: Mapping[str, Any], chosen: Mapping[str, Any], dev_lim
             "layers": used_layers, "alpha": best["alpha"], "grid": rec["grid"],
             "dev_main": best["main"], "dev_gain_over_unsteered": best.get("gain_over_baseline"),
             "dev_unsteered_main": best.get("baseline_main"), "best_steered": rec["best_steered"],
-            "rule": rec["selection_rule"],
+            "rule": rec["selection_rule"], "evidence": rec["best"].get("evidence"),
+            "evidence_per_lang": {lang: b.get("evidence") for lang, b in rec["best_per_lang"].items()},
+            "left_out": dict(rec.get("left_out") or {}),
             "dev_scores": {UNSTEERED: rec["baseline"]["average"]["metrics"],
                            **{e["key"]: e["average"]["metrics"] for e in rec["results"]}}}
 

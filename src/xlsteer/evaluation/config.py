@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import UsageError
+from .evidence import SelectionRule
 
 POSITIONS = ("all", "prompt", "generated", "last_prompt")
 
@@ -26,7 +27,8 @@ class EvalConfig:
     ``template_options`` (e.g. ``k`` for MGSM); ``seed`` and ``n_boot`` for the bootstrap CIs;
     ``cache_dir``: the per-item cache (None: no cache); ``calibrate``: content-free calibration
     of label tasks; ``positions``: which token positions an intervention edits (None: the policy
-    the intervention stores).
+    the intervention stores). ``select_rule``: how a sweep decides whether a steered setting
+    replaces the unsteered model (:class:`~.evidence.SelectionRule`; evaluations ignore it).
     """
 
     split: str = "test"
@@ -42,6 +44,7 @@ class EvalConfig:
     positions: str | None = None
     batch_size: int = 8
     max_length: int = 2048
+    select_rule: SelectionRule = field(default_factory=SelectionRule)
 
     def __post_init__(self) -> None:
         from .tasks.base import check_limit
@@ -53,6 +56,8 @@ class EvalConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UsageError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.select_rule, SelectionRule):
+            raise UsageError(f"select_rule must be a SelectionRule, got {self.select_rule!r}")
 
     def replace(self, **changes: Any) -> "EvalConfig":
         """A copy with ``changes`` (unknown names: a one-line UsageError)."""

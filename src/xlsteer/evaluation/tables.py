@@ -167,35 +167,50 @@ def results_tables(res: Any, style: str = "markdown") -> str:
 
 
 def sweep_table(rec: Any, style: str = "text") -> str:
-    """Main metric per grid point and language on the selection split, then what was chosen."""
+    """Main metric per grid point and language on the selection split (the unsteered model first),
+    each setting's dev gain over it with CI and p, then the choices with the rule's evidence."""
+    from .evidence import evidence_text
+
     main, tie = rec.metrics.main, rec.metrics.tie_break
     langs = rec.langs
+    targets = [lang for lang in langs if lang != rec.anchor]
+    with_avg = len(targets) > 1
     rows = []
     if rec.baseline is not None:
         bl = rec.baseline
         rows.append(["unsteered", *[f"{bl['per_lang'][lang]['metrics'][main]['mean']:.3f}" for lang in langs],
-                     f"{bl['average']['metrics'].get(main, float('nan')):.3f}"])
+                     *([f"{bl['average']['metrics'].get(main, float('nan')):.3f}"] if with_avg else []), "–", "–"])
     for e in rec.results:
+        gain = getattr(e, "dev_gain", None) or {}
         rows.append([getattr(e, "key", None) or f"L{e.layer}@{e.alpha:g}",
                      *[f"{e.per_lang[lang].metrics[main].mean:.3f}" for lang in langs],
-                     f"{e.average.metrics.get(main, float('nan')):.3f}"])
+                     *([f"{e.average.metrics.get(main, float('nan')):.3f}"] if with_avg else []),
+                     f"{gain['gain']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]" if gain else "–",
+                     f"{p_text(gain['p'])} ({gain['test']})" if gain else "–"])
+    head = ["setting", *langs, *([f"avg non-{rec.anchor}"] if with_avg else []), "dev gain [95% CI]", "p (test)"]
     out = [f"sweep {rec.task} on {rec.split}, main metric {main}, tie-break {tie}", "",
-           render(["config", *langs, "avg"], rows, style), ""]
+           render(head, rows, style), "", f"rule: {rec.selection_rule}"]
+    for lang, why in (getattr(rec, "left_out", None) or {}).items():
+        out.append(f"{lang}: {why} — left out of the selection; takes the global choice")
     for lang, b in rec.best_per_lang.items():
-        out.append(f"best for {lang}: {choice_text(b)} ({main} {b.main:.3f})")
+        ev = getattr(b, "evidence", None)
+        out.append(f"choice for {lang}: {choice_text(b)} ({main} {b.main:.3f})" + (f"; {evidence_text(ev)}" if ev else ""))
     b = rec.best
     gain = ("" if b.gain_over_baseline is None or not b.steer
             else f", {b.gain_over_baseline:+.3f} vs unsteered on {rec.split}")
-    out.append(f"selected (all languages): {choice_text(b)} ({main} {b.main:.3f}{gain})")
+    ev = getattr(b, "evidence", None)
+    out.append(f"selected (all languages): {choice_text(b)} ({main} {b.main:.3f}{gain})"
+               + (f"; {evidence_text(ev)}" if ev else ""))
     return "\n".join(out)
 
 
 def choice_text(choice: Any) -> str:
     """A sweep's choice in words: a layer and alpha, every fitted layer, or no steering."""
-    if not getattr(choice, "steer", True):
-        return "no steering (the unsteered model is best on dev)"
-    layer = "every fitted layer" if choice.layer == -1 else f"layer {choice.layer}"
-    return f"{layer} alpha {choice.alpha:g}"
+    if not getattr(choice, "steer", choice.get("steer", True) if isinstance(choice, dict) else True):
+        return "no steering"
+    layer, alpha = (choice["layer"], choice["alpha"]) if isinstance(choice, dict) else (choice.layer, choice.alpha)
+    where = "every fitted layer" if layer == -1 else f"layer {layer}"
+    return f"{where} alpha {alpha:g}"
 
 
 def mark(p_holm: float | None, diff: float | None, alpha: float) -> str:
