@@ -122,10 +122,12 @@ def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
     sel = {"source": "dev", "instruction": best, "dev_score": rec["best"]["dev_score"],
            "candidates": [{k: c[k] for k in ("instruction", "source", "round", "dev_score", "dev_per_lang")}
                           for c in rec["candidates"]],
-           "proposals": rec["proposals"], "budget": rec["budget"], "dev_limit": rec["dev_limit"]}
+           "proposals": rec["proposals"], "budget": rec["budget"], "dev_limit": rec["dev_limit"],
+           "rule": rec["selection_rule"], "evidence": rec["best"].get("evidence")}
     notes = []
     if not best:
-        notes.append("no instruction beat the plain zero-shot prompt on dev: the empty instruction won")
+        notes.append("no instruction beat the plain zero-shot prompt on dev beyond noise: the empty instruction "
+                     "is used")
     return MethodRun("prompt-opt", "prompting", res, params,
                      _cost(fit_seconds=rec["search_seconds"], eval_seconds=total - rec["search_seconds"],
                            extra_tokens_per_item=extra), sel, notes,

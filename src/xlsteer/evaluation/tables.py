@@ -65,9 +65,17 @@ def _agree(c: Any) -> str:
     return f"{value:.2f}"
 
 
+def parallel(res: Any) -> bool:
+    """Whether the run's task pairs items across languages (files before non-parallel tasks: yes)."""
+    spec = getattr(res, "task_spec", None)
+    return getattr(spec, "pairing", "id") != "none" if spec is not None else True
+
+
 def header(res: Any) -> str:
+    from ..results.rows import method_label
+
     iv = res.intervention
-    what = "unsteered" if not iv else f"{iv.get('method', 'intervention')} (strength {iv.get('strength')})"
+    what = "unsteered" if not iv else method_label(iv)
     lim = f" (first {res.limit} items per language)" if res.limit else ""
     return (f"{res.task} {res.split}{lim}, model {res.model.name}, template {res.template.name} "
             f"v{res.template.version}, {what}; data hash {str(res.data.get('data_hash', ''))[:12]}, seed {res.seed}")
@@ -77,7 +85,8 @@ def run_table(res: Any, style: str = "markdown") -> str:
     """One run (steered or not): scores with CIs, consistency, degeneracy."""
     anchor, names = res.anchor, _names(res)
     cons = {lang: res.per_lang[lang].consistency for lang in res.langs}
-    has_cons = any(cons.values())
+    apart = not parallel(res) and anchor in res.langs and len(res.langs) > 1  # cross-language columns say so
+    has_cons = any(cons.values()) or apart
     has_js = any(c is not None and c.mean_js is not None for c in cons.values())
     head = ["lang", "n", *[f"{n} [95% CI]" for n in names]]
     head += ([f"agree w/ {anchor}"] + (["JS"] if has_js else [])) if has_cons else []
@@ -89,13 +98,13 @@ def run_table(res: Any, style: str = "markdown") -> str:
                               for s in [_score(res, lang, n)]]]
         c = cons[lang]
         if has_cons:
-            cells += ["–" if c is None else _agree(c)] + (
+            cells += ["not parallel" if apart and lang != anchor else "–" if c is None else _agree(c)] + (
                 [("–" if c is None or c.mean_js is None else f"{c.mean_js:.3f}")] if has_js else [])
         deg = d.degenerate
         cells.append("" if deg is None else f"{deg.majority_share:.0%}" + (" ⚠ degenerate" if deg.degenerate else ""))
         rows.append(cells)
     avg = res.average
-    if avg.langs:
+    if len(avg.langs) > 1:  # the average of one language is that language
         cells = [f"avg non-{anchor}", sum(res.per_lang[x].n for x in avg.langs)]
         for n in names:
             value = avg.metrics.get(n, avg.continuous.get(n))
@@ -103,13 +112,17 @@ def run_table(res: Any, style: str = "markdown") -> str:
             cells.append("–" if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(n)))
         if has_cons:
             a = avg.consistency
-            cells += [f"{a.get('agreement', a.get('correct_agreement')):.2f}" if a else "–"]
+            cells += ["not parallel" if apart else f"{a.get('agreement', a.get('correct_agreement')):.2f}" if a
+                      else "–"]
             cells += [f"{a['mean_js']:.3f}" if "mean_js" in a else "–"] if has_js else []
         rows.append(cells + [""])
     out = [header(res), "", render(head, rows, style)]
     degen = [lang for lang in res.langs if res.per_lang[lang].degenerate and res.per_lang[lang].degenerate.degenerate]
     if degen:
         out += ["", f"⚠ degenerate predictor (one answer in >= 90% of items): {', '.join(degen)}"]
+    if apart:
+        out += ["", f"not parallel: each language has its own items, so agreement with {anchor} and the divergence "
+                    "of answer distributions are not computed"]
     return "\n".join(out)
 
 
@@ -117,10 +130,19 @@ def _diff(t: Any, digits: int) -> str:
     return f"{t.diff:+.{digits}f} [{t.diff_ci_low:+.{digits}f}, {t.diff_ci_high:+.{digits}f}]"
 
 
-def _test_row(first: str, name: str, base: str, steered: str, t: Any) -> list[str]:
+def verdict_of(t: Any, alpha: float = 0.05) -> str:
+    """The verdict of a paired test, read from the Holm-adjusted p where Holm applies (a language
+    among several), else from p; the unadjusted p stays in its own column."""
+    from .significance import verdict
+
+    p = t.p_holm if getattr(t, "p_holm", None) is not None else t.p
+    return verdict(p, t.diff, alpha)
+
+
+def _test_row(first: str, name: str, base: str, steered: str, t: Any, alpha: float = 0.05) -> list[str]:
     digits = _digits(name)
     return [first, name, base, steered, _diff(t, digits), f"{p_text(t.p)} ({t.test})", p_text(t.p_holm),
-            "–" if t.mde is None else f"{t.mde:.{digits}f}", t.verdict.split(" (MDE")[0]]
+            "–" if t.mde is None else f"{t.mde:.{digits}f}", verdict_of(t, alpha)]
 
 
 def comparison_table(res: Any, style: str = "markdown") -> str:
@@ -132,16 +154,20 @@ def comparison_table(res: Any, style: str = "markdown") -> str:
     head = ["lang", "metric", "unsteered [95% CI]", "steered [95% CI]", "diff [95% CI]", "p (test)", "p Holm", "MDE",
             "verdict"]
     rows = []
+    level = float(getattr(comp, "alpha", 0.05) or 0.05)
     for lang in res.langs:
         c = comp.per_lang[lang]
         for name in _names(res):
             t = c.metrics.get(name) or c.continuous.get(name)
             a, b = _score(base, lang, name), _score(res, lang, name)
             rows.append(_test_row(lang, name, ci(a.mean, a.ci_low, a.ci_high, _digits(name)),
-                                  ci(b.mean, b.ci_low, b.ci_high, _digits(name)), t))
-    for name, t in comp.average.tests.items():
-        rows.append(_test_row(f"avg non-{anchor}", name, _avg(base, name), _avg(res, name), t))
+                                  ci(b.mean, b.ci_low, b.ci_high, _digits(name)), t, level))
+    if len(comp.average.langs) > 1:  # the average of one language is that language
+        for name, t in comp.average.tests.items():
+            rows.append(_test_row(f"avg non-{anchor}", name, _avg(base, name), _avg(res, name), t, level))
     out = [header(res), "", render(head, rows, style), ""]
+    out.append(f"Verdicts at {level:g} from p Holm-adjusted over the non-{anchor} languages (unadjusted p beside it); "
+               "the average: paired bootstrap stratified by language.")
     out.append("Predictions changed by steering: " + ", ".join(
         f"{lang} {comp.per_lang[lang].prediction_changed:.0%}" for lang in res.langs) + ".")
     cons = [(lang, comp.per_lang[lang].consistency) for lang in res.langs]
@@ -238,19 +264,21 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
     """``xlsteer compare``: rows = methods, columns = languages + average over non-anchor languages + cost."""
     langs, anchor, alpha = rec.langs, rec.anchor, rec.alpha_level
     n = rec.item_ids.per_lang
-    head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], f"avg non-{anchor}",
+    with_avg = len([lang for lang in langs if lang != anchor]) > 1  # the average of one language is that language
+    head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], *([f"avg non-{anchor}"] * with_avg),
             "fit s", "+tok/item", "trained params"]
     rows, footnotes = [], []
     for name in rec.methods:
         row = rec.rows[name]
         ref = name == rec.reference
         if row.error:
-            cells = ["–"] * (len(langs) + 1)
+            cells = ["–"] * (len(langs) + with_avg)
             footnotes.append(f"{name}: not run — {row.error}")
         else:
             cells = [_pct_cell(row.per_lang[lang], ref, alpha) for lang in langs]
             avg = _pct_cell(row.average, ref, alpha, holm=False)
-            cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
+            if with_avg:
+                cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
             footnotes += [f"{name}, {lang}: {why}" for lang, why in row.skipped.items()]
             footnotes += selection_note(name, getattr(row, "selection", None))
         cost = row.cost
@@ -271,15 +299,18 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
 
 def selection_note(name: str, sel: Any) -> list[str]:
     """A steering row's dev selection in words: a "no steering" choice must be visible."""
+    from .evidence import evidence_text
+
     if not isinstance(sel, dict) or "steer" not in sel:
         return []
+    ev = f" ({evidence_text(sel['evidence'])})" if sel.get("evidence") else ""
     if not sel["steer"]:
-        return [f"{name}: {sel.get('decision', 'no steering')} — its scores are the unsteered model's"]
+        return [f"{name}: {sel.get('decision', 'no steering')} — its scores are the unsteered model's{ev}"]
     off = [lang for lang, v in (sel.get("per_lang") or {}).items() if not v.get("steer", True)]
     text = f"{name}: chosen on dev — {sel.get('decision', '')}"
     if off and sel.get("select") == "per-lang":
         text += f" (unsteered for {', '.join(off)})"
-    return [text]
+    return [text + ev]
 
 
 def tables_of(doc: Any, style: str = "markdown") -> str:
