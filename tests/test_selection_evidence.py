@@ -70,7 +70,7 @@ def test_dev_noise_of_one_item_selects_no_steering():
         chosen = _selection(dev, ["en", "sw"], EvalConfig(select_rule=rule, n_boot=500))
         best = chosen["best"]
         assert best["steer"] is False and best["key"] == UNSTEERED and best["decision"] == NO_STEERING
-        assert best["candidate"] == "L5@2" and chosen["best_steered"]["key"] == "L5@2"
+        assert best["tested_key"] == "L5@2" and chosen["best_steered"]["key"] == "L5@2"
         ev = best["evidence"]
         assert ev["rule"] == rule.name and ev["gain"] == pytest.approx(1 / 90) and ev["n"] == 90
         assert ev["ci_low"] <= ev["gain"] <= ev["ci_high"] and ev["steer"] is False

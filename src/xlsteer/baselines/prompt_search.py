@@ -179,7 +179,7 @@ def _choose(pool: _Pool) -> tuple[dict[str, Any], dict[str, Any] | None]:
     ev = gain_evidence(metric, pool.items[empty["index"]], pool.items[top["index"]], pool.targets,
                        seed=pool.cfg.seed, n_boot=pool.cfg.n_boot)
     verdict = decide(pool.cfg.select_rule, ev, sum(1 for c in pool.candidates if c["instruction"]))
-    return (top if verdict["steer"] else empty), {**verdict, "candidate": top["instruction"]}
+    return (top if verdict["steer"] else empty), {**verdict, "tested_instruction": top["instruction"]}
 
 
 def _seed_list(spec: Any, seeds: Sequence[str] | None, include_empty: bool) -> list[str]:

@@ -123,7 +123,7 @@ def eval_cmd(**kw: Any) -> None:
         raise UsageError("--alpha needs --intervention FILE")
     method = kw["method"] if kw["method"] != "zero-shot" else None
     if sum(x is not None for x in (method, kw["intervention"], sweep_rec)) > 1:
-        raise UsageError("give one of --method, --intervention or --sweep")
+        raise UsageError("give one of --method, --intervention and --sweep, not both")
     cfg = eval_config(kw, kw["split"])
     from ..evaluation.runner import check_inputs
 

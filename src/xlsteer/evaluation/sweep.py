@@ -223,7 +223,7 @@ def _decide(dev: dict[str, Any], langs: list[str], cfg: EvalConfig) -> dict[str,
         out = {"layer": None, "alpha": 0.0, "key": UNSTEERED, "main": b_main, "tie_break": b_tie, "steer": False,
                "decision": NO_STEERING}
     out.update(baseline_main=b_main, gain_over_baseline=out["main"] - b_main, evidence=verdict,
-               candidate=None if steered is None else steered["key"])
+               tested_key=None if steered is None else steered["key"])
     return out
 
 

@@ -1,0 +1,247 @@
+"""Benchmarks as they are: each language its own items, counts and splits (a JSONL spec), one
+language without a dev split, partial scoring, and the whole pipeline (eval, sweep, table, report)
+on such a task. Items pair across languages only where they are declared or detected parallel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from xlsteer.errors import DataError, UsageError
+from xlsteer.evaluation.significance import holm
+from xlsteer.evaluation.tasks.jsonl import build_spec
+from xlsteer.evaluation.tasks.spec import unregister_task
+
+# Winograd-style items: (sentence with "_", the two options, gold index); each language its own.
+PRONOUNS = {
+    "en": [("The trophy does not fit in the suitcase because _ is too big.", ("the trophy", "the suitcase"), 0),
+           ("The trophy does not fit in the suitcase because _ is too small.", ("the trophy", "the suitcase"), 1),
+           ("Anna thanked Maria because _ had helped her.", ("Anna", "Maria"), 1),
+           ("The cat chased the mouse until _ was tired.", ("the cat", "the mouse"), 0),
+           ("Tom gave Bill his coat because _ was cold.", ("Tom", "Bill"), 1),
+           ("The city council refused the protesters a permit because _ feared violence.",
+            ("the council", "the protesters"), 0),
+           ("The ball broke the window because _ was fragile.", ("the ball", "the window"), 1),
+           ("Paul tried to call George, but _ was not available.", ("Paul", "George"), 1),
+           ("The dog bit the man because _ was angry.", ("the dog", "the man"), 0),
+           ("Sara lent Lucy money because _ was poor.", ("Sara", "Lucy"), 1)],
+    "sw": [("Mpira ulivunja dirisha kwa sababu _ lilikuwa dhaifu.", ("mpira", "dirisha"), 1),
+           ("Paka alimfukuza panya mpaka _ akachoka.", ("paka", "panya"), 0),
+           ("Juma alimpa Ali koti kwa sababu _ alikuwa na baridi.", ("Juma", "Ali"), 1),
+           ("Mama alimsaidia mtoto kwa sababu _ alikuwa mgonjwa.", ("mama", "mtoto"), 1),
+           ("Mbwa alimng'ata mtu kwa sababu _ alikuwa na hasira.", ("mbwa", "mtu"), 0),
+           ("Mwalimu alimsifu mwanafunzi kwa sababu _ alifaulu.", ("mwalimu", "mwanafunzi"), 1),
+           ("Gari liligonga mti kwa sababu _ lilikuwa kasi.", ("gari", "mti"), 0)],
+    "yo": [("Ajá lé ológbò títí _ fi rẹ̀.", ("ajá", "ológbò"), 0),
+           ("Olú fún Adé ní owó nítorí _ jẹ́ talákà.", ("Olú", "Adé"), 1),
+           ("Bọ́ọ̀lù fọ́ fèrèsé nítorí _ kò lágbára.", ("bọ́ọ̀lù", "fèrèsé"), 1),
+           ("Ìyá ran ọmọ lọ́wọ́ nítorí _ ń ṣàìsàn.", ("ìyá", "ọmọ"), 1),
+           ("Olùkọ́ yin akẹ́kọ̀ọ́ nítorí _ ṣe dáadáa.", ("olùkọ́", "akẹ́kọ̀ọ́"), 1)],
+}
+
+
+def partial_record(lang: str, i: int, sentence: str, options: tuple[str, str], gold: int) -> dict:
+    """Partial scoring: each option fills the blank's context; the rest of the sentence is scored."""
+    before, after = sentence.split("_")
+    return {"id": f"{lang}-{i}", "contexts": [before + o for o in options], "continuation": after.strip(),
+            "gold": gold}
+
+
+def full_record(lang: str, i: int, sentence: str, options: tuple[str, str], gold: int) -> dict:
+    """Full-sentence scoring: each choice is the whole sentence with the blank filled."""
+    return {"id": f"{lang}-{i}", "context": "Sentence:", "choices": [sentence.replace("_", o) for o in options],
+            "gold": gold}
+
+
+def write_benchmark(root: Path, make=partial_record, name: str = "pronouns", **extra) -> Path:
+    """en and sw with a dev and a test file each (other items, other counts); yo with a test file only."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, str]] = {}
+    for lang, rows in PRONOUNS.items():
+        recs = [make(lang, i, *row) for i, row in enumerate(rows)]
+        n_dev = 0 if lang == "yo" else len(recs) // 3
+        files[lang] = {}
+        for split, part in (("dev", recs[:n_dev]), ("test", recs[n_dev:])):
+            if part:
+                rel = f"data/{lang}.{split}.jsonl"
+                (root / "data").mkdir(exist_ok=True)
+                (root / rel).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part),
+                                        encoding="utf-8")
+                files[lang][split] = rel
+    spec = {"name": name, "kind": "multiple_choice", "files": files, **extra}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def bench(tmp_path):
+    path = write_benchmark(tmp_path / "bench")
+    yield path
+    unregister_task("pronouns")
+
+
+def test_each_language_has_its_own_items_counts_and_splits(bench):
+    spec = build_spec(bench)
+    assert spec.pairing == "none" and not spec.parallel and spec.langs == ("en", "sw", "yo")
+    assert spec.source["parallel"].startswith("not parallel: the languages hold other")
+    assert spec.dev_split == "dev" and spec.splits_of("yo") == ("test",) and spec.splits_of("en") == ("dev", "test")
+    assert spec.langs_with("dev", ["en", "sw", "yo"]) == ["en", "sw"]
+    assert spec.splits["test"].endswith("en 7, sw 5, yo 5") and spec.splits["dev"].endswith("en 3, sw 2, yo none")
+    counts = {lang: len(spec.load_items(None, lang, "test")) for lang in spec.langs}
+    assert counts == {"en": 7, "sw": 5, "yo": 5}
+    assert spec.load_items(None, "yo", "test")[0].id == "pronouns/yo-0"
+    assert [m.name for m in spec.metrics] == ["acc"] and spec.template().name == "jsonl-partial"
+    req = spec.template().render(spec.load_items(None, "en", "test")[0])
+    assert req.contexts == ("The cat chased the mouse until the cat", "The cat chased the mouse until the mouse")
+    assert req.choices == (" was tired.",)
+    assert spec.describe()["pairing"] == "none" and spec.describe()["lang_splits"]["yo"] == ["test"]
+    from xlsteer.evaluation.runner import check_inputs
+    from xlsteer.evaluation.config import EvalConfig
+
+    with pytest.raises(UsageError, match="no dev split in yo"):
+        check_inputs(spec, ["en", "yo"], EvalConfig(split="dev"))
+
+
+def test_parallel_is_detected_by_id_or_declared(tmp_path):
+    same = {lang: [dict(r, id=f"q{i}") for i, r in enumerate(
+        partial_record(lang, i, *row) for i, row in enumerate(PRONOUNS["en"][:4]))] for lang in ("en", "de")}
+    from test_task_jsonl import write_task
+
+    detected = build_spec(write_task(tmp_path / "a", {"kind": "multiple_choice"}, same))
+    assert detected.pairing == "id" and detected.source["parallel"].startswith("parallel: every language")
+    no_ids = {lang: [{k: v for k, v in r.items() if k != "id"} for r in recs] for lang, recs in same.items()}
+    assert build_spec(write_task(tmp_path / "b", {"kind": "multiple_choice"}, no_ids)).pairing == "none"
+    assert build_spec(write_task(tmp_path / "c", {"kind": "multiple_choice", "parallel": True},
+                                 no_ids)).pairing == "id"
+    assert build_spec(write_task(tmp_path / "d", {"kind": "multiple_choice", "parallel": False},
+                                 same)).pairing == "none"
+    clash = {"en": same["en"], "de": [dict(r, gold=1 - r["gold"]) for r in same["de"]]}
+    assert build_spec(write_task(tmp_path / "e", {"kind": "multiple_choice"}, clash)).pairing == "none"
+    with pytest.raises(DataError, match="same gold"):
+        build_spec(write_task(tmp_path / "f", {"kind": "multiple_choice", "parallel": True}, clash))
+
+
+def test_records_of_one_task_are_scored_one_way(tmp_path):
+    from test_task_jsonl import write_task
+
+    mixed = {"en": [partial_record("en", 0, *PRONOUNS["en"][0]), full_record("en", 1, *PRONOUNS["en"][1])]}
+    with pytest.raises(DataError, match="one way"):
+        build_spec(write_task(tmp_path / "a", {"kind": "multiple_choice"}, mixed))
+    both = {"en": [{**partial_record("en", 0, *PRONOUNS["en"][0]), "choices": ["a", "b"]}]}
+    with pytest.raises(DataError, match="not both"):
+        build_spec(write_task(tmp_path / "b", {"kind": "multiple_choice"}, both))
+    bad = {"en": [{**partial_record("en", 0, *PRONOUNS["en"][0]), "contexts": ["only one"]}]}
+    with pytest.raises(DataError, match="'contexts' must be a list of at least 2"):
+        build_spec(write_task(tmp_path / "c", {"kind": "multiple_choice"}, bad))
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"files": {"en": {"dev": "a.jsonl"}}}, "no test file"),
+    ({"files": {"en": {"test": "a.jsonl"}, "sw": "b.jsonl"}}, "not a mix"),
+    ({"files": {"en": {"test": "a.jsonl"}}, "splits": {"test": "0-"}}, "leave out splits"),
+])
+def test_file_per_split_errors(tmp_path, spec, fragment):
+    from test_task_jsonl import write_task
+
+    path = write_task(tmp_path, {"kind": "multiple_choice", **spec}, {})
+    with pytest.raises(DataError, match=fragment):
+        build_spec(path)
+
+
+def test_a_non_parallel_task_through_eval_sweep_table_and_report(bench, tmp_path, capsys):
+    """The whole pipeline on one non-parallel task: other counts per language, yo without dev."""
+    from test_task_jsonl import model_and_vector
+
+    from xlsteer.cli import main
+
+    model, vector = model_and_vector(tmp_path / "m", langs=("sw", "yo"))
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["eval", "--model", model, "--task", str(bench), "--intervention", vector, "--no-cache",
+                 "-o", str(run / "eval.json")]) == 0
+    r = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+    assert r["item_ids"]["per_lang"] == {"en": 7, "sw": 5, "yo": 5} and r["task_spec"]["pairing"] == "none"
+    assert all(r["per_lang"][lang]["consistency"] is None for lang in r["langs"])
+    c = r["comparison"]["per_lang"]
+    assert [c["sw"]["metrics"]["acc"]["p_holm"], c["yo"]["metrics"]["acc"]["p_holm"]] == \
+        holm([c["sw"]["metrics"]["acc"]["p"], c["yo"]["metrics"]["acc"]["p"]])  # Holm over every language, yo too
+    capsys.readouterr()
+    assert main(["table", str(run / "eval.json")]) == 0
+    table = capsys.readouterr().out
+    assert "not parallel" in table and "p Holm" in table and "avg non-en" in table
+
+    capsys.readouterr()
+    assert main(["sweep", "--model", model, "--task", str(bench), "--intervention", vector, "--alphas", "1,4",
+                 "--select", "per-lang", "--no-cache", "-o", str(run / "sweep.json")]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "yo" in line and "no dev items" in line]
+    assert len(notes) == 2 and out.count("note: yo has no dev items") == 1  # said once (and in the table)
+    s = json.loads((run / "sweep.json").read_text(encoding="utf-8"))
+    assert s["langs"] == ["en", "sw"] and s["left_out"] == {"yo": "no dev items"}
+    assert set(s["best_per_lang"]) == {"sw"} and s["item_ids"]["per_lang"] == {"en": 3, "sw": 2}
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("xlsteer eval"))
+    assert "--langs en,sw,yo" in command and "--select per-lang" in command
+    capsys.readouterr()
+    assert main(["eval", "--model", model, "--task", str(bench), "--langs", "en,sw,yo", "--sweep",
+                 str(run / "sweep.json"), "--select", "per-lang", "--no-cache", "-o", str(run / "chosen.json")]) == 0
+    chosen = json.loads((run / "chosen.json").read_text(encoding="utf-8"))
+    assert chosen["selection"]["per_lang"]["yo"]["from"] == "global choice (no dev items in yo)"
+    assert main(["table", str(run / "sweep.json")]) == 0
+    assert main(["report", str(run), "-o", str(tmp_path / "report.html")]) == 0
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert html.index('id="headline"') < html.index('id="summary-table"')
+    assert "not parallel: each language has its own items" in html
+    assert "yo: no dev items; left out of the selection" in html
+
+
+# ---- partial scoring against lm-eval's own multiple-input scoring -------------------------------------------
+
+PARTIAL_LMEVAL = ("output_type: multiple_choice\ndoc_to_text: gold\ndoc_to_choice: contexts\n"
+                  "doc_to_target: continuation\nmetric_list:\n  - metric: acc\n    aggregation: mean\n"
+                  "    higher_is_better: true\n")
+
+
+def test_partial_scoring_equals_lm_evals_own_scores(tmp_path):
+    """The same Winograd-style items as a JSONL spec (contexts + continuation) and as lm-eval
+    multiple-input tasks over the same JSONL files, scored by lm-eval's own evaluator with its
+    Hugging Face model on the same weights: the same log-likelihood per context and the same acc."""
+    pytest.importorskip("lm_eval")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.testing import tiny_model
+
+    spec_path = write_benchmark(tmp_path / "bench", name="pronouns_lm")
+    tasks = tmp_path / "lmeval"
+    tasks.mkdir()
+    for lang in ("en", "sw"):
+        data = spec_path.parent / "data" / f"{lang}.test.jsonl"
+        (tasks / f"pron_{lang}.yaml").write_text(
+            f"task: pron_{lang}\ndataset_path: json\ndataset_kwargs:\n  cache_dir: {tmp_path / 'hf'}\n"
+            f"  data_files:\n    test: {data}\ntest_split: test\n" + PARTIAL_LMEVAL, encoding="utf-8")
+    lm = tiny_model("llama")
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    spec = build_spec(spec_path)
+    try:
+        ours = evaluate(lm, spec, ["en", "sw"])["items"]
+        theirs = simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["pron_en", "pron_sw"],
+                                 task_manager=TaskManager(include_path=[str(tasks)], include_defaults=False),
+                                 log_samples=True, bootstrap_iters=0, batch_size=1, device="cpu")
+    finally:
+        unregister_task("pronouns_lm")
+    for lang in ("en", "sw"):
+        mine = [r for r in ours if r["lang"] == lang]
+        samples = sorted(theirs["samples"][f"pron_{lang}"], key=lambda s: s["doc_id"])
+        assert len(samples) == len(mine) > 0
+        for r, s in zip(mine, samples):
+            assert r["id"] == f"pronouns_lm/{s['doc']['id']}"
+            assert r["logprobs"] == pytest.approx([x[0][0] for x in s["resps"]], abs=1e-4)
+            assert r["scores"]["acc"] == s["acc"]
