@@ -243,7 +243,7 @@ def test_apertium_translates_spanish_to_english():
 def test_method_names_and_options_parse():
     assert parse_methods("zero-shot,icl-en,sft+steer,translate-apertium") == [
         "zero-shot", "icl-en", "sft+steer", "translate-test"]
-    assert len(parse_methods("all")) == 15
+    assert len(parse_methods("all")) == 16
     with pytest.raises(UsageError):
         parse_methods("zero-shot,magic")
     assert load_options(["sft.steps=3", "icl-en.k=2", "prompt-opt.seeds=[\"x y z\"]"]) == {
@@ -355,7 +355,7 @@ def test_gemma_compare_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     rec = json.loads((out / "compare.json").read_text())
-    assert rec["format"] == "xlsteer.methods" and len(rec["methods"]) == 15
+    assert rec["format"] == "xlsteer.methods" and len(rec["methods"]) == 16
     table = (out / "compare.md").read_text()
     assert table.strip() in printed
     ok = [m for m in rec["methods"] if not rec["rows"][m]["error"]]

@@ -92,8 +92,11 @@ def test_older_formats_are_converted_by_name(made, tmp_path):
 def test_unknown_shapes_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="no xlsteer command writes"):
         upgrade({"kind": "eval", "methods": {"none": {"de": {"mean": 0.5}}}})
-    with pytest.raises(DataError, match=CONVERTER.split(" FILE")[0]):
+    with pytest.raises(DataError, match="newer than this xlsteer reads") as e:  # not: "convert it with upgrade"
         upgrade({"format": "xlsteer.eval", "version": 7})
+    assert "upgrade" not in str(e.value).replace("pip install -U", "")
+    with pytest.raises(DataError, match=CONVERTER.split(" FILE")[0]):
+        upgrade({"format": "xlsteer.unknown"})
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "xlsteer.eval", "version": 2, "task": "xcopa"}), encoding="utf-8")
     with pytest.raises(DataError) as e:

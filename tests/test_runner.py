@@ -25,7 +25,7 @@ from xlsteer.testing import tiny_model
 
 TOP_LEVEL = {
     "task_spec", "format", "version", "task", "split", "langs", "anchor", "template", "model", "data", "item_ids",
-    "limit", "seed", "n_boot", "calibrate", "intervention", "alpha", "metrics", "engine", "per_lang", "average",
+    "limit", "seed", "n_boot", "calibrate", "intervention", "alpha", "decoding", "metrics", "engine", "per_lang", "average",
     "items", "versions",
 }
 

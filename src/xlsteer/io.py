@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +75,9 @@ def _files_of(folder: Path, limit: int = 20000) -> set[tuple[int, int]]:
 
 
 def check_outputs_spare_inputs(outputs: Iterable[str | os.PathLike | None],
-                               inputs: Iterable[str | os.PathLike | None]) -> None:
+                               inputs: Iterable[str | os.PathLike | None], *,
+                               replaceable: Callable[[Path], bool] | None = None,
+                               folders: Iterable[str | os.PathLike | None] = ()) -> None:
     """Refuse, before any work, an output that would overwrite (or replace) one of the command's inputs.
 
     Why: ``-o`` naming an input was accepted and destroyed it (an intervention became GGUF, a
@@ -83,8 +85,21 @@ def check_outputs_spare_inputs(outputs: Iterable[str | os.PathLike | None],
     same path (symlinks, ``..``) or share an inode (hard links); with an input directory (a model
     folder, a corpus folder, the data dir) when it would replace an existing file inside it.
     Paths that are ``None`` are skipped, so callers can pass optional options as they are.
+
+    ``replaceable``: an existing file inside an input directory that the command may replace
+    anyway (its own earlier output there, e.g. ``RUN_DIR/report.html``). ``folders``: output
+    directories the command writes new files into; one that is, or lies inside, an input
+    directory (or is an input file) is refused too.
     """
     ins = [Path(i) for i in inputs if i is not None and str(i) != ""]
+    for folder in (Path(f) for f in folders if f is not None and str(f) != ""):
+        real = _resolved(folder)
+        for given in ins:
+            resolved = _resolved(given)
+            if real == resolved or (given.is_dir() and resolved in real.parents):
+                what = "input directory" if given.is_dir() else "input file"
+                raise UsageError(f"output folder {folder} is or lies inside the {what} {given}; writing there could "
+                                 "replace what the command reads, choose an output folder outside it")
     in_files = [(i, _resolved(i), _identity(i)) for i in ins if not i.is_dir()]
     in_dirs = [(i, _resolved(i)) for i in ins if i.is_dir()]
     dir_files: dict[Path, set[tuple[int, int]]] = {}
@@ -96,10 +111,10 @@ def check_outputs_spare_inputs(outputs: Iterable[str | os.PathLike | None],
                                  "choose another output path")
         for given, resolved in in_dirs:
             inside = real == resolved or resolved in real.parents
-            if inside and out.exists():
+            if inside and out.exists() and not (replaceable is not None and replaceable(real)):
                 raise UsageError(f"output {out} would replace {real.relative_to(resolved) if real != resolved else '.'}"
                                  f" of the input directory {given}; choose an output path outside it")
-            if ident is None:
+            if ident is None or inside:  # inside: refused above unless replaceable (then it is itself, not a link)
                 continue
             if resolved not in dir_files:
                 dir_files[resolved] = _files_of(resolved)
@@ -159,9 +174,11 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, validate: Callable[[Path], Any] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
 
+    ``validate(tmp)`` reads the finished temp file back (with the reader of its kind) before the
+    rename and raises when it is bad, so a good file at ``path`` is never replaced by a bad one.
     The temp file is removed on any error; one left by a killed process (SIGKILL, power loss) is
     removed by the next successful write of the same path. The final file gets the usual
     permissions (0666 minus the umask), not mkstemp's 0600.
@@ -176,6 +193,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if validate is not None:
+            _validated(validate, tmp_path, p)
         try:
             os.chmod(tmp_path, 0o666 & ~_UMASK)
             os.replace(tmp_path, p)
@@ -187,6 +206,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             tmp_path.unlink()
     remove_stale_temps(p)
+
+
+def _validated(validate: Callable[[Path], Any], tmp: Path, target: Path) -> None:
+    """Run ``validate`` on the temp file; its refusal names the target, which stays as it was."""
+    from .errors import XlsteerError
+
+    try:
+        validate(tmp)
+    except XlsteerError as e:
+        why = " ".join(str(e).replace(str(tmp), str(target)).replace(tmp.name, target.name).split())[:300]
+        state = "left unchanged" if target.exists() else "not written"
+        raise ArtifactError(f"{target} {state}: the output failed its check before replacing anything ({why})") \
+            from None
 
 
 def _json_default(o: Any) -> Any:
@@ -215,20 +247,20 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(_clean(obj), sort_keys=True, indent=2, ensure_ascii=False, default=_json_default) + "\n"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
+def atomic_write_text(path: str | os.PathLike, text: str, validate: Callable[[Path], Any] | None = None) -> Path:
+    with atomic_path(path, validate) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, validate: Callable[[Path], Any] | None = None) -> Path:
+    with atomic_path(path, validate) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, dumps_json(obj))
+def atomic_write_json(path: str | os.PathLike, obj: Any, validate: Callable[[Path], Any] | None = None) -> Path:
+    return atomic_write_text(path, dumps_json(obj), validate)
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -8,12 +8,12 @@ one :class:`_Context` (model, texts, layers, interventions, writer, result so fa
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import XlsteerError
+from ..filenames import confined
 from ..io import atomic_write_json
 from ..provenance import provenance
 from ..results import stamp
@@ -28,7 +28,10 @@ from .similarity import covered_langs, pooled_states, similarity_from_items
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower() or "x"
+    """A name from data as part of a file name (:func:`xlsteer.filenames.slug`)."""
+    from ..filenames import slug
+
+    return slug(text)
 
 
 def _by_lang(by_layer: Mapping[int, Mapping[str, Any]] | None) -> dict[str, dict[int, Any]]:
@@ -79,12 +82,12 @@ class _Writer:
     def json(self, name: str, analysis: str, body: Mapping[str, Any], kind: str = "analysis") -> Path:
         doc = stamp(f"xlsteer.{kind}", {**({"analysis": analysis} if kind == "analysis" else {}), **self.common,
                                         **body, "provenance": provenance()})
-        path = atomic_write_json(self.run_dir / name, doc)
+        path = atomic_write_json(confined(self.run_dir, name), doc)
         self.files.append(path)
         return path
 
     def figure(self, name: str, fig: Any) -> str:
-        path = plots.save_png(fig, self.fig_dir / name)
+        path = plots.save_png(fig, confined(self.fig_dir, name))
         self.figures.append(path)
         return f"figures/{name}"
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data.langs import normalize_lang
 from ..errors import UsageError, XlsteerError
+from ..filenames import confined
 from ..evaluation.tasks import get_task
 from ..results import METHODS as METHODS_FORMAT, VERSION
 from .context import REFERENCE, MethodRun, RunContext
@@ -59,7 +60,37 @@ def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequenc
                    ci_high=ci.get("ci_high"), n=int(sum(per[lang]["n"] for lang in covered)))
         avg.update({k: test[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p", "test", "verdict", "mde")
                     if k in test})
-    return {"per_lang": per, "average": avg}
+    out = {"per_lang": per, "average": avg}
+    guard = _guard_cells(run, cmp, per)
+    if guard:
+        out["guard"] = guard
+    return out
+
+
+def _guard_cells(run: dict[str, Any], cmp: dict[str, Any], per: dict[str, Any]) -> dict[str, Any]:
+    """The quality guard beside the main metric: per guard score its average over the non-anchor
+    languages (with CI and the stratified paired test) and, in each language's cell, its score and
+    paired test; a pass-rate row never travels without what happened to the text."""
+    from ..evaluation.tasks.spec import GUARD_CONTINUOUS
+
+    keys = ("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "test", "verdict", "mde")
+    guard: dict[str, Any] = {}
+    for name in [n for n in run["metrics"].get("continuous", []) if n in GUARD_CONTINUOUS]:
+        value = run["average"].get("continuous", {}).get(name)
+        if value is None:
+            continue
+        ci = run["average"].get("ci", {}).get(name, {})
+        cell = {"score": float(value), "ci_low": ci.get("ci_low"), "ci_high": ci.get("ci_high")}
+        test = cmp["average"]["tests"].get(name)
+        cell.update({k: test[k] for k in keys if test is not None and k in test})
+        guard[name] = cell
+        for lang, lang_cell in per.items():
+            s = run["per_lang"][lang]["continuous"][name]
+            c = {"score": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]}
+            t = (cmp["per_lang"].get(lang) or {}).get("continuous", {}).get(name)
+            c.update({k: t[k] for k in keys if t is not None and k in t})
+            lang_cell.setdefault("guard", {})[name] = c
+    return guard
 
 
 def compare_methods(
@@ -124,7 +155,7 @@ def compare_methods(
     for name in names:
         t0 = time.perf_counter()
         key = resume_key(ctx, name)
-        path = None if out_dir is None else Path(out_dir) / "runs" / f"{name.replace('+', '_')}.json"
+        path = None if out_dir is None else confined(Path(out_dir) / "runs", f"{name.replace('+', '_')}.json")
         run = _reusable(path, key)
         if run is None:
             try:
@@ -168,6 +199,8 @@ def resume_key(ctx: RunContext, name: str) -> str:
             "select_rule": _rule_record(ctx.select_rule),
             "data_dir": str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
             "model": getattr(ctx.lm, "fingerprint", None), "xlsteer": __version__}
+    if ctx.sampling or ctx.guard is not None:  # absent when unset: earlier runs keep their keys
+        body.update(sampling=dict(ctx.sampling), guard=ctx.guard)
     return hashlib.sha256(dumps_json(body).encode("utf-8")).hexdigest()
 
 

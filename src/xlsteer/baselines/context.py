@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import UsageError
 from ..evaluation.tasks import get_task
 
-FAMILIES = ("reference", "prompting", "fine-tuning", "combination", "translation", "steering")
+FAMILIES = ("reference", "prompting", "fine-tuning", "combination", "translation", "steering", "decoding")
 REFERENCE = "zero-shot"
 NTREX_LANGS = ("en", "ar", "bn", "de", "el", "fr", "hi", "id", "it", "ja", "ko", "pt", "ro", "ru", "es", "sw",
                "te", "th", "tr", "vi", "zh")
@@ -47,6 +47,10 @@ class RunContext:
     work_dir: str | os.PathLike | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
+    #: decoding changes (``EvalConfig.sampling``) and the quality guard (``EvalConfig.guard``) of every
+    #: evaluation the methods run, so that all of them decode alike and all carry the guard
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    guard: bool | None = None
 
     def eval_kw(self) -> dict[str, Any]:
         return dict(anchor=self.anchor, data_dir=self.data_dir, seed=self.seed, batch_size=self.batch_size,
@@ -56,7 +60,8 @@ class RunContext:
         """The EvalConfig of the reported evaluations (split, limit, ...), with ``changes``."""
         from ..evaluation.config import EvalConfig
 
-        cfg = EvalConfig(split=self.split, limit=self.limit, calibrate=self.calibrate, **self.eval_kw())
+        cfg = EvalConfig(split=self.split, limit=self.limit, calibrate=self.calibrate, sampling=dict(self.sampling),
+                         guard=self.guard, **self.eval_kw())
         if self.select_rule is not None:
             cfg = cfg.replace(select_rule=self.select_rule)
         return cfg.replace(**changes) if changes else cfg

@@ -18,6 +18,7 @@ sft+steer      combination  DiffMean fitted on the SFT model (NTREX), alpha/laye
 translate-test translation  apertium MT to English (languages with an apertium pair), unsteered
 translate-self translation  the model translates the item to English itself, unsteered
 translate-gmt  translation  XCOPA's Google-MT English (data-gmt), unsteered
+script-gate    decoding     unsteered; only tokens of the wanted language's script (generation tasks)
 diffmean       steering     DiffMean vector on NTREX (fit split); layer and alpha on dev
 learned        steering     learned vector (align objective) on NTREX; alpha on dev
 incline        steering     INCLINE maps on NTREX at every layer, last prompt token; sigma on dev
@@ -228,6 +229,23 @@ def _translate(kind: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
 
 
 # ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def _script_gate(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
+    """The unsteered model decoding only tokens of each item's wanted script (non-Latin targets)."""
+    from ..evaluation.script_gate import gate_scope
+
+    if get_task(ctx.task).kind != "generate":
+        raise UsageError(f"script-gate restricts generated tokens; task {ctx.task} is not a generation task")
+    res, secs = _eval(ctx, ctx.lm, ctx.langs, sampling={**dict(ctx.sampling), "gate": "script"})
+    scope = {lang: gate_scope(lang) for lang in ctx.langs}
+    return MethodRun("script-gate", "decoding", res, {"gate": "script"}, _cost(eval_seconds=secs),
+                     {"source": "none (the wanted language's script is given)", "per_lang": scope},
+                     [f"{lang}: {text}" for lang, text in scope.items() if text.startswith("unconstrained")])
+
+
+# ---------------------------------------------------------------------------------------------
 # steering
 
 
@@ -274,6 +292,9 @@ _FIXED: dict[str, MethodSpec] = {
                                  _translate("self")),
     "translate-gmt": MethodSpec("translate-gmt", "translation", "XCOPA's Google-MT English, unsteered",
                                 _translate("gmt")),
+    "script-gate": MethodSpec("script-gate", "decoding",
+                              "unsteered; decoding keeps only tokens of the wanted language's script (non-Latin "
+                              "targets; an oracle form of the Language Confusion Gate)", _script_gate),
 }
 
 

@@ -199,4 +199,6 @@ def _stats_cache(ctx: RunContext, lm: Any, method: str, corpus: Any, site: str |
     key = {"model": getattr(lm, "fingerprint", None), "corpus": corpus.name, "langs": list(corpus.langs),
            "n": len(corpus), "method": method, "site": site, "batch_size": ctx.batch_size}
     digest = hashlib.sha256(dumps_json(key).encode("utf-8")).hexdigest()[:20]
-    return Path(ctx.cache_dir) / "statistics" / f"{method}-{digest}.safetensors"
+    from ..filenames import slug
+
+    return Path(ctx.cache_dir) / "statistics" / f"{slug(method)}-{digest}.safetensors"

@@ -17,7 +17,8 @@ import click
 from .. import signals
 from ..errors import Terminated, UsageError, XlsteerError, XlsteerWarning
 
-_COMMAND_MODULES = ("core", "data", "methods", "evaluate", "tasks", "analysis", "export", "baselines", "lmeval", "demo")
+_COMMAND_MODULES = ("core", "data", "methods", "evaluate", "tasks", "analysis", "export", "baselines", "lmeval", "demo",
+                    "results")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -44,6 +45,10 @@ for _name in _COMMAND_MODULES:
         continue
     for _cmd in getattr(_mod, "COMMANDS", []):
         cli.add_command(_cmd)
+
+from . import guard as _guard  # noqa: E402
+
+_guard.install(cli)  # every command checks its outputs against its inputs before it runs
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
-from .options import (FINITE, MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_input, model_options,
-                      parse_langs, parse_layers, spare_inputs)
+from .options import (FINITE, MAX_COUNT, SEED, Input, Output, count, data_dir_option, load_model_from, model_input,
+                      model_options, parse_langs, parse_layers, spare_inputs)
 
 # what analyze writes into its run directory (xlsteer.analysis.run)
 _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
+# what report reads from a run directory (xlsteer.report.load)
+_REPORT_READS = ("*.json", "figures/*.png")
 
 
 @click.command("analyze")
@@ -19,19 +21,20 @@ _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
 @data_dir_option
 @click.option("--langs", required=True, help="Comma-separated languages, e.g. en,de,sw (the anchor is added if missing).")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language.")
-@click.option("--intervention", "intervention_files", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--intervention", "intervention_files", multiple=True, type=Input(dir_okay=False),
               help="Intervention file (.safetensors); repeat for several. None: unsteered analysis only.")
 @click.option("--layers", default="all", show_default=True, help="Layers: all, 6, 4-8, 2,5,9.")
-@click.option("--data", "corpus", default="ntrex", show_default=True, help="Parallel text: ntrex, xquad, or a folder of <lang>.txt.")
+@click.option("--data", "corpus", default="ntrex", show_default=True, type=Input(),
+              help="Parallel text: ntrex, xquad, or a folder of <lang>.txt.")
 @click.option("--split", default="validation", show_default=True,
               help="Corpus split (ntrex: fit | validation | all; xquad: fit). Default: text not used for fitting.")
 @click.option("--limit", type=count(2), default=100, show_default=True, help="Parallel texts per language.")
-@click.option("--compare-model", default=None, help="Second model of the same family (e.g. the base of an instruct model).")
-@click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--compare-model", default=None, type=Input(), help="Second model of the same family (e.g. the base of an instruct model).")
+@click.option("--eval", "eval_files", multiple=True, type=Input(dir_okay=False),
               help="Evaluation results JSON for the gain-vs-similarity regression; repeatable.")
-@click.option("--stats", "stats_file", default=None, type=click.Path(dir_okay=False),
+@click.option("--stats", "stats_file", default=None, type=Input(dir_okay=False),
               help="Statistics with mlp_act sites (xlsteer collect) for CLAS categories and LAPE counts.")
-@click.option("--categories", "categories_file", default=None, type=click.Path(dir_okay=False),
+@click.option("--categories", "categories_file", default=None, type=Input(dir_okay=False),
               help="CLAS categories JSON ({layer: {category: percent}}, see xlsteer.analysis.neuron_map).")
 @click.option("--projection-layer", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="Layer for PCA/t-SNE (default: penultimate).")
 @click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True)
@@ -39,7 +42,8 @@ _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="random_state of t-SNE/PCA.")
 @click.option("--batch-size", type=count(1), default=8, show_default=True)
 @click.option("--max-length", type=count(2), default=128, show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run directory to write into.")
+@click.option("--output", "-o", required=True, type=Output(folder=True, writes=_ANALYZE_WRITES),
+              help="Run directory to write into.")
 def analyze_cmd(**kw) -> None:
     """Similarity to the anchor, logit lens, projections, neuron map and regression, into a run directory."""
     from ..analysis.run import analyze
@@ -121,23 +125,37 @@ def _read_categories(path: str) -> object:
     return doc
 
 
+def _own_report(path: Path) -> bool:
+    from ..report import own_output
+
+    return own_output(path)
+
+
+def _report_figures(page: Path) -> list[Path]:
+    from ..report import page_companions
+
+    return page_companions(page)
+
+
 @click.command("report")
-@click.argument("run_dir", type=click.Path())
-@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+@click.argument("run_dir", type=Input(reads=_REPORT_READS))
+@click.option("--output", "-o", default=None, type=Output(replaceable=_own_report, companions=_report_figures),
               help="HTML file to write (default: RUN_DIR/report.html, or FILE.html for a result file).")
 @click.option("--alpha", type=FINITE, default=0.05, show_default=True, help="Significance level for verdicts.")
 @click.option("--title", default=None, help="Page title.")
 def report_cmd(run_dir: str, output: str | None, alpha: float, title: str | None) -> None:
     """Render every result and figure in RUN_DIR (or one result file) as one self-contained HTML page,
     the answer first."""
-    from ..io import files_written_into
-    from ..report import build_report
+    from ..io import check_outputs_spare_inputs, files_written_into
+    from ..report import build_report, figure_dir, own_output, page_companions
 
-    html = Path(output) if output is not None else Path(run_dir) / "report.html"
-    spare_inputs([html, *files_written_into(html.parent / f"{html.stem}_figures", ["*.png"])],
-                 files_written_into(run_dir, ["*.json", "figures/*.png"]))
-    path = build_report(run_dir, output, alpha=alpha, title=title)
-    fig_dir = path.parent / f"{path.stem}_figures"
+    source = Path(run_dir)
+    html = Path(output) if output is not None else (source.with_suffix(".html") if source.is_file()
+                                                    else source / "report.html")
+    reads = files_written_into(run_dir, _REPORT_READS) if source.is_dir() else []
+    check_outputs_spare_inputs([html, *page_companions(html)], [*reads, run_dir], replaceable=own_output)
+    path = build_report(run_dir, html, alpha=alpha, title=title)
+    fig_dir = figure_dir(path)
     n = path.read_text(encoding="utf-8").count('src="data:image/png;base64,')
     click.echo(f"wrote {path} ({n} figures embedded; PNGs also in {fig_dir})")
 

@@ -9,9 +9,10 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (SEED, count, data_dir_option, langs_for, load_model_from, model_options, resolve_task_from,
-                      spare_inputs, task_inputs, task_options)
+from .options import (SEED, Output, count, data_dir_option, langs_for, load_model_from, model_options,
+                      resolve_task_from, spare_inputs, task_inputs, task_options)
 
+COMPARE_WRITES = ("compare.json", "compare.md", "runs/*.json")
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
 
 
@@ -23,7 +24,7 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
               "the default for a user task).")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated methods, or 'all': zero-shot, icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
-                   "translate-test, translate-self, translate-gmt, incline, diffmean, learned, clas, intmu.")
+                   "translate-test, translate-self, translate-gmt, script-gate, incline, diffmean, learned, clas, intmu.")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered).")
 @click.option("--split", default="test", show_default=True, help="Split the reported numbers come from.")
 @click.option("--limit", type=count(1), default=None, help="First N items per language (default: all).")
@@ -36,15 +37,16 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
 @click.option("--batch-size", type=count(1), default=8, show_default=True)
 @click.option("--max-length", type=count(8), default=2048, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed (exemplars, training, bootstrap).")
-@click.option("--cache-dir", default=None, help="Per-item evaluation cache (default: <xlsteer cache>/eval).")
+@click.option("--cache-dir", default=None, type=Output(folder=True),
+              help="Per-item evaluation cache (default: <xlsteer cache>/eval).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the evaluation and translation caches.")
-@click.option("--translation-cache", default=None, type=click.Path(dir_okay=False),
+@click.option("--translation-cache", default=None, type=Output(),
               help="Translation cache file (default: <xlsteer cache>/translations.json).")
 @click.option("--calibrate", is_flag=True, help="Content-free calibration of label scores (xnli).")
 @click.option("--select", type=click.Choice(["global", "per-lang"]), default="global", show_default=True,
               help="Steering settings chosen on dev for all languages at once, or per language (each may choose "
                    "no steering).")
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--output", "-o", required=True, type=Output(folder=True, writes=COMPARE_WRITES), help="Output folder.")
 def compare_cmd(**kw: Any) -> None:
     """Compare steering with what a practitioner would do instead, on the same test items.
 
@@ -64,7 +66,7 @@ def compare_cmd(**kw: Any) -> None:
     from ..io import files_written_into
 
     spec = resolve_task_from(kw)
-    spare_inputs([*files_written_into(out, ["compare.json", "compare.md", "runs/*.json"]), kw["translation_cache"]],
+    spare_inputs([*files_written_into(out, COMPARE_WRITES), kw["translation_cache"]],
                  task_inputs(spec, kw), model=kw["model"], data_dir=kw["data_dir"])
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     methods = parse_methods(kw.pop("methods"))

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from .options import (FINITE, count, data_dir_option, load_model_from, model_options, parse_langs, parse_layers,
-                      spare_inputs)
+from .options import (FINITE, Input, Output, count, data_dir_option, load_model_from, model_options, parse_langs,
+                      parse_layers, spare_inputs)
 
 
 @click.command("models")
@@ -49,7 +49,8 @@ def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_downlo
 @model_options
 @data_dir_option
 @click.option("--langs", required=True, help="Comma-separated languages, e.g. en,de,sw,zh.")
-@click.option("--data", "corpus", default="ntrex", show_default=True, help="ntrex, xquad, or a folder of <lang>.txt.")
+@click.option("--data", "corpus", default="ntrex", show_default=True, type=Input(),
+              help="ntrex, xquad, or a folder of <lang>.txt.")
 @click.option("--split", default="fit", show_default=True, help="Corpus split (ntrex: fit | validation | all).")
 @click.option("--limit", type=count(1), default=200, show_default=True, help="Texts per language.")
 @click.option("--layers", default="all", show_default=True, help="Layers: all, 6, 4-8, 2,5,9.")
@@ -60,7 +61,7 @@ def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_downlo
 @click.option("--keep-items", is_flag=True, help="Store one pooled vector per text (for projections, INCLINE).")
 @click.option("--batch-size", type=count(1), default=8, show_default=True)
 @click.option("--max-length", type=count(2), default=128, show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(), help="Statistics file (.safetensors).")
+@click.option("--output", "-o", required=True, type=Output(), help="Statistics file (.safetensors).")
 def collect_cmd(**kw) -> None:
     """Collect activation statistics per language on parallel text."""
     from ..api import collect_statistics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import data_dir_option
+from .options import Output, data_dir_option
 
 ONLY_HELP = "Comma-separated datasets: mgsm, xcopa, xquad, ntrex128, xnli (default: all; xnli needs --accept-nc)."
 
@@ -49,7 +49,7 @@ def data_check_cmd(data_dir: str | None, only: str | None) -> None:
 
 @data_group.command("fetch")
 @click.option("--only", default=None, help=ONLY_HELP)
-@click.option("--dest", default=None, type=click.Path(file_okay=False),
+@click.option("--dest", default=None, type=Output(folder=True),
               help="Folder to fill (default: $XLSTEER_DATA_DIR, else the per-user data dir).")
 @click.option("--accept-nc", is_flag=True,
               help="Accept the non-commercial license (CC BY-NC 4.0) of the XNLI copy and fetch it.")

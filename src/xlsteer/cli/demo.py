@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .options import count, data_dir_option
+from .options import Output, count, data_dir_option
 
 
 @click.command("demo")
-@click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path(),
+@click.option("--output", "-o", default="runs/demo", show_default=True, type=Output(folder=True, writes=("**/*",)),
               help="Run directory (stages already there are reused).")
 @click.option("--quick", is_flag=True, help="Reduced sizes (what CI runs): a smoke test of every stage.")
 @click.option("--langs", default="zh,vi,sw", show_default=True, help="Three (or more) XCOPA languages besides en.")

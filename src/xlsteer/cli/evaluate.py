@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, count, data_dir_option, langs_for, load_model_from, model_options, parse_float,
-                      parse_layers, resolve_task_from, spare_inputs, task_inputs, task_options)
+from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, langs_for, load_model_from,
+                      model_options, parse_float, parse_layers, resolve_task_from, spare_inputs, task_inputs,
+                      task_options)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -62,10 +63,23 @@ def eval_options(f):
         click.option("--shots", type=click.IntRange(-MAX_COUNT, MAX_COUNT), default=None, help="MGSM: number of exemplars k (0-8)."),
         click.option("--exemplar-lang", default=None, help="MGSM: exemplar language ('same' or a code)."),
         click.option("--max-new-tokens", type=count(1), default=None, help="Generation tasks: override the template's."),
+        click.option("--temperature", type=click.FloatRange(0, 100), default=None,
+                     help="Generation tasks: sampling temperature (0: greedy; default: the template's)."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Generation tasks: nucleus mass p (default: the template's)."),
+        click.option("--sampling-seed", type=SEED, default=None,
+                     help="Generation tasks: seed of the per-item random streams (default: the template's)."),
+        click.option("--script-gate", is_flag=True, default=None,
+                     help="Generation tasks: keep only tokens of the wanted language's script (non-Latin "
+                          "targets; a decoding-time baseline)."),
+        click.option("--guard/--no-guard", default=None,
+                     help="Generation tasks: score each output's fluency and degeneration beside the metrics "
+                          "(default: as the task declares; on for lcb)."),
         click.option("--batch-size", type=count(1), default=8, show_default=True),
         click.option("--max-length", type=count(8), default=2048, show_default=True),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
-        click.option("--cache-dir", default=None, help="Per-item cache (default: <xlsteer cache>/eval)."),
+        click.option("--cache-dir", default=None, type=Output(folder=True),
+                     help="Per-item cache (default: <xlsteer cache>/eval)."),
         click.option("--no-cache", is_flag=True, help="Do not read or write the per-item cache."),
     ]
     for d in reversed(decorators):
@@ -81,24 +95,32 @@ def eval_config(kw: dict[str, Any], split: str) -> Any:
                       template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
                       calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
                       max_length=kw["max_length"],
-                      template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]))
+                      template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
+                      sampling=_sampling_changes(kw), guard=kw.get("guard"))
+
+
+def _sampling_changes(kw: dict[str, Any]) -> dict[str, Any]:
+    """The decoding settings given on the command line (the others stay as the template says)."""
+    out = {"temperature": kw.get("temperature"), "top_p": kw.get("top_p"), "seed": kw.get("sampling_seed"),
+           "gate": "script" if kw.get("script_gate") else None}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @click.command("eval")
 @eval_options
-@click.option("--intervention", default=None, type=click.Path(dir_okay=False),
+@click.option("--intervention", default=None, type=Input(dir_okay=False),
               help="Intervention file (.safetensors); also runs the unsteered model for the paired test.")
 @click.option("--alpha", default=None, help="Strength of the intervention (default: as saved).")
 @click.option("--split", default="test", show_default=True, help="dev or test (train where the task has one).")
 @click.option("--method", default=None,
               help="A baseline instead of --intervention (icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
-                   "translate-test, translate-self, translate-gmt, diffmean, learned, incline, clas; "
+                   "translate-test, translate-self, translate-gmt, script-gate, diffmean, learned, incline, clas; "
                    "see xlsteer compare); also runs the unsteered model for the paired test.")
-@click.option("--sweep", "sweep_path", default=None, type=click.Path(dir_okay=False),
+@click.option("--sweep", "sweep_path", default=None, type=Input(dir_okay=False),
               help="Instead of --intervention: the sweep record (xlsteer sweep -o FILE) whose dev choice to evaluate.")
 @click.option("--select", type=click.Choice(["global", "per-lang"]), default="global", show_default=True,
               help="With --sweep: the sweep's global choice, or its choice per language.")
-@click.option("--output", "-o", required=True, type=click.Path(), help="Results file (.json).")
+@click.option("--output", "-o", required=True, type=Output(), help="Results file (.json).")
 def eval_cmd(**kw: Any) -> None:
     """Evaluate a model on a task, steered (and unsteered on the same items) or not.
 
@@ -167,9 +189,9 @@ def selection_rule(kw: dict[str, Any]) -> Any:
 
 @click.command("sweep")
 @eval_options
-@click.option("--stats", "stats_path", default=None, type=click.Path(dir_okay=False),
+@click.option("--stats", "stats_path", default=None, type=Input(dir_okay=False),
               help="Statistics file: fit DiffMean per layer from it.")
-@click.option("--intervention", default=None, type=click.Path(dir_okay=False),
+@click.option("--intervention", default=None, type=Input(dir_okay=False),
               help="Or: an intervention fitted at several layers; each layer is tried alone.")
 @click.option("--site", default=None, help="With --stats: the site to fit at (default resid_post).")
 @click.option("--normalize", type=click.Choice(["none", "unit", "relative"]), default="none", show_default=True,
@@ -179,7 +201,8 @@ def selection_rule(kw: dict[str, Any]) -> Any:
 @click.option("--alphas", default="0.5,1,2", show_default=True, help="Comma-separated strengths.")
 @click.option("--split", default=None, help="The task's dev split (default), or train; never test.")
 @select_options
-@click.option("--output", "-o", required=True, type=click.Path(), help="Sweep record (.json).")
+@click.option("--output", "-o", required=True, type=Output(companions=lambda p: [best_file(p)]),
+              help="Sweep record (.json); the chosen intervention goes beside it (NAME.best.safetensors).")
 def sweep_cmd(**kw: Any) -> None:
     """Choose layer and alpha on the dev split (never test); print the selection and the test command.
 
@@ -199,7 +222,7 @@ def sweep_cmd(**kw: Any) -> None:
     if (kw["stats_path"] is None) == (kw["intervention"] is None):
         raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
     out = check_writable(kw.pop("output"))
-    best_path = out.with_name(out.stem + ".best.safetensors")
+    best_path = best_file(out)
     spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"], *task_inputs(spec, kw)], model=kw["model"],
                  data_dir=kw["data_dir"])
     rule, mode = selection_rule(kw), kw.pop("select")
@@ -309,6 +332,11 @@ def _sweep_inputs(rec: dict[str, Any] | None) -> list[str]:
     return [str(path)] if path else []
 
 
+def best_file(out: Path) -> Path:
+    """Where a sweep writes the intervention it chose: beside the sweep record."""
+    return out.with_name(out.stem + ".best.safetensors")
+
+
 def _task_words(kw: dict[str, Any]) -> str:
     """The --task (and lm-eval options) of a command line that evaluates the same task."""
     import shlex
@@ -340,8 +368,8 @@ def read_results_tables(path: str) -> str:
 
 
 @click.command("table")
-@click.argument("results", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", default=None, type=click.Path(), help="Write the Markdown here (default: print it).")
+@click.argument("results", type=Input(dir_okay=False))
+@click.option("--output", "-o", default=None, type=Output(), help="Write the Markdown here (default: print it).")
 def table_cmd(results: str, output: str | None) -> None:
     """Markdown tables of a results file (eval, compare.json or sweep): per language, scores with 95%
     CIs, and for a steered run the paired tests against the unsteered model (nothing is recomputed)."""

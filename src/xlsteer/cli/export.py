@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from .guard import Input, Output
+
 
 def load_any_intervention(path: str) -> Any:
     """``Intervention.load`` with every method registered (importing ``xlsteer.interventions`` does
@@ -21,10 +23,10 @@ def export_group() -> None:
 
 
 @export_group.command("gguf")
-@click.argument("file", type=click.Path())
+@click.argument("file", type=Input(dir_okay=False))
 @click.option("--lang", "-l", default=None,
               help="Target language whose vector to export (optional when the vector has one language).")
-@click.option("--output", "-o", required=True, type=click.Path(), help="Control-vector file to write (.gguf).")
+@click.option("--output", "-o", required=True, type=Output(), help="Control-vector file to write (.gguf).")
 @click.option("--model-hint", default=None, help="controlvector.model_hint (default: the fitted model's type).")
 def export_gguf_cmd(file: str, lang: str | None, output: str, model_hint: str | None) -> None:
     """Write a resid_post steering vector as a llama.cpp control vector.

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_options, parse_float, spare_inputs
+from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, load_model_from, model_options,
+                      parse_float, spare_inputs)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -30,12 +31,26 @@ def _limit(text: str | None) -> int | float | None:
     return int(value) if value >= 1 and value == int(value) else value
 
 
+def _refuse_existing_configs(folder: str, force: bool) -> None:
+    """Task configs already in ``folder`` are the user's: replaced only with --force."""
+    from pathlib import Path
+
+    from ..evaluation.lm_eval_tasks import local_names
+
+    there = sorted(n for n in [*(f"{t}.yaml" for t in local_names() if t != "xcopa"), "_xcopa.yaml", "utils.py"]
+                   if (Path(folder) / n).exists())
+    if there and not force:
+        more = f" and {len(there) - 3} more" if len(there) > 3 else ""
+        raise UsageError(f"{folder} already holds {', '.join(there[:3])}{more}; pass --force to replace them, "
+                         "or write the task configs into an empty folder")
+
+
 @click.command("lm-eval")
 @model_options
 @data_dir_option
 @click.option("--tasks", default=None,
               help="Comma-separated lm-eval tasks, e.g. xcopa_sw,xcopa_zh (XCOPA runs offline from the data dir).")
-@click.option("--intervention", default=None, type=click.Path(dir_okay=False),
+@click.option("--intervention", default=None, type=Input(dir_okay=False),
               help="Intervention file (.safetensors) to steer with.")
 @click.option("--alpha", default=None, help="Strength of the intervention (default: as saved).")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered); 'none' steers all.")
@@ -49,13 +64,14 @@ def _limit(text: str | None) -> int | float | None:
 @click.option("--num-fewshot", type=count(0), default=None, help="Few-shot examples (default: the task's).")
 @click.option("--batch-size", type=count(1), default=8, show_default=True)
 @click.option("--max-length", type=count(8), default=2048, show_default=True)
-@click.option("--include-path", multiple=True, type=click.Path(file_okay=False),
+@click.option("--include-path", multiple=True, type=Input(file_okay=False),
               help="More lm-eval task config directories (repeatable).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="lm-eval's random seeds (few-shot sampling).")
 @click.option("--no-log-samples", is_flag=True, help="Leave the per-item records out of the output file.")
-@click.option("--write-tasks", default=None, type=click.Path(file_okay=False),
+@click.option("--write-tasks", default=None, type=Output(folder=True, writes=("*.yaml", "utils.py")),
               help="Only write the offline XCOPA task configs into this directory (for lm-eval's --include_path).")
-@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Results file (.json).")
+@click.option("--force", is_flag=True, help="With --write-tasks: replace task configs already in the folder.")
+@click.option("--output", "-o", default=None, type=Output(), help="Results file (.json).")
 def lmeval_cmd(**kw: Any) -> None:
     """Evaluate with lm-evaluation-harness tasks, scored (and steered per language) by xlsteer.
 
@@ -73,6 +89,7 @@ def lmeval_cmd(**kw: Any) -> None:
         from ..io import files_written_into
 
         spare_inputs(files_written_into(kw["write_tasks"], ["*.yaml", "utils.py"]), [], data_dir=kw["data_dir"])
+        _refuse_existing_configs(kw["write_tasks"], kw["force"])
         names = write_xcopa_tasks(kw["write_tasks"], kw["data_dir"])
         click.echo(f"wrote {len(names)} task configs ({', '.join(names)}) to {kw['write_tasks']}; "
                    f"pass --include_path {kw['write_tasks']} to lm-eval")

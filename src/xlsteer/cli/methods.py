@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import (count, data_dir_option, load_model_from, model_options, parse_float, parse_langs, parse_layers,
-                      spare_inputs)
+from .options import (Input, Output, count, data_dir_option, load_model_from, model_options, parse_float,
+                      parse_langs, parse_layers, spare_inputs)
 from .params import parse_params
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -72,7 +72,7 @@ def _fmt_layers(layers: list[int]) -> str:
 @data_dir_option
 @click.option("--langs", required=True, help="Comma-separated target languages, e.g. de,sw,zh (the anchor is added).")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language (never steered).")
-@click.option("--data", "corpus", default="ntrex", show_default=True,
+@click.option("--data", "corpus", default="ntrex", show_default=True, type=Input(),
               help="Parallel text: ntrex, xquad (articles 5-9), or a folder of line-aligned <lang>.txt files.")
 @click.option("--split", type=click.Choice(["fit", "validation", "all"]), default="fit", show_default=True,
               help="Corpus rows (ntrex: fit = lines 0-1499; folders: fit = first 75%).")
@@ -87,9 +87,9 @@ def _fmt_layers(layers: list[int]) -> str:
 @click.option("--max-length", type=count(2), default=128, show_default=True)
 @click.option("--param", "-p", "params", multiple=True,
               help="Method parameter KEY=VALUE (repeatable; JSON values), e.g. normalize=unit, ridge=0.01, beta=0.4.")
-@click.option("--stats-cache", default=None, type=click.Path(dir_okay=False),
+@click.option("--stats-cache", default=None, type=Output(),
               help="Statistics file to reuse when it covers this fit (else written after collection).")
-@click.option("--output", "-o", required=True, type=click.Path(), help="Intervention file (.safetensors).")
+@click.option("--output", "-o", required=True, type=Output(), help="Intervention file (.safetensors).")
 def fit_cmd(**kw: Any) -> None:
     """Fit a steering METHOD on parallel text and save it as one intervention file.
 
@@ -218,7 +218,7 @@ def _route(prompts: list[str], langs_spec: list[str], anchor: str, paths: list[s
 @click.command("generate")
 @model_options
 @click.argument("prompts", nargs=-1, required=True)
-@click.option("--intervention", "-i", "interventions", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--intervention", "-i", "interventions", multiple=True, type=Input(dir_okay=False),
               help="Intervention file (.safetensors); repeatable (all are applied together).")
 @click.option("--alpha", default=None, help="Strength of every intervention (default: as saved).")
 @click.option("--lang", default="auto", show_default=True,
@@ -325,7 +325,7 @@ def _fingerprint_line(fp: dict[str, Any] | None) -> str:
 
 
 @click.command("inspect")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=Input(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the file's metadata as JSON.")
 @click.option("--max-tensors", type=count(0), default=60, show_default=True,
               help="List at most N tensors (0: all).")

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import UsageError
+from .guard import Input, Output  # noqa: F401  (the types every command declares its paths with)
 
 F = Callable[..., Any]
 
@@ -15,7 +16,7 @@ F = Callable[..., Any]
 def model_options(f: F) -> F:
     """--model/--dtype/--device/--device-map/--trust-remote-code/--allow-download."""
     decorators = [
-        click.option("--model", "-m", default="gemma3-270m", show_default=True,
+        click.option("--model", "-m", default="gemma3-270m", show_default=True, type=Input(),
                      help="Shipped model name, local folder, or hub id (with --allow-download)."),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
                      show_default=True, help="Weights dtype (float32 is fastest on CPUs without bf16 units)."),
@@ -55,7 +56,7 @@ def load_model_from(kw: dict[str, Any]):
 
 
 def data_dir_option(f: F) -> F:
-    return click.option("--data-dir", default=None, envvar="XLSTEER_DATA_DIR",
+    return click.option("--data-dir", default=None, envvar="XLSTEER_DATA_DIR", type=Input(data_dir=True),
                         help="Data directory (default: $XLSTEER_DATA_DIR, else ../shared/data, else the per-user data dir).")(f)
 
 
@@ -68,8 +69,8 @@ def task_options(f: F, required: bool = True) -> F:
     from ..evaluation.tasks.spec import BUILTIN
 
     decorators = [
-        click.option("--task", required=required, default=None, help=TASK_HELP.format(names=", ".join(BUILTIN))),
-        click.option("--include-path", "include_path", multiple=True, type=click.Path(file_okay=False),
+        click.option("--task", required=required, default=None, type=Input(), help=TASK_HELP.format(names=", ".join(BUILTIN))),
+        click.option("--include-path", "include_path", multiple=True, type=Input(file_okay=False),
                      help="lmeval: tasks: a folder of lm-eval task YAML files (repeatable)."),
         click.option("--task-langs", default=None,
                      help="lmeval: tasks: the language of each task where its name does not say, e.g. "

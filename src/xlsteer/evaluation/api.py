@@ -92,7 +92,8 @@ def evaluate_method(lm: Any, task: str | TaskSpec, langs: Sequence[str], method:
     cfg = cfg or EvalConfig()
     ctx = RunContext(lm=lm, task=task if isinstance(task, str) else task.name, langs=list(langs), split=cfg.split,
                      limit=cfg.limit, dev_limit=cfg.limit or 100, anchor=cfg.anchor, data_dir=cfg.data_dir,
-                     seed=cfg.seed, batch_size=cfg.batch_size, max_length=cfg.max_length, cache_dir=cfg.cache_dir)
+                     seed=cfg.seed, batch_size=cfg.batch_size, max_length=cfg.max_length, cache_dir=cfg.cache_dir,
+                     sampling=dict(cfg.sampling), guard=cfg.guard)
     run = run_method(method, ctx)
     if run.results is None:
         raise UsageError(f"method {method} produced no results: {run.error}")

@@ -27,8 +27,9 @@ class EvalConfig:
     ``template_options`` (e.g. ``k`` for MGSM); ``seed`` and ``n_boot`` for the bootstrap CIs;
     ``cache_dir``: the per-item cache (None: no cache); ``calibrate``: content-free calibration
     of label tasks; ``positions``: which token positions an intervention edits (None: the policy
-    the intervention stores). ``select_rule``: how a sweep decides whether a steered setting
-    replaces the unsteered model (:class:`~.evidence.SelectionRule`; evaluations ignore it).
+    the intervention stores); ``sampling``: decoding changes for generation tasks (e.g.
+    ``{"temperature": 0}`` for greedy, ``{"gate": "script"}`` for the script gate); ``select_rule``:
+    how a sweep decides whether a steered setting replaces the unsteered model (:class:`~.evidence.SelectionRule`; evaluations ignore it).
     """
 
     split: str = "test"
@@ -45,11 +46,20 @@ class EvalConfig:
     batch_size: int = 8
     max_length: int = 2048
     select_rule: SelectionRule = field(default_factory=SelectionRule)
+    #: changes to the generation template's decoding settings (:class:`~.sampling.Sampling` fields:
+    #: temperature, top_p, seed, gate); empty: decode as the template says (greedy for most tasks)
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    #: the quality guard (fluency, degeneration) of generation tasks: None as the task declares it
+    guard: bool | None = None
 
     def __post_init__(self) -> None:
+        from .sampling import Sampling
         from .tasks.base import check_limit
 
         check_limit(self.limit)
+        if not isinstance(self.sampling, Mapping):
+            raise UsageError(f"sampling must be a mapping of Sampling fields, got {type(self.sampling).__name__}")
+        Sampling.of(None, self.sampling)  # the names and values are checked once, here
         if self.positions is not None and self.positions not in POSITIONS:
             raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         for name in ("batch_size", "max_length", "n_boot"):

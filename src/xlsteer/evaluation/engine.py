@@ -24,7 +24,9 @@ Three request types (what lm-eval calls loglikelihood / generate_until, plus nex
 :meth:`Engine.label_logits`  next-token log-probs (over the whole vocabulary) of a few single-token
     labels after each prompt: one forward, logits only at the last position.
 
-:meth:`Engine.generate`  batched greedy decoding with the KV cache and left padding; a row stops
+:meth:`Engine.generate`  batched decoding with the KV cache and left padding, greedy by default or
+    nucleus sampling (:class:`~xlsteer.evaluation.sampling.Sampling`: each row draws from its own
+    random stream seeded by its cache key, so its text does not depend on its batch); a row stops
     at EOS or when its text contains a stop sequence (the text is cut at the first one); the
     batch stops when every row has stopped or after ``max_new_tokens``. Deterministic.
 
@@ -79,6 +81,7 @@ from .engine_cache import (  # noqa: F401  (re-exported: imported from here else
     intervention_info,
 )
 from .engine_forward import _continuation_weight, _ForwardPasses, _HeadMismatch, _input_device  # noqa: F401
+from .sampling import GREEDY, RowDecoding, Sampling
 
 LLResult = tuple[float, int, int, bool]
 
@@ -353,8 +356,17 @@ class Engine(_CacheLookup, _ForwardPasses):
         anchor: str | None = "en",
         keys: Sequence[str] | None = None,
         scope: dict[str, Any] | None = None,
+        sampling: Sampling | None = None,
     ) -> list[str]:
-        """Greedy continuations of ``prompts``, each cut at its first stop sequence."""
+        """Continuations of ``prompts``, each cut at its first stop sequence.
+
+        ``sampling`` (default greedy): see :mod:`xlsteer.evaluation.sampling`. Each row samples
+        from its own stream seeded by the sampling seed and its cache key (its prompt without
+        keys), so its text does not depend on its batch; the settings enter the cache key.
+        """
+        sampling = sampling if sampling is not None else GREEDY
+        if not isinstance(sampling, Sampling):
+            raise UsageError(f"sampling must be a Sampling record, got {type(sampling).__name__}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if max_new_tokens >= self.max_length:
@@ -371,10 +383,15 @@ class Engine(_CacheLookup, _ForwardPasses):
                 self.truncated += 1
             enc.append(e)
 
+        stream_keys = list(keys) if keys is not None else list(prompts)
+
         def batch(session: Any, idx: list[int]) -> list[Any]:
             session.set_langs([langs[i] for i in idx])
-            return self._gen_batch([enc[i] for i in idx], max_new_tokens, stops)
+            decoding = RowDecoding(sampling, [stream_keys[i] for i in idx], [langs[i] for i in idx], self.tokenizer)
+            return self._gen_batch([enc[i] for i in idx], max_new_tokens, stops, decoding)
 
+        params: dict[str, Any] = {"max_new_tokens": max_new_tokens, "stop": stops}
+        if sampling.cache_params() is not None:  # plain greedy keeps the keys of caches written before sampling
+            params["sampling"] = sampling.cache_params()
         return self._run("generate", len(prompts), langs, interventions, positions, anchor, keys, scope,
-                         {"max_new_tokens": max_new_tokens, "stop": stops}, lambda i: (-len(enc[i]), i), batch,
-                         lambda v, i: _text(v))
+                         params, lambda i: (-len(enc[i]), i), batch, lambda v, i: _text(v))

@@ -4,7 +4,7 @@ Why a module of its own: :class:`~xlsteer.evaluation.engine.Engine` decides *wha
 (requests, their order, the cache, steering); the methods here (:class:`_ForwardPasses`, a mixin
 of the engine) decide *how* a batch goes through the model: left padding, the shared-context
 log-likelihood forward with its verified unembedding shortcut, the out-of-memory halving, and
-the KV-cached greedy decoding loop. Which device inputs go to and how expensive a continuation
+the KV-cached decoding loop (its token choice: :func:`xlsteer.evaluation.sampling.next_tokens`). Which device inputs go to and how expensive a continuation
 token is relative to a context token are helpers of the same kind.
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from ..errors import XlsteerError
 from ..stats import positions_from_mask
+from .sampling import RowDecoding
 
 
 def _input_device(model: Any) -> torch.device:
@@ -233,7 +234,9 @@ class _ForwardPasses:
         cut = min((p for p in (text.find(s) for s in stops) if p >= 0), default=-1)
         return (text[:cut], True) if cut >= 0 else (text, False)
 
-    def _gen_batch(self, enc: list[list[int]], max_new: int, stops: list[str]) -> list[str]:
+    def _gen_batch(self, enc: list[list[int]], max_new: int, stops: list[str],
+                   decoding: RowDecoding | None = None) -> list[str]:
+        """KV-cached decoding of one batch; ``decoding`` picks each step's tokens (None: greedy)."""
         ids, mask = self._left_pad(enc)
         b = len(enc)
         out = self._forward(ids, mask, use_cache=True, logits_to_keep=1)
@@ -243,7 +246,8 @@ class _ForwardPasses:
         done = [False] * b
         pos = positions_from_mask(mask)[:, -1]
         for step in range(max_new):
-            nxt = out.logits[:, -1, :].argmax(-1).tolist()
+            last = out.logits[:, -1, :]
+            nxt = (decoding.choose(last) if decoding is not None else last.argmax(-1)).tolist()
             for r in range(b):
                 if done[r]:
                     continue

@@ -43,6 +43,7 @@ from ..results import EVAL as FORMAT, VERSION as FORMAT_VERSION
 from . import scoring
 from .config import EvalConfig
 from .engine import Engine, intervention_info
+from .guard import guarded
 from .pairing import compare_runs  # noqa: F401  (re-exported: the runner's public API)
 from .summary import average, consistency, macro_f1_codes as _macro_f1_codes, summarize_records  # noqa: F401
 from .tasks.spec import TaskSpec, get_task, items_by_lang
@@ -140,6 +141,14 @@ def _records(spec: TaskSpec, tpl: Template, eng: Engine, flat: list[Any], exempl
     return scoring.generation_records(eng, spec, flat, reqs, keys, call)
 
 
+def _decoding(tpl: Template, flat: list[Any], exemplars: dict[str, list[Any]], call: scoring.ScoringCall
+              ) -> dict[str, Any] | None:
+    """How a generation task's answers were decoded (None for other request kinds)."""
+    if tpl.kind != "generate" or not flat:
+        return None
+    return call.decoding(tpl.render(flat[0], exemplars[flat[0].lang])).describe()
+
+
 def _few_shot(spec: TaskSpec, tpl: Template, langs: Sequence[str], data_dir: Any
               ) -> tuple[dict[str, list[Any]], dict[str, str | None], list[str]]:
     """Per language the exemplars the template renders itself, their language, and their files."""
@@ -168,6 +177,10 @@ def metrics_record(spec: TaskSpec) -> dict[str, Any]:
     n_labels = {m.name: m.n_labels for m in spec.metrics if m.kind == "macro_f1"}
     if n_labels:
         out["n_labels"] = n_labels
+    if spec.quality_guard:
+        from .guard import DEFINITIONS
+
+        out["guard"] = dict(DEFINITIONS)
     return out
 
 
@@ -181,7 +194,7 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     sets their strength. ``engine``: share one engine (and its cache) between calls.
     """
     cfg = EvalConfig.of(cfg, **settings)
-    spec = get_task(task)
+    spec = guarded(get_task(task), cfg.guard)
     lang_list = parse_langs(langs)
     anchor = normalize_lang(cfg.anchor) if cfg.anchor else cfg.anchor
     tpl = get_template(spec, cfg.template, **dict(cfg.template_options))
@@ -196,7 +209,8 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
 
     flat = [it for lang in lang_list for it in items[lang]]
     call = scoring.ScoringCall(interventions=ivs or None, positions=positions, anchor=anchor,
-                               scope={"task": spec.name, "template": tpl.describe(), "split": cfg.split})
+                               scope={"task": spec.name, "template": tpl.describe(), "split": cfg.split},
+                               sampling=dict(cfg.sampling))
     records = _records(spec, tpl, eng, flat, exemplars, call, cfg.calibrate)
     per_lang, avg = summarize_records(spec, records, lang_list, anchor, cfg.seed, cfg.n_boot)
     ids = {lang: [it.id for it in items[lang]] for lang in lang_list}
@@ -209,6 +223,7 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
         "item_ids": {"n": len(flat), "per_lang": {lang: len(v) for lang, v in ids.items()}, "sha256": _sha(ids)},
         "limit": cfg.limit, "seed": cfg.seed, "n_boot": cfg.n_boot, "calibrate": bool(cfg.calibrate),
         "intervention": intervention_info(ivs, positions), "alpha": alpha,
+        "decoding": _decoding(tpl, flat, exemplars, call),
         "metrics": metrics_record(spec),
         "engine": {"max_length": eng.max_length, "truncated": eng.truncated - counters0[0],
                    "boundary_mismatches": eng.boundary_mismatches - counters0[1]},

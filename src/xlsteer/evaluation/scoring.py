@@ -12,12 +12,14 @@ the label log-probs, or the generated text).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import metrics as M
+from .guard import guard_scores
+from .sampling import Sampling
 from .tasks.spec import TaskSpec
 
 
@@ -29,6 +31,12 @@ class ScoringCall:
     positions: str | None
     anchor: str | None
     scope: dict[str, Any]
+    #: changes to the requests' decoding settings (``EvalConfig.sampling``; empty: as the template says)
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+
+    def decoding(self, req: Any) -> Sampling:
+        """The decoding settings of a generation request after this call's changes."""
+        return Sampling.of(req.sampling, self.sampling)
 
     def kwargs(self, keys: Sequence[str]) -> dict[str, Any]:
         return dict(interventions=self.interventions, positions=self.positions, anchor=self.anchor,
@@ -137,15 +145,23 @@ def label_records(engine: Any, tpl: Any, items: Sequence[Any], reqs: Sequence[An
 
 def generation_records(engine: Any, spec: TaskSpec, items: Sequence[Any], reqs: Sequence[Any],
                        keys: Sequence[str], call: ScoringCall) -> list[dict[str, Any]]:
-    """Greedy generation, scored by the task's own ``score`` function."""
+    """Generation (greedy, or as the requests' sampling settings say), scored by the task's ``score``.
+
+    Each item's language is its row language: the language its answer is wanted in, which is
+    what steering and the script gate route by. A task with the quality guard
+    (``spec.quality_guard``) also gets each output's fluency and degeneration
+    (:mod:`xlsteer.evaluation.guard`) among its scores.
+    """
     assert spec.score is not None
     r0 = reqs[0]
     out = engine.generate([r.prompt for r in reqs], [it.lang for it in items], r0.max_new_tokens, list(r0.stop),
-                          **call.kwargs(keys))
+                          **call.kwargs(keys), sampling=call.decoding(r0))
+    guard = (guard_scores(engine, [r.prompt for r in reqs], out, [it.lang for it in items], keys, call.scope)
+             if spec.quality_guard else [{}] * len(items))
     records = []
-    for it, text in zip(items, out):
+    for it, text, g in zip(items, out, guard):
         s = spec.score(it, text)
         records.append({"id": it.id, "lang": it.lang, "gold": _json_gold(it.answer), "generated": text,
                         "prediction": s.prediction, "correct": bool(s.correct),
-                        "scores": {k: float(v) for k, v in s.scores.items()}})
+                        "scores": {**{k: float(v) for k, v in s.scores.items()}, **g}})
     return records

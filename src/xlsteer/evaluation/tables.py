@@ -47,8 +47,8 @@ def p_text(p: float | None) -> str:
 
 
 def _digits(name: str) -> int:
-    """Scores in [0, 1] with 3 digits; log-prob margins (nats) with 2."""
-    return 2 if name == "margin" else 3
+    """Scores in [0, 1] with 3 digits; log-probs (margins, fluency: nats) with 2."""
+    return 2 if name in ("margin", "fluency") else 3
 
 
 def _names(res: Any) -> list[str]:
@@ -256,6 +256,18 @@ def _pct_cell(cell: Any, reference: bool, alpha: float, holm: bool = True) -> st
     return body + (f" {m}" if m else "")
 
 
+def _guard_cell(g: Any, reference: bool, alpha: float, digits: int) -> str:
+    """A guard score's average and its change against the reference: ``-2.31 (+0.12 ▲)``."""
+    if not g or g.get("score") is None:
+        return "–"
+    body = f"{g['score']:.{digits}f}"
+    if reference or g.get("diff") is None:
+        return body
+    p = g.get("p")
+    m = "" if p is None or p >= alpha else (" ▲" if g["diff"] > 0 else " ▼")
+    return body + f" ({g['diff']:+.{digits}f}{m})"
+
+
 def _fmt_int(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 1_000 else str(n)
 
@@ -265,20 +277,22 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
     langs, anchor, alpha = rec.langs, rec.anchor, rec.alpha_level
     n = rec.item_ids.per_lang
     with_avg = len([lang for lang in langs if lang != anchor]) > 1  # the average of one language is that language
+    guard = list(dict.fromkeys(g for name in rec.methods for g in (getattr(rec.rows[name], "guard", None) or {})))
     head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], *([f"avg non-{anchor}"] * with_avg),
-            "fit s", "+tok/item", "trained params"]
+            *[f"{g} avg (Δ)" for g in guard], "fit s", "+tok/item", "trained params"]
     rows, footnotes = [], []
     for name in rec.methods:
         row = rec.rows[name]
         ref = name == rec.reference
         if row.error:
-            cells = ["–"] * (len(langs) + with_avg)
+            cells = ["–"] * (len(langs) + with_avg + len(guard))
             footnotes.append(f"{name}: not run — {row.error}")
         else:
             cells = [_pct_cell(row.per_lang[lang], ref, alpha) for lang in langs]
             avg = _pct_cell(row.average, ref, alpha, holm=False)
             if with_avg:
                 cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
+            cells += [_guard_cell((getattr(row, "guard", None) or {}).get(g), ref, alpha, _digits(g)) for g in guard]
             footnotes += [f"{name}, {lang}: {why}" for lang, why in row.skipped.items()]
             footnotes += selection_note(name, getattr(row, "selection", None))
         cost = row.cost
@@ -293,6 +307,11 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
                f"the average column: paired bootstrap stratified by language, p < {alpha:g}). † average over the "
                "languages the method covers. fit s = training/fitting/search + dev selection seconds; "
                "+tok/item = extra model tokens per item.")
+    if guard:
+        out.append("Quality guard (average over the non-anchor languages, Δ against the reference, ▲/▼ when the "
+                   "stratified paired bootstrap gives p < 0.05): fluency = mean log-likelihood per token of the "
+                   "output under the unsteered model (nats; higher = more fluent); degeneration = share of repeated "
+                   "4-grams of tokens in the output (seq-rep-4; higher = more repetition).")
     out += [f"- {f}" for f in footnotes]
     return "\n".join(out) + "\n"
 

@@ -9,7 +9,8 @@ Three kinds of request:
 
 ``choice``    (context, [continuation, ...]) scored by summed log-likelihood (XCOPA).
 ``label``     a prompt whose next token is one of a few label tokens (XNLI: "0"/"1"/"2").
-``generate``  a prompt, greedy generation, stop sequences (MGSM, XQuAD).
+``generate``  a prompt, generation (greedy unless the request's ``sampling`` says otherwise), stop
+              sequences (MGSM, XQuAD).
 
 Templates:
 
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from ..errors import LanguageError, UsageError
+from .sampling import GREEDY, Sampling
 
 Kind = Literal["choice", "label", "generate"]
 
@@ -82,6 +84,8 @@ class Request:
     #: "Multiple input" choice (Winograd-style): one context per choice, one shared continuation
     #: ``choices[0]``; choice i is scored as log P(choices[0] | contexts[i]).
     contexts: tuple[str, ...] = ()
+    #: How a ``generate`` request is decoded (default greedy); ``EvalConfig.sampling`` may change it.
+    sampling: Sampling = GREEDY
 
 
 def _field(item: Any, name: str, template: str) -> Any:

@@ -130,7 +130,7 @@ def export_control_vector(
         "strength": intervention.strength,
         "fit": intervention.params.get("fit"),
     }
-    with atomic_path(target) as tmp:
+    with atomic_path(target, validate=lambda tmp: _same_directions(tmp, directions)) as tmp:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", _model_hint(intervention, model_hint))
         writer.add_uint32(f"{ARCH}.layer_count", len(directions))
@@ -144,6 +144,13 @@ def export_control_vector(
         writer.write_tensors_to_file()
         writer.close()
     return target
+
+
+def _same_directions(path: Path, directions: dict[int, np.ndarray]) -> None:
+    """The file just written reads back as a control vector holding exactly ``directions``."""
+    got = read_control_vector(path)
+    if sorted(got) != sorted(directions) or not all(np.array_equal(got[k], directions[k]) for k in directions):
+        raise ArtifactError("the control vector read back differs from the one exported")
 
 
 # ---- reading back (tests, inspection) -------------------------------------------------------

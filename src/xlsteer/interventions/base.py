@@ -241,6 +241,7 @@ class Intervention:
                 meta=extra,
             )
             obj.validate()
+            _check_within_model(obj)
         except ArtifactError as e:
             raise ArtifactError(f"intervention file {path}: {e}") from None
         except (XlsteerError, KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
@@ -265,6 +266,22 @@ class Intervention:
             check_fingerprint(expected, fingerprint, what=f"{self.method} intervention")
         except FingerprintError:
             raise
+
+
+def _check_within_model(iv: Intervention) -> None:
+    """Layers exist in the model the file was fitted on (0..num_layers-1); a recorded site name is
+    one of the known sites. Checked at load, so ``export`` and ``inspect`` refuse them too."""
+    from ..models.sites import SITE_NAMES
+
+    n = (iv.meta.get("model_fingerprint") or {}).get("num_layers")
+    bad = [layer for layer in iv.layers if layer < 0 or (isinstance(n, int) and layer >= n)]
+    if bad:
+        top = f"0..{n - 1}" if isinstance(n, int) else "0 or more"
+        raise ArtifactError(f"layer {bad[0]} is outside the model it was fitted on (layers {top}); re-create it")
+    site = iv.params.get("site")
+    if site is not None and site not in SITE_NAMES:
+        raise ArtifactError(f"params.site {str(site)[:40]!r} is not a site name ({', '.join(SITE_NAMES)}); "
+                            "re-create it")
 
 
 def default_positions(interventions: Any, given: str | None = None) -> str:

@@ -55,6 +55,8 @@ class SteeringVector(Intervention):
                 )
         if self.params.get("normalize", "none") not in self.NORMALIZE:
             raise ArtifactError(f"unknown normalize mode {self.params.get('normalize')!r}")
+        if self.params.get("normalize") == "relative":
+            check_ref_norms(self.params.get("ref_norm"), self.layers, ArtifactError)
 
     def effective(self, layer: int) -> torch.Tensor:
         """The (n_languages, d) vectors as added at strength 1, in float32."""
@@ -100,6 +102,26 @@ class SteeringVector(Intervention):
 
 
 # ---- helpers shared by the fit functions of every method -------------------------------------
+
+
+def check_ref_norms(ref: Any, layers: Sequence[int], error: type[Exception] = UsageError) -> dict[str, float]:
+    """``ref_norm`` of a relative vector: a finite number > 0 for every layer (zero would erase the
+    vector, a negative one reverse it, a missing one fail at the first forward pass)."""
+    if ref is None:
+        raise error("normalize is 'relative' but there is no ref_norm; give one per layer, or refit with "
+                    "normalize=relative and no ref_norm (the statistics' token norm is used)")
+    if not isinstance(ref, Mapping):
+        raise error(f"ref_norm must be an object of one number per layer, got {type(ref).__name__}")
+    out: dict[str, float] = {}
+    for layer in layers:
+        value = ref.get(str(layer), ref.get(layer))  # type: ignore[call-overload]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not ok:
+            raise error(f"ref_norm for layer {layer} must be a finite number > 0, got {str(value)[:40]}")
+        out[str(layer)] = float(value)
+    return out
+
+
 
 
 def check_width(iv: Intervention, site: Site, act: torch.Tensor, width: int) -> None:
@@ -218,9 +240,9 @@ def fit_diffmean(
             elif isinstance(ref_norm, Mapping):
                 if layer not in ref_norm and str(layer) not in ref_norm:
                     raise UsageError(f"ref_norm has no value for layer {layer}; give one per layer")
-                norms[str(layer)] = float(ref_norm.get(layer, ref_norm.get(str(layer))))  # type: ignore[arg-type]
+                norms.update(check_ref_norms(ref_norm, [layer]))
             else:
-                norms[str(layer)] = float(ref_norm)
+                norms.update(check_ref_norms({str(layer): ref_norm}, [layer]))
     params: dict[str, Any] = {
         "fit": "diffmean",
         "normalize": normalize,

@@ -16,6 +16,43 @@ from pathlib import Path
 from ..errors import UsageError
 
 
+#: What marks a page this command wrote (so a re-run may replace it inside the run directory).
+GENERATOR = '<meta name="generator" content="xlsteer report">'
+
+
+def figure_dir(page: str | Path) -> Path:
+    """The folder the page's figures are also written to: ``<stem>_figures`` beside it."""
+    p = Path(page)
+    return p.parent / f"{p.stem}_figures"
+
+
+def is_report_page(path: str | Path) -> bool:
+    """Whether ``path`` is a page written by ``xlsteer report`` (its head carries :data:`GENERATOR`)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError:
+        return False
+    return GENERATOR.encode() in head
+
+
+def own_output(path: str | Path) -> bool:
+    """A file an earlier ``xlsteer report`` wrote: its page, or a PNG in that page's figure folder
+    (what a re-run into the run directory may replace; any other file there is an input)."""
+    p = Path(path)
+    if p.suffix == ".html":
+        return is_report_page(p)
+    folder = p.parent.name
+    return p.suffix == ".png" and folder.endswith("_figures") and \
+        is_report_page(p.parent.parent / (folder[: -len("_figures")] + ".html"))
+
+
+def page_companions(page: str | Path) -> list[Path]:
+    """The figure files a report written to ``page`` would replace."""
+    folder = figure_dir(page)
+    return sorted(folder.glob("*.png")) if folder.is_dir() else []
+
+
 def _environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
@@ -32,6 +69,7 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
     """Write the page for a run directory or one result file (default: ``DIR/report.html`` or
     ``FILE.html`` beside the file). Returns the page's path."""
     from .. import __version__
+    from ..filenames import confined
     from ..io import atomic_write_bytes, atomic_write_text, check_writable
     from ..provenance import now_utc
     from ..results.rows import score_tables
@@ -68,8 +106,20 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
         analysis=analysis, has_analysis=bool(run.of("xlsteer.analysis")) or any(s.loose for s in analysis),
         other_figures=by_section.get("other", []), provenance=P.provenance(run), n_files=len(run.files),
         n_figures=len(all_figures), version=__version__, created=now_utc(), summary_mde=mde_text)
-    fig_dir = out.parent / f"{out.stem}_figures"
-    for fig in all_figures:
-        atomic_write_bytes(fig_dir / fig.name, fig.png)
-    atomic_write_text(out, html)
+    fig_dir = figure_dir(out)
+    for fig in all_figures:  # names from records are slugs; confined() is the last defence
+        atomic_write_bytes(confined(fig_dir, fig.name), fig.png)
+    atomic_write_text(out, html, validate=_page_ok)
     return out
+
+
+def _page_ok(path: Path) -> None:
+    """The page just written is whole: UTF-8, marked as ours, and closed."""
+    from ..errors import ArtifactError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"the report page cannot be read back ({type(e).__name__})") from None
+    if GENERATOR not in text[:2048] or not text.rstrip().endswith("</html>"):
+        raise ArtifactError("the report page is incomplete")

@@ -180,7 +180,7 @@ def listed_figures(doc: Mapping[str, Any]) -> list[str]:
     names = list(doc.get("figures") or [])
     for key in ("projections", "regressions"):
         names += [x["figure"] for x in doc.get(key) or [] if isinstance(x, Mapping) and x.get("figure")]
-    return [str(x).rsplit("/", 1)[-1] for x in names]
+    return [str(x).replace("\\", "/").rsplit("/", 1)[-1] for x in names]
 
 
 def redraw(section: str, doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,13 +195,13 @@ def redraw(section: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     if section == "logit_lens":
         return {f"logit_lens_{tag}.png": plots.plot_logit_lens(doc)}
     if section == "neuron_map":
-        return {f"{k}.png": v for k, v in neuron_figures(doc).items()}
+        return {f"{_slug(k)}.png": v for k, v in neuron_figures(doc).items()}
     if section == "projection":
-        return {f"projection_{_slug(str(x.get('intervention') or 'none'))}_{x.get('method')}.png": plots.plot_projection(x)
-                for x in doc.get("projections") or []}
+        return {f"projection_{_slug(str(x.get('intervention') or 'none'))}_{_slug(x.get('method'))}.png":
+                plots.plot_projection(x) for x in doc.get("projections") or [] if isinstance(x, Mapping)}
     if section == "regression":
         return {f"regression_{_slug(str(r.get('method') or 'x'))}.png": plots.plot_regression(r)
-                for r in doc.get("regressions") or [] if r.get("points")}
+                for r in doc.get("regressions") or [] if isinstance(r, Mapping) and r.get("points")}
     if section == "compare_models":
         return {"compare_models.png": plots.plot_compare_models(doc)}
     return {}

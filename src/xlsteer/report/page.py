@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,7 +39,9 @@ class Figure:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    from ..filenames import slug as _slug
+
+    return _slug(text)
 
 
 def section_of(name: str) -> str:

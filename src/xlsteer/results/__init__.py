@@ -29,7 +29,7 @@ CONTROL = "xlsteer.control"  # the positive control: does steering change the ou
 
 FORMATS = (EVAL, PAIRED, METHODS, SWEEP, ANALYSIS, SETUP, LM_EVAL, CONTROL)
 #: The command that converts files of the formats before version 2.
-CONVERTER = "python -m xlsteer.results upgrade FILE"
+CONVERTER = "xlsteer results upgrade FILE"
 
 
 def stamp(fmt: str, doc: dict[str, Any]) -> dict[str, Any]:

@@ -225,6 +225,7 @@ class EvalResult(_Open):
     limit: Optional[int] = None
     seed: int = 0
     intervention: Optional[dict[str, Any]] = None
+    decoding: Optional[dict[str, Any]] = None  # generation tasks: evaluation.sampling.Sampling.describe()
     metrics: MetricsInfo
     per_lang: dict[str, LangResult]
     average: Average

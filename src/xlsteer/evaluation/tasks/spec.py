@@ -38,6 +38,9 @@ PAIRINGS: tuple[str, ...] = ("id", "none")
 BUILTIN: tuple[str, ...] = ("mgsm", "xcopa", "xnli", "xquad")
 #: Per-item scores every choice and label request yields (besides the task's metrics).
 CHOICE_CONTINUOUS: tuple[str, ...] = ("margin", "p_correct")
+#: The quality guard of generation tasks (:mod:`xlsteer.evaluation.guard`): fluency under the
+#: unsteered model and seq-rep-4 degeneration of the output, per item.
+GUARD_CONTINUOUS: tuple[str, ...] = ("fluency", "degeneration")
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ class TaskSpec:
     choice and label tasks are scored by log-likelihood and need none). ``comparable_predictions``:
     whether predictions can be compared across languages (not for extractive QA, whose answers
     are text in each language). ``dev_split``: the split sweeps and selection use (None: the task
-    cannot be swept).
+    cannot be swept). ``quality_guard``: a generation task whose every item also gets the guard's
+    fluency and degeneration scores (:mod:`xlsteer.evaluation.guard`), reported beside its metrics.
     """
 
     name: str
@@ -142,6 +146,7 @@ class TaskSpec:
     dev_split: str | None = "dev"
     few_shot: FewShot | None = None
     extra_continuous: tuple[str, ...] | None = None
+    quality_guard: bool = False
     baselines: BaselineHints = field(default_factory=BaselineHints)
     source: Mapping[str, Any] = field(default_factory=lambda: {"kind": "builtin"})
     pairing: Pairing = "id"
@@ -166,6 +171,8 @@ class TaskSpec:
             extra = sorted(set(have) - set(self.splits))
             if extra:
                 raise ValueError(f"task {self.name}: language {lang} has split(s) {extra} the task does not declare")
+        if self.quality_guard and kind != "generate":
+            raise ValueError(f"task {self.name}: the quality guard scores generated text; it needs a generation task")
 
     # ---- derived facts
 
@@ -177,10 +184,13 @@ class TaskSpec:
     @property
     def continuous(self) -> tuple[str, ...]:
         """Continuous per-item scores reported besides the metrics (margin and p_correct of the
-        gold answer for log-likelihood tasks, unless ``extra_continuous`` says otherwise)."""
+        gold answer for log-likelihood tasks, unless ``extra_continuous`` says otherwise; then
+        the quality guard's scores when the task has it)."""
         if self.extra_continuous is not None:
-            return self.extra_continuous
-        return CHOICE_CONTINUOUS if self.kind in ("choice", "label") else ()
+            own = self.extra_continuous
+        else:
+            own = CHOICE_CONTINUOUS if self.kind in ("choice", "label") else ()
+        return (*own, *[g for g in GUARD_CONTINUOUS if g not in own]) if self.quality_guard else tuple(own)
 
     @property
     def metric_kinds(self) -> dict[str, str]:
