@@ -81,7 +81,8 @@ def files(tmp_path_factory) -> dict[str, str]:
 INPUT_VALUES = {"model": "model", "data_dir": "data", "corpus": "corpus", "task": "spec", "include_path": "include",
                 "intervention": "vec", "intervention_files": "vec", "interventions": "vec", "stats_path": "stats",
                 "stats_file": "stats", "eval_files": "old", "categories_file": "categories",
-                "compare_model": "model", "results": "old", "run_dir": "run", "file": "vec", "files": "old"}
+                "compare_model": "model", "results": "old", "run_dir": "run", "file": "vec", "files": "old",
+                "sweep_path": "old"}
 ARGS = {
     ("collect",): ["--langs", "en,de", "--limit", "1"],
     ("fit",): ["diffmean", "--langs", "de", "--limit", "1"],
@@ -99,7 +100,7 @@ ARGS = {
     ("results", "schema"): [],
 }
 # parameters left out of the base call: they exclude another one given (sweep: --stats or --intervention)
-LEFT_OUT = {("sweep",): {"intervention"}, ("eval",): set(), ("lm-eval",): set()}
+LEFT_OUT = {("sweep",): {"intervention"}, ("eval",): {"sweep_path"}, ("lm-eval",): set()}
 
 
 def _flag(param) -> str | None:

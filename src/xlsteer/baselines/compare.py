@@ -265,6 +265,8 @@ def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, M
         "seed": seed,
         "n_boot": n_boot,
         "alpha_level": 0.05,
+        "select": ctx.select,
+        "select_rule": _rule_record(ctx.select_rule),
         "reference": REFERENCE,
         "reference_added": reference_added,
         "item_ids": ref["item_ids"],
