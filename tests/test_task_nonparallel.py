@@ -245,3 +245,37 @@ def test_partial_scoring_equals_lm_evals_own_scores(tmp_path):
             assert r["id"] == f"pronouns_lm/{s['doc']['id']}"
             assert r["logprobs"] == pytest.approx([x[0][0] for x in s["resps"]], abs=1e-4)
             assert r["scores"]["acc"] == s["acc"]
+
+
+# ---- user files anywhere --------------------------------------------------------------------------------------
+
+
+def _cache_state(cache: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(cache)): p.read_bytes() for p in sorted(cache.rglob("*")) if p.is_file()}
+
+
+def test_a_spec_is_the_same_task_however_its_path_is_spelled(bench, tmp_path, monkeypatch, capsys):
+    """Relative (from another directory), absolute and symlinked spellings of a spec give the same
+    template version and data hash, and the second and third runs read every score from the cache."""
+    from test_task_jsonl import model_and_vector
+
+    from xlsteer.cli import main
+
+    model, vector = model_and_vector(tmp_path / "m", langs=("sw", "yo"))
+    cache = tmp_path / "cache"
+    link = tmp_path / "elsewhere"
+    link.symlink_to(bench.parent, target_is_directory=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    spellings = [str(Path("..") / "bench" / bench.name), str(bench), str(link / bench.name)]
+    outs, states = [], []
+    for i, ref in enumerate(spellings):
+        out = tmp_path / f"r{i}.json"
+        assert main(["eval", "--model", model, "--task", ref, "--intervention", vector, "--cache-dir", str(cache),
+                     "-o", str(out)]) == 0, capsys.readouterr().err
+        outs.append(json.loads(out.read_text(encoding="utf-8")))
+        states.append(_cache_state(cache))
+    assert states[0] and states[1] == states[0] and states[2] == states[0]  # nothing computed again
+    assert len({r["template"]["version"] for r in outs}) == 1 and len({r["data"]["data_hash"] for r in outs}) == 1
+    assert outs[0]["items"] == outs[1]["items"] == outs[2]["items"]
