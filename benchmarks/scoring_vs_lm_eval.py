@@ -36,11 +36,12 @@ os.environ.setdefault("XLSTEER_QUIET", "1")
 
 def _requests(langs: list[str], limit: int):
     """lm-eval's loglikelihood Instances of xcopa_<lang> (test, first ``limit`` docs), and the docs."""
-    from xlsteer.evaluation.lm_eval_tasks import local_task_dir, task_manager
+    from xlsteer.lmeval.harness import task_manager
+    from xlsteer.lmeval.xcopa import local_task_dir
 
     names = [f"xcopa_{lang}" for lang in langs]
     with local_task_dir(langs=langs) as d:
-        tasks = task_manager(d, names).load(names)["tasks"]
+        tasks = task_manager(names, override_dir=d).load(names)["tasks"]
         instances, docs = [], {}
         for name in names:
             task = tasks[name]
@@ -68,7 +69,7 @@ def main() -> None:
 
     from lm_eval.models.huggingface import HFLM
 
-    from xlsteer.evaluation.lm_eval_model import XlsteerLM
+    from xlsteer.lmeval.model import XlsteerLM
     from xlsteer.evaluation.runner import evaluate
     from xlsteer.models.loading import load_model
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from xlsteer.analysis.run import analyze
-from xlsteer.baselines.methods import compare_methods, write_compare
+from xlsteer.baselines.compare import compare_methods, write_compare
 from xlsteer.evaluation.runner import compare_runs, evaluate, write_results
 from xlsteer.evaluation.sweep import sweep
 from xlsteer.interventions.vector import SteeringVector, vector_key

@@ -18,11 +18,12 @@ from xlsteer.baselines import finetune as FT
 from xlsteer.baselines import icl as ICL
 from xlsteer.baselines import prompt_search as PS
 from xlsteer.baselines import translate as TR
-from xlsteer.baselines.methods import compare_markdown, compare_methods, load_options, parse_methods
+from xlsteer.baselines.compare import compare_markdown, compare_methods, load_options
+from xlsteer.baselines.methods import parse_methods
 from xlsteer.errors import UsageError
 from xlsteer.evaluation.tasks import get_task
 from xlsteer.testing import replaced_task
-from xlsteer.evaluation.templates import get_template
+from xlsteer.evaluation.tasks import get_template
 from xlsteer.testing import tiny_model
 
 EVAL = dict(max_length=512, n_boot=50)

@@ -7,7 +7,8 @@ import torch
 
 from xlsteer.errors import UsageError
 from xlsteer.hooks import ForwardContext, record, steer
-from xlsteer.interventions import CLASIntervention, fit, fit_clas, neuron_categories, select_bridge_layers
+from xlsteer.interventions import fit
+from xlsteer.interventions.clas import CLASIntervention, fit_clas, neuron_categories, select_bridge_layers
 from xlsteer.interventions.clas import partial_key, spec_key
 from xlsteer.models.sites import Site
 from xlsteer.stats import Statistics

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xlsteer.cli import main
-from xlsteer.interventions import METHODS, load_intervention
+from xlsteer.interventions import load_intervention, method_names
 from xlsteer.io import load_tensors
 from xlsteer.models.loading import load_model
 from xlsteer.testing import tiny_model
@@ -83,7 +83,7 @@ def _generations(text):
     return out
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", method_names())
 def test_fit_each_method_loads_and_inspects(env, method, tmp_path, capsys):
     out = tmp_path / f"{method}.safetensors"
     code = _fit(env, method, out, *FIT_ARGS[method])

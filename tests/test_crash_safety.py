@@ -39,7 +39,7 @@ from transformers.models.llama import modeling_llama  # noqa: F401
 import safetensors.torch  # noqa: F401
 import xlsteer.cli
 import xlsteer.api, xlsteer.stats, xlsteer.evaluation.runner, xlsteer.evaluation.sweep  # noqa: F401
-import xlsteer.interventions, xlsteer.models.loading, xlsteer.data.corpora  # noqa: F401
+import xlsteer.interventions.vector, xlsteer.models.loading, xlsteer.data.corpora  # noqa: F401
 print(json.dumps({"ready": os.getpid()}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)

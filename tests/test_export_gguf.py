@@ -171,10 +171,10 @@ def test_cli_needs_lang_for_a_multilingual_vector(tmp_path, capsys):
     assert err.count("\n") == 1 and "--lang" in err
 
 
-def test_cli_non_vector_intervention_is_one_line_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(iv_base._REGISTRY, _Scaler.method, _Scaler)  # undone after the test
-    src = _scaler().save(tmp_path / "scaler.safetensors")
-    assert main(["export", "gguf", str(src), "--lang", "de", "-o", str(tmp_path / "o.gguf")]) == 2
+def test_cli_non_vector_intervention_is_one_line_error(tmp_path, capsys):
+    with iv_base.INTERVENTION_KINDS.temporarily(_Scaler.method, _Scaler):  # undone after the block
+        src = _scaler().save(tmp_path / "scaler.safetensors")
+        assert main(["export", "gguf", str(src), "--lang", "de", "-o", str(tmp_path / "o.gguf")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: only steering vectors") and err.count("\n") == 1
     assert not (tmp_path / "o.gguf").exists()

@@ -199,7 +199,6 @@ def _save_mutated(kind: str, files: dict[str, Any], meta: Any) -> Path:
 
 
 def _load_intervention(path: Path) -> Any:
-    import xlsteer.interventions  # noqa: F401  (registers every method)
     from xlsteer.interventions.base import Intervention
 
     iv = Intervention.load(path)

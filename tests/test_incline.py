@@ -7,7 +7,8 @@ import torch
 
 from xlsteer.errors import UsageError
 from xlsteer.hooks import record, steer
-from xlsteer.interventions import InclineIntervention, fit, fit_incline, incline_texts
+from xlsteer.interventions import fit
+from xlsteer.interventions.incline import InclineIntervention, fit_incline, incline_texts
 from xlsteer.interventions.incline import map_key
 from xlsteer.models.sites import Site
 from xlsteer.stats import Statistics

@@ -7,7 +7,10 @@ import torch
 
 from xlsteer.errors import UsageError
 from xlsteer.hooks import steer
-from xlsteer.interventions import SteeringVector, TrainableSteeringVector, fit, fit_learned, vector_key
+from xlsteer.interventions import fit
+from xlsteer.interventions.learned import fit_learned
+from xlsteer.interventions.training import TrainableSteeringVector
+from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
 from xlsteer.testing import tiny_model
 

@@ -19,8 +19,10 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from xlsteer.errors import LanguageError, UsageError  # noqa: E402
 from xlsteer.evaluation.engine import Engine  # noqa: E402
-from xlsteer.evaluation.lm_eval_model import XlsteerLM, task_language  # noqa: E402
-from xlsteer.evaluation.lm_eval_tasks import task_manager, write_xcopa_tasks  # noqa: E402
+from xlsteer.lmeval.harness import task_manager  # noqa: E402
+from xlsteer.lmeval.languages import task_language  # noqa: E402
+from xlsteer.lmeval.model import XlsteerLM  # noqa: E402
+from xlsteer.lmeval.xcopa import write_xcopa_tasks  # noqa: E402
 from xlsteer.evaluation.runner import evaluate  # noqa: E402
 from xlsteer.interventions.vector import SteeringVector, vector_key  # noqa: E402
 from xlsteer.models.loading import load_model  # noqa: E402
@@ -78,7 +80,7 @@ def tm(tmp_path_factory):
     """lm-eval's TaskManager over the local XCOPA configs (read from the data dir in place)."""
     d = tmp_path_factory.mktemp("xcopa-tasks")
     assert write_xcopa_tasks(d, langs=LANGS) == TASKS
-    return task_manager(d, TASKS)
+    return task_manager(TASKS, override_dir=d)
 
 
 class _NoNetwork:
@@ -147,13 +149,27 @@ def _assert_same_items(res: dict, result: dict) -> None:
 def test_registered_name_resolves_through_lm_evals_registry():
     from lm_eval.api.registry import get_model
 
-    import importlib.metadata as md
-
     assert get_model("xlsteer") is XlsteerLM
     assert get_model("hf").__name__ == "HFLM"  # lm-eval's own lazy table is still there
-    # declared for lm-eval versions that discover models by entry point (0.4.13 does not)
-    eps = {e.name: e.value for e in md.entry_points(group="lm_eval.models")}
-    assert eps.get("xlsteer") == "xlsteer.evaluation.lm_eval_model:XlsteerLM"
+
+
+@pytest.mark.slow  # lm-eval's CLI indexes all of its own tasks first (a minute or more)
+def test_lm_evals_own_cli_runs_the_xlsteer_model(folder, tmp_path):
+    """``python -m xlsteer.lmeval`` is lm-eval's command line with the model registered (lm-eval
+    reads no package entry points, so its plain ``lm_eval`` command cannot know the model)."""
+    import subprocess
+    import sys
+
+    write_xcopa_tasks(tmp_path / "tasks", langs=["sw"])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "xlsteer.lmeval", "--model", "xlsteer", "--model_args",
+                           f"pretrained={folder}", "--batch_size", "4", "--tasks", "xcopa_sw", "--include_path",
+                           str(tmp_path / "tasks"), "--limit", "2", "--output_path", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [written] = list(out.rglob("results_*.json"))
+    res = json.loads(written.read_text(encoding="utf-8"))
+    assert res["n-samples"]["xcopa_sw"]["effective"] == 2 and res["config"]["model"] == "xlsteer"
 
 
 # ---- (b) loglikelihood equals the engine, a hand computation and lm-eval's hf backend --------

@@ -7,7 +7,8 @@ import torch
 
 from xlsteer.errors import UsageError
 from xlsteer.hooks import record, steer
-from xlsteer.interventions import IntMuIntervention, LapeIntervention, fit, lape_neurons
+from xlsteer.interventions import fit
+from xlsteer.interventions.neurons import IntMuIntervention, LapeIntervention, lape_neurons
 from xlsteer.interventions.neurons import fit_intmu, fit_lape, lape_selection, mask_key, mu_key
 from xlsteer.models.sites import Site
 from xlsteer.stats import Statistics

@@ -81,7 +81,7 @@ def test_compare_uses_the_stored_policy(lm, policies):
 
 def test_lm_eval_adapter_uses_the_stored_policy(lm, incline, tmp_path):
     pytest.importorskip("lm_eval")
-    from xlsteer.evaluation.lm_eval_model import XlsteerLM
+    from xlsteer.lmeval.model import XlsteerLM
 
     path = incline.save(tmp_path / "incline.safetensors")
     assert XlsteerLM(pretrained=lm, intervention=str(path)).positions == "last_prompt"

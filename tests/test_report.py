@@ -145,7 +145,7 @@ def test_no_python_string_builds_html_tags():
 
 def test_lm_eval_results_get_a_summary_table(tmp_path):
     pytest.importorskip("lm_eval")
-    from xlsteer.evaluation.lm_eval_model import results_json
+    from xlsteer.lmeval.harness import results_json
 
     results = {"results": {"xcopa_sw": {"alias": "xcopa_sw", "acc,none": 0.55, "acc_stderr,none": 0.05},
                            "xcopa_zh": {"alias": "xcopa_zh", "acc,none": 0.6, "acc_stderr,none": 0.05}},

@@ -42,7 +42,7 @@ def test_every_writers_output_validates(made):
 
 def test_lm_eval_results_are_stamped():
     pytest.importorskip("lm_eval")
-    from xlsteer.evaluation.lm_eval_model import results_json
+    from xlsteer.lmeval.harness import results_json
 
     doc = json.loads(results_json({"results": {"xcopa_sw": {"acc,none": 0.5}}, "versions": {"xcopa_sw": 1.0}}))
     assert validate(doc).format == "xlsteer.lm-eval" and doc["version"] == 2

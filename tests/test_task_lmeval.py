@@ -16,7 +16,7 @@ pytest.importorskip("lm_eval")
 
 from xlsteer.errors import DataError, LanguageError, UsageError  # noqa: E402
 from xlsteer.evaluation.runner import compare_runs, evaluate  # noqa: E402
-from xlsteer.evaluation.tasks.lmeval import build_spec, spec_name  # noqa: E402
+from xlsteer.lmeval.tasks import build_spec, spec_name  # noqa: E402
 from xlsteer.evaluation.tasks.spec import resolve_task  # noqa: E402
 from xlsteer.interventions.vector import SteeringVector, vector_key  # noqa: E402
 from xlsteer.models.sites import Site  # noqa: E402
@@ -263,7 +263,7 @@ def test_same_requests_and_scores_as_lm_eval_itself(tasks):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from xlsteer.evaluation.lm_eval_model import XlsteerLM
+    from xlsteer.lmeval.model import XlsteerLM
 
     lm = tiny_model("llama")
     for ref, names in (("lmeval:T_en,T_sw", ["T_en", "T_sw"]), ("lmeval:G_en,G_sw", ["G_en", "G_sw"])):

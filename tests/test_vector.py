@@ -10,7 +10,8 @@ import torch
 
 from xlsteer.errors import ArtifactError, FingerprintError, UsageError
 from xlsteer.hooks import record, steer
-from xlsteer.interventions import SteeringVector, fit, fit_diffmean, load_intervention, vector_key
+from xlsteer.interventions import fit, load_intervention
+from xlsteer.interventions.vector import SteeringVector, fit_diffmean, vector_key
 from xlsteer.interventions.base import Intervention
 from xlsteer.models.sites import Site
 from xlsteer.stats import Statistics, collect

@@ -35,6 +35,10 @@ class LanguageError(UsageError):
     """An unknown or ambiguous language code, or a language without statistics."""
 
 
+class PluginError(UsageError):
+    """A plugin that cannot be found or fails while it loads (one line naming the plugin and the error)."""
+
+
 class FingerprintError(XlsteerError):
     """An artifact was made for another model (or another width)."""
 

@@ -194,17 +194,3 @@ def neuron_map(
             "per_lang": {lang: sum(v.values()) for lang, v in counts.items()},
         }
     return out
-
-
-def figures(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """``{name: Figure}`` for the parts present in a :func:`neuron_map` summary (or its JSON)."""
-    from .plots import plot_lape_heatmap, plot_neuron_categories
-
-    figs: dict[str, Any] = {}
-    cats = summary.get("categories")
-    if cats:
-        figs["neuron_categories"] = plot_neuron_categories(cats["percentages"], cats.get("bridge_layers") or [])
-    lape = summary.get("lape")
-    if lape:
-        figs["lape_neurons"] = plot_lape_heatmap(lape["counts"])
-    return figs

@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .neuron_map import CATEGORIES
+
 # colour-blind-safe cycle (Okabe-Ito), then tab20 for many languages
 _OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 CATEGORY_COLORS = {
@@ -185,8 +187,6 @@ def plot_neuron_categories(
     percentages: Mapping[Any, Mapping[str, float]], bridge_layers: Sequence[int] = (), title: str | None = None
 ) -> Figure:
     """Stacked bars of CLAS categories (% of neurons) per layer; bridge layers marked."""
-    from .neuron_map import CATEGORIES
-
     fig = new_figure(8.0, 4.0)
     pts = layer_items(percentages)
     if not pts:
@@ -417,3 +417,16 @@ def plot_sweep(points: Sequence[Mapping[str, Any]], title: str | None = None, me
     fig.colorbar(im, ax=ax, label=metric)
     ax.set_title(title or "Sweep (dev split): best cell boxed")
     return fig
+
+
+def neuron_figures(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name: Figure}`` for the parts present in a :func:`~xlsteer.analysis.neuron_map.neuron_map`
+    summary (or its JSON)."""
+    figs: dict[str, Any] = {}
+    cats = summary.get("categories")
+    if cats:
+        figs["neuron_categories"] = plot_neuron_categories(cats["percentages"], cats.get("bridge_layers") or [])
+    lape = summary.get("lape")
+    if lape:
+        figs["lape_neurons"] = plot_lape_heatmap(lape["counts"])
+    return figs

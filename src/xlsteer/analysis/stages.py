@@ -20,7 +20,6 @@ from ..results import stamp
 from . import plots
 from .compare_models import compare_models
 from .logit_lens import language_shares, shares_from_hidden
-from .neuron_map import figures as neuron_figures
 from .neuron_map import neuron_map
 from .projection import project
 from .regression import delta_similarity, gain_vs_similarity, gains_from_scores
@@ -268,7 +267,7 @@ def _neuron_map_stage(ctx: _Context, stats: Any, categories: Any, lape: Any, bri
         categories, lape, bridge_layers = _from_stats(stats, categories, lape, bridge_layers, n_layers, nm_notes)
     if categories is not None or lape is not None:
         summary = neuron_map(categories, lape, bridge_layers)
-        figs = [ctx.w.figure(f"{name}.png", fig) for name, fig in neuron_figures(summary).items()]
+        figs = [ctx.w.figure(f"{name}.png", fig) for name, fig in plots.neuron_figures(summary).items()]
         ctx.w.json("analysis_neuron_map.json", "neuron_map", {**summary, "figures": figs, "notes": nm_notes})
         ctx.result["neuron_map"] = summary
     ctx.notes.extend(nm_notes)

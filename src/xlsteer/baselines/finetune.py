@@ -55,8 +55,8 @@ import torch
 
 from ..data.langs import normalize_lang
 from ..errors import ArtifactError, UsageError
-from ..evaluation.tasks import get_task
-from ..evaluation.templates import Template, get_template
+from ..evaluation.tasks import get_task, get_template
+from ..evaluation.templates import Template
 from ..io import atomic_write_json, read_json
 from ..progress import bar
 from ..stats import positions_from_mask

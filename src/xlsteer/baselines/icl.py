@@ -37,8 +37,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..data.langs import normalize_lang
 from ..errors import UsageError, XlsteerError
-from ..evaluation.tasks import get_task
-from ..evaluation.templates import Request, Template, get_template
+from ..evaluation.tasks import get_task, get_template
+from ..evaluation.templates import Request, Template
 
 # Where exemplars come from, how many and what separates them: each task's BaselineHints.
 VARIANTS = ("en", "native")

@@ -378,9 +378,5 @@ def run_method(name: str, ctx: RunContext, **params: Any) -> MethodRun:
     return out
 
 
-from .compare import (assemble_compare, compare_markdown, compare_methods, load_options,  # noqa: E402
-                      pair_with_reference, resume_key, write_compare)
-
 __all__ = ["FAMILIES", "REFERENCE", "NTREX_LANGS", "DEFAULT_ALPHAS", "METHODS", "ALIASES", "RunContext", "MethodRun",
-           "MethodSpec", "method_names", "parse_methods", "run_method", "steer_and_evaluate", "pair_with_reference",
-           "compare_methods", "resume_key", "assemble_compare", "compare_markdown", "write_compare", "load_options"]
+           "MethodSpec", "method_names", "parse_methods", "run_method", "steer_and_evaluate"]

@@ -35,8 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from ..evaluation.tasks import get_task
-from ..evaluation.templates import Request, Template, get_template
+from ..evaluation.tasks import get_task, get_template
+from ..evaluation.templates import Request, Template
 from .icl import LeakError, base_render, prefix_tokens, with_prefix, wrap_template
 
 # The hand-written seed instructions (English: the anchor language) and the text that separates

@@ -192,7 +192,7 @@ def translation_template(task: str, translated: dict[tuple[str, str], Any], info
     The translated item is rendered as English (``lang="en"``: XCOPA's English connectors), while
     the runner keeps the original item for scoring and pairing (same id, same language column).
     """
-    from ..evaluation.templates import get_template
+    from ..evaluation.tasks import get_template
     from .icl import base_render, wrap_template
 
     base = get_template(task, template)

@@ -24,16 +24,22 @@ _COMMAND_MODULES = ("core", "data", "methods", "evaluate", "tasks", "analysis", 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE_OR_MODULE",
+              help="Load a plugin (a .py file or a module) that registers methods, tasks, architectures or sites "
+                   "(repeatable; also XLSTEER_PLUGINS and installed 'xlsteer.plugins' entry points; docs/plugins.md).")
 @click.version_option(package_name="xlsteer")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, plugins: tuple[str, ...]) -> None:
     """Steer multilingual language models toward an anchor language, and measure honestly whether it helps."""
+    from ..plugins import load_plugins
+
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     if debug:
         os.environ["XLSTEER_DEBUG"] = "1"
     if quiet:
         os.environ["XLSTEER_QUIET"] = "1"
+    load_plugins(plugins)  # before the subcommand parses its options (method and task names, help)
 
 
 for _name in _COMMAND_MODULES:
@@ -167,11 +173,3 @@ def usage(message: str) -> UsageError:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-
-def entry() -> None:
-    """Console-script entry point of older installs (now ``xlsteer.__main__:run``, which handles
-    signals from before this module is imported)."""
-    from ..__main__ import run
-
-    run()

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from .options import (FINITE, MAX_COUNT, SEED, Input, Output, count, data_dir_option, load_model_from, model_input,
-                      model_options, parse_langs, parse_layers, spare_inputs)
+from .guard import model_input
+from .options import (FINITE, MAX_COUNT, SEED, Input, Output, count, data_dir_option, intervention_plugins,
+                      load_model_from, model_options, parse_langs, parse_layers, spare_inputs)
 
 # what analyze writes into its run directory (xlsteer.analysis.run)
 _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
@@ -22,6 +23,7 @@ _REPORT_READS = ("*.json", "figures/*.png")
 @click.option("--langs", required=True, help="Comma-separated languages, e.g. en,de,sw (the anchor is added if missing).")
 @click.option("--anchor", default="en", show_default=True, help="Anchor language.")
 @click.option("--intervention", "intervention_files", multiple=True, type=Input(dir_okay=False),
+              callback=intervention_plugins,
               help="Intervention file (.safetensors); repeat for several. None: unsteered analysis only.")
 @click.option("--layers", default="all", show_default=True, help="Layers: all, 6, 4-8, 2,5,9.")
 @click.option("--data", "corpus", default="ntrex", show_default=True, type=Input(),

@@ -54,7 +54,8 @@ def compare_cmd(**kw: Any) -> None:
     (each method's per-item results). A method whose DIR/runs file was written with the same
     settings is reused, so an interrupted comparison resumes per method.
     """
-    from ..baselines.methods import compare_markdown, compare_methods, load_options, parse_methods, write_compare
+    from ..baselines.compare import compare_markdown, compare_methods, load_options, write_compare
+    from ..baselines.methods import parse_methods
     from ..io import check_writable
 
     t0 = time.perf_counter()

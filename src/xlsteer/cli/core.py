@@ -31,17 +31,18 @@ def models_cmd() -> None:
 def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_download: bool) -> None:
     """Print the model's layers and intervention sites with their widths."""
     from ..models.loading import load_model
-    from ..models.sites import SITE_NAMES, describe_sites
+    from ..models.sites import describe_sites, site_names
 
     lm = load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code, allow_download=allow_download)
     rows = describe_sites(lm.model)
     n_layers = max(r["layer"] for r in rows) + 1
     click.echo(f"{lm.name}: {type(lm.model).__name__}, {n_layers} layers, width {lm.hidden_size}")
-    click.echo(f"{'layer':>5}  " + "  ".join(f"{n:>16}" for n in SITE_NAMES))
+    names = site_names()
+    click.echo(f"{'layer':>5}  " + "  ".join(f"{n:>16}" for n in names))
     by = {(r["layer"], r["site"]): r for r in rows}
     for layer in range(n_layers):
         cells = [f"{'(' + str(by[(layer, n)]['width']) + ') ' + by[(layer, n)]['hook']:>16}" if (layer, n) in by
-                 else f"{'-':>16}" for n in SITE_NAMES]
+                 else f"{'-':>16}" for n in names]
         click.echo(f"{layer:>5}  " + "  ".join(cells))
 
 
@@ -66,7 +67,7 @@ def collect_cmd(**kw) -> None:
     """Collect activation statistics per language on parallel text."""
     from ..api import collect_statistics
     from ..io import check_writable
-    from ..models.sites import SITE_NAMES, Site
+    from ..models.sites import Site
 
     out = check_writable(kw.pop("output"))
     spare_inputs([out], [kw["corpus"]], model=kw["model"], data_dir=kw["data_dir"])
@@ -76,7 +77,7 @@ def collect_cmd(**kw) -> None:
         Site(0, n)  # validates the name
     lm = load_model_from(kw)
     layers = parse_layers(kw.pop("layers"), lm.num_layers)
-    sites = [Site(layer, n) for layer in layers for n in names if n in SITE_NAMES]
+    sites = [Site(layer, n) for layer in layers for n in names]
     t0 = time.perf_counter()
     stats = collect_statistics(lm, langs=langs, sites=sites, corpus=kw.pop("corpus"), **kw)
     from ..distributed import is_main_process

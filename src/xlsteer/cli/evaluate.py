@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, langs_for, load_model_from,
-                      model_options, parse_float, parse_layers, resolve_task_from, spare_inputs, task_inputs,
-                      task_options)
+from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, intervention_plugins, langs_for,
+                      load_model_from, model_options, parse_float, parse_layers, resolve_task_from, spare_inputs,
+                      task_inputs, task_options)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -108,7 +108,7 @@ def _sampling_changes(kw: dict[str, Any]) -> dict[str, Any]:
 
 @click.command("eval")
 @eval_options
-@click.option("--intervention", default=None, type=Input(dir_okay=False),
+@click.option("--intervention", default=None, type=Input(dir_okay=False), callback=intervention_plugins,
               help="Intervention file (.safetensors); also runs the unsteered model for the paired test.")
 @click.option("--alpha", default=None, help="Strength of the intervention (default: as saved).")
 @click.option("--split", default="test", show_default=True, help="dev or test (train where the task has one).")
@@ -191,7 +191,7 @@ def selection_rule(kw: dict[str, Any]) -> Any:
 @eval_options
 @click.option("--stats", "stats_path", default=None, type=Input(dir_okay=False),
               help="Statistics file: fit DiffMean per layer from it.")
-@click.option("--intervention", default=None, type=Input(dir_okay=False),
+@click.option("--intervention", default=None, type=Input(dir_okay=False), callback=intervention_plugins,
               help="Or: an intervention fitted at several layers; each layer is tried alone.")
 @click.option("--site", default=None, help="With --stats: the site to fit at (default resid_post).")
 @click.option("--normalize", type=click.Choice(["none", "unit", "relative"]), default="none", show_default=True,

@@ -10,8 +10,8 @@ from .guard import Input, Output
 
 
 def load_any_intervention(path: str) -> Any:
-    """``Intervention.load`` with every method registered (importing ``xlsteer.interventions`` does
-    that), so a file of any method loads and a non-vector one gets a clear "cannot export" message."""
+    """``Intervention.load`` of a file of any method (the intervention registry imports its kind),
+    so a non-vector one gets a clear "cannot export" message."""
     from ..interventions import load_intervention
 
     return load_intervention(path)

@@ -55,6 +55,24 @@ class Input(click.Path):
         self.reads = tuple(reads)
 
 
+def model_input(name: str | None) -> str | None:
+    """The local folder or .gguf file a --model names (shipped names and hub ids read no user file)."""
+    if name and Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    return None
+
+
+def data_input(explicit: str | None) -> str | None:
+    """The data dir a command reads (None when none is found: the command says so itself later)."""
+    from ..data.paths import data_dir
+    from ..errors import XlsteerError
+
+    try:
+        return str(data_dir(explicit))
+    except XlsteerError:
+        return None
+
+
 @dataclass
 class _Declared:
     outputs: list[Path]
@@ -74,8 +92,6 @@ def _values(value: Any) -> list[str]:
 def declared(ctx: click.Context) -> _Declared:
     """The outputs, output folders and inputs ``ctx``'s command was given, by their types."""
     from ..io import files_written_into
-    from .options import data_input, model_input
-
     out = _Declared([], [], [], [])
     for param in ctx.command.params:
         kind, values = param.type, _values(ctx.params.get(param.name))

@@ -35,7 +35,7 @@ def _refuse_existing_configs(folder: str, force: bool) -> None:
     """Task configs already in ``folder`` are the user's: replaced only with --force."""
     from pathlib import Path
 
-    from ..evaluation.lm_eval_tasks import local_names
+    from ..lmeval.xcopa import local_names
 
     there = sorted(n for n in [*(f"{t}.yaml" for t in local_names() if t != "xcopa"), "_xcopa.yaml", "utils.py"]
                    if (Path(folder) / n).exists())
@@ -78,14 +78,14 @@ def lmeval_cmd(**kw: Any) -> None:
     \b
     xlsteer lm-eval --model gemma3-270m --tasks xcopa_sw,xcopa_zh --limit 50
     xlsteer lm-eval --tasks xcopa --intervention iv.safetensors --alpha 2 -o out.json
-    xlsteer lm-eval --write-tasks ./xcopa_tasks   # then: python -m xlsteer.evaluation.lm_eval_model
+    xlsteer lm-eval --write-tasks ./xcopa_tasks   # then: python -m xlsteer.lmeval
                                                   #   --model xlsteer --include_path ./xcopa_tasks ...
     """
     from ..io import atomic_write_text, check_writable
 
     t0 = time.perf_counter()
     if kw["write_tasks"] is not None:
-        from ..evaluation.lm_eval_tasks import write_xcopa_tasks
+        from ..lmeval.xcopa import write_xcopa_tasks
         from ..io import files_written_into
 
         spare_inputs(files_written_into(kw["write_tasks"], ["*.yaml", "utils.py"]), [], data_dir=kw["data_dir"])
@@ -102,7 +102,9 @@ def lmeval_cmd(**kw: Any) -> None:
     if alpha is not None and kw["intervention"] is None:
         raise UsageError("--alpha needs --intervention FILE")
     limit = _limit(kw["limit"])
-    from ..evaluation.lm_eval_model import XlsteerLM, results_json, results_table, run_lm_eval
+    from ..lmeval.harness import results_json, results_table
+    from ..lmeval.model import XlsteerLM
+    from ..lmeval.run import run_lm_eval
 
     loaded = load_model_from(kw)
     lm = XlsteerLM(pretrained=loaded, batch_size=kw["batch_size"], max_length=kw["max_length"],

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import (Input, Output, count, data_dir_option, load_model_from, model_options, parse_float,
-                      parse_langs, parse_layers, spare_inputs)
+from .options import (Input, Output, count, data_dir_option, intervention_plugins, load_model_from, model_options,
+                      parse_float, parse_langs, parse_layers, spare_inputs)
 from .params import parse_params
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -219,6 +219,7 @@ def _route(prompts: list[str], langs_spec: list[str], anchor: str, paths: list[s
 @model_options
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--intervention", "-i", "interventions", multiple=True, type=Input(dir_okay=False),
+              callback=intervention_plugins,
               help="Intervention file (.safetensors); repeatable (all are applied together).")
 @click.option("--alpha", default=None, help="Strength of every intervention (default: as saved).")
 @click.option("--lang", default="auto", show_default=True,
@@ -337,9 +338,7 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
     tensors, meta = load_tensors(file, what="file")
     fmt = meta.get("format")
     if fmt == "xlsteer.intervention":
-        import xlsteer.interventions  # noqa: F401  (registers every method)
         from ..interventions.base import Intervention
-
         from ..interventions.registry import method_for
 
         fitted_by = method_for(Intervention.load(file))  # full validation: fields, method, tensor names and shapes

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import click
 
 from ..errors import UsageError
-from .guard import Input, Output  # noqa: F401  (the types every command declares its paths with)
+# Input, Output: the types every command declares its paths with (imported from here by the commands)
+from .guard import Input, Output, data_input, model_input  # noqa: F401
 
 F = Callable[..., Any]
 
@@ -28,6 +29,17 @@ def model_options(f: F) -> F:
     for d in reversed(decorators):
         f = d(f)
     return f
+
+
+def intervention_plugins(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback of the ``--intervention`` options: an intervention file made with a plugin
+    this process has not loaded is refused at once, in one line naming the plugin."""
+    from ..interventions.base import require_file_plugins
+
+    for path in (value if isinstance(value, (list, tuple)) else [value]):
+        if path is not None and Path(path).is_file():
+            require_file_plugins(path)
+    return value
 
 
 def load_model_from(kw: dict[str, Any]):
@@ -208,24 +220,6 @@ class FiniteFloat(click.ParamType):
 
 
 FINITE = FiniteFloat()
-
-
-def model_input(name: str | None) -> str | None:
-    """The local folder or .gguf file a --model names (shipped names and hub ids read no user file)."""
-    if name and Path(name).expanduser().exists():
-        return str(Path(name).expanduser())
-    return None
-
-
-def data_input(explicit: str | None) -> str | None:
-    """The data dir a command reads (None when none is found: the command says so itself later)."""
-    from ..data.paths import data_dir
-    from ..errors import XlsteerError
-
-    try:
-        return str(data_dir(explicit))
-    except XlsteerError:
-        return None
 
 
 def spare_inputs(outputs: list[Any], inputs: list[Any], *, model: str | None = None,

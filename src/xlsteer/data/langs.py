@@ -24,12 +24,17 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from ..errors import LanguageError, UsageError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .corpora import ParallelCorpus
+
+class TextsByLanguage(Protocol):
+    """What :func:`langid_accuracy` reads of a corpus (a :class:`~xlsteer.data.corpora.ParallelCorpus`)."""
+
+    name: str
+    langs: list[str]
+    texts: Mapping[str, Sequence[str]]
 
 # ISO 639-1 | ISO 639-3 (macrolanguage where one exists) | default script | English name
 _ISO1 = """\
@@ -466,7 +471,7 @@ def identify_language(texts: list[str], candidates: list[str] | None = None) -> 
 
 
 def langid_accuracy(
-    corpus: "ParallelCorpus", langs: list[str] | None = None, n: int | None = 50,
+    corpus: TextsByLanguage, langs: list[str] | None = None, n: int | None = 50,
     candidates: list[str] | None = None,
 ) -> dict[str, float]:
     """Share of the first ``n`` lines of each language that py3langid labels correctly.

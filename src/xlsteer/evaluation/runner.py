@@ -46,8 +46,8 @@ from .engine import Engine, intervention_info
 from .guard import guarded
 from .pairing import compare_runs  # noqa: F401  (re-exported: the runner's public API)
 from .summary import average, consistency, macro_f1_codes as _macro_f1_codes, summarize_records  # noqa: F401
-from .tasks.spec import TaskSpec, get_task, items_by_lang
-from .templates import Template, get_template
+from .tasks.spec import TaskSpec, get_task, get_template, items_by_lang
+from .templates import Template
 
 
 def _sha(obj: Any) -> str:

@@ -248,21 +248,3 @@ TEMPLATES: dict[str, Template] = {
                       "'Context: ...\\nQuestion: ...\\nAnswer:', greedy, <= 32 new tokens, stop at newline",
                       {"max_new_tokens": 32}, _xquad),
 }
-
-def get_template(task: Any, name: str | Template | None = None, **options: Any) -> Template:
-    """The template ``name`` of ``task`` (a task name or TaskSpec; default: the task's first template).
-
-    A Template object is checked to belong to the task; ``options`` (None values ignored) are
-    applied with :meth:`Template.with_options`.
-    """
-    from .tasks.spec import get_task
-
-    spec = get_task(task)
-    if isinstance(name, Template):
-        tpl = name
-    else:
-        tpl = spec.template(None if name is None else str(name))
-    if tpl.task != spec.name:
-        raise UsageError(f"template '{tpl.name}' is for task {tpl.task}, not {spec.name}; choose a {spec.name} template")
-    opts = {k: v for k, v in options.items() if v is not None}
-    return tpl.with_options(**opts) if opts else tpl

@@ -18,28 +18,46 @@ import torch
 from ..errors import ArtifactError, FingerprintError, LanguageError, UsageError, XlsteerError
 from ..hooks import ForwardContext
 from ..io import load_tensors, save_tensors
-from ..models.sites import Site
+from ..models.sites import SITES, Site, check_site, site_names, site_width
 from ..provenance import provenance
+from ..registry import Registry, require_plugins
 from ..validation import check_fields, finite, integer, list_of, obj, optional, text
+from .registry import method_for, method_plugin
 
 # the JSON types of an intervention file's metadata (values are checked by the method's validate)
 _METADATA = {
     "format": text, "format_version": integer(1, 1000), "method": text, "sites": list_of(text, min_len=1),
     "params": obj, "languages": list_of(text, min_len=1, unique=True), "anchor": text, "strength": finite,
     "model_fingerprint": optional(obj), "model": optional(text), "provenance": optional(obj),
+    "plugins": optional(list_of(obj)),
 }
 
 FORMAT_VERSION = 1
-_REGISTRY: dict[str, type["Intervention"]] = {}
+
+#: The built-in intervention kinds: the ``method`` stored in a file -> the class that loads it.
+BUILTIN_INTERVENTIONS: dict[str, str] = {
+    "vector": "xlsteer.interventions.vector:SteeringVector",
+    "incline": "xlsteer.interventions.incline:InclineIntervention",
+    "clas": "xlsteer.interventions.clas:CLASIntervention",
+    "lape": "xlsteer.interventions.neurons:LapeIntervention",
+    "intmu": "xlsteer.interventions.neurons:IntMuIntervention",
+}
 
 
-def register(cls: type["Intervention"]) -> type["Intervention"]:
-    _REGISTRY[cls.method] = cls
+def _accept(name: str, cls: Any) -> type["Intervention"]:
+    if not (isinstance(cls, type) and issubclass(cls, Intervention)) or cls.method != name:
+        raise TypeError(f"intervention kind {name!r} must be an Intervention subclass whose method is {name!r}")
     return cls
 
 
-def registered_methods() -> list[str]:
-    return sorted(_REGISTRY)
+INTERVENTION_KINDS: Registry[type["Intervention"]] = Registry("intervention kind", BUILTIN_INTERVENTIONS,
+                                                              accept=_accept)
+
+
+def register_intervention(cls: type["Intervention"]) -> type["Intervention"]:
+    """Class decorator: files whose ``method`` is ``cls.method`` are loaded as ``cls``."""
+    INTERVENTION_KINDS.register(cls.method, cls)
+    return cls
 
 
 def check_alpha(alpha: Any, name: str = "alpha") -> float:
@@ -177,8 +195,6 @@ class Intervention:
     def sweeps_together(self) -> bool:
         """Whether a dev sweep applies this intervention at every fitted layer together rather than
         at each layer alone (INCLINE, CLAS: as in their papers), per its method's registry entry."""
-        from .registry import method_for
-
         spec = method_for(self)
         return spec is not None and spec.sweeps_together()
 
@@ -194,7 +210,9 @@ class Intervention:
 
     # ---- persistence -------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        return {
+        """The file's JSON metadata; ``plugins`` names the plugins that registered its kind or its
+        fit method (absent for built-ins), so a later process can say which to load."""
+        out = {
             "format": "xlsteer.intervention",
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -205,6 +223,11 @@ class Intervention:
             "strength": self.strength,
             **self.meta,
         }
+        origins = [INTERVENTION_KINDS.origin(self.method), method_plugin(self)]
+        plugins = [o.record() for i, o in enumerate(origins) if o is not None and o not in origins[:i]]
+        if plugins:
+            out["plugins"] = plugins
+        return out
 
     def save(self, path: str | Path) -> Path:
         meta = self.metadata()
@@ -223,11 +246,12 @@ class Intervention:
             )
         check_fields(meta, _METADATA, what=f"intervention file {path}", fix="re-create it with `xlsteer fit`",
                      required=required)
-        cls = _REGISTRY.get(meta["method"])
+        require_plugins(meta.get("plugins"), f"intervention file {path}")
+        cls = INTERVENTION_KINDS.find(meta["method"])
         if cls is None:
             raise ArtifactError(
                 f"intervention file {path} has unknown method '{meta['method']}'; "
-                f"known: {', '.join(registered_methods())}"
+                f"known: {', '.join(INTERVENTION_KINDS.names())}"
             )
         extra = {k: v for k, v in meta.items() if k not in required and k != "format_version"}
         try:
@@ -271,16 +295,14 @@ class Intervention:
 def _check_within_model(iv: Intervention) -> None:
     """Layers exist in the model the file was fitted on (0..num_layers-1); a recorded site name is
     one of the known sites. Checked at load, so ``export`` and ``inspect`` refuse them too."""
-    from ..models.sites import SITE_NAMES
-
     n = (iv.meta.get("model_fingerprint") or {}).get("num_layers")
     bad = [layer for layer in iv.layers if layer < 0 or (isinstance(n, int) and layer >= n)]
     if bad:
         top = f"0..{n - 1}" if isinstance(n, int) else "0 or more"
         raise ArtifactError(f"layer {bad[0]} is outside the model it was fitted on (layers {top}); re-create it")
     site = iv.params.get("site")
-    if site is not None and site not in SITE_NAMES:
-        raise ArtifactError(f"params.site {str(site)[:40]!r} is not a site name ({', '.join(SITE_NAMES)}); "
+    if site is not None and site not in SITES:
+        raise ArtifactError(f"params.site {str(site)[:40]!r} is not a site name ({', '.join(site_names())}); "
                             "re-create it")
 
 
@@ -299,3 +321,54 @@ def default_positions(interventions: Any, given: str | None = None) -> str:
                          "choose one with --positions")
     return stored.pop() if stored else "all"
 
+
+def site_widths(iv: Intervention) -> dict[Any, int]:
+    """The activation width each site of ``iv`` expects (last dim of its ``<name>@<layer>`` tensors)."""
+    out = {}
+    for site in iv.sites:
+        for key, t in iv.tensors.items():
+            if key.endswith(f"@{site.layer}"):
+                out[site] = int(t.shape[-1])
+                break
+    return out
+
+
+def check_compatible(iv: Intervention, lm: Any) -> None:
+    """Raise FingerprintError if ``iv`` was fitted for another model than ``lm`` (a LoadedModel)
+    or its tensors do not fit the model's widths (also when the file has no fingerprint)."""
+    fingerprint = getattr(lm, "fingerprint", None)
+    if fingerprint is not None:
+        iv.check_model(fingerprint)
+    model = getattr(lm, "model", lm)
+    for site, width in site_widths(iv).items():
+        check_site(model, site)
+        actual = site_width(model, site.name)
+        if actual != width:
+            raise FingerprintError(
+                f"{iv.method} intervention expects width {width} at {site}, this model has {actual}; "
+                "fit it again for this model"
+            )
+
+
+def require_file_plugins(path: str | Path) -> None:
+    """Refuse, in one line, an intervention file made with a plugin this process has not loaded,
+    reading only its metadata (a damaged file is left to :meth:`Intervention.load` to report)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("xlsteer") or "{}")
+    except Exception:  # noqa: BLE001  (unreadable here: the full load says why)
+        return
+    if isinstance(meta, dict) and isinstance(meta.get("plugins"), list):
+        require_plugins([p for p in meta["plugins"] if isinstance(p, dict)], f"intervention file {path}")
+
+
+def load_intervention(path: str | Path, lm: Any = None) -> Intervention:
+    """Load any intervention file (``Intervention.load``); with ``lm``, also check it fits that model."""
+    iv = Intervention.load(path)
+    if lm is not None:
+        check_compatible(iv, lm)
+    return iv

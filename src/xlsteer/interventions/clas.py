@@ -35,7 +35,7 @@ import torch
 from ..errors import ArtifactError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
-from .base import Intervention, register
+from .base import Intervention, register_intervention
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
 
@@ -55,7 +55,7 @@ def spec_key(layer: int) -> str:
     return f"m_spec@{layer}"
 
 
-@register
+@register_intervention
 class CLASIntervention(Intervention):
     method = "clas"
 

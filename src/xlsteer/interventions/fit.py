@@ -36,16 +36,7 @@ from ..errors import DataError, UsageError
 from ..models.sites import Site, num_layers
 from ..stats import Statistics, collect
 from .base import Intervention
-from .registry import FitJob, SteeringMethod, get_method, method_names
-
-
-def __getattr__(name: str) -> Any:
-    """``METHODS`` (the registered names) and ``DEFAULT_SITE`` (name -> site), read from the registry."""
-    if name == "METHODS":
-        return tuple(method_names())
-    if name == "DEFAULT_SITE":
-        return {m: get_method(m).site for m in method_names()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from .registry import FitJob, SteeringMethod, get_method
 
 
 def _texts(corpus: Any) -> dict[str, list[str]]:

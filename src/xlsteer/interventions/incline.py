@@ -38,7 +38,7 @@ import torch
 from ..errors import ArtifactError, DataError, UsageError
 from ..hooks import POSITION_POLICIES, ForwardContext
 from ..models.sites import Site
-from .base import Intervention, register
+from .base import Intervention, register_intervention
 from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_layers, check_targets, check_width, fit_metadata
 
@@ -52,7 +52,7 @@ def map_key(layer: int) -> str:
     return f"W@{layer}"
 
 
-@register
+@register_intervention
 class InclineIntervention(Intervention):
     method = "incline"
 

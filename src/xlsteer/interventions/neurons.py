@@ -38,7 +38,7 @@ import torch
 from ..errors import ArtifactError, DataError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
-from .base import Intervention, register
+from .base import Intervention, register_intervention
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_width, fit_metadata
 
@@ -176,7 +176,7 @@ def _validate_masks(iv: Intervention, rows: int, extra: str | None = None) -> No
                 )
 
 
-@register
+@register_intervention
 class LapeIntervention(Intervention):
     method = "lape"
 
@@ -216,7 +216,7 @@ class LapeIntervention(Intervention):
         return act * prepared[idx].unsqueeze(1)
 
 
-@register
+@register_intervention
 class IntMuIntervention(Intervention):
     method = "intmu"
 

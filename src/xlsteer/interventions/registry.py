@@ -17,17 +17,18 @@ every fitted layer together as in the INCLINE and CLAS papers); the strength gri
 whether ``xlsteer compare`` runs it as a steering row; and small hooks for what differs in
 calling convention, preparation (CLAS's category languages) and input checks (INCLINE's ridge
 against the corpus size, the learned vector's objective). Adding a method touches one file: its
-module, plus the import that loads it (``interventions/__init__.py`` for built-in methods; a
-method defined elsewhere, e.g. in a test, registers when its module runs).
+module (a plugin file, :mod:`xlsteer.plugins`, or a test), which registers it when it runs. The
+built-in methods are rows of :data:`BUILTIN_METHODS` (``name -> "module:fit function"``); a row's
+module is imported the first time the method is asked for, and its decorator fills the row.
 
-Two registries, two jobs, on purpose: :func:`xlsteer.interventions.base.register` maps an
+Two registries, two jobs, on purpose: :func:`xlsteer.interventions.base.register_intervention` maps an
 intervention *class* to the ``method`` name stored in intervention files, which is how a file is
 loaded (one class may serve several fit methods: :class:`~xlsteer.interventions.vector.SteeringVector`
 holds both DiffMean and learned vectors, named by ``params["fit"]``); this registry maps a *fit
 method* to how it is fitted, swept and compared. Loading a file must not depend on knowing how
 it was fitted, so the class registry stays separate.
 
-Only the standard library is imported here (the GPU-path constraint of ``xlsteer.interventions``).
+Only the standard library and the generic :class:`xlsteer.registry.Registry` are imported here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import UsageError
+from ..registry import Registry
 
 # layers fitted when the caller gives none (LayerPolicy.default)
 MIDDLE_LAYER = "middle"
@@ -184,7 +186,25 @@ class SteeringMethod:
         return self.layer_policy.sweep == ALL_TOGETHER
 
 
-_METHODS: dict[str, SteeringMethod] = {}
+#: The built-in methods, in the order they are listed (``xlsteer fit --help``, ``xlsteer compare``).
+BUILTIN_METHODS: dict[str, str] = {
+    "diffmean": "xlsteer.interventions.vector:fit_diffmean",
+    "learned": "xlsteer.interventions.learned:fit_learned",
+    "incline": "xlsteer.interventions.incline:fit_incline",
+    "clas": "xlsteer.interventions.clas:fit_clas",
+    "lape": "xlsteer.interventions.neurons:fit_lape",
+    "intmu": "xlsteer.interventions.neurons:fit_intmu",
+}
+
+
+def _accept(name: str, obj: Any) -> SteeringMethod:
+    spec = obj if isinstance(obj, SteeringMethod) else getattr(obj, "steering_method", None)
+    if not isinstance(spec, SteeringMethod) or spec.name != name:
+        raise TypeError(f"steering method {name!r} must name a fit function decorated with @register_method({name!r})")
+    return spec
+
+
+STEERING_METHODS: Registry[SteeringMethod] = Registry("steering method", BUILTIN_METHODS, accept=_accept)
 
 
 def register_method(
@@ -198,7 +218,8 @@ def register_method(
     alpha_grid: Sequence[float] = (0.5, 1.0, 2.0),
     **hooks: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register the decorated fit function as method ``name`` (returned unchanged).
+    """Decorator: register the decorated fit function as method ``name`` (returned unchanged, with
+    its spec as ``fn.steering_method``).
 
     ``hooks``: the other :class:`SteeringMethod` fields (``compare``, ``compare_defaults``,
     ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``,
@@ -218,19 +239,13 @@ def register_method(
         raise ValueError(f"{name}: give at least one strength in alpha_grid")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _METHODS:
-            raise UsageError(f"a steering method named '{name}' is already registered; choose another name")
-        _METHODS[name] = SteeringMethod(name=name, fit=fn, description=description, site=site, sites=allowed,
-                                        statistics=statistics, layer_policy=layer_policy, alpha_grid=grid, **hooks)
+        spec = SteeringMethod(name=name, fit=fn, description=description, site=site, sites=allowed,
+                              statistics=statistics, layer_policy=layer_policy, alpha_grid=grid, **hooks)
+        STEERING_METHODS.register(name, spec, defined_by=fn)
+        fn.steering_method = spec  # type: ignore[attr-defined]
         return fn
 
     return decorate
-
-
-def unregister_method(name: str) -> None:
-    """Remove method ``name`` (for methods registered temporarily, e.g. in tests)."""
-    get_method(name)
-    del _METHODS[name]
 
 
 @contextlib.contextmanager
@@ -238,35 +253,34 @@ def registered(name: str, fn: Callable[..., Any], **spec: Any) -> Iterator[Steer
     """``register_method(name, **spec)(fn)`` for the duration of a ``with`` block, then removed."""
     register_method(name, **spec)(fn)
     try:
-        yield _METHODS[name]
+        yield STEERING_METHODS.get(name)
     finally:
-        _METHODS.pop(name, None)
-
-
-def _load_builtins() -> None:
-    import xlsteer.interventions  # noqa: F401  (importing the package registers every built-in method)
+        STEERING_METHODS.unregister(name)
 
 
 def method_names() -> list[str]:
-    """Every registered method, in registration order (the built-ins first)."""
-    _load_builtins()
-    return list(_METHODS)
+    """Every registered method: the built-ins in their order, then the others as registered."""
+    return STEERING_METHODS.names()
 
 
 def get_method(name: str) -> SteeringMethod:
-    _load_builtins()
-    spec = _METHODS.get(name)
+    spec = STEERING_METHODS.find(name)
     if spec is None:
-        raise UsageError(f"unknown method '{name}'; choose one of {', '.join(_METHODS)}")
+        raise UsageError(f"unknown method '{name}'; choose one of {', '.join(method_names())}")
     return spec
 
 
 def method_for(intervention: Any) -> SteeringMethod | None:
     """The registered method that fitted ``intervention`` (``params["fit"]`` when set: steering
     vectors record diffmean or learned there; else its class's method name), or None."""
-    _load_builtins()
     name = intervention.params.get("fit")
-    return _METHODS.get(name if isinstance(name, str) else intervention.method)
+    return STEERING_METHODS.find(name if isinstance(name, str) else intervention.method)
+
+
+def method_plugin(intervention: Any) -> Any:
+    """The plugin (:class:`xlsteer.registry.PluginOrigin`) that registered ``intervention``'s fit method, or None."""
+    name = intervention.params.get("fit")
+    return STEERING_METHODS.origin(name if isinstance(name, str) else intervention.method)
 
 
 def method_table(names: Sequence[str] | None = None) -> str:

@@ -29,7 +29,7 @@ from ..errors import ArtifactError, FingerprintError, UsageError
 from ..hooks import ForwardContext
 from ..models.sites import Site
 from ..provenance import now_utc
-from .base import Intervention, register
+from .base import Intervention, register_intervention
 from .registry import LayerPolicy, StatisticsNeed, quartile_layers, register_method
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def vector_key(layer: int) -> str:
     return f"vectors@{layer}"
 
 
-@register
+@register_intervention
 class SteeringVector(Intervention):
     method = "vector"
     NORMALIZE = ("none", "unit", "relative")

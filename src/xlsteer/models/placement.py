@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .sites import SITE_NAMES, Site, get_layers, num_layers, placement_module, resolve
+from .sites import Site, num_layers, placement_module, producer_module, resolve, site_names
 from ..errors import SiteError
 
 
@@ -138,19 +138,6 @@ def device_map_entry(device_map: Mapping[str, Any] | None, module_name: str) -> 
     return None if best is None else str(device_map[best])
 
 
-def _producer(model: nn.Module, site: Site, module: nn.Module, names: Mapping[int, str]) -> nn.Module:
-    """The module whose output a pre-hook site receives (for post hooks: the module itself)."""
-    if site.name == "resid_pre":
-        if site.layer == 0:
-            emb = model.get_input_embeddings()
-            return emb if emb is not None else module
-        return get_layers(model)[site.layer - 1]
-    if site.name == "mlp_act":  # computed inside the MLP that owns the down projection
-        parent = names.get(id(module), "").rsplit(".", 1)[0]
-        return model.get_submodule(parent) if parent else module
-    return module
-
-
 def _unwrap(model: nn.Module | Any) -> nn.Module:
     """The torch module of a ``LoadedModel`` (or the module itself)."""
     return model if isinstance(model, nn.Module) else model.model
@@ -160,7 +147,7 @@ def site_placements(model: nn.Module | Any, sites: Iterable[Site] | None = None)
     """Placement of every given site (default: every site of every layer the architecture has)."""
     model = _unwrap(model)
     if sites is None:
-        wanted: Sequence[Site] = [Site(layer, name) for layer in range(num_layers(model)) for name in SITE_NAMES]
+        wanted: Sequence[Site] = [Site(layer, name) for layer in range(num_layers(model)) for name in site_names()]
         skip_missing = True
     else:
         wanted = sorted(set(sites))
@@ -177,7 +164,7 @@ def site_placements(model: nn.Module | Any, sites: Iterable[Site] | None = None)
             raise
         device, dtype = module_placement(placement_module(model, site))
         if kind == "pre":
-            in_device, in_dtype = module_placement(_producer(model, site, module, names))
+            in_device, in_dtype = module_placement(producer_module(model, site, module, names))
         else:
             in_device, in_dtype = device, dtype
         name = names.get(id(module), "?")

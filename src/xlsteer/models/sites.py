@@ -1,18 +1,13 @@
-"""Named intervention sites and the one place that knows each architecture's module paths.
+"""Named intervention sites: what each one is, declared once, and how a model's table turns a
+:class:`Site` ``(layer, name)`` into a module to hook and a hook kind.
 
-A :class:`Site` is ``(layer, name)``. The registry turns it into a module and a hook kind:
-
-- ``resid_pre``  input of decoder layer ``l``           (forward pre-hook on the layer)
-- ``resid_post`` output of decoder layer ``l``          (forward hook on the layer)
-- ``attn_out``   attention's contribution to the residual, after any post-attention norm
-                 (Gemma 2/3, OLMo 2 normalise it: we read after that norm)
-- ``mlp_out``    the MLP's contribution to the residual, after any post-feed-forward norm
-- ``mlp_act``    MLP intermediate activation = input of the down projection (width d_ff;
-                 act(gate) * up for gated MLPs)  (forward pre-hook on the down projection)
-- ``mlp_gate``   the MLP's activation-function output (width d_ff): act(gate_proj(x)) for gated
-                 MLPs, act(fc_in(x)) for non-gated ones (GPT-2, GPT-NeoX, where it equals
-                 mlp_act)  (forward hook on the activation module). LAPE (Tang et al.) counts
-                 P(act(gate) > 0) here: the product act(gate) * up also carries up's sign.
+A site is one :class:`SiteSpec` row of :data:`SITES` (:func:`register_site` adds one): its
+meaning, its usual hook kind, its width (d_model or the MLP's), and what placement needs to know
+(where a weightless module's computation lives, where a pre-hook's input was computed). Where a
+site is in a given architecture comes from that architecture's table
+(:mod:`xlsteer.models.archs`), else from rows declared with the site, else from its paths (the
+same in every layout, or its usual names in a layer, for layouts nobody declared). ``docs/sites.md`` holds the
+tables below and a test keeps them equal to the registries (:func:`sites_markdown`).
 
 Decoder layers return a tensor in some architectures/versions and a tuple in others; this
 module's ``get_tensor`` / ``replace_tensor`` handle both, nowhere else does.
@@ -20,18 +15,118 @@ module's ``get_tensor`` / ``replace_tensor`` handle both, nowhere else does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch import nn
 
 from ..errors import ModelError, SiteError
+from ..registry import Registry
+from .archs import ARCHS, HOOK_KINDS, ArchSpec, HookKind, arch_spec, get_layers, get_module, num_layers, register_arch
 
-SITE_NAMES: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_act", "mlp_gate")
-#: Sites inside the MLP, width d_ff (the others have width d_model).
-MLP_SITES: tuple[str, ...] = ("mlp_act", "mlp_gate")
-HookKind = Literal["pre", "post"]
+__all__ = ["Site", "SiteSpec", "SITES", "SITE_NAMES", "register_site", "site_names", "site_spec", "resolve",
+           "check_site", "placement_module", "producer_module", "site_width", "describe_sites", "sites_markdown",
+           "ArchSpec", "arch_spec", "get_layers", "num_layers", "register_arch", "final_norm_and_head", "unembed",
+           "text_config", "get_tensor", "replace_tensor", "pre_hook_tensor", "pre_hook_replace", "HookKind"]
+
+Width = Literal["model", "mlp"]
+_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+
+def _in_mlp(names: tuple[str, ...]) -> Callable[[nn.Module], str | None]:
+    """A guess for a module inside the layer's MLP (the MLP found by its usual names first)."""
+
+    def guess(layer: nn.Module) -> str | None:
+        mlp = next((m for m in _MLP_NAMES if isinstance(get_module(layer, m), nn.Module)), None)
+        if mlp is None:
+            return None
+        return next((f"{mlp}.{n}" for n in names if isinstance(get_module(layer, f"{mlp}.{n}"), nn.Module)), None)
+
+    return guess
+
+
+@dataclass(frozen=True, eq=False)
+class SiteSpec:
+    """One named site, declared once.
+
+    ``hook``: the hook kind where a table row gives none (``pre``: the module's input, ``post``:
+    its output). ``archs``: rows for given model types, declared with the site
+    (``{"llama": "self_attn.o_proj"}``). ``paths``: where an architecture has no row for the site,
+    candidate paths inside a decoder layer, the first that names a module wins (``("",)``: the
+    layer itself, the same in every architecture; ``("self_attn", "attn")``: found by its usual
+    names), or a callable ``layer -> path | None``. ``width``: ``model`` (d_model), ``mlp`` (the MLP's hidden width, the
+    input width of the ``mlp_act`` module), or ``model -> int``. ``placed_at``: another site whose
+    module tells this one's device and dtype (a module without weights cannot). ``arrives_from``:
+    for pre hooks, where the input was computed: ``previous_layer`` (the layer before, or the
+    embeddings at layer 0), ``parent`` (the module that calls the hooked one) or ``module``.
+    """
+
+    name: str
+    description: str
+    hook: HookKind = "post"
+    archs: Mapping[str, Any] = field(default_factory=dict)
+    paths: tuple[str, ...] | Callable[[nn.Module], str | None] = ()
+    width: Width | Callable[[nn.Module], int] = "model"
+    placed_at: str | None = None
+    arrives_from: Literal["previous_layer", "parent", "module"] = "parent"
+
+    def __post_init__(self) -> None:
+        if self.hook not in HOOK_KINDS:
+            raise ValueError(f"site {self.name}: hook must be one of {HOOK_KINDS}, got {self.hook!r}")
+        if not (callable(self.width) or self.width in ("model", "mlp")):
+            raise ValueError(f"site {self.name}: width must be 'model', 'mlp' or a callable, got {self.width!r}")
+
+    def path_in(self, layer: nn.Module) -> str | None:
+        """The first of :attr:`paths` that names a module of ``layer`` (None: none does)."""
+        if callable(self.paths):
+            return self.paths(layer)
+        return next((p for p in self.paths if isinstance(get_module(layer, p), nn.Module)), None)
+
+
+BUILTIN_SITES: dict[str, SiteSpec] = {s.name: s for s in (
+    SiteSpec("resid_pre", "input of decoder layer l (the residual stream before it)", hook="pre", paths=("",),
+             arrives_from="previous_layer"),
+    SiteSpec("resid_post", "output of decoder layer l (the residual stream after it)", hook="post", paths=("",)),
+    SiteSpec("attn_out", "attention's contribution to the residual, after any post-attention norm "
+             "(Gemma 2/3, OLMo 2 normalise it)", paths=("self_attn", "attn", "attention", "self_attention")),
+    SiteSpec("mlp_out", "the MLP's contribution to the residual, after any post-feed-forward norm",
+             paths=_MLP_NAMES),
+    SiteSpec("mlp_act", "input of the MLP's down projection (act(gate) * up for gated MLPs)",
+             hook="pre", paths=_in_mlp(("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2", "fc_out")),
+             width="mlp", arrives_from="parent"),
+    SiteSpec("mlp_gate", "the MLP's activation-function output: act(gate_proj(x)), or act(fc_in(x)) (= mlp_act) "
+             "for non-gated MLPs; LAPE counts P(act(gate) > 0) here",
+             paths=_in_mlp(("act_fn", "activation_fn", "act", "activation")), width="mlp", placed_at="mlp_act"),
+)}
+
+
+def _accept(name: str, obj: Any) -> SiteSpec:
+    if not isinstance(obj, SiteSpec) or obj.name != name:
+        raise TypeError(f"site {name!r} must be a SiteSpec named {name!r}, got {obj!r}")
+    return obj
+
+
+SITES: Registry[SiteSpec] = Registry("site", BUILTIN_SITES, accept=_accept)
+#: The built-in site names (plugins may add more: :func:`site_names`).
+SITE_NAMES: tuple[str, ...] = SITES.builtins
+
+
+def register_site(spec: SiteSpec, *, replace: bool = False) -> SiteSpec:
+    """Declare a new site; from then on ``Site(l, name)`` works wherever a table, a row or its paths place it."""
+    return SITES.register(spec.name, spec, replace=replace)
+
+
+def site_names() -> list[str]:
+    """Every site name: the built-ins, then those plugins registered."""
+    return SITES.names()
+
+
+def site_spec(name: str) -> SiteSpec:
+    spec = SITES.find(name)
+    if spec is None:
+        raise SiteError(f"unknown site '{name}'; choose one of {', '.join(site_names())}")
+    return spec
 
 
 @dataclass(frozen=True, order=True)
@@ -40,8 +135,8 @@ class Site:
     name: str
 
     def __post_init__(self) -> None:
-        if self.name not in SITE_NAMES:
-            raise SiteError(f"unknown site '{self.name}'; choose one of {', '.join(SITE_NAMES)}")
+        if self.name not in SITES:
+            raise SiteError(f"unknown site '{self.name}'; choose one of {', '.join(site_names())}")
 
     def __str__(self) -> str:
         return f"{self.name}@{self.layer}"
@@ -55,185 +150,92 @@ class Site:
         return cls(int(layer), name)
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """Module paths of one architecture family, relative to the model root or to a layer."""
-
-    layers: str
-    attn_out: str  # relative to the layer; the module whose output is the attention contribution
-    mlp_out: str  # relative to the layer; the module whose output is the MLP contribution
-    mlp_down: str  # relative to the layer; the down projection (its input is mlp_act)
-    final_norm: str
-    lm_head: str = "lm_head"
-    mlp_width_attr: str = "intermediate_size"
-    mlp_gate: str = "mlp.act_fn"  # relative to the layer; the activation module (its output is mlp_gate)
-
-
-_LLAMA = ArchSpec("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm")
-_GEMMA = ArchSpec(
-    "model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.down_proj", "model.norm"
-)
-_OLMO2 = _GEMMA  # OLMo 2 also normalises after attention and after the MLP
-
-REGISTRY: dict[str, ArchSpec] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-    "phi3": ArchSpec("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm", mlp_gate="mlp.activation_fn"),
-    "granite": _LLAMA,
-    "smollm3": _LLAMA,
-    "gemma": _LLAMA,
-    "gemma2": _GEMMA,
-    "gemma3": ArchSpec(
-        "model.language_model.layers",
-        "post_attention_layernorm",
-        "post_feedforward_layernorm",
-        "mlp.down_proj",
-        "model.language_model.norm",
-    ),
-    "gemma3_text": _GEMMA,
-    "olmo2": _OLMO2,
-    "gpt_neox": ArchSpec(
-        "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "embed_out",
-        mlp_gate="mlp.act",
-    ),
-    "gpt2": ArchSpec("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.ln_f", "lm_head", "n_inner", "mlp.act"),
-}
-
-_ATTN_CANDIDATES = ("self_attn", "attn", "attention", "self_attention")
-_MLP_CANDIDATES = ("mlp", "feed_forward", "ffn")
-_DOWN_CANDIDATES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2", "fc_out")
-_ACT_CANDIDATES = ("act_fn", "activation_fn", "act", "activation")
-
-
-def _get(root: nn.Module, path: str) -> nn.Module | None:
-    mod: Any = root
-    for part in path.split("."):
-        if not part:
-            continue
-        mod = getattr(mod, part, None)
-        if mod is None:
-            return None
-    return mod
-
-
-def _fallback_spec(model: nn.Module) -> ArchSpec:
-    """Find the decoder-layer list of an unregistered architecture by shape of the module tree."""
-    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    candidates = [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n_layers is None or len(mod) == n_layers)
-    ]
-    if not candidates:
-        raise ModelError(
-            f"unsupported architecture {type(model).__name__}: no list of decoder layers found; "
-            "add an ArchSpec for its model_type to xlsteer.models.sites.REGISTRY"
-        )
-    name, layers = min(candidates, key=lambda c: c[0].count("."))
-    first = layers[0]
-    attn = next((a for a in _ATTN_CANDIDATES if hasattr(first, a)), None)
-    mlp = next((m for m in _MLP_CANDIDATES if hasattr(first, m)), None)
-    down = None
-    if mlp is not None:
-        down = next((f"{mlp}.{d}" for d in _DOWN_CANDIDATES if _get(first, f"{mlp}.{d}") is not None), None)
-    gate = None
-    if mlp is not None:
-        gate = next((f"{mlp}.{a}" for a in _ACT_CANDIDATES if isinstance(_get(first, f"{mlp}.{a}"), nn.Module)), None)
-    norm = next(
-        (p for p in (name.rsplit(".", 1)[0] + ".norm", name.rsplit(".", 1)[0] + ".final_layernorm") if _get(model, p)),
-        "",
-    )
-    return ArchSpec(name, attn or "", mlp or "", down or "", norm, mlp_gate=gate or "")
-
-
-def arch_spec(model: nn.Module) -> ArchSpec:
-    model_type = getattr(model.config, "model_type", "")
-    spec = REGISTRY.get(model_type)
-    if spec is not None and _get(model, spec.layers) is not None:
-        return spec
-    return _fallback_spec(model)
-
-
-def get_layers(model: nn.Module) -> nn.ModuleList:
-    spec = arch_spec(model)
-    layers = _get(model, spec.layers)
-    if not isinstance(layers, nn.ModuleList):
-        raise ModelError(f"unsupported architecture {type(model).__name__}: '{spec.layers}' is not a layer list")
-    if len(layers) == 0:
-        raise ModelError(f"unsupported model {type(model).__name__}: its decoder layer list '{spec.layers}' is empty "
-                         "(0 layers); give a model with at least one layer")
-    return layers
-
-
-def num_layers(model: nn.Module) -> int:
-    return len(get_layers(model))
-
-
 def check_site(model: nn.Module, site: Site) -> None:
     n = num_layers(model)
     if not 0 <= site.layer < n:
         raise SiteError(f"layer {site.layer} is out of range: this model has layers 0..{n - 1}")
 
 
+def _row(model: nn.Module, spec: ArchSpec, site: SiteSpec, first: nn.Module) -> tuple[str | None, HookKind]:
+    """(path relative to a layer, hook): the model's table, else the site's own rows, else its paths."""
+    row = spec.row(site.name)
+    if row is None:
+        declared = site.archs.get(getattr(model.config, "model_type", ""))
+        if declared is not None and ARCHS.find(getattr(model.config, "model_type", "")) is spec:
+            row = (declared, None) if isinstance(declared, str) else tuple(declared)
+    if row is None:
+        return site.path_in(first), site.hook
+    return row[0], row[1] or site.hook
+
+
 def resolve(model: nn.Module, site: Site) -> tuple[nn.Module, HookKind]:
     """The module to hook for ``site`` and whether its input (pre) or output (post) is the activation."""
     check_site(model, site)
-    spec = arch_spec(model)
-    layer = get_layers(model)[site.layer]
-    if site.name == "resid_pre":
-        return layer, "pre"
-    if site.name == "resid_post":
-        return layer, "post"
-    rel = {"attn_out": spec.attn_out, "mlp_out": spec.mlp_out, "mlp_act": spec.mlp_down, "mlp_gate": spec.mlp_gate}[
-        site.name
-    ]
-    module = _get(layer, rel) if rel else None
+    layers = get_layers(model)
+    rel, kind = _row(model, arch_spec(model), site_spec(site.name), layers[0])
+    module = get_module(layers[site.layer], rel) if rel is not None else None
     if not isinstance(module, nn.Module):
         raise SiteError(
             f"site {site.name} is not available for {type(model).__name__} "
             f"(module '{rel or '?'}' not found in layer {site.layer}); use resid_pre or resid_post"
         )
-    return module, ("pre" if site.name == "mlp_act" else "post")
+    return module, kind
 
 
 def placement_module(model: nn.Module, site: Site) -> nn.Module:
     """The module whose device and dtype an intervention at ``site`` must be prepared in.
 
-    The hooked module itself, except for ``mlp_gate``: the activation module has no weights (and
-    no accelerate hook), so it cannot say where it runs; it runs where its MLP's projections do,
-    in their dtype, so the down projection answers for it.
+    The hooked module itself, unless the site says another site's module answers for it
+    (``mlp_gate``: the activation module has no weights and no accelerate hook, so it cannot say
+    where it runs; it runs where its MLP's projections do, in their dtype).
     """
     module, _ = resolve(model, site)
-    if site.name != "mlp_gate":
+    other = site_spec(site.name).placed_at
+    if other is None:
         return module
-    return resolve(model, Site(site.layer, "mlp_act"))[0]
+    return resolve(model, Site(site.layer, other))[0]
+
+
+def producer_module(model: nn.Module, site: Site, module: nn.Module, names: Mapping[int, str]) -> nn.Module:
+    """The module whose output a pre-hook site receives (``SiteSpec.arrives_from``); ``names``
+    maps ``id(module)`` to its path (``model.named_modules()``)."""
+    rule = site_spec(site.name).arrives_from
+    if rule == "previous_layer":
+        if site.layer == 0:
+            emb = model.get_input_embeddings()
+            return emb if emb is not None else module
+        return get_layers(model)[site.layer - 1]
+    if rule == "parent":  # e.g. mlp_act: computed inside the MLP that owns the down projection
+        parent = names.get(id(module), "").rsplit(".", 1)[0]
+        return model.get_submodule(parent) if parent else module
+    return module
 
 
 def site_width(model: nn.Module, site_name: str) -> int:
-    """Width of the activation at a site: d_model, or d_ff for mlp_act and mlp_gate."""
+    """Width of the activation at a site: d_model, the MLP's width (mlp_act, mlp_gate), or the site's own rule."""
+    width = site_spec(site_name).width
+    if callable(width):
+        return int(width(model))
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
-    if site_name not in MLP_SITES:
+    if width == "model":
         return int(d)
-    spec = arch_spec(model)
     module, _ = resolve(model, Site(0, "mlp_act"))
     if isinstance(module, nn.Linear):
         return int(module.in_features)
     w = getattr(module, "weight", None)
     if w is not None and w.dim() == 2:  # GPT-2 Conv1D stores (in, out)
         return int(w.shape[0])
-    width = getattr(cfg, spec.mlp_width_attr, None)
-    return int(width or 4 * d)
+    mlp_width = getattr(cfg, arch_spec(model).mlp_width_attr, None)
+    return int(mlp_width or 4 * d)
 
 
 def final_norm_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     """The final norm and unembedding (for the logit lens)."""
     spec = arch_spec(model)
-    norm = _get(model, spec.final_norm) if spec.final_norm else None
-    head = _get(model, spec.lm_head) or model.get_output_embeddings()
+    norm = get_module(model, spec.final_norm) if spec.final_norm else None
+    head = get_module(model, spec.lm_head) or model.get_output_embeddings()
     return norm, head
 
 
@@ -308,23 +310,43 @@ def pre_hook_replace(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tupl
 
 def describe_sites(model: nn.Module) -> list[dict[str, Any]]:
     """Every layer's sites with the hooked module path and activation width (for ``xlsteer sites``)."""
-    spec = arch_spec(model)
     names = {id(m): n for n, m in model.named_modules()}
     out = []
     for layer in range(num_layers(model)):
-        for name in SITE_NAMES:
+        for name in site_names():
             try:
                 module, kind = resolve(model, Site(layer, name))
             except SiteError:
                 continue
-            out.append(
-                {
-                    "layer": layer,
-                    "site": name,
-                    "module": names.get(id(module), "?"),
-                    "hook": kind,
-                    "width": site_width(model, name),
-                }
-            )
-    del spec
+            out.append({"layer": layer, "site": name, "module": names.get(id(module), "?"), "hook": kind,
+                        "width": site_width(model, name)})
     return out
+
+
+def _cell(text: str) -> str:
+    return f"`{text}`" if text else "layer"
+
+
+def sites_markdown() -> str:
+    """The tables of docs/sites.md: every site, and every architecture's rows (from the registries)."""
+    lines = ["| site | hook | width | what it is |", "|---|---|---|---|"]
+    for name in site_names():
+        s = site_spec(name)
+        width = s.width if isinstance(s.width, str) else "its own rule"
+        lines.append(f"| `{name}` | {s.hook} | {'d_ff' if width == 'mlp' else 'd_model' if width == 'model' else width} "
+                     f"| {s.description} |")
+    lines += ["", "| model_type | layers | " + " | ".join(site_names()) + " |",
+              "|---|---|" + "---|" * len(site_names())]
+    for model_type in ARCHS.names():
+        arch = ARCHS.get(model_type)
+        cells = []
+        for name in site_names():
+            spec = site_spec(name)
+            row = arch.row(name) or ((spec.archs[model_type], None) if isinstance(spec.archs.get(model_type), str)
+                                     else spec.archs.get(model_type))
+            sure = spec.paths[0] if isinstance(spec.paths, tuple) and len(spec.paths) == 1 else None
+            path, hook = (row[0], row[1] or spec.hook) if row else (sure, spec.hook)
+            cells.append("-" if path is None else f"{_cell(path)} {hook}")
+        layers = arch.layers if isinstance(arch.layers, str) else "(a callable)"
+        lines.append(f"| {model_type} | `{layers}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -186,7 +186,7 @@ def listed_figures(doc: Mapping[str, Any]) -> list[str]:
 def redraw(section: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     """Figures of an analysis file whose PNGs are missing, drawn from its JSON."""
     from ..analysis import plots
-    from ..analysis.neuron_map import figures as neuron_figures
+    from ..analysis.plots import neuron_figures
     from ..analysis.run import _slug
 
     tag = _slug(str(doc.get("intervention") or "none"))

@@ -6,8 +6,8 @@ xnli, xquad) are one module each. :func:`resolve_task` also accepts user benchma
 """
 
 from .base import Item
-from .spec import (BaselineHints, FewShot, Metric, Scored, TaskSpec, get_task, register_task, resolve_task,
-                   task_names, unregister_task)
+from .spec import (BaselineHints, FewShot, Metric, Scored, TaskSource, TaskSpec, get_task, get_template,
+                   register_task, register_task_source, resolve_task, task_names, unregister_task)
 
-__all__ = ["BaselineHints", "FewShot", "Item", "Metric", "Scored", "TaskSpec", "get_task", "register_task",
-           "resolve_task", "task_names", "unregister_task"]
+__all__ = ["BaselineHints", "FewShot", "Item", "Metric", "Scored", "TaskSource", "TaskSpec", "get_task",
+           "get_template", "register_task", "register_task_source", "resolve_task", "task_names", "unregister_task"]

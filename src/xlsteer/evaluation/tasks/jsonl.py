@@ -34,7 +34,7 @@ from typing import Any
 
 from ...errors import DataError, LanguageError, UsageError
 from .jsonl_format import HINT, SPLIT_NAMES, Record, describe_ranges, read_records, read_spec, scoring_of
-from .spec import BUILTIN, BaselineHints, Metric, Scored, TaskSpec, register_resolver
+from .spec import BUILTIN, BaselineHints, Metric, Scored, TaskSource, TaskSpec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,4 +353,5 @@ def build(ref: str, **options: Any) -> list[TaskSpec]:
     return [build_spec(ref)]
 
 
-register_resolver(is_spec_reference, build)
+#: Task references that are paths of a YAML task spec (a row of spec.TASK_SOURCES).
+SOURCE = TaskSource(is_spec_reference, build)

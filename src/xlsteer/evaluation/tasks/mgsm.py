@@ -13,7 +13,7 @@ import re
 
 from ...errors import DataError
 from .base import Item, check_limit, check_split, read_json, read_lines, resolve_lang, root_dir, take
-from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec, register_task
+from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec
 
 NAME = "mgsm"
 LANGS = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
@@ -159,4 +159,4 @@ def _spec() -> TaskSpec:
     )
 
 
-SPEC = register_task(_spec())
+SPEC = _spec()

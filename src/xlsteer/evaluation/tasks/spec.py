@@ -7,24 +7,26 @@ data may come from, which fields translate-test translates). Declaring them once
 loader, means a new benchmark is one module (or one YAML file, or one lm-eval task name) and
 nothing else branches on a task's name.
 
-Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package that call
-:func:`register_task` on import; they are imported on first use so ``import xlsteer`` stays
-cheap. User tasks come from a *task reference* that is not a registered name: ``lmeval:NAME,...``
-(an lm-evaluation-harness task, :mod:`xlsteer.evaluation.tasks.lmeval`) or the path of a YAML
+Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package, each defining ``SPEC``;
+:data:`BUILTIN_TASKS` names them (``name -> "module:SPEC"``) and each is imported the first time it
+is asked for, so ``import xlsteer`` stays cheap. A plugin or a script registers its own with
+:func:`register_task`. User tasks also come from a *task reference* that is not a registered
+name, read by a :class:`TaskSource` of :data:`TASK_SOURCES`: ``lmeval:NAME,...`` (an
+lm-evaluation-harness task, :mod:`xlsteer.lmeval.tasks`) or the path of a YAML
 spec over JSONL files (:mod:`xlsteer.evaluation.tasks.jsonl`); :func:`resolve_task` builds and
 registers their spec for the rest of the process.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from ...errors import UsageError
+from ...registry import Registry
+from ..templates import Template
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..templates import Template
     from .base import Item
 
 MetricKind = Literal["binary", "continuous", "macro_f1"]
@@ -34,8 +36,15 @@ MetricKind = Literal["binary", "continuous", "macro_f1"]
 Pairing = Literal["id", "none"]
 PAIRINGS: tuple[str, ...] = ("id", "none")
 
-#: Built-in task modules of this package, imported on first use.
-BUILTIN: tuple[str, ...] = ("mgsm", "xcopa", "xnli", "xquad")
+#: The built-in tasks: name -> the TaskSpec of a module of this package, imported on first use.
+BUILTIN_TASKS: dict[str, str] = {
+    "mgsm": "xlsteer.evaluation.tasks.mgsm:SPEC",
+    "xcopa": "xlsteer.evaluation.tasks.xcopa:SPEC",
+    "xnli": "xlsteer.evaluation.tasks.xnli:SPEC",
+    "xquad": "xlsteer.evaluation.tasks.xquad:SPEC",
+}
+#: Their names, in order.
+BUILTIN: tuple[str, ...] = tuple(BUILTIN_TASKS)
 #: Per-item scores every choice and label request yields (besides the task's metrics).
 CHOICE_CONTINUOUS: tuple[str, ...] = ("margin", "p_correct")
 #: The quality guard of generation tasks (:mod:`xlsteer.evaluation.guard`): fluency under the
@@ -210,7 +219,8 @@ class TaskSpec:
             if t.name == name:
                 return t
         mine = ", ".join(t.name for t in self.templates)
-        owner = next((s.name for s in _REGISTRY.values() if any(t.name == name for t in s.templates)), None)
+        specs = (TASKS.find(n) for n in TASKS.names())
+        owner = next((s.name for s in specs if s is not None and any(t.name == name for t in s.templates)), None)
         if owner is not None:
             raise UsageError(f"template '{name}' is for task {owner}, not {self.name}; choose one of {mine}")
         raise UsageError(f"unknown template {name!r} for task {self.name!r}; choose one of {mine}")
@@ -247,61 +257,66 @@ class TaskSpec:
 # ---------------------------------------------------------------------------------------------
 # the registry
 
-_REGISTRY: dict[str, TaskSpec] = {}
-#: Task references that are not names: (matches(ref), build(ref, **options) -> [TaskSpec, ...]).
-_RESOLVERS: list[tuple[Callable[[str], bool], Callable[..., list[TaskSpec]]]] = []
+def _accept(name: str, spec: Any) -> TaskSpec:
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"task {name!r} must be a TaskSpec, got {type(spec).__name__}")
+    return spec
+
+
+TASKS: Registry[TaskSpec] = Registry("task", BUILTIN_TASKS, accept=_accept, key=lambda name: str(name).strip().lower())
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """A kind of task reference that is not a registered name: ``matches(ref)`` says whether a
+    reference is of this kind, ``build(ref, **options)`` makes its TaskSpec(s)."""
+
+    matches: Callable[[str], bool]
+    build: Callable[..., list[TaskSpec]]
+
+
+def _accept_source(name: str, source: Any) -> TaskSource:
+    if not isinstance(source, TaskSource):
+        raise TypeError(f"task reference kind {name!r} must be a TaskSource, got {type(source).__name__}")
+    return source
+
+
+#: Kinds of task reference, tried in this order (a plugin may add its own: :func:`register_task_source`).
+TASK_SOURCES: Registry[TaskSource] = Registry("task reference kind", {
+    "jsonl": "xlsteer.evaluation.tasks.jsonl:SOURCE",
+    "lmeval": "xlsteer.lmeval.tasks:SOURCE",
+}, accept=_accept_source)
 
 
 def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     """Make ``spec`` known by its name (an existing name is an error unless ``replace``)."""
-    key = spec.name.strip().lower()
-    if not key or any(c.isspace() for c in key):
-        raise UsageError(f"task name {spec.name!r} must be non-empty and without spaces")
-    if key in _REGISTRY and _REGISTRY[key] is not spec and not replace:
-        raise UsageError(f"a task named {spec.name!r} is already registered; choose another name")
-    _REGISTRY[key] = spec
-    return spec
+    return TASKS.register(spec.name, spec, replace=replace)
 
 
 def unregister_task(name: str) -> None:
-    """Forget a task (tests and temporary user tasks)."""
-    _REGISTRY.pop(str(name).strip().lower(), None)
+    """Forget a task registered at run time (tests and temporary user tasks)."""
+    TASKS.unregister(name)
 
 
-def register_resolver(matches: Callable[[str], bool], build: Callable[..., list[TaskSpec]]) -> None:
-    """Teach :func:`resolve_task` a new kind of task reference."""
-    _RESOLVERS.append((matches, build))
-
-
-def _load_builtins() -> None:
-    for name in BUILTIN:
-        if name not in _REGISTRY:
-            importlib.import_module(f"{__package__}.{name}")
+def register_task_source(name: str, source: TaskSource) -> TaskSource:
+    """Teach :func:`resolve_task` a new kind of task reference (tried after the built-in ones)."""
+    return TASK_SOURCES.register(name, source)
 
 
 def task_names() -> list[str]:
     """Names of the registered tasks (built-ins first)."""
-    _load_builtins()
-    return [*BUILTIN, *sorted(k for k in _REGISTRY if k not in BUILTIN)]
+    return [*BUILTIN, *sorted(n for n in TASKS.names() if n not in BUILTIN)]
 
 
 def get_task(name: str | TaskSpec) -> TaskSpec:
     """The registered task ``name`` (case-insensitive); a TaskSpec is returned as is."""
     if isinstance(name, TaskSpec):
         return name
-    key = str(name).strip().lower()
-    if key not in _REGISTRY:
-        _load_builtins()
-    if key not in _REGISTRY:
+    spec = TASKS.find(str(name))
+    if spec is None:
         raise UsageError(f"unknown task {name!r}; available: {' '.join(task_names())} "
                          "(--task also takes lmeval:NAME for an lm-eval task, or the path of a task spec .yaml)")
-    return _REGISTRY[key]
-
-
-def _load_resolvers() -> None:
-    if not _RESOLVERS:
-        importlib.import_module(f"{__package__}.jsonl")
-        importlib.import_module(f"{__package__}.lmeval")
+    return spec
 
 
 def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
@@ -313,12 +328,12 @@ def resolve_task(ref: str | TaskSpec, **options: Any) -> list[TaskSpec]:
     if isinstance(ref, TaskSpec):
         return [ref]
     text = str(ref).strip()
-    if text.lower() in _REGISTRY or text.lower() in BUILTIN:
+    if text in TASKS:
         return [get_task(text)]
-    _load_resolvers()
-    for matches, build in _RESOLVERS:
-        if matches(text):
-            specs = build(text, **options)
+    for name in TASK_SOURCES.names():
+        source = TASK_SOURCES.get(name)
+        if source.matches(text):
+            specs = source.build(text, **options)
             for s in specs:
                 register_task(s, replace=True)
             return specs
@@ -342,3 +357,20 @@ def items_by_lang(spec: TaskSpec, langs: Sequence[str], split: str, limit: int |
         if not its:
             raise XlsteerError(f"{spec.name} {split} has no items in {lang}; check the split")
     return out
+
+
+def get_template(task: Any, name: str | Template | None = None, **options: Any) -> Template:
+    """The template ``name`` of ``task`` (a task name or TaskSpec; default: the task's first template).
+
+    A Template object is checked to belong to the task; ``options`` (None values ignored) are
+    applied with :meth:`Template.with_options`.
+    """
+    spec = get_task(task)
+    if isinstance(name, Template):
+        tpl = name
+    else:
+        tpl = spec.template(None if name is None else str(name))
+    if tpl.task != spec.name:
+        raise UsageError(f"template '{tpl.name}' is for task {tpl.task}, not {spec.name}; choose a {spec.name} template")
+    opts = {k: v for k, v in options.items() if v is not None}
+    return tpl.with_options(**opts) if opts else tpl

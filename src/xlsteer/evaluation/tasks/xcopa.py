@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ...errors import DataError, LanguageError
 from .base import Item, check_limit, check_split, read_jsonl, resolve_lang, root_dir, take
-from .spec import BaselineHints, Metric, TaskSpec, register_task
+from .spec import BaselineHints, Metric, TaskSpec
 
 NAME = "xcopa"
 SOURCE_LANGS = ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh")
@@ -153,4 +153,4 @@ def _spec() -> TaskSpec:
     )
 
 
-SPEC = register_task(_spec())
+SPEC = _spec()

@@ -12,7 +12,7 @@ import os
 
 from ...errors import DataError
 from .base import Item, check_limit, check_split, read_lines, resolve_lang, root_dir, take
-from .spec import BaselineHints, Metric, TaskSpec, register_task
+from .spec import BaselineHints, Metric, TaskSpec
 
 NAME = "xnli"
 LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
@@ -76,4 +76,4 @@ def _spec() -> TaskSpec:
     )
 
 
-SPEC = register_task(_spec())
+SPEC = _spec()

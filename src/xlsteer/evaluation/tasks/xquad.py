@@ -15,7 +15,7 @@ import os
 
 from ...errors import DataError
 from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir, take
-from .spec import BaselineHints, Metric, Scored, TaskSpec, register_task
+from .spec import BaselineHints, Metric, Scored, TaskSpec
 
 NAME = "xquad"
 LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
@@ -113,4 +113,4 @@ def _spec() -> TaskSpec:
     )
 
 
-SPEC = register_task(_spec())
+SPEC = _spec()

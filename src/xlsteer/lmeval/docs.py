@@ -1,72 +1,25 @@
 """lm-eval documents as xlsteer items: lm-eval's own requests per document, and scoring of
 generated texts through the task's own filters and ``process_results``.
 
-See :mod:`xlsteer.evaluation.tasks.lmeval` for what is built and why; everything lm-eval or
-``datasets`` prints while doing it is kept off the terminal (:func:`quiet`).
+See :mod:`.tasks` for what is built and why; everything lm-eval or ``datasets`` prints while
+doing it is kept off the terminal (:func:`.harness.quiet`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from typing import Any, Iterator
+from typing import Any
 
-from ...errors import DataError
+from ..errors import DataError
+from ..evaluation.tasks.base import Item
+from ..evaluation.tasks.spec import Scored
+from ..evaluation.templates import Request
+from . import harness
+from .config import metric_key
+from .harness import one_line, quiet
 
 #: lm-eval's default few-shot seed (``simple_evaluate(fewshot_random_seed=1234)``).
 FEWSHOT_SEED = 1234
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Nothing lm-eval, ``datasets`` or a subprocess of theirs prints reaches the terminal.
-
-    Why at the file-descriptor level: lm-eval's warnings go through loggers without handlers
-    (Python's last-resort handler prints them), ``datasets`` draws progress bars, and git probes
-    print from child processes; only redirecting fds 1 and 2 catches all of them.
-    """
-    import sys
-    import tempfile
-    import warnings
-
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = []
-    try:
-        sink = tempfile.TemporaryFile()
-        for fd in (1, 2):
-            with contextlib.suppress(OSError):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(sink.fileno(), fd)
-    except OSError:  # pragma: no cover  (no fds: nothing to hide)
-        sink = None
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(_Null()), contextlib.redirect_stderr(_Null()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        for fd, copy in saved:
-            os.dup2(copy, fd)
-            os.close(copy)
-        if sink is not None:
-            sink.close()
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) < 300 else text[:297] + "..."
 
 
 class Docs:
@@ -114,17 +67,15 @@ class Docs:
         return self._items[key][:n]
 
     def _build_items(self, lang: str, split: str, docs: list) -> list:
-        from .base import Item
-
         task, tname = self.tasks[lang], self.task_names[lang]
         shots = int(task.config.num_fewshot or 0)
-        own_pool = shots > 0 and _fewshot_pool(task) == self.splits[split]
+        own_pool = shots > 0 and harness.fewshot_pool(task) == self.splits[split]
         out = []
         with quiet():
             task.set_fewshot_seed(FEWSHOT_SEED)
             for i, doc in enumerate(docs):
                 try:
-                    with _excluding(task, doc) if own_pool else contextlib.nullcontext():
+                    with harness.excluding_from_fewshot(task, doc) if own_pool else contextlib.nullcontext():
                         fields, answer = _request_fields(task, doc, i, shots)
                 except DataError:
                     raise
@@ -134,32 +85,6 @@ class Docs:
                                     "doc_to_target") from None
                 out.append(Item(id=f"{self.name}/{split}/{i}", lang=lang, split=split, fields=fields, answer=answer))
         return out
-
-
-def _fewshot_pool(task: Any) -> str | None:
-    """The lm-eval split few-shot exemplars are drawn from (lm-eval's own fallback order; None:
-    they are listed in the config)."""
-    cfg = task.config
-    if getattr(task.fewshot_cfg, "samples", None) is not None:
-        return None  # exemplars listed in the config itself, not drawn from a split
-    declared = getattr(task.fewshot_cfg, "split", None)
-    return declared or cfg.training_split or cfg.validation_split or cfg.test_split
-
-
-@contextlib.contextmanager
-def _excluding(task: Any, doc: dict) -> Iterator[None]:
-    """The few-shot sampler of ``task`` never draws ``doc`` itself (restored on exit)."""
-    sampler = task.sampler
-    original = sampler.sample
-
-    def sample(n: int, eval_doc: Any = None, **kwargs: Any) -> Any:
-        return original(n, eval_doc=doc, **kwargs)
-
-    sampler.sample = sample
-    try:
-        yield
-    finally:
-        del sampler.sample
 
 
 def _gold(task: Any, doc: dict, choices: list, multi_input: bool) -> int:
@@ -196,10 +121,8 @@ def _request_fields(task: Any, doc: dict, index: int, shots: int) -> tuple[dict,
         context, cont = insts[0].arguments[:2]
         fields.update(context=context, continuations=[cont], target=cont)
         return fields, 0
-    from lm_eval.models.utils import normalize_gen_kwargs
-
     context, gen = insts[0].arguments[:2]
-    gen = normalize_gen_kwargs(dict(gen or {}), 256)
+    gen = harness.generation_settings(dict(gen or {}))
     target = task.doc_to_target(doc)
     if task.config.doc_to_choice is not None and isinstance(target, int):
         target = task.doc_to_choice(doc)[target]
@@ -210,8 +133,6 @@ def _request_fields(task: Any, doc: dict, index: int, shots: int) -> tuple[dict,
 
 def render(t: Any, item: Any, exemplars: Any = ()) -> Any:
     """The request lm-eval built for the item's document (fields made by the loader)."""
-    from ..templates import Request
-
     f = item.fields
     if t.kind == "generate":
         limit = t.options.get("max_new_tokens") or f["max_gen_toks"]  # the option: --max-new-tokens
@@ -232,24 +153,17 @@ def _number(value: Any, metric: str, task: str) -> float:
 
 def score(docs: Docs, metrics: tuple[Any, ...], item: Any, text: str) -> Any:
     """The task's own filters and process_results on one generated text (see the module doc)."""
-    from .lmeval_config import metric_key
-    from .spec import Scored
-
     task, tname = docs.tasks[item.lang], docs.task_names[item.lang]
     doc = item.fields["doc"]
     wanted = {m.name for m in metrics}
-    filters = [ens.name for ens in task._filters]
+    filters = harness.filter_names(task)
     values: dict[str, float] = {}
     prediction: Any = None
     with quiet():
-        for ens in task._filters:
-            resps: Any = [[text]]
-            for make in ens.filters:
-                resps = make().apply(resps, [doc])
-            out = list(resps)[0]
+        for flt, out, results in harness.filtered_results(task, doc, text):
             prediction = out if prediction is None else prediction
-            for metric, value in task.process_results(doc, [out]).items():
-                key = metric_key(metric, ens.name, filters)
+            for metric, value in results.items():
+                key = metric_key(metric, flt, filters)
                 if key in wanted:
                     values[key] = _number(value, key, tname)
     missing = sorted(wanted - set(values))

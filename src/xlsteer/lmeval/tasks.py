@@ -43,10 +43,14 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from ...errors import DataError, UsageError
-from .lmeval_config import config_version, local_files, task_config, task_manager, task_metrics, task_splits
-from .lmeval_docs import Docs, answer_text, one_line, quiet, render, score
-from .spec import BaselineHints, TaskSpec, register_resolver
+from ..errors import DataError, LanguageError, UsageError
+from ..evaluation.tasks.base import check_limit
+from ..evaluation.tasks.spec import BaselineHints, TaskSource, TaskSpec
+from ..evaluation.templates import Template
+from . import harness
+from .config import config_version, local_files, task_config, task_metrics, task_splits
+from .docs import Docs, answer_text, render, score
+from .languages import parse_task_langs, task_language
 
 PREFIX = "lmeval:"
 
@@ -64,9 +68,6 @@ def parse_reference(ref: str) -> list[str]:
 
 
 def _languages(names: Sequence[str], task_langs: Any) -> dict[str, str]:
-    from ...errors import LanguageError
-    from ..lm_eval_model import parse_task_langs, task_language
-
     given = parse_task_langs(task_langs.replace(",", ";") if isinstance(task_langs, str) else task_langs)
     out: dict[str, str] = {}
     for name in names:
@@ -90,23 +91,20 @@ def spec_name(names: Sequence[str]) -> str:
 
 
 def _load_tasks(tm: Any, names: Sequence[str]) -> dict[str, Any]:
-    with quiet():
-        try:
-            return dict(tm.load(list(names))["tasks"])
-        except Exception as e:  # datasets/lm-eval raise anything (offline hub, bad paths, jinja)
-            raise DataError(f"lm-eval could not load {', '.join(names)}: {one_line(e)}; check the tasks' YAML "
-                            "(dataset_path/data_files: local files or a dataset in the Hugging Face cache; "
-                            "doc_to_text/doc_to_choice/doc_to_target)") from None
+    try:
+        return harness.load_tasks(tm, names)
+    except Exception as e:  # datasets/lm-eval raise anything (offline hub, bad paths, jinja)
+        raise DataError(f"lm-eval could not load {', '.join(names)}: {harness.one_line(e)}; check the tasks' YAML "
+                        "(dataset_path/data_files: local files or a dataset in the Hugging Face cache; "
+                        "doc_to_text/doc_to_choice/doc_to_target)") from None
 
 
 def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> TaskSpec:
     """The one TaskSpec of ``lmeval:NAME[,NAME...]`` (configs checked, documents loaded and aligned)."""
-    from ..templates import Template
-
     names = parse_reference(ref)
     if isinstance(include_path, (str, os.PathLike)):
         include_path = [include_path]
-    tm = task_manager(names, list(include_path or ()))
+    tm = harness.task_manager(names, list(include_path or ()))
     cfgs = {n: task_config(tm, n) for n in names}
     kinds = {c.get("output_type", "generate_until") for c in cfgs.values()}
     if len(kinds) > 1:
@@ -156,18 +154,13 @@ def _options(loaded: dict[str, Any], generate: bool) -> dict[str, Any]:
     """Template options: a generation task's max_gen_toks (overridable) where every language agrees."""
     if not generate:
         return {}
-    from lm_eval.models.utils import normalize_gen_kwargs
-
-    with quiet():  # lm-eval's normaliser warns about contradictory settings
-        limits = {int(normalize_gen_kwargs(dict(t.config.generation_kwargs or {}), 256)["max_gen_toks"])
+    with harness.quiet():  # lm-eval's normaliser warns about contradictory settings
+        limits = {int(harness.generation_settings(dict(t.config.generation_kwargs or {}))["max_gen_toks"])
                   for t in loaded.values()}
     return {"max_new_tokens": limits.pop()} if len(limits) == 1 else {}
 
 
 def _items(docs: Docs, name: str, lang: str, split: str, limit: int | None) -> list:
-    from ...errors import LanguageError
-    from .base import check_limit
-
     check_limit(limit)
     if lang not in docs.tasks:
         raise LanguageError(f"{name} has no language {lang!r}; available: {' '.join(docs.tasks)}")
@@ -185,4 +178,5 @@ def build(ref: str, include_path: Any = (), task_langs: Any = None, **options: A
     return [build_spec(ref, include_path=include_path, task_langs=task_langs)]
 
 
-register_resolver(is_lmeval_reference, build)
+#: The ``lmeval:NAME,...`` task references (a row of xlsteer.evaluation.tasks.spec.TASK_SOURCES).
+SOURCE = TaskSource(is_lmeval_reference, build)

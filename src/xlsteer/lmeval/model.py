@@ -1,17 +1,15 @@
-"""lm-evaluation-harness adapter: any lm-eval task, scored by xlsteer's engine, steered per language.
+"""lm-eval drives xlsteer: ``XlsteerLM``, an lm-eval model scored by xlsteer's engine, steered per language.
 
 ``XlsteerLM`` is registered in lm-eval's model registry as ``"xlsteer"`` when this module is
-imported. lm-eval 0.4.13 does *not* discover models through the ``lm_eval.models`` entry point
-group that pyproject.toml declares (its registry only knows the models listed in
-``lm_eval.models.MODEL_MAPPING`` and those registered by modules already imported), so run it
-through one of:
+imported. lm-eval (0.4.13) discovers models only through its own table of built-in models and
+the modules already imported, never through package entry points, so run it through one of:
 
 * ``xlsteer lm-eval --model gemma3-270m --tasks xcopa_sw,xcopa_zh [--intervention F --alpha A]``
-  (registers the model and the offline XCOPA configs, then calls ``lm_eval.simple_evaluate``);
-* ``python -m xlsteer.evaluation.lm_eval_model <lm-eval CLI arguments>`` (registers the model,
-  then runs lm-eval's own CLI; add ``--include_path DIR`` with configs written by
-  ``xlsteer lm-eval --write-tasks DIR`` for offline XCOPA);
-* Python: ``import xlsteer.evaluation.lm_eval_model`` before ``lm_eval.simple_evaluate(model="xlsteer", ...)``,
+  (registers the model and the offline XCOPA configs, then runs lm-eval's evaluator);
+* ``python -m xlsteer.lmeval <lm-eval CLI arguments>`` (registers the model, then runs lm-eval's
+  own CLI; add ``--include_path DIR`` with configs written by ``xlsteer lm-eval --write-tasks DIR``
+  for offline XCOPA);
+* Python: ``import xlsteer.lmeval.model`` before ``lm_eval.simple_evaluate(model="xlsteer", ...)``,
   or pass an ``XlsteerLM(...)`` instance as ``model``.
 
 model_args: ``pretrained`` (shipped name, local folder or .gguf; or a loaded
@@ -23,15 +21,13 @@ last_prompt; default: the policy the intervention stores, ``Intervention.default
 
 Languages. lm-eval pools the requests of all tasks by request type, so one ``loglikelihood``
 call may hold xcopa_sw, xcopa_zh and English requests at once. ``lang=task`` (the default)
-gives each request the language of *its* task (:func:`task_language`: an explicit
-``task_langs`` entry, else the task name's trailing language code, ``xcopa_sw`` -> sw,
-``belebele_swh_Latn`` -> sw, ``mgsm_direct_zh`` -> zh, else :data:`TASK_LANGS` for English
-benchmarks without a code, ``copa``/``hellaswag_*`` -> en); ``lang=<code>`` gives every request
-that language. The requests then go to the engine grouped by language: one engine call whose
-rows carry their language, which the one ``steer()`` context routes per row (each row gets its
-language's intervention; rows in the anchor language are never touched, bit for bit). That is
-the grouping xlsteer's own ``evaluate`` uses, so the same items give the same batches and the
-same scores; running one ``steer()`` per language would only form smaller batches.
+gives each request the language of *its* task (:func:`~xlsteer.lmeval.languages.task_language`);
+``lang=<code>`` gives every request that language. The requests then go to the engine grouped by
+language: one engine call whose rows carry their language, which the one ``steer()`` context
+routes per row (each row gets its language's intervention; rows in the anchor language are never
+touched, bit for bit). That is the grouping xlsteer's own ``evaluate`` uses, so the same items
+give the same batches and the same scores; running one ``steer()`` per language would only form
+smaller batches.
 
 Scoring is :meth:`xlsteer.evaluation.engine.Engine.loglikelihood` (lm-eval's tokenisation split
 at the context boundary, the shared context run once per document); ``loglikelihood_rolling``
@@ -42,76 +38,15 @@ scores lm-eval's rolling windows with the same batch code, the text prefixed by 
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable, Sequence
 
-import lm_eval.models  # noqa: F401  (lm-eval imports its lazy model table only into an empty registry)
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
+from lm_eval.api.model import LM  # lm-eval's public base class of every model
 
 from ..data.langs import normalize_lang
 from ..errors import LanguageError, UsageError
 from ..hooks import POSITION_POLICIES
-from .lm_eval_run import (  # noqa: F401  (re-exported: the driver of this adapter, imported from here elsewhere)
-    _kept_random_state,
-    _no_download_counts,
-    main,
-    results_json,
-    results_table,
-    run_lm_eval,
-)
-
-#: Tasks without a trailing language code, by name or name prefix ("hellaswag" covers
-#: "hellaswag_*" unless that name ends in a language code). Extend per run with ``task_langs``.
-TASK_LANGS: dict[str, str] = {
-    "arc_challenge": "en", "arc_easy": "en", "boolq": "en", "copa": "en", "gsm8k": "en", "hellaswag": "en",
-    "lambada": "en", "lambada_openai": "en", "lambada_standard": "en", "mmlu": "en", "openbookqa": "en",
-    "piqa": "en", "sciq": "en", "social_iqa": "en", "triviaqa": "en", "truthfulqa": "en", "wikitext": "en",
-    "winogrande": "en", "wsc273": "en",
-}
-
-#: The trailing language code of a task name: ``_sw``, ``_swh``, ``_zho_Hans``, ``_zh-CN``.
-_LANG_SUFFIX = re.compile(r"[_-]([a-z]{2,3})(?:[_-]([A-Z][a-z]{3}|[A-Z]{2}))?$")
-
-
-def parse_task_langs(spec: str | dict[str, str] | None) -> dict[str, str]:
-    """``"copa:en;my_task:de"`` (commas separate lm-eval's model_args, so ';' here) -> dict."""
-    if spec is None or spec == "":
-        return {}
-    if isinstance(spec, dict):
-        items = list(spec.items())
-    else:
-        items = []
-        for part in str(spec).split(";"):
-            if not part.strip():
-                continue
-            name, sep, code = part.partition(":")
-            if not sep or not name.strip() or not code.strip():
-                raise UsageError(f"cannot parse task_langs entry {part!r}; write task:code;task:code, e.g. copa:en")
-            items.append((name.strip(), code.strip()))
-    return {name: normalize_lang(code) for name, code in items}
-
-
-def task_language(task: str | None, task_langs: dict[str, str] | None = None) -> str:
-    """The language of a task from its name (see the module docstring); LanguageError if unknown."""
-    name = (task or "").strip()
-    if task_langs and name in task_langs:
-        return task_langs[name]
-    m = _LANG_SUFFIX.search(name)
-    if m:
-        code = m.group(1) + (f"-{m.group(2)}" if m.group(2) else "")
-        try:
-            return normalize_lang(code)
-        except LanguageError as e:
-            if m.group(2) and "Traditional" in str(e):
-                raise
-    for prefix, lang in sorted(TASK_LANGS.items(), key=lambda kv: -len(kv[0])):
-        if name == prefix or name.startswith(prefix + "_"):
-            return lang
-    raise LanguageError(
-        f"cannot tell the language of task {name or '(unnamed)'!r} from its name; pass lang=<code> in the "
-        f"model args (all requests), or task_langs={name or 'TASK'}:<code>"
-    )
+from . import harness
+from .languages import parse_task_langs, task_language
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -148,7 +83,7 @@ def _device(device: Any) -> str:
     return dev
 
 
-@register_model("xlsteer")
+@harness.register_model("xlsteer")
 class XlsteerLM(LM):
     """An lm-eval ``LM`` backed by :class:`~xlsteer.evaluation.engine.Engine`, optionally steered."""
 
@@ -171,10 +106,10 @@ class XlsteerLM(LM):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        from ..models.loading import LoadedModel, load_model
-        from .engine import Engine, intervention_info
+        from ..evaluation.engine import Engine, intervention_info
+        from ..evaluation.runner import load_interventions
         from ..interventions.base import default_positions
-        from .runner import load_interventions
+        from ..models.loading import LoadedModel, load_model
 
         kwargs.pop("max_batch_size", None)  # lm-eval passes it to every model; meaningless here
         if kwargs:
@@ -254,9 +189,12 @@ class XlsteerLM(LM):
         }
 
     def request_langs(self, requests: Sequence[Any]) -> list[str]:
-        """The steering language of each request: ``lang``, or its task's language."""
-        if not self.interventions:  # nothing to route: no need to know the languages
-            return [self.anchor or "en"] * len(requests)
+        """The steering language of each request: ``lang``, or its task's language.
+
+        Unsteered requests are grouped by language too (the engine never mixes languages in a
+        batch), so an unsteered run forms the same batches as a steered one and alpha 0 gives
+        its scores bit for bit; a task whose language cannot be told counts as the anchor's then.
+        """
         if self.lang is not None:
             return [self.lang] * len(requests)
         cache: dict[str | None, str] = {}
@@ -264,7 +202,12 @@ class XlsteerLM(LM):
         for r in requests:
             name = getattr(r, "task_name", None)
             if name not in cache:
-                cache[name] = task_language(name, self.task_langs)
+                try:
+                    cache[name] = task_language(name, self.task_langs)
+                except LanguageError:
+                    if self.interventions:
+                        raise
+                    cache[name] = self.anchor or "en"
             out.append(cache[name])
         return out
 
@@ -314,7 +257,6 @@ class XlsteerLM(LM):
         has none); each window is one engine row (context = the window's disjoint prefix).
         """
         import torch
-        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
         from ..hooks import steer
 
@@ -328,9 +270,7 @@ class XlsteerLM(LM):
         for i, r in enumerate(requests):
             (text,) = r.args
             toks = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            for pair in get_rolling_token_windows(token_list=toks, prefix_token=int(eng.prefix_id),
-                                                  max_seq_len=eng.max_length, context_len=1):
-                ctx, cont = make_disjoint_window(pair)
+            for ctx, cont in harness.rolling_windows(toks, int(eng.prefix_id), eng.max_length):
                 windows.append((i, ctx, cont))
         totals = [0.0] * len(requests)
         order = sorted(range(len(windows)), key=lambda k: (-(len(windows[k][1]) + len(windows[k][2])), k))
@@ -351,11 +291,9 @@ class XlsteerLM(LM):
     def _gen_settings(self, kwargs: Any) -> tuple[int, tuple[str, ...]]:
         """(max new tokens, stop strings) from a request's gen_kwargs, via lm-eval's own normaliser
         (so its aliases max_new_tokens/max_tokens and its do_sample/temperature rules apply)."""
-        from lm_eval.models.utils import normalize_gen_kwargs
-
         if kwargs is not None and not isinstance(kwargs, dict):
             raise UsageError(f"generation arguments must be a dict, got {type(kwargs).__name__}")
-        kw = normalize_gen_kwargs(dict(kwargs or {}), self.max_gen_toks)
+        kw = harness.generation_settings(dict(kwargs or {}), self.max_gen_toks)
         if kw.get("do_sample"):
             raise UsageError("xlsteer's lm-eval adapter decodes greedily; set do_sample=false (or temperature=0)")
         return _positive_int(kw["max_gen_toks"], "max_gen_toks"), tuple(_string_list(kw.get("until")))
@@ -377,7 +315,3 @@ class XlsteerLM(LM):
                 res[i] = t
                 self.cache_hook.add_partial("generate_until", requests[i].args, t)
         return res
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
