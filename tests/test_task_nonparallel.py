@@ -279,3 +279,114 @@ def test_a_spec_is_the_same_task_however_its_path_is_spelled(bench, tmp_path, mo
     assert states[0] and states[1] == states[0] and states[2] == states[0]  # nothing computed again
     assert len({r["template"]["version"] for r in outs}) == 1 and len({r["data"]["data_hash"] for r in outs}) == 1
     assert outs[0]["items"] == outs[1]["items"] == outs[2]["items"]
+
+
+# ---- the same benchmark as lm-eval tasks ----------------------------------------------------------------------
+
+
+def write_lmeval_tasks(bench: Path, dest: Path, stem: str = "pron") -> Path:
+    """lm-eval multiple-input tasks over the benchmark's JSONL files, one per language: en and sw with a
+    validation and a test split, yo with a test split only (data paths absolute, as lm-eval needs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for lang in PRONOUNS:
+        files = {s: str(bench.parent / "data" / f"{lang}.{s}.jsonl") for s in ("dev", "test")
+                 if (bench.parent / "data" / f"{lang}.{s}.jsonl").is_file()}
+        splits = {"validation": files["dev"]} if "dev" in files else {}
+        splits["test"] = files["test"]
+        keys = ("validation_split: validation\n" if "validation" in splits else "") + "test_split: test\n"
+        (dest / f"{stem}_{lang}.yaml").write_text(
+            f"task: {stem}_{lang}\ndataset_path: json\ndataset_kwargs:\n  data_files: {json.dumps(splits)}\n"
+            + keys + PARTIAL_LMEVAL, encoding="utf-8")
+    return dest
+
+
+def test_an_lm_eval_task_list_need_not_be_parallel(bench, tmp_path):
+    from xlsteer.lmeval.tasks import build_spec as build_lmeval
+
+    tasks = write_lmeval_tasks(bench, tmp_path / "tasks")
+    spec = build_lmeval("lmeval:pron_en,pron_sw,pron_yo", include_path=[tasks], task_langs="pron_yo:yo")
+    assert spec.langs == ("en", "sw", "yo") and spec.pairing == "none" and spec.dev_split == "dev"
+    assert spec.splits_of("yo") == ("test",) and spec.langs_with("dev", spec.langs) == ["en", "sw"]
+    assert {lang: len(spec.load_items(None, lang, "test")) for lang in spec.langs} == {"en": 7, "sw": 5, "yo": 5}
+    assert "en 7, sw 5, yo 5" in spec.splits["test"] and spec.source["parallel"].startswith("not parallel")
+    assert spec.load_items(None, "sw", "test")[0].id == "lmeval:pron/test/sw-2"  # the documents' own ids
+    assert all(Path(f).is_absolute() for f in spec.data_files("yo", "test"))
+    declared = build_lmeval("lmeval:pron_en,pron_sw", include_path=[tasks], parallel=True)
+    assert declared.pairing == "id" and declared.source["parallel"].startswith("declared parallel")
+
+
+def test_an_lm_eval_task_list_with_the_same_document_ids_is_parallel(tmp_path):
+    from xlsteer.lmeval.tasks import build_spec as build_lmeval
+
+    root = tmp_path / "same"
+    (root / "data").mkdir(parents=True)
+    for lang in ("en", "de"):
+        recs = [partial_record(lang, i, *row) | {"id": f"q{i}"} for i, row in enumerate(PRONOUNS["en"][:4])]
+        if lang == "de":
+            recs.reverse()  # another order: pairing is by id, not by position
+        data = root / "data" / f"{lang}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+        (root / f"same_{lang}.yaml").write_text(
+            f"task: same_{lang}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            "test_split: test\n" + PARTIAL_LMEVAL, encoding="utf-8")
+    spec = build_lmeval("lmeval:same_en,same_de", include_path=[root])
+    assert spec.pairing == "id" and spec.source["parallel"].startswith("parallel: every language")
+    en, de = (spec.load_items(None, lang, "test") for lang in ("en", "de"))
+    assert {it.id for it in en} == {it.id for it in de} and en[0].id == "lmeval:same/test/q0" != de[0].id
+
+
+def test_a_non_parallel_lm_eval_task_through_eval_sweep_table_and_report(bench, tmp_path, monkeypatch, capsys):
+    """A relative --include-path (the README's form) from another directory: inputs are checked and
+    hashed before model time, the run goes through; the same tasks named by an absolute and by a
+    symlinked include path are the same task and read every score from the cache."""
+    from test_task_jsonl import model_and_vector
+
+    from xlsteer.cli import main
+
+    model, vector = model_and_vector(tmp_path / "m", langs=("sw", "yo"))
+    write_lmeval_tasks(bench, tmp_path / "proj" / "tasks")
+    (tmp_path / "link").symlink_to(tmp_path / "proj" / "tasks", target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "proj")
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    run.mkdir()
+    task = ["--task", "lmeval:pron_en,pron_sw,pron_yo", "--task-langs", "pron_yo:yo"]
+    outs, states = [], []
+    for i, include in enumerate(["tasks", str(tmp_path / "proj" / "tasks"), str(tmp_path / "link")]):
+        out = run / "eval.json" if i == 0 else tmp_path / f"again{i}.json"
+        assert main(["eval", "--model", model, *task, "--include-path", include, "--intervention", vector,
+                     "--cache-dir", str(cache), "-o", str(out)]) == 0, capsys.readouterr().err
+        outs.append(json.loads(out.read_text(encoding="utf-8")))
+        states.append(_cache_state(cache))
+    assert states[0] and states[1] == states[0] and states[2] == states[0]  # nothing computed again
+    assert len({r["template"]["version"] for r in outs}) == 1 and len({r["data"]["data_hash"] for r in outs}) == 1
+    r = outs[0]
+    assert r["item_ids"]["per_lang"] == {"en": 7, "sw": 5, "yo": 5} and r["task_spec"]["pairing"] == "none"
+    capsys.readouterr()
+    assert main(["sweep", "--model", model, *task, "--include-path", "tasks", "--intervention", vector,
+                 "--alphas", "1,4", "--cache-dir", str(cache), "-o", str(run / "sweep.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: yo has no dev items") == 1
+    s = json.loads((run / "sweep.json").read_text(encoding="utf-8"))
+    assert s["left_out"] == {"yo": "no dev items"} and s["item_ids"]["per_lang"] == {"en": 3, "sw": 2}
+    capsys.readouterr()
+    assert main(["table", str(run / "eval.json")]) == 0 and "not parallel" in capsys.readouterr().out
+    assert main(["report", str(run), "-o", str(tmp_path / "report.html")]) == 0
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert 'id="headline"' in html and "lmeval:pron" in html and "not parallel" in html
+
+
+def test_the_lm_eval_digest_follows_content_not_location(bench, tmp_path):
+    """The same task YAML and utils.py in another folder (a moved checkout) has the same config
+    digest; an edited utils.py has another one."""
+    import shutil
+
+    from xlsteer.lmeval.tasks import build_spec as build_lmeval
+
+    a = write_lmeval_tasks(bench, tmp_path / "a")
+    (a / "utils.py").write_text("def noop(doc):\n    return doc\n", encoding="utf-8")
+    b = tmp_path / "moved" / "b"
+    shutil.copytree(a, b)
+    version = {p: build_lmeval("lmeval:pron_en,pron_sw", include_path=[p]).template().version for p in (a, b)}
+    assert version[a] == version[b]
+    (b / "utils.py").write_text("def noop(doc):\n    return dict(doc)\n", encoding="utf-8")
+    assert build_lmeval("lmeval:pron_en,pron_sw", include_path=[b]).template().version != version[a]

@@ -345,6 +345,8 @@ def _task_words(kw: dict[str, Any]) -> str:
     words += [f"--include-path {shlex.quote(str(p))}" for p in kw.get("include_path") or ()]
     if kw.get("task_langs"):
         words.append(f"--task-langs {shlex.quote(kw['task_langs'])}")
+    if kw.get("task_parallel"):
+        words.append("--task-parallel")
     return " ".join(words)
 
 
