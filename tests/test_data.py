@@ -116,7 +116,8 @@ def test_check_data_synthetic(tmp_path):
 def test_check_data_real(real_data):
     r = check_data(real_data)
     assert r["ok"], r["problems"] + r["missing"] + r["mismatch"]
-    assert r["n_ok"] == r["n_files"] == 114
+    assert r["n_ok"] == r["n_files"] == 114 + 74  # SHA256SUMS and lcb/SHA256SUMS (its files and test_sets/ unpacked)
+    assert r["files"]["lcb/test_sets.zip"] == "ok"
     c = r["counts"]
     assert set(c["mgsm"].values()) == {250} and len(c["mgsm"]) == 11
     assert set(c["mgsm/exemplars"].values()) == {8}

@@ -363,27 +363,45 @@ def test_data_check_reports_the_dir_in_use_and_what_is_missing(tmp_path, monkeyp
 
 
 def test_the_shipped_list_is_the_shared_datas_sha256sums():
+    """The packaged list is the union of the shared data's two lists: its SHA256SUMS (114 files,
+    byte for byte) and lcb/SHA256SUMS, whose unpacked test_sets/ are the members of the one
+    archive xlsteer reads (test_sets.zip), byte for byte."""
+    import zipfile
+
     manifest = load_manifest()
-    assert {d.name for d in manifest.datasets.values() if d.non_commercial} == {"xnli"}
+    assert {d.name for d in manifest.datasets.values() if d.non_commercial} == {"xnli", "lcb"}
     assert all(f.url(manifest.base_url).startswith(f"https://raw.githubusercontent.com/{f.repo}/{f.commit}/")
                for f in manifest.files)
     try:
         root = paths.data_dir()
     except DataError:
         pytest.skip("shared data not available")
-    assert (root / "SHA256SUMS").read_text(encoding="utf-8") == manifest.sums_text()
+    top = "".join(f"{f.sha256}  ./{f.path}\n" for f in manifest.files if f.dataset != "lcb")
+    assert (root / "SHA256SUMS").read_text(encoding="utf-8") == top
+    union = paths.read_sums(root)
+    assert {f.path: f.sha256 for f in manifest.files}.items() <= union.items()
     assert all((root / f.path).stat().st_size == f.size for f in manifest.files)
+    unpacked = sorted(set(union) - {f.path for f in manifest.files})
+    assert len(unpacked) == 66 and all(p.startswith("lcb/test_sets/") for p in unpacked)
+    with zipfile.ZipFile(root / "lcb/test_sets.zip") as z:
+        for rel in unpacked:
+            member = z.read(rel.removeprefix("lcb/"))
+            assert hashlib.sha256(member).hexdigest() == union[rel] == hashlib.sha256((root / rel).read_bytes()).hexdigest()
+    assert len(manifest.files) == 114 + 8
 
 
-def test_the_exemplar_conversion_reproduces_the_shared_json():
-    """Upstream keeps the MGSM exemplars as Python literals; their JSON form must hash as shipped."""
+@pytest.mark.parametrize("path", ["mgsm/mgsm_exemplars.json", "lcb/few_shot_examples.json"])
+def test_the_exemplar_conversion_reproduces_the_shared_json(path):
+    """Upstream keeps the MGSM exemplars and LCB's few-shot turns as Python literals; their JSON
+    form must hash as shipped."""
     try:
         root = paths.data_dir()
     except DataError:
         pytest.skip("shared data not available")
-    entry = next(f for f in load_manifest().files if f.convert)
+    entry = next(f for f in load_manifest().files if f.path == path)
+    assert entry.convert == "python-literals-to-json"
     doc = json.loads((root / entry.path).read_text(encoding="utf-8"))
-    source = '"""Prompts for mgsm."""\n' + "".join(f"\n{k} = {v!r}\n" for k, v in doc.items())
+    source = '"""Prompts."""\n' + "".join(f"\n{k} = {v!r}\n" for k, v in doc.items()) + "\ndef f():\n    return 1\n"
     assert hashlib.sha256(python_literals_to_json(source.encode())).hexdigest() == entry.sha256
 
 

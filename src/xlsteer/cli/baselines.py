@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .evaluate import select_options, selection_rule
+from .evaluate import lid_model_option, select_options, selection_rule, use_lid_model_from
 from .options import (SEED, Output, count, data_dir_option, langs_for, load_model_from, model_options,
                       resolve_task_from, spare_inputs, task_inputs, task_options)
 
@@ -45,6 +45,7 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
               help="Translation cache file (default: <xlsteer cache>/translations.json).")
 @click.option("--calibrate", is_flag=True, help="Content-free calibration of label scores (xnli).")
 @select_options
+@lid_model_option
 @click.option("--output", "-o", required=True, type=Output(folder=True, writes=COMPARE_WRITES), help="Output folder.")
 def compare_cmd(**kw: Any) -> None:
     """Compare steering with what a practitioner would do instead, on the same test items.
@@ -68,6 +69,7 @@ def compare_cmd(**kw: Any) -> None:
     spec = resolve_task_from(kw)
     spare_inputs([*files_written_into(out, COMPARE_WRITES), kw["translation_cache"]],
                  task_inputs(spec, kw), model=kw["model"], data_dir=kw["data_dir"])
+    use_lid_model_from(kw)
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))

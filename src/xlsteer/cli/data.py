@@ -6,7 +6,8 @@ import click
 
 from .options import Output, data_dir_option
 
-ONLY_HELP = "Comma-separated datasets: mgsm, xcopa, xquad, ntrex128, xnli (default: all; xnli needs --accept-nc)."
+ONLY_HELP = ("Comma-separated datasets: mgsm, xcopa, xquad, ntrex128, xnli, lcb (default: all; xnli and lcb need "
+             "--accept-nc).")
 
 
 @click.group("data")
@@ -52,7 +53,8 @@ def data_check_cmd(data_dir: str | None, only: str | None) -> None:
 @click.option("--dest", default=None, type=Output(folder=True),
               help="Folder to fill (default: $XLSTEER_DATA_DIR, else the per-user data dir).")
 @click.option("--accept-nc", is_flag=True,
-              help="Accept the non-commercial license (CC BY-NC 4.0) of the XNLI copy and fetch it.")
+              help="Accept the non-commercial terms of the XNLI copy (CC BY-NC 4.0) and of LCB's Okapi and ShareGPT "
+                   "prompts (research use), and fetch them.")
 @click.option("--mirror", default=None, envvar="XLSTEER_DATA_MIRROR",
               help="Base URL with the raw.githubusercontent.com layout <owner>/<repo>/<commit>/<path> "
                    "(default: $XLSTEER_DATA_MIRROR, else GitHub).")

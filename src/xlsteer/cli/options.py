@@ -136,10 +136,8 @@ def task_langs(task: Any, anchor: str = "en") -> list[str]:
 def langs_for(text: str | None, spec: Any, anchor: str = "en") -> list[str]:
     """--langs for a task: given codes or 'all'; omitted, a user task's own languages (a built-in
     benchmark has too many to guess: it needs --langs)."""
-    from ..evaluation.tasks.spec import BUILTIN
-
     if text is None or not text.strip():
-        if spec.name in BUILTIN:
+        if spec.source.get("kind") == "builtin":
             raise UsageError(f"pass --langs for {spec.name}, e.g. --langs en,{spec.langs[0]} (or all)")
         text = "all"
     return parse_langs(text, all_langs=task_langs(spec, anchor))

@@ -46,7 +46,7 @@ class SourceFile:
     """One file of the data dir layout and where it comes from upstream."""
 
     path: str            # relative to the data dir, e.g. "mgsm/mgsm_de.tsv"
-    dataset: str         # top-level folder: mgsm, xcopa, xquad, ntrex128, xnli
+    dataset: str         # top-level folder: mgsm, xcopa, xquad, ntrex128, xnli, lcb
     repo: str            # "owner/name" on GitHub
     commit: str
     upstream: str        # path inside the repository
@@ -90,7 +90,7 @@ class FetchOptions:
 
     dest: str | os.PathLike | None = None    # default: $XLSTEER_DATA_DIR, else the per-user data dir
     only: tuple[str, ...] | None = None       # dataset names; None = all
-    accept_nc: bool = False                   # required for the non-commercial XNLI copy
+    accept_nc: bool = False                   # required for the non-commercial sets (XNLI, LCB)
     mirror: str | None = None                 # default: $XLSTEER_DATA_MIRROR, else upstream
     timeout: float = 30.0
 
@@ -160,13 +160,20 @@ def plan_fetch(options: FetchOptions, manifest: Manifest | None = None) -> Fetch
     dest = Path(options.dest).expanduser() if options.dest else default_dest()
     check_writable(dest / SUMS_FILE)
     sums = dest / SUMS_FILE
-    if sums.is_file() and sums.read_text(encoding="utf-8", errors="replace") != manifest.sums_text():
+    if sums.is_file() and not _older_list(sums.read_text(encoding="utf-8", errors="replace"), manifest):
         raise UsageError(f"{dest} holds a {SUMS_FILE} that differs from this xlsteer's data list; "
                          "fetch into an empty folder with --dest DIR")
     base = options.mirror or os.environ.get(MIRROR_ENV, "") or manifest.base_url
     keep = {d.name for d in chosen}
     files = [f for f in manifest.files if f.dataset in keep]
     return FetchPlan(dest, base, chosen, skipped, files, manifest)
+
+
+def _older_list(text: str, manifest: Manifest) -> bool:
+    """This xlsteer's list, or one an earlier xlsteer wrote (every line of it is still one of ours:
+    the data list only grew, e.g. by LCB), which a fetch then completes and replaces."""
+    ours = manifest.sums_text()
+    return text == ours or set(text.splitlines()) <= set(ours.splitlines())
 
 
 def license_lines(plan: FetchPlan) -> list[str]:
@@ -314,8 +321,9 @@ def run_fetch(plan: FetchPlan, timeout: float = 30.0) -> FetchReport:
         ) from None
     finally:
         bar.close()
-    if not (plan.dest / SUMS_FILE).is_file():  # plan_fetch checked that one already there is the same list
-        atomic_write_text(plan.dest / SUMS_FILE, plan.manifest.sums_text())
+    sums = plan.dest / SUMS_FILE  # plan_fetch checked that one already there is this list or an older one
+    if not sums.is_file() or sums.read_text(encoding="utf-8", errors="replace") != plan.manifest.sums_text():
+        atomic_write_text(sums, plan.manifest.sums_text())
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -113,8 +113,23 @@ def _norm_rel(path: str) -> str:
 
 
 def read_sums(data_dir: str | os.PathLike) -> dict[str, str]:
-    """Relative path -> sha256 from SHA256SUMS (``sha256sum`` format)."""
-    sums = Path(data_dir) / SUMS_FILE
+    """Relative path -> sha256 of every file the data dir lists: its SHA256SUMS and, merged in,
+    the SHA256SUMS of a dataset folder that keeps its own list (the shared data's ``lcb/``, whose
+    paths are relative to that folder). A path listed twice with two hashes is an error."""
+    root = Path(data_dir)
+    out = _read_sums_file(root / SUMS_FILE)
+    for nested in sorted(root.glob(f"*/{SUMS_FILE}")):
+        folder = nested.parent.name
+        for rel, sha in _read_sums_file(nested).items():
+            key = f"{folder}/{rel}"
+            if out.setdefault(key, sha) != sha:
+                raise DataError(f"{key} has one hash in {root / SUMS_FILE} and another in {nested}; "
+                                "restore the data folder")
+    return out
+
+
+def _read_sums_file(sums: Path) -> dict[str, str]:
+    """Relative path -> sha256 from one SHA256SUMS file (``sha256sum`` format)."""
     if not sums.is_file():
         raise DataError(f"{sums} does not exist; the data dir must hold SHA256SUMS (see shared/data/README.md)")
     out: dict[str, str] = {}

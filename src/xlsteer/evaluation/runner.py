@@ -214,6 +214,7 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     records = _records(spec, tpl, eng, flat, exemplars, call, cfg.calibrate)
     per_lang, avg = summarize_records(spec, records, lang_list, anchor, cfg.seed, cfg.n_boot)
     ids = {lang: [it.id for it in items[lang]] for lang in lang_list}
+    extra = {"task_summary": spec.task_summary(records)} if spec.task_summary is not None else {}
     return {
         "format": FORMAT, "version": FORMAT_VERSION, "task": spec.name, "task_spec": spec.describe(),
         "split": cfg.split, "langs": lang_list, "anchor": anchor,
@@ -227,7 +228,7 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
         "metrics": metrics_record(spec),
         "engine": {"max_length": eng.max_length, "truncated": eng.truncated - counters0[0],
                    "boundary_mismatches": eng.boundary_mismatches - counters0[1]},
-        "per_lang": per_lang, "average": avg, "items": records, "versions": versions(),
+        "per_lang": per_lang, "average": avg, "items": records, "versions": versions(), **extra,
     }
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import UsageError
 from . import metrics as M
 from .guard import guard_scores
 from .sampling import Sampling
@@ -143,6 +144,26 @@ def label_records(engine: Any, tpl: Any, items: Sequence[Any], reqs: Sequence[An
     return records
 
 
+def prompt_text(tokenizer: Any, req: Any) -> str:
+    """The text a generate request sends: its prompt, or its conversation rendered with the
+    tokenizer's chat template (with the generation prompt). The engine encodes prompts with the
+    tokenizer's special tokens, so a BOS the template writes itself is left to the encoder:
+    encoding the result gives exactly ``apply_chat_template(..., tokenize=True)``."""
+    if not getattr(req, "messages", ()):
+        return req.prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError("this template renders a conversation with the model's chat template, but the tokenizer "
+                         "has none; choose a plain-text template (e.g. lcb-qa for a base model)")
+    text = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in req.messages], tokenize=False,
+                                         add_generation_prompt=True)
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if bos and text.startswith(bos) and bos_id is not None:
+        probe = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        if probe and probe[0] == bos_id:
+            text = text[len(bos):]
+    return text
+
+
 def generation_records(engine: Any, spec: TaskSpec, items: Sequence[Any], reqs: Sequence[Any],
                        keys: Sequence[str], call: ScoringCall) -> list[dict[str, Any]]:
     """Generation (greedy, or as the requests' sampling settings say), scored by the task's ``score``.
@@ -154,14 +175,18 @@ def generation_records(engine: Any, spec: TaskSpec, items: Sequence[Any], reqs: 
     """
     assert spec.score is not None
     r0 = reqs[0]
-    out = engine.generate([r.prompt for r in reqs], [it.lang for it in items], r0.max_new_tokens, list(r0.stop),
-                          **call.kwargs(keys), sampling=call.decoding(r0))
-    guard = (guard_scores(engine, [r.prompt for r in reqs], out, [it.lang for it in items], keys, call.scope)
+    prompts = [prompt_text(engine.tokenizer, r) for r in reqs]
+    out = engine.generate(prompts, [it.lang for it in items], r0.max_new_tokens, list(r0.stop), **call.kwargs(keys),
+                          sampling=call.decoding(r0))
+    guard = (guard_scores(engine, prompts, out, [it.lang for it in items], keys, call.scope)
              if spec.quality_guard else [{}] * len(items))
     records = []
     for it, text, g in zip(items, out, guard):
         s = spec.score(it, text)
-        records.append({"id": it.id, "lang": it.lang, "gold": _json_gold(it.answer), "generated": text,
-                        "prediction": s.prediction, "correct": bool(s.correct),
-                        "scores": {**{k: float(v) for k, v in s.scores.items()}, **g}})
+        rec = {"id": it.id, "lang": it.lang, "gold": _json_gold(it.answer), "generated": text,
+               "prediction": s.prediction, "correct": bool(s.correct),
+               "scores": {**{k: float(v) for k, v in s.scores.items()}, **g}}
+        if s.details is not None:
+            rec["details"] = dict(s.details)
+        records.append(rec)
     return records

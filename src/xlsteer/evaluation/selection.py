@@ -79,6 +79,8 @@ def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task:
                              "method": next((i.get("method") for i in infos.values() if i), None),
                              "positions": next((i["positions"] for i in infos.values() if i), None)})
     out["item_ids"] = {**out["item_ids"], "n": sum(n_ids.values()), "per_lang": n_ids}
+    if task.task_summary is not None:  # the task's own figures, of the merged items
+        out["task_summary"] = task.task_summary(items)
     return out
 
 

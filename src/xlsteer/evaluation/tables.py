@@ -123,7 +123,20 @@ def run_table(res: Any, style: str = "markdown") -> str:
     if apart:
         out += ["", f"not parallel: each language has its own items, so agreement with {anchor} and the divergence "
                     "of answer distributions are not computed"]
-    return "\n".join(out)
+    return "\n".join(out + task_summary_tables(res, style))
+
+
+def task_summary_tables(res: Any, style: str = "markdown") -> list[str]:
+    """The tables a task's own summary declares (``task_summary.tables``: title, headers, rows),
+    e.g. LCB's figures as its paper reports them."""
+    summary = getattr(res, "task_summary", None)
+    if not isinstance(summary, dict):
+        return []
+    out: list[str] = []
+    for t in summary.get("tables") or ():
+        if isinstance(t, dict) and isinstance(t.get("headers"), list) and isinstance(t.get("rows"), list):
+            out += ["", str(t.get("title", "")), "", render(t["headers"], t["rows"], style)]
+    return out
 
 
 def _diff(t: Any, digits: int) -> str:

@@ -84,6 +84,9 @@ class Request:
     #: "Multiple input" choice (Winograd-style): one context per choice, one shared continuation
     #: ``choices[0]``; choice i is scored as log P(choices[0] | contexts[i]).
     contexts: tuple[str, ...] = ()
+    #: A conversation ((role, text), ...) for the model's chat template instead of ``prompt``
+    #: (generate requests; the scorer renders it with the tokenizer, see scoring.prompt_text).
+    messages: tuple[tuple[str, str], ...] = ()
     #: How a ``generate`` request is decoded (default greedy); ``EvalConfig.sampling`` may change it.
     sampling: Sampling = GREEDY
 

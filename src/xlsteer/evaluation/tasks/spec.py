@@ -7,7 +7,8 @@ data may come from, which fields translate-test translates). Declaring them once
 loader, means a new benchmark is one module (or one YAML file, or one lm-eval task name) and
 nothing else branches on a task's name.
 
-Built-in tasks (mgsm, xcopa, xnli, xquad) are modules of this package, each defining ``SPEC``;
+Built-in tasks (mgsm, xcopa, xnli, xquad, lcb) are modules of this package, each defining ``SPEC``
+(lcb also ``SPEC_MONO`` and ``SPEC_CROSS``);
 :data:`BUILTIN_TASKS` names them (``name -> "module:SPEC"``) and each is imported the first time it
 is asked for, so ``import xlsteer`` stays cheap. A plugin or a script registers its own with
 :func:`register_task`. User tasks also come from a *task reference* that is not a registered
@@ -42,6 +43,9 @@ BUILTIN_TASKS: dict[str, str] = {
     "xcopa": "xlsteer.evaluation.tasks.xcopa:SPEC",
     "xnli": "xlsteer.evaluation.tasks.xnli:SPEC",
     "xquad": "xlsteer.evaluation.tasks.xquad:SPEC",
+    "lcb": "xlsteer.evaluation.tasks.lcb:SPEC",
+    "lcb-mono": "xlsteer.evaluation.tasks.lcb:SPEC_MONO",
+    "lcb-cross": "xlsteer.evaluation.tasks.lcb:SPEC_CROSS",
 }
 #: Their names, in order.
 BUILTIN: tuple[str, ...] = tuple(BUILTIN_TASKS)
@@ -74,6 +78,8 @@ class Scored:
     prediction: Any
     correct: bool
     scores: Mapping[str, float]
+    #: JSON-ready facts about the verdict kept in the item's record (e.g. which lines failed).
+    details: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,8 @@ class TaskSpec:
     are text in each language). ``dev_split``: the split sweeps and selection use (None: the task
     cannot be swept). ``quality_guard``: a generation task whose every item also gets the guard's
     fluency and degeneration scores (:mod:`xlsteer.evaluation.guard`), reported beside its metrics.
+    ``task_summary(records)``: a task's own figures over the scored records (e.g. a benchmark's
+    published aggregates), kept in the result as ``task_summary``.
     """
 
     name: str
@@ -160,6 +168,7 @@ class TaskSpec:
     source: Mapping[str, Any] = field(default_factory=lambda: {"kind": "builtin"})
     pairing: Pairing = "id"
     lang_splits: Mapping[str, tuple[str, ...]] | None = None
+    task_summary: Callable[[Sequence[dict]], dict] | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.metrics]
