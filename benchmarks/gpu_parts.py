@@ -139,12 +139,11 @@ def big_correctness(lm: Any, iv: Any, prompt: torch.Tensor, n: int = 16) -> dict
 
 @dataclass(frozen=True)
 class DecodeSetup:
+    """An eager ``model.generate`` cell (compiled decoding is measured through the engine: gpu_engine.py)."""
+
     batch: int
     new_tokens: int
     repeats: int
-    fast: bool  # static cache + torch.compile'd decoding
-    compile_backend: str = "inductor"
-    compile_mode: str | None = "reduce-overhead"
 
 
 class StepTimer:
@@ -152,8 +151,7 @@ class StepTimer:
 
     Why: tokens/s of a whole generate() call includes the prefill and per-call set-up; the
     per-step time between the first and the last step is the decode rate the roofline bounds.
-    The synchronisation costs little: eager decoding is host-bound, and a compiled step is
-    one or a few CUDA-graph replays.
+    The synchronisation costs little: eager decoding is host-bound.
     """
 
     def __init__(self, device: str):
@@ -170,30 +168,6 @@ class StepTimer:
         recording, a recompilation) does not move it; the whole-call tokens/s still shows it."""
         s = self.stamps
         return 1000 * statistics.median(b - a for a, b in zip(s, s[1:])) if len(s) > 1 else None
-
-
-def _gen_kwargs(cfg: DecodeSetup, device: str) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=False)
-    if cfg.fast:
-        from transformers import CompileConfig
-
-        cc = CompileConfig(fullgraph=False, backend=cfg.compile_backend, mode=cfg.compile_mode)
-        if not device.startswith("cuda"):
-            cc._compile_all_devices = True  # transformers auto-compiles on accelerators only
-        kw.update(compile_config=cc)
-    return kw
-
-
-def _static_cache(model: Any, max_len: int) -> Any:
-    """One static KV cache for every call of a cell, reset before each.
-
-    Why: generate(cache_implementation="static") allocates a new cache per call (transformers
-    5.17-5.23), so CUDA-graph trees see new input addresses and record their graphs again in
-    every call; a cache that lives across calls is what a server does and what gets replayed.
-    """
-    from transformers import StaticCache
-
-    return StaticCache(config=model.config, max_cache_len=max_len)
 
 
 def _timed(fn: Callable[[], tuple[int, float | None]], device: str) -> tuple[float, float | None, float | None]:
@@ -214,10 +188,7 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
     model = lm.model
     ids = prompt[: cfg.batch]
     mask = torch.ones_like(ids)
-    kw = _gen_kwargs(cfg, device)
-    cache = _static_cache(model, ids.shape[1] + cfg.new_tokens) if cfg.fast else None
-    if cache is not None:
-        kw["past_key_values"] = cache
+    kw: dict[str, Any] = dict(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=False)
 
     def run(iv: Any) -> Callable[[], tuple[int, float | None]]:
         def go() -> tuple[int, float | None]:
@@ -225,8 +196,6 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
 
             timer = StepTimer(device)
             with torch.inference_mode():
-                if cache is not None:  # its tensors are inference tensors: reset them in inference mode
-                    cache.reset()
                 if iv is None:
                     out = model.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([timer]), **kw)
                 else:
@@ -238,10 +207,9 @@ def decode_cell(lm: Any, ivs: dict[str, Any], prompt: torch.Tensor, cfg: DecodeS
 
     runs = {"unsteered": run(None), **{m: run(iv) for m, iv in ivs.items()}}
     warm: dict[str, float] = {}
-    for mode, fn in runs.items():  # warm-up (compilation and CUDA-graph capture on the fast path)
+    for mode, fn in runs.items():  # warm-up
         t0 = time.perf_counter()
-        for _ in range(3 if cfg.fast else 1):
-            fn()
+        fn()
         sync(device)
         warm[mode] = round(time.perf_counter() - t0, 2)
     tps: dict[str, list[float]] = {m: [] for m in runs}
@@ -264,7 +232,7 @@ def _row(cfg: DecodeSetup, mode: str, tps: dict[str, list[float]], steps: dict[s
     """One mode's cell: medians, paired ratios to unsteered (whole call and per decode step)."""
     ratios = [a / b for a, b in zip(tps[mode], tps["unsteered"])]
     step_ratios = [b / a for a, b in zip(steps[mode], steps["unsteered"])]  # as a speed ratio
-    row = {"batch": cfg.batch, "fast_path": cfg.fast, "mode": mode, "tok_s": round(statistics.median(tps[mode]), 2),
+    row = {"batch": cfg.batch, "fast_path": False, "mode": mode, "tok_s": round(statistics.median(tps[mode]), 2),
            "tok_s_all": [round(x, 2) for x in tps[mode]], "ratio": round(statistics.median(ratios), 4),
            "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)], "warmup_s": warm[mode],
            "peak_extra_mb": max(mem[mode]) if mem[mode] else None}
@@ -292,13 +260,15 @@ def xcopa_like_requests(vocab: int, n: int, seed: int = 0) -> list[tuple[list[in
 
 
 def engine_scores(engine: Any, reqs: list[tuple[list[int], list[list[int]]]], batch: int) -> list[float]:
-    """Log-probabilities of every continuation through the engine's batch path (longest first)."""
+    """Log-probabilities of every continuation through the engine's batch path (longest first), each
+    batch scored by the strategy the engine chooses (counted in ``engine.scored_by``)."""
     order = sorted(range(len(reqs)), key=lambda i: -(len(reqs[i][0]) + max(map(len, reqs[i][1]))))
     out: dict[int, list[float]] = {}
     with steer(engine.model, [], anchor="en") as session, torch.inference_mode():
         for s in range(0, len(order), batch):
             idx = order[s: s + batch]
-            res = engine._ll_batch(session, [reqs[i] for i in idx], [["a", "b"]] * len(idx), ["de"] * len(idx))
+            how, res = engine._ll_any(session, [reqs[i] for i in idx], [["a", "b"]] * len(idx), ["de"] * len(idx))
+            engine.scored_by[how] += len(idx)
             for i, r in zip(idx, res):
                 out[i] = [c[0] for c in r]
     return [lp for i in range(len(reqs)) for lp in out[i]]

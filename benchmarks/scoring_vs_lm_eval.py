@@ -17,7 +17,7 @@ prompts are lm-eval's own) with the same Gemma-3-270M weights (float32) and batc
 Prints, measured in this run: items/s of each (best of ``--reps`` interleaved timings, as the
 machine is shared), their ratio (target >= 1.5), each backend's accuracy (must be equal), how
 many items' predictions differ and the largest log-prob difference, and the accuracy of
-xlsteer's own ``evaluate(lm, "xcopa", ...)`` on the same items as a cross-check.
+xlsteer's own ``run_task(lm, "xcopa", ...)`` on the same items as a cross-check.
 
     .venv/bin/python benchmarks/scoring_vs_lm_eval.py --langs sw --limit 100 --reps 3
 """
@@ -70,7 +70,7 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     from xlsteer.lmeval.model import XlsteerLM
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
     from xlsteer.models.loading import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -122,7 +122,7 @@ def main() -> None:
     max_diff = max(abs(a[0] - b[0]) for a, b in zip(s_ours, s_hf))
     greedy_differ = sum(a[1] != b[1] for a, b in zip(s_ours, s_hf))
 
-    res = evaluate(lm, "xcopa", langs, split="test", limit=args.limit, batch_size=args.batch_size, cache_dir=None)
+    res = run_task(lm, "xcopa", langs, split="test", limit=args.limit, batch_size=args.batch_size, cache_dir=None)
     acc_eval = {lang: res["per_lang"][lang]["metrics"]["acc"]["mean"] for lang in langs}
     acc_eval_all = sum(r["correct"] for r in res["items"]) / len(res["items"])
 
@@ -155,7 +155,7 @@ def main() -> None:
     print(f"xlsteer engine : {best_ours:7.2f} items/s (best of {args.reps})")
     print(f"lm-eval hf     : {best_hf:7.2f} items/s (best of {args.reps})")
     print(f"ratio          : {out['ratio']:.2f}x (target >= 1.5)")
-    print(f"accuracy       : xlsteer {acc_ours:.4f} | lm-eval hf {acc_hf:.4f} | xlsteer evaluate() {acc_eval_all:.4f} "
+    print(f"accuracy       : xlsteer {acc_ours:.4f} | lm-eval hf {acc_hf:.4f} | xlsteer run_task() {acc_eval_all:.4f} "
           f"({'equal' if acc_ours == acc_hf == acc_eval_all else 'DIFFERENT'})")
     print(f"agreement      : {len(differ)} of {n_items} predictions differ; max |logprob diff| {max_diff:.2e}; "
           f"is_greedy differs on {greedy_differ} requests")

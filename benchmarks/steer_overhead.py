@@ -6,7 +6,7 @@ every mode alike; the mode order rotates from one repeat to the next):
 - generation: ``model.generate`` greedy, exactly ``--new-tokens`` new tokens per row (EOS is
   suppressed with ``min_new_tokens``), prompts of ``--prompt-tokens`` tokens; tokens/s counts
   generated tokens. Unsteered = the plain model (no hooks at all).
-- scoring: the eval engine's log-likelihood batch (``Engine._ll_batch``: the context forward
+- scoring: the eval engine's log-likelihood batch (``Engine._ll_any``: on a CPU the context forward
   with a KV cache, then two continuations of ``--cont-tokens`` tokens against it); tokens/s
   counts every token fed. Unsteered = the engine's own unsteered path (its root hook only).
 - steered modes: ``vector`` = a DiffMean steering vector at one layer (resid_post, the middle
@@ -285,7 +285,7 @@ def make_runs(lm: Any, ivs: dict[str, Any], bs: int, args: argparse.Namespace, p
     def score(iv: Any) -> Callable[[], int]:
         def run() -> int:
             with steer(model, [] if iv is None else iv, anchor="en") as session, torch.inference_mode():
-                engine._ll_batch(session, enc, texts, row_langs)
+                engine._ll_any(session, enc, texts, row_langs)
             return n_score
 
         return run

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from xlsteer.analysis.run import analyze
+from xlsteer.analysis.run import AnalysisInputs, analyze
 from xlsteer.baselines.compare import compare_methods, write_compare
-from xlsteer.evaluation.runner import compare_runs, evaluate, write_results
+from xlsteer.evaluation.pairing import compare_runs
+from xlsteer.evaluation.runner import run_task, write_results
 from xlsteer.evaluation.sweep import sweep
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.io import atomic_write_json
@@ -43,17 +44,17 @@ def build(root: Path) -> dict[str, Path]:
     kw = dict(split="dev", limit=6, n_boot=200)
     demo = root / "demo"
     demo.mkdir()
-    base = evaluate(lm, "xcopa", LANGS, **kw)
-    steered = evaluate(lm, "xcopa", LANGS, interventions=iv, **kw)
+    base = run_task(lm, "xcopa", LANGS, **kw)
+    steered = run_task(lm, "xcopa", LANGS, interventions=iv, **kw)
     write_results(demo / "eval_zero-shot.json", {**base, "method": "zero-shot"})
     write_results(demo / "eval_diffmean.json", {**steered, "method": "diffmean"})
     write_results(demo / "compare_diffmean.json", {**compare_runs(base, steered), "method": "diffmean"})
     write_results(demo / "sweep_diffmean.json", sweep(lm, "xcopa", LANGS, intervention=iv, alphas=[1.0, 4.0],
                                                       split="dev", limit=4, n_boot=100))
     atomic_write_json(demo / "control.json", control_doc())
-    analyze(lm, demo, TEXTS, [0, 1], {"diffmean": iv}, eval_results=[demo / "eval_zero-shot.json",
-                                                                     demo / "eval_diffmean.json"],
-            projections=("pca",), meta={"corpus": "test", "data_hash": "abc123"})
+    analyze(lm, demo, TEXTS, [0, 1], {"diffmean": iv}, projections=("pca",),
+            inputs=AnalysisInputs(eval_results=[demo / "eval_zero-shot.json", demo / "eval_diffmean.json"],
+                                  meta={"corpus": "test", "data_hash": "abc123"}))
     eval_file = root / "steered_eval.json"
     write_results(eval_file, {**steered, "baseline": base, "comparison": compare_runs(base, steered)})
     cmp_dir = root / "compare"

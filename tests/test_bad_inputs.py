@@ -76,7 +76,7 @@ def _synthetic_data(root: Path, real: Path, name: str, rel: str, lines: list[str
 def env(tmp_path_factory):
     from safetensors.torch import save_file
 
-    from xlsteer.api import collect_statistics
+    from xlsteer.stats import collect_statistics
     from xlsteer.data.paths import data_dir
 
     root = tmp_path_factory.mktemp("bad_inputs")

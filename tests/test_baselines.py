@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -18,9 +17,11 @@ from xlsteer.baselines import finetune as FT
 from xlsteer.baselines import icl as ICL
 from xlsteer.baselines import prompt_search as PS
 from xlsteer.baselines import translate as TR
+from xlsteer.baselines import translators as TRS
 from xlsteer.baselines.compare import compare_markdown, compare_methods, load_options
 from xlsteer.baselines.methods import parse_methods
 from xlsteer.errors import UsageError
+from xlsteer.evaluation.config import EvalConfig
 from xlsteer.evaluation.tasks import get_task
 from xlsteer.testing import replaced_task
 from xlsteer.evaluation.tasks import get_template
@@ -101,8 +102,9 @@ def test_prompt_search_never_scores_test_items(lm, monkeypatch):
         return original(data_dir, lang, split, limit)
 
     with replaced_task("xcopa", load_items=spy):
-        rec = PS.search(lm, "xcopa", ["en", "sw"], dev_limit=2, rounds=1, per_round=1, n_parents=1,
-                        seeds=["Choose the best ending."], propose_tokens=6, max_length=512)
+        rec = PS.search(lm, "xcopa", ["en", "sw"], PS.SearchConfig(dev_limit=2, rounds=1, per_round=1, n_parents=1,
+                                                                   seeds=["Choose the best ending."], propose_tokens=6),
+                        EvalConfig(max_length=512))
     assert calls and set(calls) == {"dev"}
     assert len(rec["candidates"]) >= 2  # the empty instruction and the seed at least
     assert all("dev_score" in c for c in rec["candidates"])
@@ -157,11 +159,11 @@ def test_xlt_trains_on_english_only_and_predicts_every_item():
     lm = tiny_model("llama")
     ft = FT.finetune(lm, "xnli", "xlt", ["en", "de"], config=FT.TrainConfig(steps=2, batch_size=2, max_train_items=4))
     assert ft.record["train_langs"] == ["en"] and ft.record["train_split"] == "train"
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
 
-    res = evaluate(ft.lm, "xnli", ["en", "de"], split="test", limit=2, **EVAL)
+    res = run_task(ft.lm, "xnli", ["en", "de"], split="test", limit=2, **EVAL)
     _every_item_predicted(res, "xnli", ["en", "de"], "test", 2)
-    assert res["model"]["fingerprint_sha256"] != evaluate(lm, "xnli", ["en"], limit=1, **EVAL)["model"]["fingerprint_sha256"]
+    assert res["model"]["fingerprint_sha256"] != run_task(lm, "xnli", ["en"], limit=1, **EVAL)["model"]["fingerprint_sha256"]
 
 
 # ---- translate-test -------------------------------------------------------------------------------
@@ -186,14 +188,14 @@ class _Echo:
 def test_translation_cache_is_keyed_and_reused(tmp_path):
     path = tmp_path / "cache.json"
     tr = _Echo()
-    out = TR.translate_texts(tr, ["a b", "c", "a b"], "de", TR.TranslationCache(path))
+    out = TR.translate_texts(tr, ["a b", "c", "a b"], "de", TRS.TranslationCache(path))
     assert out == ["EN(a b)", "EN(c)", "EN(a b)"] and tr.calls == 1
-    again = TR.translate_texts(tr, ["c", "a b"], "de", TR.TranslationCache(path))
+    again = TR.translate_texts(tr, ["c", "a b"], "de", TRS.TranslationCache(path))
     assert again == ["EN(c)", "EN(a b)"] and tr.calls == 1  # read back from the file
-    TR.translate_texts(tr, ["c"], "fr", TR.TranslationCache(path))
+    TR.translate_texts(tr, ["c"], "fr", TRS.TranslationCache(path))
     assert tr.calls == 2  # another language is another key
     data = json.loads(path.read_text())
-    assert data["format"] == TR.TranslationCache.FORMAT and len(data["entries"]) == 3
+    assert data["format"] == TRS.TranslationCache.FORMAT and len(data["entries"]) == 3
     assert all(k.startswith("echo/1\t") for k in data["entries"])
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -205,7 +207,7 @@ def test_self_translation_prompt_stops_at_newline(lm):
         seen.extend(prompts)
         return [" The cat sleeps.\nTranslate to English: more"] * len(prompts)
 
-    tr = TR.SelfTranslator(lm, generate=fake_generate)
+    tr = TRS.SelfTranslator(lm, generate=fake_generate)
     assert tr.translate(["Die  Katze\nschläft."], "de") == ["The cat sleeps."]
     assert seen == ["Translate to English: Die Katze schläft.\nEnglish:"]
     assert tr.translator_id("de").startswith("self/tiny-llama/")
@@ -224,14 +226,14 @@ def test_translate_test_keeps_ids_and_predicts_every_item(lm):
 def _apertium_reason() -> str | None:
     if shutil.which("apertium") is None:
         return "apertium is not installed (Debian: apt-get install apertium apertium-eng-spa)"
-    if "es" not in TR.apertium_pairs():
+    if "es" not in TRS.apertium_pairs():
         return "apertium has no spa-eng pair (Debian: apt-get install apertium-eng-spa)"
     return None
 
 
 @pytest.mark.skipif(_apertium_reason() is not None, reason=str(_apertium_reason()))
 def test_apertium_translates_spanish_to_english():
-    tr = TR.ApertiumTranslator()
+    tr = TRS.ApertiumTranslator()
     out = tr.translate(["El gato duerme en la casa.", "Hola,\n¿cómo estás?"], "es")
     assert len(out) == 2
     assert "cat" in out[0].lower() and "house" in out[0].lower()
@@ -325,10 +327,10 @@ def test_gemma_self_translation_is_mostly_english():
     gemma = load_model("gemma3-270m")
     langs = ["de", "es", "fr", "it"]
     corpus = load_ntrex(None, langs, split="validation", limit=5)
-    tr = TR.SelfTranslator(gemma, max_new_tokens=64)
+    tr = TRS.SelfTranslator(gemma, max_new_tokens=64)
     outs = []
     for lang in langs:
-        outs += TR.translate_texts(tr, corpus.texts[lang], lang, TR.TranslationCache(None))
+        outs += TR.translate_texts(tr, corpus.texts[lang], lang, TRS.TranslationCache(None))
     ids = identify_language(outs)
     rate = sum(x == "en" for x in ids) / len(ids)
     print(f"self-translation English rate: {rate:.2f} ({sum(x == 'en' for x in ids)}/{len(ids)}): {ids}")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from xlsteer.errors import UsageError
-from xlsteer.hooks import ForwardContext, record, steer
+from xlsteer.hook_session import rows_for
+from xlsteer.hooks import record, steer
 from xlsteer.interventions import fit
 from xlsteer.interventions.clas import CLASIntervention, fit_clas, neuron_categories, select_bridge_layers
 from xlsteer.interventions.clas import partial_key, spec_key
@@ -32,14 +33,6 @@ def stats_with_means(means: dict[str, list[float]], layers=(0,)) -> Statistics:
             act = torch.tensor(m).reshape(1, 1, d).expand(2, 3, d)  # 6 tokens, all equal to the mean
             stats.update(lang, site, act, torch.ones(2, 3, dtype=torch.bool))
     return stats
-
-
-def ctx_for(langs: list[str], t: int = 1) -> ForwardContext:
-    b = len(langs)
-    return ForwardContext(
-        batch=b, new_len=t, past_len=0, token_mask=torch.ones(b, t, dtype=torch.bool), positions=torch.arange(t),
-        prompt_len=t, last_prompt_index=torch.full((b,), t - 1), langs=langs, anchor="en",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +120,7 @@ def test_rule_matches_formula_on_a_small_tensor():
     ms_de = torch.tensor([0, 0, 0, 0, 1, 0.0])
     for alpha in (0.5, -1.0, 2.0):
         a = iv.with_strength(alpha)
-        out = a.apply(site, h, ctx_for(["de", "sw", "en"]), a.prepare(site, h.device, h.dtype))
+        out = a.apply(site, h, rows_for(a, ["de", "sw", "en"]), a.prepare(site, h.device, h.dtype))
         for row, ms in ((0, ms_de), (1, torch.zeros(6))):
             h2 = h[row] * (1 + 0.4 * mp) * (1 - 0.2 * ms)
             torch.testing.assert_close(out[row], (1 - alpha) * h[row] + alpha * h2, rtol=0, atol=1e-6)
@@ -135,7 +128,7 @@ def test_rule_matches_formula_on_a_small_tensor():
     # hand numbers for de at alpha 0.5: neuron 1 (partial) -3 x 1.4 = -4.2, blended -3.6;
     # neuron 4 (de-specific) 11 x 0.8 = 8.8, blended 9.9; neuron 0 (all-shared) unchanged
     half = iv.with_strength(0.5)
-    out = half.apply(site, h, ctx_for(["de", "sw", "en"]), half.prepare(site, h.device, h.dtype))
+    out = half.apply(site, h, rows_for(half, ["de", "sw", "en"]), half.prepare(site, h.device, h.dtype))
     assert out[0, 0, 1].item() == pytest.approx(-3.6) and out[0, 0, 4].item() == pytest.approx(9.9)
     assert out[0, 0, 0].item() == 2.0 and out[1, 0, 4].item() == 11.0
 

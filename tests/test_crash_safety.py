@@ -38,7 +38,7 @@ import transformers
 from transformers.models.llama import modeling_llama  # noqa: F401
 import safetensors.torch  # noqa: F401
 import xlsteer.cli
-import xlsteer.api, xlsteer.stats, xlsteer.evaluation.runner, xlsteer.evaluation.sweep  # noqa: F401
+import xlsteer.stats, xlsteer.evaluation.runner, xlsteer.evaluation.sweep  # noqa: F401
 import xlsteer.interventions.vector, xlsteer.models.loading, xlsteer.data.corpora  # noqa: F401
 print(json.dumps({"ready": os.getpid()}), flush=True)
 for line in sys.stdin:
@@ -98,7 +98,7 @@ class ForkServer:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from xlsteer.api import collect_statistics
+    from xlsteer.stats import collect_statistics
     from xlsteer.models.loading import load_model
     from xlsteer.models.sites import Site
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from xlsteer.data.corpora import (
     load_xquad_paragraphs,
     read_lines,
 )
-from xlsteer.data.paths import check_data, data_dir, data_hash, files_hash
+from xlsteer.data.check import check_data
+from xlsteer.data.paths import data_dir, data_hash, files_hash
 from xlsteer.errors import DataError, LanguageError, UsageError
 
 
@@ -110,7 +112,7 @@ def test_check_data_synthetic(tmp_path):
     r = check_data(tmp_path)
     assert r["files"] == {"ok.txt": "ok", "bad.txt": "mismatch", "gone.txt": "missing"}
     assert r["missing"] == ["gone.txt"] and r["mismatch"] == ["bad.txt"] and r["n_ok"] == 1
-    assert r["ok"] is False and r["problems"]  # also no dataset files at all
+    assert r["ok"] is False and r["counts"] == {} and r["problems"] == []  # no task's files are listed here
 
 
 def test_check_data_real(real_data):
@@ -118,16 +120,45 @@ def test_check_data_real(real_data):
     assert r["ok"], r["problems"] + r["missing"] + r["mismatch"]
     assert r["n_ok"] == r["n_files"] == 114 + 74  # SHA256SUMS and lcb/SHA256SUMS (its files and test_sets/ unpacked)
     assert r["files"]["lcb/test_sets.zip"] == "ok"
-    c = r["counts"]
-    assert set(c["mgsm"].values()) == {250} and len(c["mgsm"]) == 11
-    assert set(c["mgsm/exemplars"].values()) == {8}
-    assert set(c["xcopa/test"].values()) == {500} and len(c["xcopa/test"]) == 11
-    assert set(c["xcopa/val"].values()) == {100}
-    assert len(c["xcopa-gmt/val"]) == 10 and "qu" not in c["xcopa-gmt/val"]
-    assert set(c["xnli"].values()) == {2490} and len(c["xnli"]) == 15
-    assert set(c["xquad"].values()) == {1190} and len(c["xquad"]) == 12
+    c = r["counts"]  # every split of every language, counted by the task's own loader
+    assert {k: set(v.values()) for k, v in c.items() if k.startswith("mgsm/")} == {
+        "mgsm/train": {8}, "mgsm/dev": {50}, "mgsm/test": {200}}
+    assert len(c["mgsm/test"]) == 11
+    assert set(c["xcopa/test"].values()) == {500} and len(c["xcopa/test"]) == 12  # 11 + the MT English of et
+    assert set(c["xcopa/dev"].values()) == {100}
+    gmt = c["xcopa/dev (English reference)"]
+    assert len(gmt) == 10 and "qu" not in gmt and set(gmt.values()) == {100}
+    assert [set(c[f"xnli/{s}"].values()) for s in ("train", "dev", "test")] == [{1290}, {200}, {1000}]
+    assert len(c["xnli/test"]) == 15
+    assert len(c["xquad/test"]) == 12 and len(set(c["xquad/test"].values())) == 1
     assert set(c["ntrex"].values()) == {1997} and len(c["ntrex"]) == 21
     assert r["data_hash"] == data_hash(real_data)
+
+
+def _mgsm_dir(root: Path, lines: dict[str, int]) -> Path:
+    """An MGSM-only data dir: ``lines[lang]`` problems per language (the task wants 250), 8 exemplars."""
+    (root / "mgsm").mkdir(parents=True)
+    for lang, n in lines.items():
+        (root / f"mgsm/mgsm_{lang}.tsv").write_text("".join(f"q{i}\t{i}\n" for i in range(n)), encoding="utf-8")
+    ex = {lang: {str(i): {"q": f"Question: q{i}", "a": f"Answer: a{i}"} for i in range(1, 9)} for lang in lines}
+    doc = {"MGSM_EXEMPLARS": ex, "EXEMPLAR_NUMBER_ANSWERS": list(range(8)), "EXEMPLAR_EQUATION_SOLUTIONS": ["1"] * 8}
+    (root / "mgsm/mgsm_exemplars.json").write_text(json.dumps(doc), encoding="utf-8")
+    listed = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.relative_to(root).as_posix()}"
+              for p in sorted(root.rglob("*")) if p.is_file()]
+    (root / "SHA256SUMS").write_text("\n".join(listed) + "\n", encoding="utf-8")
+    return root
+
+
+def test_check_data_counts_through_the_tasks_own_loaders(tmp_path):
+    from xlsteer.evaluation.tasks import get_task
+
+    langs = get_task("mgsm").langs
+    good = check_data(_mgsm_dir(tmp_path / "good", {lang: 250 for lang in langs}))
+    assert good["ok"] and set(good["counts"]) == {"mgsm/train", "mgsm/dev", "mgsm/test"}  # only MGSM is here
+    assert set(good["counts"]["mgsm/test"]) == set(langs) and set(good["counts"]["mgsm/test"].values()) == {200}
+    short = check_data(_mgsm_dir(tmp_path / "short", {**{lang: 250 for lang in langs}, "sw": 249}))
+    assert not short["ok"] and short["counts"]["mgsm/test"]["sw"] is None
+    assert any(p.startswith("mgsm/test sw:") and "249 lines, expected 250" in p for p in short["problems"])
 
 
 # ---------------------------------------------------------------------------------------------

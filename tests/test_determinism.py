@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from xlsteer.cli import main
-from xlsteer.evaluation.engine import VOLATILE_META
+from xlsteer.evaluation.engine_cache import VOLATILE_META
 from xlsteer.io import load_tensors
 from xlsteer.testing import tiny_model
 

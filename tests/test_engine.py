@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from xlsteer.errors import UsageError
-from xlsteer.evaluation.engine import Engine, intervention_hash
+from xlsteer.evaluation.engine import Engine
+from xlsteer.evaluation.engine_cache import intervention_hash
+from xlsteer.evaluation.scoring_strategy import STRATEGIES
 from xlsteer.hooks import steer
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
@@ -72,10 +74,11 @@ def test_tiny_gemma_contexts_cross_the_sliding_window(models):
     assert len(tok(REQUESTS[2][0])["input_ids"]) > TINY_SLIDING_WINDOW
 
 
+@pytest.mark.parametrize("scoring", STRATEGIES)
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "gemma2"])  # gemma2: final logit softcapping
-def test_shared_prefix_scoring_equals_full_sequence_scoring(models, arch):
+def test_each_scoring_strategy_equals_full_sequence_scoring(models, arch, scoring):
     lm = models[arch]
-    engine = Engine(lm, batch_size=4)
+    engine = Engine(lm, batch_size=4, scoring=scoring)
     got = engine.loglikelihood(REQUESTS, LANGS)
     ref = _full_sequence_scores(lm, REQUESTS, LANGS)
     for g_row, r_row in zip(got, ref):
@@ -85,6 +88,7 @@ def test_shared_prefix_scoring_equals_full_sequence_scoring(models, arch):
             assert n_tok >= 1 and isinstance(greedy, bool)
     assert engine._head_path is True  # only real continuation positions went through the head
     assert engine._keep_none is True  # after the first batch, the forwards projected no position
+    assert engine.scored_by == {scoring: len(REQUESTS)}
 
 
 def _greedy_continuation(lm, context: str, n: int = 3) -> str:
@@ -95,21 +99,23 @@ def _greedy_continuation(lm, context: str, n: int = 3) -> str:
     return lm.tokenizer.decode(ids[len(lm.tokenizer(context)["input_ids"]):])
 
 
+@pytest.mark.parametrize("scoring", STRATEGIES)
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_is_greedy_equals_full_sequence_argmax(models, arch):
+def test_is_greedy_equals_full_sequence_argmax(models, arch, scoring):
     """is_greedy (lm-eval's second value) from the merged head call equals the oracle's, on
     requests whose continuation is the model's own greedy text and on others."""
     lm = models[arch]
     requests = list(REQUESTS) + [(ctx, [_greedy_continuation(lm, ctx), " zz"]) for ctx in ("Hello world", "Tea")]
     langs = LANGS + ["sw", "de"]
-    got = Engine(lm, batch_size=3).loglikelihood(requests, langs)
+    got = Engine(lm, batch_size=3, scoring=scoring).loglikelihood(requests, langs)
     ref = _full_sequence_scores(lm, requests, langs, with_greedy=True)
     flags = [g[3] for row in got for g in row]
     assert flags == [r[1] for row in ref for r in row]
     assert any(flags)  # at least one greedy continuation survived re-tokenisation: the check can fail
 
 
-def test_a_forward_that_takes_only_an_integer_logits_to_keep_still_scores_exactly(models, monkeypatch):
+@pytest.mark.parametrize("scoring", STRATEGIES)
+def test_a_forward_that_takes_only_an_integer_logits_to_keep_still_scores_exactly(models, monkeypatch, scoring):
     """Models whose forward rejects a tensor ``logits_to_keep`` fall back to projecting one position."""
     lm = models["llama"]
     forward = lm.model.forward
@@ -120,7 +126,7 @@ def test_a_forward_that_takes_only_an_integer_logits_to_keep_still_scores_exactl
         return forward(*args, logits_to_keep=logits_to_keep, **kw)
 
     monkeypatch.setattr(lm.model, "forward", integer_only)
-    engine = Engine(lm, batch_size=2)
+    engine = Engine(lm, batch_size=2, scoring=scoring)
     got = engine.loglikelihood(REQUESTS, LANGS)
     assert engine._head_path is True and engine._keep_none is False
     for g_row, r_row in zip(got, _full_sequence_scores(lm, REQUESTS, LANGS)):
@@ -128,7 +134,8 @@ def test_a_forward_that_takes_only_an_integer_logits_to_keep_still_scores_exactl
             assert g[0] == pytest.approx(r, abs=1e-4)
 
 
-def test_an_unreproduced_output_transform_falls_back_to_the_full_projection(models, monkeypatch):
+@pytest.mark.parametrize("scoring", STRATEGIES)
+def test_an_unreproduced_output_transform_falls_back_to_the_full_projection(models, monkeypatch, scoring):
     """If unembed() does not give the model's own logits (an unknown output scaling), the
     first batch detects it and every batch projects all positions: scores stay exact."""
     import xlsteer.models.sites as sites
@@ -136,7 +143,7 @@ def test_an_unreproduced_output_transform_falls_back_to_the_full_projection(mode
     lm = models["llama"]
     real = sites.unembed
     monkeypatch.setattr(sites, "unembed", lambda model, x: 2.0 * real(model, x))
-    engine = Engine(lm, batch_size=2)
+    engine = Engine(lm, batch_size=2, scoring=scoring)
     got = engine.loglikelihood(REQUESTS, LANGS)
     assert engine._head_path is False
     ref = _full_sequence_scores(lm, REQUESTS, LANGS)
@@ -145,11 +152,13 @@ def test_an_unreproduced_output_transform_falls_back_to_the_full_projection(mode
             assert g[0] == pytest.approx(r, abs=1e-4)
 
 
-@pytest.mark.parametrize("positions", ["all", "last_prompt", "prompt"])
-def test_steered_shared_prefix_equals_steered_full_sequence(models, positions):
+@pytest.mark.parametrize("scoring", STRATEGIES)
+@pytest.mark.parametrize("positions", ["all", "last_prompt", "prompt", "generated"])
+def test_steered_scoring_equals_steered_full_sequence(models, positions, scoring):
     lm = models["gemma3"]
     iv = _vector(lm)
-    got = Engine(lm, batch_size=3).loglikelihood(REQUESTS, LANGS, interventions=iv, positions=positions)
+    got = Engine(lm, batch_size=3, scoring=scoring).loglikelihood(REQUESTS, LANGS, interventions=iv,
+                                                                  positions=positions)
     ref = _full_sequence_scores(lm, REQUESTS, LANGS, iv=iv, positions=positions)
     plain = _full_sequence_scores(lm, REQUESTS, LANGS)
     for g_row, r_row in zip(got, ref):
@@ -311,14 +320,14 @@ def test_duplicate_cache_keys_are_refused(models, tmp_path):
 
 
 def test_rerun_writes_an_identical_results_file(models, tmp_path):
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
     from xlsteer.io import dumps_json
 
     lm = models["llama"]
     kw = dict(split="dev", limit=4, cache_dir=tmp_path / "cache", n_boot=200)
-    a = dumps_json(evaluate(lm, "xcopa", ["en", "sw"], **kw))
+    a = dumps_json(run_task(lm, "xcopa", ["en", "sw"], **kw))
     eng = Engine(lm, cache_dir=tmp_path / "cache")
-    b = dumps_json(evaluate(lm, "xcopa", ["en", "sw"], engine=eng, **{k: v for k, v in kw.items() if k != "cache_dir"}))
+    b = dumps_json(run_task(lm, "xcopa", ["en", "sw"], engine=eng, **{k: v for k, v in kw.items() if k != "cache_dir"}))
     assert eng.computed == 0
     assert a == b
 

@@ -26,7 +26,8 @@ from xlsteer.data.fetch import (
     python_literals_to_json,
     run_fetch,
 )
-from xlsteer.data.paths import check_data, data_dir_origin
+from xlsteer.data.check import check_data
+from xlsteer.data.paths import data_dir_origin
 from xlsteer.errors import DataError, UsageError
 
 REPO, COMMIT = "someone/alpha-data", "a" * 40

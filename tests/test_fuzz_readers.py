@@ -136,7 +136,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
 
 def make_valid_files(root: Path, work: Path) -> dict[str, Any]:
     """One valid file of each kind, made with the tiny model (seconds); examples are written under ``work``."""
-    from xlsteer.api import collect_statistics
+    from xlsteer.stats import collect_statistics
     from xlsteer.cli import main
     from xlsteer.interventions.clas import fit_clas
     from xlsteer.interventions.vector import fit_diffmean
@@ -231,7 +231,7 @@ def _table(path: Path) -> Any:
 
 
 def _cache(path: Path) -> Any:
-    from xlsteer.evaluation.engine import _Store
+    from xlsteer.evaluation.engine_cache import _Store
 
     return _Store(path, {"format": "xlsteer.eval-cache/1"}).data
 

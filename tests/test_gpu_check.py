@@ -89,7 +89,13 @@ def test_gpu_check_smoke_runs_with_only_the_gpu_image_packages(tmp_path):
     assert doc["errors"] == {}
     checks = doc["summary"]["correctness"]
     assert len(checks) == 18 and all(checks.values()), checks  # 3 tiny + 5 per model + 5 spread by accelerate
-    for key in ("llama3-8b/eager/batch32", "qwen2.5-7b/fast/batch1", "llama3-8b/scoring/batch32",
-                "llama3-8b/device_map_auto/eager/batch8"):
+    for key in ("llama3-8b/eager/batch32", "qwen2.5-7b/fast/batch1", "llama3-8b/fast/batch32",
+                "llama3-8b/scoring/batch32", "llama3-8b/device_map_auto/eager/batch8"):
         assert key in doc["sections"]
+    fast = doc["sections"]["llama3-8b/fast/batch1"]["rows"]
+    assert [r["mode"] for r in fast] == ["unsteered", "vector", "clas"]
+    assert all(r["graph_breaks"] == 0 and r["step_ms"] > 0 for r in fast)
+    scoring = doc["sections"]["llama3-8b/scoring/batch32"]
+    assert set(scoring["items_s"]) == {"auto", "shared_prefix", "full_forward", "full_forward_baseline"}
+    assert scoring["strategies_max_abs_logprob_diff"] < 1e-3  # the two strategies score alike (fp32)
     assert "| correctness |" in proc.stdout and "Targets:" in proc.stdout

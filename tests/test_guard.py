@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from xlsteer.errors import UsageError
-from xlsteer.evaluation.api import evaluate as evaluate_pair
+from xlsteer.evaluation.api import evaluate
 from xlsteer.evaluation.config import EvalConfig
 from xlsteer.evaluation.engine import Engine
 from xlsteer.evaluation.guard import guard_scores, guarded, seq_rep_n
-from xlsteer.evaluation.runner import evaluate
+from xlsteer.evaluation.runner import run_task
 from xlsteer.evaluation.tasks import get_task
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
@@ -54,8 +54,8 @@ def test_seq_rep_4_by_hand():
 
 
 def test_fluency_is_the_unsteered_models_mean_loglik_even_for_steered_outputs(lm):
-    steered = evaluate(lm, "mgsm", ["de"], _vector(lm), CFG)
-    plain = evaluate(lm, "mgsm", ["de"], None, CFG)
+    steered = run_task(lm, "mgsm", ["de"], _vector(lm), CFG)
+    plain = run_task(lm, "mgsm", ["de"], None, CFG)
     assert [r["generated"] for r in steered["items"]] != [r["generated"] for r in plain["items"]]
     tpl = get_task("mgsm").template("mgsm-direct").with_options(max_new_tokens=8)
     from xlsteer.evaluation.tasks.spec import items_by_lang
@@ -79,7 +79,7 @@ def test_an_empty_output_scores_a_uniform_guess(lm):
 
 
 def test_the_guard_sits_beside_the_metrics_with_paired_tests(lm):
-    res = evaluate_pair(lm, "mgsm", ["en", "de"], _vector(lm), CFG).to_json()
+    res = evaluate(lm, "mgsm", ["en", "de"], _vector(lm), CFG).to_json()
     assert res["metrics"]["continuous"] == ["fluency", "degeneration"] and "guard" in res["metrics"]
     for name in ("fluency", "degeneration"):
         assert set(res["per_lang"]["de"]["continuous"][name]) >= {"mean", "ci_low", "ci_high"}
@@ -94,9 +94,9 @@ def test_the_guard_sits_beside_the_metrics_with_paired_tests(lm):
 
 def test_guard_is_cached_like_every_result(lm, tmp_path):
     cfg = CFG.replace(cache_dir=tmp_path)
-    first = evaluate(lm, "mgsm", ["de"], None, cfg)
+    first = run_task(lm, "mgsm", ["de"], None, cfg)
     eng = Engine(lm, cache_dir=tmp_path)
-    again = evaluate(lm, "mgsm", ["de"], None, cfg, engine=eng)
+    again = run_task(lm, "mgsm", ["de"], None, cfg, engine=eng)
     assert eng.computed == 0 and again["items"] == first["items"]
 
 
@@ -112,8 +112,8 @@ def test_a_methods_table_shows_the_guard_next_to_the_pass_rate(lm):
     from xlsteer.baselines.compare import assemble_compare, compare_markdown
     from xlsteer.baselines.context import MethodRun, RunContext
 
-    plain = evaluate(lm, "mgsm", ["en", "de"], None, CFG)
-    steered = evaluate(lm, "mgsm", ["en", "de"], _vector(lm), CFG)
+    plain = run_task(lm, "mgsm", ["en", "de"], None, CFG)
+    steered = run_task(lm, "mgsm", ["en", "de"], _vector(lm), CFG)
     ctx = RunContext(lm=lm, task="mgsm", langs=["en", "de"], split="dev", limit=3, n_boot=50, guard=True)
     rec = assemble_compare(ctx, ["zero-shot", "diffmean"], {"zero-shot": MethodRun("zero-shot", "reference", plain),
                                                             "diffmean": MethodRun("diffmean", "steering", steered)})

@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xlsteer.hooks import POSITION_POLICIES, record, steer
+from xlsteer.hook_session import POSITION_POLICIES
+from xlsteer.hooks import record, steer
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
 from xlsteer.testing import PAD_ID, tiny_model

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from xlsteer.errors import UsageError
+from xlsteer.hook_session import rows_for
 from xlsteer.hooks import record, steer
 from xlsteer.interventions import fit
 from xlsteer.interventions.incline import InclineIntervention, fit_incline, incline_texts
@@ -14,7 +15,6 @@ from xlsteer.models.sites import Site
 from xlsteer.stats import Statistics
 from xlsteer.testing import tiny_model
 
-from test_clas import ctx_for
 from test_vector import check_truncated_and_foreign, parallel_texts, roundtrip
 
 
@@ -41,7 +41,7 @@ def test_recovers_planted_map_from_pooled_matrices():
     # applying at strength 1 maps a source state onto its anchor state: h + h W = h A
     site = Site(0, "mlp_out")
     h = x[:3].unsqueeze(1)
-    out = iv.apply(site, h, ctx_for(["de", "de", "en"]), iv.prepare(site, h.device, h.dtype))
+    out = iv.apply(site, h, rows_for(iv, ["de", "de", "en"]), iv.prepare(site, h.device, h.dtype))
     torch.testing.assert_close(out[:2, 0], y[:2], rtol=0, atol=1e-4)
     assert torch.equal(out[2], h[2])  # anchor row
 
@@ -79,9 +79,8 @@ def test_sign_minus_one_equals_negative_strength():
     plus = fit_incline(src, [0], ["de"]).with_strength(-1.0)
     site = Site(0, "mlp_out")
     h = x[:4].unsqueeze(1)
-    ctx = ctx_for(["de"] * 4)
-    assert torch.equal(minus.apply(site, h, ctx, minus.prepare(site, h.device, h.dtype)),
-                       plus.apply(site, h, ctx, plus.prepare(site, h.device, h.dtype)))
+    assert torch.equal(minus.apply(site, h, rows_for(minus, ["de"] * 4), minus.prepare(site, h.device, h.dtype)),
+                       plus.apply(site, h, rows_for(plus, ["de"] * 4), plus.prepare(site, h.device, h.dtype)))
 
 
 def test_code_switched_texts_keep_rows_aligned():

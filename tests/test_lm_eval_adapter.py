@@ -23,7 +23,7 @@ from xlsteer.lmeval.harness import task_manager  # noqa: E402
 from xlsteer.lmeval.languages import task_language  # noqa: E402
 from xlsteer.lmeval.model import XlsteerLM  # noqa: E402
 from xlsteer.lmeval.xcopa import write_xcopa_tasks  # noqa: E402
-from xlsteer.evaluation.runner import evaluate  # noqa: E402
+from xlsteer.evaluation.runner import run_task  # noqa: E402
 from xlsteer.interventions.vector import SteeringVector, vector_key  # noqa: E402
 from xlsteer.models.loading import load_model  # noqa: E402
 from xlsteer.models.sites import Site  # noqa: E402
@@ -249,7 +249,7 @@ def test_loglikelihood_rolling_and_generate_until(lm):
 
 def test_xcopa_through_lm_eval_equals_evaluate_item_by_item(plain, lm):
     res, _ = plain
-    result = evaluate(lm, "xcopa", LANGS, split="test", limit=LIMIT, n_boot=100)
+    result = run_task(lm, "xcopa", LANGS, split="test", limit=LIMIT, n_boot=100)
     _assert_same_items(res, result)
     cfg = res["configs"]["xcopa_sw"]
     assert cfg["dataset_path"] == "json" and res["config"]["xlsteer_model"] == lm.name
@@ -269,7 +269,7 @@ def test_alpha_zero_equals_unsteered_and_the_anchor_task_is_never_steered(plain,
     info = on["config"]["xlsteer_intervention"]
     assert info["method"] == "vector" and info["strength"] == 2
     # and the steered lm-eval run equals xlsteer's own steered evaluate, item by item
-    result = evaluate(lm, "xcopa", LANGS, split="test", limit=LIMIT, interventions=str(intervention), alpha=2,
+    result = run_task(lm, "xcopa", LANGS, split="test", limit=LIMIT, interventions=str(intervention), alpha=2,
                       n_boot=100)
     _assert_same_items(on, result)
 
@@ -326,7 +326,7 @@ def test_gemma_cli_lm_eval_equals_evaluate(tmp_path, monkeypatch, capfd):
     assert "fatal" not in capfd.readouterr().err
     res = json.loads(out.read_text(encoding="utf-8"))
     gemma = load_model("gemma3-270m")
-    result = evaluate(gemma, "xcopa", LANGS, split="test", limit=10, n_boot=100)
+    result = run_task(gemma, "xcopa", LANGS, split="test", limit=10, n_boot=100)
     for lang, task in zip(LANGS, TASKS):
         theirs, ours = _items(res, task), _ours(result, lang)
         assert sorted(theirs) == sorted(ours) and len(ours) == 10

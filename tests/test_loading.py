@@ -10,17 +10,10 @@ import pytest
 import torch
 
 from xlsteer.errors import FingerprintError, ModelError, UsageError
-from xlsteer.models.loading import (
-    CONVERSION_RECORD,
-    SHIPPED,
-    LoadedModel,
-    check_fingerprint,
-    fingerprint_of,
-    list_models,
-    load_model,
-    resolve_device_map,
-    resolve_dtype,
-)
+from xlsteer.models.devices import resolve_device_map, resolve_dtype
+from xlsteer.models.fingerprint import check_fingerprint, fingerprint_of
+from xlsteer.models.loading import LoadedModel, load_model
+from xlsteer.models.shipped import CONVERSION_RECORD, SHIPPED, list_models
 from xlsteer.testing import ADDS_BOS, ARCHS, BOS_ID, PAD_ID, UNK_ID, tiny_model, tiny_tokenizer
 
 TEXTS = ["Hi there", "Grüße aus Köln, ¿qué tal? 你好"]

@@ -150,7 +150,7 @@ def test_fit_docstring_table_matches_the_registry():
 def test_refitting_the_same_intervention_gives_the_same_cache_hash(lm):
     """Timings and where the statistics came from differ between identical fits; the per-item
     cache key must not, or every refit would recompute every item."""
-    from xlsteer.evaluation.engine import intervention_hash
+    from xlsteer.evaluation.engine_cache import intervention_hash
 
     texts = parallel_texts(8)
     a = fit("diffmean", lm, texts, ["sw"], layers=[1])

@@ -14,15 +14,12 @@ from xlsteer.evaluation.metrics import (
     choice_scores,
     confusion,
     degenerate,
-    extract_number,
     js_divergence,
     macro_f1,
     mean_js_divergence,
-    mgsm_exact_match,
-    normalize_answer,
-    squad_em,
-    squad_f1,
 )
+from xlsteer.evaluation.metrics_numeric import extract_number, mgsm_exact_match
+from xlsteer.evaluation.metrics_text import normalize_answer, squad_em, squad_f1
 
 # ------------------------------------------------------------------ number extraction
 

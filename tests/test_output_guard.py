@@ -32,7 +32,7 @@ SPEC = "name: guarded\nkind: multiple_choice\nfiles: {en: en.jsonl, sw: sw.jsonl
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
     """One input of each kind the writing commands read (tiny model, corpus, task, data dir, ...)."""
-    from xlsteer.api import collect_statistics
+    from xlsteer.stats import collect_statistics
     from xlsteer.interventions.vector import fit_diffmean
     from xlsteer.models.sites import Site
     from xlsteer.testing import tiny_model

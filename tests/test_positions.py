@@ -57,21 +57,22 @@ def test_the_policy_is_stored_once_and_read_by_the_resolver(incline):
 
 
 def test_eval_and_sweep_use_the_stored_policy(lm, incline, policies):
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
     from xlsteer.evaluation.sweep import sweep
 
-    res = evaluate(lm, "xcopa", ["en", "sw"], split="dev", interventions=incline, limit=2, n_boot=20)
+    res = run_task(lm, "xcopa", ["en", "sw"], split="dev", interventions=incline, limit=2, n_boot=20)
     assert res["intervention"]["positions"] == "last_prompt" and set(policies) == {"last_prompt"}
     rec = sweep(lm, "xcopa", ["en", "sw"], intervention=incline, layers=[-1], alphas=[0.5], limit=2, n_boot=20)
     assert rec["positions"] == "last_prompt" and rec["results"][0]["intervention"]["positions"] == "last_prompt"
     assert set(policies) == {"last_prompt"}
-    chosen = evaluate(lm, "xcopa", ["en", "sw"], split="dev", interventions=incline, limit=2, n_boot=20,
+    chosen = run_task(lm, "xcopa", ["en", "sw"], split="dev", interventions=incline, limit=2, n_boot=20,
                       positions="all")
     assert chosen["intervention"]["positions"] == "all"  # an explicit choice still wins
 
 
 def test_compare_uses_the_stored_policy(lm, policies):
-    from xlsteer.baselines.methods import RunContext, run_method
+    from xlsteer.baselines.context import RunContext
+    from xlsteer.baselines.methods import run_method
 
     ctx = RunContext(lm=lm, task="xcopa", langs=["en", "sw"], limit=2, dev_limit=2, fit_limit=8, n_boot=20,
                      options={"incline": {"alphas": [0.5], "layers": [1]}})

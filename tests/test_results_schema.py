@@ -58,7 +58,7 @@ def test_the_control_fixture_has_the_demos_shape():
 def test_compare_uses_the_stratified_test_of_the_average(made):
     rec = load(made["compare"] / "compare.json")
     runs = {name: load(made["compare"] / path) for name, path in rec["runs"].items()}
-    from xlsteer.evaluation.runner import compare_runs
+    from xlsteer.evaluation.pairing import compare_runs
 
     avg = rec["rows"]["icl-en"]["average"]
     expected = compare_runs(runs["zero-shot"], runs["icl-en"], n_boot=100)["average"]["tests"]["acc"]

@@ -1,4 +1,4 @@
-"""evaluate(): the results structure; compare_runs(): paired tests; the eval CLI."""
+"""run_task(): the results structure; compare_runs(): paired tests; the eval CLI."""
 
 from __future__ import annotations
 
@@ -13,12 +13,9 @@ import torch
 from xlsteer.cli import main
 from xlsteer.errors import UsageError
 from xlsteer.evaluation import metrics as M
-from xlsteer.evaluation.runner import (
-    _macro_f1_codes,
-    compare_runs,
-    evaluate,
-    write_results,
-)
+from xlsteer.evaluation.pairing import compare_runs
+from xlsteer.evaluation.runner import run_task, write_results
+from xlsteer.evaluation.summary import macro_f1_codes
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
 from xlsteer.testing import tiny_model
@@ -37,7 +34,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def xcopa(lm):
-    return evaluate(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=6, n_boot=200)
+    return run_task(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=6, n_boot=200)
 
 
 def _vector(lm, langs=("sw", "zh"), layer=1, strength=4.0):
@@ -89,7 +86,7 @@ def test_consistency_with_the_anchor_on_the_same_items(xcopa):
 
 
 def test_no_consistency_without_the_anchor(lm):
-    r = evaluate(lm, "xcopa", ["sw", "zh"], split="dev", limit=3, n_boot=100)
+    r = run_task(lm, "xcopa", ["sw", "zh"], split="dev", limit=3, n_boot=100)
     assert all(r["per_lang"][lang]["consistency"] is None for lang in ("sw", "zh"))
     assert r["average"]["langs"] == ["sw", "zh"]
 
@@ -119,7 +116,7 @@ def test_the_average_has_a_stratified_ci(xcopa):
 
 def test_steered_run_records_the_intervention_and_compares_item_by_item(lm, xcopa):
     iv = _vector(lm)
-    steered = evaluate(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=6, n_boot=200, interventions=iv, alpha=2.0)
+    steered = run_task(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=6, n_boot=200, interventions=iv, alpha=2.0)
     info = steered["intervention"]
     assert info["method"] == "vector" and info["layers"] == [1] and info["strength"] == 2.0
     assert len(info["hash"]) == 64 and steered["alpha"] == 2.0
@@ -142,13 +139,13 @@ def test_steered_run_records_the_intervention_and_compares_item_by_item(lm, xcop
 
 
 def test_compare_refuses_different_items(lm, xcopa):
-    other = evaluate(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=5, n_boot=100)
+    other = run_task(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=5, n_boot=100)
     with pytest.raises(Exception, match="different items"):
         compare_runs(xcopa, other)
 
 
 def test_xnli_macro_f1_and_calibration(lm):
-    r = evaluate(lm, "xnli", ["en", "de"], split="dev", limit=8, n_boot=200, calibrate=True)
+    r = run_task(lm, "xnli", ["en", "de"], split="dev", limit=8, n_boot=200, calibrate=True)
     for lang in ("en", "de"):
         items = [x for x in r["items"] if x["lang"] == lang]
         assert r["per_lang"][lang]["metrics"]["macro_f1"]["mean"] == pytest.approx(
@@ -165,29 +162,29 @@ def test_vectorised_macro_f1_equals_metrics_macro_f1():
     rng = np.random.default_rng(0)
     for _ in range(20):
         pred, gold = rng.integers(0, 3, 15), rng.integers(0, 3, 15)
-        got = _macro_f1_codes((pred * 3 + gold)[None, :], 3)[0]
+        got = macro_f1_codes((pred * 3 + gold)[None, :], 3)[0]
         assert got == pytest.approx(M.macro_f1(list(pred), list(gold), labels=[0, 1, 2]))
 
 
 def test_generation_tasks_record_text_and_scores(lm):
-    r = evaluate(lm, "mgsm", ["en", "de"], split="dev", limit=2, n_boot=100, template="mgsm-direct",
+    r = run_task(lm, "mgsm", ["en", "de"], split="dev", limit=2, n_boot=100, template="mgsm-direct",
                  template_options={"max_new_tokens": 3, "k": 1})
     x = r["items"][0]
     assert {"generated", "prediction", "gold", "scores"} <= set(x) and set(x["scores"]) == {"em"}
     assert r["template"]["exemplars"] == {"k": 1, "lang": {"en": "en", "de": "de"}}
     assert "mgsm/mgsm_exemplars.json" in r["data"]["files"]
-    q = evaluate(lm, "xquad", ["en"], split="dev", limit=2, n_boot=100, max_length=200,
+    q = run_task(lm, "xquad", ["en"], split="dev", limit=2, n_boot=100, max_length=200,
                  template_options={"max_new_tokens": 3})
     assert set(q["per_lang"]["en"]["metrics"]) == {"f1", "em"} and q["engine"]["truncated"] == 2
 
 
 def test_usage_errors(lm):
     with pytest.raises(UsageError, match="calibrate"):
-        evaluate(lm, "xcopa", ["sw"], split="dev", limit=2, calibrate=True)
+        run_task(lm, "xcopa", ["sw"], split="dev", limit=2, calibrate=True)
     with pytest.raises(UsageError, match="without an intervention"):
-        evaluate(lm, "xcopa", ["sw"], split="dev", limit=2, alpha=1.0)
+        run_task(lm, "xcopa", ["sw"], split="dev", limit=2, alpha=1.0)
     with pytest.raises(UsageError, match="limit"):
-        evaluate(lm, "xcopa", ["sw"], split="dev", limit=0)
+        run_task(lm, "xcopa", ["sw"], split="dev", limit=0)
 
 
 def test_results_file_is_deterministic(xcopa, tmp_path):
@@ -201,7 +198,8 @@ def test_results_file_is_deterministic(xcopa, tmp_path):
 def test_cli_limit_zero_or_negative_is_a_usage_error(limit, capsys, tmp_path):
     code = main(["eval", "--task", "xcopa", "--langs", "sw", "--limit", limit, "-o", str(tmp_path / "r.json")])
     assert code == 2
-    assert "--limit must be a positive" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'--limit'" in err and "is not in the range 1<=x" in err
 
 
 def test_cli_eval_steered_prints_table_and_writes_json(lm, tmp_path, capsys):
@@ -227,7 +225,7 @@ def test_cli_eval_steered_prints_table_and_writes_json(lm, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_gemma_xcopa_cli_unsteered_and_diffmean(tmp_path, capsys):
-    from xlsteer.api import collect_statistics
+    from xlsteer.stats import collect_statistics
     from xlsteer.interventions.vector import fit_diffmean
     from xlsteer.models.loading import load_model
 
@@ -276,7 +274,7 @@ def test_langs_all_is_the_tasks_languages_anchor_first():
 def test_per_language_tests_carry_holm_adjusted_p(lm, xcopa):
     from xlsteer.evaluation.significance import holm
 
-    steered = evaluate(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=6, n_boot=200, interventions=_vector(lm),
+    steered = run_task(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=6, n_boot=200, interventions=_vector(lm),
                        alpha=2.0)
     c = compare_runs(xcopa, steered)
     for name in ("acc", "margin"):

@@ -169,13 +169,13 @@ def test_describe_is_canonical_for_greedy():
 
 
 def test_an_evaluation_records_how_it_decoded_and_keeps_sampled_runs_apart(lm, tmp_path):
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
 
     cfg = EvalConfig(split="dev", limit=2, n_boot=50, template="mgsm-direct", cache_dir=tmp_path,
                      template_options={"max_new_tokens": 4})
-    greedy = evaluate(lm, "mgsm", ["de"], cfg=cfg)
-    hot = evaluate(lm, "mgsm", ["de"], cfg=cfg.replace(sampling={"temperature": 1.0, "seed": 2}))
+    greedy = run_task(lm, "mgsm", ["de"], cfg=cfg)
+    hot = run_task(lm, "mgsm", ["de"], cfg=cfg.replace(sampling={"temperature": 1.0, "seed": 2}))
     assert greedy["decoding"] == {"mode": "greedy", "gate": "none"}
     assert hot["decoding"]["mode"] == "nucleus" and hot["decoding"]["seed"] == 2
     assert [x["generated"] for x in hot["items"]] != [x["generated"] for x in greedy["items"]]
-    assert evaluate(lm, "xcopa", ["sw"], split="dev", limit=1, n_boot=50)["decoding"] is None
+    assert run_task(lm, "xcopa", ["sw"], split="dev", limit=1, n_boot=50)["decoding"] is None

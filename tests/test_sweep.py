@@ -9,7 +9,7 @@ import torch
 
 from xlsteer.cli import main
 from xlsteer.errors import UsageError
-from xlsteer.evaluation.runner import evaluate
+from xlsteer.evaluation.runner import run_task
 from xlsteer.evaluation.selection import evaluate_selection
 from xlsteer.evaluation.sweep import NO_STEERING, UNSTEERED, _best, diffmean_from_statistics, restrict_layers, sweep
 from xlsteer.evaluation.tasks import get_task
@@ -166,7 +166,7 @@ def test_a_sweep_where_unsteered_is_best_on_dev_selects_no_steering(lm, splits_r
     assert all(b["steer"] is False for b in rec["best_per_lang"].values())
     res = evaluate_selection(lm, "xcopa", langs, lambda layer, a: _zero_vector(lm, layer, a), rec,
                              split="dev", limit=3, n_boot=50)
-    plain = evaluate(lm, "xcopa", langs, split="dev", limit=3, n_boot=50)
+    plain = run_task(lm, "xcopa", langs, split="dev", limit=3, n_boot=50)
     assert res["selection"]["steer"] is False and res["selection"]["decision"] == NO_STEERING
     assert res["intervention"] is None
     assert [r["logprobs"] for r in res["items"]] == [r["logprobs"] for r in plain["items"]]
@@ -179,8 +179,8 @@ def test_per_language_selection_steers_each_language_with_its_own_choice_or_none
     record = {"best": chosen, "selection_rule": "r", "split": "dev",
               "best_per_lang": {"sw": chosen, "zh": {"layer": None, "alpha": 0.0, "key": UNSTEERED, "steer": False}}}
     res = evaluate_selection(lm, "xcopa", langs, make, record, "per-lang", split="dev", limit=3, n_boot=50)
-    steered = evaluate(lm, "xcopa", langs, interventions=make(1, 4.0), split="dev", limit=3, n_boot=50)
-    plain = evaluate(lm, "xcopa", langs, split="dev", limit=3, n_boot=50)
+    steered = run_task(lm, "xcopa", langs, interventions=make(1, 4.0), split="dev", limit=3, n_boot=50)
+    plain = run_task(lm, "xcopa", langs, split="dev", limit=3, n_boot=50)
 
     def lps(r, lang):
         return [x["logprobs"] for x in r["items"] if x["lang"] == lang]

@@ -10,6 +10,7 @@ import torch
 from xlsteer.cli import main
 from xlsteer.errors import DataError
 from xlsteer.evaluation.tables import comparison_table, results_tables, run_table
+from xlsteer.formats import p_value
 from xlsteer.results.schema import validate
 from xlsteer.interventions.vector import SteeringVector, vector_key
 from xlsteer.models.sites import Site
@@ -67,7 +68,7 @@ def test_steered_file_gives_both_runs_and_the_paired_tests(files):
     table = comparison_table(res)
     t = res.comparison.per_lang["sw"].continuous["margin"]
     assert _row(table, "sw", "margin")[4] == f"{t.diff:+.2f} [{t.diff_ci_low:+.2f}, {t.diff_ci_high:+.2f}]"
-    assert _row(table, "sw", "acc")[6] == f"{res.comparison.per_lang['sw'].metrics['acc'].p_holm:.3g}"
+    assert _row(table, "sw", "acc")[6] == p_value(res.comparison.per_lang["sw"].metrics["acc"].p_holm)
     avg = res.comparison.average.tests["acc"]
     row = _row(table, "avg non-en", "acc")
     assert row[4].startswith(f"{avg.diff:+.3f}") and "stratified_paired_bootstrap" in row[5]

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xlsteer.errors import DataError, LanguageError, UsageError, XlsteerError
-from xlsteer.evaluation.runner import compare_runs, evaluate
+from xlsteer.evaluation.pairing import compare_runs
+from xlsteer.evaluation.runner import run_task
 from xlsteer.evaluation.tasks.jsonl import build_spec
 from xlsteer.evaluation.tasks.jsonl_format import describe_ranges, parse_ranges
 from xlsteer.evaluation.tasks.spec import get_task, resolve_task, unregister_task
@@ -335,8 +336,8 @@ def test_user_task_gets_paired_statistics(mc_task):
     iv = SteeringVector(sites=[Site(1, "resid_post")],
                         tensors={vector_key(1): 8 * torch.randn(2, lm.hidden_size, generator=g)},
                         params={"normalize": "none"}, languages=["sw", "de"], anchor="en", strength=1.0)
-    base = evaluate(lm, "colours", list(LANGS), n_boot=200)
-    steered = evaluate(lm, "colours", list(LANGS), iv, n_boot=200)
+    base = run_task(lm, "colours", list(LANGS), n_boot=200)
+    steered = run_task(lm, "colours", list(LANGS), iv, n_boot=200)
     assert base["task"] == "colours" and base["task_spec"]["source"]["kind"] == "jsonl"
     assert base["per_lang"]["sw"]["n"] == 4 and base["per_lang"]["sw"]["consistency"] is not None
     for lang in LANGS:
@@ -425,7 +426,7 @@ def capitals_records(lang: str) -> list[dict]:
 def test_gemma_user_jsonl_task_cli(tmp_path, capsys):
     import time
 
-    from xlsteer.api import collect_statistics
+    from xlsteer.stats import collect_statistics
     from xlsteer.cli import main
     from xlsteer.interventions.vector import fit_diffmean
     from xlsteer.models.loading import load_model

@@ -15,7 +15,8 @@ import torch
 pytest.importorskip("lm_eval")
 
 from xlsteer.errors import DataError, LanguageError, UsageError  # noqa: E402
-from xlsteer.evaluation.runner import compare_runs, evaluate  # noqa: E402
+from xlsteer.evaluation.pairing import compare_runs  # noqa: E402
+from xlsteer.evaluation.runner import run_task  # noqa: E402
 from xlsteer.lmeval.tasks import build_spec, spec_name  # noqa: E402
 from xlsteer.evaluation.tasks.spec import resolve_task  # noqa: E402
 from xlsteer.interventions.vector import SteeringVector, vector_key  # noqa: E402
@@ -238,8 +239,8 @@ def test_steered_against_unsteered_on_an_lm_eval_task(tasks, ref):
     iv = SteeringVector(sites=[Site(1, "resid_post")],
                         tensors={vector_key(1): 8 * torch.randn(2, lm.hidden_size, generator=g)},
                         params={"normalize": "none"}, languages=["sw", "de"], anchor="en", strength=1.0)
-    base = evaluate(lm, spec, list(LANGS), n_boot=200)
-    steered = evaluate(lm, spec, list(LANGS), iv, n_boot=200)
+    base = run_task(lm, spec, list(LANGS), n_boot=200)
+    steered = run_task(lm, spec, list(LANGS), iv, n_boot=200)
     assert base["task"] == spec.name and base["per_lang"]["de"]["n"] == 5
     c = compare_runs(base, steered)
     for lang in ("sw", "de"):
@@ -271,7 +272,7 @@ def test_same_requests_and_scores_as_lm_eval_itself(tasks):
     lm = tiny_model("llama")
     for ref, names in (("lmeval:T_en,T_sw", ["T_en", "T_sw"]), ("lmeval:G_en,G_sw", ["G_en", "G_sw"])):
         [spec] = resolve_task(ref, include_path=[tasks])
-        ours = {(r["lang"], int(r["id"].rsplit("/", 1)[1])): r for r in evaluate(lm, spec, ["en", "sw"])["items"]}
+        ours = {(r["lang"], int(r["id"].rsplit("/", 1)[1])): r for r in run_task(lm, spec, ["en", "sw"])["items"]}
         theirs = simple_evaluate(model=XlsteerLM(pretrained=lm), tasks=names, log_samples=True, bootstrap_iters=0,
                                  task_manager=TaskManager(include_path=[str(tasks)], include_defaults=False))
         for name in names:

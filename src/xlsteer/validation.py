@@ -1,4 +1,5 @@
-"""Structure and type checks of the JSON that xlsteer reads back from files (standard library only).
+"""Structure and type checks of the JSON that xlsteer reads back from files, and of the item
+limits users give (standard library only).
 
 Why: a file's metadata is user input. A list where an object belongs, a site given as a number,
 a string where a number belongs or JSON nested a thousand levels deep must end in one line that
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import ArtifactError
+from .errors import ArtifactError, UsageError
 
 Kind = Callable[[Any], "str | None"]
 MAX_DEPTH = 64  # deeper JSON is refused before any recursive code walks it
@@ -141,3 +142,12 @@ def check_fields(doc: Any, fields: Mapping[str, Kind], *, what: str, fix: str,
             if expected is not None:
                 raise ArtifactError(f"{what}: field '{name}' must be {expected}, got {_type_name(doc[name])}; {fix}")
     return doc
+
+
+def check_limit(limit: int | None) -> None:
+    """``limit`` (the first N items, texts or rows) is None or a positive integer; UsageError otherwise.
+
+    One check for every reader that takes a limit (tasks, parallel corpora, fits, settings records).
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise UsageError(f"limit must be a positive integer, got {limit!r}")

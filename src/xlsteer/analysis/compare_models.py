@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ..errors import UsageError
-from .similarity import check_parallel, pooled_items, similarity_from_items
+from .similarity import ForwardConfig, check_parallel, pooled_items, similarity_from_items
 
 
 def compare_models(
@@ -22,20 +22,22 @@ def compare_models(
     texts_by_lang: Mapping[str, Sequence[str]],
     layers: Sequence[int] | None = None,
     *,
-    anchor: str = "en",
     pooling: str = "mean",
     labels: tuple[str, str] = ("base", "instruct"),
     key: str = "paired",
-    batch_size: int = 8,
-    max_length: int = 128,
+    cfg: ForwardConfig | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Per-layer similarity to the anchor in both models and their difference (b - a).
 
     Result: ``{"anchor", "labels", "models", "layers", "langs", "key", "similarity": {label:
     {lang: {layer: cos}}}, "difference": {lang: {layer: b - a}}, "separation": {label:
     {layer: {silhouette, variance_ratio}}}, "summary": {lang: {mean_difference,
-    max_abs_layer, max_abs_difference}}}``.
+    max_abs_layer, max_abs_difference}}}``. ``cfg`` (:class:`~.similarity.ForwardConfig`; keyword
+    ``settings`` override its fields): anchor, batch size, maximum length.
     """
+    cfg = ForwardConfig.of(cfg, **settings)
+    anchor = cfg.anchor
     if len(labels) != 2 or labels[0] == labels[1]:
         raise UsageError(f"give two different labels for the models, got {labels!r}")
     if key not in ("paired", "means"):
@@ -49,7 +51,7 @@ def compare_models(
     if anchor not in texts:
         raise UsageError(f"no texts for the anchor language '{anchor}'; include it in texts_by_lang")
     layers = list(range(n_a)) if layers is None else sorted(set(int(x) for x in layers))
-    kw = dict(anchor=anchor, pooling=pooling, batch_size=batch_size, max_length=max_length)
+    kw = dict(pooling=pooling, cfg=cfg)
     results = {
         label: similarity_from_items(pooled_items(lm, texts, layers, **kw), anchor=anchor)
         for label, lm in zip(labels, (lm_a, lm_b))

@@ -39,9 +39,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import LanguageError, UsageError
-from ..hooks import ForwardContext, steer
+from ..hook_session import ForwardContext
+from ..hooks import steer
 from ..models.sites import Site, check_site, final_norm_and_head, text_config, unembed
 from ..progress import bar
+from .similarity import ForwardConfig
 
 CATEGORIES = ("anchor", "input", "other")
 MIN_LANGID_LETTERS = 3
@@ -219,19 +221,15 @@ def topk_from_hidden(model: Any, hidden: Mapping[int, Any], k: int,
     return dict(zip(layers, ids.split(counts)))
 
 
-def lens_hidden(
-    lm: Any,
-    texts: Sequence[str],
-    layers: Sequence[int],
-    *,
-    positions: str = "last",
-    interventions: Any = None,
-    lang: str | None = None,
-    anchor: str = "en",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[int, torch.Tensor]:
-    """Residual rows the lens decodes, per layer: ``(n_texts, d)`` for ``last``, ``(n_real_tokens, d)`` for ``all``."""
+def lens_hidden(lm: Any, texts: Sequence[str], layers: Sequence[int], *, positions: str = "last",
+                interventions: Any = None, lang: str | None = None, cfg: ForwardConfig | None = None,
+                **settings: Any) -> dict[int, torch.Tensor]:
+    """Residual rows the lens decodes, per layer: ``(n_texts, d)`` for ``last``, ``(n_real_tokens, d)`` for ``all``.
+
+    ``cfg`` (:class:`~.similarity.ForwardConfig`; keyword ``settings`` override its fields): anchor,
+    batch size, maximum length."""
+    cfg = ForwardConfig.of(cfg, **settings)
+    anchor, batch_size, max_length = cfg.anchor, cfg.batch_size, cfg.max_length
     if positions not in LENS_POSITIONS:
         raise UsageError(f"unknown lens positions '{positions}'; choose last or all")
     model = lm.model
@@ -260,30 +258,6 @@ def lens_hidden(
     return {layer: torch.cat(v) if v else torch.zeros(0, d) for layer, v in out.items()}
 
 
-def lens_topk(
-    lm: Any,
-    texts: Sequence[str],
-    layers: Sequence[int],
-    *,
-    k: int = 10,
-    positions: str = "last",
-    interventions: Any = None,
-    lang: str | None = None,
-    anchor: str = "en",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[int, torch.Tensor]:
-    """Top-k lens token ids per layer: ``(n_texts, k)`` for ``last``, ``(n_real_tokens, k)`` for ``all``.
-
-    Only the top-k ids are kept (the full vocab x layers x texts would not fit in memory).
-    """
-    if k < 1:
-        raise UsageError(f"k must be a positive integer, got {k}")
-    hidden = lens_hidden(lm, texts, layers, positions=positions, interventions=interventions, lang=lang,
-                         anchor=anchor, batch_size=batch_size, max_length=max_length)
-    return topk_from_hidden(lm.model, hidden, k)
-
-
 def shares_from_topk(
     tokenizer: Any, topk: Mapping[int, torch.Tensor], classifier: TokenLanguage, n_examples: int = 5
 ) -> tuple[dict[int, dict[str, float]], dict[int, list[str]]]:
@@ -301,18 +275,9 @@ def shares_from_topk(
     return shares, examples
 
 
-def language_shares(
-    lm: Any,
-    texts_by_lang: Mapping[str, Sequence[str]],
-    layers: Sequence[int],
-    *,
-    interventions: Any = None,
-    anchor: str = "en",
-    k: int = 10,
-    positions: str = "last",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[str, Any]:
+def language_shares(lm: Any, texts_by_lang: Mapping[str, Sequence[str]], layers: Sequence[int], *,
+                    interventions: Any = None, k: int = 10, positions: str = "last", cfg: ForwardConfig | None = None,
+                    **settings: Any) -> dict[str, Any]:
     """Anchor/input/other shares of the lens top-k per non-anchor language and layer.
 
     Result::
@@ -322,13 +287,17 @@ def language_shares(
          "examples": {"before"|"after": {lang: {layer: [top tokens of the first text]}}},
          "skipped": {lang: reason}}
 
-    ``after`` is filled when ``interventions`` is given, for the languages they cover.
+    ``after`` is filled when ``interventions`` is given, for the languages they cover. ``cfg``
+    (:class:`~.similarity.ForwardConfig`; keyword ``settings`` override its fields): anchor, batch
+    size, maximum length.
     """
     from .similarity import _as_list, covered_langs
 
+    cfg = ForwardConfig.of(cfg, **settings)
+    anchor = cfg.anchor
     ivs = _as_list(interventions)
     covered = set(covered_langs(ivs, list(texts_by_lang), anchor)) if ivs else set()
-    kw = dict(positions=positions, anchor=anchor, batch_size=batch_size, max_length=max_length)
+    kw = dict(positions=positions, cfg=cfg)
     before: dict[str, dict[int, torch.Tensor]] = {}
     after: dict[str, dict[int, torch.Tensor]] = {}
     skipped: dict[str, str] = {}

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..formats import p_inline
 from .neuron_map import CATEGORIES
 
 # colour-blind-safe cycle (Okabe-Ito), then tab20 for many languages
@@ -301,7 +302,7 @@ def plot_regression(result: Mapping[str, Any], title: str | None = None) -> Figu
         pad = 0.05 * (hi - lo or 1.0)
         gx = np.linspace(lo - pad, hi + pad, 50)
         ax.plot(gx, fit["slope"] * gx + fit["intercept"], color=_OKABE_ITO[3],
-                label=f"slope {fit['slope']:.3g}, r = {fit['r']:.2f}, p = {fit['p']:.3g}, n = {fit['n']}")
+                label=f"slope {fit['slope']:.3g}, r = {fit['r']:.2f}, {p_inline(fit['p'])}, n = {fit['n']}")
         ax.legend(fontsize=8)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8)

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError, UsageError
 from .similarity import _matrix
 
-METHODS = ("pca", "tsne")
+PROJECTIONS = ("pca", "tsne")
 EXACT_TSNE_MAX = 500  # points; above this t-SNE uses Barnes-Hut
 
 
@@ -76,7 +76,7 @@ def project(
     "random_state", "before": {"coords", "centroids"}, "after": same or None, ...}`` plus
     ``explained_variance`` (PCA, of the before fit) or ``perplexity`` (t-SNE).
     """
-    if method not in METHODS:
+    if method not in PROJECTIONS:
         raise UsageError(f"unknown projection '{method}'; choose pca or tsne")
     xb, spans_b = _stack(before)
     out: dict[str, Any] = {"method": method, "layer": layer, "random_state": random_state, "after": None}

@@ -23,13 +23,15 @@ said in the file's ``notes`` (and in the returned ``notes``), never silently lef
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import LanguageError, UsageError
 from ..io import read_json
 from ..results.read import typed
+from ..settings import Settings
 from .similarity import check_parallel
-from .stages import (  # noqa: F401  (_slug: re-exported, the report names figures with it)
+from .stages import (
     _compare_stage,
     _Context,
     _logit_lens_stage,
@@ -37,7 +39,6 @@ from .stages import (  # noqa: F401  (_slug: re-exported, the report names figur
     _projection_stage,
     _regression_stage,
     _similarity_stage,
-    _slug,
     _Writer,
 )
 
@@ -70,49 +71,71 @@ def _eval_docs(eval_results: Any) -> list[dict]:
     return docs
 
 
-def analyze(
-    lm: Any,
-    run_dir: str | Path,
-    texts_by_lang: Mapping[str, Sequence[str]],
-    layers: Sequence[int] | None,
-    interventions: Mapping[str, Any] | None = None,
-    stats: Any = None,
-    categories: Any = None,
-    eval_results: Any = None,
-    *,
-    anchor: str = "en",
-    pooling: str = "mean",
-    k: int = 10,
-    lens_positions: str = "last",
-    projection_layer: int | None = None,
-    regression_layer: int | None = None,
-    projections: Sequence[str] = ("pca", "tsne"),
-    lape: Any = None,
-    bridge_layers: Sequence[int] | None = None,
-    compare_with: Any = None,
-    compare_labels: tuple[str, str] | None = None,
-    random_state: int = 0,
-    batch_size: int = 8,
-    max_length: int = 128,
-    meta: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AnalysisConfig(Settings):
+    """How to analyse (recorded in ``setup_analysis.json``).
+
+    ``layers`` analysed are an argument; ``projection_layer`` (default: the penultimate layer, as
+    in the CLAS paper) is added to them, and ``regression_layer`` (default ``projection_layer``)
+    is where the change in similarity is read. ``k``: the logit lens's top-k; ``lens_positions``:
+    ``last`` or ``all``; ``projections``: ``pca`` and/or ``tsne``; ``random_state`` seeds them.
+    """
+
+    anchor: str = "en"
+    pooling: str = "mean"
+    k: int = 10
+    lens_positions: str = "last"
+    projection_layer: int | None = None
+    regression_layer: int | None = None
+    projections: Sequence[str] = ("pca", "tsne")
+    random_state: int = 0
+    batch_size: int = 8
+    max_length: int = 128
+
+    _what = "analysis setting"
+
+
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What an analysis reads besides the texts and the interventions.
+
+    ``stats``: a :class:`~xlsteer.stats.Statistics` with ``mlp_act`` sites, used for CLAS
+    categories and LAPE counts when ``categories``/``lape`` are not given. ``eval_results``:
+    eval/compare result dicts or paths; the gain regression matches eval methods to intervention
+    names. ``compare_with``: a second model (base vs instruct similarity) and its
+    ``compare_labels``. ``meta`` (e.g. corpus, split, data_hash) goes into every file.
+    """
+
+    stats: Any = None
+    categories: Any = None
+    eval_results: Any = None
+    lape: Any = None
+    bridge_layers: Sequence[int] | None = None
+    compare_with: Any = None
+    compare_labels: tuple[str, str] | None = None
+    meta: Mapping[str, Any] | None = None
+
+
+def analyze(lm: Any, run_dir: str | Path, texts_by_lang: Mapping[str, Sequence[str]], layers: Sequence[int] | None,
+            interventions: Mapping[str, Any] | None = None, cfg: AnalysisConfig | None = None,
+            inputs: AnalysisInputs | None = None, **settings: Any) -> dict[str, Any]:
     """Similarity, logit lens, projections, regression, neuron map (and model comparison) into ``run_dir``.
 
     ``texts_by_lang``: parallel texts including the anchor. ``layers``: layers to analyse
-    (None = all); ``projection_layer`` (default: the penultimate layer, as in the CLAS paper)
-    is added to them. ``interventions``: name -> Intervention; each is analysed separately
-    against the same unsteered run. ``stats``: a :class:`~xlsteer.stats.Statistics` with
-    ``mlp_act`` sites, used for CLAS categories and LAPE counts when ``categories``/``lape``
-    are not given. ``eval_results``: eval/compare result dicts or paths; the gain regression
-    matches eval methods to intervention names. ``regression_layer`` (default
-    ``projection_layer``) is where the change in similarity is read. ``meta`` (e.g. corpus,
-    split, data_hash) goes into every file. Returns every result, plus ``files``,
-    ``figures`` and ``notes``.
+    (None = all). ``interventions``: name -> Intervention; each is analysed separately against
+    the same unsteered run. ``cfg`` (:class:`AnalysisConfig`; keyword ``settings`` override its
+    fields) says how, ``inputs`` (:class:`AnalysisInputs`) what else to read. Returns every
+    result, plus ``files``, ``figures`` and ``notes``.
     """
+    cfg = AnalysisConfig.of(cfg, **settings)
+    src = inputs or AnalysisInputs()
+    anchor, pooling, k, lens_positions = cfg.anchor, cfg.pooling, cfg.k, cfg.lens_positions
+    projections, random_state, batch_size, max_length = cfg.projections, cfg.random_state, cfg.batch_size, cfg.max_length
+    eval_results, meta = src.eval_results, src.meta
     run_dir, ivs, texts, docs = _checked_inputs(run_dir, interventions, texts_by_lang, anchor, eval_results)
     n_layers = lm.num_layers
-    layers, capture, projection_layer, regression_layer = _analysed_layers(n_layers, layers, projection_layer,
-                                                                           regression_layer)
+    layers, capture, projection_layer, regression_layer = _analysed_layers(n_layers, layers, cfg.projection_layer,
+                                                                           cfg.regression_layer)
     common = {
         "model": getattr(lm, "name", None),
         "model_fingerprint": getattr(lm, "fingerprint", None),
@@ -143,9 +166,9 @@ def analyze(
     _logit_lens_stage(ctx, k, lens_positions, lens_rows if lens_in_pass else None)
     _projection_stage(ctx, before, after_items, projection_layer, projections, random_state)
     _regression_stage(ctx, docs, regression_layer)
-    _neuron_map_stage(ctx, stats, categories, lape, bridge_layers, n_layers)
-    if compare_with is not None:
-        _compare_stage(ctx, compare_with, compare_labels, pooling)
+    _neuron_map_stage(ctx, src.stats, src.categories, src.lape, src.bridge_layers, n_layers)
+    if src.compare_with is not None:
+        _compare_stage(ctx, src.compare_with, src.compare_labels, pooling)
 
     ctx.result.update(files=w.files, figures=w.figures, notes=ctx.notes, run_dir=run_dir)
     return ctx.result

@@ -21,15 +21,18 @@ edited activation). The anchor is never steered, so its vectors are the same bef
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import DataError, LanguageError, UsageError
-from ..hooks import ForwardContext, steer
+from ..hook_session import ForwardContext
+from ..hooks import steer
 from ..models.sites import Site, check_site
 from ..progress import bar
+from ..settings import Settings
 
 POOLINGS = ("mean", "last")
 
@@ -298,47 +301,45 @@ def token_mask(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     return mask
 
 
-def pooled_items(
-    lm: Any,
-    texts_by_lang: Mapping[str, Sequence[str]],
-    layers: Sequence[int],
-    *,
-    interventions: Any = None,
-    anchor: str = "en",
-    pooling: str = "mean",
-    positions: str | Sequence[str] | None = None,
-    site: str = "resid_post",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[int, dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class ForwardConfig(Settings):
+    """How the analyses run the model over texts: the anchor language (never steered), the batch
+    size and the maximum length in tokens."""
+
+    anchor: str = "en"
+    batch_size: int = 8
+    max_length: int = 128
+
+    _what = "analysis forward setting"
+
+
+def pooled_items(lm: Any, texts_by_lang: Mapping[str, Sequence[str]], layers: Sequence[int], *,
+                 pooling: str = "mean", interventions: Any = None, positions: str | Sequence[str] | None = None,
+                 site: str = "resid_post", cfg: ForwardConfig | None = None,
+                 **settings: Any) -> dict[int, dict[str, np.ndarray]]:
     """One pooled vector per text at each layer: ``{layer: {lang: (n_items, d) float32}}``.
 
     With ``interventions``, each language's texts run under ``steer(..., langs=lang,
     anchor=anchor)`` and the vectors are read from the steered forward. ``positions`` is the
     steering position policy (default: each intervention's ``params["positions"]``, else all).
+    ``cfg`` (:class:`ForwardConfig`; keyword ``settings`` override its fields): anchor, batch size,
+    maximum length.
     """
-    return pooled_states(lm, texts_by_lang, layers, poolings=(pooling,), interventions=interventions, anchor=anchor,
-                         positions=positions, site=site, batch_size=batch_size, max_length=max_length)[pooling]
+    return pooled_states(lm, texts_by_lang, layers, poolings=(pooling,), interventions=interventions,
+                         positions=positions, site=site, cfg=ForwardConfig.of(cfg, **settings))[pooling]
 
 
-def pooled_states(
-    lm: Any,
-    texts_by_lang: Mapping[str, Sequence[str]],
-    layers: Sequence[int],
-    *,
-    poolings: Sequence[str] = ("mean",),
-    interventions: Any = None,
-    anchor: str = "en",
-    positions: str | Sequence[str] | None = None,
-    site: str = "resid_post",
-    batch_size: int = 8,
-    max_length: int = 128,
-) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+def pooled_states(lm: Any, texts_by_lang: Mapping[str, Sequence[str]], layers: Sequence[int], *,
+                  poolings: Sequence[str] = ("mean",), interventions: Any = None,
+                  positions: str | Sequence[str] | None = None, site: str = "resid_post",
+                  cfg: ForwardConfig | None = None, **settings: Any) -> dict[str, dict[int, dict[str, np.ndarray]]]:
     """:func:`pooled_items` for several poolings from one forward: ``{pooling: {layer: {lang: array}}}``.
 
     Why: the analysis needs mean-pooled states (similarity) and last-token states (logit lens)
     of the same texts; reading both in one pass halves its forwards.
     """
+    cfg = ForwardConfig.of(cfg, **settings)
+    anchor, batch_size, max_length = cfg.anchor, cfg.batch_size, cfg.max_length
     poolings = tuple(dict.fromkeys(poolings))
     bad = [p for p in poolings if p not in POOLINGS]
     if bad or not poolings:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import XlsteerError
-from ..filenames import confined
+from ..filenames import confined, slug as _slug
 from ..io import atomic_write_json
 from ..provenance import provenance
 from ..results import stamp
@@ -24,13 +24,6 @@ from .neuron_map import neuron_map
 from .projection import project
 from .regression import delta_similarity, gain_vs_similarity, gains_from_scores
 from .similarity import covered_langs, pooled_states, similarity_from_items
-
-
-def _slug(text: str) -> str:
-    """A name from data as part of a file name (:func:`xlsteer.filenames.slug`)."""
-    from ..filenames import slug
-
-    return slug(text)
 
 
 def _by_lang(by_layer: Mapping[int, Mapping[str, Any]] | None) -> dict[str, dict[int, Any]]:
@@ -47,7 +40,7 @@ def _match_method(name: str, methods: Sequence[str], n_interventions: int, iv: A
     """The eval method that ran intervention ``name``: same tensors (intervention hash), else same name."""
     if iv is not None:
         try:
-            from ..evaluation.engine import intervention_hash
+            from ..evaluation.engine_cache import intervention_hash
 
             h = intervention_hash([iv])
         except (ImportError, AttributeError, TypeError):

@@ -15,11 +15,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..data.langs import normalize_lang
 from ..errors import UsageError, XlsteerError
 from ..filenames import confined
-from ..evaluation.tasks import get_task
-from ..results import METHODS as METHODS_FORMAT, VERSION
+from ..results import COMPARE, VERSION
 from .context import REFERENCE, MethodRun, RunContext
 
 
@@ -32,11 +30,11 @@ def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequenc
                         seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
     """Per language and on average over non-anchor languages: score [CI] and the paired test vs ``ref``.
 
-    The tests are :func:`~xlsteer.evaluation.runner.compare_runs`'s: per language McNemar (0/1
+    The tests are :func:`~xlsteer.evaluation.pairing.compare_runs`'s: per language McNemar (0/1
     scores) or the paired bootstrap, with p Holm-adjusted over the non-anchor languages; for the
     average, the paired bootstrap stratified by language (its CI: the run's stratified interval).
     """
-    from ..evaluation.runner import compare_runs
+    from ..evaluation.pairing import compare_runs
 
     main = ref["metrics"]["main"]
     cmp = compare_runs(ref, run, n_boot=n_boot, seed=seed, alpha=alpha)
@@ -93,48 +91,26 @@ def _guard_cells(run: dict[str, Any], cmp: dict[str, Any], per: dict[str, Any]) 
     return guard
 
 
-def compare_methods(
-    lm: Any,
-    task: str,
-    langs: Sequence[str],
-    methods: Sequence[str],
-    *,
-    split: str = "test",
-    limit: int | None = None,
-    dev_limit: int | None = None,
-    fit_limit: int = 200,
-    anchor: str = "en",
-    data_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    max_length: int = 2048,
-    n_boot: int = 2000,
-    cache_dir: str | os.PathLike | None = None,
-    translation_cache: Any = True,
-    out_dir: str | os.PathLike | None = None,
-    options: Mapping[str, Mapping[str, Any]] | None = None,
-    on_method: Callable[[str, MethodRun], None] | None = None,
-    calibrate: bool = False,
-    select: str = "global",
-    select_rule: Any = None,
-) -> dict[str, Any]:
+def compare_methods(lm: Any, task: str, langs: Sequence[str], methods: Sequence[str], *,
+                    out_dir: str | os.PathLike | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
+                    on_method: Callable[[str, MethodRun], None] | None = None, **settings: Any) -> dict[str, Any]:
     """Run ``methods`` on the same items and pair each with zero-shot; returns the "compare" record.
 
-    ``calibrate``: content-free calibration of label tasks (XNLI) for every model-scored method;
-    ``select``: ``global`` or ``per-lang`` selection of steering settings on dev (unsteered included);
-    ``select_rule``: the evidence a steered setting needs to replace the unsteered model
-    (:class:`~xlsteer.evaluation.evidence.SelectionRule`; None: the default paired test).
-
-    ``out_dir``: per-method runner results go to ``out_dir/runs/<method>.json`` (and adapters to
-    ``out_dir/adapters``). ``dev_limit`` defaults to ``limit`` (else 100).
+    ``settings`` are the comparison's settings, the fields of :class:`~.context.RunContext` (split,
+    limit, dev_limit -- default ``limit``, else 100 --, fit_limit, anchor, data_dir, seed,
+    batch_size, max_length, n_boot, cache_dir, translation_cache, ``calibrate``: content-free
+    calibration of label tasks for every model-scored method, ``select``: ``global`` or
+    ``per-lang`` selection of steering settings on dev, the unsteered model included,
+    ``select_rule``: the evidence a steered setting needs to replace the unsteered model, a
+    :class:`~xlsteer.evaluation.evidence.SelectionRule` -- None: the default paired test --, ...).
+    ``options``: per-method settings (``-O METHOD.KEY=V``). ``out_dir``: per-method runner results
+    go to ``out_dir/runs/<method>.json`` (and adapters to ``out_dir/adapters``).
     """
     from ..evaluation.runner import write_results
     from . import methods as M
 
     METHODS, parse_methods = M.METHODS, M.parse_methods
     t_start = time.perf_counter()
-    task = get_task(task).name
-    lang_list = list(dict.fromkeys(normalize_lang(x) for x in langs))
     names = parse_methods(list(methods))
     added_reference = REFERENCE not in names
     if added_reference:
@@ -144,12 +120,7 @@ def compare_methods(
     unknown = {k for k in (options or {}) if k not in METHODS}
     if unknown:
         raise UsageError(f"options given for unknown method(s) {', '.join(sorted(unknown))}")
-    ctx = RunContext(lm=lm, task=task, langs=lang_list, split=split, limit=limit,
-                     dev_limit=dev_limit if dev_limit is not None else (limit or 100), fit_limit=fit_limit,
-                     anchor=normalize_lang(anchor), data_dir=data_dir, seed=seed, batch_size=batch_size,
-                     max_length=max_length, n_boot=n_boot, cache_dir=cache_dir, translation_cache=translation_cache,
-                     work_dir=out_dir, options={k: dict(v) for k, v in (options or {}).items()},
-                     calibrate=bool(calibrate), select=select, select_rule=select_rule)
+    ctx = RunContext.create(lm, task, langs, work_dir=out_dir, options=options, **settings)
     runs: dict[str, MethodRun] = {}
     files: dict[str, str] = {}
     for name in names:
@@ -249,7 +220,7 @@ def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, M
             row["average"] = {}
         rows[name] = row
     return {
-        "format": METHODS_FORMAT,
+        "format": COMPARE,
         "version": VERSION,
         "task": ctx.task,
         "split": split,

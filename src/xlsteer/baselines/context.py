@@ -8,6 +8,7 @@ steering and comparison modules can use them without importing the table.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,25 @@ class RunContext:
     #: evaluation the methods run, so that all of them decode alike and all carry the guard
     sampling: Mapping[str, Any] = field(default_factory=dict)
     guard: bool | None = None
+
+    @classmethod
+    def create(cls, lm: Any, task: str, langs: Sequence[str], **settings: Any) -> "RunContext":
+        """The context of a comparison of ``task`` in ``langs``; ``settings`` are this record's other
+        fields (unknown names: one line listing the known ones). The anchor and languages are
+        normalised, and ``dev_limit`` is ``limit`` (else 100) when not given."""
+        from ..data.langs import normalize_lang
+
+        known = [f.name for f in dataclasses.fields(cls) if f.name not in ("lm", "task", "langs", "shared")]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise UsageError(f"unknown comparison setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        if settings.get("dev_limit") is None:
+            settings["dev_limit"] = settings.get("limit") or 100
+        settings["anchor"] = normalize_lang(settings.get("anchor") or "en")
+        settings["options"] = {k: dict(v) for k, v in (settings.get("options") or {}).items()}
+        settings["calibrate"] = bool(settings.get("calibrate", False))
+        return cls(lm=lm, task=get_task(task).name, langs=list(dict.fromkeys(normalize_lang(x) for x in langs)),
+                   **settings)
 
     def eval_kw(self) -> dict[str, Any]:
         return dict(anchor=self.anchor, data_dir=self.data_dir, seed=self.seed, batch_size=self.batch_size,
@@ -126,10 +146,10 @@ def _cost(**kw: Any) -> dict[str, Any]:
 
 
 def _eval(ctx: RunContext, lm: Any, langs: Sequence[str], **kw: Any) -> tuple[dict[str, Any], float]:
-    from ..evaluation.runner import evaluate
+    from ..evaluation.runner import run_task
 
     t0 = time.perf_counter()
-    res = evaluate(lm, ctx.task, list(langs), None, ctx.eval_config(), **kw)
+    res = run_task(lm, ctx.task, list(langs), None, ctx.eval_config(), **kw)
     return res, time.perf_counter() - t0
 
 

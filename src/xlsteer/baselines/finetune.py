@@ -55,6 +55,7 @@ import torch
 
 from ..data.langs import normalize_lang
 from ..errors import ArtifactError, UsageError
+from ..evaluation.config import EvalConfig
 from ..evaluation.tasks import get_task, get_template
 from ..evaluation.templates import Template
 from ..io import atomic_write_json, read_json
@@ -382,15 +383,18 @@ def merged_model(lm: Any, peft_model: Any, label: str, record: dict[str, Any]) -
 # recipes
 
 
-def finetune(lm: Any, task: str, recipe: str, langs: Sequence[str], *, anchor: str = "en",
-             train_langs: Sequence[str] | None = None, config: TrainConfig | None = None,
-             data_dir: str | os.PathLike | None = None, template: str | Template | None = None,
+def finetune(lm: Any, task: str, recipe: str, langs: Sequence[str], config: TrainConfig | None = None, *,
+             train_langs: Sequence[str] | None = None, items_from: EvalConfig | None = None,
              adapter_dir: str | os.PathLike | None = None) -> FineTuned:
     """Train the ``xlt`` (anchor only) or ``sft`` (``train_langs``, default ``langs``) adapter.
 
-    Returns the merged model for evaluation, with the training record (data, config, loss log,
-    trainable parameters, seconds). ``adapter_dir``: also save the adapter there.
+    ``config``: the LoRA training settings; ``items_from``: the anchor, data dir and template the
+    training items are read and prompted with (those of the evaluation). Returns the merged model
+    for evaluation, with the training record (data, config, loss log, trainable parameters,
+    seconds). ``adapter_dir``: also save the adapter there.
     """
+    src = items_from or EvalConfig()
+    anchor, data_dir, template = src.anchor, src.data_dir, src.template
     if recipe not in RECIPES:
         raise UsageError(f"unknown fine-tuning recipe {recipe!r}; choose xlt or sft")
     mod = get_task(task)

@@ -29,8 +29,6 @@ enters the result file and the engine's cache key.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import random
 from typing import Any, Callable, Mapping, Sequence
@@ -114,10 +112,6 @@ def demonstration(t: Template, item: Any) -> str:
     if req.kind == "label":
         return req.prompt + " " + ans
     return req.prompt + ans
-
-
-def short_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,11 +276,14 @@ def extra_tokens_per_item(lm: Any, tpl: Template, items: Sequence[Any],
     return total / len(items)
 
 
-def run_icl(lm: Any, task: str, langs: Sequence[str], variant: str = "en", k: int | None = None, seed: int = 0,
-            split: str = "test", limit: int | None = None, data_dir: str | os.PathLike | None = None,
-            **eval_kw: Any) -> dict[str, Any]:
-    """Evaluate ``lm`` with ``k`` exemplars (``variant`` en / native) on ``split``; a runner result."""
-    from ..evaluation.runner import evaluate
+def run_icl(lm: Any, task: str, langs: Sequence[str], variant: str = "en", k: int | None = None,
+            cfg: Any = None, **settings: Any) -> dict[str, Any]:
+    """Evaluate ``lm`` with ``k`` exemplars (``variant`` en / native) as ``cfg`` (an EvalConfig;
+    keyword ``settings`` override its fields) says; the exemplars are drawn with its seed. A
+    runner result."""
+    from ..evaluation.config import EvalConfig
+    from ..evaluation.runner import run_task
 
-    tpl = icl_template(task, variant, k, seed, data_dir, eval_kw.pop("template", None), langs)
-    return evaluate(lm, task, langs, split=split, limit=limit, data_dir=data_dir, template=tpl, seed=seed, **eval_kw)
+    cfg = EvalConfig.of(cfg, **settings)
+    tpl = icl_template(task, variant, k, cfg.seed, cfg.data_dir, cfg.template, langs)
+    return run_task(lm, task, langs, None, cfg.replace(template=tpl))

@@ -1,9 +1,9 @@
 """Every method a practitioner could use instead of (or with) steering, under one name each.
 
 :data:`METHODS` maps a name to how it is run; :func:`run_method` runs one on a task's ``test``
-split (or any split) and returns its runner result (:func:`xlsteer.evaluation.runner.evaluate`
-format, per-item records included) with what it cost; :func:`compare_methods` runs several on
-the *same items* and pairs each with ``zero-shot`` item by item.
+split (or any split) and returns its runner result (:func:`xlsteer.evaluation.runner.run_task`
+format, per-item records included) with what it cost; :func:`~xlsteer.baselines.compare.compare_methods`
+runs several on the *same items* and pairs each with ``zero-shot`` item by item.
 
 =============  ===========  ==============================================================
 name           family       what
@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import UsageError
 from ..evaluation.tasks import get_task
-from .context import FAMILIES, NTREX_LANGS, REFERENCE, MethodRun, MethodSpec, RunContext, _cost, _eval, _eval_items
+from .context import REFERENCE, MethodRun, MethodSpec, RunContext, _cost, _eval, _eval_items
 from .steering import steer_and_evaluate
 
 
@@ -106,16 +106,14 @@ def _icl(variant: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
 
 def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
     from .icl import prefix_tokens
-    from .prompt_search import run_prompt_search
+    from .prompt_search import SearchConfig, run_prompt_search
 
     params = {"rounds": int(p.get("rounds", 2)), "per_round": int(p.get("per_round", 4)),
               "n_parents": int(p.get("n_parents", 2)), "dev_limit": p.get("dev_limit", ctx.dev_limit),
               "propose_tokens": int(p.get("propose_tokens", 40))}
     t0 = time.perf_counter()
-    kw = ctx.eval_kw()
-    anchor, data_dir, seed = kw.pop("anchor"), kw.pop("data_dir"), kw.pop("seed")
-    res = run_prompt_search(ctx.lm, ctx.task, ctx.langs, ctx.split, ctx.limit, anchor=anchor, data_dir=data_dir,
-                            seed=seed, seeds=p.get("seeds"), **params, **kw)
+    evaluation = ctx.eval_config(calibrate=False, sampling={}, guard=None)
+    res = run_prompt_search(ctx.lm, ctx.task, ctx.langs, evaluation, SearchConfig(seeds=p.get("seeds"), **params))
     total = time.perf_counter() - t0
     rec = res.pop("prompt_search")
     best = rec["best"]["instruction"]
@@ -159,8 +157,8 @@ def _finetuned(ctx: RunContext, recipe: str, p: dict[str, Any]) -> Any:
         train_langs = p.get("train_langs")
         if isinstance(train_langs, str):
             train_langs = [x.strip() for x in train_langs.split(",") if x.strip()]
-        ctx.shared[key] = finetune(ctx.lm, ctx.task, recipe, ctx.langs, anchor=ctx.anchor, train_langs=train_langs,
-                                   config=_train_config(ctx, p), data_dir=ctx.data_dir, adapter_dir=adapter_dir)
+        ctx.shared[key] = finetune(ctx.lm, ctx.task, recipe, ctx.langs, _train_config(ctx, p), train_langs=train_langs,
+                                   items_from=ctx.eval_config(), adapter_dir=adapter_dir)
     return ctx.shared[key]
 
 
@@ -210,10 +208,9 @@ def _translate(kind: str) -> Callable[[RunContext, dict[str, Any]], MethodRun]:
             opts = {k: p[k] for k in ("max_new_tokens", "prompt") if k in p}
             opts.setdefault("batch_size", ctx.batch_size)
         t0 = time.perf_counter()
-        kw = ctx.eval_kw()
-        anchor, data_dir, seed = kw.pop("anchor"), kw.pop("data_dir"), kw.pop("seed")
-        res = run_translate_test(ctx.lm, ctx.task, ctx.langs, kind, ctx.split, ctx.limit, data_dir=data_dir,
-                                 anchor=anchor, cache=ctx.translation_cache, translator_options=opts, seed=seed, **kw)
+        res = run_translate_test(ctx.lm, ctx.task, ctx.langs, kind, ctx.eval_config(calibrate=False, sampling={},
+                                                                                  guard=None),
+                                 cache=ctx.translation_cache, translator_options=opts)
         total = time.perf_counter() - t0
         tr = res["translation"]
         external = {"apertium": "apertium rule-based MT (CPU)", "gmt": "Google MT (precomputed, shipped with XCOPA)",
@@ -346,10 +343,6 @@ ALIASES = {"zeroshot": "zero-shot", "base": "zero-shot", "translate-apertium": "
            "prompt-search": "prompt-opt", "sft-steer": "sft+steer"}
 
 
-def method_names() -> list[str]:
-    return list(METHODS)
-
-
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """Comma-separated method names ('all' = every method), validated, without duplicates."""
     parts = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x and x.strip()]
@@ -376,7 +369,3 @@ def run_method(name: str, ctx: RunContext, **params: Any) -> MethodRun:
     out = spec.run(ctx, p)
     out.extra.setdefault("description", spec.description)
     return out
-
-
-__all__ = ["FAMILIES", "REFERENCE", "NTREX_LANGS", "DEFAULT_ALPHAS", "METHODS", "ALIASES", "RunContext", "MethodRun",
-           "MethodSpec", "method_names", "parse_methods", "run_method", "steer_and_evaluate"]

@@ -27,7 +27,6 @@ the task's unchanged prompt. Extra inference tokens per item = the tokens of tha
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -35,8 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..evaluation.config import EvalConfig
 from ..evaluation.tasks import get_task, get_template
 from ..evaluation.templates import Request, Template
+from ..settings import Settings
 from .icl import LeakError, base_render, prefix_tokens, with_prefix, wrap_template
 
 # The hand-written seed instructions (English: the anchor language) and the text that separates
@@ -124,14 +125,14 @@ class _Pool:
         return float(np.mean(vals))
 
     def score(self, instruction: str, origin: dict[str, Any]) -> None:
-        from ..evaluation.runner import evaluate
+        from ..evaluation.runner import run_task
 
         key = instruction.strip().casefold()
         if key in self.seen:
             return
         self.seen.add(key)
         tpl = instruction_template(self.spec.name, instruction, self.template)
-        res = evaluate(self.lm, self.spec, self.langs, None, self.cfg, template=tpl, engine=self.engine)
+        res = run_task(self.lm, self.spec, self.langs, None, self.cfg, template=tpl, engine=self.engine)
         per = {lang: res["per_lang"][lang]["metrics"][self.spec.main]["mean"] for lang in self.langs}
         self.items[len(self.candidates)] = {lang: [r for r in res["items"] if r["lang"] == lang] for lang in self.langs}
         self.metrics = res["metrics"]
@@ -190,57 +191,70 @@ def _seed_list(spec: Any, seeds: Sequence[str] | None, include_empty: bool) -> l
     return ["", *seed_list] if include_empty else seed_list
 
 
-def search(
-    lm: Any,
-    task: str,
-    langs: Sequence[str],
-    *,
-    split: str = "dev",
-    dev_limit: int | None = 50,
-    seeds: Sequence[str] | None = None,
-    include_empty: bool = True,
-    rounds: int = 2,
-    per_round: int = 4,
-    n_parents: int = 2,
-    anchor: str = "en",
-    data_dir: str | os.PathLike | None = None,
-    template: str | Template | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    max_length: int = 2048,
-    cache_dir: str | os.PathLike | None = None,
-    n_boot: int = 200,
-    propose_tokens: int = 40,
-) -> dict[str, Any]:
-    """Score seeds and model-proposed paraphrases on ``split`` (dev); return the record with the best."""
-    from ..evaluation.config import EvalConfig
+@dataclass(frozen=True)
+class SearchConfig(Settings):
+    """The budget of a prompt search: ``seeds`` (default: the task's seed instructions) and the
+    empty instruction (``include_empty``) first, then ``rounds`` in which the model paraphrases the
+    ``n_parents`` best (greedy, ``propose_tokens`` tokens) and the first ``per_round`` new
+    instructions are scored; every candidate on the first ``dev_limit`` items per language of
+    ``split`` (dev, never test), with ``n_boot`` bootstrap resamples."""
+
+    split: str = "dev"
+    dev_limit: int | None = 50
+    seeds: Sequence[str] | None = None
+    include_empty: bool = True
+    rounds: int = 2
+    per_round: int = 4
+    n_parents: int = 2
+    propose_tokens: int = 40
+    n_boot: int = 200
+
+    _what = "prompt-search setting"
+    _none_is_a_value = frozenset({"dev_limit", "seeds"})
+
+
+def search(lm: Any, task: str, langs: Sequence[str], cfg: SearchConfig | None = None,
+           evaluation: EvalConfig | None = None, **settings: Any) -> dict[str, Any]:
+    """Score seeds and model-proposed paraphrases on dev; return the record with the best.
+
+    ``cfg`` (:class:`SearchConfig`; keyword ``settings`` override its fields) is the budget;
+    ``evaluation`` gives the anchor, data dir, base template, seed, batch size, maximum length and
+    cache of the dev evaluations (their split, limit and bootstrap come from ``cfg``).
+    """
     from ..evaluation.engine import Engine
 
-    if split == "test":
+    cfg = SearchConfig.of(cfg, **settings)
+    base = evaluation or EvalConfig()
+    if cfg.split == "test":
         raise LeakError("prompt search selects a prompt and must not score test items; use split='dev'")
     spec = get_task(task)
-    spec.check_split(split)
-    for name, v in (("rounds", rounds), ("per_round", per_round), ("n_parents", n_parents)):
+    spec.check_split(cfg.split)
+    for name in ("rounds", "per_round", "n_parents"):
+        v = getattr(cfg, name)
         if not isinstance(v, int) or v < 0:
             raise UsageError(f"{name} must be a non-negative integer, got {v!r}")
     t0 = time.perf_counter()
-    seed_list = _seed_list(spec, seeds, include_empty)
-    targets = [lang for lang in langs if lang != anchor] or list(langs)
-    cfg = EvalConfig(split=split, limit=dev_limit, anchor=anchor, data_dir=data_dir, seed=seed, n_boot=n_boot)
-    engine = Engine(lm, batch_size=batch_size, cache_dir=cache_dir, max_length=max_length, progress_desc="prompt-search")
-    pool = _Pool(lm, spec, list(langs), targets, template, cfg, engine)
+    seed_list = _seed_list(spec, cfg.seeds, cfg.include_empty)
+    targets = [lang for lang in langs if lang != base.anchor] or list(langs)
+    dev = EvalConfig(split=cfg.split, limit=cfg.dev_limit, anchor=base.anchor, data_dir=base.data_dir, seed=base.seed,
+                     n_boot=cfg.n_boot, select_rule=base.select_rule)
+    engine = Engine(lm, batch_size=base.batch_size, cache_dir=base.cache_dir, max_length=base.max_length,
+                    progress_desc="prompt-search")
+    pool = _Pool(lm, spec, list(langs), targets, base.template, dev, engine)
     for s in seed_list:
         pool.score(s, {"source": "seed" if s else "empty", "round": 0})
-    proposals_log, gen_tokens = _paraphrase_rounds(pool, rounds, per_round, n_parents, propose_tokens, batch_size)
+    proposals_log, gen_tokens = _paraphrase_rounds(pool, cfg.rounds, cfg.per_round, cfg.n_parents,
+                                                   cfg.propose_tokens, base.batch_size)
     best, evidence = _choose(pool)
     return {
-        "format": "xlsteer.prompt-search", "task": spec.name, "split": split, "dev_limit": dev_limit,
+        "format": "xlsteer.prompt-search", "task": spec.name, "split": cfg.split, "dev_limit": cfg.dev_limit,
         "langs": list(langs), "scored_langs": targets, "main": spec.main, "tie_break": spec.tie_break,
         "selection_rule": "max mean main metric over non-anchor languages on dev; ties: tie-break score, "
                           "shorter instruction, earlier candidate; it replaces the empty instruction only under "
-                          "the evidence rule: " + cfg.select_rule.describe(),
-        "budget": {"seeds": len(seed_list), "rounds": rounds, "per_round": per_round, "n_parents": n_parents,
-                   "meta_prompts": list(META_PROMPTS), "candidates_scored": len(pool.candidates)},
+                          "the evidence rule: " + dev.select_rule.describe(),
+        "budget": {"seeds": len(seed_list), "rounds": cfg.rounds, "per_round": cfg.per_round,
+                   "n_parents": cfg.n_parents, "meta_prompts": list(META_PROMPTS),
+                   "candidates_scored": len(pool.candidates)},
         "candidates": pool.candidates,
         "proposals": proposals_log,
         "best": {"instruction": best["instruction"], "index": best["index"], "dev_score": best["dev_score"],
@@ -250,24 +264,15 @@ def search(
     }
 
 
-def run_prompt_search(lm: Any, task: str, langs: Sequence[str], split: str = "test", limit: int | None = None,
-                      *, dev_limit: int | None = 50, rounds: int = 2, per_round: int = 4, n_parents: int = 2,
-                      seeds: Sequence[str] | None = None, propose_tokens: int = 40,
-                      data_dir: str | os.PathLike | None = None, anchor: str = "en", seed: int = 0,
-                      **eval_kw: Any) -> dict[str, Any]:
-    """Search on dev, evaluate the winning instruction on ``split``; the search record is in
-    ``results["prompt_search"]``."""
-    from ..evaluation.runner import evaluate
+def run_prompt_search(lm: Any, task: str, langs: Sequence[str], evaluation: EvalConfig,
+                      cfg: SearchConfig | None = None) -> dict[str, Any]:
+    """Search on dev (:func:`search`), evaluate the winning instruction as ``evaluation`` says (its
+    split: test); the search record is in ``results["prompt_search"]``."""
+    from ..evaluation.runner import run_task
 
-    template = eval_kw.pop("template", None)
-    record = search(lm, task, langs, dev_limit=dev_limit, rounds=rounds, per_round=per_round, n_parents=n_parents,
-                    seeds=seeds, propose_tokens=propose_tokens, anchor=anchor, data_dir=data_dir,
-                    template=template, seed=seed,
-                    batch_size=eval_kw.get("batch_size", 8), max_length=eval_kw.get("max_length", 2048),
-                    cache_dir=eval_kw.get("cache_dir"))
-    tpl = instruction_template(task, record["best"]["instruction"], template,
+    record = search(lm, task, langs, cfg, evaluation)
+    tpl = instruction_template(task, record["best"]["instruction"], evaluation.template,
                                {"selected_on": "dev", "dev_score": record["best"]["dev_score"]})
-    res = evaluate(lm, task, langs, split=split, limit=limit, anchor=anchor, data_dir=data_dir, template=tpl,
-                   seed=seed, **eval_kw)
+    res = run_task(lm, task, langs, None, evaluation.replace(template=tpl))
     res["prompt_search"] = record
     return res

@@ -7,13 +7,13 @@ registry entry (:mod:`xlsteer.interventions.registry`); nothing here names a met
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import LanguageError
+from ..settings import parameters_of
 from .context import NTREX_LANGS, MethodRun, RunContext, _cost
 
 
@@ -79,7 +79,7 @@ def _fit(ctx: RunContext, spec: Any, p: dict[str, Any], lm: Any, use: list[str])
                                            "select_rule", "select_level")}
     for key, value in spec.compare_defaults.items():
         fit_kw.setdefault(key, value)
-    if "seed" in inspect.signature(spec.fit).parameters:
+    if "seed" in parameters_of(spec.fit):
         fit_kw.setdefault("seed", ctx.seed)
     fit_layers = _layers_param(p.get("layers"), n_layers, spec.layer_policy.compare_layers(n_layers))
     t0 = time.perf_counter()

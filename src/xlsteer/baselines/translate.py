@@ -22,8 +22,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import DataError, LanguageError, UsageError
-from .translators import (SELF_MAX_NEW_TOKENS, SELF_PROMPT, ApertiumTranslator, SelfTranslator,  # noqa: F401
-                          TranslationCache, TranslationError, apertium_pairs, default_cache_path, greedy_lines,
+from ..evaluation.config import EvalConfig
+from .translators import (SelfTranslator, TranslationCache, TranslationError, apertium_pairs, default_cache_path,
                           make_translator)
 
 TRANSLATORS = ("apertium", "self", "gmt")
@@ -208,21 +208,22 @@ def translation_template(task: str, translated: dict[tuple[str, str], Any], info
     return wrap_template(base, render, info)
 
 
-def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str = "apertium", split: str = "test",
-                       limit: int | None = None, *, data_dir: str | os.PathLike | None = None, anchor: str = "en",
-                       cache: TranslationCache | str | os.PathLike | None | bool = True,
-                       translator_options: Mapping[str, Any] | None = None, seed: int = 0,
-                       **eval_kw: Any) -> dict[str, Any]:
-    """Translate the items of ``langs`` to English with ``translator`` and evaluate them unsteered.
+def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str = "apertium",
+                       cfg: EvalConfig | None = None, *, cache: TranslationCache | str | os.PathLike | None | bool = True,
+                       translator_options: Mapping[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+    """Translate the items of ``langs`` to English with ``translator`` and evaluate them unsteered,
+    as ``cfg`` says (keyword ``settings`` override its fields).
 
     ``langs`` the translator cannot handle are left out (listed in ``results["translation"]["skipped"]``
     with the reason). ``cache``: True = the default cache file, a path, a TranslationCache, or
     False/None = no file. Cost figures: translation seconds and, for self-translation, the
     model's prompt + generated tokens per item.
     """
-    from ..evaluation.runner import evaluate
+    from ..evaluation.runner import run_task
     from ..evaluation.tasks import get_task
 
+    cfg = EvalConfig.of(cfg, **settings)
+    split, limit, data_dir, anchor = cfg.split, cfg.limit, cfg.data_dir, cfg.anchor
     task = get_task(task).name
     fields = translated_fields(task)
     if translator not in TRANSLATORS:
@@ -258,9 +259,8 @@ def run_translate_test(lm: Any, task: str, langs: Sequence[str], translator: str
                                               for k, v in translated.items()), ensure_ascii=False).encode()).hexdigest()
     info = {"method": f"translate-{translator}", "translator": translator, "translator_ids": ids,
             "translations_sha256": digest, "fields": list(fields)}
-    tpl = translation_template(task, translated, info, eval_kw.pop("template", None), anchor)
-    res = evaluate(lm, task, use, split=split, limit=limit, data_dir=data_dir, anchor=anchor, template=tpl,
-                   seed=seed, **eval_kw)
+    tpl = translation_template(task, translated, info, cfg.template, anchor)
+    res = run_task(lm, task, use, None, cfg.replace(template=tpl))
     n_items = max(1, len(items))
     res["translation"] = {
         "translator": translator,

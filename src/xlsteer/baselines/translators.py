@@ -42,7 +42,7 @@ class TranslationError(XlsteerError):
 
 
 def default_cache_path() -> Path:
-    from ..models.loading import cache_dir
+    from ..models.shipped import cache_dir
 
     return cache_dir() / "translations.json"
 

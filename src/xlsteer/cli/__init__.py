@@ -15,7 +15,7 @@ import warnings
 import click
 
 from .. import signals
-from ..errors import Terminated, UsageError, XlsteerError, XlsteerWarning
+from ..errors import Terminated, XlsteerError, XlsteerWarning
 
 _COMMAND_MODULES = ("core", "data", "methods", "evaluate", "tasks", "analysis", "export", "baselines", "lmeval", "demo",
                     "results")
@@ -43,13 +43,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, plugins: tuple[str, ...]) 
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # an area not built yet
-        if _e.name != f"{__name__}.{_name}":
-            raise
-        continue
-    for _cmd in getattr(_mod, "COMMANDS", []):
+    for _cmd in importlib.import_module(f"{__name__}.{_name}").COMMANDS:
         cli.add_command(_cmd)
 
 from . import guard as _guard  # noqa: E402
@@ -165,11 +159,3 @@ def torch_oom_error() -> type[BaseException]:
         return torch.OutOfMemoryError
     except (ImportError, AttributeError):  # pragma: no cover
         return MemoryError
-
-
-def usage(message: str) -> UsageError:
-    return UsageError(message)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

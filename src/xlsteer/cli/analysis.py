@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from .guard import model_input
-from .options import (FINITE, MAX_COUNT, SEED, Input, Output, count, data_dir_option, intervention_plugins,
-                      load_model_from, model_options, parse_langs, parse_layers, spare_inputs)
+from .guard import Input, Output, model_input
+from .options import (FINITE, MAX_COUNT, SEED, count, data_dir_option, intervention_plugins, load_model_from,
+                      model_options, parse_langs, parse_layers, spare_inputs)
 
 # what analyze writes into its run directory (xlsteer.analysis.run)
 _ANALYZE_WRITES = ("setup_analysis.json", "analysis_*.json", "figures/*.png")
@@ -48,7 +48,7 @@ _REPORT_READS = ("*.json", "figures/*.png")
               help="Run directory to write into.")
 def analyze_cmd(**kw) -> None:
     """Similarity to the anchor, logit lens, projections, neuron map and regression, into a run directory."""
-    from ..analysis.run import analyze
+    from ..analysis.run import AnalysisConfig, AnalysisInputs, analyze
     from ..data.corpora import load_corpus
     from ..data.langs import normalize_lang
     from ..errors import UsageError
@@ -97,13 +97,13 @@ def analyze_cmd(**kw) -> None:
     categories = _read_categories(kw["categories_file"]) if kw.get("categories_file") else None
     other = load_model(compare_name, **model_kw) if compare_name else None
     t0 = time.perf_counter()
-    result = analyze(
-        lm, out, texts, layers, ivs, stats=stats, categories=categories,
-        eval_results=list(kw.pop("eval_files")) or None, anchor=anchor, pooling=kw.pop("pooling"), k=kw.pop("k"),
-        projection_layer=kw.pop("projection_layer"), compare_with=other, random_state=kw.pop("seed"),
-        batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"),
-        meta={"corpus": par.name, "split": split, "limit": limit, "data_hash": par.data_hash, "n_texts": len(par)},
-    )
+    inputs = AnalysisInputs(stats=stats, categories=categories, eval_results=list(kw.pop("eval_files")) or None,
+                            compare_with=other, meta={"corpus": par.name, "split": split, "limit": limit,
+                                                      "data_hash": par.data_hash, "n_texts": len(par)})
+    cfg = AnalysisConfig(anchor=anchor, pooling=kw.pop("pooling"), k=kw.pop("k"),
+                         projection_layer=kw.pop("projection_layer"), random_state=kw.pop("seed"),
+                         batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"))
+    result = analyze(lm, out, texts, layers, ivs, cfg, inputs)
     for note in result["notes"]:
         click.echo(f"note: {note}")
     click.echo(f"wrote {len(result['files'])} JSON files and {len(result['figures'])} figures to {out} "

@@ -10,8 +10,9 @@ import click
 
 from ..errors import UsageError
 from .evaluate import lid_model_option, select_options, selection_rule, use_lid_model_from
-from .options import (SEED, Output, count, data_dir_option, langs_for, load_model_from, model_options,
-                      resolve_task_from, spare_inputs, task_inputs, task_options)
+from .guard import Output
+from .options import (SEED, count, data_dir_option, langs_for, load_model_from, model_options, resolve_task_from,
+                      spare_inputs, task_inputs, task_options)
 
 COMPARE_WRITES = ("compare.json", "compare.md", "runs/*.json")
 DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmean"
@@ -79,7 +80,7 @@ def compare_cmd(**kw: Any) -> None:
     if no_cache:
         cache_dir, translation_cache = None, False
     else:
-        from ..models.loading import cache_dir as root
+        from ..models.shipped import cache_dir as root
 
         from .options import checked_cache_dir
 

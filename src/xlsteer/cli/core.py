@@ -6,14 +6,15 @@ import time
 
 import click
 
-from .options import (FINITE, Input, Output, count, data_dir_option, load_model_from, model_options, parse_langs,
-                      parse_layers, spare_inputs)
+from .guard import Input, Output
+from .options import (FINITE, count, data_dir_option, load_model_from, model_options, parse_langs, parse_layers,
+                      spare_inputs)
 
 
 @click.command("models")
 def models_cmd() -> None:
     """List shipped and cached models."""
-    from ..models.loading import list_models
+    from ..models.shipped import list_models
 
     rows = list_models()
     if not rows:
@@ -30,6 +31,7 @@ def models_cmd() -> None:
 @click.option("--allow-download", is_flag=True)
 def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_download: bool) -> None:
     """Print the model's layers and intervention sites with their widths."""
+    from ..formats import table
     from ..models.loading import load_model
     from ..models.sites import describe_sites, site_names
 
@@ -38,12 +40,10 @@ def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_downlo
     n_layers = max(r["layer"] for r in rows) + 1
     click.echo(f"{lm.name}: {type(lm.model).__name__}, {n_layers} layers, width {lm.hidden_size}")
     names = site_names()
-    click.echo(f"{'layer':>5}  " + "  ".join(f"{n:>16}" for n in names))
     by = {(r["layer"], r["site"]): r for r in rows}
-    for layer in range(n_layers):
-        cells = [f"{'(' + str(by[(layer, n)]['width']) + ') ' + by[(layer, n)]['hook']:>16}" if (layer, n) in by
-                 else f"{'-':>16}" for n in names]
-        click.echo(f"{layer:>5}  " + "  ".join(cells))
+    cells = [[layer, *(f"({by[(layer, n)]['width']}) {by[(layer, n)]['hook']}" if (layer, n) in by else "-"
+                       for n in names)] for layer in range(n_layers)]
+    click.echo(table(["layer", *names], cells, style="text"))
 
 
 @click.command("collect")
@@ -65,7 +65,7 @@ def sites_cmd(model_name: str, dtype: str, trust_remote_code: bool, allow_downlo
 @click.option("--output", "-o", required=True, type=Output(), help="Statistics file (.safetensors).")
 def collect_cmd(**kw) -> None:
     """Collect activation statistics per language on parallel text."""
-    from ..api import collect_statistics
+    from ..stats import collect_statistics
     from ..io import check_writable
     from ..models.sites import Site
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import Output, data_dir_option
+from .guard import Output
+from .options import data_dir_option
 
 ONLY_HELP = ("Comma-separated datasets: mgsm, xcopa, xquad, ntrex128, xnli, lcb (default: all; xnli and lcb need "
              "--accept-nc).")
@@ -28,7 +29,8 @@ def _only(text: str | None) -> tuple[str, ...] | None:
 @click.option("--only", default=None, help="Comma-separated datasets to check, e.g. mgsm,xcopa (default: all).")
 def data_check_cmd(data_dir: str | None, only: str | None) -> None:
     """Verify every data file against SHA256SUMS and count items per language."""
-    from ..data.paths import check_data, data_dir_origin
+    from ..data.check import check_data
+    from ..data.paths import data_dir_origin
     from ..errors import DataError
 
     root, origin = data_dir_origin(data_dir)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import Output, count, data_dir_option
+from .guard import Output
+from .options import count, data_dir_option
 
 
 @click.command("demo")

@@ -9,17 +9,12 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, intervention_plugins, langs_for,
-                      load_model_from, model_options, parse_float, parse_layers, resolve_task_from, spare_inputs,
-                      task_inputs, task_options)
+from .guard import Input, Output
+from .options import (MAX_COUNT, SEED, compile_option, compile_setting, count, data_dir_option,
+                      intervention_plugins, langs_for, load_model_from, model_options, parse_float, parse_layers,
+                      resolve_task_from, spare_inputs, task_inputs, task_options)
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and not 1 <= limit <= MAX_COUNT:
-        raise UsageError(f"--limit must be a positive number of items per language (at most {MAX_COUNT}), got {limit}; "
-                         "omit it for all items")
 
 
 def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
@@ -29,7 +24,7 @@ def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
 
     if cache_dir:
         return checked_cache_dir(cache_dir)
-    from ..models.loading import cache_dir as root
+    from ..models.shipped import cache_dir as root
 
     return checked_cache_dir(root() / "eval")
 
@@ -70,7 +65,7 @@ def eval_options(f):
         click.option("--positions", type=click.Choice(_POSITIONS), default=None,
                      help="Which token positions the intervention edits (default: the policy the intervention "
                           "stores, e.g. last_prompt for INCLINE; else all)."),
-        click.option("--limit", type=int, default=None, help="First N items per language (default: all)."),
+        click.option("--limit", type=count(1), default=None, help="First N items per language (default: all)."),
         click.option("--calibrate", is_flag=True, help="Label tasks (XNLI): subtract the label log-probs of a "
                      "content-free input."),
         click.option("--template", default=None, help="Prompt template (default: the task's)."),
@@ -91,6 +86,7 @@ def eval_options(f):
                           "(default: as the task declares; on for lcb)."),
         click.option("--batch-size", type=count(1), default=8, show_default=True),
         click.option("--max-length", type=count(8), default=2048, show_default=True),
+        compile_option,
         click.option("--seed", type=SEED, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--cache-dir", default=None, type=Output(folder=True),
                      help="Per-item cache (default: <xlsteer cache>/eval)."),
@@ -109,7 +105,7 @@ def eval_config(kw: dict[str, Any], split: str) -> Any:
     return EvalConfig(split=split, limit=kw["limit"], anchor=kw["anchor"], data_dir=kw["data_dir"],
                       template=kw["template"], seed=kw["seed"], cache_dir=_cache_dir(kw["cache_dir"], kw["no_cache"]),
                       calibrate=kw["calibrate"], positions=kw["positions"], batch_size=kw["batch_size"],
-                      max_length=kw["max_length"],
+                      max_length=kw["max_length"], compile=compile_setting(kw),
                       template_options=_template_options(kw["shots"], kw["exemplar_lang"], kw["max_new_tokens"]),
                       sampling=_sampling_changes(kw), guard=kw.get("guard"))
 
@@ -148,7 +144,6 @@ def eval_cmd(**kw: Any) -> None:
     from ..io import check_writable
 
     t0 = time.perf_counter()
-    _check_limit(kw["limit"])
     out = check_writable(kw.pop("output"))
     spec = resolve_task_from(kw)
     sweep_rec = _sweep_record(kw, spec)
@@ -227,11 +222,10 @@ def sweep_cmd(**kw: Any) -> None:
     global choice.
     """
     from ..evaluation.runner import check_inputs, write_results
-    from ..evaluation.sweep import selection_langs, sweep, sweep_config
+    from ..evaluation.sweep import selection_langs, sweep_config
     from ..io import check_writable
 
     t0 = time.perf_counter()
-    _check_limit(kw["limit"])
     if kw["split"] == "test":
         raise UsageError("a sweep must not see test items; use --split dev")
     spec = resolve_task_from(kw)

@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .options import (MAX_COUNT, SEED, Input, Output, count, data_dir_option, load_model_from, model_options,
-                      parse_float, spare_inputs)
+from .guard import Input, Output
+from .options import MAX_COUNT, SEED, count, data_dir_option, load_model_from, model_options, parse_float, spare_inputs
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
 
@@ -104,15 +104,17 @@ def lmeval_cmd(**kw: Any) -> None:
     limit = _limit(kw["limit"])
     from ..lmeval.harness import results_json, results_table
     from ..lmeval.model import XlsteerLM
-    from ..lmeval.run import run_lm_eval
+    from ..lmeval.model import AdapterSettings
+    from ..lmeval.run import LmEvalConfig, run_lm_eval
 
     loaded = load_model_from(kw)
-    lm = XlsteerLM(pretrained=loaded, batch_size=kw["batch_size"], max_length=kw["max_length"],
-                   intervention=kw["intervention"], alpha=alpha, anchor=kw["anchor"], lang=kw["lang"],
-                   positions=kw["positions"], task_langs=kw["task_langs"])
+    lm = XlsteerLM(pretrained=loaded, settings=AdapterSettings(
+        batch_size=kw["batch_size"], max_length=kw["max_length"], intervention=kw["intervention"], alpha=alpha,
+        anchor=kw["anchor"], lang=kw["lang"], positions=kw["positions"], task_langs=kw["task_langs"]))
+    cfg = LmEvalConfig(limit=limit, num_fewshot=kw["num_fewshot"], data_dir=kw["data_dir"],
+                       include_path=kw["include_path"], log_samples=not kw["no_log_samples"], seed=kw["seed"])
     try:
-        results = run_lm_eval(lm, kw["tasks"], limit=limit, num_fewshot=kw["num_fewshot"], data_dir=kw["data_dir"],
-                              include_path=kw["include_path"], log_samples=not kw["no_log_samples"], seed=kw["seed"])
+        results = run_lm_eval(lm, kw["tasks"], cfg)
     except ValueError as e:  # lm-eval's own refusals (e.g. more few-shot examples than docs)
         why = " ".join(str(e).split())[:200] or type(e).__name__
         raise UsageError(f"lm-eval refused the run ({why}); check --tasks, --num-fewshot and --limit") from None

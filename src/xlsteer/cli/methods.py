@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from ..errors import LanguageError, UsageError, XlsteerError
-from .options import (Input, Output, count, data_dir_option, intervention_plugins, load_model_from, model_options,
-                      parse_float, parse_langs, parse_layers, spare_inputs)
+from .guard import Input, Output
+from .options import (compile_option, compile_setting, count, data_dir_option, intervention_plugins,
+                      load_model_from, model_options, parse_float, parse_langs, parse_layers, spare_inputs)
 from .params import parse_params
 
 _POSITIONS = ["all", "prompt", "generated", "last_prompt"]
@@ -231,6 +232,7 @@ def _route(prompts: list[str], langs_spec: list[str], anchor: str, paths: list[s
               help="Token positions steered (default: the policy the intervention recommends, e.g. all).")
 @click.option("--batch-size", type=count(1), default=8, show_default=True)
 @click.option("--max-length", type=count(8), default=2048, show_default=True)
+@compile_option
 def generate_cmd(**kw: Any) -> None:
     """Greedy continuations of PROMPTS, unsteered and steered, with the language each prompt is routed as."""
     from ..evaluation.engine import Engine
@@ -262,7 +264,8 @@ def generate_cmd(**kw: Any) -> None:
             raise type(e)(f"{path}: {e}") from None
     routed, notes = _route(prompts, langs_spec, anchor, paths, ivs)
 
-    engine = Engine(lm, batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"), progress_desc="generate")
+    engine = Engine(lm, batch_size=kw.pop("batch_size"), max_length=kw.pop("max_length"), progress_desc="generate",
+                    compile=compile_setting(kw))
     max_new = kw.pop("max_new_tokens")
     base = engine.generate(prompts, routed, max_new, anchor=anchor)
     steered = engine.generate(prompts, routed, max_new, interventions=ivs, positions=positions,

@@ -8,8 +8,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import UsageError
-# Input, Output: the types every command declares its paths with (imported from here by the commands)
-from .guard import Input, Output, data_input, model_input  # noqa: F401
+from .guard import Input, data_input, model_input
 
 F = Callable[..., Any]
 
@@ -65,6 +64,23 @@ def load_model_from(kw: dict[str, Any]):
         trust_remote_code=kw.pop("trust_remote_code"),
         allow_download=kw.pop("allow_download"),
     )
+
+
+_COMPILE = {"auto": "auto", "true": True, "false": False, "inductor": "inductor", "aot_eager": "aot_eager",
+            "eager": "eager"}
+
+
+def compile_option(f: F) -> F:
+    """--compile [auto|true|false|BACKEND]: compiled generation (alone: true; default auto = on CUDA)."""
+    return click.option("--compile", "compile_", type=click.Choice(list(_COMPILE)), is_flag=False, flag_value="true",
+                        default="auto", show_default=True,
+                        help="Generate with a static KV cache and a compiled decode step (same tokens); "
+                             "auto: on CUDA only; a backend name (inductor, aot_eager, eager) picks it.")(f)
+
+
+def compile_setting(kw: dict[str, Any]) -> bool | str:
+    """The API value of --compile."""
+    return _COMPILE[kw.get("compile_") or "auto"]
 
 
 def data_dir_option(f: F) -> F:

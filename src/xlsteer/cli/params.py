@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import inspect as _inspect
 import json
 import math
 import re
@@ -99,10 +98,10 @@ def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
     entry's ``check_params``)."""
     from ..interventions.registry import get_method
 
+    from ..settings import parameters_of
+
     spec = get_method(method)
-    sig = _inspect.signature(spec.fit)
-    allowed = {name: p for name, p in sig.parameters.items()
-               if name not in _RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    allowed = {name: annotation for name, annotation in parameters_of(spec.fit).items() if name not in _RESERVED}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -118,7 +117,7 @@ def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
             raise UsageError(f"--param {key} is given twice; give it once")
         value = _parse_value(raw.strip())
         _check_range(key, value, raw)
-        annotation = str(allowed[key].annotation)
+        annotation = allowed[key]
         if not _type_ok(value, annotation):
             raise UsageError(f"--param {key}={raw} has the wrong type: {method} expects {annotation}")
         out[key] = value

@@ -37,10 +37,10 @@ def _baselines(spec: Any) -> str:
 
 def tasks_table(specs: list[Any]) -> str:
     """One row per task: kind, languages, splits, metrics (main starred)."""
-    from tabulate import tabulate
+    from ..formats import table
 
     rows = [[s.name, s.kind, f"{len(s.langs)}: {' '.join(s.langs)}", ", ".join(s.splits), _metrics(s)] for s in specs]
-    return tabulate(rows, headers=["task", "kind", "languages", "splits", "metrics (* main)"], tablefmt="github")
+    return table(["task", "kind", "languages", "splits", "metrics (* main)"], rows)
 
 
 def describe(spec: Any) -> str:

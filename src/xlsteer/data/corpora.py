@@ -19,16 +19,28 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import DataError, LanguageError, UsageError
+from ..validation import check_limit
 from .langs import normalize_lang, normalize_langs
-from .paths import NTREX_CODES, XQUAD_LANGS, data_dir as _resolve_data_dir, files_hash, ntrex_file
+from .paths import data_dir as _resolve_data_dir, files_hash
 
 SPLITS = ("fit", "validation", "all")
 NTREX_FIT = range(0, 1500)
 NTREX_VALIDATION = range(1500, 1997)
 NTREX_LINES = 1997
-XQUAD_PARALLEL_ARTICLES = range(5, 10)
-XQUAD_EVAL_ARTICLES = set(range(0, 5)) | set(range(10, 48))
 USER_FIT_FRACTION = 0.75
+# ISO 639-1 -> NTREX file code (the 21 files present in shared/data/ntrex128).
+NTREX_CODES = {
+    "en": "eng", "ar": "arb", "bn": "ben", "de": "deu", "el": "ell", "fr": "fra", "hi": "hin",
+    "id": "ind", "it": "ita", "ja": "jpn", "ko": "kor", "pt": "por", "ro": "ron", "ru": "rus",
+    "es": "spa", "sw": "swa", "te": "tel", "th": "tha", "tr": "tur", "vi": "vie", "zh": "zho-CN",
+}
+
+
+def ntrex_file(lang: str) -> str:
+    """Path of the NTREX file for an ISO 639-1 code, relative to the data dir."""
+    code = NTREX_CODES[lang]
+    kind = "src" if code == "eng" else "ref"
+    return f"ntrex128/newstest2019-{kind}.{code}.txt"
 
 
 @dataclass
@@ -125,7 +137,7 @@ class ParallelCorpus:
         """The first ``limit`` rows (all when None)."""
         if limit is None:
             return self
-        _check_limit(limit)
+        check_limit(limit)
         return self.subset(range(min(limit, len(self))))
 
     def split(self, name: str) -> "ParallelCorpus":
@@ -142,17 +154,8 @@ class ParallelCorpus:
             raise DataError(f"corpus {self.name} has no lines in split {name!r}; available splits: {have} (or all)")
         return self.subset(idx)
 
-    def ids_of(self, split: str) -> list[str]:
-        return self.split(split).ids
-
-
 # ---------------------------------------------------------------------------------------------
 # reading
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise UsageError(f"limit must be a positive integer, got {limit!r}")
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
@@ -202,7 +205,7 @@ def load_ntrex(
     """NTREX-128 (1,997 news sentences): fit = lines 0-1499, validation = 1500-1996; ids "ntrex/<line>"."""
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; use one of: {' '.join(SPLITS)}")
-    _check_limit(limit)
+    check_limit(limit)
     root = _resolve_data_dir(data_dir)
     wanted = _resolve_langs(langs, NTREX_CODES, "ntrex")
     texts: dict[str, list[str]] = {}
@@ -225,26 +228,30 @@ def load_ntrex(
 
 def load_xquad_paragraphs(
     data_dir: str | os.PathLike | None = None, langs: Sequence[str] | str | None = None,
-    articles: Iterable[int] = XQUAD_PARALLEL_ARTICLES, limit: int | None = None,
+    articles: Iterable[int] | None = None, limit: int | None = None,
     allow_eval_articles: bool = False,
 ) -> ParallelCorpus:
     """XQuAD paragraph contexts as parallel text; ids "xquad/<article>/<paragraph>".
 
-    The default articles 5-9 are the ones METHODS.md keeps out of evaluation. Other articles
-    are evaluated (dev 0-4, test 10-47), so using them needs ``allow_eval_articles=True``.
+    The default articles (5-9) are the ones the xquad task keeps out of evaluation
+    (``xquad.RESERVED_ARTICLES``). Other articles are evaluated (dev 0-4, test 10-47), so using
+    them needs ``allow_eval_articles=True``. The languages and article ranges are the task's.
     """
-    _check_limit(limit)
-    arts = sorted(set(articles))
+    from ..evaluation.tasks import xquad as task
+
+    check_limit(limit)
+    arts = sorted(set(task.RESERVED_ARTICLES if articles is None else articles))
+    evaluated = {a for split in task.ARTICLES.values() for a in split}
     if not arts:
         raise UsageError("no XQuAD articles given; use e.g. range(5, 10)")
-    overlap = [a for a in arts if a in XQUAD_EVAL_ARTICLES]
+    overlap = [a for a in arts if a in evaluated]
     if overlap and not allow_eval_articles:
         raise UsageError(
             f"XQuAD articles {overlap} are evaluation items (dev 0-4, test 10-47); use articles 5-9 "
             "for parallel text, or pass allow_eval_articles=True knowingly"
         )
     root = _resolve_data_dir(data_dir)
-    wanted = _resolve_langs(langs, XQUAD_LANGS, "xquad")
+    wanted = _resolve_langs(langs, task.LANGS, "xquad")
     texts: dict[str, list[str]] = {}
     ids: list[str] | None = None
     paths = []
@@ -303,7 +310,7 @@ def load_parallel_files(
         raise UsageError("no parallel files given; pass {language: path}")
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; use one of: {' '.join(SPLITS)}")
-    _check_limit(limit)
+    check_limit(limit)
     langs = normalize_langs(list(paths))
     texts: dict[str, list[str]] = {}
     files = []

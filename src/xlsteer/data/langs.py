@@ -351,15 +351,6 @@ def normalize_lang(code: str) -> str:
     return base
 
 
-def is_known(code: str) -> bool:
-    """True when :func:`normalize_lang` accepts ``code``."""
-    try:
-        normalize_lang(code)
-    except LanguageError:
-        return False
-    return True
-
-
 def normalize_langs(codes: Iterable[str] | str) -> list[str]:
     """Normalise a list (or a comma/space separated string) of codes; refuse duplicates."""
     if isinstance(codes, str):

@@ -9,41 +9,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from ..errors import DataError
 from ..io import sha256_file
 
 ENV_VAR = "XLSTEER_DATA_DIR"
 SUMS_FILE = "SHA256SUMS"
-
-# Expected item counts per dataset and language (shared/data/README.md, "counts (verified)").
-MGSM_LANGS = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
-XCOPA_LANGS = ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh")
-XCOPA_GMT_LANGS = tuple(x for x in XCOPA_LANGS if x != "qu")
-XNLI_LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
-XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
-# ISO 639-1 -> NTREX file code (the 21 files present in shared/data/ntrex128).
-NTREX_CODES = {
-    "en": "eng", "ar": "arb", "bn": "ben", "de": "deu", "el": "ell", "fr": "fra", "hi": "hin",
-    "id": "ind", "it": "ita", "ja": "jpn", "ko": "kor", "pt": "por", "ro": "ron", "ru": "rus",
-    "es": "spa", "sw": "swa", "te": "tel", "th": "tha", "tr": "tur", "vi": "vie", "zh": "zho-CN",
-}
-EXPECTED = {
-    "mgsm": 250, "mgsm/exemplars": 8, "xcopa/test": 500, "xcopa/val": 100,
-    "xcopa-gmt/test": 500, "xcopa-gmt/val": 100, "xnli": 2490, "xquad": 1190, "ntrex": 1997,
-}
-
-
-def ntrex_file(lang: str) -> str:
-    """Path of the NTREX file for an ISO 639-1 code, relative to the data dir."""
-    code = NTREX_CODES[lang]
-    kind = "src" if code == "eng" else "ref"
-    return f"ntrex128/newstest2019-{kind}.{code}.txt"
-
 
 def _has_sums(p: Path) -> bool:
     return (p / SUMS_FILE).is_file()
@@ -202,54 +176,7 @@ def files_hash(paths: Iterable[str | os.PathLike], root: str | os.PathLike | Non
     return hash_lines(entries)
 
 
-# ---------------------------------------------------------------------------------------------
-# check_data
-
-
-def _count_lines(path: Path) -> int:
-    with open(path, encoding="utf-8", newline="") as f:
-        text = f.read()
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return len(lines)
-
-
-def _count_jsonl(path: Path) -> int:
-    n = 0
-    with open(path, encoding="utf-8", newline="") as f:
-        for line in f:
-            if line.strip():
-                json.loads(line)
-                n += 1
-    return n
-
-
-def _count_xquad(path: Path) -> int:
-    with open(path, encoding="utf-8") as f:
-        d = json.load(f)
-    return sum(len(p["qas"]) for a in d["data"] for p in a["paragraphs"])
-
-
-def _count_exemplars(path: Path) -> dict[str, int]:
-    with open(path, encoding="utf-8") as f:
-        d = json.load(f)
-    return {lang: len(ex) for lang, ex in d["MGSM_EXEMPLARS"].items()}
-
-
-def _check_exemplars(root: Path, counts: dict[str, int | None], problems: list[str]) -> None:
-    try:
-        ex = _count_exemplars(root / "mgsm/mgsm_exemplars.json")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        problems.append(f"mgsm/mgsm_exemplars.json: unreadable ({type(e).__name__})")
-        return
-    for lang in MGSM_LANGS:
-        counts[lang] = ex.get(lang)
-        if ex.get(lang) != EXPECTED["mgsm/exemplars"]:
-            problems.append(f"mgsm/mgsm_exemplars.json: {ex.get(lang)} exemplars for {lang}, expected 8")
-
-
-def _file_status(root: Path, sums: dict[str, str], verify_hashes: bool) -> dict[str, str]:
+def file_status(root: Path, sums: dict[str, str], verify_hashes: bool) -> dict[str, str]:
     """``ok`` / ``missing`` / ``mismatch`` per listed file (hashes compared only when asked)."""
     files: dict[str, str] = {}
     for rel, sha in sorted(sums.items()):
@@ -259,75 +186,3 @@ def _file_status(root: Path, sums: dict[str, str], verify_hashes: bool) -> dict[
         else:
             files[rel] = "mismatch" if verify_hashes and sha256_file(p) != sha else "ok"
     return files
-
-
-def check_data(data_dir: str | os.PathLike | None = None, verify_hashes: bool = True,
-               datasets: Iterable[str] | None = None) -> dict[str, Any]:
-    """Verify every file against SHA256SUMS and count items per dataset and language.
-
-    Never raises for bad data (it reports it): ``ok`` is False when any file is missing or
-    mismatched or any count differs from the README's verified counts. Raises DataError only
-    when the data dir or SHA256SUMS cannot be found. ``datasets`` (top-level folders such as
-    ``mgsm``, ``xnli``) limits the check to what a partial ``xlsteer data fetch --only`` brought.
-    """
-    root = _resolve_data_dir(data_dir)
-    wanted = None if datasets is None else set(datasets)
-
-    def selected(rel: str) -> bool:
-        return wanted is None or rel.split("/", 1)[0] in wanted
-
-    all_sums = read_sums(root)
-    sums = {rel: sha for rel, sha in all_sums.items() if selected(rel)}
-    files = _file_status(root, sums, verify_hashes)
-    counts: dict[str, dict[str, int | None]] = {k: {} for k in EXPECTED}
-    problems: list[str] = []
-
-    def count(key: str, lang: str, rel: str, fn) -> None:
-        if not selected(rel):
-            return
-        p = root / rel
-        try:
-            counts[key][lang] = fn(p)
-        except FileNotFoundError:
-            counts[key][lang] = None
-            problems.append(f"{rel}: missing")
-            return
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            counts[key][lang] = None
-            problems.append(f"{rel}: unreadable ({type(e).__name__})")
-            return
-        if counts[key][lang] != EXPECTED[key]:
-            problems.append(f"{rel}: {counts[key][lang]} items, expected {EXPECTED[key]}")
-
-    for lang in MGSM_LANGS:
-        count("mgsm", lang, f"mgsm/mgsm_{lang}.tsv", _count_lines)
-    if selected("mgsm/"):
-        _check_exemplars(root, counts["mgsm/exemplars"], problems)
-    for split in ("test", "val"):
-        for lang in XCOPA_LANGS:
-            count(f"xcopa/{split}", lang, f"xcopa/data/{lang}/{split}.{lang}.jsonl", _count_jsonl)
-        for lang in XCOPA_GMT_LANGS:
-            count(f"xcopa-gmt/{split}", lang, f"xcopa/data-gmt/{lang}/{split}.{lang}.jsonl", _count_jsonl)
-    for lang in XNLI_LANGS:
-        count("xnli", lang, f"xnli/dev-{lang}.tsv", _count_lines)
-    for lang in XQUAD_LANGS:
-        count("xquad", lang, f"xquad/xquad.{lang}.json", _count_xquad)
-    for lang in NTREX_CODES:
-        count("ntrex", lang, ntrex_file(lang), _count_lines)
-
-    missing = sorted(k for k, v in files.items() if v == "missing")
-    mismatch = sorted(k for k, v in files.items() if v == "mismatch")
-    counts = {k: v for k, v in counts.items() if v}
-    return {
-        "data_dir": str(root),
-        "data_hash": hash_lines(all_sums.items()),
-        "files": files,
-        "n_files": len(files),
-        "n_ok": sum(v == "ok" for v in files.values()),
-        "missing": missing,
-        "mismatch": mismatch,
-        "counts": counts,
-        "expected": dict(EXPECTED),
-        "problems": problems,
-        "ok": not missing and not mismatch and not problems,
-    }

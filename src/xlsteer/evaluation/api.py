@@ -72,11 +72,11 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     cfg = cfg or EvalConfig()
     # loaded and checked against the model before any work, not after the unsteered run
     ivs = R.load_interventions(interventions, alpha, lm.fingerprint, model=lm)
-    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length)
-    base = R.evaluate(lm, task, langs, None, cfg, engine=engine)
+    engine = Engine.for_config(lm, cfg)
+    base = R.run_task(lm, task, langs, None, cfg, engine=engine)
     if not ivs:
         return EvalResult(base)
-    steered = R.evaluate(lm, task, langs, ivs, cfg, alpha=alpha, engine=engine)
+    steered = R.run_task(lm, task, langs, ivs, cfg, alpha=alpha, engine=engine)
     return EvalResult(steered, baseline=base, comparison=compare_runs(base, steered))
 
 
@@ -84,7 +84,8 @@ def evaluate_method(lm: Any, task: str | TaskSpec, langs: Sequence[str], method:
                     cfg: EvalConfig | None = None) -> EvalResult:
     """Run a baseline method of ``xlsteer compare`` (icl-en, prompt-opt, diffmean...) and pair it
     with the unsteered model on the same items."""
-    from ..baselines.methods import RunContext, run_method
+    from ..baselines.context import RunContext
+    from ..baselines.methods import run_method
     from ..errors import UsageError
     from . import runner as R
     from .pairing import compare_runs
@@ -97,5 +98,5 @@ def evaluate_method(lm: Any, task: str | TaskSpec, langs: Sequence[str], method:
     run = run_method(method, ctx)
     if run.results is None:
         raise UsageError(f"method {method} produced no results: {run.error}")
-    base = R.evaluate(lm, task, run.results["langs"], None, cfg)
+    base = R.run_task(lm, task, run.results["langs"], None, cfg)
     return EvalResult(run.results, baseline=base, comparison=compare_runs(base, run.results), method=run.record())

@@ -8,19 +8,19 @@ selection and every baseline; one frozen record passes them whole, checks them o
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import UsageError
+from ..settings import Settings
 from .evidence import SelectionRule
 
 POSITIONS = ("all", "prompt", "generated", "last_prompt")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Settings):
     """How to evaluate (not what: the model, task, languages and interventions are arguments).
 
     ``limit``: the first N items per language; ``template`` (a name or Template) and
@@ -28,8 +28,13 @@ class EvalConfig:
     ``cache_dir``: the per-item cache (None: no cache); ``calibrate``: content-free calibration
     of label tasks; ``positions``: which token positions an intervention edits (None: the policy
     the intervention stores); ``sampling``: decoding changes for generation tasks (e.g.
-    ``{"temperature": 0}`` for greedy, ``{"gate": "script"}`` for the script gate); ``select_rule``:
-    how a sweep decides whether a steered setting replaces the unsteered model (:class:`~.evidence.SelectionRule`; evaluations ignore it).
+    ``{"temperature": 0}`` for greedy, ``{"gate": "script"}`` for the script gate); ``compile``:
+    generation with a static KV cache and a compiled decode step (``True``, ``False``, ``"auto"``:
+    on CUDA; or a torch.compile backend name), the same tokens as eager; ``scoring``: how
+    log-likelihoods are computed (``"auto"``: per batch, the cheaper of ``"shared_prefix"`` and
+    ``"full_forward"`` on this device), the same scores; ``select_rule``: how a sweep decides
+    whether a steered setting replaces the unsteered model (:class:`~.evidence.SelectionRule`;
+    evaluations ignore it).
     """
 
     split: str = "test"
@@ -51,10 +56,22 @@ class EvalConfig:
     sampling: Mapping[str, Any] = field(default_factory=dict)
     #: the quality guard (fluency, degeneration) of generation tasks: None as the task declares it
     guard: bool | None = None
+    compile: bool | str = "auto"
+    scoring: str = "auto"
+
+    _what = "evaluation setting"
+    _none_is_a_value = frozenset({"limit", "data_dir", "template", "cache_dir", "positions", "anchor"})
 
     def __post_init__(self) -> None:
+        from .engine_compiled import BACKENDS
         from .sampling import Sampling
-        from .tasks.base import check_limit
+        from ..validation import check_limit
+        from .scoring_strategy import STRATEGIES
+
+        if self.compile not in (True, False, "auto", *BACKENDS):
+            raise UsageError(f"compile must be true, false, auto or one of {', '.join(BACKENDS)}, got {self.compile!r}")
+        if self.scoring not in ("auto", *STRATEGIES):
+            raise UsageError(f"scoring must be auto or one of {', '.join(STRATEGIES)}, got {self.scoring!r}")
 
         check_limit(self.limit)
         if not isinstance(self.sampling, Mapping):
@@ -68,19 +85,3 @@ class EvalConfig:
                 raise UsageError(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(self.select_rule, SelectionRule):
             raise UsageError(f"select_rule must be a SelectionRule, got {self.select_rule!r}")
-
-    def replace(self, **changes: Any) -> "EvalConfig":
-        """A copy with ``changes`` (unknown names: a one-line UsageError)."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise UsageError(f"unknown evaluation setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(f.name for f in dataclasses.fields(self))}")
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def of(cls, cfg: "EvalConfig | None" = None, **changes: Any) -> "EvalConfig":
-        """``cfg`` (default settings when None) with ``changes``; None values mean "keep"
-        for the settings whose None is not meaningful."""
-        base = cfg if cfg is not None else cls()
-        keep_none = {"limit", "data_dir", "template", "cache_dir", "positions", "anchor"}
-        return base.replace(**{k: v for k, v in changes.items() if v is not None or k in keep_none})

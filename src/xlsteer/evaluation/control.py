@@ -32,8 +32,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-FORMAT = "xlsteer.control"
-VERSION = 1
+from ..formats import p_inline
+from ..results import CONTROL, CONTROL_VERSION
+
 _CJK = ("zh", "ja", "ko", "th")
 
 
@@ -55,6 +56,7 @@ class ControlConfig:
     max_length: int = 96
     seed: int = 0
     n_boot: int = 2000
+    compile: bool | str = "auto"  # compiled greedy decoding (auto: on CUDA); the same tokens either way
 
 
 def _prefix(text: str, lang: str, words: int) -> str:
@@ -114,7 +116,8 @@ def run_control(lm: Any, cfg: ControlConfig | None = None, data_dir: Any = None)
                     max_length=cfg.max_length, meta={"model_fingerprint": lm.fingerprint,
                                                      "data_hash": fit_corpus.data_hash})
     held = load_ntrex(data_dir, langs, split="validation", limit=cfg.offset + cfg.n_prompts)
-    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=None, max_length=512, progress_desc="control")
+    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=None, max_length=512, progress_desc="control",
+                    compile=cfg.compile)
     rows, examples = [], {}
     for target in langs[1:]:
         for prompt_lang, goal in ((cfg.anchor, target), (target, cfg.anchor)):
@@ -130,7 +133,7 @@ def run_control(lm: Any, cfg: ControlConfig | None = None, data_dir: Any = None)
                 {"prompt": p, "unsteered": u, "steered": s, "unsteered_lang": ui, "steered_lang": si}
                 for p, u, s, ui, si in list(zip(prompts, base, steered, base_ids, steered_ids))[:3]]
     return {
-        "format": FORMAT, "version": VERSION, "model": lm.name, "method": "diffmean", "layer": int(layer),
+        "format": CONTROL, "version": CONTROL_VERSION, "model": lm.name, "method": "diffmean", "layer": int(layer),
         "alpha": float(cfg.alpha), "n_new_tokens": int(cfg.n_new_tokens), "rows": rows,
         "provenance": {
             "config": {**asdict(cfg), "layer": int(layer)},
@@ -158,5 +161,5 @@ def format_control(record: dict[str, Any]) -> str:
                      f"{r['unsteered_share']:.2f} [{r['unsteered_ci'][0]:.2f},{r['unsteered_ci'][1]:.2f}] -> "
                      f"{r['steered_share']:.2f} [{r['steered_ci'][0]:.2f},{r['steered_ci'][1]:.2f}], "
                      f"diff {r['diff']:+.2f} [{r['diff_ci'][0]:+.2f},{r['diff_ci'][1]:+.2f}], "
-                     f"{r['test']} p={r['p']:.2g} (n={r['n']})")
+                     f"{r['test']} {p_inline(r['p'])} (n={r['n']})")
     return "\n".join(lines)

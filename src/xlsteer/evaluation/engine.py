@@ -28,7 +28,9 @@ Three request types (what lm-eval calls loglikelihood / generate_until, plus nex
     nucleus sampling (:class:`~xlsteer.evaluation.sampling.Sampling`: each row draws from its own
     random stream seeded by its cache key, so its text does not depend on its batch); a row stops
     at EOS or when its text contains a stop sequence (the text is cut at the first one); the
-    batch stops when every row has stopped or after ``max_new_tokens``. Deterministic.
+    batch stops when every row has stopped or after ``max_new_tokens``. Deterministic. With
+    ``compile`` (``True``, a backend name, or ``"auto"``: on CUDA) decode steps run compiled on a
+    static KV cache the engine keeps across calls (:mod:`.engine_compiled`), with the same tokens.
 
 Steering: every call runs inside one ``steer(model, interventions, anchor=...)`` context
 (interventions=None installs only the root hook, so steered and unsteered runs share every
@@ -61,6 +63,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -68,20 +72,16 @@ import torch
 
 from ..distributed import current as current_dist
 from ..errors import UsageError, XlsteerError
-from ..hooks import POSITION_POLICIES, steer
+from ..hook_session import POSITION_POLICIES
+from ..hooks import steer
 from ..progress import bar
-from .engine_cache import (  # noqa: F401  (re-exported: imported from here elsewhere)
-    VOLATILE_META,
-    _as_list,
-    _cache_error,
-    _CacheLookup,
-    _Store,
-    _tensor_bytes,
-    intervention_hash,
-    intervention_info,
-)
-from .engine_forward import _continuation_weight, _ForwardPasses, _HeadMismatch, _input_device  # noqa: F401
+from ..settings import Settings
+from .engine_cache import _as_list, _CacheLookup
+from .engine_compiled import CompiledDecoder, compile_backend
+from .engine_forward import _continuation_weight, _ForwardPasses, _input_device
+from .engine_scoring import _LogLikelihood
 from .sampling import GREEDY, RowDecoding, Sampling
+from .scoring_strategy import STRATEGIES, ForwardCost
 
 LLResult = tuple[float, int, int, bool]
 
@@ -109,7 +109,23 @@ def _text(value: Any) -> str:
     return value
 
 
-class Engine(_CacheLookup, _ForwardPasses):
+@dataclass(frozen=True)
+class EngineCall(Settings):
+    """How one engine call is steered and cached: the ``interventions`` (None: the unsteered
+    model), their position policy (None: the policy each stores), the ``anchor`` (its rows are
+    never steered; None steers every row), and the per-item cache ``keys`` and ``scope``."""
+
+    interventions: Any = None
+    positions: str | None = None
+    anchor: str | None = "en"
+    keys: Sequence[str] | None = None
+    scope: dict[str, Any] | None = None
+
+    _what = "engine call setting"
+    _none_is_a_value = frozenset({"interventions", "positions", "anchor", "keys", "scope"})
+
+
+class Engine(_CacheLookup, _ForwardPasses, _LogLikelihood):
     """Batched log-likelihood, label and generation requests on a :class:`LoadedModel`."""
 
     def __init__(
@@ -119,6 +135,8 @@ class Engine(_CacheLookup, _ForwardPasses):
         cache_dir: str | os.PathLike | None = None,
         max_length: int = 2048,
         progress_desc: str = "eval",
+        compile: bool | str = "auto",
+        scoring: str = "auto",
     ):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -132,6 +150,16 @@ class Engine(_CacheLookup, _ForwardPasses):
         self.max_length = max_length
         self.progress_desc = progress_desc
         self.device = _input_device(self.model)
+        self.compile_backend = compile_backend(compile, self.device)  # None: eager generation
+        self._decoder: CompiledDecoder | None = None
+        if scoring not in ("auto", *STRATEGIES):
+            raise UsageError(f"scoring must be auto or one of {', '.join(STRATEGIES)}, got {scoring!r}")
+        self.scoring = scoring
+        self._cost: ForwardCost | None = None  # the device's forward cost model, made when first needed
+        #: log-likelihood requests by the strategy that scored them (cache hits: as recorded there)
+        self.scored_by: Counter[str] = Counter()
+        self._how: dict[int, str] = {}  # request index -> strategy, for the batch just computed
+        self.step_stamps: list[float] | None = None  # benchmarks: a list gets each decode step's time
         tok = self.tokenizer
         pad = tok.pad_token_id
         if pad is None:
@@ -150,7 +178,19 @@ class Engine(_CacheLookup, _ForwardPasses):
         self._head_path: bool | None = None  # real-position unembedding verified (None: not yet)
         self._keep_none: bool | None = None  # the model takes an empty logits_to_keep tensor (None: not tried)
 
+    @classmethod
+    def for_config(cls, lm: Any, cfg: Any, progress_desc: str = "eval") -> "Engine":
+        """The engine an :class:`~xlsteer.evaluation.config.EvalConfig` describes."""
+        return cls(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length,
+                   progress_desc=progress_desc, compile=cfg.compile, scoring=cfg.scoring)
+
     # ---- shared machinery ---------------------------------------------------------------
+
+    def _compiled_decoder(self) -> CompiledDecoder:
+        """The compiled decode step and its static caches, made at the first generation call."""
+        if self._decoder is None:
+            self._decoder = CompiledDecoder(self.model, self.compile_backend, self.device)  # type: ignore[arg-type]
+        return self._decoder
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -183,12 +223,14 @@ class Engine(_CacheLookup, _ForwardPasses):
             if len(set(keys)) != n:
                 raise UsageError("cache keys must be unique (e.g. language + item id)")
         ivs = _as_list(interventions)
+        self._how = {}
         results, universe, store = self._cached(kind, params, scope, ivs, positions, anchor, langs, keys, decode)
         dist = current_dist()
         if store is not None:
             dist.barrier()  # every process has read the cache before any of them appends to it
         todo = sorted((i for i in universe if results[i] is None), key=order)
         if not todo:
+            self._count_strategies(kind, n)
             return results
         # Batches never mix languages: a row's result depends (in the last float bits) on the rows
         # it is batched and padded with, so a language gets the same batches whichever other rows
@@ -212,17 +254,25 @@ class Engine(_CacheLookup, _ForwardPasses):
                     fresh[i] = v
                 self.computed += len(idx)
                 if store is not None:
-                    store.put([(keys[i], v) for i, v in zip(idx, out)])  # type: ignore[index]
+                    store.put([(keys[i], v) for i, v in zip(idx, out)], [self._how.get(i) for i in idx])  # type: ignore[index]
                 pbar.update(len(idx))
         if dist.active:
-            shards = dist.gather((fresh, len(fresh)))
-            self.computed += sum(c for _, c in shards) - len(fresh)
-            for part, _ in shards:
+            shards = dist.gather((fresh, len(fresh), {i: self._how.get(i) for i in fresh}))
+            self.computed += sum(c for _, c, _ in shards) - len(fresh)
+            for part, _, how in shards:
                 for i, v in part.items():
                     results[i] = v
+                self._how.update(how)
+        self._count_strategies(kind, n)
         # values round-trip through JSON in the cache: decode fresh ones too, so a cached and a
         # fresh run return exactly the same Python objects
         return [decode(json.loads(json.dumps(r)), i) for i, r in enumerate(results)]
+
+    def _count_strategies(self, kind: str, n: int) -> None:
+        """Count the call's log-likelihood requests by strategy (computed now or as the cache records)."""
+        if kind == "loglikelihood":
+            self.scored_by.update(self._how.get(i) or "unrecorded" for i in range(n))
+
     # ---- log-likelihood ------------------------------------------------------------------
 
     def _encode_request(self, context: str, continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
@@ -272,11 +322,10 @@ class Engine(_CacheLookup, _ForwardPasses):
         encoded = [self._encode_request(ctx, conts) for ctx, conts in requests]
 
         def batch(session: Any, idx: list[int]) -> list[Any]:
-            args = (session, [encoded[i] for i in idx], [requests[i][1] for i in idx], [langs[i] for i in idx])
-            try:
-                return self._ll_batch(*args)
-            except _HeadMismatch:  # first batch only; the head path is now off, so this runs in full
-                return self._ll_batch(*args)
+            how, out = self._ll_any(session, [encoded[i] for i in idx], [requests[i][1] for i in idx],
+                                    [langs[i] for i in idx])
+            self._how.update((i, how) for i in idx)
+            return out
 
         w = self.continuation_weight
 
@@ -344,26 +393,19 @@ class Engine(_CacheLookup, _ForwardPasses):
 
     # ---- generation ----------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        langs: Sequence[str],
-        max_new_tokens: int,
-        stop: Sequence[str] = (),
-        interventions: Any = None,
-        positions: str | None = None,
-        *,
-        anchor: str | None = "en",
-        keys: Sequence[str] | None = None,
-        scope: dict[str, Any] | None = None,
-        sampling: Sampling | None = None,
-    ) -> list[str]:
+    def generate(self, prompts: Sequence[str], langs: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 call: EngineCall | None = None, *, sampling: Sampling | None = None, **settings: Any) -> list[str]:
         """Continuations of ``prompts``, each cut at its first stop sequence.
 
-        ``sampling`` (default greedy): see :mod:`xlsteer.evaluation.sampling`. Each row samples
-        from its own stream seeded by the sampling seed and its cache key (its prompt without
-        keys), so its text does not depend on its batch; the settings enter the cache key.
+        ``call`` (:class:`EngineCall`; keyword ``settings`` -- ``interventions``, ``positions``,
+        ``anchor``, ``keys``, ``scope`` -- override its fields): the steering and the cache
+        identity, as for :meth:`loglikelihood`. ``sampling`` (default greedy): see
+        :mod:`xlsteer.evaluation.sampling`. Each row samples from its own stream seeded by the
+        sampling seed and its cache key (its prompt without keys), so its text does not depend on
+        its batch; the settings enter the cache key.
         """
+        call = EngineCall.of(call, **settings)
+        interventions, positions, anchor, keys, scope = call.interventions, call.positions, call.anchor, call.keys, call.scope
         sampling = sampling if sampling is not None else GREEDY
         if not isinstance(sampling, Sampling):
             raise UsageError(f"sampling must be a Sampling record, got {type(sampling).__name__}")
@@ -386,9 +428,9 @@ class Engine(_CacheLookup, _ForwardPasses):
         stream_keys = list(keys) if keys is not None else list(prompts)
 
         def batch(session: Any, idx: list[int]) -> list[Any]:
-            session.set_langs([langs[i] for i in idx])
             decoding = RowDecoding(sampling, [stream_keys[i] for i in idx], [langs[i] for i in idx], self.tokenizer)
-            return self._gen_batch([enc[i] for i in idx], max_new_tokens, stops, decoding)
+            return self._gen_batch(session, [enc[i] for i in idx], [langs[i] for i in idx], max_new_tokens, stops,
+                                   decoding)
 
         params: dict[str, Any] = {"max_new_tokens": max_new_tokens, "stop": stops}
         if sampling.cache_params() is not None:  # plain greedy keeps the keys of caches written before sampling

@@ -88,7 +88,8 @@ def _cache_error(folder: Path, e: OSError) -> XlsteerError:
 
 
 class _Store:
-    """One JSONL file of ``{"k": key, "v": value}`` lines (after a header line with the scope).
+    """One JSONL file of ``{"k": key, "v": value}`` lines (after a header line with the scope);
+    ``"s"``, where present, names how the value was computed (the log-likelihood strategy).
 
     In a data-parallel launch process ``r`` appends to ``<name>.rank<r>.jsonl`` (one writer per
     file); every process, distributed or not, also reads the ``.rank*`` siblings, so a cache
@@ -98,6 +99,7 @@ class _Store:
     def __init__(self, path: Path, scope: dict[str, Any], rank: int | None = None):
         self.path = path if rank is None else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
         self.data: dict[str, Any] = {}
+        self.how: dict[str, str] = {}
         try:
             self._open(path, scope)
         except OSError as e:
@@ -134,6 +136,8 @@ class _Store:
                 continue
             if isinstance(rec, dict) and "k" in rec and "v" in rec:
                 self.data[str(rec["k"])] = rec["v"]
+                if isinstance(rec.get("s"), str):
+                    self.how[str(rec["k"])] = rec["s"]
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
@@ -145,16 +149,20 @@ class _Store:
         except OSError as e:
             raise _cache_error(self.path.parent, e) from None
 
-    def put(self, pairs: list[tuple[str, Any]]) -> None:
-        self._append([{"k": k, "v": v} for k, v in pairs])
-        for k, v in pairs:
+    def put(self, pairs: list[tuple[str, Any]], how: list[str | None] | None = None) -> None:
+        how = how or [None] * len(pairs)
+        self._append([{"k": k, "v": v, **({"s": s} if s else {})} for (k, v), s in zip(pairs, how)])
+        for (k, v), s in zip(pairs, how):
             self.data[k] = v
+            if s:
+                self.how[k] = s
 
 
 class _CacheLookup:
     """The :class:`~xlsteer.evaluation.engine.Engine` methods that find and read its cache files.
 
-    A mixin: it uses the engine's ``cache_dir``, ``lm``, ``model_hash`` and ``max_length``.
+    A mixin: it uses the engine's ``cache_dir``, ``lm``, ``model_hash`` and ``max_length``, and
+    notes in ``_how`` how each result served from a file was computed.
     """
 
     def _store(self, kind: str, params: dict[str, Any], scope: dict[str, Any] | None,
@@ -209,11 +217,13 @@ class _CacheLookup:
                     results[i] = cached(i, plain.data[keys[i]])  # type: ignore[union-attr]
                     if results[i] is not None:
                         universe.discard(i)
+                        self._how[i] = plain.how.get(keys[i])  # type: ignore[union-attr]
         store = self._store(kind, params, scope, ivs, positions, anchor) if keys is not None else None
         if store is not None:
             for i in universe:
                 if keys[i] in store.data:  # type: ignore[index]
                     results[i] = cached(i, store.data[keys[i]])  # type: ignore[index]
+                    self._how[i] = store.how.get(keys[i])  # type: ignore[index]
         if poisoned:
             warnings.warn(f"{len(poisoned)} malformed line(s) of the evaluation cache in {self.cache_dir} "
                           f"(e.g. item {poisoned[0]}) were skipped and are computed again", XlsteerWarning,

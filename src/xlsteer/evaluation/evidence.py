@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import UsageError
+from ..formats import p_inline
 
 RULES = ("test", "one-se")
 
@@ -114,20 +115,16 @@ def decide(rule: SelectionRule, evidence: dict[str, Any] | None, n_settings: int
         p_adj = min(1.0, evidence["p"] * max(1, n_settings))
         steer = gain > 0 and p_adj < rule.level
         out.update(level=float(rule.level), p_adjusted=p_adj)
-        out["why"] = (f"Bonferroni over {n_settings} setting{'s' if n_settings != 1 else ''}: p {_p(p_adj)} "
+        out["why"] = (f"Bonferroni over {n_settings} setting{'s' if n_settings != 1 else ''}: {p_inline(p_adj)} "
                       f"{'<' if steer else '>='} {rule.level:g}: {'steer' if steer else 'no steering'}"
                       if gain > 0 else "gain not positive: no steering")
     out["steer"] = bool(steer)
     return out
 
 
-def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3g}"
-
-
 def evidence_text(ev: dict[str, Any] | None) -> str:
     """One line: the best steered setting's dev gain [95% CI], p (test), n and the rule's verdict."""
     if not ev or "gain" not in ev:
         return (ev or {}).get("why", "")
-    return (f"dev gain {ev['gain']:+.3f} [{ev['ci_low']:+.3f}, {ev['ci_high']:+.3f}], p {_p(ev['p'])} ({ev['test']}), "
+    return (f"dev gain {ev['gain']:+.3f} [{ev['ci_low']:+.3f}, {ev['ci_high']:+.3f}], {p_inline(ev['p'])} ({ev['test']}), "
             f"n {ev['n']}; {ev['why']}")

@@ -1,6 +1,6 @@
 """Evaluate a model (steered or not) on a task, and compare two runs item by item.
 
-:func:`evaluate` returns one JSON-ready dict (write it with :func:`write_results`):
+:func:`run_task` returns one run as a JSON-ready dict (write it with :func:`write_results`):
 
 - identity: task (and its spec: kind, splits with their item rules, source), split, langs, anchor, template (name, version, options; for MGSM the number
   of exemplars and their language), model (name, fingerprint and its sha256), data (hash of
@@ -42,10 +42,10 @@ from ..provenance import versions
 from ..results import EVAL as FORMAT, VERSION as FORMAT_VERSION
 from . import scoring
 from .config import EvalConfig
-from .engine import Engine, intervention_info
+from .engine import Engine
+from .engine_cache import intervention_info
 from .guard import guarded
-from .pairing import compare_runs  # noqa: F401  (re-exported: the runner's public API)
-from .summary import average, consistency, macro_f1_codes as _macro_f1_codes, summarize_records  # noqa: F401
+from .summary import summarize_records
 from .tasks.spec import TaskSpec, get_task, get_template, items_by_lang
 from .templates import Template
 
@@ -184,7 +184,7 @@ def metrics_record(spec: TaskSpec) -> dict[str, Any]:
     return out
 
 
-def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interventions: Any = None,
+def run_task(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interventions: Any = None,
              cfg: EvalConfig | None = None, *, alpha: float | None = None, engine: Engine | None = None,
              **settings: Any) -> dict[str, Any]:
     """One evaluation of ``lm`` on ``task`` in ``langs`` (the result structure: module docstring).
@@ -204,8 +204,9 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
     positions = default_positions(ivs, cfg.positions)  # None: the policy the intervention stores
     # every input is read and hashed before any model time (a bad file fails now, not after a pass)
     items, exemplars, ex_langs, data = _inputs(spec, tpl, lang_list, cfg)
-    eng = engine or Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length)
-    counters0 = (eng.truncated, eng.boundary_mismatches)  # an engine may be shared (sweep): count this call only
+    eng = engine or Engine.for_config(lm, cfg)
+    # an engine may be shared (sweep): count this call only
+    counters0 = (eng.truncated, eng.boundary_mismatches, dict(eng.scored_by))
 
     flat = [it for lang in lang_list for it in items[lang]]
     call = scoring.ScoringCall(interventions=ivs or None, positions=positions, anchor=anchor,
@@ -226,10 +227,21 @@ def evaluate(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
         "intervention": intervention_info(ivs, positions), "alpha": alpha,
         "decoding": _decoding(tpl, flat, exemplars, call),
         "metrics": metrics_record(spec),
-        "engine": {"max_length": eng.max_length, "truncated": eng.truncated - counters0[0],
-                   "boundary_mismatches": eng.boundary_mismatches - counters0[1]},
+        "engine": _engine_record(eng, counters0),
         "per_lang": per_lang, "average": avg, "items": records, "versions": versions(), **extra,
     }
+
+
+def _engine_record(eng: Engine, before: tuple[int, int, dict[str, int]]) -> dict[str, Any]:
+    """The engine's counters for this call; how its log-likelihoods were scored (requests per
+    strategy, as computed or as the cache recorded) and whether generation was compiled."""
+    scored = {k: v - before[2].get(k, 0) for k, v in sorted(eng.scored_by.items()) if v - before[2].get(k, 0)}
+    out: dict[str, Any] = {"max_length": eng.max_length, "truncated": eng.truncated - before[0],
+                           "boundary_mismatches": eng.boundary_mismatches - before[1],
+                           "compiled_generation": eng.compile_backend}
+    if scored:
+        out["scoring"] = {"strategy": eng.scoring, "requests": scored}
+    return out
 
 
 def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:

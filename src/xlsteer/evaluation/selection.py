@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 from ..errors import UsageError
 from . import runner as R
 from .config import EvalConfig
+from .summary import average
 from .tasks import TaskSpec, get_task
 from .sweep import NO_STEERING, SELECT_MODES, UNSTEERED, chosen_intervention
 
@@ -74,7 +75,7 @@ def _merge(parts: list[dict[str, Any]], lang_list: list[str], anchor: str, task:
     out = dict(parts[0])
     n_ids = {lang: len(by_lang[lang]) for lang in lang_list}
     out.update(langs=lang_list, per_lang=per_lang, items=items,
-               average=R.average(per_lang, [lang for lang in lang_list if lang != anchor], by_lang, task, seed, n_boot),
+               average=average(per_lang, [lang for lang in lang_list if lang != anchor], by_lang, task, seed, n_boot),
                intervention={"per_lang": infos, "selection": "per-lang",
                              "method": next((i.get("method") for i in infos.values() if i), None),
                              "positions": next((i["positions"] for i in infos.values() if i), None)})
@@ -98,14 +99,14 @@ def evaluate_selection(lm: Any, task: Any, langs: Sequence[str], make_interventi
         groups.setdefault(c["key"] if c.get("steer", True) else UNSTEERED, []).append(lang)
     if len(groups) <= 1:
         choice = next(iter(choices.values()), {"steer": False})
-        res = R.evaluate(lm, task, lang_list, chosen_intervention(make_intervention, choice), cfg)
+        res = R.run_task(lm, task, lang_list, chosen_intervention(make_intervention, choice), cfg)
         res["selection"] = summary
         return res
     parts, infos = [], {}
     for key, members in groups.items():
         iv = chosen_intervention(make_intervention, choices[members[0]])
         group_langs = ([anchor] if anchor in lang_list else []) + members
-        part = R.evaluate(lm, task, group_langs, iv, cfg)
+        part = R.run_task(lm, task, group_langs, iv, cfg)
         parts.append(part)
         infos.update({lang: part["intervention"] for lang in members})
     res = _merge(parts, lang_list, anchor, get_task(task), cfg.seed, cfg.n_boot, infos)

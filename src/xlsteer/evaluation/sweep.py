@@ -16,8 +16,8 @@ test. ``best["evidence"]`` records the rule, the gain with its 95% CI, p and the
 is left out of the selection (``left_out``); :mod:`.selection` gives it the global choice.
 Configurations come from:
 
-- ``make_intervention(layer, alpha)``: any callable returning an intervention; or
-- ``intervention`` + ``layers``: that intervention restricted to one layer's sites, strength
+- ``intervention``, a callable ``(layer, alpha)`` returning an intervention; or
+- ``intervention``, an intervention, + ``layers``: that intervention restricted to one layer's sites, strength
   set to alpha (for vectors, CLAS masks, ... fitted at several layers at once); layer
   :data:`ALL_LAYERS` (-1) is the intervention at every layer it was fitted at, as INCLINE (all
   layers) and CLAS (all bridge layers) are applied in their papers; or
@@ -161,15 +161,15 @@ def _unsteered_entry(baseline: dict[str, Any]) -> dict[str, Any]:
             "per_lang": baseline["per_lang"], "average": baseline["average"]}
 
 
-def _grid(lm: Any, make_intervention: Callable[[int, float], Any] | None, intervention: Any,
-          layers: Sequence[int] | None, source: dict[str, Any] | None
+def _grid(lm: Any, intervention: Any, layers: Sequence[int] | None, source: dict[str, Any] | None
           ) -> tuple[Callable[[int, float], Any], list[int], dict[str, Any] | None]:
-    """(make_intervention, layers to try, source record) from either way of giving the grid."""
-    if (make_intervention is None) == (intervention is None):
-        raise UsageError("give exactly one of make_intervention or intervention")
-    if intervention is not None:
-        from ..interventions.base import Intervention
+    """(make_intervention, layers to try, source record) from either way of giving the grid: an
+    intervention (or its file) or a callable ``(layer, alpha) -> intervention``."""
+    from ..interventions.base import Intervention
 
+    if intervention is None:
+        raise UsageError("give the intervention to sweep (or a function (layer, alpha) -> intervention)")
+    if isinstance(intervention, (str, os.PathLike, Intervention)) or not callable(intervention):
         iv0 = Intervention.load(intervention) if isinstance(intervention, (str, os.PathLike)) else intervention
         iv0.check_model(lm.fingerprint)
         grid_layers = list(layers) if layers is not None else iv0.layers
@@ -182,6 +182,7 @@ def _grid(lm: Any, make_intervention: Callable[[int, float], Any] | None, interv
     else:
         if layers is None:
             raise UsageError("give the layers to sweep (e.g. layers=[4, 6, 8])")
+        make_intervention = intervention
         grid_layers = list(layers)
     if not grid_layers:
         raise UsageError("no layers to sweep; give at least one layer")
@@ -258,31 +259,33 @@ def selection_langs(task: Any, langs: Sequence[str], split: str, anchor: str) ->
     return have, left
 
 
-def sweep(lm: Any, task: Any, langs: str | Sequence[str], make_intervention: Callable[[int, float], Any] | None = None,
-          *, intervention: Any = None, layers: Sequence[int] | None = None, alphas: Sequence[float] = (0.5, 1.0, 2.0),
-          cfg: EvalConfig | None = None, source: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+def sweep(lm: Any, task: Any, langs: str | Sequence[str], intervention: Any = None, *,
+          layers: Sequence[int] | None = None, alphas: Sequence[float] = (0.5, 1.0, 2.0), cfg: EvalConfig | None = None,
+          source: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
     """Evaluate a layers x alphas grid and the unsteered model on the dev split; select the best
-    (possibly "no steering", see the module docstring). ``cfg``/``settings``: as for
-    :func:`~xlsteer.evaluation.runner.evaluate` (the split defaults to the task's dev split)."""
+    (possibly "no steering", see the module docstring).
+
+    ``intervention``: an intervention (or its file), swept at ``layers`` (default: its own), or a
+    function ``(layer, alpha) -> intervention`` (``layers`` needed). ``cfg``/``settings``: as for
+    :func:`~xlsteer.evaluation.runner.run_task` (the split defaults to the task's dev split)."""
     from ..interventions.base import default_positions
     from .engine import Engine
 
     cfg = sweep_config(task, cfg, **settings)
-    make_intervention, grid_layers, source = _grid(lm, make_intervention, intervention, layers, source)
+    make_intervention, grid_layers, source = _grid(lm, intervention, layers, source)
     cfg = cfg.replace(positions=default_positions(make_intervention(grid_layers[0], 1.0), cfg.positions))
     alpha_list = [float(a) for a in alphas]
     if not alpha_list:
         raise UsageError("no alphas to sweep; give at least one, e.g. 0.5,1,2")
     lang_list, left_out = selection_langs(task, R.parse_langs(langs), cfg.split, cfg.anchor)
-    engine = Engine(lm, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, max_length=cfg.max_length,
-                    progress_desc="sweep")
-    baseline = R.evaluate(lm, task, lang_list, cfg=cfg, engine=engine)
+    engine = Engine.for_config(lm, cfg, progress_desc="sweep")
+    baseline = R.run_task(lm, task, lang_list, cfg=cfg, engine=engine)
     entries: list[dict[str, Any]] = []
     items = {UNSTEERED: _by_lang(baseline["items"])}
     info = {k: baseline[k] for k in ("task", "split", "template", "model", "data", "item_ids", "metrics")}
     for layer in grid_layers:
         for alpha in alpha_list:
-            res = R.evaluate(lm, task, lang_list, make_intervention(layer, alpha), cfg, engine=engine)
+            res = R.run_task(lm, task, lang_list, make_intervention(layer, alpha), cfg, engine=engine)
             entries.append({"layer": layer, "alpha": alpha, "key": _key(layer, alpha),
                             "intervention": res["intervention"], "per_lang": res["per_lang"],
                             "average": res["average"]})

@@ -1,4 +1,4 @@
-"""Every table the CLI prints (eval, sweep, compare, table), through one formatter (tabulate).
+"""Every table the CLI prints (eval, sweep, compare, table), through one formatter (:func:`xlsteer.formats.table`).
 
 Why: the JSON holds everything (per-item records, CIs, paired tests), but a reader needs the
 interval and the test next to each number, and the warnings (degenerate predictors, too few
@@ -21,29 +21,16 @@ result (:mod:`xlsteer.results.schema`), so a table says exactly what the file sa
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import DataError
-
-STYLES = {"markdown": "github", "text": "simple"}
-
-
-def render(headers: Sequence[str], rows: Sequence[Sequence[Any]], style: str = "markdown") -> str:
-    """The one table formatter of the command line."""
-    from tabulate import tabulate
-
-    return tabulate([list(map(str, r)) for r in rows], headers=list(headers), tablefmt=STYLES[style],
-                    disable_numparse=True)
-
+from ..formats import MISSING, p_value, table
+from ..results import COMPARE, EVAL, SWEEP
 
 def ci(mean: float, lo: float | None, hi: float | None, digits: int = 3) -> str:
     if lo is None or hi is None:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def p_text(p: float | None) -> str:
-    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
 def _digits(name: str) -> int:
@@ -98,8 +85,8 @@ def run_table(res: Any, style: str = "markdown") -> str:
                               for s in [_score(res, lang, n)]]]
         c = cons[lang]
         if has_cons:
-            cells += ["not parallel" if apart and lang != anchor else "–" if c is None else _agree(c)] + (
-                [("–" if c is None or c.mean_js is None else f"{c.mean_js:.3f}")] if has_js else [])
+            cells += ["not parallel" if apart and lang != anchor else MISSING if c is None else _agree(c)] + (
+                [(MISSING if c is None or c.mean_js is None else f"{c.mean_js:.3f}")] if has_js else [])
         deg = d.degenerate
         cells.append("" if deg is None else f"{deg.majority_share:.0%}" + (" ⚠ degenerate" if deg.degenerate else ""))
         rows.append(cells)
@@ -109,14 +96,14 @@ def run_table(res: Any, style: str = "markdown") -> str:
         for n in names:
             value = avg.metrics.get(n, avg.continuous.get(n))
             iv = avg.ci.get(n)
-            cells.append("–" if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(n)))
+            cells.append(MISSING if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(n)))
         if has_cons:
             a = avg.consistency
             cells += ["not parallel" if apart else f"{a.get('agreement', a.get('correct_agreement')):.2f}" if a
-                      else "–"]
-            cells += [f"{a['mean_js']:.3f}" if "mean_js" in a else "–"] if has_js else []
+                      else MISSING]
+            cells += [f"{a['mean_js']:.3f}" if "mean_js" in a else MISSING] if has_js else []
         rows.append(cells + [""])
-    out = [header(res), "", render(head, rows, style)]
+    out = [header(res), "", table(head, rows, style)]
     degen = [lang for lang in res.langs if res.per_lang[lang].degenerate and res.per_lang[lang].degenerate.degenerate]
     if degen:
         out += ["", f"⚠ degenerate predictor (one answer in >= 90% of items): {', '.join(degen)}"]
@@ -135,7 +122,7 @@ def task_summary_tables(res: Any, style: str = "markdown") -> list[str]:
     out: list[str] = []
     for t in summary.get("tables") or ():
         if isinstance(t, dict) and isinstance(t.get("headers"), list) and isinstance(t.get("rows"), list):
-            out += ["", str(t.get("title", "")), "", render(t["headers"], t["rows"], style)]
+            out += ["", str(t.get("title", "")), "", table(t["headers"], t["rows"], style)]
     return out
 
 
@@ -154,8 +141,8 @@ def verdict_of(t: Any, alpha: float = 0.05) -> str:
 
 def _test_row(first: str, name: str, base: str, steered: str, t: Any, alpha: float = 0.05) -> list[str]:
     digits = _digits(name)
-    return [first, name, base, steered, _diff(t, digits), f"{p_text(t.p)} ({t.test})", p_text(t.p_holm),
-            "–" if t.mde is None else f"{t.mde:.{digits}f}", verdict_of(t, alpha)]
+    return [first, name, base, steered, _diff(t, digits), f"{p_value(t.p)} ({t.test})", p_value(t.p_holm),
+            MISSING if t.mde is None else f"{t.mde:.{digits}f}", verdict_of(t, alpha)]
 
 
 def comparison_table(res: Any, style: str = "markdown") -> str:
@@ -178,7 +165,7 @@ def comparison_table(res: Any, style: str = "markdown") -> str:
     if len(comp.average.langs) > 1:  # the average of one language is that language
         for name, t in comp.average.tests.items():
             rows.append(_test_row(f"avg non-{anchor}", name, _avg(base, name), _avg(res, name), t, level))
-    out = [header(res), "", render(head, rows, style), ""]
+    out = [header(res), "", table(head, rows, style), ""]
     out.append(f"Verdicts at {level:g} from p Holm-adjusted over the non-{anchor} languages (unadjusted p beside it); "
                "the average: paired bootstrap stratified by language.")
     out.append("Predictions changed by steering: " + ", ".join(
@@ -193,12 +180,12 @@ def comparison_table(res: Any, style: str = "markdown") -> str:
 def _avg(res: Any, name: str) -> str:
     value = res.average.metrics.get(name, res.average.continuous.get(name))
     iv = res.average.ci.get(name)
-    return "–" if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(name))
+    return MISSING if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(name))
 
 
 def results_tables(res: Any, style: str = "markdown") -> str:
     """The tables of an eval file: the run; for a steered run also its baseline and the comparison."""
-    if getattr(res, "format", None) != "xlsteer.eval":
+    if getattr(res, "format", None) != EVAL:
         raise DataError("not an xlsteer eval results file (expected the JSON written by xlsteer eval -o FILE)")
     if res.baseline is not None and res.comparison is not None:
         return "\n\n".join([run_table(res.baseline, style), run_table(res, style), comparison_table(res, style)])
@@ -218,17 +205,17 @@ def sweep_table(rec: Any, style: str = "text") -> str:
     if rec.baseline is not None:
         bl = rec.baseline
         rows.append(["unsteered", *[f"{bl['per_lang'][lang]['metrics'][main]['mean']:.3f}" for lang in langs],
-                     *([f"{bl['average']['metrics'].get(main, float('nan')):.3f}"] if with_avg else []), "–", "–"])
+                     *([f"{bl['average']['metrics'].get(main, float('nan')):.3f}"] if with_avg else []), MISSING, MISSING])
     for e in rec.results:
         gain = getattr(e, "dev_gain", None) or {}
         rows.append([getattr(e, "key", None) or f"L{e.layer}@{e.alpha:g}",
                      *[f"{e.per_lang[lang].metrics[main].mean:.3f}" for lang in langs],
                      *([f"{e.average.metrics.get(main, float('nan')):.3f}"] if with_avg else []),
-                     f"{gain['gain']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]" if gain else "–",
-                     f"{p_text(gain['p'])} ({gain['test']})" if gain else "–"])
+                     f"{gain['gain']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]" if gain else MISSING,
+                     f"{p_value(gain['p'])} ({gain['test']})" if gain else MISSING])
     head = ["setting", *langs, *([f"avg non-{rec.anchor}"] if with_avg else []), "dev gain [95% CI]", "p (test)"]
     out = [f"sweep {rec.task} on {rec.split}, main metric {main}, tie-break {tie}", "",
-           render(head, rows, style), "", f"rule: {rec.selection_rule}"]
+           table(head, rows, style), "", f"rule: {rec.selection_rule}"]
     for lang, why in (getattr(rec, "left_out", None) or {}).items():
         out.append(f"{lang}: {why} — left out of the selection; takes the global choice")
     for lang, b in rec.best_per_lang.items():
@@ -261,7 +248,7 @@ def mark(p_holm: float | None, diff: float | None, alpha: float) -> str:
 
 def _pct_cell(cell: Any, reference: bool, alpha: float, holm: bool = True) -> str:
     if getattr(cell, "score", None) is None:
-        return "–"
+        return MISSING
     m = "" if reference else mark(cell.p_holm if holm else cell.p, cell.diff, alpha)
     body = f"{100 * cell.score:.1f}"
     if cell.ci_low is not None and cell.ci_high is not None:
@@ -272,7 +259,7 @@ def _pct_cell(cell: Any, reference: bool, alpha: float, holm: bool = True) -> st
 def _guard_cell(g: Any, reference: bool, alpha: float, digits: int) -> str:
     """A guard score's average and its change against the reference: ``-2.31 (+0.12 ▲)``."""
     if not g or g.get("score") is None:
-        return "–"
+        return MISSING
     body = f"{g['score']:.{digits}f}"
     if reference or g.get("diff") is None:
         return body
@@ -298,7 +285,7 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
         row = rec.rows[name]
         ref = name == rec.reference
         if row.error:
-            cells = ["–"] * (len(langs) + with_avg + len(guard))
+            cells = [MISSING] * (len(langs) + with_avg + len(guard))
             footnotes.append(f"{name}: not run — {row.error}")
         else:
             cells = [_pct_cell(row.per_lang[lang], ref, alpha) for lang in langs]
@@ -314,7 +301,7 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
                   f"{cost.get('extra_tokens_per_item', 0):.0f}", _fmt_int(int(cost.get("trainable_parameters", 0)))]
         rows.append([name, *cells])
     out = [f"{rec.task} {rec.split}, {rec.main} (%) with 95% bootstrap CI — model {rec.model.name}, template "
-           f"{rec.template.name} v{rec.template.version}", "", render(head, rows, style), ""]
+           f"{rec.template.name} v{rec.template.version}", "", table(head, rows, style), ""]
     out.append(f"▲/▼: significantly higher/lower than {rec.reference} on the same items (p Holm-adjusted over the "
                f"non-{anchor} languages < {alpha:g}; McNemar exact test for 0/1 scores, paired bootstrap otherwise; "
                f"the average column: paired bootstrap stratified by language, p < {alpha:g}). † average over the "
@@ -348,11 +335,11 @@ def selection_note(name: str, sel: Any) -> list[str]:
 def tables_of(doc: Any, style: str = "markdown") -> str:
     """The tables of any result file ``xlsteer table`` is given: eval, methods comparison or sweep."""
     fmt = getattr(doc, "format", None)
-    if fmt == "xlsteer.methods":
+    if fmt == COMPARE:
         return methods_table(doc, style).rstrip("\n")
-    if fmt == "xlsteer.sweep":
+    if fmt == SWEEP:
         return sweep_table(doc, style)
-    if fmt == "xlsteer.eval":
+    if fmt == EVAL:
         return results_tables(doc, style)
     raise DataError(f"xlsteer table prints eval, compare and sweep results, not {fmt} files; "
                     "give the JSON written by xlsteer eval / compare / sweep")

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from ..errors import ArtifactError, FingerprintError, LanguageError, UsageError, XlsteerError
-from ..hooks import ForwardContext
+from ..hook_session import Rows
 from ..io import load_tensors, save_tensors
 from ..models.sites import SITES, Site, check_site, site_names, site_width
 from ..provenance import provenance
@@ -100,60 +100,74 @@ class Intervention:
         self._prepared: dict[tuple[Site, str, torch.dtype], Any] = {}
 
     # ---- application -------------------------------------------------------------------
+    # The hook engine calls ``prepare`` once per site when ``steer`` installs its hooks, then
+    # ``apply`` in every forward call. ``apply`` must be *traceable*: tensor operations on the
+    # activation, the prepared tensors and ``rows`` (each row's language index and the strength,
+    # both tensors), with no Python branching on their values, so that torch.compile keeps a
+    # steered decode step one graph and a new alpha or new row languages reuse it.
+    #
+    # A method that only adds a per-language vector implements ``row_vectors``; the default
+    # ``_prepare`` and ``apply`` do the rest. Other methods override ``_prepare`` and ``apply``.
+
     def prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
-        """Cast what ``apply`` needs at ``site`` to the hooked module's device and dtype, once."""
+        """What ``apply`` needs at ``site``, on the hooked module's device, once (cached).
+
+        Strength is not part of it (it arrives in ``rows``), so copies made by ``scaled`` /
+        ``with_strength`` / ``at_layers`` share the prepared tensors.
+        """
         key = (site, str(device), dtype)
         if key not in self._prepared:
             self._prepared[key] = self._prepare(site, device, dtype)
         return self._prepared[key]
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """Default: the additive table, ``row_vectors(site)`` with a zero row for index -1 (float32)."""
+        vectors = self.row_vectors(site)
+        if vectors is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement row_vectors or _prepare and apply")
+        return row_table(vectors, torch.zeros(1, vectors.shape[-1]), device)
+
+    def row_vectors(self, site: Site) -> torch.Tensor | None:
+        """(n_languages, width) float vectors added at strength 1 (methods that add a vector per language)."""
         return None
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: Any) -> torch.Tensor:
-        raise NotImplementedError
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: Any) -> torch.Tensor:
+        """The edited activation ``(batch, tokens, width)`` (the engine keeps it only where the
+        position policy and the routing select). Default: ``act + strength * v[row language]``."""
+        check_width(self, site, act, prepared.shape[-1])
+        return add_rows(act, rows, prepared)
 
-    def row_languages(self, ctx: ForwardContext) -> list[str]:
-        """Each row's language; a single-language intervention may be used without tags."""
-        if ctx.langs is not None:
-            missing = sorted({lang for lang in ctx.langs if lang != self.anchor and lang not in self.languages})
+    def row_index(self, langs: Sequence[str] | None, batch: int) -> list[int]:
+        """Each row's index into ``self.languages`` (host side); -1 for rows left alone (the anchor).
+
+        A single-language intervention may be used without language tags.
+        """
+        if langs is not None:
+            missing = sorted({lang for lang in langs if lang != self.anchor and lang not in self.languages})
             if missing:
                 raise LanguageError(
                     f"{self.method} intervention has no statistics for language(s) {', '.join(missing)} "
                     f"(it has {', '.join(self.languages)}); fit it with --langs including them"
                 )
-            return list(ctx.langs)
-        if len(self.languages) == 1:
-            return [self.languages[0]] * ctx.batch
-        raise LanguageError(
-            f"this {self.method} intervention covers {len(self.languages)} languages; "
-            "tag the inputs with --lang CODE (or --lang auto)"
-        )
-
-    def language_index(self, ctx: ForwardContext, device: torch.device) -> torch.Tensor:
-        """(batch,) index into ``self.languages`` per row; -1 for anchor rows (never steered)."""
-        key = ("lang_index", id(self), str(device))
-        if key not in ctx._cache:
-            rows = self.row_languages(ctx)
-            # built once per batch of row languages in a steer block, not at every decode step
-            # (a host -> device copy synchronises a GPU)
-            skey = ("lang_index", id(self), tuple(rows), str(device))
-            shared = getattr(ctx, "shared", None)
-            if shared is None or skey not in shared:
-                index = {lang: i for i, lang in enumerate(self.languages)}
-                t = torch.tensor([index.get(lang, -1) for lang in rows]).to(device)
-                if shared is None:
-                    ctx._cache[key] = t
-                    return t
-                shared[skey] = t
-            ctx._cache[key] = shared[skey]
-        return ctx._cache[key]
+            rows = list(langs)
+        elif len(self.languages) == 1:
+            rows = [self.languages[0]] * batch
+        else:
+            raise LanguageError(
+                f"this {self.method} intervention covers {len(self.languages)} languages; "
+                "tag the inputs with --lang CODE (or --lang auto)"
+            )
+        index = {lang: i for i, lang in enumerate(self.languages)}
+        return [index.get(lang, -1) for lang in rows]
 
     # ---- composition -------------------------------------------------------------------
     def _shallow_copy(self) -> "Intervention":
-        """A copy sharing the tensors, with its own params and its own prepared (cast) tensors."""
+        """A copy sharing the tensors and their prepared (cast) forms, with its own params.
+
+        Prepared tensors do not depend on strength or on which sites act, so a copy for another
+        alpha or a subset of layers reuses them (no new allocation, same addresses for CUDA graphs).
+        """
         out = copy.copy(self)
-        out._prepared = {}
         out.params = dict(self.params)
         return out
 
@@ -281,7 +295,7 @@ class Intervention:
 
     def check_model(self, fingerprint: dict[str, Any]) -> None:
         """Refuse to run on a model other than the one this was fitted on."""
-        from ..models.loading import check_fingerprint
+        from ..models.fingerprint import check_fingerprint
 
         expected = self.meta.get("model_fingerprint")
         if expected is None:
@@ -372,3 +386,32 @@ def load_intervention(path: str | Path, lm: Any = None) -> Intervention:
     if lm is not None:
         check_compatible(iv, lm)
     return iv
+
+
+# ---- traceable building blocks of ``apply`` (shared by the methods) ----------------------------
+
+
+def row_table(per_language: torch.Tensor, last: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``(n_languages + 1, width)`` float32 on ``device``: one row per language, then ``last`` for index -1."""
+    return torch.cat([per_language.float(), last.float()]).to(device=device, dtype=torch.float32)
+
+
+def add_rows(act: torch.Tensor, rows: Rows, table: torch.Tensor) -> torch.Tensor:
+    """``act + strength * table[row]`` on every position of each row (table float32, last row zero)."""
+    delta = (rows.strength * table[rows.index]).to(act.dtype)
+    return act + delta.unsqueeze(1)
+
+
+def scale_rows(act: torch.Tensor, rows: Rows, table: torch.Tensor) -> torch.Tensor:
+    """``act * (1 + strength * table[row])`` per neuron (table float32 of ``factor - 1``, last row zero)."""
+    scale = (1 + rows.strength * table[rows.index]).to(act.dtype)
+    return act * scale.unsqueeze(1)
+
+
+def check_width(iv: Intervention, site: Site, act: torch.Tensor, width: int) -> None:
+    """Refuse an activation of another width (an artifact applied to another model)."""
+    if act.shape[-1] != width:
+        raise FingerprintError(
+            f"{iv.method} intervention at {site} was fitted for width {width}, but the model's activation "
+            f"there has width {act.shape[-1]}; fit it again for this model"
+        )

@@ -28,16 +28,18 @@ computed in the second form (one multiply per element; alpha=0 gives h * 1 = h e
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
 from ..errors import ArtifactError, UsageError
-from ..hooks import ForwardContext
+from ..hook_session import Rows
 from ..models.sites import Site
-from .base import Intervention, register_intervention
+from ..settings import Settings
+from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
-from .vector import check_width, fit_metadata
+from .vector import fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -84,17 +86,14 @@ class CLASIntervention(Intervention):
         return (1 + beta * mp).unsqueeze(0) * (1 - gamma * ms)
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """``f - 1`` per language (float32), and a zero row for rows left alone (scale 1)."""
         f = self.factors(site.layer)
-        scale = 1 + self.strength * (f - 1)
-        ones = torch.ones(1, f.shape[1])  # anchor rows (index -1): unchanged
-        return torch.cat([scale, ones]).to(device=device, dtype=dtype)
+        return row_table(f - 1, torch.zeros(1, f.shape[1]), device)
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: torch.Tensor) -> torch.Tensor:
+        """``act * (1 + alpha * (f[lang] - 1))``: alpha = 0 multiplies by exactly 1."""
         check_width(self, site, act, prepared.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        return act * prepared[idx].unsqueeze(1)
+        return scale_rows(act, rows, prepared)
 
 
 def _means(stats: "Statistics", layer: int, langs: Sequence[str]) -> torch.Tensor:
@@ -281,14 +280,17 @@ def category_summary(params: Mapping[str, Any]) -> list[str]:
     percent = params.get("category_percent") or {}
     bridge = set(params.get("bridge_layers") or [])
     langs = params.get("category_langs") or []
-    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
-             f"  {'layer':>5} {'dead':>7} {'specific':>9} {'partial':>8} {'all':>7} {'shared':>7}"]
+    from ..formats import table
+
+    rows = []
     for layer in sorted(percent, key=int):
         p = percent[layer]
         shared = p.get("partial", 0.0) + p.get("all", 0.0)
-        mark = "  <- bridge" if int(layer) in bridge else ""
-        lines.append(f"  {int(layer):>5} {p.get('dead', 0.0):7.2f} {p.get('specific', 0.0):9.2f} "
-                     f"{p.get('partial', 0.0):8.2f} {p.get('all', 0.0):7.2f} {shared:7.2f}{mark}")
+        rows.append([int(layer), *(f"{p.get(k, 0.0):.2f}" for k in ("dead", "specific", "partial", "all")),
+                     f"{shared:.2f}", "<- bridge" if int(layer) in bridge else ""])
+    grid = table(["layer", "dead", "specific", "partial", "all", "shared", ""], rows, style="text")
+    lines = [f"CLAS neuron categories (% of mlp_act neurons; languages {', '.join(langs)}):",
+             *("  " + line.rstrip() for line in grid.splitlines())]
     if params.get("threshold_rule"):
         lines.append(f"  {params['threshold_rule']}")
     chosen = ",".join(str(x) for x in sorted(bridge)) or "-"
@@ -304,6 +306,24 @@ def _call(fn: Any, job: FitJob) -> "CLASIntervention":
               meta=job.meta, **job.params)
 
 
+@dataclass(frozen=True)
+class ClasConfig(Settings):
+    """CLAS's settings (``-p KEY=V``): the rule's ``beta`` and ``gamma``; T_act as a ``threshold``
+    or a per-layer ``quantile`` (default 0.0); the bridge-layer rule (``margin`` points, or the
+    ``k`` best contiguous layers for ``topk``); the languages the categories are taken over."""
+
+    beta: float = 0.4
+    gamma: float = 0.2
+    threshold: float | None = None
+    quantile: float | None = None
+    bridge_rule: str = "margin"
+    margin: float = 5.0
+    k: int = 2
+    category_langs: Sequence[str] | str | None = None
+
+    _what = "CLAS parameter"
+
+
 @register_method(
     "clas", site="mlp_act", sites=("mlp_act",), statistics=StatisticsNeed("token-level means at every layer",
                                                                           every_layer=True),
@@ -313,23 +333,11 @@ def _call(fn: Any, job: FitJob) -> "CLASIntervention":
     compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
     corpus_langs=_corpus_langs, summary=category_summary,
 )
-def fit_clas(
-    stats: "Statistics",
-    langs: Sequence[str],
-    anchor: str = "en",
-    layers: Sequence[int] | None = None,
-    beta: float = 0.4,
-    gamma: float = 0.2,
-    threshold: float | None = None,
-    quantile: float | None = None,
-    bridge_rule: str = "margin",
-    margin: float = 5.0,
-    k: int = 2,
-    n_layers: int | None = None,
-    meta: Mapping[str, Any] | None = None,
-    category_langs: Sequence[str] | str | None = None,
-) -> CLASIntervention:
-    """Fit CLAS from ``mlp_act`` statistics.
+def fit_clas(stats: "Statistics", langs: Sequence[str], anchor: str = "en", layers: Sequence[int] | None = None,
+             cfg: ClasConfig | None = None, *, n_layers: int | None = None, meta: Mapping[str, Any] | None = None,
+             **settings: Any) -> CLASIntervention:
+    """Fit CLAS from ``mlp_act`` statistics (``cfg``: :class:`ClasConfig`; keyword ``settings``
+    override its fields).
 
     The intervention steers the non-anchor ``langs``. Categories (and so bridge layers and the
     masks) are computed over ``category_langs``, a fixed set independent of the steered languages
@@ -341,6 +349,9 @@ def fit_clas(
     with mlp_act statistics; ``n_layers`` (the model's depth, for excluding its last two layers)
     defaults to the statistics' model fingerprint, else the highest such layer + 1.
     """
+    cfg = ClasConfig.of(cfg, **settings)
+    beta, gamma, threshold, quantile, category_langs = cfg.beta, cfg.gamma, cfg.threshold, cfg.quantile, cfg.category_langs
+    bridge_rule, margin, k = cfg.bridge_rule, cfg.margin, cfg.k
     t0 = time.perf_counter()
     targets = [lang for lang in dict.fromkeys(langs) if lang != anchor]
     cat_langs = resolve_category_langs(category_langs, stats, anchor, targets)

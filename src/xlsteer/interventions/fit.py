@@ -29,12 +29,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import DataError, UsageError
 from ..models.sites import Site, num_layers
 from ..stats import Statistics, collect
+from ..settings import Settings
+from ..validation import check_limit
 from .base import Intervention
 from .registry import FitJob, SteeringMethod, get_method
 
@@ -113,8 +116,7 @@ def _job(spec: SteeringMethod, lm: Any, corpus: Any, langs: Sequence[str] | str,
         raise DataError(f"the corpus has no text for {', '.join(missing)}; choose a corpus with these languages")
     texts = {lang: job.texts[lang] for lang in job.langs}
     if limit is not None:
-        if not isinstance(limit, int) or limit < 1:
-            raise UsageError(f"limit must be a positive integer, got {limit!r}")
+        check_limit(limit)
         texts = {lang: t[:limit] for lang, t in texts.items()}
     if len({len(t) for t in texts.values()}) != 1:
         raise DataError("misaligned corpus: languages have different numbers of lines; align them")
@@ -154,30 +156,35 @@ def _statistics(spec: SteeringMethod, job: FitJob, stats: Statistics | None, sta
     return source
 
 
-def fit(
-    method: str,
-    lm: Any,
-    corpus: Any,
-    langs: Sequence[str] | str,
-    anchor: str = "en",
-    layers: Sequence[int] | int | None = None,
-    site: str | None = None,
-    *,
-    stats: Statistics | None = None,
-    stats_cache: str | Path | None = None,
-    pooling: str = "mean",
-    batch_size: int = 8,
-    max_length: int = 128,
-    limit: int | None = None,
-    **params: Any,
-) -> Intervention:
+@dataclass(frozen=True)
+class FitConfig(Settings):
+    """How a fit reads its statistics: ``stats`` already collected (skips collection), or
+    ``stats_cache``, a statistics file reused when it covers what the method needs (checked
+    against the model fingerprint) and written after collection otherwise; the first ``limit``
+    rows of the corpus; the pooling, batch size and maximum length of the collection."""
+
+    stats: Statistics | None = None
+    stats_cache: str | Path | None = None
+    pooling: str = "mean"
+    batch_size: int = 8
+    max_length: int = 128
+    limit: int | None = None
+
+    _what = "fit setting"
+
+
+def fit(method: str, lm: Any, corpus: Any, langs: Sequence[str] | str, anchor: str = "en",
+        layers: Sequence[int] | int | None = None, site: str | None = None, cfg: FitConfig | None = None,
+        **params: Any) -> Intervention:
     """Fit ``method`` on ``corpus`` (ParallelCorpus or dict lang -> texts) for ``lm`` (LoadedModel).
 
-    ``stats``: statistics already collected (skips collection); ``stats_cache``: a statistics
-    file to reuse when it covers what the method needs (checked against the model fingerprint),
-    else written after collection. ``limit``: use the first rows only. ``params`` go to the
-    method's fit function (e.g. ``normalize`` for diffmean, ``ridge`` for incline).
+    ``cfg`` (:class:`FitConfig`) says how the statistics are read; a keyword that names one of its
+    fields (``stats_cache=``, ``limit=``...) overrides it. The other ``params`` go to the method's
+    fit function (e.g. ``normalize`` for diffmean, ``ridge`` for incline).
     """
+    cfg = FitConfig.of(cfg, **{k: params.pop(k) for k in FitConfig.field_names() if k in params})
+    stats, stats_cache, limit = cfg.stats, cfg.stats_cache, cfg.limit
+    pooling, batch_size, max_length = cfg.pooling, cfg.batch_size, cfg.max_length
     t0 = time.perf_counter()
     spec = get_method(method)
     job = _job(spec, lm, corpus, langs, anchor, layers, site, params, limit, pooling=pooling,

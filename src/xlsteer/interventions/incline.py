@@ -31,16 +31,18 @@ the source text is ``source + " " + anchor`` and the anchor text ``anchor + " " 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
 from ..errors import ArtifactError, DataError, UsageError
-from ..hooks import POSITION_POLICIES, ForwardContext
+from ..hook_session import POSITION_POLICIES, Rows
 from ..models.sites import Site
-from .base import Intervention, register_intervention
+from ..settings import Settings
+from .base import Intervention, check_width, register_intervention
 from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
-from .vector import check_layers, check_targets, check_width, fit_metadata
+from .vector import check_layers, check_targets, fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -66,21 +68,24 @@ class InclineIntervention(Intervention):
             raise ArtifactError(f"INCLINE sign must be +1 or -1, got {self.params.get('sign')!r}; re-create the file")
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
-        w = self.tensors[map_key(site.layer)].float() * (self.strength * int(self.params["sign"]))
+        """``sign * W`` per language, in the module's dtype: ``(n_languages, d, d)``."""
+        w = self.tensors[map_key(site.layer)].float() * int(self.params["sign"])
         return w.to(device=device, dtype=dtype)
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: torch.Tensor) -> torch.Tensor:
+        """``h + s * (h @ W[lang])`` per row; rows with index -1 unchanged.
+
+        One traced path for any mix of row languages: every language's map is applied to the
+        whole batch and each row keeps its own (n maps; one when the intervention has one language).
+        """
         check_width(self, site, act, prepared.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        delta = torch.zeros_like(act)
-        for i in torch.unique(idx).tolist():
-            if i < 0:
-                continue  # anchor rows
-            rows = idx == i
-            delta[rows] = act[rows] @ prepared[i]
-        return act + delta
+        if prepared.shape[0] == 1:  # a shape, fixed per intervention: not a per-call branch
+            delta = act @ prepared[0]
+        else:
+            every = torch.einsum("btd,nde->nbte", act, prepared)
+            delta = every[rows.index.clamp_min(0), torch.arange(act.shape[0], device=act.device)]
+        out = act + delta * rows.strength.to(act.dtype)
+        return torch.where((rows.index >= 0).view(-1, 1, 1), out, act)
 
 
 def incline_texts(
@@ -173,6 +178,23 @@ def _check_pairs(lm: Any, site: str, n_pairs: int, params: Mapping[str, Any]) ->
         )
 
 
+@dataclass(frozen=True)
+class InclineConfig(Settings):
+    """INCLINE's settings (``-p KEY=V``): the relative ``ridge``; the map's ``target`` (``delta``:
+    ``XW ~ Y - X``, or ``anchor``: ``XW ~ Y``, the authors'); the ``sign`` of the edit; whether
+    half of the pairs are ``code_switch``-ed; the first ``max_pairs`` pairs (None: all); the
+    position policy stored in the intervention."""
+
+    ridge: float = 0.0
+    target: str = "delta"
+    sign: int = 1
+    code_switch: bool = False
+    max_pairs: int | None = None
+    positions: str = "last_prompt"
+
+    _what = "INCLINE parameter"
+
+
 @register_method(
     "incline", site="mlp_out",
     statistics=StatisticsNeed("per-item pooled vectors (keep_items)", keep_items=True, texts=_collection),
@@ -181,26 +203,20 @@ def _check_pairs(lm: Any, site: str, n_pairs: int, params: Mapping[str, Any]) ->
     compare="INCLINE linear maps (NTREX), every layer, sigma chosen on dev", compare_defaults={"ridge": 0.1},
     check_inputs=_check_pairs,
 )
-def fit_incline(
-    source: "Statistics | Mapping[str, Mapping[int, torch.Tensor]]",
-    layers: Sequence[int] | int,
-    langs: Sequence[str] | str,
-    anchor: str = "en",
-    site: str = "mlp_out",
-    ridge: float = 0.0,
-    target: str = "delta",
-    sign: int = 1,
-    code_switch: bool = False,
-    max_pairs: int | None = None,
-    positions: str = "last_prompt",
-    meta: Mapping[str, Any] | None = None,
-) -> InclineIntervention:
-    """Fit one map per (target language, layer) from pooled parallel states.
+def fit_incline(source: "Statistics | Mapping[str, Mapping[int, torch.Tensor]]", layers: Sequence[int] | int,
+                langs: Sequence[str] | str, anchor: str = "en", site: str = "mlp_out",
+                cfg: InclineConfig | None = None, *, meta: Mapping[str, Any] | None = None,
+                **settings: Any) -> InclineIntervention:
+    """Fit one map per (target language, layer) from pooled parallel states (``cfg``:
+    :class:`InclineConfig`; keyword ``settings`` override its fields).
 
     ``source``: Statistics collected with ``keep_items=True`` (items aligned across languages in
     corpus order), or ``{lang: {layer: (n, d) tensor}}`` including the anchor. ``max_pairs``
     keeps the first pairs (the paper uses up to 500); None uses all.
     """
+    cfg = InclineConfig.of(cfg, **settings)
+    ridge, target, sign, code_switch, max_pairs, positions = (cfg.ridge, cfg.target, cfg.sign, cfg.code_switch,
+                                                              cfg.max_pairs, cfg.positions)
     t0 = time.perf_counter()
     targets = check_targets(langs, anchor, "INCLINE")
     layer_list = check_layers(layers, "INCLINE")

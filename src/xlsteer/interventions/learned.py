@@ -28,19 +28,21 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from ..errors import DataError, UsageError
 from ..models.sites import Site, check_site, num_layers
+from ..settings import Settings
 from .registry import NO_STATISTICS, FitJob, LayerPolicy, register_method
 from .task_objective import as_task_examples
-from .training import (TrainableSteeringVector, TrainingRun, anchor_states_at, frozen,  # noqa: F401 (re-export)
-                       initial_vector, objective_loss, split_rows, train_language)
+from .training import (TrainingRun, anchor_states_at, frozen, initial_vector, objective_loss, split_rows,
+                       train_language)
 from .vector import SteeringVector, check_layers, check_targets, fit_metadata, vector_key
 
-__all__ = ["OBJECTIVES", "INITS", "TrainableSteeringVector", "fit_learned"]
+__all__ = ["OBJECTIVES", "INITS", "fit_learned"]
 
 OBJECTIVES = ("align", "task")
 INITS = ("diffmean", "zero")
@@ -123,38 +125,45 @@ def _check_objective(params: Mapping[str, Any]) -> None:
                          "needs (prompt, answer) examples: use xlsteer.interventions.fit_learned from Python")
 
 
+@dataclass(frozen=True)
+class LearnedConfig(Settings):
+    """The learned vector's settings (``-p KEY=V``): the ``objective`` (``align`` or ``task``), the
+    ``init`` (``diffmean``, ``zero`` or a fitted SteeringVector), the ``target_layer`` of ``align``,
+    the site and pooling, and the training: Adam for ``steps`` steps of ``batch_size`` rows at
+    ``lr``, ``dev_fraction`` of the rows held out, the dev loss every ``eval_every`` steps with
+    early stopping after ``patience`` checks without a ``min_delta`` gain, the ``seed``, the
+    maximum length and whether BOS is left out of the pooled states."""
+
+    objective: str = "align"
+    init: str | SteeringVector = "diffmean"
+    target_layer: int | None = None
+    site: str = "resid_post"
+    pooling: str = "mean"
+    steps: int = 200
+    lr: float = 0.02
+    batch_size: int = 8
+    dev_fraction: float = 0.2
+    eval_every: int = 10
+    patience: int = 5
+    min_delta: float = 0.0
+    seed: int = 0
+    max_length: int = 128
+    exclude_bos: bool = True
+
+    _what = "learned-vector parameter"
+
+
 @register_method(
     "learned", site="resid_post", statistics=NO_STATISTICS, layer_policy=LayerPolicy(), alpha_grid=(0.5, 1.0, 2.0),
     description="a vector trained with the model frozen to align target states with the anchor's",
     compare="learned vector (align objective, NTREX), alpha chosen on dev", compare_defaults={"steps": 100},
     trainable=True, call=_call, check_params=_check_objective,
 )
-def fit_learned(
-    lm: Any,
-    data: Any,
-    layers: Sequence[int] | int,
-    langs: Sequence[str] | str,
-    *,
-    anchor: str = "en",
-    objective: str = "align",
-    init: str | SteeringVector = "diffmean",
-    target_layer: int | None = None,
-    site: str = "resid_post",
-    pooling: str = "mean",
-    parallel: Any = None,
-    steps: int = 200,
-    lr: float = 0.02,
-    batch_size: int = 8,
-    dev_fraction: float = 0.2,
-    eval_every: int = 10,
-    patience: int = 5,
-    min_delta: float = 0.0,
-    seed: int = 0,
-    max_length: int = 128,
-    exclude_bos: bool = True,
-    meta: Mapping[str, Any] | None = None,
-) -> SteeringVector:
-    """Optimise one vector per target language and layer with the model frozen.
+def fit_learned(lm: Any, data: Any, layers: Sequence[int] | int, langs: Sequence[str] | str,
+                cfg: LearnedConfig | None = None, *, anchor: str = "en", parallel: Any = None,
+                meta: Mapping[str, Any] | None = None, **settings: Any) -> SteeringVector:
+    """Optimise one vector per target language and layer with the model frozen (``cfg``:
+    :class:`LearnedConfig`; keyword ``settings`` override its fields).
 
     ``data``: for ``align`` a ParallelCorpus (or dict lang -> texts) holding the anchor and every
     target language; for ``task`` a dict lang -> [(prompt, answer), ...] (a plain list when
@@ -166,6 +175,11 @@ def fit_learned(
     at the last token (whose optimum is the last-token DiffMean of the training rows). The loss history, the split, the best
     step and whether training stopped early are recorded in params["history"].
     """
+    cfg = LearnedConfig.of(cfg, **settings)
+    objective, init, target_layer, site, pooling = cfg.objective, cfg.init, cfg.target_layer, cfg.site, cfg.pooling
+    steps, lr, batch_size, dev_fraction, seed = cfg.steps, cfg.lr, cfg.batch_size, cfg.dev_fraction, cfg.seed
+    eval_every, patience, min_delta = cfg.eval_every, cfg.patience, cfg.min_delta
+    max_length, exclude_bos = cfg.max_length, cfg.exclude_bos
     t0 = time.perf_counter()
     targets = check_targets(langs, anchor, "learned vector")
     layer_list = check_layers(layers, "learned vector")

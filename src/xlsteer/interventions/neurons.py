@@ -31,16 +31,18 @@ Interventions (both route rows by language; anchor rows are never touched):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
 from ..errors import ArtifactError, DataError, UsageError
-from ..hooks import ForwardContext
+from ..hook_session import Rows
 from ..models.sites import Site
-from .base import Intervention, register_intervention
+from ..settings import Settings
+from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
-from .vector import check_width, fit_metadata
+from .vector import fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -203,17 +205,15 @@ class LapeIntervention(Intervention):
         return torch.stack(rows)
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """``-m`` (deactivate) or ``+m`` (amplify) per language (float32), a zero row for index -1."""
         m = self.row_masks(site.layer).float()
         sign = -1.0 if self.params["mode"] == "deactivate" else 1.0
-        scale = 1 + sign * self.strength * m
-        return torch.cat([scale, torch.ones(1, m.shape[1])]).to(device=device, dtype=dtype)
+        return row_table(sign * m, torch.zeros(1, m.shape[1]), device)
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: torch.Tensor) -> torch.Tensor:
+        """``act * (1 -/+ s * m[lang])``: the row's language's neurons scaled, others times exactly 1."""
         check_width(self, site, act, prepared.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        return act * prepared[idx].unsqueeze(1)
+        return scale_rows(act, rows, prepared)
 
 
 @register_intervention
@@ -226,22 +226,20 @@ class IntMuIntervention(Intervention):
             raise ArtifactError("Int_mu file lacks params.mean_of; re-create it")
 
     def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
+        """(neuron mask per language + an all-False row, means per language + a zero row, in ``dtype``)."""
         m = self.tensors[mask_key(site.layer)]
         mu = self.tensors[mu_key(site.layer)].float()
         m = torch.cat([m, torch.zeros(1, m.shape[1], dtype=torch.bool)]).to(device)
         mu = torch.cat([mu, torch.zeros(1, mu.shape[1])]).to(device=device, dtype=dtype)
         return m, mu
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: Any) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: Any) -> torch.Tensor:
+        """The row's neurons moved to ``lerp(h, mu, s)`` (exactly ``mu`` at s = 1, ``h`` at s = 0)."""
         m, mu = prepared
         check_width(self, site, act, mu.shape[-1])
-        if self.strength == 0:
-            return act
-        idx = self.language_index(ctx, act.device)
-        s = self.strength
-        target = mu[idx].unsqueeze(1)
-        blended = target if s == 1 else (1 - s) * act + s * target
-        return torch.where(m[idx].unsqueeze(1), blended, act)
+        target = mu[rows.index].unsqueeze(1).float()
+        blended = torch.lerp(act.float(), target, rows.strength).to(act.dtype)
+        return torch.where(m[rows.index].unsqueeze(1), blended, act)
 
 
 def _mlp_layers(stats: "Statistics", site: str) -> list[int]:
@@ -270,30 +268,54 @@ def _call(fn: Any, job: FitJob) -> Intervention:
 _NEURON_LAYERS = LayerPolicy(CHOSEN_BY_FIT, ALL_TOGETHER, text="every layer")
 
 
+@dataclass(frozen=True)
+class NeuronSelection(Settings):
+    """LAPE's selection of language-specific neurons: the lowest-entropy ``top_fraction`` of all
+    neurons whose P(act > 0) passes the ``filter_quantile`` of all P in some language."""
+
+    top_fraction: float = 0.01
+    filter_quantile: float = 0.95
+
+    _what = "LAPE parameter"
+
+
+@dataclass(frozen=True)
+class LapeConfig(NeuronSelection):
+    """LAPE's settings (``-p KEY=V``): the selection, and the ``mode`` (``deactivate`` or
+    ``amplify``) applied to the row's language's neurons, or to ``neuron_lang``'s for every row."""
+
+    mode: str = "deactivate"
+    neuron_lang: str | None = None
+
+
+@dataclass(frozen=True)
+class IntMuConfig(NeuronSelection):
+    """Int_mu's settings (``-p KEY=V``): the selection, whose neurons are overwritten
+    (``neurons_of``) and whose mean activation is written there (``mean_of``)."""
+
+    mean_of: str = "anchor"
+    neurons_of: str = "target"
+
+    _what = "Int_mu parameter"
+
+
 @register_method(
     "lape", site=NEURON_SITES[0], sites=NEURON_SITES, statistics=StatisticsNeed(
         "token-level P(act > 0) at every layer", every_layer=True), layer_policy=_NEURON_LAYERS,
     alpha_grid=(0.5, 1.0), description="language-specific neurons (LAPE) deactivated or amplified", call=_call,
 )
-def fit_lape(
-    stats: "Statistics",
-    langs: Sequence[str],
-    anchor: str = "en",
-    layers: Sequence[int] | None = None,
-    mode: str = "deactivate",
-    neuron_lang: str | None = None,
-    top_fraction: float = 0.01,
-    filter_quantile: float = 0.95,
-    neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
-    site: str = NEURON_SITES[0],
-    meta: Mapping[str, Any] | None = None,
-) -> LapeIntervention:
-    """LAPE intervention steering the non-anchor ``langs``.
+def fit_lape(stats: "Statistics", langs: Sequence[str], anchor: str = "en", layers: Sequence[int] | None = None,
+             cfg: LapeConfig | None = None, *, neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+             site: str = NEURON_SITES[0], meta: Mapping[str, Any] | None = None, **settings: Any) -> LapeIntervention:
+    """LAPE intervention steering the non-anchor ``langs`` (``cfg``: :class:`LapeConfig`; keyword
+    ``settings`` override its fields).
 
     Neurons are selected over ``langs`` plus the anchor (or given as ``neurons``). Each steered
     row acts on its own language's neurons, or on ``neuron_lang``'s for every steered row. Only
     layers with at least one such neuron get a hook.
     """
+    cfg = LapeConfig.of(cfg, **settings)
+    mode, neuron_lang, top_fraction, filter_quantile = cfg.mode, cfg.neuron_lang, cfg.top_fraction, cfg.filter_quantile
     t0 = time.perf_counter()
     if mode not in LAPE_MODES:
         raise UsageError(f"unknown LAPE mode '{mode}'; choose one of {', '.join(LAPE_MODES)}")
@@ -346,26 +368,19 @@ def fit_lape(
     compare="Int_mu: LAPE neurons of the row's language set to the anchor's mean (the CLAS paper's baseline), "
             "strength chosen on dev",
 )
-def fit_intmu(
-    stats: "Statistics",
-    langs: Sequence[str],
-    anchor: str = "en",
-    layers: Sequence[int] | None = None,
-    mean_of: str = "anchor",
-    neurons_of: str = "target",
-    top_fraction: float = 0.01,
-    filter_quantile: float = 0.95,
-    neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
-    site: str = NEURON_SITES[0],
-    meta: Mapping[str, Any] | None = None,
-) -> IntMuIntervention:
-    """Int_mu: for rows of each steered language, overwrite its selected neurons with a mean.
+def fit_intmu(stats: "Statistics", langs: Sequence[str], anchor: str = "en", layers: Sequence[int] | None = None,
+              cfg: IntMuConfig | None = None, *, neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+              site: str = NEURON_SITES[0], meta: Mapping[str, Any] | None = None, **settings: Any) -> IntMuIntervention:
+    """Int_mu: for rows of each steered language, overwrite its selected neurons with a mean
+    (``cfg``: :class:`IntMuConfig`; keyword ``settings`` override its fields).
 
     ``neurons_of``: whose LAPE neurons are overwritten — the row's language (``target``,
     default), the anchor's, or their union. ``mean_of``: the token-level mean activation written
     there — of the ``anchor`` (default: push the row toward anchor-language processing), of the
     row's own language (``target``), or of a named language.
     """
+    cfg = IntMuConfig.of(cfg, **settings)
+    mean_of, neurons_of, top_fraction, filter_quantile = cfg.mean_of, cfg.neurons_of, cfg.top_fraction, cfg.filter_quantile
     t0 = time.perf_counter()
     if neurons_of not in NEURONS_OF:
         raise UsageError(f"unknown neurons_of '{neurons_of}'; choose one of {', '.join(NEURONS_OF)}")

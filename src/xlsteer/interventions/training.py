@@ -13,27 +13,30 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, UsageError
-from ..hooks import ForwardContext, record, steer
+from ..hook_session import Rows
+from ..hook_session import ForwardContext
+from ..hooks import record, steer
 from ..models.sites import Site, site_width
 from ..progress import bar
 from ..stats import positions_from_mask
 from .task_objective import task_loss
-from .vector import SteeringVector, check_width, vector_key
+from .base import add_rows, check_width
+from .vector import SteeringVector, vector_key
 
 
 class TrainableSteeringVector(SteeringVector):
-    """A SteeringVector whose tensors may require grad: nothing is cached, the graph is rebuilt
-    at every call (``prepare`` in the base class caches a detached cast once per install)."""
+    """A SteeringVector whose tensors may require grad: nothing is cached, the table is rebuilt from
+    the leaf tensor at every call (``prepare`` in the base class caches a detached cast once per
+    install), so gradients reach the vector through the engine's ``where(mask, new, act)``."""
 
     def prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
-        return dtype
+        return None
 
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: Any) -> torch.Tensor:
+    def apply(self, site: Site, act: torch.Tensor, rows: Rows, prepared: Any) -> torch.Tensor:
         v = self.tensors[vector_key(site.layer)]
         check_width(self, site, act, v.shape[-1])
-        table = torch.cat([v * self.strength, torch.zeros_like(v[:1])]).to(act.dtype)
-        idx = self.language_index(ctx, act.device)
-        return act + table[idx].unsqueeze(1)
+        table = torch.cat([v.float(), torch.zeros_like(v[:1], dtype=torch.float32)]).to(act.device)
+        return add_rows(act, rows, table)
 
 
 class _Stop(Exception):

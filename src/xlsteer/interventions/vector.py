@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
-from ..errors import ArtifactError, FingerprintError, UsageError
-from ..hooks import ForwardContext
+from ..errors import ArtifactError, UsageError
 from ..models.sites import Site
 from ..provenance import now_utc
 from .base import Intervention, register_intervention
@@ -70,17 +69,9 @@ class SteeringVector(Intervention):
         ref = float(self.params["ref_norm"][str(layer)])
         return unit * ref
 
-    def _prepare(self, site: Site, device: torch.device, dtype: torch.dtype) -> Any:
-        v = self.effective(site.layer) * self.strength
-        zero = torch.zeros(1, v.shape[1])
-        # last row = zero vector, used by anchor rows (index -1)
-        return torch.cat([v, zero]).to(device=device, dtype=dtype)
-
-    def apply(self, site: Site, act: torch.Tensor, ctx: ForwardContext, prepared: torch.Tensor) -> torch.Tensor:
-        check_width(self, site, act, prepared.shape[-1])
-        idx = self.language_index(ctx, act.device)
-        rows = prepared[idx]  # index -1 selects the zero row
-        return act + rows.unsqueeze(1)
+    def row_vectors(self, site: Site) -> torch.Tensor:
+        """The hook engine's additive path adds ``strength * effective(layer)[row language]``."""
+        return self.effective(site.layer)
 
     def select_layers(self, layers: Sequence[int]) -> "SteeringVector":
         """The same vectors at a subset of the layers (for a layer sweep over one fit)."""
@@ -120,17 +111,6 @@ def check_ref_norms(ref: Any, layers: Sequence[int], error: type[Exception] = Us
             raise error(f"ref_norm for layer {layer} must be a finite number > 0, got {str(value)[:40]}")
         out[str(layer)] = float(value)
     return out
-
-
-
-
-def check_width(iv: Intervention, site: Site, act: torch.Tensor, width: int) -> None:
-    """Refuse an activation of another width (an artifact applied to another model)."""
-    if act.shape[-1] != width:
-        raise FingerprintError(
-            f"{iv.method} intervention at {site} was fitted for width {width}, but the model's activation "
-            f"there has width {act.shape[-1]}; fit it again for this model"
-        )
 
 
 def fit_metadata(stats: "Statistics | None", meta: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:

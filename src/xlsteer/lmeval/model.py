@@ -38,13 +38,15 @@ scores lm-eval's rolling windows with the same batch code, the text prefixed by 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from lm_eval.api.model import LM  # lm-eval's public base class of every model
 
 from ..data.langs import normalize_lang
 from ..errors import LanguageError, UsageError
-from ..hooks import POSITION_POLICIES
+from ..hook_session import POSITION_POLICIES
+from ..settings import Settings
 from . import harness
 from .languages import parse_task_langs, task_language
 
@@ -83,64 +85,76 @@ def _device(device: Any) -> str:
     return dev
 
 
+@dataclass(frozen=True)
+class AdapterSettings(Settings):
+    """The ``xlsteer`` model's settings: lm-eval's ``model_args`` (see the module docstring), typed.
+
+    Values may arrive as lm-eval's CLI parsed them (``batch_size="8"``); they are checked when the
+    model is built. ``anchor`` None (or ``none``) steers every row.
+    """
+
+    dtype: str = "float32"
+    device: str | None = "cpu"
+    batch_size: int | str = 8
+    max_length: int = 2048
+    intervention: Any = None
+    alpha: float | None = None
+    anchor: str | None = "en"
+    lang: str | None = "task"
+    positions: str | None = None
+    task_langs: str | dict[str, str] | None = None
+    max_gen_toks: int = 256
+    trust_remote_code: bool = False
+    allow_download: bool = False
+
+    _what = "xlsteer model argument"
+    _none_is_a_value = frozenset({"intervention", "alpha", "anchor", "positions", "task_langs"})
+
+
+def _loaded(pretrained: Any, s: AdapterSettings) -> Any:
+    from ..models.loading import LoadedModel, load_model
+
+    if isinstance(pretrained, LoadedModel):
+        return pretrained
+    if isinstance(pretrained, str) and pretrained:
+        return load_model(pretrained, dtype=s.dtype, device=_device(s.device),
+                          trust_remote_code=bool(s.trust_remote_code), allow_download=bool(s.allow_download))
+    raise UsageError("pass pretrained=<shipped model name, folder or .gguf file> (or a LoadedModel object)")
+
+
 @harness.register_model("xlsteer")
 class XlsteerLM(LM):
-    """An lm-eval ``LM`` backed by :class:`~xlsteer.evaluation.engine.Engine`, optionally steered."""
+    """An lm-eval ``LM`` backed by :class:`~xlsteer.evaluation.engine.Engine`, optionally steered.
 
-    def __init__(
-        self,
-        pretrained: Any = "gemma3-270m",
-        dtype: str = "float32",
-        device: str | None = "cpu",
-        batch_size: int | str | None = 8,
-        max_length: int = 2048,
-        intervention: Any = None,
-        alpha: float | None = None,
-        anchor: str | None = "en",
-        lang: str | None = "task",
-        positions: str | None = None,
-        task_langs: str | dict[str, str] | None = None,
-        max_gen_toks: int = 256,
-        trust_remote_code: bool = False,
-        allow_download: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    lm-eval builds it from its ``model_args`` string as keywords (``create_from_arg_string``):
+    every keyword but ``pretrained`` is a field of :class:`AdapterSettings` (lm-eval's
+    ``max_batch_size`` is accepted and ignored); from Python, pass ``settings`` instead.
+    """
+
+    def __init__(self, pretrained: Any = "gemma3-270m", settings: AdapterSettings | None = None,
+                 **model_args: Any) -> None:
         super().__init__()
-        from ..evaluation.engine import Engine, intervention_info
+        from ..evaluation.engine import Engine
+        from ..evaluation.engine_cache import intervention_info
         from ..evaluation.runner import load_interventions
         from ..interventions.base import default_positions
-        from ..models.loading import LoadedModel, load_model
 
-        kwargs.pop("max_batch_size", None)  # lm-eval passes it to every model; meaningless here
-        if kwargs:
-            raise UsageError(f"unknown xlsteer model argument(s) {', '.join(sorted(kwargs))}; known: pretrained, "
-                             "dtype, device, batch_size, max_length, intervention, alpha, anchor, lang, positions, "
-                             "task_langs, max_gen_toks, trust_remote_code, allow_download")
-        if batch_size is None:
-            batch_size = 8
-        if isinstance(batch_size, str) and batch_size.startswith("auto"):
+        model_args.pop("max_batch_size", None)  # lm-eval passes it to every model; meaningless here
+        s = AdapterSettings.of(settings, **model_args)
+        if isinstance(s.batch_size, str) and s.batch_size.startswith("auto"):
             raise UsageError("xlsteer's lm-eval adapter needs a fixed batch size; pass e.g. batch_size=8")
-        batch_size = _positive_int(batch_size, "batch_size")
-        if positions is not None and positions not in POSITION_POLICIES:
-            raise UsageError(f"unknown position policy {positions!r}; choose one of {', '.join(POSITION_POLICIES)}")
-        if isinstance(pretrained, LoadedModel):
-            self.lm = pretrained
-        elif isinstance(pretrained, str) and pretrained:
-            self.lm = load_model(pretrained, dtype=dtype, device=_device(device),
-                                 trust_remote_code=bool(trust_remote_code), allow_download=bool(allow_download))
-        else:
-            raise UsageError("pass pretrained=<shipped model name, folder or .gguf file> (or a LoadedModel object)")
-        self.anchor = None if anchor in (None, "", "none") else normalize_lang(str(anchor))
-        self.interventions = load_interventions(intervention, alpha, self.lm.fingerprint, model=self.lm)
-        self.positions = default_positions(self.interventions, positions)  # None: the stored policy
-        if lang in (None, "", "task"):
-            self.lang: str | None = None
-        else:
-            self.lang = normalize_lang(str(lang))
-        self.task_langs = parse_task_langs(task_langs)
-        self.max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
+        batch_size = _positive_int(s.batch_size, "batch_size")
+        if s.positions is not None and s.positions not in POSITION_POLICIES:
+            raise UsageError(f"unknown position policy {s.positions!r}; choose one of {', '.join(POSITION_POLICIES)}")
+        self.lm = _loaded(pretrained, s)
+        self.anchor = None if s.anchor in (None, "", "none") else normalize_lang(str(s.anchor))
+        self.interventions = load_interventions(s.intervention, s.alpha, self.lm.fingerprint, model=self.lm)
+        self.positions = default_positions(self.interventions, s.positions)  # None: the stored policy
+        self.lang: str | None = None if s.lang in (None, "", "task") else normalize_lang(str(s.lang))
+        self.task_langs = parse_task_langs(s.task_langs)
+        self.max_gen_toks = _positive_int(s.max_gen_toks, "max_gen_toks")
         self.engine = Engine(self.lm, batch_size=batch_size, cache_dir=None,
-                             max_length=_positive_int(max_length, "max_length"), progress_desc="lm-eval")
+                             max_length=_positive_int(s.max_length, "max_length"), progress_desc="lm-eval")
         self.tokenizer = self.lm.tokenizer
         self.batch_size = batch_size
         self._device = self.engine.device
@@ -279,7 +293,7 @@ class XlsteerLM(LM):
             for start in range(0, len(order), eng.batch_size):
                 idx = order[start:start + eng.batch_size]
                 enc = [(windows[k][1], [windows[k][2]]) for k in idx]
-                rows = eng._ll_batch(session, enc, [[""] for _ in idx], [langs[windows[k][0]] for k in idx])
+                rows = eng._ll_any(session, enc, [[""] for _ in idx], [langs[windows[k][0]] for k in idx])[1]
                 for k, row in zip(idx, rows):
                     totals[windows[k][0]] += float(row[0][0])
         for r, total in zip(requests, totals):

@@ -48,9 +48,9 @@ import os
 from typing import Any, Sequence
 
 from ..errors import DataError, LanguageError, UsageError
-from ..evaluation.tasks.base import check_limit
 from ..evaluation.tasks.spec import BaselineHints, TaskSource, TaskSpec
 from ..evaluation.templates import Template
+from ..validation import check_limit
 from . import harness
 from .config import config_version, local_files, task_config, task_metrics, task_splits
 from .docs import Docs, answer_text, render, score

@@ -2,7 +2,7 @@
 
 Fingerprints live in :mod:`xlsteer.models.fingerprint`, the shipped models and their conversion
 cache in :mod:`xlsteer.models.shipped`, the device and dtype options in
-:mod:`xlsteer.models.devices`; their public names are importable from here as well.
+:mod:`xlsteer.models.devices`.
 """
 
 from __future__ import annotations
@@ -17,30 +17,9 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import ModelError
-from .devices import _check_device, resolve_device_map, resolve_dtype  # noqa: F401  (re-exported)
-from .fingerprint import (  # noqa: F401  (re-exported: imported from here elsewhere)
-    FINGERPRINT_FIELDS,
-    VOLATILE_CONFIG_KEYS,
-    check_fingerprint,
-    config_hash,
-    fingerprint_of,
-    tokenizer_hash,
-    weights_hash,
-)
-from .shipped import (  # noqa: F401  (re-exported: imported from here elsewhere)
-    CONVERSION_RECORD,
-    SHIPPED,
-    ShippedModel,
-    _complete,
-    _dist_version,
-    _ensure_converted,
-    _first_line,
-    _read_record,
-    cache_dir,
-    convert_gguf,
-    list_models,
-    models_cache_dir,
-)
+from .devices import resolve_device_map, resolve_dtype
+from .fingerprint import fingerprint_of
+from .shipped import SHIPPED, _dist_version, _ensure_converted, _first_line, _read_record
 from .sites import text_config
 
 

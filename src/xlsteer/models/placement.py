@@ -111,20 +111,6 @@ class Placement:
         """True when the activation arrives in another device or dtype than the module's."""
         return self.crosses_device or self.input_dtype != self.dtype
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "site": str(self.site),
-            "module": self.module,
-            "hook": self.hook,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "mapped_to": self.mapped_to,
-            "input_device": str(self.input_device),
-            "input_dtype": str(self.input_dtype).removeprefix("torch."),
-            "crosses_device": self.crosses_device,
-            "at_boundary": self.at_boundary,
-        }
-
 
 def device_map_entry(device_map: Mapping[str, Any] | None, module_name: str) -> str | None:
     """The value of the longest ``hf_device_map`` key that is ``module_name`` or one of its parents."""
@@ -181,13 +167,3 @@ def site_placements(model: nn.Module | Any, sites: Iterable[Site] | None = None)
             )
         )
     return out
-
-
-def devices_used(model: nn.Module | Any) -> list[str]:
-    """The distinct devices the decoder layers compute on, in layer order."""
-    model = _unwrap(model)
-    seen: list[str] = []
-    for p in site_placements(model, [Site(i, "resid_post") for i in range(num_layers(model))]):
-        if str(p.device) not in seen:
-            seen.append(str(p.device))
-    return seen

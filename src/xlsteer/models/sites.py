@@ -23,11 +23,11 @@ from torch import nn
 
 from ..errors import ModelError, SiteError
 from ..registry import Registry
-from .archs import ARCHS, HOOK_KINDS, ArchSpec, HookKind, arch_spec, get_layers, get_module, num_layers, register_arch
+from .archs import ARCHS, HOOK_KINDS, ArchSpec, HookKind, arch_spec, get_layers, get_module, num_layers
 
 __all__ = ["Site", "SiteSpec", "SITES", "SITE_NAMES", "register_site", "site_names", "site_spec", "resolve",
            "check_site", "placement_module", "producer_module", "site_width", "describe_sites", "sites_markdown",
-           "ArchSpec", "arch_spec", "get_layers", "num_layers", "register_arch", "final_norm_and_head", "unembed",
+           "ArchSpec", "arch_spec", "get_layers", "num_layers", "final_norm_and_head", "unembed",
            "text_config", "get_tensor", "replace_tensor", "pre_hook_tensor", "pre_hook_replace", "HookKind"]
 
 Width = Literal["model", "mlp"]

@@ -56,11 +56,13 @@ def page_companions(page: str | Path) -> list[Path]:
 def _environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+    from ..formats import MISSING
     from . import filters
 
     env = Environment(loader=PackageLoader("xlsteer.report", "templates"), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(filters.FILTERS, id=id)
+    env.globals["MISSING"] = MISSING  # the mark of a value that does not exist
     return env
 
 
@@ -72,6 +74,7 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
     from ..filenames import confined
     from ..io import atomic_write_bytes, atomic_write_text, check_writable
     from ..provenance import now_utc
+    from ..results import ANALYSIS, CONTROL, SWEEP
     from ..results.rows import score_tables
     from . import page as P
     from .load import load_run
@@ -89,10 +92,10 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
     for fig in figures:
         by_section.setdefault(fig.section, []).append(fig)
     tables = score_tables(run.files, alpha=alpha)
-    controls = run.of("xlsteer.control")
+    controls = run.of(CONTROL)
     summary = summarize(tables, controls[0].doc if controls else None, len(run.problems))
     score_figs = {id(t): P.score_figure(t) for t in tables if t.main}
-    sweeps = [P.sweep_view(f) for f in run.of("xlsteer.sweep")]
+    sweeps = [P.sweep_view(f) for f in run.of(SWEEP)]
     analysis = P.analysis_sections(run, by_section)
     drawn = list(score_figs.values()) + [s.figure for s in sweeps if s.figure] + [
         fig for sec in analysis for part in sec.parts for fig in part.figures] + [
@@ -103,7 +106,7 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
     html = _environment().get_template("page.html").render(
         heading=heading, source=str(src), alpha=alpha, summary=summary, tables=tables, score_figs=score_figs,
         score_extra=by_section.get("scores", []), sweeps=sweeps, sweep_extra=by_section.get("sweeps", []),
-        analysis=analysis, has_analysis=bool(run.of("xlsteer.analysis")) or any(s.loose for s in analysis),
+        analysis=analysis, has_analysis=bool(run.of(ANALYSIS)) or any(s.loose for s in analysis),
         other_figures=by_section.get("other", []), provenance=P.provenance(run), n_files=len(run.files),
         n_figures=len(all_figures), version=__version__, created=now_utc(), summary_mde=mde_text)
     fig_dir = figure_dir(out)

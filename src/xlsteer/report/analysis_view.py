@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..formats import MISSING, number, p_value
+
 ORDER = ("similarity", "logit_lens", "neuron_map", "projection", "regression", "compare_models")
 TITLES = {
     "similarity": "Similarity to the anchor",
@@ -40,14 +42,6 @@ def table(headers: list[str], rows: list[list[Any]]) -> Block:
     return Block("table", headers=headers, rows=[[str(c) for c in r] for r in rows])
 
 
-def f(x: Any, digits: int = 3) -> str:
-    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
-        return "—" if x is None else str(x)
-    if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 1e5):
-        return f"{x:.2e}"
-    return f"{x:.{digits}f}"
-
-
 def _by_layer(per: Mapping[str, Any] | None) -> dict[int, Any]:
     return {int(k): v for k, v in (per or {}).items()}
 
@@ -69,13 +63,13 @@ def similarity(doc: Mapping[str, Any]) -> list[Block]:
         for lang in langs:
             b = _by_layer(before[lang]).get(layer)
             a, d = _by_layer(after.get(lang)).get(layer), _by_layer(delta.get(lang)).get(layer)
-            text = "—" if b is None else f(b["paired"])
+            text = MISSING if b is None else number(b["paired"])
             if b is not None and a is not None and d is not None:
-                text += f" → {f(a['paired'])} ({d['paired']:+.3f})"
+                text += f" → {number(a['paired'])} ({d['paired']:+.3f})"
             cells.append(text)
-        sil = f(sep_b.get(layer, {}).get("silhouette"))
+        sil = number(sep_b.get(layer, {}).get("silhouette"))
         if sep_a.get(layer):
-            sil += f" → {f(sep_a[layer].get('silhouette'))}"
+            sil += f" → {number(sep_a[layer].get('silhouette'))}"
         rows.append(cells + [sil])
     out = [p(f"Cosine similarity of each language's pooled representation to {anchor} on the same items "
              f"(mean over {doc.get('n_items', '?')} parallel pairs, {doc.get('pooling', 'mean')} pooling)"
@@ -102,7 +96,8 @@ def logit_lens(doc: Mapping[str, Any]) -> list[Block]:
         cells = [layer]
         for lang in langs:
             b, a = _by_layer(before[lang]).get(layer), _by_layer(after.get(lang)).get(layer)
-            cells.append(("—" if b is None else f(b["anchor"], 2)) + (f" → {f(a['anchor'], 2)}" if a else ""))
+            cells.append((MISSING if b is None else number(b["anchor"], 2))
+                         + (f" → {number(a['anchor'], 2)}" if a else ""))
         rows.append(cells)
     rules = ", ".join(f"{k}: {v}" for k, v in (doc.get("rule") or {}).items())
     out = [p(f"Share of the top-{doc.get('k', '?')} lens tokens (at the {doc.get('positions', 'last')} token) that "
@@ -121,7 +116,7 @@ def neuron_map(doc: Mapping[str, Any]) -> list[Block]:
         out.append(p(f"Bridge layers (◆): {', '.join(map(str, bridges)) or 'none given'}."
                      + (f" Activity rule: {cats['rule']}." if cats.get("rule") else "")))
         rows = [[f"{layer}{' ◆' if int(layer) in bridges else ''}",
-                 *[f(v.get(c), 1) for c in ("dead", "language_specific", "partial_shared", "all_shared")]]
+                 *[number(v.get(c), 1) for c in ("dead", "language_specific", "partial_shared", "all_shared")]]
                 for layer, v in sorted((cats.get("percentages") or {}).items(), key=lambda kv: int(kv[0]))]
         out.append(table(["layer", "dead %", "language-specific %", "partial-shared %", "all-shared %"], rows))
     lape = doc.get("lape")
@@ -135,12 +130,12 @@ def projection(doc: Mapping[str, Any]) -> list[Block]:
     rows = []
     for x in doc.get("projections") or []:
         if x.get("explained_variance"):
-            fit = "explained variance " + ", ".join(f(v, 2) for v in x["explained_variance"])
+            fit = "explained variance " + ", ".join(number(v, 2) for v in x["explained_variance"])
         elif x.get("perplexity") is not None:
-            fit = f"perplexity {f(x['perplexity'], 1)}, random_state {x.get('random_state')}"
+            fit = f"perplexity {number(x['perplexity'], 1)}, random_state {x.get('random_state')}"
         else:
             fit = ""
-        rows.append([x.get("intervention") or "—", str(x.get("method", "")).upper(), x.get("layer"), fit])
+        rows.append([x.get("intervention") or MISSING, str(x.get("method", "")).upper(), x.get("layer"), fit])
     out = [p("PCA axes are fitted on the unsteered vectors and both panels use them; t-SNE embeds before and after "
              "jointly. X marks each language's centroid.")]
     return out + ([table(["intervention", "method", "layer", "fit"], rows)] if rows else [])
@@ -152,8 +147,8 @@ def regression(doc: Mapping[str, Any]) -> list[Block]:
         out += [Block("h4", r.get("method") or "method"), p(r.get("interpretation", ""))]
         fit = r.get("fit")
         if fit:
-            out.append(table(["slope", "intercept", "r", "p", "n"],
-                             [[f(fit["slope"]), f(fit["intercept"]), f(fit["r"], 2), f(fit["p"]), fit["n"]]]))
+            out.append(table(["slope", "intercept", "r", "p", "n"], [[number(fit["slope"]), number(fit["intercept"]),
+                                                                  number(fit["r"], 2), p_value(fit["p"]), fit["n"]]]))
     return out or [note("No regression in this file.")]
 
 
@@ -187,7 +182,7 @@ def redraw(section: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     """Figures of an analysis file whose PNGs are missing, drawn from its JSON."""
     from ..analysis import plots
     from ..analysis.plots import neuron_figures
-    from ..analysis.run import _slug
+    from ..filenames import slug as _slug
 
     tag = _slug(str(doc.get("intervention") or "none"))
     if section == "similarity":

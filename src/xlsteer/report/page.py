@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..filenames import slug
+from ..formats import MISSING, number, p_value
+from ..results import ANALYSIS, SETUP
 from . import analysis_view as A
 from .load import Run
 
@@ -36,12 +39,6 @@ class Figure:
     @property
     def anchor(self) -> str:
         return "fig-" + slug(self.name)
-
-
-def slug(text: str) -> str:
-    from ..filenames import slug as _slug
-
-    return _slug(text)
 
 
 def section_of(name: str) -> str:
@@ -103,9 +100,8 @@ class SweepView:
 def _gain_cells(e: Any) -> list[str]:
     g = getattr(e, "dev_gain", None) or {}
     if not g:
-        return ["—", "—"]
-    p = "< 0.001" if g["p"] < 0.001 else f"{g['p']:.3g}"
-    return [f"{g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]", f"{p} ({g['test']})"]
+        return [MISSING, MISSING]
+    return [f"{g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]", f"{p_value(g['p'])} ({g['test']})"]
 
 
 def _choice_lines(doc: Any, main: str) -> tuple[str, list[str]]:
@@ -116,8 +112,8 @@ def _choice_lines(doc: Any, main: str) -> tuple[str, list[str]]:
     b = doc.best
     ev = getattr(b, "evidence", None)
     gain = "" if b.gain_over_baseline is None or not b.steer else f", {b.gain_over_baseline:+.3f} against unsteered"
-    selected = f"{choice_text(b)} ({main} {A.f(b.main)} on {doc.split}{gain})" + (f"; {evidence_text(ev)}" if ev else "")
-    lines = [f"{lang}: {choice_text(c)} ({main} {A.f(c.main)})"
+    selected = f"{choice_text(b)} ({main} {number(b.main)} on {doc.split}{gain})" + (f"; {evidence_text(ev)}" if ev else "")
+    lines = [f"{lang}: {choice_text(c)} ({main} {number(c.main)})"
              + (f"; {evidence_text(getattr(c, 'evidence', None))}" if getattr(c, "evidence", None) else "")
              for lang, c in doc.best_per_lang.items()]
     lines += [f"{lang}: {why}; left out of the selection, takes the global choice"
@@ -139,10 +135,10 @@ def sweep_view(f: Any) -> SweepView:
     rule = doc.selection_rule + (f" ({doc.source['note']})" if doc.source.get("note") else "")
     rows = []
     if doc.baseline is not None:
-        rows.append(["unsteered", "0", A.f((doc.baseline.get("average") or {}).get("metrics", {}).get(main)), "—", "—"])
-    rows += [[str(x["layer"]), f"{x['alpha']:g}", A.f(x["score"]), *_gain_cells(x["entry"])] for x in top]
+        rows.append(["unsteered", "0", number((doc.baseline.get("average") or {}).get("metrics", {}).get(main)), MISSING, MISSING])
+    rows += [[str(x["layer"]), f"{x['alpha']:g}", number(x["score"]), *_gain_cells(x["entry"])] for x in top]
     return SweepView(f"{method} · {doc.task} · {main} · {doc.split}", f.path.name, selected, rule,
-                     ["layer", "alpha", f"{main} (avg non-{doc.anchor})", f"dev gain over unsteered [95% CI]",
+                     ["layer", "alpha", f"{main} (avg non-{doc.anchor})", "dev gain over unsteered [95% CI]",
                       "p (test)"], rows, len(pts),
                      figure_of(f"sweep_{slug(f.path.stem)}.png", fig, f"{main} of {method} on {doc.task} {doc.split} "
                                "over layer × alpha (average over the non-anchor languages); the best cell is boxed",
@@ -167,7 +163,7 @@ class AnalysisSection:
 
 def analysis_sections(run: Run, by_section: dict[str, list[Figure]]) -> list[AnalysisSection]:
     out = []
-    docs = [(f.path.name, f.doc.model_dump()) for f in run.of("xlsteer.analysis")]
+    docs = [(f.path.name, f.doc.model_dump()) for f in run.of(ANALYSIS)]
     for key in A.ORDER:
         available = {fig.name: fig for fig in by_section.get(key, [])}
         parts, shown = [], set()
@@ -194,7 +190,7 @@ class FileRecord:
     name: str
     format: str
     status: str
-    model: str = "—"
+    model: str = MISSING
     config: str = ""
     data_hash: str = ""
     created: str = ""
@@ -211,7 +207,7 @@ def _record(f: Any) -> FileRecord:
     versions = prov.get("versions") or d.get("versions") or {}
     data = d.get("data") if isinstance(d.get("data"), Mapping) else {}
     status = "read" + (f" (converted from {f.converted_from})" if f.converted_from else "")
-    return FileRecord(f.path.name, f.format, status, str(model or "—"), str(fp.get("config_hash", ""))[:12],
+    return FileRecord(f.path.name, f.format, status, str(model or MISSING), str(fp.get("config_hash", ""))[:12],
                       str(d.get("data_hash") or data.get("data_hash") or "")[:16], str(prov.get("created") or ""),
                       str(versions.get("xlsteer", "")))
 
@@ -239,7 +235,7 @@ class Provenance:
 def provenance(run: Run) -> Provenance:
     records = [_record(f) for f in run.files]
     setups = [(f.path.name, flatten({k: v for k, v in f.doc.model_dump().items() if k not in ("format", "version")}))
-              for f in run.of("xlsteer.setup")]
+              for f in run.of(SETUP)]
     configs = sorted({r.config for r in records if r.config})
     notes = [f"{f.path.name}: {n}" for f in run.files for n in f.notes]
     return Provenance(records, setups, run.problems, configs if len(configs) > 1 else [], notes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..formats import MISSING, p_value
 from ..results.rows import ScoreTable
 
 
@@ -108,7 +109,7 @@ def control_view(doc: Any, task_changes: bool | None, alpha: float = 0.05) -> Co
                      f"{r.unsteered_share:.2f} [{r.unsteered_ci[0]:.2f}, {r.unsteered_ci[1]:.2f}]",
                      f"{r.steered_share:.2f} [{r.steered_ci[0]:.2f}, {r.steered_ci[1]:.2f}]",
                      f"{r.diff:+.2f} [{r.diff_ci[0]:+.2f}, {r.diff_ci[1]:+.2f}]",
-                     _p(r.p) + f" ({r.test})", _p(p_adj)])
+                     p_value(r.p) + f" ({r.test})", p_value(p_adj)])
     changes = any(p < alpha for p in adjusted)
     behaviour = ("the intervention changes behaviour (positive control)" if changes else
                  "the positive control shows no change in behaviour, so the intervention may not act at all")
@@ -121,20 +122,16 @@ def control_view(doc: Any, task_changes: bool | None, alpha: float = 0.05) -> Co
                        behaviour[0].upper() + behaviour[1:] + task + ".")
 
 
-def _p(p: float | None) -> str:
-    return "—" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def _arrows(t: ScoreTable, ln: Any, direction: str) -> str:
     langs = [lang for lang, c in ln.cells.items() if lang != t.anchor and c.p is not None
              and c.significant(t.alpha) == direction]
-    return ", ".join(langs) or "—"
+    return ", ".join(langs) or MISSING
 
 
 def _avg_change(t: ScoreTable, ln: Any) -> str:
     a = ln.average
     if not t.with_average or a is None or a.diff is None:
-        return "—"
+        return MISSING
     ci = f" [{a.diff_ci_low:+.3f}, {a.diff_ci_high:+.3f}]" if a.diff_ci_low is not None else ""
     mark = {"up": " ▲", "down": " ▼"}.get(a.significant(t.alpha, True), "")
     return f"{a.diff:+.3f}{ci}{mark}"
@@ -146,7 +143,7 @@ def headline(mains: Sequence[ScoreTable]) -> Headline | None:
         return None
     rows, per_all, tested_all = [], [], 0
     for t in mains:
-        ref = t.reference.name if t.reference else "—"
+        ref = t.reference.name if t.reference else MISSING
         tested_all += len(t.tested())
         per_all += [f"{'▲' if c.significant(t.alpha) == 'up' else '▼'} {ln.name} on {t.task}/{lang}"
                     for ln, lang, c in t.tested() if c.significant(t.alpha)]

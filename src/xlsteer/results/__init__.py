@@ -20,14 +20,14 @@ CONTROL_VERSION = 1
 
 EVAL = "xlsteer.eval"  # one evaluation (steered or not); a steered one embeds its baseline and paired test
 PAIRED = "xlsteer.paired"  # two evaluations paired item by item (compare_runs)
-METHODS = "xlsteer.methods"  # xlsteer compare: every method paired with zero-shot
+COMPARE = "xlsteer.methods"  # xlsteer compare: every method paired with zero-shot
 SWEEP = "xlsteer.sweep"  # layer x alpha grid on dev and the selection
 ANALYSIS = "xlsteer.analysis"  # one analysis of xlsteer analyze
 SETUP = "xlsteer.setup"  # what a run was set up with
 LM_EVAL = "xlsteer.lm-eval"  # lm-evaluation-harness results of xlsteer lm-eval
 CONTROL = "xlsteer.control"  # the positive control: does steering change the output language?
 
-FORMATS = (EVAL, PAIRED, METHODS, SWEEP, ANALYSIS, SETUP, LM_EVAL, CONTROL)
+FORMATS = (EVAL, PAIRED, COMPARE, SWEEP, ANALYSIS, SETUP, LM_EVAL, CONTROL)
 #: The command that converts files of the formats before version 2.
 CONVERTER = "xlsteer results upgrade FILE"
 

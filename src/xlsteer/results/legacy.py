@@ -27,9 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataError
-from . import ANALYSIS, CONTROL, CONTROL_VERSION, CONVERTER, EVAL, FORMATS, METHODS, PAIRED, SETUP, SWEEP, VERSION, stamp
+from . import ANALYSIS, COMPARE, CONTROL, CONTROL_VERSION, CONVERTER, EVAL, FORMATS, PAIRED, SETUP, SWEEP, VERSION, stamp
 
-_RENAMED = {"xlsteer.results": EVAL, "xlsteer.comparison": PAIRED, "xlsteer.sweep": SWEEP, "xlsteer.compare": METHODS}
+_RENAMED = {"xlsteer.results": EVAL, "xlsteer.comparison": PAIRED, "xlsteer.sweep": SWEEP, "xlsteer.compare": COMPARE}
 _KINDS = {"analysis": ANALYSIS, "setup": SETUP}
 _POOLED_KEYS = ("p", "test", "verdict", "pooled_diff", "ci_low", "ci_high", "n")
 
@@ -92,7 +92,7 @@ def _renamed(doc: dict[str, Any], name: str) -> tuple[dict[str, Any], list[str]]
         for key in ("baseline", "comparison"):
             if isinstance(body.get(key), dict):
                 body[key] = upgrade(body[key], f"{name} ({key})")[0]
-    if new == METHODS:
+    if new == COMPARE:
         rows = {}
         given = body.get("rows") or {}
         if not isinstance(given, dict) or not all(isinstance(r, dict) for r in given.values()):

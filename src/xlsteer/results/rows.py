@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import COMPARE, EVAL, LM_EVAL, PAIRED
+
 UNSTEERED = "unsteered"
 NOT_PARALLEL = ("not parallel: each language has its own items, so agreement with the anchor language is not "
                 "computed")
@@ -306,17 +308,17 @@ def score_tables(loaded: Iterable[Any], alpha: float = 0.05) -> list[ScoreTable]
     """
     acc = _Tables(alpha)
     files = list(loaded)
-    evals = [f for f in files if f.format == "xlsteer.eval"]
+    evals = [f for f in files if f.format == EVAL]
     for f in evals:
         acc.add_eval(f.doc, f.path.name)
     for f in files:
-        if f.format == "xlsteer.paired":
+        if f.format == PAIRED:
             acc.add_paired(f.doc, f.path.name)
     _pair_missing(acc, evals, alpha)
     for f in files:
-        if f.format == "xlsteer.methods":
+        if f.format == COMPARE:
             acc.add_methods(f.doc, f.path.name)
-        elif f.format == "xlsteer.lm-eval":
+        elif f.format == LM_EVAL:
             acc.add_lm_eval(f.doc, f.path.name)
     tables = list(acc.by_key.values())
     for t in tables:
@@ -326,7 +328,7 @@ def score_tables(loaded: Iterable[Any], alpha: float = 0.05) -> list[ScoreTable]
 
 def _pair_missing(acc: _Tables, evals: Sequence[Any], alpha: float) -> None:
     from ..errors import XlsteerError
-    from ..evaluation.runner import compare_runs
+    from ..evaluation.pairing import compare_runs
     from .schema import PairedResult
 
     refs = {(f.doc.task, f.doc.split): f for f in evals if f.doc.intervention is None and f.doc.items}
@@ -350,7 +352,7 @@ def _pair_missing(acc: _Tables, evals: Sequence[Any], alpha: float) -> None:
         for t in tables:
             acc.attach(t, t.line(eval_label(doc)), typed, t.metric)
             t.notes.append(f"paired tests for {eval_label(doc)} computed from the per-item results in {f.path.name} "
-                           f"and {ref.path.name} (xlsteer.evaluation.runner.compare_runs)")
+                           f"and {ref.path.name} (xlsteer.evaluation.pairing.compare_runs)")
 
 
 def score_rows(docs: Iterable[Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from . import ANALYSIS, CONTROL, EVAL, LM_EVAL, METHODS, PAIRED, SETUP, SWEEP
+from . import ANALYSIS, COMPARE, CONTROL, EVAL, LM_EVAL, PAIRED, SETUP, SWEEP
 
 
 class _Open(BaseModel):
@@ -286,7 +286,7 @@ class MethodRow(MethodRecord):
 
 
 class MethodsComparison(_Open):
-    format: Literal["xlsteer.methods"] = METHODS
+    format: Literal["xlsteer.methods"] = COMPARE
     version: Literal[2] = 2
     task: str
     split: str

@@ -50,11 +50,6 @@ def check_split(task: str, split: str, splits: Sequence[str]) -> str:
     return split
 
 
-def check_limit(limit: int | None) -> None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise UsageError(f"limit must be a positive integer, got {limit!r}")
-
-
 def root_dir(data_dir: str | os.PathLike | None) -> Path:
     return _resolve_data_dir(data_dir)
 

@@ -11,8 +11,8 @@ Why: "does steering help on *my* benchmark?" should need no Python and no lm-eva
 Records: ``{"context", "choices": [...], "gold": index}`` (multiple choice, scored by the
 summed log-likelihood of ``target_delimiter + choice`` after the context, as lm-eval does) or
 ``{"prompt", "answer"}`` (generation, greedy, ``max_new_tokens``, ``stop``), scored by
-``metric``: ``numeric`` (the final number, :func:`~xlsteer.evaluation.metrics.mgsm_exact_match`),
-``exact`` (normalised exact match, :func:`~xlsteer.evaluation.metrics.squad_em`) or ``f1``
+``metric``: ``numeric`` (the final number, :func:`~xlsteer.evaluation.metrics_numeric.mgsm_exact_match`),
+``exact`` (normalised exact match, :func:`~xlsteer.evaluation.metrics_text.squad_em`) or ``f1``
 (SQuAD token F1 and exact match); ``answer`` may be a list of accepted answers (exact, f1).
 An optional ``id`` names a record; without ids the n-th record of every file is the same item.
 Item ids are ``<name>/<id or record index>`` and identical in every language (scores pair item
@@ -145,7 +145,8 @@ def _gold_clash(ids: dict[str, dict[str, dict[str, Record]]], spec: Any) -> str:
 def _load_items(data: _Data, name: str, splits: tuple[str, ...], data_dir: Any, lang: str, split: str,
                 limit: int | None = None) -> list[Any]:
     """The items of one language and split (``data_dir`` is unused: the spec names its files)."""
-    from .base import Item, check_limit
+    from ...validation import check_limit
+    from .base import Item
 
     check_limit(limit)
     if lang not in data.files:
@@ -185,17 +186,18 @@ def _render_generation(t: Any, item: Any, exemplars: Any = ()) -> Any:
 
 def score_generation(metric: str, item: Any, text: str) -> Scored:
     """Score a generated text against the item's answer with the spec's ``metric``."""
-    from .. import metrics as M
+    from ..metrics_numeric import extract_number, mgsm_exact_match
+    from ..metrics_text import squad_em, squad_f1
 
     golds = item.answer if isinstance(item.answer, list) else [item.answer]
     if metric == "numeric":
-        em = float(M.mgsm_exact_match(text, item.answer, item.lang))
-        return Scored(M.extract_number(text, item.lang), bool(em), {"em": em})
+        em = float(mgsm_exact_match(text, item.answer, item.lang))
+        return Scored(extract_number(text, item.lang), bool(em), {"em": em})
     pred = text.strip()
-    em = float(M.squad_em(pred, golds, item.lang))
+    em = float(squad_em(pred, golds, item.lang))
     if metric == "exact":
         return Scored(pred, bool(em), {"em": em})
-    return Scored(pred, bool(em), {"f1": float(M.squad_f1(pred, golds, item.lang)), "em": em})
+    return Scored(pred, bool(em), {"f1": float(squad_f1(pred, golds, item.lang)), "em": em})
 
 
 def _answer_text(item: Any, template: Any = None) -> str:

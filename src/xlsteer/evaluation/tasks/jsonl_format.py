@@ -201,7 +201,7 @@ def _check_fields(rec: dict, spec: Any, path: Path, line: int) -> tuple[dict, An
     if not isinstance(prompt, str) or not prompt:
         raise _bad(path, line, "'prompt' must be a non-empty string")
     if spec.metric == "numeric":
-        from ..metrics import extract_number
+        from ..metrics_numeric import extract_number
 
         ok = (isinstance(answer, (int, float)) and not isinstance(answer, bool) and answer == answer
               and abs(answer) != float("inf")) or (isinstance(answer, str) and extract_number(answer) is not None)

@@ -39,12 +39,12 @@ import functools
 import io
 import os
 import zipfile
-from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import DataError, UsageError
 from ..sampling import Sampling
-from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir
+from ...validation import check_limit
+from .base import Item, check_split, read_json, resolve_lang, root_dir
 from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec
 
 ZIP = "lcb/test_sets.zip"

@@ -12,7 +12,8 @@ import os
 import re
 
 from ...errors import DataError
-from .base import Item, check_limit, check_split, read_json, read_lines, resolve_lang, root_dir, take
+from ...validation import check_limit
+from .base import Item, check_split, read_json, read_lines, resolve_lang, root_dir, take
 from .spec import BaselineHints, FewShot, Metric, Scored, TaskSpec
 
 NAME = "mgsm"
@@ -123,10 +124,10 @@ def _few_shot(template: object, lang: str, data_dir: str | os.PathLike | None) -
 
 
 def _score(item: Item, text: str) -> Scored:
-    from .. import metrics as M
+    from ..metrics_numeric import extract_number, mgsm_exact_match
 
-    em = float(M.mgsm_exact_match(text, item.answer, item.lang))
-    return Scored(prediction=M.extract_number(text, item.lang), correct=bool(em), scores={"em": em})
+    em = float(mgsm_exact_match(text, item.answer, item.lang))
+    return Scored(prediction=extract_number(text, item.lang), correct=bool(em), scores={"em": em})
 
 
 def _answer_text(item: Item, template: object) -> str:

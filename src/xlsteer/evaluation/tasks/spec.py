@@ -353,7 +353,7 @@ def items_by_lang(spec: TaskSpec, langs: Sequence[str], split: str, limit: int |
                   data_dir: Any) -> dict[str, list["Item"]]:
     """The items of ``split`` per language, checked non-empty."""
     from ...errors import XlsteerError
-    from .base import check_limit
+    from ...validation import check_limit
 
     check_limit(limit)
     spec.check_split(split)

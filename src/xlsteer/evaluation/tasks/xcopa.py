@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 
 from ...errors import DataError, LanguageError
-from .base import Item, check_limit, check_split, read_jsonl, resolve_lang, root_dir, take
+from ...validation import check_limit
+from .base import Item, check_split, read_jsonl, resolve_lang, root_dir, take
 from .spec import BaselineHints, Metric, TaskSpec
 
 NAME = "xcopa"

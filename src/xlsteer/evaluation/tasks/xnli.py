@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 from ...errors import DataError
-from .base import Item, check_limit, check_split, read_lines, resolve_lang, root_dir, take
+from ...validation import check_limit
+from .base import Item, check_split, read_lines, resolve_lang, root_dir, take
 from .spec import BaselineHints, Metric, TaskSpec
 
 NAME = "xnli"

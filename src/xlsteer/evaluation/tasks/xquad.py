@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 
 from ...errors import DataError
-from .base import Item, check_limit, check_split, read_json, resolve_lang, root_dir, take
+from ...validation import check_limit
+from .base import Item, check_split, read_json, resolve_lang, root_dir, take
 from .spec import BaselineHints, Metric, Scored, TaskSpec
 
 NAME = "xquad"
@@ -77,11 +78,11 @@ def load_items(data_dir: str | os.PathLike | None, lang: str, split: str, limit:
 
 
 def _score(item: Item, text: str) -> Scored:
-    from .. import metrics as M
+    from ..metrics_text import squad_em, squad_f1
 
     pred = text.strip()
-    f1 = float(M.squad_f1(pred, item.answer, item.lang))
-    em = float(M.squad_em(pred, item.answer, item.lang))
+    f1 = float(squad_f1(pred, item.answer, item.lang))
+    em = float(squad_em(pred, item.answer, item.lang))
     return Scored(prediction=pred, correct=bool(em), scores={"f1": f1, "em": em})
 
 
