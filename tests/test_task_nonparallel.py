@@ -214,7 +214,7 @@ def test_partial_scoring_equals_lm_evals_own_scores(tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from xlsteer.evaluation.runner import evaluate
+    from xlsteer.evaluation.runner import run_task
     from xlsteer.testing import tiny_model
 
     spec_path = write_benchmark(tmp_path / "bench", name="pronouns_lm")
@@ -231,7 +231,7 @@ def test_partial_scoring_equals_lm_evals_own_scores(tmp_path):
     lm.tokenizer.save_pretrained(folder)
     spec = build_spec(spec_path)
     try:
-        ours = evaluate(lm, spec, ["en", "sw"])["items"]
+        ours = run_task(lm, spec, ["en", "sw"])["items"]
         theirs = simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["pron_en", "pron_sw"],
                                  task_manager=TaskManager(include_path=[str(tasks)], include_defaults=False),
                                  log_samples=True, bootstrap_iters=0, batch_size=1, device="cpu")
