@@ -294,23 +294,19 @@ def _run_sweep(lm: Any, spec: Any, langs: list[str], kw: dict[str, Any], cfg: An
 
 def _test_command(record: dict[str, Any], kw: dict[str, Any], model: str, langs: list[str], mode: str,
                   out: Path, best_path: Path | None) -> str:
-    """The notes of a sweep (languages left out, the rule's evidence) and the command that evaluates
-    its choice on test: --intervention for a global choice, --sweep for a per-language one."""
+    """The command that evaluates a sweep's choice on test: --intervention for a global choice,
+    --sweep for a per-language one, none of them when the choice is no steering."""
     from ..evaluation.tables import choice_text
 
-    lines = []
-    left = record.get("left_out") or {}
-    if left:
-        lines.append(f"note: {', '.join(left)} {'has' if len(left) == 1 else 'have'} no {record['split']} items: "
-                     f"left out of the selection on {record['split']}, evaluated on test with the global choice")
+    lines = []  # a language left out of the selection is said once, by the table above
     base = f"xlsteer eval --model {model} --task {_task_words(kw)} --langs {','.join(langs)} --split test"
     if mode == "per-lang":
         choices = ", ".join(f"{lang} {choice_text(b)}" for lang, b in record["best_per_lang"].items())
         lines.append(f"per-language choices: {choices}; evaluate them on test with:\n"
                      f"  {base} --sweep {out} --select per-lang -o results.json")
     elif best_path is None:
-        lines.append(f"no steering beat the unsteered model on {record['split']} beyond noise; evaluate the unsteered "
-                     f"model on test with:\n  {base} -o results.json")
+        lines.append(f"no steered setting beat the unsteered model on {record['split']} beyond noise; "
+                     f"evaluate the unsteered model on test with:\n  {base} -o results.json")
     else:
         lines.append(f"evaluate it on test with:\n  {base} --intervention {best_path} "
                      f"--alpha {record['best']['alpha']:g} --positions {record['positions']} -o results.json")
