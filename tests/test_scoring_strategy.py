@@ -15,7 +15,7 @@ import torch
 from xlsteer.evaluation import scoring_strategy as S
 from xlsteer.evaluation.config import EvalConfig
 from xlsteer.evaluation.engine import Engine
-from xlsteer.evaluation.runner import evaluate
+from xlsteer.evaluation.runner import run_task as evaluate
 from xlsteer.testing import tiny_model
 
 
