@@ -122,7 +122,7 @@ def test_bad_and_older_files_are_listed_not_fatal(made, tmp_path):
     (tmp_path / "figures" / "fake.png").write_text("not a png")
     html = _html(build_report(tmp_path, tmp_path / "out" / "r.html"))
     assert "No evaluation results" in html and "No sweep results" in html and "No analysis results" in html
-    assert "not valid JSON" in html and "no xlsteer command writes" in html and "not a PNG file" in html
+    assert "malformed JSON" in html and "no xlsteer command writes" in html and "not a PNG file" in html
     assert "3 file(s) could not be read" in html and PNG_URI not in html
 
 

@@ -122,6 +122,17 @@ def test_rule_settings_are_checked():
         EvalConfig(select_rule="test")  # type: ignore[arg-type]
 
 
+def test_a_steering_row_of_compare_takes_its_own_rule():
+    """``-O diffmean.select_rule=one-se`` / ``select_level=0.01`` are declared options of a steering
+    row (checked before the model loads); another rule or a level outside (0, 1) is refused."""
+    from xlsteer.baselines.compare import check_options
+
+    check_options({"diffmean": {"select_rule": "one-se", "select_level": 0.01}}, ["zero-shot", "diffmean"])
+    for bad in ({"select_rule": "max"}, {"select_level": 1.0}, {"select_level": 0}):
+        with pytest.raises(UsageError, match="select_"):
+            check_options({"diffmean": bad}, ["zero-shot", "diffmean"])
+
+
 def test_cli_sweep_per_language_gives_a_test_command_that_runs(tmp_path, capsys):
     """``xlsteer sweep --select per-lang`` prints the per-language choices and a ready-made
     ``xlsteer eval --sweep ... --select per-lang`` command; that command evaluates the choices on

@@ -263,18 +263,42 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, validate: Callable[[Pat
     return atomic_write_text(path, dumps_json(obj), validate)
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise _NotFinite(text)  # NaN, Infinity, -Infinity: not JSON, and never written by xlsteer
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file written by xlsteer (or by hand): bounded in size before it is read
+    (:mod:`xlsteer.bounded`), standard JSON only (no NaN or infinity, no number that overflows),
+    nested at most :data:`~xlsteer.validation.MAX_DEPTH` levels; anything else is one line."""
+    from .bounded import read_bytes
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UsageError(f"{what} {p} does not exist; check the path")
+    raw = read_bytes(p, "json", what, ArtifactError)
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = json.loads(raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise ArtifactError(f"{what} {p} is not UTF-8 text; give a JSON file written by xlsteer") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{what} {p} is malformed JSON (line {e.lineno}: {e.msg}); re-create it") from None
-    except OSError as e:
-        raise ArtifactError(f"cannot read {what} {p} ({e.strerror or e}); check the path and its permissions") from None
+    except _NotFinite as e:
+        raise ArtifactError(f"{what} {p} holds the number {str(e)[:40]}, which is not finite; xlsteer writes "
+                            "only finite numbers, re-create it") from None
+    except ValueError as e:  # an integer of thousands of digits
+        raise ArtifactError(f"{what} {p} is malformed JSON ({' '.join(str(e).split())[:100]}); re-create it") from None
     except RecursionError:
         doc = None
         deep = True
@@ -302,7 +326,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], me
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     from safetensors import SafetensorError
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, validate=lambda tmp: _readable_header(tmp, path)) as tmp:
         try:
             save_file(flat, str(tmp), metadata=meta)
         except SafetensorError as e:  # safetensors reports a full disk as its own error, not OSError
@@ -316,9 +340,12 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+    from .bounded import check_safetensors_header
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} {p} does not exist; check the path")
+    check_safetensors_header(p, what)
     try:
         from safetensors import safe_open
 
@@ -341,6 +368,17 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"{what} {p}: tensor {name!r} contains NaN or Inf; re-create it")
     return tensors, metadata
+
+
+def _readable_header(tmp: Path, path: str | os.PathLike) -> None:
+    """A safetensors file just written opens and holds its xlsteer metadata (checked before the rename)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(tmp), framework="pt") as f:
+            json.loads((f.metadata() or {})["xlsteer"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise ArtifactError(f"{path} does not read back ({type(e).__name__})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

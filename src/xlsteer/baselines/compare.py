@@ -117,9 +117,7 @@ def compare_methods(lm: Any, task: str, langs: Sequence[str], methods: Sequence[
         names = [REFERENCE, *names]
     else:
         names = [REFERENCE, *[n for n in names if n != REFERENCE]]
-    unknown = {k for k in (options or {}) if k not in METHODS}
-    if unknown:
-        raise UsageError(f"options given for unknown method(s) {', '.join(sorted(unknown))}")
+    check_options(options or {}, names)
     ctx = RunContext.create(lm, task, langs, work_dir=out_dir, options=options, **settings)
     runs: dict[str, MethodRun] = {}
     files: dict[str, str] = {}
@@ -262,7 +260,9 @@ def write_compare(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> tupl
     from ..io import atomic_write_json, atomic_write_text
 
     d = Path(out_dir)
-    j = atomic_write_json(d / "compare.json", dict(record))
+    from ..results.read import check_readable
+
+    j = atomic_write_json(d / "compare.json", dict(record), validate=check_readable)
     m = atomic_write_text(d / "compare.md", compare_markdown(record))
     return j, m
 
@@ -280,7 +280,37 @@ def load_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
         method = parse_methods(method)[0]
         try:
             parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON (plain text), or an integer of thousands of digits
             parsed = value
-        out.setdefault(method, {})[key.strip()] = parsed
+        key = key.strip()
+        if key in out.get(method, {}):
+            raise UsageError(f"option {method}.{key} is given twice; give it once")
+        out.setdefault(method, {})[key] = check_option(method, key, parsed, value)
     return out
+
+
+def check_option(method: str, key: str, value: Any, raw: str | None = None) -> Any:
+    """One ``-O METHOD.KEY=VALUE`` against what the method declares (type and range), before any work."""
+    from ..interventions.params import check_value
+    from .methods import METHODS
+
+    declared = METHODS[method].params
+    if declared is None:  # a method registered without declarations: passed to it as given
+        return value
+    return check_value(method, key, value, declared, shown=raw)
+
+
+def check_options(options: Mapping[str, Mapping[str, Any]], methods: Sequence[str]) -> None:
+    """Options only for methods that run (``sft`` also sets ``sft+steer``'s fine-tuning), each one
+    declared by its method with a value of the right type and range."""
+    from .methods import METHODS
+
+    running = set(methods) | ({"sft"} if "sft+steer" in methods else set())
+    for method, given in options.items():
+        if method not in METHODS:
+            raise UsageError(f"options given for unknown method {method}; choose among {', '.join(METHODS)}")
+        if method not in running:
+            raise UsageError(f"-O {method}.* is given, but {method} is not among the methods run "
+                             f"({', '.join(methods)}); add it to --methods or drop the option")
+        for key, value in given.items():
+            check_option(method, key, value)

@@ -129,11 +129,15 @@ class MethodRun:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """One ``compare`` row; ``params``: what ``-O NAME.KEY=VALUE`` may set, with types and ranges
+    (:mod:`xlsteer.interventions.params`), checked before any model time."""
+
     name: str
     family: str
     description: str
     run: Callable[[RunContext, dict[str, Any]], MethodRun]
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] | None = field(default_factory=dict)  # None: not declared, not checked
 
 
 def _cost(**kw: Any) -> dict[str, Any]:

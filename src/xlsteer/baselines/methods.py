@@ -73,6 +73,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import UsageError
 from ..evaluation.tasks import get_task
+from ..interventions import params as P
 from .context import REFERENCE, MethodRun, MethodSpec, RunContext, _cost, _eval, _eval_items
 from .steering import steer_and_evaluate
 
@@ -266,47 +267,6 @@ def _sft_steer(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
     return out
 
 
-_FIXED: dict[str, MethodSpec] = {
-    "zero-shot": MethodSpec("zero-shot", "reference", "the unsteered model with the task's default template",
-                            _zero_shot),
-    "icl-en": MethodSpec("icl-en", "prompting", "k English exemplars (train split, else dev) before each item",
-                         _icl("en"), {"k": None}),
-    "icl-native": MethodSpec("icl-native", "prompting", "k exemplars in the item's language (same items as icl-en)",
-                             _icl("native"), {"k": None}),
-    "prompt-opt": MethodSpec("prompt-opt", "prompting",
-                             "instruction chosen on dev among seeds and the model's own paraphrases",
-                             _prompt_opt, {"rounds": 2, "per_round": 4, "n_parents": 2}),
-    "xlt": MethodSpec("xlt", "fine-tuning", "LoRA on English training data only (cross-lingual transfer)",
-                      _ft_run("xlt"), {"rank": 8, "steps": 40, "batch_size": 8, "lr": 5e-4}),
-    "sft": MethodSpec("sft", "fine-tuning", "LoRA on the training data of every evaluated language",
-                      _ft_run("sft"), {"rank": 8, "steps": 40, "batch_size": 8, "lr": 5e-4}),
-    "sft+steer": MethodSpec("sft+steer", "combination", "DiffMean fitted and applied on the SFT model",
-                            _sft_steer, {}),
-    "translate-test": MethodSpec("translate-test", "translation", "apertium MT to English, then the unsteered model",
-                                 _translate("apertium")),
-    "translate-self": MethodSpec("translate-self", "translation",
-                                 "the model translates the item to English, then answers it unsteered",
-                                 _translate("self")),
-    "translate-gmt": MethodSpec("translate-gmt", "translation", "XCOPA's Google-MT English, unsteered",
-                                _translate("gmt")),
-    "script-gate": MethodSpec("script-gate", "decoding",
-                              "unsteered; decoding keeps only tokens of the wanted language's script (non-Latin "
-                              "targets; an oracle form of the Language Confusion Gate)", _script_gate),
-}
-
-
-def _steering_rows() -> dict[str, MethodSpec]:
-    """One row per registered steering method with a ``compare`` description (registry order)."""
-    from ..interventions.registry import get_method, method_names
-
-    rows = {}
-    for name in method_names():
-        spec = get_method(name)
-        if spec.compare is not None:
-            rows[name] = MethodSpec(name, "steering", spec.compare, _steer(name), dict(spec.compare_defaults))
-    return rows
-
-
 class _Table(Mapping[str, Any]):
     """A read-only mapping built when read, so the steering rows follow the method registry."""
 
@@ -324,6 +284,74 @@ class _Table(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return repr(self._build())
+
+
+_ICL = {"k": P.integer(1, optional=True), "seed": P.SEED}
+_TRAIN = {"rank": P.integer(1), "lora_alpha": P.number(0, open_lo=True, optional=True), "dropout": P.number(0, 1, open_hi=True),
+          "target_modules": P.words(), "steps": P.integer(1), "batch_size": P.integer(1),
+          "lr": P.number(0, open_lo=True), "warmup_steps": P.integer(0), "weight_decay": P.number(0),
+          "max_length": P.integer(8), "seed": P.SEED, "max_train_items": P.integer(1, optional=True),
+          "train_langs": P.words(optional=True)}
+_PROMPT_SEARCH = {"rounds": P.integer(1), "per_round": P.integer(1), "n_parents": P.integer(1),
+                  "dev_limit": P.integer(1), "propose_tokens": P.integer(1), "seeds": P.words(optional=True)}
+
+
+def steering_params(method: str) -> dict[str, Any]:
+    """What ``-O`` may set on a steering row: the method's declared fit parameters and the row's
+    own settings (strength grid, layers, corpus lines, dev items, site, selection rule)."""
+    from ..evaluation.evidence import RULES
+    from ..interventions.registry import get_method
+    from ..models.sites import site_names
+
+    spec = get_method(method)
+    return {**spec.params, "alphas": P.numbers(), "layers": P.layers(), "fit_limit": P.integer(1),
+            "corpus": P.text(), "dev_limit": P.integer(1), "site": P.choice(*(spec.sites or site_names())),
+            "select": P.choice("global", "per-lang"), "select_rule": P.choice(*RULES),
+            "select_level": P.number(0, 1, open_lo=True, open_hi=True)}
+
+
+_FIXED: dict[str, MethodSpec] = {
+    "zero-shot": MethodSpec("zero-shot", "reference", "the unsteered model with the task's default template",
+                            _zero_shot),
+    "icl-en": MethodSpec("icl-en", "prompting", "k English exemplars (train split, else dev) before each item",
+                         _icl("en"), {"k": None}, _ICL),
+    "icl-native": MethodSpec("icl-native", "prompting", "k exemplars in the item's language (same items as icl-en)",
+                             _icl("native"), {"k": None}, _ICL),
+    "prompt-opt": MethodSpec("prompt-opt", "prompting",
+                             "instruction chosen on dev among seeds and the model's own paraphrases",
+                             _prompt_opt, {"rounds": 2, "per_round": 4, "n_parents": 2}, _PROMPT_SEARCH),
+    "xlt": MethodSpec("xlt", "fine-tuning", "LoRA on English training data only (cross-lingual transfer)",
+                      _ft_run("xlt"), {"rank": 8, "steps": 40, "batch_size": 8, "lr": 5e-4}, _TRAIN),
+    "sft": MethodSpec("sft", "fine-tuning", "LoRA on the training data of every evaluated language",
+                      _ft_run("sft"), {"rank": 8, "steps": 40, "batch_size": 8, "lr": 5e-4}, _TRAIN),
+    "sft+steer": MethodSpec("sft+steer", "combination", "DiffMean fitted and applied on the SFT model",
+                            _sft_steer, {}, _Table(lambda: {**{f"sft_{k}": v for k, v in _TRAIN.items()},
+                                                          **steering_params("diffmean")})),
+    "translate-test": MethodSpec("translate-test", "translation", "apertium MT to English, then the unsteered model",
+                                 _translate("apertium")),
+    "translate-self": MethodSpec("translate-self", "translation",
+                                 "the model translates the item to English, then answers it unsteered",
+                                 _translate("self"), params={"max_new_tokens": P.integer(1), "prompt": P.text()}),
+    "translate-gmt": MethodSpec("translate-gmt", "translation", "XCOPA's Google-MT English, unsteered",
+                                _translate("gmt")),
+    "script-gate": MethodSpec("script-gate", "decoding",
+                              "unsteered; decoding keeps only tokens of the wanted language's script (non-Latin "
+                              "targets; an oracle form of the Language Confusion Gate)", _script_gate),
+}
+
+
+def _steering_rows() -> dict[str, MethodSpec]:
+    """One row per registered steering method with a ``compare`` description (registry order)."""
+    from ..interventions.registry import get_method, method_names
+
+    rows = {}
+    for name in method_names():
+        spec = get_method(name)
+        if spec.compare is not None:
+            declared = _Table(lambda name=name: steering_params(name)) if spec.params else None
+            rows[name] = MethodSpec(name, "steering", spec.compare, _steer(name), dict(spec.compare_defaults),
+                                    declared)  # type: ignore[arg-type]  (None: a method that declares none)
+    return rows
 
 
 #: Every method under its name: the fixed rows, then the registry's steering rows.

@@ -56,7 +56,7 @@ def compare_cmd(**kw: Any) -> None:
     (each method's per-item results). A method whose DIR/runs file was written with the same
     settings is reused, so an interrupted comparison resumes per method.
     """
-    from ..baselines.compare import compare_markdown, compare_methods, load_options, write_compare
+    from ..baselines.compare import check_options, compare_markdown, compare_methods, load_options, write_compare
     from ..baselines.methods import parse_methods
     from ..io import check_writable
 
@@ -74,6 +74,7 @@ def compare_cmd(**kw: Any) -> None:
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     methods = parse_methods(kw.pop("methods"))
     options = load_options(list(kw.pop("options")))
+    check_options(options, ["zero-shot", *methods])  # types, ranges, methods that run: before the model loads
     no_cache = kw.pop("no_cache")
     cache_dir = kw.pop("cache_dir")
     tcache = kw.pop("translation_cache")

@@ -5,10 +5,25 @@ from __future__ import annotations
 import click
 
 from .guard import Output
-from .options import data_dir_option
+from .options import FiniteRange, data_dir_option
 
 ONLY_HELP = ("Comma-separated datasets: mgsm, xcopa, xquad, ntrex128, xnli, lcb (default: all; xnli and lcb need "
              "--accept-nc).")
+
+
+class _MirrorUrl(click.ParamType):
+    """--mirror / XLSTEER_DATA_MIRROR: an http(s) URL, checked when the command line is parsed."""
+
+    name = "url"
+
+    def convert(self, value: object, param: object, ctx: object) -> str:
+        from ..data.download import check_base_url
+        from ..errors import UsageError
+
+        try:
+            return check_base_url(str(value))
+        except UsageError as e:
+            self.fail(str(e), param, ctx)  # type: ignore[arg-type]
 
 
 @click.group("data")
@@ -57,11 +72,11 @@ def data_check_cmd(data_dir: str | None, only: str | None) -> None:
 @click.option("--accept-nc", is_flag=True,
               help="Accept the non-commercial terms of the XNLI copy (CC BY-NC 4.0) and of LCB's Okapi and ShareGPT "
                    "prompts (research use), and fetch them.")
-@click.option("--mirror", default=None, envvar="XLSTEER_DATA_MIRROR",
+@click.option("--mirror", default=None, envvar="XLSTEER_DATA_MIRROR", type=_MirrorUrl(),
               help="Base URL with the raw.githubusercontent.com layout <owner>/<repo>/<commit>/<path> "
                    "(default: $XLSTEER_DATA_MIRROR, else GitHub).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
-              help="Seconds to wait for the server.")
+@click.option("--timeout", type=FiniteRange(0, 86400), default=30.0, show_default=True,
+              help="Seconds to wait for the server (a download slower than 1 KiB/s over a minute is stopped).")
 def data_fetch_cmd(only: str | None, dest: str | None, accept_nc: bool, mirror: str | None, timeout: float) -> None:
     """Download the data from their upstream repositories at pinned commits, verified by SHA256.
 

@@ -10,7 +10,7 @@ import click
 
 from ..errors import UsageError
 from .guard import Input, Output
-from .options import (MAX_COUNT, SEED, compile_option, compile_setting, count, data_dir_option,
+from .options import (MAX_COUNT, SEED, SiteName, compile_option, compile_setting, count, data_dir_option,
                       intervention_plugins, langs_for, load_model_from, model_options, parse_float, parse_layers,
                       resolve_task_from, spare_inputs, task_inputs, task_options)
 
@@ -204,7 +204,7 @@ def selection_rule(kw: dict[str, Any]) -> Any:
               help="Statistics file: fit DiffMean per layer from it.")
 @click.option("--intervention", default=None, type=Input(dir_okay=False), callback=intervention_plugins,
               help="Or: an intervention fitted at several layers; each layer is tried alone.")
-@click.option("--site", default=None, help="With --stats: the site to fit at (default resid_post).")
+@click.option("--site", default=None, type=SiteName(), help="With --stats: the site to fit at (default resid_post).")
 @click.option("--normalize", type=click.Choice(["none", "unit", "relative"]), default="none", show_default=True,
               help="With --stats: how alpha scales the DiffMean vector.")
 @click.option("--layers", default=None, help="Layers to try: 6, 4-12, 2,5,9 (default: all the source holds, each alone; "

@@ -354,8 +354,33 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
     if as_json:
         click.echo(dumps_json(meta), nl=False)
         return
-    prov = meta.get("provenance") or {}
-    versions = prov.get("versions") or {}
+    _describe(file, fmt, meta, fitted_by if fmt == "xlsteer.intervention" else None)
+    names = sorted(tensors)
+    shown = names if max_tensors == 0 else names[:max_tensors]
+    click.echo(f"tensors ({len(names)}):")
+    width = max((len(n) for n in shown), default=0)
+    for name in shown:
+        click.echo(_tensor_line(name, tensors[name], width))
+    if len(shown) < len(names):
+        click.echo(f"  ... and {len(names) - len(shown)} more (--max-tensors 0 lists all)")
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """A metadata field meant to be an object (another type is shown as absent, not a crash)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _secs(value: Any) -> str:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.2f}" if ok else "?"
+
+
+def _describe(file: str, fmt: str, meta: dict[str, Any], fitted_by: Any) -> None:
+    """The human-readable lines of ``inspect`` (fields of unexpected types print as '?')."""
+    from ..errors import ArtifactError
+
+    prov = _obj(meta.get("provenance"))
+    versions = _obj(prov.get("versions"))
     size = Path(file).stat().st_size
     click.echo(f"file: {file} ({size / 1024:.1f} KiB), {fmt} v{meta.get('format_version', 1)}")
     if fmt == "xlsteer.intervention":
@@ -369,35 +394,32 @@ def inspect_cmd(file: str, as_json: bool, max_tensors: int) -> None:
                    f"strength: {meta.get('strength')}; positions: {params.get('positions', 'all')}")
         click.echo(f"parameters: {_scalar_params(params)}")
     else:
-        counts = meta.get("counts") or {}
-        n_items = sorted({v[0] for v in counts.values()}) if counts else []
+        counts = _obj(meta.get("counts"))
+        n_items = sorted({str(v[0]) for v in counts.values() if isinstance(v, list) and v})
         click.echo(f"statistics: {len(meta.get('langs', []))} languages ({', '.join(meta.get('langs', []))}), "
                    f"{len(meta.get('sites', []))} sites, pooling {meta.get('pooling')}, "
                    f"threshold {meta.get('threshold')}, keep_items {bool(meta.get('keep_items'))}, "
                    f"texts per language {', '.join(map(str, n_items)) or '?'}")
-        click.echo(f"widths: {', '.join(f'{k}={v}' for k, v in sorted((meta.get('widths') or {}).items()))}")
+        click.echo(f"widths: {', '.join(f'{k}={v}' for k, v in sorted(_obj(meta.get('widths')).items()))}")
     name = f"{meta['model']}: " if meta.get("model") else ""
-    click.echo(f"model: {name}{_fingerprint_line(meta.get('model_fingerprint'))}")
-    data = meta.get("data") or {}
+    click.echo(f"model: {name}{_fingerprint_line(_obj(meta.get('model_fingerprint')))}")
+    data = _obj(meta.get("data"))
     data_desc = (f"{data.get('corpus')} rows {data.get('first_id')}..{data.get('last_id')} ({data.get('n_items')} items)"
                  if data else str(meta.get("corpus", "?")))
     click.echo(f"data: {data_desc}; hash {str(meta.get('data_hash') or '(none)')[:16]}")
     if "fit_seconds" in meta:
-        click.echo(f"fit: {meta['fit_seconds']:.2f} s (collection {meta.get('collect_seconds', 0.0):.2f} s), "
+        click.echo(f"fit: {_secs(meta['fit_seconds'])} s (collection {_secs(meta.get('collect_seconds', 0.0))} s), "
                    f"statistics {meta.get('statistics_source', '-')}, fitted at {meta.get('fitted_at', '?')}")
     click.echo(f"created: {prov.get('created', '?')}; versions: "
                + (", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if k != "platform") or "?"))
-    if fmt == "xlsteer.intervention" and fitted_by is not None and fitted_by.summary is not None:
-        for line in fitted_by.summary(meta.get("params") or {}):
+    if fitted_by is not None and fitted_by.summary is not None:
+        try:
+            lines = fitted_by.summary(_obj(meta.get("params")))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise ArtifactError(f"{file}: the {meta['method']} parameters cannot be summarised ({type(e).__name__}); "
+                                "re-create it with `xlsteer fit`") from None
+        for line in lines:
             click.echo(line)
-    names = sorted(tensors)
-    shown = names if max_tensors == 0 else names[:max_tensors]
-    click.echo(f"tensors ({len(names)}):")
-    width = max((len(n) for n in shown), default=0)
-    for name in shown:
-        click.echo(_tensor_line(name, tensors[name], width))
-    if len(shown) < len(names):
-        click.echo(f"  ... and {len(names) - len(shown)} more (--max-tensors 0 lists all)")
 
 
 COMMANDS = [fit_cmd, generate_cmd, inspect_cmd]

@@ -244,6 +244,32 @@ class FiniteFloat(click.ParamType):
 FINITE = FiniteFloat()
 
 
+class SiteName(click.ParamType):
+    """A site name (resid_post, mlp_act, ...), checked when the command line is parsed."""
+
+    name = "site"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from ..models.sites import site_names
+
+        if value not in site_names():
+            self.fail(f"unknown site {str(value)[:40]!r}; choose one of {', '.join(site_names())}", param, ctx)
+        return str(value)
+
+
+class FiniteRange(FiniteFloat):
+    """A finite float option within ``(lo, hi]`` (checked when the command line is parsed)."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = super().convert(value, param, ctx)
+        if not self.lo < number <= self.hi:
+            self.fail(f"{value!r} is not in ({self.lo:g}, {self.hi:g}]", param, ctx)
+        return number
+
+
 def spare_inputs(outputs: list[Any], inputs: list[Any], *, model: str | None = None,
                  data_dir: str | None | bool = False) -> None:
     """Refuse an output that would overwrite an input, before any work (see xlsteer.io).

@@ -1,5 +1,5 @@
-"""``xlsteer fit --param KEY=VALUE``: parsed as JSON, checked against the method's fit function
-(name, type) and range-checked (finite, integer range, the parameter's own bounds) before any work."""
+"""``xlsteer fit --param KEY=VALUE``: parsed as JSON, checked against the parameters the method
+declares (name, type, range; :mod:`xlsteer.interventions.params`) before any work."""
 
 from __future__ import annotations
 
@@ -48,17 +48,6 @@ def _type_ok(value: Any, annotation: str) -> bool:
     return not kinds or any(k(value) for k in kinds)
 
 
-# Ranges of numeric method parameters, checked when the command line is parsed (before the model
-# loads): name -> (lowest, lowest allowed?, highest, highest allowed?); None = unbounded.
-_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
-    "ref_norm": (0, False, None, False), "target_layer": (0, True, None, False), "steps": (1, True, None, False),
-    "lr": (0, False, None, False), "dev_fraction": (0, False, 1, False), "eval_every": (1, True, None, False),
-    "patience": (0, True, None, False), "min_delta": (0, True, None, False), "seed": (0, True, 2**32 - 1, True),
-    "beta": (0, True, None, False), "gamma": (0, True, None, False), "quantile": (0, True, 1, True),
-    "margin": (0, True, None, False), "k": (1, True, None, False), "ridge": (0, True, None, False),
-    "sign": (-1, True, 1, True), "max_pairs": (1, True, None, False), "top_fraction": (0, False, 1, True),
-    "filter_quantile": (0, True, 1, True),
-}
 _MAX_INT = 2**31 - 1
 
 
@@ -75,29 +64,21 @@ def _numbers(value: Any) -> list[Any]:
     return []
 
 
-def _check_range(key: str, value: Any, raw: str) -> None:
-    """Finite, integers in range, and the parameter's own bounds (sign, fraction) -- before any work."""
+def _check_finite(key: str, value: Any, raw: str) -> None:
+    """Finite numbers and integers within ±2**31 anywhere in a value (methods without declared parameters)."""
     for x in _numbers(value):
         if isinstance(x, float) and not math.isfinite(x):
             raise UsageError(f"--param {key} must be a finite number, got {raw!r}")
         if isinstance(x, int) and abs(x) > _MAX_INT:
             raise UsageError(f"--param {key}={raw} is out of range; integers must lie within ±{_MAX_INT}")
-    if key not in _RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    lo, lo_ok, hi, hi_ok = _RANGES[key]
-    if (lo is not None and (value < lo or (value == lo and not lo_ok))) or \
-            (hi is not None and (value > hi or (value == hi and not hi_ok))):
-        low = "" if lo is None else ("[" if lo_ok else "(") + f"{lo:g}"
-        high = "" if hi is None else f"{hi:g}" + ("]" if hi_ok else ")")
-        interval = f"{low or '(-inf'}, {high or 'inf)'}"
-        raise UsageError(f"--param {key}={raw} is out of range; it must lie in {interval}")
 
 
 def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
-    """``--param key=value`` pairs, checked against the method's fit function (and its registry
-    entry's ``check_params``)."""
+    """``--param key=value`` pairs, checked against the parameters the method declares with types and
+    ranges (:mod:`xlsteer.interventions.params`; a method that declares none: against its fit
+    function's signature), then its registry entry's ``check_params``; all before any work."""
+    from ..interventions.params import check_value
     from ..interventions.registry import get_method
-
     from ..settings import parameters_of
 
     spec = get_method(method)
@@ -111,12 +92,15 @@ def parse_params(method: str, items: tuple[str, ...]) -> dict[str, Any]:
         if key in _RESERVED:
             flag = _RESERVED[key]
             raise UsageError(f"--param {key} is not a method parameter" + (f"; use {flag}" if flag else ""))
-        if key not in allowed:
-            raise UsageError(f"{method} has no parameter '{key}'; its parameters: {', '.join(sorted(allowed))}")
         if key in out:
             raise UsageError(f"--param {key} is given twice; give it once")
         value = _parse_value(raw.strip())
-        _check_range(key, value, raw)
+        if spec.params:
+            out[key] = check_value(method, key, value, spec.params, shown=raw)
+            continue
+        if key not in allowed:
+            raise UsageError(f"{method} has no parameter '{key}'; its parameters: {', '.join(sorted(allowed))}")
+        _check_finite(key, value, raw)
         annotation = allowed[key]
         if not _type_ok(value, annotation):
             raise UsageError(f"--param {key}={raw} has the wrong type: {method} expects {annotation}")

@@ -163,21 +163,20 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if p.is_dir():
         raise DataError(f"{p} is a directory, not a text file; give the path of a line-aligned UTF-8 file")
-    if not p.is_file():
+    if not p.exists():
         raise DataError(f"file {p} does not exist; check the path or the data dir")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"file {p} is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); re-save it as UTF-8"
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    from ..bounded import iter_lines
+
+    lines = []
+    for n, raw in iter_lines(p, "lines", "file"):  # streamed, each line bounded
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"file {p} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {n}); re-save it as UTF-8") \
+                from None
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    return lines
 
 
 def _resolve_langs(langs: Sequence[str] | str | None, available: Iterable[str], what: str) -> list[str]:
@@ -283,7 +282,9 @@ def _read_xquad(p: Path) -> list[dict]:
     if not p.is_file():
         raise DataError(f"file {p} does not exist; check the data dir")
     try:
-        d = json.loads(p.read_bytes().decode("utf-8"))
+        from ..bounded import read_bytes
+
+        d = json.loads(read_bytes(p, "json", "file").decode("utf-8"))
         data = d["data"]
         for art in data:
             for para in art["paragraphs"]:

@@ -14,30 +14,34 @@ the result is verified against the shipped hash like every other file.
 
 The base URL defaults to raw.githubusercontent.com; ``XLSTEER_DATA_MIRROR`` (or ``mirror=``)
 points at any server with the same ``<owner>/<repo>/<commit>/<path>`` layout.
+
+The server is not trusted (:class:`FetchLimits`): a file is cut off and deleted as soon as more
+bytes arrive than the hash list says it has; a download slower than ``min_rate`` bytes per second
+over a ``window`` of seconds is stopped (a mirror that sends a byte a second would never end);
+the whole fetch stops after ``total_seconds``. Two fetches into one folder take turns (a lock
+file in the folder): the second waits, then finds the first one's files and keeps them.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import http.client
 import json
 import os
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from ..errors import DataError, UsageError
 from ..io import atomic_write_bytes, atomic_write_text, check_writable, sha256_file
+from .download import MIRROR_ENV, Budget, FetchLimits, TooLarge, Unreachable, check_base_url, check_timeout
+from .download import download as _download
+from .download import download_cap
 from .paths import ENV_VAR, SUMS_FILE, user_data_dir
 
-MIRROR_ENV = "XLSTEER_DATA_MIRROR"
 MANIFEST = "sources.json"
-CHUNK = 1 << 16
 NC_FLAG = "--accept-nc"
 
 
@@ -93,6 +97,7 @@ class FetchOptions:
     accept_nc: bool = False                   # required for the non-commercial sets (XNLI, LCB)
     mirror: str | None = None                 # default: $XLSTEER_DATA_MIRROR, else upstream
     timeout: float = 30.0
+    limits: FetchLimits = field(default_factory=FetchLimits)
 
 
 @dataclass
@@ -103,6 +108,7 @@ class FetchPlan:
     skipped: list[Dataset]                    # left out for want of --accept-nc
     files: list[SourceFile]
     manifest: Manifest
+    limits: FetchLimits = field(default_factory=FetchLimits)
 
 
 @dataclass
@@ -163,10 +169,11 @@ def plan_fetch(options: FetchOptions, manifest: Manifest | None = None) -> Fetch
     if sums.is_file() and not _older_list(sums.read_text(encoding="utf-8", errors="replace"), manifest):
         raise UsageError(f"{dest} holds a {SUMS_FILE} that differs from this xlsteer's data list; "
                          "fetch into an empty folder with --dest DIR")
-    base = options.mirror or os.environ.get(MIRROR_ENV, "") or manifest.base_url
+    base = check_base_url(options.mirror or os.environ.get(MIRROR_ENV, "") or manifest.base_url)
+    check_timeout(options.timeout)
     keep = {d.name for d in chosen}
     files = [f for f in manifest.files if f.dataset in keep]
-    return FetchPlan(dest, base, chosen, skipped, files, manifest)
+    return FetchPlan(dest, base, chosen, skipped, files, manifest, options.limits)
 
 
 def _older_list(text: str, manifest: Manifest) -> bool:
@@ -188,51 +195,6 @@ def license_lines(plan: FetchPlan) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # download
-
-
-class _Unreachable(Exception):
-    """The server could not be reached (or the connection broke): stop, keep what is done."""
-
-
-def _open(url: str, offset: int, timeout: float) -> Any:
-    req = urllib.request.Request(url, headers={"User-Agent": "xlsteer-data-fetch"})
-    if offset:
-        req.add_header("Range", f"bytes={offset}-")
-    try:
-        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) URLs from the manifest
-    except urllib.error.HTTPError:
-        raise
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", None) or e
-        raise _Unreachable(f"cannot download {url} ({reason})") from None
-
-
-def _download(url: str, part: Path, timeout: float, bar: Any) -> int:
-    """Fetch ``url`` into ``part``, continuing a partial file; returns the bytes received."""
-    offset = part.stat().st_size if part.exists() else 0
-    try:
-        resp = _open(url, offset, timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # the part already holds the whole file
-            return 0
-        raise
-    received = 0
-    resuming = resp.status == 206
-    if resuming:
-        bar.update(offset)
-    with resp, open(part, "ab" if resuming else "wb") as out:
-        try:
-            while chunk := resp.read1(CHUNK):  # what has arrived, so that a kill loses nothing received
-                out.write(chunk)
-                out.flush()
-                received += len(chunk)
-                bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as e:
-            raise _Unreachable(f"download of {url} broke off ({e})") from None
-    expected = resp.headers.get("Content-Length")
-    if expected is not None and expected.isdigit() and received < int(expected):
-        raise _Unreachable(f"download of {url} broke off after {received:,} of {int(expected):,} bytes")
-    return received
 
 
 def python_literals_to_json(source: bytes) -> bytes:
@@ -268,21 +230,25 @@ def _verify(f: SourceFile, part: Path) -> tuple[bytes | None, str | None]:
     return data, None
 
 
-def _fetch_one(f: SourceFile, plan: FetchPlan, report: FetchReport, timeout: float, bar: Any) -> None:
+def _fetch_one(f: SourceFile, plan: FetchPlan, report: FetchReport, budget: Budget) -> None:
     final = plan.dest / f.path
     part = final.with_name(final.name + (".source.part" if f.convert else ".part"))
     part.parent.mkdir(parents=True, exist_ok=True)
     resumed = part.exists() and part.stat().st_size > 0
     try:
-        report.bytes += _download(f.url(plan.base_url), part, timeout, bar)
+        report.bytes += _download(f.url(plan.base_url), part, download_cap(f.size, bool(f.convert)), budget)
     except urllib.error.HTTPError as e:
         report.failed[f.path] = f"HTTP {e.code} from {f.url(plan.base_url)}"
+        return
+    except TooLarge as e:
+        part.unlink(missing_ok=True)
+        report.refused[f.path] = f"{e}; deleted"
         return
     data, refused = _verify(f, part)
     if refused:
         part.unlink(missing_ok=True)
         if resumed:  # the bytes kept from an earlier run may be the bad ones: try once from scratch
-            return _fetch_one(f, plan, report, timeout, bar)
+            return _fetch_one(f, plan, report, budget)
         report.refused[f.path] = refused
         return
     if data is not None:
@@ -293,8 +259,40 @@ def _fetch_one(f: SourceFile, plan: FetchPlan, report: FetchReport, timeout: flo
     report.fetched.append(f.path)
 
 
+LOCK_FILE = ".xlsteer-fetch.lock"
+
+
 def run_fetch(plan: FetchPlan, timeout: float = 30.0) -> FetchReport:
-    """Download every planned file that is missing or bad; write SHA256SUMS when done."""
+    """Download every planned file that is missing or bad; write SHA256SUMS when done.
+
+    One fetch at a time per folder: a second one waits for the lock (up to ``lock_wait``), then
+    finds the files the first fetched, verifies and keeps them.
+    """
+    import warnings
+
+    from filelock import FileLock, Timeout
+
+    from ..errors import XlsteerWarning
+
+    check_timeout(timeout)
+    plan.dest.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(plan.dest / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        warnings.warn(XlsteerWarning(f"another xlsteer data fetch is writing into {plan.dest}; waiting for it"))
+        try:
+            lock.acquire(timeout=plan.limits.lock_wait)
+        except Timeout:
+            raise DataError(f"another xlsteer data fetch into {plan.dest} still runs after {plan.limits.lock_wait:g} "
+                            "s; wait for it to end, or fetch into another folder with --dest") from None
+    try:
+        return _run_locked(plan, timeout)
+    finally:
+        lock.release()
+
+
+def _run_locked(plan: FetchPlan, timeout: float) -> FetchReport:
     from tqdm.auto import tqdm
 
     from ..progress import enabled as progress_enabled
@@ -310,11 +308,12 @@ def run_fetch(plan: FetchPlan, timeout: float = 30.0) -> FetchReport:
             todo.append(f)
     bar = tqdm(total=sum(f.size for f in todo), desc="fetch", unit="B", unit_scale=True, unit_divisor=1024,
                dynamic_ncols=True, leave=False, disable=not progress_enabled())
+    budget = Budget(plan.limits, timeout, time.monotonic() + plan.limits.total_seconds, bar)
     try:
         for f in todo:
             bar.set_postfix_str(f.path, refresh=False)
-            _fetch_one(f, plan, report, timeout, bar)
-    except _Unreachable as e:
+            _fetch_one(f, plan, report, budget)
+    except Unreachable as e:
         raise DataError(
             f"{e}; run the command again to resume, set {MIRROR_ENV} to a reachable mirror, or, without network, "
             f"use data already on disk with --data-dir DIR or {ENV_VAR}=DIR"

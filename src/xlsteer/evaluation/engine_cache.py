@@ -109,35 +109,47 @@ class _Store:
         base.parent.mkdir(parents=True, exist_ok=True)
         for other in [base, *sorted(base.parent.glob(f"{base.stem}.rank*{base.suffix}"))]:
             if other != self.path and other.exists():
-                self._read(other.read_bytes())
+                self._read(other)
         if self.path.exists():
             self._load()
         if not self.path.exists() or self.path.stat().st_size == 0:
             self._append([{"scope": scope}])
 
     def _load(self) -> None:
-        raw = self.path.read_bytes()
-        end = raw.rfind(b"\n") + 1
-        if end < len(raw):  # a torn last line (killed mid-write): drop it so appends start clean
+        end = self._read(self.path)
+        if end < self.path.stat().st_size:  # a torn last line (killed mid-write): drop it so appends start clean
             with open(self.path, "r+b") as f:
                 f.truncate(end)
                 f.flush()
                 os.fsync(f.fileno())
-            raw = raw[:end]
-        self._read(raw)
 
-    def _read(self, raw: bytes) -> None:
-        for line in raw.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(rec, dict) and "k" in rec and "v" in rec:
-                self.data[str(rec["k"])] = rec["v"]
-                if isinstance(rec.get("s"), str):
-                    self.how[str(rec["k"])] = rec["s"]
+    def _read(self, path: Path) -> int:
+        """Read the records of ``path`` line by line (bounded: a cache grows with the work, a line
+        does not); returns the offset after the last complete line. Lines that do not parse, or
+        are longer than any record, are skipped (the engine counts and recomputes them)."""
+        from ..bounded import LINE_LIMITS, check_file
+
+        check_file(path, "cache", "evaluation cache", XlsteerError)
+        limit, end = LINE_LIMITS["cache"], 0
+        with open(path, "rb") as f:
+            while line := f.readline(limit + 1):
+                if not line.endswith(b"\n"):
+                    if len(line) <= limit:
+                        break  # torn last line
+                    while line and not line.endswith(b"\n"):  # skip a line too long to be a record
+                        line = f.readline(limit + 1)
+                    end = f.tell()
+                    continue
+                end = f.tell()
+                try:
+                    rec = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(rec, dict) and "k" in rec and "v" in rec:
+                    self.data[str(rec["k"])] = rec["v"]
+                    if isinstance(rec.get("s"), str):
+                        self.how[str(rec["k"])] = rec["s"]
+        return end
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n" for r in records)

@@ -43,8 +43,10 @@ _SPACE_SEPS = " \u00a0\u202f\u2009'\u2019"  # space, NBSP, narrow NBSP, thin spa
 _NUMBER_RE = re.compile(
     r"(?P<sign>(?<![\w)\]])-)?"
     r"(?P<num>"
+    # scientific notation, one number: 1e400 / 2.5E-3 (not "1" and "400")
+    r"(?<![A-Za-z])\d+(?:\.\d+)?[eE][+-]?\d{1,9}(?![\d])"
     # Indian (lakh) grouping: 1,00,000 / 12,34,567.5
-    r"\d{1,2}(?:,\d{2})+,\d{3}(?:\.\d+)?(?![\d])"
+    r"|\d{1,2}(?:,\d{2})+,\d{3}(?:\.\d+)?(?![\d])"
     # comma grouping with optional point decimal: 1,234 / 1,234,567.89
     r"|\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d])(?!,\d)"
     # point grouping with comma decimal, or two+ point groups: 1.234,5 / 1.234.567
@@ -109,6 +111,11 @@ _COT_RE = re.compile("|".join(f"(?:{m})" for m in _COT_TRIGGERS), re.IGNORECASE)
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
+#: Numbers beyond 10**±60 stay in scientific form (canonical "1E+400"): no answer is that large,
+#: and expanding 1e999999999 would take a gigabyte.
+MAX_EXPONENT = 60
+
+
 def _normalize_digits(text: str) -> str:
     """Map every decimal digit (category Nd, any script) to ASCII and a few separators."""
     out = []
@@ -151,6 +158,11 @@ def canonical_number(num: str, negative: bool = False, lang: str | None = None) 
         d = -d
     if d == 0:
         return "0"
+    if abs(d.adjusted()) > MAX_EXPONENT:  # 1e400: kept in scientific form, never expanded (nor overflowed)
+        import decimal
+
+        wide = decimal.Context(prec=max(1, len(d.as_tuple().digits)), Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+        return format(wide.normalize(d), "E")
     text = format(d.normalize(), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

@@ -245,8 +245,10 @@ def _engine_record(eng: Engine, before: tuple[int, int, dict[str, int]]) -> dict
 
 
 def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """Deterministic JSON (sorted keys), written atomically."""
-    return atomic_write_json(path, results)
+    """Deterministic JSON (sorted keys), written atomically after reading back as a result file."""
+    from ..results.read import check_readable
+
+    return atomic_write_json(path, results, validate=check_readable)
 
 
 def results_json(results: dict[str, Any]) -> str:

@@ -167,9 +167,12 @@ def _field_value(field: Any) -> Any:
 def _reader(path: str | os.PathLike) -> Any:
     import gguf
 
+    from ..bounded import check_file
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"control vector file {p} does not exist; check the path")
+    check_file(p, "gguf", "control vector file", ArtifactError)
     try:
         return gguf.GGUFReader(str(p))
     except (ValueError, OSError, KeyError, IndexError) as e:

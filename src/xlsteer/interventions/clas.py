@@ -37,6 +37,7 @@ from ..errors import ArtifactError, UsageError
 from ..hook_session import Rows
 from ..models.sites import Site
 from ..settings import Settings
+from . import params as P
 from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import fit_metadata
@@ -332,6 +333,9 @@ class ClasConfig(Settings):
     description="neuron steering at the bridge layers (CLAS: shared neurons up, language-specific down)",
     compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
     corpus_langs=_corpus_langs, summary=category_summary,
+    params={"beta": P.number(0), "gamma": P.number(0), "threshold": P.number(optional=True),
+            "quantile": P.number(0, 1, optional=True), "bridge_rule": P.choice(*BRIDGE_RULES), "margin": P.number(0),
+            "k": P.integer(1), "category_langs": P.words(optional=True)},
 )
 def fit_clas(stats: "Statistics", langs: Sequence[str], anchor: str = "en", layers: Sequence[int] | None = None,
              cfg: ClasConfig | None = None, *, n_layers: int | None = None, meta: Mapping[str, Any] | None = None,

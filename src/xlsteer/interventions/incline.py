@@ -40,6 +40,7 @@ from ..errors import ArtifactError, DataError, UsageError
 from ..hook_session import POSITION_POLICIES, Rows
 from ..models.sites import Site
 from ..settings import Settings
+from . import params as P
 from .base import Intervention, check_width, register_intervention
 from .registry import ALL_TOGETHER, EVERY_LAYER, LayerPolicy, StatisticsNeed, register_method
 from .vector import check_layers, check_targets, fit_metadata
@@ -202,6 +203,8 @@ class InclineConfig(Settings):
     alpha_grid=(0.25, 0.5, 1.0), description="per-layer linear maps of target states toward the anchor's (INCLINE)",
     compare="INCLINE linear maps (NTREX), every layer, sigma chosen on dev", compare_defaults={"ridge": 0.1},
     check_inputs=_check_pairs,
+    params={"ridge": P.number(0), "target": P.choice(*TARGETS), "sign": P.choice(1, -1), "code_switch": P.flag(),
+            "max_pairs": P.integer(1, optional=True), "positions": P.choice("all", "prompt", "generated", "last_prompt")},
 )
 def fit_incline(source: "Statistics | Mapping[str, Mapping[int, torch.Tensor]]", layers: Sequence[int] | int,
                 langs: Sequence[str] | str, anchor: str = "en", site: str = "mlp_out",

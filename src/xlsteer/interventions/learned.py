@@ -36,6 +36,7 @@ import torch
 from ..errors import DataError, UsageError
 from ..models.sites import Site, check_site, num_layers
 from ..settings import Settings
+from . import params as P
 from .registry import NO_STATISTICS, FitJob, LayerPolicy, register_method
 from .task_objective import as_task_examples
 from .training import (TrainingRun, anchor_states_at, frozen, initial_vector, objective_loss, split_rows,
@@ -158,6 +159,11 @@ class LearnedConfig(Settings):
     description="a vector trained with the model frozen to align target states with the anchor's",
     compare="learned vector (align objective, NTREX), alpha chosen on dev", compare_defaults={"steps": 100},
     trainable=True, call=_call, check_params=_check_objective,
+    params={"objective": P.choice(*OBJECTIVES), "init": P.choice(*INITS), "target_layer": P.integer(0, optional=True),
+            "steps": P.integer(1), "lr": P.number(0, open_lo=True), "dev_fraction": P.number(0, 1, open_lo=True,
+                                                                                            open_hi=True),
+            "eval_every": P.integer(1), "patience": P.integer(0), "min_delta": P.number(0), "seed": P.SEED,
+            "exclude_bos": P.flag()},
 )
 def fit_learned(lm: Any, data: Any, layers: Sequence[int] | int, langs: Sequence[str] | str,
                 cfg: LearnedConfig | None = None, *, anchor: str = "en", parallel: Any = None,

@@ -40,6 +40,7 @@ from ..errors import ArtifactError, DataError, UsageError
 from ..hook_session import Rows
 from ..models.sites import Site
 from ..settings import Settings
+from . import params as P
 from .base import Intervention, check_width, register_intervention, row_table, scale_rows
 from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
 from .vector import fit_metadata
@@ -303,6 +304,8 @@ class IntMuConfig(NeuronSelection):
     "lape", site=NEURON_SITES[0], sites=NEURON_SITES, statistics=StatisticsNeed(
         "token-level P(act > 0) at every layer", every_layer=True), layer_policy=_NEURON_LAYERS,
     alpha_grid=(0.5, 1.0), description="language-specific neurons (LAPE) deactivated or amplified", call=_call,
+    params={"mode": P.choice(*LAPE_MODES), "neuron_lang": P.text(optional=True), "top_fraction": P.FRACTION,
+            "filter_quantile": P.QUANTILE},
 )
 def fit_lape(stats: "Statistics", langs: Sequence[str], anchor: str = "en", layers: Sequence[int] | None = None,
              cfg: LapeConfig | None = None, *, neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
@@ -367,6 +370,8 @@ def fit_lape(stats: "Statistics", langs: Sequence[str], anchor: str = "en", laye
     alpha_grid=(0.5, 1.0), description="LAPE neurons set to the anchor's mean activation (Int_mu)", call=_call,
     compare="Int_mu: LAPE neurons of the row's language set to the anchor's mean (the CLAS paper's baseline), "
             "strength chosen on dev",
+    params={"mean_of": P.choice(*MEAN_OF), "neurons_of": P.choice(*NEURONS_OF), "top_fraction": P.FRACTION,
+            "filter_quantile": P.QUANTILE},
 )
 def fit_intmu(stats: "Statistics", langs: Sequence[str], anchor: str = "en", layers: Sequence[int] | None = None,
               cfg: IntMuConfig | None = None, *, neurons: Mapping[str, Mapping[int, torch.Tensor]] | None = None,

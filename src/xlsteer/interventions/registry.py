@@ -177,6 +177,9 @@ class SteeringMethod:
     check_params: Callable[[Mapping[str, Any]], None] | None = None
     check_inputs: Callable[[Any, str, int, Mapping[str, Any]], None] | None = None
     summary: Callable[[Mapping[str, Any]], list[str]] | None = None  # lines xlsteer fit / inspect print
+    #: The parameters ``xlsteer fit -p`` and ``compare -O`` may set, with types and ranges
+    #: (:mod:`xlsteer.interventions.params`); empty: checked against the fit function's signature only.
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def check_site(self, site: str) -> None:
         if self.sites is not None and site not in self.sites:
@@ -223,7 +226,7 @@ def register_method(
 
     ``hooks``: the other :class:`SteeringMethod` fields (``compare``, ``compare_defaults``,
     ``trainable``, ``call``, ``prepare``, ``corpus_langs``, ``check_params``, ``check_inputs``,
-    ``summary``).
+    ``summary``, ``params``: the settable parameters, :mod:`xlsteer.interventions.params`).
     """
     known = {f.name for f in dataclasses.fields(SteeringMethod)}
     unknown = sorted(set(hooks) - known)

@@ -28,6 +28,7 @@ import torch
 from ..errors import ArtifactError, UsageError
 from ..models.sites import Site
 from ..provenance import now_utc
+from . import params as P
 from .base import Intervention, register_intervention
 from .registry import LayerPolicy, StatisticsNeed, quartile_layers, register_method
 
@@ -176,6 +177,7 @@ def token_rms_norm(stats: "Statistics", site: Site, langs: Sequence[str]) -> flo
     layer_policy=LayerPolicy(compare=quartile_layers), alpha_grid=(0.5, 1.0, 2.0),
     description="the mean difference of anchor and target activations (closed form)",
     compare="DiffMean vector (NTREX), layer and alpha chosen on dev",
+    params={"normalize": P.choice("none", "unit", "relative"), "ref_norm": P.per_layer(0, open_lo=True, optional=True)},
 )
 def fit_diffmean(
     stats: "Statistics",

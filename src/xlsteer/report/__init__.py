@@ -94,7 +94,7 @@ def build_report(source: str | Path, output_html: str | Path | None = None, *, a
     tables = score_tables(run.files, alpha=alpha)
     controls = run.of(CONTROL)
     summary = summarize(tables, controls[0].doc if controls else None, len(run.problems))
-    score_figs = {id(t): P.score_figure(t) for t in tables if t.main}
+    score_figs = {id(t): fig for t in tables if t.main and (fig := P.drawn(P.score_figure, t)) is not None}
     sweeps = [P.sweep_view(f) for f in run.of(SWEEP)]
     analysis = P.analysis_sections(run, by_section)
     drawn = list(score_figs.values()) + [s.figure for s in sweeps if s.figure] + [

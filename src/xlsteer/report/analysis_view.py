@@ -172,9 +172,12 @@ BLOCKS = {"similarity": similarity, "logit_lens": logit_lens, "neuron_map": neur
 
 def listed_figures(doc: Mapping[str, Any]) -> list[str]:
     """File names of the figures an analysis file says it wrote."""
-    names = list(doc.get("figures") or [])
+    given = doc.get("figures")
+    names = list(given) if isinstance(given, list) else []
     for key in ("projections", "regressions"):
-        names += [x["figure"] for x in doc.get(key) or [] if isinstance(x, Mapping) and x.get("figure")]
+        items = doc.get(key)
+        names += [x["figure"] for x in (items if isinstance(items, list) else [])
+                  if isinstance(x, Mapping) and x.get("figure")]
     return [str(x).replace("\\", "/").rsplit("/", 1)[-1] for x in names]
 
 

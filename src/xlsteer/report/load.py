@@ -13,7 +13,6 @@ fail.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +34,12 @@ class Run:
 
 
 def _read(path: Path, run: Run) -> None:
+    """One result file (bounded, depth-checked, finite: :func:`xlsteer.io.read_json`), typed; a
+    file that cannot be read is listed with the reason instead."""
+    from ..io import read_json
+
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        run.problems.append((path.name, f"not valid JSON ({type(e).__name__})"))
-        return
-    except OSError as e:
-        run.problems.append((path.name, f"unreadable ({e.strerror or e})"))
-        return
-    try:
+        raw = read_json(path, "result file")
         doc, old, notes = typed(raw, path.name)
     except XlsteerError as e:
         run.problems.append((path.name, str(e)))
@@ -65,12 +61,14 @@ def load_run(source: str | Path) -> Run:
     run = Run(root)
     for path in sorted(root.glob("*.json")):
         _read(path, run)
+    from ..bounded import read_bytes
+
     fig_dir = root / "figures"
     for path in sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []:
         try:
-            data = path.read_bytes()
-        except OSError as e:
-            run.problems.append((f"figures/{path.name}", f"unreadable figure ({e.strerror or e})"))
+            data = read_bytes(path, "json", "figure")
+        except XlsteerError as e:
+            run.problems.append((f"figures/{path.name}", f"unreadable figure ({e})"))
             continue
         if not data.startswith(PNG_MAGIC):
             run.problems.append((f"figures/{path.name}", "not a PNG file"))

@@ -66,6 +66,18 @@ def caption_of(name: str) -> str:
     return f"{what} ({detail})" if what else detail
 
 
+#: What drawing a figure from an untyped part of a file can raise (a value of another type or shape).
+CONTENT_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+def drawn(make: Any, *args: Any) -> Figure | None:
+    """``make(*args)``, or None when the file's content cannot be drawn (the page shows the rest)."""
+    try:
+        return make(*args)
+    except CONTENT_ERRORS:
+        return None
+
+
 def figure_of(name: str, fig: Any, caption: str | None = None, section: str | None = None) -> Figure:
     from ..analysis.plots import png_bytes
 
@@ -130,19 +142,20 @@ def sweep_view(f: Any) -> SweepView:
     method = doc.source.get("method") or doc.source.get("kind") or "intervention"
     selected, choices = _choice_lines(doc, main)
     top = sorted([x for x in pts if x["score"] is not None], key=lambda x: -x["score"])[:10]
-    fig = plot_sweep([{k: x[k] for k in ("layer", "alpha", "score")} for x in pts], metric=main,
-                     title=f"Sweep ({doc.split} split): best cell boxed")
+    caption = (f"{main} of {method} on {doc.task} {doc.split} over layer × alpha (average over the non-anchor "
+               "languages); the best cell is boxed")
+    figure = drawn(lambda: figure_of(f"sweep_{slug(f.path.stem)}.png", plot_sweep(
+        [{k: x[k] for k in ("layer", "alpha", "score")} for x in pts], metric=main,
+        title=f"Sweep ({doc.split} split): best cell boxed"), caption, "sweeps"))
     rule = doc.selection_rule + (f" ({doc.source['note']})" if doc.source.get("note") else "")
     rows = []
     if doc.baseline is not None:
-        rows.append(["unsteered", "0", number((doc.baseline.get("average") or {}).get("metrics", {}).get(main)), MISSING, MISSING])
+        unsteered = (doc.baseline.get("average") or {}).get("metrics", {}).get(main)
+        rows.append(["unsteered", "0", number(unsteered), MISSING, MISSING])
     rows += [[str(x["layer"]), f"{x['alpha']:g}", number(x["score"]), *_gain_cells(x["entry"])] for x in top]
     return SweepView(f"{method} · {doc.task} · {main} · {doc.split}", f.path.name, selected, rule,
                      ["layer", "alpha", f"{main} (avg non-{doc.anchor})", "dev gain over unsteered [95% CI]",
-                      "p (test)"], rows, len(pts),
-                     figure_of(f"sweep_{slug(f.path.stem)}.png", fig, f"{main} of {method} on {doc.task} {doc.split} "
-                               "over layer × alpha (average over the non-anchor languages); the best cell is boxed",
-                               "sweeps"), choices)
+                      "p (test)"], rows, len(pts), figure, choices)
 
 
 @dataclass
@@ -174,9 +187,13 @@ def analysis_sections(run: Run, by_section: dict[str, list[Figure]]) -> list[Ana
                 blocks = [A.note(f"Could not render {name}: unexpected content ({type(e).__name__}: {e}).")]
             listed = A.listed_figures(doc)
             if (listed and not all(n in available for n in listed)) or (not listed and not available):
-                for fig_name, fig in A.redraw(key, doc).items():  # figures missing: draw them from the JSON
-                    available[fig_name] = figure_of(fig_name, fig)
-                    listed.append(fig_name)
+                try:
+                    for fig_name, fig in A.redraw(key, doc).items():  # figures missing: draw them from the JSON
+                        available[fig_name] = figure_of(fig_name, fig)
+                        listed.append(fig_name)
+                except CONTENT_ERRORS as e:
+                    blocks.append(A.note(f"Could not redraw the figures of {name}: unexpected content "
+                                         f"({type(e).__name__})."))
             blocks += [A.note(n) for n in doc.get("notes") or []]
             figs = [available[n] for n in dict.fromkeys(listed) if n in available and n not in shown]
             shown.update(fig.name for fig in figs)

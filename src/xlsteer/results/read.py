@@ -46,6 +46,12 @@ def typed(raw: Any, name: str = "file") -> tuple[Any, str | None, list[str]]:
                         "re-create it with the xlsteer command that writes it") from None
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise one line unless ``path`` reads as a result file (what writers check before the rename,
+    so no command writes a file that ``table`` and ``report`` refuse)."""
+    load_result(path)
+
+
 def load_result(path: str | os.PathLike) -> Loaded:
     """One result file, typed (raises DataError / UsageError with one line)."""
     from ..io import read_json

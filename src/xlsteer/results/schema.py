@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from . import ANALYSIS, COMPARE, CONTROL, EVAL, LM_EVAL, PAIRED, SETUP, SWEEP
 
 
 class _Open(BaseModel):
-    """Typed fields are checked; other fields are kept as written."""
+    """Typed fields are checked; other fields are kept as written. (A file holding NaN or an
+    infinity is refused before it gets here, by :func:`xlsteer.io.read_json`; in memory an
+    infinite MDE means "no effect detectable" and is written as null.)"""
 
     model_config = ConfigDict(extra="allow")
 
@@ -234,6 +236,17 @@ class EvalResult(_Open):
     baseline: Optional["EvalResult"] = None
     comparison: Optional[PairedResult] = None
     method: Union[MethodRecord, str, None] = None
+
+    @model_validator(mode="after")
+    def _main_metric_everywhere(self) -> "EvalResult":
+        """The main metric is one of the metrics and every language has a score for it."""
+        main = self.metrics.main
+        if main not in self.metrics.names:
+            raise ValueError(f"metrics.main {main[:40]!r} is not among metrics.names")
+        for lang, res in self.per_lang.items():
+            if main not in res.metrics and main not in res.continuous:
+                raise ValueError(f"per_lang.{lang[:20]} has no score for the main metric {main[:40]!r}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

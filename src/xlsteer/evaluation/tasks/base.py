@@ -59,7 +59,9 @@ def read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"file {path} does not exist; check the data dir (--data-dir / XLSTEER_DATA_DIR) "
                         "or restore it with `xlsteer data fetch`")
-    raw = path.read_bytes()
+    from ...bounded import read_bytes
+
+    raw = read_bytes(path, "lines", "data file")  # bounded: a file of the data dir is user input too
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -68,11 +70,24 @@ def read_text(path: Path) -> str:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Lines split on \\n with \\r stripped (the files have CRLF endings); no final empty line."""
-    lines = read_text(path).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    """Lines split on \\n with \\r stripped (the files have CRLF endings); no final empty line.
+    Streamed with a bound on each line (:func:`xlsteer.bounded.iter_lines`), like every
+    line-oriented file: a TSV or JSONL file of the data dir is never read whole."""
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist; check the data dir (--data-dir / XLSTEER_DATA_DIR) "
+                        "or restore it with `xlsteer data fetch`")
+    from ...bounded import iter_lines
+
+    lines = []
+    for n, raw in iter_lines(path, "lines", "data file"):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"file {path} is not UTF-8 (line {n}, offset {e.start}); restore it from the shared "
+                            "data") from None
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    return lines
 
 
 def read_json(path: Path) -> Any:

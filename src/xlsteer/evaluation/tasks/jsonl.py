@@ -266,8 +266,12 @@ def _content_digest(spec_bytes: bytes, files: dict[str, Path | dict[str, Path]])
     on how a path is spelled or where the files live)."""
     h = hashlib.sha256(spec_bytes)
     for lang, where in files.items():
+        # one file: the language and its bytes; one file per split: the split's name too
         for split, path in ([("", where)] if isinstance(where, Path) else sorted(where.items())):
-            h.update(lang.encode() + b"\0" + split.encode() + b"\0" + path.read_bytes())
+            h.update(lang.encode() + b"\0" + (split.encode() + b"\0" if split else b""))
+            with open(path, "rb") as f:  # streamed: the files were checked and bounded when read
+                while block := f.read(1 << 20):
+                    h.update(block)
     return h.hexdigest()
 
 
@@ -289,14 +293,24 @@ def _langs(spec: Any, path: Path) -> dict[str, Path | dict[str, Path]]:
         if lang in out:
             raise DataError(f"task spec {path}: files: language {lang} is given twice (as {code!r}); "
                             "list each language once")
-        out[lang] = ((path.parent / rel).resolve() if isinstance(rel, str)
-                     else {split: (path.parent / f).resolve() for split, f in rel.items()})
+        out[lang] = (_resolved(path.parent / rel, path) if isinstance(rel, str)
+                     else {split: _resolved(path.parent / f, path) for split, f in rel.items()})
     return out
+
+
+def _resolved(file: Path, spec: Path) -> Path:
+    """A data file's absolute path; a symlink loop is the spec's problem, said in one line."""
+    try:
+        return file.resolve()
+    except (RuntimeError, OSError) as e:  # RuntimeError: "Symlink loop" (Python 3.11)
+        why = " ".join(str(e).split())[:120]
+        raise DataError(f"task spec {spec}: file {file} cannot be resolved ({why}); fix the symlink or the path "
+                        "under 'files'") from None
 
 
 def build_spec(path: str | os.PathLike) -> TaskSpec:
     """The TaskSpec of a YAML spec file (validated; every data file is read and checked now)."""
-    p = Path(path).expanduser().resolve()
+    p = _resolved(Path(path).expanduser(), Path(path))
     spec, raw = read_spec(p)
     name = spec.name or re.sub(r"[^A-Za-z0-9_.:-]", "_", p.stem)
     if name.lower() in BUILTIN:

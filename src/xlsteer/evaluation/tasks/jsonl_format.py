@@ -145,7 +145,9 @@ def read_spec(path: str | os.PathLike) -> tuple[Any, bytes]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"task spec {p} does not exist; give the path of a task spec .yaml ({HINT})")
-    raw = p.read_bytes()
+    from ...bounded import read_bytes
+
+    raw = read_bytes(p, "spec", "task spec")  # bounded before it is read: a spec is a few lines
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -274,14 +276,17 @@ def read_records(path: Path, spec: Any, split: str | None = None) -> list[Record
     if not path.is_file():
         raise DataError(f"file {path} does not exist; fix its path under 'files' in the task spec "
                         "(paths are relative to the spec)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"file {path} is not UTF-8 (byte {e.start}); save it as UTF-8") from None
+    from ...bounded import iter_lines
+
     out: list[Record] = []
     seen: dict[str, int] = {}
     with_ids = False
-    for n, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
+    for n, line in iter_lines(path, "lines", "file"):  # streamed: one record in memory at a time
+        try:
+            raw = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"file {path} is not UTF-8 (line {n}, byte {e.start}); save it as UTF-8") from None
+        raw = raw.removeprefix("\ufeff") if n == 1 else raw
         if not raw.strip():
             continue
         try:
