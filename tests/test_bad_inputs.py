@@ -396,15 +396,8 @@ CASES = [
      2, "unknown device"),
 ]
 
-# the method commands (fit, generate, inspect), when that module is there
-try:
-    import xlsteer.cli.methods  # noqa: F401
-
-    HAVE_METHODS = True
-except ModuleNotFoundError:
-    HAVE_METHODS = False
-needs_methods = pytest.mark.skipif(not HAVE_METHODS, reason="xlsteer fit/generate/inspect not built yet")
-CASES += [pytest.param(*case, marks=needs_methods, id=case[0]) for case in [
+# the method commands (fit, generate, inspect)
+CASES += [pytest.param(*case, id=case[0]) for case in [
     ("fit_without_target_language", "fit diffmean --model {T} --langs en --data {corpus} -o {out}/v.safetensors",
      2, "no target languages"),
     ("fit_layer_out_of_range", "fit diffmean --model {T} --langs de --data {corpus} --layers 9 -o {out}/v.safetensors",
@@ -490,7 +483,7 @@ CASES += [
     ("cache_dir_not_writable", "sweep --model {T} --task xcopa --langs sw --limit 2 --stats {stats} "
      "--cache-dir {readonly}/cache -o {out}/r.json", 2, "--cache-dir"),
 ]
-CASES += [pytest.param(*case, marks=needs_methods, id=case[0]) for case in [
+CASES += [pytest.param(*case, id=case[0]) for case in [
     ("generate_languages_as_text", "generate --model {T} -i {iv_languages_text} --lang de Hallo", 1,
      "'languages' must be a list"),
     ("generate_max_new_tokens_overflows", "generate --model {T} --max-new-tokens 99999999999 Hallo", 2,

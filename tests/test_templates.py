@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xlsteer.errors import LanguageError, UsageError
-from xlsteer.evaluation.tasks import Item, get_task, get_template
+from xlsteer.evaluation.tasks import Item, get_template
 from xlsteer.evaluation.templates import TEMPLATES, XCOPA_CONNECTORS
 
 
