@@ -83,7 +83,7 @@ INPUT_VALUES = {"model": "model", "data_dir": "data", "corpus": "corpus", "task"
                 "intervention": "vec", "intervention_files": "vec", "interventions": "vec", "stats_path": "stats",
                 "stats_file": "stats", "eval_files": "old", "categories_file": "categories",
                 "compare_model": "model", "results": "old", "run_dir": "run", "file": "vec", "files": "old",
-                "lid_model": "lid"}
+                "sweep_path": "old", "lid_model": "lid"}
 ARGS = {
     ("collect",): ["--langs", "en,de", "--limit", "1"],
     ("fit",): ["diffmean", "--langs", "de", "--limit", "1"],
@@ -101,7 +101,7 @@ ARGS = {
     ("results", "schema"): [],
 }
 # parameters left out of the base call: they exclude another one given (sweep: --stats or --intervention)
-LEFT_OUT = {("sweep",): {"intervention"}, ("eval",): set(), ("lm-eval",): set()}
+LEFT_OUT = {("sweep",): {"intervention"}, ("eval",): {"sweep_path"}, ("lm-eval",): set()}
 
 
 def _flag(param) -> str | None:

@@ -77,7 +77,7 @@ def test_eval_results_file_reports_beside_itself(made, capsys):
     assert main(["report", str(made["eval_file"])]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     summary = _summary(_html(out))
-    assert '<th scope="row">unsteered' in summary and '<th scope="row">vector L1 ×4' in summary
+    assert '<th scope="row">unsteered' in summary and '<th scope="row">vector L1 α4' in summary
 
 
 def test_marks_follow_the_holm_adjusted_p(made, tmp_path):
@@ -89,7 +89,7 @@ def test_marks_follow_the_holm_adjusted_p(made, tmp_path):
     path.write_text(json.dumps(doc), encoding="utf-8")
     summary = _summary(_html(build_report(path)))
     assert summary.count('class="up"') == 1 and 'class="down"' not in summary  # zh: p < .05 but not after Holm
-    assert "1 of 2 method × language changes are significant after Holm (vector L1 ×4 ▲ sw)" in summary
+    assert "1 of 2 method × language changes are significant after Holm (vector L1 α4 ▲ sw)" in summary
 
 
 def test_every_figure_has_alt_text_a_caption_and_a_file(made):

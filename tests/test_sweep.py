@@ -59,7 +59,9 @@ def test_sweep_never_reads_test_items(lm, stats, splits_read):
     assert rec["selected_on_split"] == "dev" and rec["split"] == "dev"
     assert rec["grid"] == {"layers": [0, 1], "alphas": [0.5, 4.0]}
     assert [e["key"] for e in rec["results"]] == ["L0@0.5", "L0@4", "L1@0.5", "L1@4"]
-    assert rec["best"]["layer"] in (0, 1) and rec["best"]["alpha"] in (0.5, 4.0)
+    top = rec["best_steered"]
+    assert top["layer"] in (0, 1) and top["alpha"] in (0.5, 4.0) and top["key"] in [e["key"] for e in rec["results"]]
+    assert rec["best"]["evidence"]["rule"] == "test" and rec["best"]["tested_key"] == top["key"]
     assert set(rec["best_per_lang"]) == {"sw", "zh"}
     assert "dev" in rec["selection_rule"] and rec["baseline"] is not None
     for e in rec["results"]:

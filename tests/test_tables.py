@@ -104,6 +104,7 @@ def test_table_prints_compare_and_sweep_files_too(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.strip() == (made["compare"] / "compare.md").read_text(encoding="utf-8").strip()
     assert main(["table", str(made["demo"] / "sweep_diffmean.json")]) == 0
-    assert "selected (all languages): layer" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "selected (all languages): " in out and "| unsteered " in out and "dev gain" in out
     assert main(["table", str(made["demo"] / "control.json")]) == 1
     assert "not xlsteer.control files" in capsys.readouterr().err

@@ -214,7 +214,10 @@ def test_errors(tasks, tmp_path):
     greedy = write_tasks(tmp_path / "b2", "S", GEN.replace("do_sample: false", "do_sample: false\n  temperature: 0.7"))
     assert build_spec("lmeval:S_en,S_sw", include_path=[greedy]).kind == "generate"  # lm-eval decodes greedily too
     write_tasks(tmp_path / "c", "M", MC, langs=("en", "sw"), counts={("sw", "test"): 4})
-    assert "different numbers of test documents (M_en 5, M_sw 4)" in _msg(DataError, "lmeval:M_en,M_sw", tmp_path / "c")
+    other = build_spec("lmeval:M_en,M_sw", include_path=[tmp_path / "c"])  # other counts: accepted, not parallel
+    assert other.pairing == "none" and len(other.load_items(None, "sw", "test")) == 4
+    write_tasks(tmp_path / "c2", "E", MC, langs=("en", "sw"), counts={("sw", "test"): 0})
+    assert "could not load E_en, E_sw" in _msg(DataError, "lmeval:E_en,E_sw", tmp_path / "c2")
     write_tasks(tmp_path / "d", "Q", MC.replace("doc_to_target: label", 'doc_to_target: "{{nothere}}"'), langs=("en",))
     assert "'nothere' is undefined" in _msg(DataError, "lmeval:Q_en", tmp_path / "d")
     write_tasks(tmp_path / "e", "nolang", MC, langs=("xx",))

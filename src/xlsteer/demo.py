@@ -296,9 +296,9 @@ def _summary(cfg, runs, comparisons, best_vec, best_clas, clas, report, wall) ->
         "config": {k: (asdict(v) if k == "fidelity" and v is not None else v) for k, v in cfg.__dict__.items()
                    if k != "extra"},
         "selected": {"diffmean": {"layer": best_vec["layer"], "alpha": best_vec["alpha"], "split": "dev",
-                                  "steer": best_vec["steer"]},
+                                  "steer": best_vec["steer"], "evidence": best_vec.get("evidence")},
                      "clas": {"alpha": best_clas["alpha"], "bridge_layers": clas.layers, "split": "dev",
-                              "steer": best_clas["steer"]}},
+                              "steer": best_clas["steer"], "evidence": best_clas.get("evidence")}},
         "table": table,
         "report": str(report),
         "wall_seconds": round(wall, 1),
@@ -316,10 +316,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     sel = summary["selected"]
     vec = sel["diffmean"]
     cl = sel["clas"]
-    no = "no steering (the unsteered model is best on dev; its test scores are the unsteered model's)"
+    from .evaluation.evidence import evidence_text
+
+    no = "no steering (no setting beat the unsteered model on dev beyond noise; its test scores are the unsteered " \
+         "model's)"
     lines.append("chosen on dev: DiffMean " + (f"layer {vec['layer']} alpha {vec['alpha']}" if vec["steer"] else no)
                  + "; CLAS " + (f"alpha {cl['alpha']} at bridge layers {cl['bridge_layers']}" if cl["steer"] else
                                 f"{no} (bridge layers {cl['bridge_layers']})"))
+    for name, chosen in (("DiffMean", vec), ("CLAS", cl)):
+        if chosen.get("evidence"):
+            lines.append(f"  {name} on dev: {evidence_text(chosen['evidence'])}")
     table = summary["table"]
     langs = list(next(iter(table.values())).keys())
     lines.append("")

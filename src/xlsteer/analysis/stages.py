@@ -53,6 +53,9 @@ def _match_method(name: str, methods: Sequence[str], n_interventions: int, iv: A
     lower = {m.lower(): m for m in methods}
     if name.lower() in lower:
         return lower[name.lower()]
+    labelled = [m for m in methods if m.lower().split(" ")[0] == name.lower()]  # "diffmean L4 α1"
+    if len(labelled) == 1:
+        return labelled[0]
     if len(methods) == 1 and n_interventions == 1:
         return methods[0]
     return None

@@ -100,8 +100,10 @@ def compare_methods(lm: Any, task: str, langs: Sequence[str], methods: Sequence[
     limit, dev_limit -- default ``limit``, else 100 --, fit_limit, anchor, data_dir, seed,
     batch_size, max_length, n_boot, cache_dir, translation_cache, ``calibrate``: content-free
     calibration of label tasks for every model-scored method, ``select``: ``global`` or
-    ``per-lang`` selection of steering settings on dev, the unsteered model included, ``template``:
-    the task template every method uses (None: the task's default), ``preserve``: a
+    ``per-lang`` selection of steering settings on dev, the unsteered model included,
+    ``select_rule``: the evidence a steered setting needs to replace the unsteered model, a
+    :class:`~xlsteer.evaluation.evidence.SelectionRule` -- None: the default paired test --,
+    ``template``: the task template every method uses (None: the task's default), ``preserve``: a
     :class:`~.preserve.Preservation` or ``"xquad:40"`` -- each steering row's selected intervention
     is also measured on that scored task, paired against the unsteered model --, ...).
     ``options``: per-method settings (``-O METHOD.KEY=V``). ``out_dir``: per-method runner results
@@ -205,6 +207,7 @@ def resume_key(ctx: RunContext, name: str) -> str:
             "limit": ctx.limit, "dev_limit": ctx.dev_limit, "fit_limit": ctx.fit_limit, "anchor": ctx.anchor,
             "seed": ctx.seed, "max_length": ctx.max_length, "n_boot": ctx.n_boot,
             "calibrate": ctx.calibrate, "select": ctx.select,
+            "select_rule": _rule_record(ctx.select_rule),
             "data_dir": str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
             "model": getattr(ctx.lm, "fingerprint", None), "xlsteer": __version__}
     if ctx.sampling or ctx.guard is not None:  # absent when unset: earlier runs keep their keys
@@ -214,6 +217,12 @@ def resume_key(ctx: RunContext, name: str) -> str:
     if ctx.preserve is not None:
         body["preserve"] = ctx.preserve.describe()
     return hashlib.sha256(dumps_json(body).encode("utf-8")).hexdigest()
+
+
+def _rule_record(rule: Any) -> dict[str, Any]:
+    from ..evaluation.evidence import SelectionRule
+
+    return (rule or SelectionRule()).record()
 
 
 def _reusable(path: Path | None, key: str) -> MethodRun | None:
@@ -271,6 +280,8 @@ def assemble_compare(ctx: RunContext, names: Sequence[str], runs: Mapping[str, M
         "seed": seed,
         "n_boot": n_boot,
         "alpha_level": 0.05,
+        "select": ctx.select,
+        "select_rule": _rule_record(ctx.select_rule),
         "reference": REFERENCE,
         "reference_added": reference_added,
         "item_ids": ref["item_ids"],

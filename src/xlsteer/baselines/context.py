@@ -43,6 +43,7 @@ class RunContext:
     cache_dir: str | os.PathLike | None = None
     calibrate: bool = False
     select: str = "global"
+    select_rule: Any = None  # evaluation.evidence.SelectionRule; None: the default rule
     translation_cache: Any = True
     work_dir: str | os.PathLike | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -88,6 +89,8 @@ class RunContext:
         cfg = EvalConfig(split=self.split, limit=self.limit, calibrate=self.calibrate, sampling=dict(self.sampling),
                          guard=self.guard, template=self.template, template_options=dict(self.template_options),
                          **self.eval_kw())
+        if self.select_rule is not None:
+            cfg = cfg.replace(select_rule=self.select_rule)
         return cfg.replace(**changes) if changes else cfg
 
 

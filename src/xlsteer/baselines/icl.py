@@ -54,6 +54,8 @@ def with_prefix(req: Request, prefix: str) -> Request:
     """``req`` with ``prefix`` in front of its context (choice) or prompt (label, generate)."""
     if not prefix:
         return req
+    if req.kind == "choice" and req.contexts:  # partial scoring: every choice's context
+        return dataclasses.replace(req, contexts=tuple(prefix + c for c in req.contexts))
     if req.kind == "choice":
         return dataclasses.replace(req, context=prefix + req.context)
     return dataclasses.replace(req, prompt=prefix + req.prompt)
@@ -86,6 +88,8 @@ def gold_text(task: str, req: Request, item: Any, template: Template | None = No
     Choice: the gold continuation (it starts with a space); label: the gold label token;
     generation: the task's ``answer_text`` (MGSM: " " + the number; XQuAD: " " + the first gold answer).
     """
+    if req.kind == "choice" and req.contexts:  # partial scoring: the shared continuation
+        return req.choices[0]
     if req.kind == "choice":
         return req.choices[int(item.answer)]
     if req.kind == "label":
@@ -101,6 +105,8 @@ def demonstration(t: Template, item: Any) -> str:
     (label tasks: "Answer: 0", with the space a reader would write)."""
     req = base_render(t, item, ())
     ans = gold_text(t.task, req, item, t)
+    if req.kind == "choice" and req.contexts:
+        return req.contexts[int(item.answer)] + ans
     if req.kind == "choice":
         return req.context + ans
     if req.kind == "label":
@@ -220,9 +226,22 @@ def icl_template(task: str, variant: str = "en", k: int | None = None, seed: int
 
         return wrap_template(base, render, info, k=k, exemplar_lang="en" if variant == "en" else "same")
 
+    drawn: dict[str, list[str]] = {}
+
+    def chosen_in(lang: str) -> list[str]:
+        """The exemplar ids of ``lang``: the English draw where items are parallel, else a draw of its own."""
+        if spec.parallel or lang == "en":
+            return chosen
+        if lang not in drawn:
+            ids = list(pool(lang))
+            if k > len(ids):
+                raise UsageError(f"{task} has {len(ids)} exemplar candidates in {lang}; choose k <= {len(ids)}")
+            drawn[lang] = random.Random(seed).sample(ids, min(k + 1, len(ids)))
+        return drawn[lang]
+
     def render(t: Template, item: Any, exemplars: Sequence[Any]) -> Request:
         lang = "en" if variant == "en" else item.lang
-        shots = exemplars_for(item.id, chosen, pool(lang), k)
+        shots = exemplars_for(item.id, chosen_in(lang), pool(lang), k)
         if any(s.split == "test" for s in shots):  # cannot happen: the pool is checked
             raise LeakError(f"in-context exemplars for {item.id} include a test item")
         prefix = "".join(demonstration(t, s) + sep for s in shots)

@@ -124,10 +124,12 @@ def _prompt_opt(ctx: RunContext, p: dict[str, Any]) -> MethodRun:
     sel = {"source": "dev", "instruction": best, "dev_score": rec["best"]["dev_score"],
            "candidates": [{k: c[k] for k in ("instruction", "source", "round", "dev_score", "dev_per_lang")}
                           for c in rec["candidates"]],
-           "proposals": rec["proposals"], "budget": rec["budget"], "dev_limit": rec["dev_limit"]}
+           "proposals": rec["proposals"], "budget": rec["budget"], "dev_limit": rec["dev_limit"],
+           "rule": rec["selection_rule"], "evidence": rec["best"].get("evidence")}
     notes = []
     if not best:
-        notes.append("no instruction beat the plain zero-shot prompt on dev: the empty instruction won")
+        notes.append("no instruction beat the plain zero-shot prompt on dev beyond noise: the empty instruction "
+                     "is used")
     return MethodRun("prompt-opt", "prompting", res, params,
                      _cost(fit_seconds=rec["search_seconds"], eval_seconds=total - rec["search_seconds"],
                            extra_tokens_per_item=extra), sel, notes,
@@ -308,13 +310,15 @@ _PROMPT_SEARCH = {"rounds": P.integer(1), "per_round": P.integer(1), "n_parents"
 def steering_params(method: str) -> dict[str, Any]:
     """What ``-O`` may set on a steering row: the method's declared fit parameters and the row's
     own settings (strength grid, layers, corpus lines, dev items, site, selection rule)."""
+    from ..evaluation.evidence import RULES
     from ..interventions.registry import get_method
     from ..models.sites import site_names
 
     spec = get_method(method)
     return {**spec.params, "alphas": P.numbers(), "layers": P.layers(), "fit_limit": P.integer(1),
             "corpus": P.text(), "dev_limit": P.integer(1), "site": P.choice(*(spec.sites or site_names())),
-            "select": P.choice("global", "per-lang")}
+            "select": P.choice("global", "per-lang"), "select_rule": P.choice(*RULES),
+            "select_level": P.number(0, 1, open_lo=True, open_hi=True)}
 
 
 _FIXED: dict[str, MethodSpec] = {

@@ -9,7 +9,9 @@ deterministic):
 2. Every candidate is scored on the ``dev`` split (``dev_limit`` items per language): the mean
    main metric (accuracy / EM / F1) over the non-anchor languages, ties broken by the task's
    continuous score (mean margin for choice tasks), then by the shorter instruction, then
-   by candidate order.
+   by candidate order. The top instruction replaces the empty one only when its dev gain is
+   distinguishable from noise (:mod:`xlsteer.evaluation.evidence`, the rule every selection
+   uses; the settings tried are the instructions scored).
 3. For ``rounds`` rounds, the model itself proposes paraphrases of the ``n_parents`` best
    instructions so far (greedy generation, one line, through a few fixed meta-prompts,
    :data:`META_PROMPTS`); the first ``per_round`` new, well-formed ones are scored too.
@@ -110,6 +112,8 @@ class _Pool:
     engine: Any
     candidates: list[dict[str, Any]] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
+    items: dict[int, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)  # per candidate, by language
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def _mean(self, res: dict[str, Any], name: str | None) -> float:
         if name is None:
@@ -130,6 +134,8 @@ class _Pool:
         tpl = instruction_template(self.spec.name, instruction, self.template)
         res = run_task(self.lm, self.spec, self.langs, None, self.cfg, template=tpl, engine=self.engine)
         per = {lang: res["per_lang"][lang]["metrics"][self.spec.main]["mean"] for lang in self.langs}
+        self.items[len(self.candidates)] = {lang: [r for r in res["items"] if r["lang"] == lang] for lang in self.langs}
+        self.metrics = res["metrics"]
         self.candidates.append({
             "index": len(self.candidates), "instruction": instruction.strip(), **origin,
             "dev_score": float(np.mean([per[lang] for lang in self.targets])),
@@ -157,6 +163,24 @@ def _paraphrase_rounds(pool: _Pool, rounds: int, per_round: int, n_parents: int,
                                           "meta_prompt": p["meta_prompt"]})
             added += 1
     return log, tokens
+
+
+def _choose(pool: _Pool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the chosen candidate, the evidence): the top instruction on dev, or the empty one (the
+    zero-shot prompt) when the top one's gain over it is not distinguishable from noise."""
+    from ..evaluation.evidence import decide, gain_evidence
+    from ..evaluation.summary import metrics_from_record
+
+    ranked = sorted(pool.candidates, key=_rank_key)
+    empty = next((c for c in pool.candidates if not c["instruction"]), None)
+    top = next((c for c in ranked if c["instruction"]), None)
+    if empty is None or top is None:
+        return ranked[0], None
+    metric = next(m for m in metrics_from_record(pool.metrics) if m.name == pool.spec.main)
+    ev = gain_evidence(metric, pool.items[empty["index"]], pool.items[top["index"]], pool.targets,
+                       seed=pool.cfg.seed, n_boot=pool.cfg.n_boot)
+    verdict = decide(pool.cfg.select_rule, ev, sum(1 for c in pool.candidates if c["instruction"]))
+    return (top if verdict["steer"] else empty), {**verdict, "tested_instruction": top["instruction"]}
 
 
 def _seed_list(spec: Any, seeds: Sequence[str] | None, include_empty: bool) -> list[str]:
@@ -213,7 +237,7 @@ def search(lm: Any, task: str, langs: Sequence[str], cfg: SearchConfig | None = 
     seed_list = _seed_list(spec, cfg.seeds, cfg.include_empty)
     targets = [lang for lang in langs if lang != base.anchor] or list(langs)
     dev = EvalConfig(split=cfg.split, limit=cfg.dev_limit, anchor=base.anchor, data_dir=base.data_dir, seed=base.seed,
-                     n_boot=cfg.n_boot)
+                     n_boot=cfg.n_boot, select_rule=base.select_rule)
     engine = Engine(lm, batch_size=base.batch_size, cache_dir=base.cache_dir, max_length=base.max_length,
                     progress_desc="prompt-search")
     pool = _Pool(lm, spec, list(langs), targets, base.template, dev, engine)
@@ -221,19 +245,20 @@ def search(lm: Any, task: str, langs: Sequence[str], cfg: SearchConfig | None = 
         pool.score(s, {"source": "seed" if s else "empty", "round": 0})
     proposals_log, gen_tokens = _paraphrase_rounds(pool, cfg.rounds, cfg.per_round, cfg.n_parents,
                                                    cfg.propose_tokens, base.batch_size)
-    best = sorted(pool.candidates, key=_rank_key)[0]
+    best, evidence = _choose(pool)
     return {
         "format": "xlsteer.prompt-search", "task": spec.name, "split": cfg.split, "dev_limit": cfg.dev_limit,
         "langs": list(langs), "scored_langs": targets, "main": spec.main, "tie_break": spec.tie_break,
         "selection_rule": "max mean main metric over non-anchor languages on dev; ties: tie-break score, "
-                          "shorter instruction, earlier candidate",
+                          "shorter instruction, earlier candidate; it replaces the empty instruction only under "
+                          "the evidence rule: " + dev.select_rule.describe(),
         "budget": {"seeds": len(seed_list), "rounds": cfg.rounds, "per_round": cfg.per_round,
                    "n_parents": cfg.n_parents, "meta_prompts": list(META_PROMPTS),
                    "candidates_scored": len(pool.candidates)},
         "candidates": pool.candidates,
         "proposals": proposals_log,
         "best": {"instruction": best["instruction"], "index": best["index"], "dev_score": best["dev_score"],
-                 "source": best["source"]},
+                 "source": best["source"], "evidence": evidence},
         "search_seconds": round(time.perf_counter() - t0, 3),
         "proposal_tokens": gen_tokens,
     }

@@ -76,7 +76,7 @@ def _fit(ctx: RunContext, spec: Any, p: dict[str, Any], lm: Any, use: list[str])
                          split="fit", limit=fit_limit)
     fit_kw: dict[str, Any] = {k: v for k, v in p.items()
                               if k not in ("alphas", "layers", "fit_limit", "corpus", "dev_limit", "site", "select",
-                                           *spec.variant_keys)}
+                                           "select_rule", "select_level", *spec.variant_keys)}
     for key, value in spec.compare_defaults.items():
         fit_kw.setdefault(key, value)
     if "seed" in parameters_of(spec.fit):
@@ -117,6 +117,7 @@ def steer_and_evaluate(ctx: RunContext, method: str, p: dict[str, Any], lm: Any 
     select = str(p.get("select", ctx.select))
     t1 = time.perf_counter()
     dev_cfg = ctx.eval_config(split="dev", limit=dev_limit, positions=positions, n_boot=200)
+    dev_cfg = dev_cfg.replace(select_rule=_rule(p, dev_cfg.select_rule))
     rec, make, layers_of, variant_of = _dev_sweep(ctx, spec, fitted, p, lm, langs, alphas, dev_cfg)
     selection_seconds = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -199,6 +200,16 @@ def _dev_sweep(ctx: RunContext, spec: Any, fitted: _Fitted, p: Mapping[str, Any]
             lambda k: variants[k].describe())
 
 
+def _rule(p: Mapping[str, Any], default: Any) -> Any:
+    """The selection rule of a steering row: ``-O METHOD.select_rule=one-se`` / ``select_level=0.01``
+    over the comparison's own."""
+    from ..evaluation.evidence import SelectionRule
+
+    if "select_rule" not in p and "select_level" not in p:
+        return default
+    return SelectionRule(str(p.get("select_rule", default.name)), float(p.get("select_level", default.level)))
+
+
 def _corpus_langs(ctx: RunContext, method: str, p: Mapping[str, Any], use: Sequence[str]) -> list[str] | None:
     """The corpus languages a fit needs (the registry's hook: CLAS categorises neurons over a fixed
     language set, every corpus language, None, unless ``category_langs`` is given)."""
@@ -218,7 +229,9 @@ def _selection_record(rec: Mapping[str, Any], chosen: Mapping[str, Any], dev_lim
             "layers": used_layers, "alpha": best["alpha"], "grid": rec["grid"],
             "dev_main": best["main"], "dev_gain_over_unsteered": best.get("gain_over_baseline"),
             "dev_unsteered_main": best.get("baseline_main"), "best_steered": rec["best_steered"],
-            "rule": rec["selection_rule"],
+            "rule": rec["selection_rule"], "evidence": rec["best"].get("evidence"),
+            "evidence_per_lang": {lang: b.get("evidence") for lang, b in rec["best_per_lang"].items()},
+            "left_out": dict(rec.get("left_out") or {}),
             "dev_scores": {UNSTEERED: rec["baseline"]["average"]["metrics"],
                            **{e["key"]: e["average"]["metrics"] for e in rec["results"]}}}
 

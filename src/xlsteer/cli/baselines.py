@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .evaluate import lid_model_option, use_lid_model_from
+from .evaluate import lid_model_option, select_options, selection_rule, use_lid_model_from
 from .guard import Output
 from .options import (SEED, count, data_dir_option, langs_for, load_model_from, model_options, resolve_task_from,
                       spare_inputs, task_inputs, task_options)
@@ -46,9 +46,7 @@ DEFAULT_METHODS = "zero-shot,icl-en,icl-native,prompt-opt,translate-self,diffmea
 @click.option("--translation-cache", default=None, type=Output(),
               help="Translation cache file (default: <xlsteer cache>/translations.json).")
 @click.option("--calibrate", is_flag=True, help="Content-free calibration of label scores (xnli).")
-@click.option("--select", type=click.Choice(["global", "per-lang"]), default="global", show_default=True,
-              help="Steering settings chosen on dev for all languages at once, or per language (each may choose "
-                   "no steering).")
+@select_options
 @click.option("--template", default=None, help="Prompt template every method uses (default: the task's; e.g. "
               "lcb-chat for an instruct model).")
 @click.option("--preserve", default=None, metavar="TASK[:N]",
@@ -101,6 +99,12 @@ def compare_cmd(**kw: Any) -> None:
 
         cache_dir = checked_cache_dir(cache_dir if cache_dir else root() / "eval")
         translation_cache = tcache if tcache else True
+    from ..evaluation.config import EvalConfig
+    from ..evaluation.runner import check_inputs
+
+    # every input of the reported split read and hashed before any model time
+    check_inputs(spec, langs, EvalConfig(split=kw["split"], limit=kw["limit"], anchor=kw["anchor"],
+                                         data_dir=kw["data_dir"]))
     lm = load_model_from(kw)
 
     def report(name: str, run: Any) -> None:
@@ -112,7 +116,8 @@ def compare_cmd(**kw: Any) -> None:
         fit_limit=kw["fit_limit"], anchor=kw["anchor"], data_dir=kw["data_dir"], seed=kw["seed"],
         batch_size=kw["batch_size"], max_length=kw["max_length"], cache_dir=cache_dir,
         translation_cache=translation_cache, out_dir=out, options=options, on_method=report,
-        calibrate=kw["calibrate"], select=kw["select"], template=kw["template"], preserve=preserve,
+        calibrate=kw["calibrate"], select=kw["select"], select_rule=selection_rule(kw), template=kw["template"],
+        preserve=preserve,
     )
     record["command_seconds"] = round(time.perf_counter() - t0, 3)
     json_path, md_path = write_compare(out, record)

@@ -127,6 +127,10 @@ def _sampling_changes(kw: dict[str, Any]) -> dict[str, Any]:
               help="A baseline instead of --intervention (icl-en, icl-native, prompt-opt, xlt, sft, sft+steer, "
                    "translate-test, translate-self, translate-gmt, script-gate, diffmean, learned, incline, clas; "
                    "see xlsteer compare); also runs the unsteered model for the paired test.")
+@click.option("--sweep", "sweep_path", default=None, type=Input(dir_okay=False),
+              help="Instead of --intervention: the sweep record (xlsteer sweep -o FILE) whose dev choice to evaluate.")
+@click.option("--select", type=click.Choice(["global", "per-lang"]), default="global", show_default=True,
+              help="With --sweep: the sweep's global choice, or its choice per language.")
 @click.option("--output", "-o", required=True, type=Output(), help="Results file (.json).")
 def eval_cmd(**kw: Any) -> None:
     """Evaluate a model on a task, steered (and unsteered on the same items) or not.
@@ -142,25 +146,56 @@ def eval_cmd(**kw: Any) -> None:
     t0 = time.perf_counter()
     out = check_writable(kw.pop("output"))
     spec = resolve_task_from(kw)
-    spare_inputs([out], [kw["intervention"], *task_inputs(spec, kw)], model=kw["model"], data_dir=kw["data_dir"])
+    sweep_rec = _sweep_record(kw, spec)
+    spare_inputs([out], [kw["intervention"], kw["sweep_path"], *_sweep_inputs(sweep_rec), *task_inputs(spec, kw)],
+                 model=kw["model"], data_dir=kw["data_dir"])
     use_lid_model_from(kw)
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
     alpha = parse_float(kw["alpha"], "--alpha") if kw["alpha"] is not None else None
     if alpha is not None and kw["intervention"] is None:
         raise UsageError("--alpha needs --intervention FILE")
     method = kw["method"] if kw["method"] != "zero-shot" else None
-    if method is not None and kw["intervention"] is not None:
-        raise UsageError("give --method or --intervention, not both")
+    if sum(x is not None for x in (method, kw["intervention"], sweep_rec)) > 1:
+        raise UsageError("give one of --method, --intervention and --sweep, not both")
     cfg = eval_config(kw, kw["split"])
+    from ..evaluation.runner import check_inputs
+
+    check_inputs(spec, langs, cfg)  # every input read and hashed before any model time
     lm = load_model_from(kw)
     if method is not None:  # a baseline of xlsteer.baselines.methods
         result = evaluate_method(lm, spec, langs, method, cfg)
+    elif sweep_rec is not None:
+        from ..evaluation.selection import evaluate_choice
+
+        result = evaluate_choice(lm, spec, langs, sweep_rec, kw["select"], cfg)
     else:
         result = evaluate(lm, spec, langs, kw["intervention"], cfg, alpha=alpha)
     if is_main_process():
         result.write(out)
         click.echo(result.table())
         click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def select_options(f):
+    """--select, --select-rule and --select-level: how a dev selection is made (sweep, compare)."""
+    decorators = [
+        click.option("--select", type=click.Choice(["global", "per-lang"]), default="global", show_default=True,
+                     help="One setting for all languages, or one per language (each may choose no steering)."),
+        click.option("--select-rule", type=click.Choice(["test", "one-se"]), default="test", show_default=True,
+                     help="Evidence a steered setting needs to replace the unsteered model on dev: a paired test "
+                          "(Bonferroni over the settings tried) or the one-standard-error rule (see docs/tasks.md)."),
+        click.option("--select-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+                     show_default=True, help="Level of the paired test of --select-rule test."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def selection_rule(kw: dict[str, Any]) -> Any:
+    from ..evaluation.evidence import SelectionRule
+
+    return SelectionRule(kw.pop("select_rule"), float(kw.pop("select_level")))
 
 
 @click.command("sweep")
@@ -176,12 +211,18 @@ def eval_cmd(**kw: Any) -> None:
               "INCLINE and CLAS: all fitted layers together, as in their papers; 'all' forces that).")
 @click.option("--alphas", default="0.5,1,2", show_default=True, help="Comma-separated strengths.")
 @click.option("--split", default=None, help="The task's dev split (default), or train; never test.")
+@select_options
 @click.option("--output", "-o", required=True, type=Output(companions=lambda p: [best_file(p)]),
               help="Sweep record (.json); the chosen intervention goes beside it (NAME.best.safetensors).")
 def sweep_cmd(**kw: Any) -> None:
-    """Choose layer and alpha on the dev split (never test); print the selection and the test command."""
-    from ..evaluation.runner import write_results
-    from ..evaluation.sweep import ALL_LAYERS, diffmean_from_statistics, for_layer, sweep, sweep_config
+    """Choose layer and alpha on the dev split (never test); print the selection and the test command.
+
+    A steered setting replaces the unsteered model only when its dev gain is distinguishable from
+    noise (--select-rule); languages without dev items are left out of the selection and take the
+    global choice.
+    """
+    from ..evaluation.runner import check_inputs, write_results
+    from ..evaluation.sweep import selection_langs, sweep_config
     from ..io import check_writable
 
     t0 = time.perf_counter()
@@ -195,41 +236,18 @@ def sweep_cmd(**kw: Any) -> None:
     use_lid_model_from(kw)
     spare_inputs([out, best_path], [kw["stats_path"], kw["intervention"], *task_inputs(spec, kw)], model=kw["model"],
                  data_dir=kw["data_dir"])
-    cfg = sweep_config(spec, eval_config(kw, "test"), split=kw["split"])
+    rule, mode = selection_rule(kw), kw.pop("select")
+    cfg = sweep_config(spec, eval_config(kw, "test"), split=kw["split"]).replace(select_rule=rule)
     langs = langs_for(kw.pop("langs"), spec, kw["anchor"])
+    dev_langs, _ = selection_langs(spec, langs, cfg.split, cfg.anchor)
+    check_inputs(spec, dev_langs, cfg)  # before any model time (test items are never read here)
     alphas = [parse_float(a.strip(), "--alphas") for a in kw.pop("alphas").split(",") if a.strip()]
     if not alphas:
         raise UsageError("--alphas is empty; give e.g. 0.5,1,2")
     model_name = kw["model"]
     lm = load_model_from(kw)
-    layers_text = kw.pop("layers")
-    together = layers_text is not None and layers_text.strip() == "all"
-    layers = None if together else parse_layers(layers_text, lm.num_layers)
-    common = dict(alphas=alphas, cfg=cfg)
-    if kw["stats_path"] is not None:
-        from ..stats import Statistics
-
-        stats = Statistics.load(kw["stats_path"], fingerprint=lm.fingerprint)
-        make, stat_layers = diffmean_from_statistics(stats, langs, anchor=kw["anchor"], site=kw["site"],
-                                                     normalize=kw["normalize"])
-        if layers is None:
-            layers = stat_layers
-        bad = [layer for layer in layers if layer not in stat_layers]
-        if bad:
-            raise UsageError(f"the statistics hold layers {stat_layers}, not {bad}; choose --layers among them")
-        source = {"kind": "statistics", "path": str(kw["stats_path"]), "fit": "diffmean",
-                  "normalize": kw["normalize"], "site": kw["site"] or "resid_post"}
-        record = sweep(lm, spec, langs, make, layers=layers, source=source, **common)
-        best_iv = make(record["best"]["layer"], 1.0) if record["best"]["steer"] else None
-    else:
-        from ..interventions.base import Intervention
-
-        iv = Intervention.load(kw["intervention"])
-        if together or (layers is None and iv.sweeps_together):
-            layers = [ALL_LAYERS]  # the papers apply INCLINE at every layer and CLAS at all bridge layers
-        record = sweep(lm, spec, langs, intervention=iv, layers=layers,
-                       source={"kind": "intervention", "path": str(kw["intervention"]), "method": iv.method}, **common)
-        best_iv = for_layer(iv, record["best"]["layer"]).with_strength(1.0) if record["best"]["steer"] else None
+    record, make = _run_sweep(lm, spec, langs, kw, cfg, alphas)
+    best_iv = make(record["best"]["layer"], 1.0) if record["best"]["steer"] else None
     if best_iv is not None:
         best_iv.save(best_path)
         record["best"]["intervention_file"] = best_path.name
@@ -239,17 +257,86 @@ def sweep_cmd(**kw: Any) -> None:
     from ..results.schema import validate
 
     click.echo(sweep_table(validate(record)))
-    b = record["best"]
-    cmd = (f"xlsteer eval --model {model_name} --task {_task_words(kw)} --langs {','.join(langs)} --split test "
-           f"-o results.json")
-    if best_iv is None:
-        click.echo(f"no steering beat the unsteered model on {record['split']}; evaluate the unsteered model on "
-                   f"test with:\n  {cmd}")
-        click.echo(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
-        return
-    cmd += f" --intervention {best_path} --alpha {b['alpha']:g} --positions {record['positions']}"
-    click.echo(f"evaluate it on test with:\n  {cmd}")
-    click.echo(f"wrote {out} and {best_path} in {time.perf_counter() - t0:.1f} s")
+    click.echo(_test_command(record, kw, model_name, langs, mode, out, best_path if best_iv is not None else None))
+    click.echo(f"wrote {out}" + (f" and {best_path}" if best_iv is not None else "")
+               + f" in {time.perf_counter() - t0:.1f} s")
+
+
+def _run_sweep(lm: Any, spec: Any, langs: list[str], kw: dict[str, Any], cfg: Any,
+               alphas: list[float]) -> tuple[dict[str, Any], Any]:
+    """The sweep over the --stats or --intervention grid; (record, make(layer, alpha))."""
+    from ..evaluation.sweep import ALL_LAYERS, maker_from_source, sweep
+
+    layers_text = kw.pop("layers")
+    together = layers_text is not None and layers_text.strip() == "all"
+    layers = None if together else parse_layers(layers_text, lm.num_layers)
+    if kw["stats_path"] is not None:
+        source = {"kind": "statistics", "path": str(Path(kw["stats_path"]).resolve()), "fit": "diffmean",
+                  "normalize": kw["normalize"], "site": kw["site"] or "resid_post"}
+        make, stat_layers = maker_from_source(source, lm, langs, cfg.anchor)
+        if layers is None:
+            layers = stat_layers
+        bad = [layer for layer in layers if layer not in stat_layers]
+        if bad:
+            raise UsageError(f"the statistics hold layers {stat_layers}, not {bad}; choose --layers among them")
+    else:
+        from ..interventions.base import Intervention
+
+        iv = Intervention.load(kw["intervention"])
+        source = {"kind": "intervention", "path": str(Path(kw["intervention"]).resolve()), "method": iv.method}
+        make, _ = maker_from_source(source, lm, langs, cfg.anchor, intervention=iv)
+        if together or (layers is None and iv.sweeps_together):
+            layers = [ALL_LAYERS]  # the papers apply INCLINE at every layer and CLAS at all bridge layers
+        elif layers is None:
+            layers = iv.layers
+    return sweep(lm, spec, langs, make, layers=layers, alphas=alphas, cfg=cfg, source=source), make
+
+
+def _test_command(record: dict[str, Any], kw: dict[str, Any], model: str, langs: list[str], mode: str,
+                  out: Path, best_path: Path | None) -> str:
+    """The command that evaluates a sweep's choice on test: --intervention for a global choice,
+    --sweep for a per-language one, none of them when the choice is no steering."""
+    from ..evaluation.tables import choice_text
+
+    lines = []  # a language left out of the selection is said once, by the table above
+    base = f"xlsteer eval --model {model} --task {_task_words(kw)} --langs {','.join(langs)} --split test"
+    if mode == "per-lang":
+        choices = ", ".join(f"{lang} {choice_text(b)}" for lang, b in record["best_per_lang"].items())
+        lines.append(f"per-language choices: {choices}; evaluate them on test with:\n"
+                     f"  {base} --sweep {out} --select per-lang -o results.json")
+    elif best_path is None:
+        lines.append(f"no steered setting beat the unsteered model on {record['split']} beyond noise; "
+                     f"evaluate the unsteered model on test with:\n  {base} -o results.json")
+    else:
+        lines.append(f"evaluate it on test with:\n  {base} --intervention {best_path} "
+                     f"--alpha {record['best']['alpha']:g} --positions {record['positions']} -o results.json")
+    return "\n".join(lines)
+
+
+def _sweep_record(kw: dict[str, Any], spec: Any) -> dict[str, Any] | None:
+    """The sweep record --sweep names, checked to be a sweep of this task (None without --sweep)."""
+    from ..errors import DataError
+    from ..io import read_json
+
+    path = kw.get("sweep_path")
+    if path is None:
+        if kw.get("select") not in (None, "global"):
+            raise UsageError("--select per-lang needs --sweep SWEEP.json (the sweep whose choices to evaluate)")
+        return None
+    if kw["split"] == "dev":
+        raise UsageError("--sweep evaluates a choice made on dev; evaluate it on another split, e.g. --split test")
+    doc = read_json(path, "sweep record")
+    if not isinstance(doc, dict) or doc.get("format") != "xlsteer.sweep":
+        raise DataError(f"{path} is not a sweep record; give the JSON written by xlsteer sweep -o FILE")
+    if doc.get("task") != spec.name:
+        raise UsageError(f"{path} is a sweep of task {doc.get('task')}, not {spec.name}; evaluate it on its own task")
+    return doc
+
+
+def _sweep_inputs(rec: dict[str, Any] | None) -> list[str]:
+    """The statistics or intervention file a sweep's settings are rebuilt from."""
+    path = ((rec or {}).get("source") or {}).get("path")
+    return [str(path)] if path else []
 
 
 def best_file(out: Path) -> Path:
@@ -265,6 +352,8 @@ def _task_words(kw: dict[str, Any]) -> str:
     words += [f"--include-path {shlex.quote(str(p))}" for p in kw.get("include_path") or ()]
     if kw.get("task_langs"):
         words.append(f"--task-langs {shlex.quote(kw['task_langs'])}")
+    if kw.get("task_parallel"):
+        words.append("--task-parallel")
     return " ".join(words)
 
 

@@ -103,6 +103,10 @@ def task_options(f: F, required: bool = True) -> F:
         click.option("--task-langs", default=None,
                      help="lmeval: tasks: the language of each task where its name does not say, e.g. "
                           "mytask_a:sw,mytask_b:yo."),
+        click.option("--task-parallel", is_flag=True, default=None,
+                     help="lmeval: tasks: document i of every language is the same item (translations), so "
+                          "agreement across languages is computed (default: only when the documents' ids match; "
+                          "a JSONL spec declares parallel: in the spec)."),
     ]
     for d in reversed(decorators):
         f = d(f)
@@ -113,8 +117,12 @@ def resolve_task_from(kw: dict[str, Any]) -> Any:
     """The TaskSpec the --task reference names (registering a user task for this process)."""
     from ..evaluation.tasks import resolve_task
 
+    parallel = kw.get("task_parallel") or None
+    if parallel and not str(kw["task"]).strip().lower().startswith("lmeval:"):
+        raise UsageError("--task-parallel applies to lmeval: task lists; a JSONL spec declares parallel: true in "
+                         "the spec, a built-in task knows how its items pair")
     specs = resolve_task(kw["task"], include_path=tuple(kw.get("include_path") or ()),
-                         task_langs=kw.get("task_langs"), data_dir=kw.get("data_dir"))
+                         task_langs=kw.get("task_langs"), data_dir=kw.get("data_dir"), parallel=parallel)
     if len(specs) != 1:
         raise UsageError(f"--task {kw['task']} names {len(specs)} benchmarks; evaluate one at a time")
     return specs[0]

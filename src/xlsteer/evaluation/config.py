@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from ..errors import UsageError
 from ..settings import Settings
+from .evidence import SelectionRule
 
 POSITIONS = ("all", "prompt", "generated", "last_prompt")
 
@@ -31,7 +32,9 @@ class EvalConfig(Settings):
     generation with a static KV cache and a compiled decode step (``True``, ``False``, ``"auto"``:
     on CUDA; or a torch.compile backend name), the same tokens as eager; ``scoring``: how
     log-likelihoods are computed (``"auto"``: per batch, the cheaper of ``"shared_prefix"`` and
-    ``"full_forward"`` on this device), the same scores.
+    ``"full_forward"`` on this device), the same scores; ``select_rule``: how a sweep decides
+    whether a steered setting replaces the unsteered model (:class:`~.evidence.SelectionRule`;
+    evaluations ignore it).
     """
 
     split: str = "test"
@@ -47,6 +50,7 @@ class EvalConfig(Settings):
     positions: str | None = None
     batch_size: int = 8
     max_length: int = 2048
+    select_rule: SelectionRule = field(default_factory=SelectionRule)
     #: changes to the generation template's decoding settings (:class:`~.sampling.Sampling` fields:
     #: temperature, top_p, seed, gate); empty: decode as the template says (greedy for most tasks)
     sampling: Mapping[str, Any] = field(default_factory=dict)
@@ -79,3 +83,5 @@ class EvalConfig(Settings):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UsageError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.select_rule, SelectionRule):
+            raise UsageError(f"select_rule must be a SelectionRule, got {self.select_rule!r}")

@@ -3,8 +3,9 @@
 :func:`compare_runs` pairs two results of the same task, split and template, per language: for
 each metric the paired bootstrap of the difference (with its CI), McNemar's exact test for 0/1
 scores, the minimum detectable effect, a verdict, the share of changed predictions, and
-consistency before/after; ``p_holm``, the p-value Holm-adjusted over the non-anchor languages
-(per metric); and for the average over the non-anchor languages a paired bootstrap stratified by
+consistency before/after; ``p_holm``, the p-value Holm-adjusted over every non-anchor language of
+the run (per metric), from which the verdict of each of those languages is read (the unadjusted
+``p`` is kept beside it); and for the average over the non-anchor languages a paired bootstrap stratified by
 language (``average["tests"]``: difference with CI, p, MDE, verdict).
 
 It reads what a metric is from the result files themselves (``metrics.kinds``), so results of
@@ -109,9 +110,10 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
         for group, names in (("metrics", [m.name for m in metrics]), ("continuous", cont)):
             for name in names:
                 tests = [per_lang[lang][group][name] for lang in non_anchor]
-                # one test per language: Holm-adjusted p over the non-anchor languages
+                # one test per language: Holm-adjusted p over the non-anchor languages; the verdict reads it
                 for t, p_adj in zip(tests, S.holm([t["p"] for t in tests])):
                     t["p_holm"] = p_adj
+                    t["verdict"] = S.verdict(p_adj, t["diff"], alpha, t.get("mde"))
                 avg["diff"][name] = float(np.mean([t["diff"] for t in tests]))
                 # the average's own paired test: items resampled within each language, both runs alike
                 (ga, gb), stat = metric_groups(metrics, name, runs, non_anchor)

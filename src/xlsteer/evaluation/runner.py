@@ -97,6 +97,24 @@ def load_interventions(interventions: Any, alpha: float | None, fingerprint: dic
     return out
 
 
+def check_inputs(task: str | TaskSpec, langs: str | Sequence[str], cfg: EvalConfig) -> dict[str, Any]:
+    """Read the items of ``cfg.split`` in ``langs`` and hash every file they come from, before any
+    model is loaded: the data record an evaluation will write (``data_hash``, ``files``). A file of
+    the shared data that SHA256SUMS does not list, a missing user file or a split a language lacks
+    is one line now, not after the first pass over the model."""
+    spec = get_task(task)
+    tpl = get_template(spec, cfg.template, **dict(cfg.template_options))
+    return _inputs(spec, tpl, parse_langs(langs), cfg)[3]
+
+
+def _inputs(spec: TaskSpec, tpl: Template, langs: list[str], cfg: EvalConfig) -> tuple[dict, dict, dict, dict]:
+    """(items, exemplars, exemplar languages, data record) per language: everything an evaluation reads."""
+    items = items_by_lang(spec, langs, cfg.split, cfg.limit, cfg.data_dir)
+    exemplars, ex_langs, ex_files = _few_shot(spec, tpl, langs, cfg.data_dir)
+    files = sorted({f for lang in langs for f in spec.data_files(lang, cfg.split)} | set(ex_files))
+    return items, exemplars, ex_langs, {"data_hash": files_data_hash(cfg.data_dir, files), "files": files}
+
+
 def parse_langs(langs: str | Sequence[str]) -> list[str]:
     """Normalised, de-duplicated language codes from a list or a comma-separated string."""
     raw = [x.strip() for x in langs.split(",") if x.strip()] if isinstance(langs, str) else list(langs)
@@ -184,13 +202,12 @@ def run_task(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
         raise UsageError(f"--calibrate applies to label templates (as xnli's), not to {spec.name}; drop --calibrate")
     ivs = load_interventions(interventions, alpha, lm.fingerprint, model=lm)
     positions = default_positions(ivs, cfg.positions)  # None: the policy the intervention stores
-    items = items_by_lang(spec, lang_list, cfg.split, cfg.limit, cfg.data_dir)
+    # every input is read and hashed before any model time (a bad file fails now, not after a pass)
+    items, exemplars, ex_langs, data = _inputs(spec, tpl, lang_list, cfg)
     eng = engine or Engine.for_config(lm, cfg)
     # an engine may be shared (sweep): count this call only
     counters0 = (eng.truncated, eng.boundary_mismatches, dict(eng.scored_by))
 
-    exemplars, ex_langs, ex_files = _few_shot(spec, tpl, lang_list, cfg.data_dir)
-    files = sorted({f for lang in lang_list for f in spec.data_files(lang, cfg.split)} | set(ex_files))
     flat = [it for lang in lang_list for it in items[lang]]
     call = scoring.ScoringCall(interventions=ivs or None, positions=positions, anchor=anchor,
                                scope={"task": spec.name, "template": tpl.describe(), "split": cfg.split},
@@ -204,7 +221,7 @@ def run_task(lm: Any, task: str | TaskSpec, langs: str | Sequence[str], interven
         "split": cfg.split, "langs": lang_list, "anchor": anchor,
         "template": _template_info(spec, tpl, lang_list, ex_langs),
         "model": {"name": lm.name, "fingerprint": lm.fingerprint, "fingerprint_sha256": eng.model_hash},
-        "data": {"data_hash": files_data_hash(cfg.data_dir, files), "files": files},
+        "data": data,
         "item_ids": {"n": len(flat), "per_lang": {lang: len(v) for lang, v in ids.items()}, "sha256": _sha(ids)},
         "limit": cfg.limit, "seed": cfg.seed, "n_boot": cfg.n_boot, "calibrate": bool(cfg.calibrate),
         "intervention": intervention_info(ivs, positions), "alpha": alpha,

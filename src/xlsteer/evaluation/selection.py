@@ -9,6 +9,10 @@ the unsteered model. :func:`evaluate_selection` carries that choice to the evalu
   same choice are evaluated together (with the anchor, so that cross-lingual consistency is
   still measured against it) and the per-language results are merged; the average and its CI
   are recomputed over the merged per-item records.
+
+Either way a choice is what the sweep's evidence rule (:mod:`.evidence`) allowed. A language the
+sweep left out (it has no dev items) takes the global choice, made on the other languages' dev
+items, and the summary says so.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def _choices(record: dict[str, Any], langs: Sequence[str], anchor: str, mode: st
     targets = [lang for lang in langs if lang != anchor]
     if mode == "global":
         return {lang: record["best"] for lang in targets}
-    return {lang: record["best_per_lang"][lang] for lang in targets}
+    return {lang: record["best_per_lang"].get(lang, record["best"]) for lang in targets}
 
 
 def selection_summary(record: dict[str, Any], mode: str, langs: Sequence[str], anchor: str) -> dict[str, Any]:
@@ -37,9 +41,17 @@ def selection_summary(record: dict[str, Any], mode: str, langs: Sequence[str], a
     choices = _choices(record, langs, anchor, mode)
     per_lang = {lang: ({"steer": True, "layer": c["layer"], "alpha": c["alpha"], "key": c["key"]}
                        if c.get("steer", True) else {"steer": False, "key": UNSTEERED}) for lang, c in choices.items()}
+    for lang in per_lang:
+        if lang not in record["best_per_lang"]:
+            per_lang[lang]["from"] = f"global choice (no {record['split']} items in {lang})"
+        ev = (record["best"] if mode == "global" or lang not in record["best_per_lang"]
+              else record["best_per_lang"][lang]).get("evidence")
+        if ev is not None:
+            per_lang[lang]["evidence"] = ev
     steer = any(v["steer"] for v in per_lang.values())
     out: dict[str, Any] = {"mode": mode, "steer": steer, "per_lang": per_lang, "rule": record["selection_rule"],
-                           "split": record["split"]}
+                           "split": record["split"], "evidence": record["best"].get("evidence"),
+                           "left_out": dict(record.get("left_out") or {})}
     if not steer:
         out["decision"] = NO_STEERING
     elif mode == "global":
@@ -100,3 +112,27 @@ def evaluate_selection(lm: Any, task: Any, langs: Sequence[str], make_interventi
     res = _merge(parts, lang_list, anchor, get_task(task), cfg.seed, cfg.n_boot, infos)
     res["selection"] = summary
     return res
+
+
+def evaluate_choice(lm: Any, task: Any, langs: Sequence[str], record: dict[str, Any], mode: str = "global",
+                    cfg: EvalConfig | None = None) -> Any:
+    """A sweep's choice (``record``, from :func:`~.sweep.sweep` with a statistics or intervention
+    source) evaluated on ``cfg.split`` against the unsteered model on the same items: an
+    :class:`~.api.EvalResult` with the paired comparison (Holm over every non-anchor language)."""
+    from .api import EvalResult
+    from .pairing import compare_runs
+    from .sweep import maker_from_source
+
+    cfg = cfg or EvalConfig()
+    if cfg.split == record.get("split"):
+        raise UsageError(f"the sweep chose on {record.get('split')}; evaluate its choice on another split (test)")
+    made_with = (record.get("model") or {}).get("fingerprint")
+    if made_with is not None and made_with != lm.fingerprint:
+        raise UsageError(f"the sweep was made with model {record['model'].get('name')}, not {lm.name}; evaluate its "
+                         "choice with the model it was made with")
+    make, _ = maker_from_source(record.get("source") or {}, lm, langs, cfg.anchor)
+    chosen = evaluate_selection(lm, task, langs, make, record, mode, cfg)
+    if chosen["intervention"] is None:
+        return EvalResult(chosen)
+    base = R.evaluate(lm, task, langs, None, cfg)
+    return EvalResult(chosen, baseline=base, comparison=compare_runs(base, chosen))

@@ -92,8 +92,11 @@ def lang_summary(spec: TaskSpec, recs: list[dict], seed: int, n_boot: int) -> di
 
 
 def consistency(task: str | TaskSpec, recs: list[dict], anchor_recs: list[dict]) -> dict[str, Any] | None:
-    """Agreement with the anchor language on the items both have (same ids)."""
+    """Agreement with the anchor language on the items both have (same ids); None when the task's
+    items are not parallel (each language its own items: an id names nothing across languages)."""
     spec = get_task(task)
+    if not spec.parallel:
+        return None
     a_by = {r["id"]: r for r in anchor_recs}
     pairs = [(r, a_by[r["id"]]) for r in recs if r["id"] in a_by]
     if not pairs:

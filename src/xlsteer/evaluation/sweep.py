@@ -1,17 +1,19 @@
 """Choose the layer and strength of an intervention on dev items only; never on test.
 
-:func:`sweep` evaluates every (layer, alpha) of a grid on the ``dev`` split (or ``train``; the
-``test`` split is refused) and selects the best configuration per language and globally:
+:func:`sweep` evaluates every (layer, alpha) of a grid and the unsteered model on the ``dev``
+split (or ``train``; the ``test`` split is refused). The best steered configuration is
 
-    highest main metric (acc / EM / F1), ties broken by the task's continuous score (mean
-    margin for choice tasks, EM for XQuAD), then by the smaller |alpha|, then the lower layer.
+    the highest main metric (acc / EM / F1), ties broken by the task's continuous score (mean
+    margin for choice tasks, EM for XQuAD), then by the smaller |alpha|, then the lower layer;
 
-The global choice maximises the unweighted mean over the non-anchor languages. The unsteered
-model is always evaluated on the same dev items (``baseline``) and is itself a candidate (key
-``unsteered``, alpha 0, which wins every tie): when no steered configuration beats it on dev,
-the selection is "no steering" (``best["steer"]`` is False) — a tool that can only say "steer
-this much" would carry a setting that hurts on dev over to test. ``best_steered`` keeps the best
-steered configuration for inspection. The same holds per language (``best_per_lang``).
+globally on the unweighted mean over the non-anchor languages (``best_steered``), and per
+language. It replaces the unsteered model only when the selection rule of
+:mod:`~xlsteer.evaluation.evidence` finds its dev gain distinguishable from noise (by default a
+paired test, Bonferroni over the settings tried); otherwise the choice is "no steering"
+(``best["steer"]`` False) — a tool that can only say "steer this much" would carry noise over to
+test. ``best["evidence"]`` records the rule, the gain with its 95% CI, p and the standard error;
+``best_per_lang`` holds the same per language. A language without items in the selection split
+is left out of the selection (``left_out``); :mod:`.selection` gives it the global choice.
 Configurations come from:
 
 - ``intervention``, a callable ``(layer, alpha)`` returning an intervention; or
@@ -36,14 +38,14 @@ from . import runner as R
 from .config import EvalConfig
 
 SELECTION_RULE = (
-    "max main metric on the dev split over the steered configurations and the unsteered model (alpha 0); "
-    "ties: max tie-break score (mean margin for choice tasks, EM for xquad), then smaller |alpha| (so the "
-    "unsteered model wins ties), then lower layer; global = mean over non-anchor languages"
+    "best steered setting = max main metric on the dev split (ties: max tie-break score, mean margin for choice "
+    "tasks, then smaller |alpha|, then lower layer; global = unweighted mean over the non-anchor languages); it "
+    "replaces the unsteered model only under the evidence rule: "
 )
 UNSTEERED = "unsteered"
 #: Layer value meaning "every layer the intervention was fitted at, together".
 ALL_LAYERS = -1
-NO_STEERING = "no steering: the unsteered model is best on dev"
+NO_STEERING = "no steering: no steered setting beats the unsteered model on dev beyond noise"
 SELECT_MODES = ("global", "per-lang")
 
 
@@ -90,6 +92,32 @@ def diffmean_from_statistics(stats: Any, langs: Sequence[str], anchor: str = "en
     return make, layers
 
 
+def maker_from_source(source: dict[str, Any], lm: Any, langs: Sequence[str], anchor: str = "en",
+                      intervention: Any = None) -> tuple[Callable[[int, float], Any], list[int]]:
+    """``(make_intervention, layers)`` of a sweep's ``source`` record (a statistics file: DiffMean
+    per layer; an intervention file: that intervention per layer), so that a sweep's choice can be
+    rebuilt and evaluated later (``xlsteer eval --sweep``). ``intervention``: the loaded file."""
+    kind = source.get("kind")
+    if kind == "statistics":
+        from ..stats import Statistics
+
+        stats = Statistics.load(source["path"], fingerprint=lm.fingerprint)
+        return diffmean_from_statistics(stats, langs, anchor=anchor, site=source.get("site"),
+                                        normalize=source.get("normalize", "none"))
+    if kind == "intervention":
+        from ..interventions.base import Intervention
+
+        iv = intervention if intervention is not None else Intervention.load(source["path"])
+        iv.check_model(lm.fingerprint)
+
+        def make(layer: int, alpha: float) -> Any:
+            return for_layer(iv, layer).with_strength(alpha)
+
+        return make, list(iv.layers)
+    raise UsageError(f"the settings of this sweep came from {kind or 'a callable'}, which cannot be rebuilt from the "
+                     "record; evaluate its choice with --intervention FILE --alpha A")
+
+
 def _key(layer: int, alpha: float) -> str:
     return f"all@{alpha:g}" if layer == ALL_LAYERS else f"L{layer}@{alpha:g}"
 
@@ -111,6 +139,8 @@ def _score(per_lang: dict, langs: Sequence[str], main: str, tie: str | None) -> 
 
 
 def _best(entries: list[dict], langs: Sequence[str], main: str, tie: str | None) -> dict[str, Any]:
+    """The top of the ranking (main metric, tie-break, smaller |alpha|, lower layer; the unsteered
+    model, when among ``entries``, wins exact ties). No evidence rule here: see :func:`_decide`."""
     def rank(e: dict) -> tuple:
         m, t = _score(e["per_lang"], langs, main, tie)
         steer = e.get("key") != UNSTEERED
@@ -175,16 +205,58 @@ def sweep_config(task: Any, cfg: EvalConfig | None = None, **settings: Any) -> E
     return EvalConfig.of(cfg, split=split, **settings)
 
 
-def _selection(baseline: dict, entries: list[dict], lang_list: list[str], anchor: str, main: str,
-               tie: str | None) -> dict[str, Any]:
-    non_anchor = [lang for lang in lang_list if lang != anchor] or lang_list
-    candidates = [_unsteered_entry(baseline), *entries]
-    best = _best(candidates, non_anchor, main, tie)
-    b_main, _ = _score(baseline["per_lang"], non_anchor, main, tie)
-    best["baseline_main"] = b_main
-    best["gain_over_baseline"] = best["main"] - b_main
-    return {"best": best, "best_steered": _best(entries, non_anchor, main, tie),
-            "best_per_lang": {lang: _best(candidates, [lang], main, tie) for lang in lang_list if lang != anchor}}
+def _decide(dev: dict[str, Any], langs: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    """The choice on ``langs``: the best steered setting if the evidence rule lets it replace the
+    unsteered model, else "no steering"; with the evidence (gain, CI, p, SE) either way."""
+    from .evidence import decide, gain_evidence
+
+    main, tie = dev["metrics"]["main"], dev["metrics"]["tie_break"]
+    steered = _best(dev["entries"], langs, main, tie) if dev["entries"] else None
+    ev = None
+    if steered is not None:
+        ev = gain_evidence(dev["metric"], dev["items"][UNSTEERED], dev["items"][steered["key"]], langs,
+                           seed=cfg.seed, n_boot=cfg.n_boot)
+    verdict = decide(cfg.select_rule, ev, len(dev["entries"]))
+    b_main, b_tie = _score(dev["baseline"]["per_lang"], langs, main, tie)
+    if steered is not None and verdict["steer"]:
+        out = dict(steered)
+    else:
+        out = {"layer": None, "alpha": 0.0, "key": UNSTEERED, "main": b_main, "tie_break": b_tie, "steer": False,
+               "decision": NO_STEERING}
+    out.update(baseline_main=b_main, gain_over_baseline=out["main"] - b_main, evidence=verdict,
+               tested_key=None if steered is None else steered["key"])
+    return out
+
+
+def _selection(dev: dict[str, Any], sel_langs: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    """``best`` (all selection languages), ``best_steered`` (the top steered setting, for inspection)
+    and ``best_per_lang`` (each non-anchor language on its own dev items)."""
+    main, tie = dev["metrics"]["main"], dev["metrics"]["tie_break"]
+    non_anchor = [lang for lang in sel_langs if lang != cfg.anchor] or sel_langs
+    return {"best": _decide(dev, non_anchor, cfg),
+            "best_steered": _best(dev["entries"], non_anchor, main, tie),
+            "best_per_lang": {lang: _decide(dev, [lang], cfg) for lang in sel_langs if lang != cfg.anchor}}
+
+
+def _by_lang(records: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        out.setdefault(r["lang"], []).append(r)
+    return out
+
+
+def selection_langs(task: Any, langs: Sequence[str], split: str, anchor: str) -> tuple[list[str], list[str]]:
+    """(languages the sweep selects on, languages left out for lacking ``split``); UsageError when no
+    non-anchor language has it."""
+    from .tasks.spec import get_task
+
+    spec = get_task(task)
+    have = spec.langs_with(split, langs)
+    left = [lang for lang in langs if lang not in have]
+    if not [lang for lang in have if lang != anchor]:
+        raise UsageError(f"none of {', '.join(x for x in langs if x != anchor) or 'the languages'} has {split} items "
+                         f"in {spec.name}, so nothing can be selected; add a language with a {split} split")
+    return have, left
 
 
 def sweep(lm: Any, task: Any, langs: str | Sequence[str], intervention: Any = None, *,
@@ -205,30 +277,46 @@ def sweep(lm: Any, task: Any, langs: str | Sequence[str], intervention: Any = No
     alpha_list = [float(a) for a in alphas]
     if not alpha_list:
         raise UsageError("no alphas to sweep; give at least one, e.g. 0.5,1,2")
-    lang_list = R.parse_langs(langs)
+    lang_list, left_out = selection_langs(task, R.parse_langs(langs), cfg.split, cfg.anchor)
     engine = Engine.for_config(lm, cfg, progress_desc="sweep")
     baseline = R.run_task(lm, task, lang_list, cfg=cfg, engine=engine)
     entries: list[dict[str, Any]] = []
-    info: dict[str, Any] = {}
+    items = {UNSTEERED: _by_lang(baseline["items"])}
+    info = {k: baseline[k] for k in ("task", "split", "template", "model", "data", "item_ids", "metrics")}
     for layer in grid_layers:
         for alpha in alpha_list:
             res = R.run_task(lm, task, lang_list, make_intervention(layer, alpha), cfg, engine=engine)
-            if not info:
-                info = {k: res[k] for k in ("task", "split", "template", "model", "data", "item_ids", "metrics")}
             entries.append({"layer": layer, "alpha": alpha, "key": _key(layer, alpha),
                             "intervention": res["intervention"], "per_lang": res["per_lang"],
                             "average": res["average"]})
-    chosen = _selection(baseline, entries, lang_list, cfg.anchor, info["metrics"]["main"],
-                        info["metrics"]["tie_break"])
+            items[entries[-1]["key"]] = _by_lang(res["items"])
+    from .summary import metrics_from_record
+
+    metric = next(m for m in metrics_from_record(info["metrics"]) if m.name == info["metrics"]["main"])
+    dev = {"baseline": baseline, "entries": entries, "items": items, "metrics": info["metrics"], "metric": metric}
+    _attach_gains(dev, [lang for lang in lang_list if lang != cfg.anchor] or lang_list, cfg)
+    chosen = _selection(dev, lang_list, cfg)
     return {
         "format": SWEEP, "version": VERSION, **info, "langs": lang_list, "anchor": cfg.anchor, "split": cfg.split,
         "selected_on_split": cfg.split, "limit": cfg.limit, "seed": cfg.seed, "positions": cfg.positions,
         "calibrate": bool(cfg.calibrate), "source": source or {"kind": "callable"},
-        "grid": {"layers": grid_layers, "alphas": alpha_list}, "selection_rule": SELECTION_RULE,
+        "grid": {"layers": grid_layers, "alphas": alpha_list},
+        "selection_rule": SELECTION_RULE + cfg.select_rule.describe(), "select_rule": cfg.select_rule.record(),
+        "left_out": {lang: f"no {cfg.split} items" for lang in left_out},
         "results": entries, **chosen,
         "baseline": {"per_lang": baseline["per_lang"], "average": baseline["average"]},
         "versions": R.versions(),
     }
+
+
+def _attach_gains(dev: dict[str, Any], langs: list[str], cfg: EvalConfig) -> None:
+    """Every setting's dev gain over the unsteered model on the selection languages (CI, p), for the tables."""
+    from .evidence import gain_evidence
+
+    for e in dev["entries"]:
+        ev = gain_evidence(dev["metric"], dev["items"][UNSTEERED], dev["items"][e["key"]], langs,
+                           seed=cfg.seed, n_boot=cfg.n_boot)
+        e["dev_gain"] = {k: ev[k] for k in ("gain", "ci_low", "ci_high", "p", "test", "se")}
 
 
 def chosen_intervention(make_intervention: Callable[[int, float], Any], choice: dict[str, Any]) -> Any:

@@ -52,9 +52,17 @@ def _agree(c: Any) -> str:
     return f"{value:.2f}"
 
 
+def parallel(res: Any) -> bool:
+    """Whether the run's task pairs items across languages (files before non-parallel tasks: yes)."""
+    spec = getattr(res, "task_spec", None)
+    return getattr(spec, "pairing", "id") != "none" if spec is not None else True
+
+
 def header(res: Any) -> str:
+    from ..results.rows import method_label
+
     iv = res.intervention
-    what = "unsteered" if not iv else f"{iv.get('method', 'intervention')} (strength {iv.get('strength')})"
+    what = "unsteered" if not iv else method_label(iv)
     lim = f" (first {res.limit} items per language)" if res.limit else ""
     return (f"{res.task} {res.split}{lim}, model {res.model.name}, template {res.template.name} "
             f"v{res.template.version}, {what}; data hash {str(res.data.get('data_hash', ''))[:12]}, seed {res.seed}")
@@ -64,7 +72,8 @@ def run_table(res: Any, style: str = "markdown") -> str:
     """One run (steered or not): scores with CIs, consistency, degeneracy."""
     anchor, names = res.anchor, _names(res)
     cons = {lang: res.per_lang[lang].consistency for lang in res.langs}
-    has_cons = any(cons.values())
+    apart = not parallel(res) and anchor in res.langs and len(res.langs) > 1  # cross-language columns say so
+    has_cons = any(cons.values()) or apart
     has_js = any(c is not None and c.mean_js is not None for c in cons.values())
     head = ["lang", "n", *[f"{n} [95% CI]" for n in names]]
     head += ([f"agree w/ {anchor}"] + (["JS"] if has_js else [])) if has_cons else []
@@ -76,13 +85,13 @@ def run_table(res: Any, style: str = "markdown") -> str:
                               for s in [_score(res, lang, n)]]]
         c = cons[lang]
         if has_cons:
-            cells += [MISSING if c is None else _agree(c)] + (
+            cells += ["not parallel" if apart and lang != anchor else MISSING if c is None else _agree(c)] + (
                 [(MISSING if c is None or c.mean_js is None else f"{c.mean_js:.3f}")] if has_js else [])
         deg = d.degenerate
         cells.append("" if deg is None else f"{deg.majority_share:.0%}" + (" ⚠ degenerate" if deg.degenerate else ""))
         rows.append(cells)
     avg = res.average
-    if avg.langs:
+    if len(avg.langs) > 1:  # the average of one language is that language
         cells = [f"avg non-{anchor}", sum(res.per_lang[x].n for x in avg.langs)]
         for n in names:
             value = avg.metrics.get(n, avg.continuous.get(n))
@@ -90,13 +99,17 @@ def run_table(res: Any, style: str = "markdown") -> str:
             cells.append(MISSING if value is None else ci(value, iv and iv.ci_low, iv and iv.ci_high, _digits(n)))
         if has_cons:
             a = avg.consistency
-            cells += [f"{a.get('agreement', a.get('correct_agreement')):.2f}" if a else MISSING]
+            cells += ["not parallel" if apart else f"{a.get('agreement', a.get('correct_agreement')):.2f}" if a
+                      else MISSING]
             cells += [f"{a['mean_js']:.3f}" if "mean_js" in a else MISSING] if has_js else []
         rows.append(cells + [""])
     out = [header(res), "", table(head, rows, style)]
     degen = [lang for lang in res.langs if res.per_lang[lang].degenerate and res.per_lang[lang].degenerate.degenerate]
     if degen:
         out += ["", f"⚠ degenerate predictor (one answer in >= 90% of items): {', '.join(degen)}"]
+    if apart:
+        out += ["", f"not parallel: each language has its own items, so agreement with {anchor} and the divergence "
+                    "of answer distributions are not computed"]
     return "\n".join(out + task_summary_tables(res, style))
 
 
@@ -117,10 +130,19 @@ def _diff(t: Any, digits: int) -> str:
     return f"{t.diff:+.{digits}f} [{t.diff_ci_low:+.{digits}f}, {t.diff_ci_high:+.{digits}f}]"
 
 
-def _test_row(first: str, name: str, base: str, steered: str, t: Any) -> list[str]:
+def verdict_of(t: Any, alpha: float = 0.05) -> str:
+    """The verdict of a paired test, read from the Holm-adjusted p where Holm applies (a language
+    among several), else from p; the unadjusted p stays in its own column."""
+    from .significance import verdict
+
+    p = t.p_holm if getattr(t, "p_holm", None) is not None else t.p
+    return verdict(p, t.diff, alpha)
+
+
+def _test_row(first: str, name: str, base: str, steered: str, t: Any, alpha: float = 0.05) -> list[str]:
     digits = _digits(name)
     return [first, name, base, steered, _diff(t, digits), f"{p_value(t.p)} ({t.test})", p_value(t.p_holm),
-            MISSING if t.mde is None else f"{t.mde:.{digits}f}", t.verdict.split(" (MDE")[0]]
+            MISSING if t.mde is None else f"{t.mde:.{digits}f}", verdict_of(t, alpha)]
 
 
 def comparison_table(res: Any, style: str = "markdown") -> str:
@@ -132,16 +154,20 @@ def comparison_table(res: Any, style: str = "markdown") -> str:
     head = ["lang", "metric", "unsteered [95% CI]", "steered [95% CI]", "diff [95% CI]", "p (test)", "p Holm", "MDE",
             "verdict"]
     rows = []
+    level = float(getattr(comp, "alpha", 0.05) or 0.05)
     for lang in res.langs:
         c = comp.per_lang[lang]
         for name in _names(res):
             t = c.metrics.get(name) or c.continuous.get(name)
             a, b = _score(base, lang, name), _score(res, lang, name)
             rows.append(_test_row(lang, name, ci(a.mean, a.ci_low, a.ci_high, _digits(name)),
-                                  ci(b.mean, b.ci_low, b.ci_high, _digits(name)), t))
-    for name, t in comp.average.tests.items():
-        rows.append(_test_row(f"avg non-{anchor}", name, _avg(base, name), _avg(res, name), t))
+                                  ci(b.mean, b.ci_low, b.ci_high, _digits(name)), t, level))
+    if len(comp.average.langs) > 1:  # the average of one language is that language
+        for name, t in comp.average.tests.items():
+            rows.append(_test_row(f"avg non-{anchor}", name, _avg(base, name), _avg(res, name), t, level))
     out = [header(res), "", table(head, rows, style), ""]
+    out.append(f"Verdicts at {level:g} from p Holm-adjusted over the non-{anchor} languages (unadjusted p beside it); "
+               "the average: paired bootstrap stratified by language.")
     out.append("Predictions changed by steering: " + ", ".join(
         f"{lang} {comp.per_lang[lang].prediction_changed:.0%}" for lang in res.langs) + ".")
     cons = [(lang, comp.per_lang[lang].consistency) for lang in res.langs]
@@ -167,35 +193,50 @@ def results_tables(res: Any, style: str = "markdown") -> str:
 
 
 def sweep_table(rec: Any, style: str = "text") -> str:
-    """Main metric per grid point and language on the selection split, then what was chosen."""
+    """Main metric per grid point and language on the selection split (the unsteered model first),
+    each setting's dev gain over it with CI and p, then the choices with the rule's evidence."""
+    from .evidence import evidence_text
+
     main, tie = rec.metrics.main, rec.metrics.tie_break
     langs = rec.langs
+    targets = [lang for lang in langs if lang != rec.anchor]
+    with_avg = len(targets) > 1
     rows = []
     if rec.baseline is not None:
         bl = rec.baseline
         rows.append(["unsteered", *[f"{bl['per_lang'][lang]['metrics'][main]['mean']:.3f}" for lang in langs],
-                     f"{bl['average']['metrics'].get(main, float('nan')):.3f}"])
+                     *([f"{bl['average']['metrics'].get(main, float('nan')):.3f}"] if with_avg else []), MISSING, MISSING])
     for e in rec.results:
+        gain = getattr(e, "dev_gain", None) or {}
         rows.append([getattr(e, "key", None) or f"L{e.layer}@{e.alpha:g}",
                      *[f"{e.per_lang[lang].metrics[main].mean:.3f}" for lang in langs],
-                     f"{e.average.metrics.get(main, float('nan')):.3f}"])
+                     *([f"{e.average.metrics.get(main, float('nan')):.3f}"] if with_avg else []),
+                     f"{gain['gain']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]" if gain else MISSING,
+                     f"{p_value(gain['p'])} ({gain['test']})" if gain else MISSING])
+    head = ["setting", *langs, *([f"avg non-{rec.anchor}"] if with_avg else []), "dev gain [95% CI]", "p (test)"]
     out = [f"sweep {rec.task} on {rec.split}, main metric {main}, tie-break {tie}", "",
-           table(["config", *langs, "avg"], rows, style), ""]
+           table(head, rows, style), "", f"rule: {rec.selection_rule}"]
+    for lang, why in (getattr(rec, "left_out", None) or {}).items():
+        out.append(f"{lang}: {why} — left out of the selection; takes the global choice")
     for lang, b in rec.best_per_lang.items():
-        out.append(f"best for {lang}: {choice_text(b)} ({main} {b.main:.3f})")
+        ev = getattr(b, "evidence", None)
+        out.append(f"choice for {lang}: {choice_text(b)} ({main} {b.main:.3f})" + (f"; {evidence_text(ev)}" if ev else ""))
     b = rec.best
     gain = ("" if b.gain_over_baseline is None or not b.steer
             else f", {b.gain_over_baseline:+.3f} vs unsteered on {rec.split}")
-    out.append(f"selected (all languages): {choice_text(b)} ({main} {b.main:.3f}{gain})")
+    ev = getattr(b, "evidence", None)
+    out.append(f"selected (all languages): {choice_text(b)} ({main} {b.main:.3f}{gain})"
+               + (f"; {evidence_text(ev)}" if ev else ""))
     return "\n".join(out)
 
 
 def choice_text(choice: Any) -> str:
     """A sweep's choice in words: a layer and alpha, every fitted layer, or no steering."""
-    if not getattr(choice, "steer", True):
-        return "no steering (the unsteered model is best on dev)"
-    layer = "every fitted layer" if choice.layer == -1 else f"layer {choice.layer}"
-    return f"{layer} alpha {choice.alpha:g}"
+    if not getattr(choice, "steer", choice.get("steer", True) if isinstance(choice, dict) else True):
+        return "no steering"
+    layer, alpha = (choice["layer"], choice["alpha"]) if isinstance(choice, dict) else (choice.layer, choice.alpha)
+    where = "every fitted layer" if layer == -1 else f"layer {layer}"
+    return f"{where} alpha {alpha:g}"
 
 
 def mark(p_holm: float | None, diff: float | None, alpha: float) -> str:
@@ -235,21 +276,23 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
     """``xlsteer compare``: rows = methods, columns = languages + average over non-anchor languages + cost."""
     langs, anchor, alpha = rec.langs, rec.anchor, rec.alpha_level
     n = rec.item_ids.per_lang
+    with_avg = len([lang for lang in langs if lang != anchor]) > 1  # the average of one language is that language
     guard = list(dict.fromkeys(g for name in rec.methods for g in (getattr(rec.rows[name], "guard", None) or {})))
     kept = _preservation_head(rec)
-    head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], f"avg non-{anchor}",
+    head = ["method", *[f"{lang} (n={n.get(lang, '?')})" for lang in langs], *([f"avg non-{anchor}"] * with_avg),
             *[f"{g} avg (Δ)" for g in guard], *([kept] if kept else []), "fit s", "+tok/item", "trained params"]
     rows, footnotes = [], []
     for name in rec.methods:
         row = rec.rows[name]
         ref = name == rec.reference
         if row.error:
-            cells = [MISSING] * (len(langs) + 1 + len(guard) + bool(kept))
+            cells = [MISSING] * (len(langs) + with_avg + len(guard) + bool(kept))
             footnotes.append(f"{name}: not run — {row.error}")
         else:
             cells = [_pct_cell(row.per_lang[lang], ref, alpha) for lang in langs]
             avg = _pct_cell(row.average, ref, alpha, holm=False)
-            cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
+            if with_avg:
+                cells.append(avg + (" †" if row.average.partial and row.average.score is not None else ""))
             cells += [_guard_cell((getattr(row, "guard", None) or {}).get(g), ref, alpha, _digits(g)) for g in guard]
             cells += [_preservation_cell(getattr(row, "preservation", None), alpha)] if kept else []
             footnotes += [f"{name}, {lang}: {why}" for lang, why in row.skipped.items()]
@@ -303,15 +346,18 @@ def _preservation_cell(p: Any, alpha: float) -> str:
 
 def selection_note(name: str, sel: Any) -> list[str]:
     """A steering row's dev selection in words: a "no steering" choice must be visible."""
+    from .evidence import evidence_text
+
     if not isinstance(sel, dict) or "steer" not in sel:
         return []
+    ev = f" ({evidence_text(sel['evidence'])})" if sel.get("evidence") else ""
     if not sel["steer"]:
-        return [f"{name}: {sel.get('decision', 'no steering')} — its scores are the unsteered model's"]
+        return [f"{name}: {sel.get('decision', 'no steering')} — its scores are the unsteered model's{ev}"]
     off = [lang for lang, v in (sel.get("per_lang") or {}).items() if not v.get("steer", True)]
     text = f"{name}: chosen on dev — {sel.get('decision', '')}"
     if off and sel.get("select") == "per-lang":
         text += f" (unsteered for {', '.join(off)})"
-    return [text]
+    return [text + ev]
 
 
 def tables_of(doc: Any, style: str = "markdown") -> str:

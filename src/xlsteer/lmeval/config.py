@@ -87,9 +87,11 @@ def metric_key(metric: str, flt: str, filters: Sequence[str]) -> str:
     return metric if len(filters) == 1 else f"{metric}:{flt}"
 
 
-def task_splits(cfgs: dict[str, dict]) -> dict[str, str]:
-    """xlsteer split -> lm-eval split, checked to be the same for every language."""
-    out: dict[str, str] | None = None
+def task_splits(cfgs: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Per task, xlsteer split -> lm-eval split: ``test`` = its test split (else its validation
+    split), ``dev`` = its validation split when it has both, ``train`` = its training split. Each
+    language has its own (one may lack a dev split: it is evaluated but left out of dev selection)."""
+    out: dict[str, dict[str, str]] = {}
     for name, cfg in cfgs.items():
         test, val, train = cfg.get("test_split"), cfg.get("validation_split"), cfg.get("training_split")
         mine = {}
@@ -101,24 +103,45 @@ def task_splits(cfgs: dict[str, dict]) -> dict[str, str]:
             mine["train"] = train
         if "test" not in mine:
             raise UsageError(f"lm-eval task {name} declares neither test_split nor validation_split; add one")
-        if out is not None and mine != out:
-            raise UsageError(f"lm-eval task {name} has other splits ({mine}) than {next(iter(cfgs))} ({out}); "
-                             "give every language the same splits")
-        out = mine
-    assert out is not None
+        out[name] = mine
     return out
 
 
+#: Config keys that say where things are, not what the prompts are (left out of the digest).
+_WHERE = ("_yaml_path", "cache_dir")
+
+
+def _portable(value: Any) -> Any:
+    """A config with every path replaced by what it names: a file by its bytes' digest, a function
+    reference (``/path/utils.fn``) by its module's file name and the function — the digest must not
+    depend on how a path is spelled (relative, absolute, through a symlink) or where the files live."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items() if k not in _WHERE}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if not isinstance(value, str) or ("/" not in value and "\\" not in value):
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        return "file:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    module, _, function = value.rpartition(".")
+    if module and Path(module + ".py").is_file():
+        return f"function:{Path(module).name}.{function}"  # the module's bytes are digested apart
+    if path.is_dir():
+        return "folder"
+    return value
+
+
 def config_version(cfgs: dict[str, dict]) -> str:
-    """Digest of everything that shapes the prompts: the configs, the Python files beside them and
-    the local data files (the per-item cache is keyed by item id: edited documents must not reuse
-    old scores)."""
-    h = hashlib.sha256(json.dumps(cfgs, sort_keys=True, default=str).encode())
+    """Digest of everything that shapes the prompts: the configs (paths replaced by the content they
+    name), the Python files beside them and the local data files. The per-item cache is keyed by
+    item id: edited documents must not reuse old scores, and a path spelled another way must."""
+    portable = {name: _portable(cfg) for name, cfg in cfgs.items()}
+    h = hashlib.sha256(json.dumps(portable, sort_keys=True, default=str).encode())
     h.update(harness.version().encode())
     seen: set[Path] = set()
     for cfg in cfgs.values():
-        folder = Path(cfg["_yaml_path"]).parent if cfg.get("_yaml_path") else None
-        for py in sorted(folder.glob("*.py")) if folder and folder.is_dir() else ():
+        for py in _python_files(cfg):
             if py not in seen:
                 seen.add(py)
                 h.update(py.read_bytes())
@@ -127,9 +150,30 @@ def config_version(cfgs: dict[str, dict]) -> str:
     return h.hexdigest()[:12]
 
 
+def _python_files(cfg: dict[str, Any]) -> list[Path]:
+    folder = Path(cfg["_yaml_path"]).parent if cfg.get("_yaml_path") else None
+    return sorted(p.resolve() for p in folder.glob("*.py")) if folder and folder.is_dir() else []
+
+
+def _included_yaml(cfg: dict[str, Any]) -> list[str]:
+    """The YAML files the task's YAML includes (``include: base.yaml``, beside it), as far as they exist."""
+    path = Path(cfg["_yaml_path"]) if cfg.get("_yaml_path") else None
+    if path is None or not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("include:"):
+            name = line.split(":", 1)[1].strip().strip("'\"")
+            if name and (path.parent / name).is_file():
+                out.append(str((path.parent / name).resolve()))
+    return out
+
+
 def local_files(cfg: dict[str, Any]) -> list[str]:
-    """The task's YAML file and those of its data files that are local paths (for the data hash)."""
-    return ([cfg["_yaml_path"]] if cfg.get("_yaml_path") else []) + _local_data(cfg)
+    """Every user file the task reads, absolute (for the data hash, by content wherever it lives):
+    its YAML, the YAML files it includes, the Python files beside it and its local data files."""
+    yaml_path = [str(Path(cfg["_yaml_path"]).resolve())] if cfg.get("_yaml_path") else []
+    return yaml_path + _included_yaml(cfg) + [str(p) for p in _python_files(cfg)] + _local_data(cfg)
 
 
 def _local_data(cfg: dict[str, Any]) -> list[str]:

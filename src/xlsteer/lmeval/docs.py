@@ -23,9 +23,12 @@ FEWSHOT_SEED = 1234
 
 
 class Docs:
-    """The loaded lm-eval tasks of every language, their documents and rendered items (cached)."""
+    """The loaded lm-eval tasks of every language, their documents and rendered items (cached).
 
-    def __init__(self, name: str, tasks: dict[str, Any], task_names: dict[str, str], splits: dict[str, str]):
+    ``splits``: per language, xlsteer split -> that task's lm-eval split (languages may differ)."""
+
+    def __init__(self, name: str, tasks: dict[str, Any], task_names: dict[str, str],
+                 splits: dict[str, dict[str, str]]):
         self.name, self.tasks, self.task_names, self.splits = name, tasks, task_names, splits
         self._docs: dict[tuple[str, str], list] = {}
         self._items: dict[tuple[str, str], list] = {}
@@ -40,21 +43,43 @@ class Docs:
                 try:
                     self._docs[key] = list(fn())
                 except Exception as e:  # lm-eval/datasets raise anything; the user needs one line
-                    raise DataError(f"lm-eval task {self.task_names[lang]} could not load its {self.splits[split]} "
-                                    f"documents: {one_line(e)}; check the task's process_docs") from None
+                    raise DataError(f"lm-eval task {self.task_names[lang]} could not load its "
+                                    f"{self.splits[lang][split]} documents: {one_line(e)}; check the task's "
+                                    "process_docs") from None
         return self._docs[key]
 
-    def check_aligned(self) -> None:
-        """Every language holds the same number of documents per split (ids pair by position)."""
-        for split in self.splits:
-            counts = {lang: len(self.docs(lang, split)) for lang in self.tasks}
-            if len(set(counts.values())) > 1:
-                shown = ", ".join(f"{self.task_names[lang]} {n}" for lang, n in counts.items())
-                raise DataError(f"the lm-eval tasks of {self.name} hold different numbers of {split} documents "
-                                f"({shown}); give every language the same items in the same order")
-            if not any(counts.values()):
-                raise DataError(f"the lm-eval tasks of {self.name} hold no {self.splits[split]} documents; "
-                                "check their data files")
+    def check_loaded(self) -> None:
+        """Every split of every language holds documents (languages may hold different numbers)."""
+        for lang, splits in self.splits.items():
+            for split, lm_split in splits.items():
+                if not self.docs(lang, split):
+                    raise DataError(f"lm-eval task {self.task_names[lang]} holds no {lm_split} documents; check its "
+                                    "data files")
+
+    def doc_ids(self, lang: str, split: str) -> list[str] | None:
+        """The documents' own ids (an ``id`` field, unique in the split), else None (ids by position)."""
+        ids = [doc.get("id") if isinstance(doc, dict) else None for doc in self.docs(lang, split)]
+        if not ids or any(isinstance(i, bool) or not isinstance(i, (str, int)) or str(i).strip() == "" for i in ids):
+            return None
+        text = [str(i).strip() for i in ids]
+        return text if len(set(text)) == len(text) else None
+
+    def pairing(self, declared: bool | None) -> tuple[str, str]:
+        """(pairing, why): ``id`` when declared parallel, or when every document carries an ``id`` and
+        every language holds the same ids in each split it has; else ``none``."""
+        if declared is False:
+            return "none", "declared not parallel"
+        if declared:
+            return "id", "declared parallel: documents with the same id (else the same position) are the same item"
+        for split in {s for splits in self.splits.values() for s in splits}:
+            langs = [lang for lang, splits in self.splits.items() if split in splits]
+            ids = [self.doc_ids(lang, split) for lang in langs]
+            if any(i is None for i in ids):
+                return "none", ("not parallel: the documents carry no 'id' field (pass --task-parallel if document i "
+                                "of every language is the same item)")
+            if any(set(i) != set(ids[0]) for i in ids):  # type: ignore[arg-type]
+                return "none", f"not parallel: the languages hold other {split} document ids"
+        return "id", "parallel: every language holds the same document ids"
 
     def items(self, lang: str, split: str, limit: int | None) -> list:
         """Items 0..limit-1 of a split, rendered from the first document with a fresh few-shot
@@ -67,9 +92,10 @@ class Docs:
         return self._items[key][:n]
 
     def _build_items(self, lang: str, split: str, docs: list) -> list:
-        task, tname = self.tasks[lang], self.task_names[lang]
+        task, tname, lm_split = self.tasks[lang], self.task_names[lang], self.splits[lang][split]
         shots = int(task.config.num_fewshot or 0)
-        own_pool = shots > 0 and harness.fewshot_pool(task) == self.splits[split]
+        own_pool = shots > 0 and harness.fewshot_pool(task) == lm_split
+        ids = self.doc_ids(lang, split) or [str(i) for i in range(len(self.docs(lang, split)))]
         out = []
         with quiet():
             task.set_fewshot_seed(FEWSHOT_SEED)
@@ -80,10 +106,11 @@ class Docs:
                 except DataError:
                     raise
                 except Exception as e:  # the task's own functions: jinja, KeyError, ...
-                    raise DataError(f"lm-eval task {tname} could not build the request of {self.splits[split]} "
+                    raise DataError(f"lm-eval task {tname} could not build the request of {lm_split} "
                                     f"document {i}: {one_line(e)}; check its doc_to_text/doc_to_choice/"
                                     "doc_to_target") from None
-                out.append(Item(id=f"{self.name}/{split}/{i}", lang=lang, split=split, fields=fields, answer=answer))
+                out.append(Item(id=f"{self.name}/{split}/{ids[i]}", lang=lang, split=split, fields=fields,
+                                answer=answer))
         return out
 
 

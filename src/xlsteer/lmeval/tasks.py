@@ -33,9 +33,13 @@ instruction (lm-eval's defaults).
   paired per item and are left out. Sampling tasks (``do_sample: true``) are refused.
 
 Splits: ``test`` = the task's test split (else its validation split); ``dev`` = its validation
-split when it has both (else none: it cannot be swept); ``train`` = its training split. Every
-language must hold the same number of documents per split, in the same order (item ids are
-``<name>/<split>/<index>``). Nothing lm-eval or ``datasets`` prints reaches the terminal.
+split when it has both (else none: that language cannot be swept, and is left out of dev
+selection); ``train`` = its training split. Each language has its own documents, counts and
+splits. Item ids are ``<name>/<split>/<id>``: the documents' own ``id`` field where every document
+has a unique one, else the index. Items pair across languages (agreement with the anchor) only
+when declared parallel (``parallel=True``, ``--task-parallel``) or detected so (every language
+holds the same document ids); otherwise the task is not parallel. Nothing lm-eval or
+``datasets`` prints reaches the terminal.
 """
 
 from __future__ import annotations
@@ -99,12 +103,17 @@ def _load_tasks(tm: Any, names: Sequence[str]) -> dict[str, Any]:
                         "doc_to_text/doc_to_choice/doc_to_target)") from None
 
 
-def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> TaskSpec:
-    """The one TaskSpec of ``lmeval:NAME[,NAME...]`` (configs checked, documents loaded and aligned)."""
+def build_spec(ref: str, include_path: Any = (), task_langs: Any = None, parallel: bool | None = None) -> TaskSpec:
+    """The one TaskSpec of ``lmeval:NAME[,NAME...]`` (configs checked, documents loaded).
+
+    ``include_path``: folders of task YAML files, relative or absolute (resolved here: the task is
+    the same however the path is spelled). ``parallel``: True when document i (or id i) of every
+    language is the same item; None: detected from the documents' ids."""
     names = parse_reference(ref)
     if isinstance(include_path, (str, os.PathLike)):
         include_path = [include_path]
-    tm = harness.task_manager(names, list(include_path or ()))
+    include_path = [_folder(p) for p in include_path or ()]
+    tm = harness.task_manager(names, include_path)
     cfgs = {n: task_config(tm, n) for n in names}
     kinds = {c.get("output_type", "generate_until") for c in cfgs.values()}
     if len(kinds) > 1:
@@ -112,11 +121,13 @@ def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> Task
                          "one xlsteer task needs one kind of request")
     kind = kinds.pop()
     langs = _languages(names, task_langs)
-    splits = task_splits(cfgs)
+    per_task = task_splits(cfgs)
+    splits = {langs[n]: per_task[n] for n in names}
     name = spec_name(names)
     loaded = _load_tasks(tm, names)
     docs = Docs(name, {langs[n]: loaded[n] for n in names}, {langs[n]: n for n in names}, splits)
-    docs.check_aligned()
+    docs.check_loaded()
+    pairing, why = docs.pairing(parallel)
     multi = {bool(t.multiple_input) for t in loaded.values()}
     if len(multi) > 1:
         raise UsageError(f"some of {', '.join(names)} are multiple-input tasks and some not; give one kind per task")
@@ -124,20 +135,20 @@ def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> Task
     generate = kind == "generate_until"
     template = Template("lmeval", name, config_version(cfgs), "generate" if generate else "choice",
                         f"lm-eval's own {kind} requests of {', '.join(names)}", _options(loaded, generate), render)
-    train = "train" if "train" in splits else None
+    every = [s for s in ("dev", "test", "train") if any(s in v for v in splits.values())]
+    train = "train" if "train" in every else None
     return TaskSpec(
         name=name,
         description=f"lm-eval tasks {', '.join(names)} ({kind})",
         langs=tuple(langs[n] for n in names),
-        splits={s: f"lm-eval {lm} split, all {len(docs.docs(langs[names[0]], s))} documents"
-                for s, lm in splits.items()},
+        splits={s: _split_rule(docs, s) for s in every},
         load_items=lambda data_dir, lang, split, limit=None: _items(docs, name, lang, split, limit),
         data_files=lambda lang, split: local_files(cfgs[docs.task_names[lang]]),
         templates=(template,),
         metrics=metrics, main=main, tie_break=tie,
         score=(lambda item, text: score(docs, metrics, item, text)) if generate else None,
         comparable_predictions=not generate,
-        dev_split="dev" if "dev" in splits else None,
+        dev_split="dev" if "dev" in every else None,
         extra_continuous=extra,
         baselines=BaselineHints(
             icl_split=train, train_split=train, answer_text=answer_text,
@@ -146,8 +157,33 @@ def build_spec(ref: str, include_path: Any = (), task_langs: Any = None) -> Task
         source={"kind": "lmeval", "tasks": {n: {"lang": langs[n], "yaml": cfgs[n].get("_yaml_path"),
                                                 "version": (cfgs[n].get("metadata") or {}).get("version")}
                                             for n in names},
-                "config_digest": template.version, "include_path": [str(p) for p in include_path or ()]},
+                "config_digest": template.version, "include_path": list(include_path), "parallel": why},
+        pairing=pairing,  # type: ignore[arg-type]
+        lang_splits=(None if all(set(v) == set(every) for v in splits.values())
+                     else {lang: tuple(s for s in every if s in v) for lang, v in splits.items()}),
     )
+
+
+def _folder(path: Any) -> str:
+    """An include folder as an absolute path (symlinks resolved): the configs, the YAML paths and so
+    the task's digest and data hash do not depend on how it was spelled or from where."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"include path {p} does not exist; give the folder of your lm-eval task YAML files")
+    return str(p.resolve())
+
+
+def _split_rule(docs: Docs, split: str) -> str:
+    """An xlsteer split's rule: the lm-eval split(s) it is, with the document count per language."""
+    have = {lang: v[split] for lang, v in docs.splits.items() if split in v}
+    names = ", ".join(sorted(set(have.values())))
+    counts = {lang: len(docs.docs(lang, split)) if lang in have else 0 for lang in docs.splits}
+    if len(set(counts.values())) == 1:
+        return f"lm-eval {names} split, all {next(iter(counts.values()))} documents"
+    shown = ", ".join(f"{lang} {n}" if n else f"{lang} none" for lang, n in counts.items())
+    return f"lm-eval {names} split; documents: {shown}"
 
 
 def _options(loaded: dict[str, Any], generate: bool) -> dict[str, Any]:
@@ -164,8 +200,8 @@ def _items(docs: Docs, name: str, lang: str, split: str, limit: int | None) -> l
     check_limit(limit)
     if lang not in docs.tasks:
         raise LanguageError(f"{name} has no language {lang!r}; available: {' '.join(docs.tasks)}")
-    if split not in docs.splits:
-        raise UsageError(f"{name} has no split {split!r}; available: {' '.join(docs.splits)}")
+    if split not in docs.splits[lang]:
+        raise UsageError(f"{name} has no split {split!r} in {lang}; available: {' '.join(docs.splits[lang])}")
     return docs.items(lang, split, limit)
 
 
@@ -173,9 +209,10 @@ def is_lmeval_reference(ref: str) -> bool:
     return str(ref).strip().lower().startswith(PREFIX)
 
 
-def build(ref: str, include_path: Any = (), task_langs: Any = None, **options: Any) -> list[TaskSpec]:
+def build(ref: str, include_path: Any = (), task_langs: Any = None, parallel: bool | None = None,
+          **options: Any) -> list[TaskSpec]:
     """Resolver entry point (other options are ignored)."""
-    return [build_spec(ref, include_path=include_path, task_langs=task_langs)]
+    return [build_spec(ref, include_path=include_path, task_langs=task_langs, parallel=parallel)]
 
 
 #: The ``lmeval:NAME,...`` task references (a row of xlsteer.evaluation.tasks.spec.TASK_SOURCES).

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..filenames import slug
-from ..formats import MISSING, number
+from ..formats import MISSING, number, p_value
 from ..results import ANALYSIS, SETUP
 from . import analysis_view as A
 from .load import Run
@@ -106,6 +106,31 @@ class SweepView:
     rows: list[list[str]]
     n_points: int
     figure: Figure | None
+    choices: list[str] = field(default_factory=list)
+
+
+def _gain_cells(e: Any) -> list[str]:
+    g = getattr(e, "dev_gain", None) or {}
+    if not g:
+        return [MISSING, MISSING]
+    return [f"{g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]", f"{p_value(g['p'])} ({g['test']})"]
+
+
+def _choice_lines(doc: Any, main: str) -> tuple[str, list[str]]:
+    """The global choice in words (with its evidence), and one line per language (and left-out one)."""
+    from ..evaluation.evidence import evidence_text
+    from ..evaluation.tables import choice_text
+
+    b = doc.best
+    ev = getattr(b, "evidence", None)
+    gain = "" if b.gain_over_baseline is None or not b.steer else f", {b.gain_over_baseline:+.3f} against unsteered"
+    selected = f"{choice_text(b)} ({main} {number(b.main)} on {doc.split}{gain})" + (f"; {evidence_text(ev)}" if ev else "")
+    lines = [f"{lang}: {choice_text(c)} ({main} {number(c.main)})"
+             + (f"; {evidence_text(getattr(c, 'evidence', None))}" if getattr(c, "evidence", None) else "")
+             for lang, c in doc.best_per_lang.items()]
+    lines += [f"{lang}: {why}; left out of the selection, takes the global choice"
+              for lang, why in (getattr(doc, "left_out", None) or {}).items()]
+    return selected, lines
 
 
 def sweep_view(f: Any) -> SweepView:
@@ -113,20 +138,24 @@ def sweep_view(f: Any) -> SweepView:
 
     doc = f.doc
     main = doc.metrics.main
-    pts = [{"layer": e.layer, "alpha": e.alpha, "score": e.average.metrics.get(main)} for e in doc.results]
+    pts = [{"layer": e.layer, "alpha": e.alpha, "score": e.average.metrics.get(main), "entry": e} for e in doc.results]
     method = doc.source.get("method") or doc.source.get("kind") or "intervention"
-    b = doc.best
-    gain = "" if b.gain_over_baseline is None else f", {b.gain_over_baseline:+.3f} against unsteered"
-    selected = f"layer {b.layer}, alpha {b.alpha:g} ({main} {number(b.main)} on {doc.split}{gain})"
+    selected, choices = _choice_lines(doc, main)
     top = sorted([x for x in pts if x["score"] is not None], key=lambda x: -x["score"])[:10]
     caption = (f"{main} of {method} on {doc.task} {doc.split} over layer × alpha (average over the non-anchor "
                "languages); the best cell is boxed")
     figure = drawn(lambda: figure_of(f"sweep_{slug(f.path.stem)}.png", plot_sweep(
-        pts, metric=main, title=f"Sweep ({doc.split} split): best cell boxed"), caption, "sweeps"))
+        [{k: x[k] for k in ("layer", "alpha", "score")} for x in pts], metric=main,
+        title=f"Sweep ({doc.split} split): best cell boxed"), caption, "sweeps"))
     rule = doc.selection_rule + (f" ({doc.source['note']})" if doc.source.get("note") else "")
+    rows = []
+    if doc.baseline is not None:
+        unsteered = (doc.baseline.get("average") or {}).get("metrics", {}).get(main)
+        rows.append(["unsteered", "0", number(unsteered), MISSING, MISSING])
+    rows += [[str(x["layer"]), f"{x['alpha']:g}", number(x["score"]), *_gain_cells(x["entry"])] for x in top]
     return SweepView(f"{method} · {doc.task} · {main} · {doc.split}", f.path.name, selected, rule,
-                     ["layer", "alpha", f"{main} (avg non-{doc.anchor})"],
-                     [[str(x["layer"]), f"{x['alpha']:g}", number(x["score"])] for x in top], len(pts), figure)
+                     ["layer", "alpha", f"{main} (avg non-{doc.anchor})", "dev gain over unsteered [95% CI]",
+                      "p (test)"], rows, len(pts), figure, choices)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The answer first: what was compared, on which model and items, and whether anything changed.
 
-Why: a reader opening the report wants the verdict before the fingerprints. For each main-metric
-table the summary holds the methods x languages scores with ▲/▼ where a change against the
+Why: a reader opening the report wants the verdict before the fingerprints. A directory may hold
+results of several tasks, so the summary opens with one headline over all of them (every method
+and task with the languages where it changed the main metric significantly after Holm, and its
+average change), then for each main-metric table the summary holds the methods x languages scores with ▲/▼ where a change against the
 reference is significant (per language: p Holm-adjusted over the non-anchor languages, as the
 result files carry it; the average: the paired bootstrap stratified by language), the minimum
 detectable effect of the average, the positive control where the run has one, and one sentence.
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..formats import p_value
+from ..formats import MISSING, p_value
 from ..results.rows import ScoreTable
 
 
@@ -28,11 +30,21 @@ class ControlView:
 
 
 @dataclass
+class Headline:
+    """Every task of the run at once: one sentence, and a row per (task, method)."""
+
+    sentence: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
 class Summary:
     tables: list[ScoreTable]
     control: ControlView | None
     sentences: list[str] = field(default_factory=list)
     problems: int = 0
+    headline: Headline | None = None
 
 
 def _mdes(t: ScoreTable) -> list[tuple[str, float]]:
@@ -53,7 +65,7 @@ def changed(t: ScoreTable) -> tuple[list[str], list[str]]:
     per = [f"{ln.name} {'▲' if c.significant(t.alpha) == 'up' else '▼'} {lang}" for ln, lang, c in t.tested()
            if c.significant(t.alpha)]
     avg = [f"{ln.name} {'▲' if ln.average.significant(t.alpha, True) == 'up' else '▼'}" for ln in t.lines
-           if not ln.reference and ln.average is not None and ln.average.significant(t.alpha, True)]
+           if t.with_average and not ln.reference and ln.average is not None and ln.average.significant(t.alpha, True)]
     return per, avg
 
 
@@ -61,25 +73,27 @@ def sentence(t: ScoreTable) -> str:
     """One plain sentence: did any method change the score against the reference?"""
     ref = t.reference.name if t.reference else "the reference"
     tested = t.tested()
-    avg_tested = [ln for ln in t.lines if not ln.reference and ln.average is not None and ln.average.p is not None]
+    avg_tested = [ln for ln in t.lines if t.with_average and not ln.reference and ln.average is not None
+                  and ln.average.p is not None]
     if not tested and not avg_tested:
         return f"No paired test against {ref} in these files, so no change of {t.metric} can be called significant."
     per, avg = changed(t)
     n_items = min(t.n_items.values()) if t.n_items else 0
-    mde = _mdes(t)
+    mde = _mdes(t) if t.with_average else []
     mde_part = (" Changes of the average smaller than its MDE (" + ", ".join(f"{name} {v:.2f}" for name, v in mde)
                 + f") could not be detected with {n_items} items per language." if mde else "")
     if not per and not avg:
         return (f"No method changes {t.metric} significantly against {ref}: none of the {len(tested)} method × "
-                f"language tests survives Holm's correction, and no average over the non-{t.anchor} languages "
-                f"changes (p ≥ {t.alpha:g})." + mde_part)
+                f"language tests survives Holm's correction"
+                + (f", and no average over the non-{t.anchor} languages changes (p ≥ {t.alpha:g})." if t.with_average
+                   else f" (α = {t.alpha:g}).") + mde_part)
     parts = []
     if per:
         parts.append(f"{len(per)} of {len(tested)} method × language changes are significant after Holm "
                      f"({', '.join(per)})")
     if avg:
         parts.append(f"the average over the non-{t.anchor} languages changes for {', '.join(avg)}")
-    else:
+    elif t.with_average:
         parts.append(f"no average over the non-{t.anchor} languages changes significantly")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + f" (against {ref}, α = {t.alpha:g})." + (mde_part if not avg else "")
@@ -108,10 +122,53 @@ def control_view(doc: Any, task_changes: bool | None, alpha: float = 0.05) -> Co
                        behaviour[0].upper() + behaviour[1:] + task + ".")
 
 
+def _arrows(t: ScoreTable, ln: Any, direction: str) -> str:
+    langs = [lang for lang, c in ln.cells.items() if lang != t.anchor and c.p is not None
+             and c.significant(t.alpha) == direction]
+    return ", ".join(langs) or MISSING
+
+
+def _avg_change(t: ScoreTable, ln: Any) -> str:
+    a = ln.average
+    if not t.with_average or a is None or a.diff is None:
+        return MISSING
+    ci = f" [{a.diff_ci_low:+.3f}, {a.diff_ci_high:+.3f}]" if a.diff_ci_low is not None else ""
+    mark = {"up": " ▲", "down": " ▼"}.get(a.significant(t.alpha, True), "")
+    return f"{a.diff:+.3f}{ci}{mark}"
+
+
+def headline(mains: Sequence[ScoreTable]) -> Headline | None:
+    """One sentence and one table over every task of the run (the first thing the page shows)."""
+    if not mains:
+        return None
+    rows, per_all, tested_all = [], [], 0
+    for t in mains:
+        ref = t.reference.name if t.reference else MISSING
+        tested_all += len(t.tested())
+        per_all += [f"{'▲' if c.significant(t.alpha) == 'up' else '▼'} {ln.name} on {t.task}/{lang}"
+                    for ln, lang, c in t.tested() if c.significant(t.alpha)]
+        for ln in (x for x in t.lines if not x.reference):
+            rows.append([f"{t.task} ({t.split})", t.metric, ln.name, ref, _arrows(t, ln, "up"),
+                         _arrows(t, ln, "down"), _avg_change(t, ln)])
+    tasks = sorted({t.task for t in mains})
+    what = f"{len(tasks)} task{'s' if len(tasks) != 1 else ''} ({', '.join(tasks)})"
+    if not tested_all:
+        text = f"Across {what}: no paired test against a reference, so no change can be called significant."
+    elif per_all:
+        text = (f"Across {what}: {len(per_all)} of {tested_all} method × language changes of the main metric are "
+                f"significant after Holm: {'; '.join(per_all)}.")
+    else:
+        text = (f"Across {what}: none of the {tested_all} method × language changes of the main metric is "
+                "significant after Holm.")
+    heads = ["task (split)", "metric", "method", "against", "▲ languages (Holm)", "▼ languages (Holm)",
+             "average Δ [95% CI]"]
+    return Headline(text, heads, rows)
+
+
 def summarize(tables: Sequence[ScoreTable], control_doc: Any = None, problems: int = 0) -> Summary:
     mains = [t for t in tables if t.main]
     task_changes = None
     if mains:
         task_changes = any(any(changed(t)) for t in mains)
     control = control_view(control_doc, task_changes) if control_doc is not None else None
-    return Summary(mains, control, [sentence(t) for t in mains], problems)
+    return Summary(mains, control, [sentence(t) for t in mains], problems, headline(mains))

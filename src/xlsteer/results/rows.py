@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 from . import COMPARE, EVAL, LM_EVAL, PAIRED
 
 UNSTEERED = "unsteered"
+NOT_PARALLEL = ("not parallel: each language has its own items, so agreement with the anchor language is not "
+                "computed")
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Line:
     name: str
     reference: bool = False
     cells: dict[str, Cell] = field(default_factory=dict)
+    key: str | None = None  # the method's key in its file (a compare row), when the name says more
     average: Cell | None = None
     error: str | None = None
     intervention_hash: str | None = None
@@ -93,6 +96,11 @@ class ScoreTable:
         return found
 
     @property
+    def with_average(self) -> bool:
+        """Whether an average column means anything: more than one non-anchor language."""
+        return len([lang for lang in self.langs if lang != self.anchor]) > 1
+
+    @property
     def reference(self) -> Line | None:
         return next((x for x in self.lines if x.reference), None)
 
@@ -109,24 +117,52 @@ def _layers_text(layers: Sequence[int]) -> str:
     return ",".join(map(str, xs))
 
 
-def method_label(info: dict[str, Any] | None) -> str:
-    """A short name for an intervention record: ``unsteered``, or e.g. ``vector L6 ×4``."""
+def setting_text(info: dict[str, Any] | None) -> str:
+    """Where and how strongly an intervention acts: ``L6 α1`` (``L0-17`` for a range, ``α`` always)."""
     if not info:
         return UNSTEERED
-    label = str(info.get("method") or "+".join(str(i.get("method")) for i in info.get("interventions") or []))
+    parts = []
     if info.get("layers"):
-        label += f" L{_layers_text(info['layers'])}"
+        parts.append(f"L{_layers_text(info['layers'])}")
     strength = info.get("strength")
-    if isinstance(strength, (int, float)) and strength != 1.0:
-        label += f" ×{strength:g}"
-    return label
+    if isinstance(strength, (int, float)) and not isinstance(strength, bool):
+        parts.append(f"α{strength:g}")
+    return " ".join(parts)
+
+
+def method_label(info: dict[str, Any] | None, name: str | None = None) -> str:
+    """A short name for an intervention record that carries its layer and strength: ``unsteered``,
+    ``diffmean L6 α1``, or for a per-language selection ``diffmean per language (sw L4 α1; zh unsteered)``."""
+    if not info:
+        return name or UNSTEERED
+    method = name or str(info.get("params", {}).get("fit") or info.get("method")
+                         or "+".join(str(i.get("method")) for i in info.get("interventions") or []))
+    if isinstance(info.get("per_lang"), dict):
+        return f"{method} per language (" + "; ".join(f"{lang} {setting_text(i)}"
+                                                      for lang, i in info["per_lang"].items()) + ")"
+    setting = setting_text(info)
+    return f"{method} {setting}".strip()
+
+
+def selection_label(name: str, sel: Any) -> str:
+    """A compare row's name with what its dev selection chose (layer and α, or no steering)."""
+    if not isinstance(sel, dict) or "steer" not in sel:
+        return name
+    if not sel["steer"]:
+        return f"{name} (no steering)"
+    if sel.get("select") == "per-lang" or sel.get("mode") == "per-lang":
+        return f"{name} per language"
+    layers = sel.get("layers") or []
+    alpha = sel.get("alpha")
+    return f"{name} " + " ".join(([f"L{_layers_text(layers)}"] if layers else [])
+                                  + ([f"α{alpha:g}"] if isinstance(alpha, (int, float)) else []))
 
 
 def eval_label(doc: Any) -> str:
     if isinstance(doc.method, str):
-        return doc.method
+        return method_label(doc.intervention, doc.method) if doc.intervention else doc.method
     if doc.method is not None:
-        return doc.method.name
+        return selection_label(doc.method.name, doc.method.selection)
     return method_label(doc.intervention)
 
 
@@ -184,8 +220,12 @@ class _Tables:
         reference = reference or res.intervention is None and res.comparison is None
         if res.baseline is not None and res.comparison is not None:
             self.add_eval(res.baseline, source, eval_label(res.baseline), reference=True)
+        from ..evaluation.tables import parallel
+
         for metric in _metrics(res):
             t = self.table(res, metric, source)
+            if not parallel(res) and NOT_PARALLEL not in t.notes:
+                t.notes.append(NOT_PARALLEL)
             line = t.line(name)
             line.reference = line.reference or reference
             line.intervention_hash = (res.intervention or {}).get("hash")
@@ -209,7 +249,8 @@ class _Tables:
             line.average.take_test(avg)
 
     def add_paired(self, cmp: Any, source: str) -> None:
-        name = cmp.method or method_label(cmp.other.get("intervention"))
+        name = method_label(cmp.other.get("intervention"), cmp.method) if cmp.other.get("intervention") \
+            else (cmp.method or method_label(None))
         ihash = (cmp.other.get("intervention") or {}).get("hash")
         for t in self.of(cmp.task, cmp.split):
             line = next((x for x in t.lines if ihash and x.intervention_hash == ihash), None) or t.line(name)
@@ -222,8 +263,8 @@ class _Tables:
                        dict(rec.item_ids.per_lang), sources=[source], alpha=rec.alpha_level, methods_record=rec)
         for name in rec.methods:
             row = rec.rows[name]
-            line = Line(name, reference=name == rec.reference, error=row.error, cost=dict(row.cost),
-                        skipped=dict(row.skipped))
+            line = Line(selection_label(name, row.selection), reference=name == rec.reference, error=row.error,
+                        cost=dict(row.cost), skipped=dict(row.skipped), key=name)
             for lang, c in row.per_lang.items():
                 if getattr(c, "status", None):
                     line.cells[lang] = Cell(status=c.status)

@@ -65,7 +65,8 @@ def _spec_model() -> type:
         name: str | None = Field(default=None, pattern=_NAME)
         description: str = ""
         kind: Literal["multiple_choice", "generation"]
-        files: dict[str, str] = Field(min_length=1)
+        files: dict[str, str | dict[Literal["dev", "test", "train"], str]] = Field(min_length=1)
+        parallel: bool | None = None
         splits: dict[Literal["dev", "test", "train"], str] | None = None
         split_field: str | None = Field(default=None, min_length=1)
         metric: Literal["numeric", "exact", "f1"] | None = None
@@ -98,6 +99,14 @@ def _spec_model() -> type:
                 raise ValueError("metric applies to generation tasks; multiple choice reports acc and acc_norm")
             if any(s == "" for s in self.stop):
                 raise ValueError("stop sequences must not be empty strings")
+            per_split = [lang for lang, f in self.files.items() if isinstance(f, dict)]
+            if per_split and len(per_split) != len(self.files):
+                raise ValueError("give every language one file, or every language one file per split, not a mix")
+            if per_split and (self.splits is not None or self.split_field is not None):
+                raise ValueError("with one file per split, leave out splits and split_field")
+            for lang in per_split:
+                if "test" not in self.files[lang]:
+                    raise ValueError(f"language {lang} has no test file; give each language a test file")
             return self
 
     return JsonlSpec
@@ -123,7 +132,7 @@ def _validation_message(path: Path, err: Any, lines: dict[str, int]) -> str:
     field = ".".join(loc) or "(top level)"
     msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
     if e.get("type") == "extra_forbidden":
-        msg = "unknown key; the keys are name, description, kind, files, splits, split_field, metric, " \
+        msg = "unknown key; the keys are name, description, kind, files, parallel, splits, split_field, metric, " \
               "max_new_tokens, stop, target_delimiter"
     return f"task spec {path} {where}: {field}: {msg}; fix the spec ({HINT})"
 
@@ -175,6 +184,7 @@ class Record:
     line: int
     fields: dict
     answer: Any
+    named: bool = False  # the id is the record's own (else its index in the file)
 
 
 def _bad(path: Path, line: int, what: str) -> DataError:
@@ -188,14 +198,7 @@ def _text_list(value: Any) -> bool:
 def _check_fields(rec: dict, spec: Any, path: Path, line: int) -> tuple[dict, Any]:
     """The item fields and gold answer of one record of ``spec.kind``."""
     if spec.kind == "multiple_choice":
-        ctx, choices, gold = rec.get("context"), rec.get("choices"), rec.get("gold")
-        if not isinstance(ctx, str):
-            raise _bad(path, line, "'context' must be a string")
-        if not _text_list(choices) or len(choices) < 2:
-            raise _bad(path, line, "'choices' must be a list of at least 2 strings")
-        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
-            raise _bad(path, line, f"'gold' must be the index of the right choice, 0..{len(choices) - 1}")
-        return {"context": ctx, "choices": list(choices)}, gold
+        return _choice_fields(rec, path, line)
     prompt, answer = rec.get("prompt"), rec.get("answer")
     if not isinstance(prompt, str) or not prompt:
         raise _bad(path, line, "'prompt' must be a non-empty string")
@@ -211,6 +214,37 @@ def _check_fields(rec: dict, spec: Any, path: Path, line: int) -> tuple[dict, An
     return {"prompt": prompt}, answer
 
 
+def _choice_fields(rec: dict, path: Path, line: int) -> tuple[dict, Any]:
+    """A choice record, scored in full (``context`` + ``choices``: each choice after one context) or
+    partially (``contexts`` + ``continuation``: one shared continuation after each context)."""
+    gold = rec.get("gold")
+    if "contexts" in rec or "continuation" in rec:
+        if "context" in rec or "choices" in rec:
+            raise _bad(path, line, "give either context and choices (full scoring) or contexts and continuation "
+                                   "(partial scoring), not both")
+        contexts, cont = rec.get("contexts"), rec.get("continuation")
+        if not _text_list(contexts) or len(contexts) < 2:
+            raise _bad(path, line, "'contexts' must be a list of at least 2 strings (one per choice)")
+        if not isinstance(cont, str) or not cont:
+            raise _bad(path, line, "'continuation' must be a non-empty string (scored after each context)")
+        options, fields = contexts, {"contexts": list(contexts), "continuation": cont}
+    else:
+        ctx, choices = rec.get("context"), rec.get("choices")
+        if not isinstance(ctx, str):
+            raise _bad(path, line, "'context' must be a string")
+        if not _text_list(choices) or len(choices) < 2:
+            raise _bad(path, line, "'choices' must be a list of at least 2 strings")
+        options, fields = choices, {"context": ctx, "choices": list(choices)}
+    if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(options):
+        raise _bad(path, line, f"'gold' must be the index of the right choice, 0..{len(options) - 1}")
+    return fields, gold
+
+
+def scoring_of(fields: dict) -> str:
+    """``partial`` for a record scored by one continuation after each context, else ``full``."""
+    return "partial" if "contexts" in fields else "full"
+
+
 def _record_id(rec: dict, index: int, path: Path, line: int) -> str:
     if "id" not in rec:
         return str(index)
@@ -220,7 +254,9 @@ def _record_id(rec: dict, index: int, path: Path, line: int) -> str:
     return str(rid).strip()
 
 
-def _split_of(rec: dict, index: int, spec: Any, path: Path, line: int) -> str | None:
+def _split_of(rec: dict, index: int, spec: Any, path: Path, line: int, split: str | None) -> str | None:
+    if split is not None:  # one file per split
+        return split
     if spec.split_field is not None:
         value = rec.get(spec.split_field)
         if value not in SPLIT_NAMES:
@@ -234,8 +270,9 @@ def _split_of(rec: dict, index: int, spec: Any, path: Path, line: int) -> str | 
     return None
 
 
-def read_records(path: Path, spec: Any) -> list[Record]:
-    """Every record of one language's file, checked (one-line DataError on the first problem)."""
+def read_records(path: Path, spec: Any, split: str | None = None) -> list[Record]:
+    """Every record of one language's file, checked (one-line DataError on the first problem);
+    ``split``: the split of every record (a file given for one split)."""
     if not path.is_file():
         raise DataError(f"file {path} does not exist; fix its path under 'files' in the task spec "
                         "(paths are relative to the spec)")
@@ -270,10 +307,10 @@ def read_records(path: Path, spec: Any) -> list[Record]:
             raise _bad(path, n, f"id {rid!r} repeats line {seen[rid]}; give every record its own id")
         seen[rid] = n
         fields, answer = _check_fields(rec, spec, path, n)
-        out.append(Record(rid, _split_of(rec, index, spec, path, n), n, fields, answer))
+        out.append(Record(rid, _split_of(rec, index, spec, path, n, split), n, fields, answer, with_ids))
     if not out:
         raise DataError(f"file {path} holds no records; write one JSON object per line ({HINT})")
-    if spec.splits is not None:
+    if spec.splits is not None and split is None:
         for name, rule in spec.splits.items():
             top = max(hi if hi is not None else lo for lo, hi in parse_ranges(rule))
             if top >= len(out):

@@ -370,6 +370,8 @@ def _spec(name: str, sets: tuple[str, ...], description: str, sources: tuple[str
                  Metric("line_acc", "continuous")),
         main="line_pass", tie_break="line_acc", score=_score, comparable_predictions=False,
         few_shot=FewShot(load_shots, (FEW_SHOT,)), task_summary=task_summary, quality_guard=True,
+        # cross-lingual rows share ids across languages (pairs by id); monolingual files do not pair at all
+        pairing="id" if "cross" in sets else "none",
         baselines=BaselineHints(icl_split=None, train_split=None,
                                 translate_unsupported="LCB asks for an answer in a language; translating the "
                                                       "prompt to English changes the task",

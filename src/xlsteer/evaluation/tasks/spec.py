@@ -31,6 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import Item
 
 MetricKind = Literal["binary", "continuous", "macro_f1"]
+#: How the items of different languages relate: ``id`` — items with the same id are the same item
+#: in other words (translations), so predictions can be compared across languages on the ids two
+#: languages share; ``none`` — every language has its own items (ids mean nothing across languages).
+Pairing = Literal["id", "none"]
+PAIRINGS: tuple[str, ...] = ("id", "none")
 
 #: The built-in tasks: name -> the TaskSpec of a module of this package, imported on first use.
 BUILTIN_TASKS: dict[str, str] = {
@@ -141,8 +146,13 @@ class TaskSpec:
     """One benchmark, declared once.
 
     ``splits`` maps each split to the rule that fixes its items (recorded in results, shown in
-    ``xlsteer tasks``); items of a split are the same ids in every language, so scores pair item
-    by item. ``load_items(data_dir, lang, split, limit)`` and ``data_files(lang, split)`` (paths
+    ``xlsteer tasks``). ``pairing`` says how items relate across languages (:data:`Pairing`):
+    ``id`` (the built-ins: the same ids in every language, so predictions can be compared across
+    languages) or ``none`` (each language its own items, counts and splits: nothing is compared
+    across languages). ``lang_splits``: the splits each language has, where not every language has
+    every split (None: all of them); a language without the dev split is evaluated but left out of
+    dev selection. Steered and unsteered runs always pair item by item within a language.
+    ``load_items(data_dir, lang, split, limit)`` and ``data_files(lang, split)`` (paths
     relative to the data dir, or absolute for user tasks) read the data. ``templates``: the
     task's prompt templates, the first is the default. ``metrics`` are reported per language
     with CIs and paired tests; ``main`` decides sweeps and headlines, ``tie_break`` breaks ties
@@ -174,6 +184,8 @@ class TaskSpec:
     quality_guard: bool = False
     baselines: BaselineHints = field(default_factory=BaselineHints)
     source: Mapping[str, Any] = field(default_factory=lambda: {"kind": "builtin"})
+    pairing: Pairing = "id"
+    lang_splits: Mapping[str, tuple[str, ...]] | None = None
     task_summary: Callable[[Sequence[dict]], dict] | None = None
 
     def __post_init__(self) -> None:
@@ -189,6 +201,12 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: tie-break {self.tie_break!r} is not a metric of the task")
         if self.dev_split is not None and self.dev_split not in self.splits:
             raise ValueError(f"task {self.name}: dev split {self.dev_split!r} is not one of its splits")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"task {self.name}: pairing {self.pairing!r} is not one of {', '.join(PAIRINGS)}")
+        for lang, have in (self.lang_splits or {}).items():
+            extra = sorted(set(have) - set(self.splits))
+            if extra:
+                raise ValueError(f"task {self.name}: language {lang} has split(s) {extra} the task does not declare")
         if self.quality_guard and kind != "generate":
             raise ValueError(f"task {self.name}: the quality guard scores generated text; it needs a generation task")
 
@@ -239,9 +257,28 @@ class TaskSpec:
             raise UsageError(f"{self.name} has no split {split!r}; available: {' '.join(self.splits)}")
         return split
 
+    @property
+    def parallel(self) -> bool:
+        """Whether items pair across languages (by id), so cross-language agreement means something."""
+        return self.pairing != "none"
+
+    def splits_of(self, lang: str) -> tuple[str, ...]:
+        """The splits language ``lang`` has (every split of the task unless ``lang_splits`` says less)."""
+        if self.lang_splits is None or lang not in self.lang_splits:
+            return tuple(self.splits)
+        return tuple(s for s in self.splits if s in self.lang_splits[lang])
+
+    def langs_with(self, split: str, langs: Sequence[str]) -> list[str]:
+        """Those of ``langs`` that have ``split`` (in order)."""
+        return [lang for lang in langs if split in self.splits_of(lang)]
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready identity of the task (goes into result files)."""
-        return {"name": self.name, "kind": self.kind, "splits": dict(self.splits), "source": dict(self.source)}
+        out = {"name": self.name, "kind": self.kind, "splits": dict(self.splits), "source": dict(self.source),
+               "pairing": self.pairing}
+        if self.lang_splits is not None:
+            out["lang_splits"] = {lang: list(v) for lang, v in self.lang_splits.items()}
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +375,10 @@ def items_by_lang(spec: TaskSpec, langs: Sequence[str], split: str, limit: int |
 
     check_limit(limit)
     spec.check_split(split)
+    lacking = [lang for lang in langs if split not in spec.splits_of(lang)]
+    if lacking:
+        raise UsageError(f"{spec.name} has no {split} split in {', '.join(lacking)}; leave "
+                         f"{'it' if len(lacking) == 1 else 'them'} out of --langs or evaluate another split")
     out = {lang: spec.load_items(data_dir, lang, split, limit) for lang in langs}
     for lang, its in out.items():
         if not its:
