@@ -125,7 +125,8 @@ def summarize(cfg: FidelityConfig, best: dict[str, Any], base: dict[str, Any], s
                                 for g in ("fluency", "degeneration") if g in base["per_lang"][lang]["continuous"]}}
     return {"task": cfg.task, "split": "test", "metric": main, "method": "DiffMean toward the wanted language",
             "layer": cfg.layer, "selected": {"steer": bool(best.get("steer")), "alpha": best.get("alpha"),
-                                             "split": "dev", "dev_limit": cfg.dev_limit, "alphas": list(cfg.alphas)},
+                                             "split": "dev", "dev_limit": cfg.dev_limit, "alphas": list(cfg.alphas),
+                                             "evidence": best.get("evidence")},
             "max_new_tokens": cfg.max_new_tokens, "rows": rows, "examples": examples(base, steered, cfg)}
 
 
@@ -154,9 +155,13 @@ def _short(text: str, width: int = 70) -> str:
 
 def format_fidelity(fid: dict[str, Any]) -> str:
     """The stage in plain text: the choice, pass rates unsteered -> steered with CI, p and the guard, examples."""
+    from .evaluation.evidence import evidence_text
+
     sel = fid["selected"]
-    choice = (f"alpha {sel['alpha']} chosen on {sel['dev_limit']} dev prompts per language" if sel["steer"] else
-              "no steering (the unsteered model was best on dev; the steered column repeats it)")
+    why = f" ({evidence_text(sel['evidence'])})" if sel.get("evidence") else ""
+    choice = (f"alpha {sel['alpha']} chosen on {sel['dev_limit']} dev prompts per language{why}" if sel["steer"] else
+              f"no steering (no steered setting was better on dev with evidence{why}; the steered column repeats "
+              "the unsteered model)")
     lines = [f"Language fidelity — {fid['task']} (English requests asking for another language), "
              f"{fid['method']} at layer {fid['layer']}: {choice}; at most {fid['max_new_tokens']} new tokens",
              f"{'lang':<5} {'n':>3}  {'line pass unsteered':>22} -> {'steered [95% CI]':<22} {'diff':>6} {'p':>8}"
