@@ -246,7 +246,7 @@ def test_gemma_xcopa_cli_unsteered_and_diffmean(tmp_path, capsys):
     t_eval = time.perf_counter() - t1
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "unsteered" in text and "vector" in text and "diff" in text
+    assert "unsteered" in text and f"diffmean L{layer} α1" in text  # the steered run is named with its setting
     r = json.loads(out.read_text(encoding="utf-8"))
     assert r["split"] == "test" and r["item_ids"]["per_lang"] == {"en": 40, "sw": 40, "zh": 40}
     assert len(r["items"]) == 120 and len(r["baseline"]["items"]) == 120
