@@ -125,7 +125,7 @@ def site_names() -> list[str]:
 def site_spec(name: str) -> SiteSpec:
     spec = SITES.find(name)
     if spec is None:
-        raise SiteError(f"unknown site '{name}'; choose one of {', '.join(site_names())}")
+        raise SiteError(SITES.unknown(name))  # the registry's one message, with its close match
     return spec
 
 
