@@ -136,7 +136,7 @@ class Site:
 
     def __post_init__(self) -> None:
         if self.name not in SITES:
-            raise SiteError(f"unknown site '{self.name}'; choose one of {', '.join(site_names())}")
+            raise SiteError(SITES.unknown(self.name))
 
     def __str__(self) -> str:
         return f"{self.name}@{self.layer}"
