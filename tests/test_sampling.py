@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xlsteer.errors import UsageError
 from xlsteer.evaluation.config import EvalConfig
@@ -97,6 +99,41 @@ def test_nucleus_kept_set_is_transformers_top_p():
         sp, si, keep = nucleus_keep(torch.softmax(logits, -1), p)
         ours = torch.zeros_like(theirs).scatter(1, si, keep)
         assert torch.equal(ours, theirs), p
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), temperature=st.sampled_from([0.3, 0.7, 1.0, 2.0]),
+       top_p=st.sampled_from([0.1, 0.5, 0.75, 0.9, 0.99]), k=st.sampled_from([1, 4, 16, 64]),
+       tied=st.booleans(), gated=st.booleans())
+def test_the_candidate_shortcut_chooses_exactly_as_the_full_sort(seed, temperature, top_p, k, tied, gated):
+    """The shortcut over the k most probable tokens (or its fallback) picks the same token as the
+    reference rule over the whole vocabulary, for every row and draw: ties, -inf (gated) logits,
+    nuclei wider than k included."""
+    from xlsteer.evaluation import sampling as S
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(5, 300, generator=g) * 4
+    if tied:  # coarse logits: many exactly equal probabilities
+        logits = logits.round()
+    if gated:
+        logits[:, ::3] = float("-inf")
+    probs = torch.softmax(logits / temperature, -1)
+    ref = S._nucleus_keep_sorted(probs, top_p)
+    got = S.nucleus_keep(probs, top_p, candidates=k)
+    width = got[0].shape[-1]
+    for kept_ref, ids_ref, kept_got, ids_got in zip(ref[2], ref[1], got[2], got[1]):
+        n = int(kept_ref.sum())
+        assert int(kept_got.sum()) == n and torch.equal(ids_got[:n], ids_ref[:n]) and n <= width
+    u = torch.rand(5, generator=g, dtype=torch.float64)
+    old = S.NUCLEUS_CANDIDATES
+    try:
+        S.NUCLEUS_CANDIDATES = k
+        fast = nucleus_choice(logits, temperature, top_p, u)
+        S.NUCLEUS_CANDIDATES = 10**9
+        slow = nucleus_choice(logits, temperature, top_p, u)
+    finally:
+        S.NUCLEUS_CANDIDATES = old
+    assert torch.equal(fast, slow)
 
 
 def test_inverse_cdf_choice_matches_the_renormalised_nucleus_by_hand():

@@ -1,7 +1,10 @@
 """Shipped models (GGUF files inside PyPI packages) and the cache of their float32 conversions.
 
 Why a conversion cache: loading a GGUF file makes transformers dequantise it and re-parse its
-vocabulary (~70 s for Gemma-3-270M); the converted float32 folder reloads in a few seconds.
+vocabulary; the converted float32 folder reloads in a few seconds. Why one parse per conversion
+(:func:`_one_reader_per_file`): transformers builds a fresh ``GGUFReader`` for the config, the
+tokenizer and the weights, and each one walks Gemma's 262k-entry vocabulary element by element
+(~24 s on a 2-core CPU, three times over: most of a conversion's time).
 Conversions are written atomically (a temporary folder renamed at the end, its record written
 last), so a killed conversion never leaves a folder that looks complete.
 """
@@ -16,7 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -171,8 +175,10 @@ def convert_gguf(gguf_path: str | os.PathLike, target: str | os.PathLike, record
     t0 = time.perf_counter()
     try:
         try:
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            with _one_reader_per_file():
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                             dtype=torch.float32)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelError(f"cannot convert GGUF file {gguf} ({_first_line(e)}); check that it is a supported decoder model") from e
         # Without these two lines save_pretrained refuses: "quantized with gguf and is not serializable".
@@ -197,6 +203,50 @@ def convert_gguf(gguf_path: str | os.PathLike, target: str | os.PathLike, record
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextmanager
+def _one_reader_per_file() -> Iterator[None]:
+    """While open, ``gguf.GGUFReader(path)`` returns one shared reader per file (read-only use),
+    and ``load_gguf_checkpoint``'s metadata-only answer (config, tokenizer) is parsed once.
+
+    transformers imports ``GGUFReader`` from ``gguf`` and ``load_gguf_checkpoint`` from its module
+    inside each caller at every call, so replacing the module attributes for the duration of a
+    conversion is seen by all three of its calls and by nothing after it. Callers get a deep copy
+    of the memoised answer: none can change what another sees.
+    """
+    import copy
+
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: str = "r") -> Any:
+        key = (os.path.realpath(os.fspath(path)), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    load = loader.load_gguf_checkpoint
+    metadata: dict[str, Any] = {}
+
+    def load_once(path: Any, return_tensors: bool = False, **kw: Any) -> Any:
+        if return_tensors or kw:
+            return load(path, return_tensors=return_tensors, **kw)
+        key = os.path.realpath(os.fspath(path))
+        if key not in metadata:
+            metadata[key] = load(path, return_tensors=False)
+        return copy.deepcopy(metadata[key])
+
+    gguf.GGUFReader = shared  # type: ignore[assignment]
+    loader.load_gguf_checkpoint = load_once  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original  # type: ignore[misc]
+        loader.load_gguf_checkpoint = load  # type: ignore[assignment]
 
 
 def _ensure_converted(gguf_path: Callable[[], Path], name: str, sha256: str, record: dict) -> tuple[Path, bool]:
