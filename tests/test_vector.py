@@ -242,3 +242,19 @@ def test_wrong_width_at_apply_time_is_a_fingerprint_error(llama):
     with pytest.raises(FingerprintError, match="width"):
         with steer(llama.model, v, langs="de"):
             llama.model(torch.tensor([[5, 6, 7]]))
+
+
+def test_collect_ends_the_forward_after_the_last_site_without_changing_a_statistic(llama):
+    """Statistics at an early layer are the same whether the forward stops after it (the sites
+    read) or runs to the end (a deeper site asked for too); the model is left as it was."""
+    texts = parallel_texts(8)
+    probe = llama.tokenizer(["a probe sentence"], return_tensors="pt")
+    with torch.inference_mode():
+        before = llama.model(**probe).logits
+    early = collect(llama, texts, [Site(0, "resid_post")], batch_size=3)
+    full = collect(llama, texts, [Site(0, "resid_post"), Site(llama.num_layers - 1, "resid_post")], batch_size=3)
+    for lang in texts:
+        a, b = early.mean(lang, Site(0, "resid_post")), full.mean(lang, Site(0, "resid_post"))
+        assert torch.equal(a, b), lang
+    with torch.inference_mode():
+        assert torch.equal(llama.model(**probe).logits, before)

@@ -278,6 +278,11 @@ class CollectConfig(Settings):
     _what = "statistics setting"
 
 
+class _AllSitesRead(Exception):
+    """Raised by :func:`collect`'s reader once every site of a batch is read, to end the forward
+    early: statistics at layer 4 of 18 cost a quarter of a full forward."""
+
+
 def collect(lm: Any, texts: dict[str, Sequence[str]], sites: Sequence[Site], cfg: CollectConfig | None = None, *,
             meta: dict[str, Any] | None = None, on_batch: Callable[[str, int], None] | None = None,
             **settings: Any) -> Statistics:
@@ -311,6 +316,9 @@ def collect(lm: Any, texts: dict[str, Sequence[str]], sites: Sequence[Site], cfg
 
     def reader(site: Site, act: torch.Tensor, ctx: ForwardContext) -> None:
         stats.update(state["lang"], site, act, state["mask"])
+        state["read"].add(site)
+        if len(state["read"]) == len(set(sites)):
+            raise _AllSitesRead  # nothing deeper is read: the rest of the forward would be wasted
 
     from .distributed import current as current_dist
     from .models.placement import module_placement
@@ -336,7 +344,12 @@ def collect(lm: Any, texts: dict[str, Sequence[str]], sites: Sequence[Site], cfg
             if exclude_bos and bos is not None:
                 count_mask = count_mask & (ids != bos)
             state["mask"] = count_mask
-            model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1)
+            state["read"] = set()
+            try:
+                model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=1,
+                      use_cache=False)
+            except _AllSitesRead:
+                pass
             pbar.update(len(chunk))
             if on_batch is not None:
                 on_batch(lang, len(chunk))
