@@ -344,3 +344,37 @@ def test_a_local_gguf_file_converts_to_the_same_model_as_the_shipped_name(tmp_pa
         a = local.model(**enc).logits
         b = shipped.model(**enc).logits
     torch.testing.assert_close(a, b)
+
+
+def test_a_gguf_conversion_parses_its_file_once_and_hands_out_independent_copies(monkeypatch, tmp_path):
+    """transformers asks for the config, the tokenizer and the weights of a GGUF file separately;
+    during a conversion the reader and the metadata answer are made once per file, each caller gets
+    its own copy, and both originals are back afterwards."""
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    from xlsteer.models.shipped import _one_reader_per_file
+
+    made, parsed = [], []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            made.append((path, mode))
+
+    def load(path, return_tensors=False, **kw):
+        parsed.append((path, return_tensors))
+        return {"config": {"vocab": ["a", "b"]}, "tensors": {} if return_tensors else None}
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    monkeypatch.setattr(loader, "load_gguf_checkpoint", load)
+    path = tmp_path / "m.gguf"
+    with _one_reader_per_file():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(str(path))
+        first = loader.load_gguf_checkpoint(path)
+        first["config"]["vocab"].append("changed by a caller")
+        second = loader.load_gguf_checkpoint(str(path), return_tensors=False)
+        loader.load_gguf_checkpoint(path, return_tensors=True, model_to_load=None)
+    assert len(made) == 1
+    assert second["config"]["vocab"] == ["a", "b"]
+    assert parsed == [(path, False), (path, True)]  # metadata once; weights are read where asked
+    assert gguf.GGUFReader is Reader and loader.load_gguf_checkpoint is load

@@ -197,12 +197,17 @@ def _nucleus_keep_top(probs: torch.Tensor, top_p: float,
     candidates plus the candidates up to it (in float64 here; the reference sums the same values
     in its own order). The answer is exact when every token outside the candidates is dropped and
     no cumulative mass lies within :data:`NUCLEUS_MARGIN` of the cut, far above the rounding of
-    either sum. Ties keep the reference order: candidates in token-id order, then a stable sort.
+    either sum, and the ``k``-th most probable token is strictly more probable than the next
+    (so the candidates are the same whatever the order of ties). Ties among the candidates keep
+    the reference order: candidates in token-id order, then a stable sort.
     """
     import torch
 
     cut = 1 - top_p
-    top = torch.topk(probs, k, dim=-1).indices.sort(dim=-1).values
+    vals, ids = torch.topk(probs, k + 1, dim=-1)
+    if bool((vals[:, k] >= vals[:, k - 1]).any()):
+        return None  # a tie at the boundary: which tokens are the candidates depends on tie order
+    top = ids[:, :k].sort(dim=-1).values
     sub = probs.gather(-1, top)
     asc, order = torch.sort(sub, dim=-1, descending=False, stable=True)
     outside = probs.double().sum(-1, keepdim=True) - sub.double().sum(-1, keepdim=True)
