@@ -53,6 +53,11 @@ CONFIGS = (
     Config("gemma-cross-okapi", "gemma3-270m", "lcb-cross-okapi", "de,ja", limit=6, dev_limit=2),
     # monolingual: ja (native) and ru (dolly), one source each
     Config("gemma-mono", "gemma3-270m", "lcb-mono", "ja,ru", limit=6, dev_limit=2),
+    # the cross-lingual okapi comparison at 40 test prompts per language (rows 20-59), 5 dev prompts
+    # per language (rows 0-4) for the steering rows' choice; batches of 20 (a decode step costs
+    # about the same at 8 and 20 rows on a CPU: the head's weights dominate)
+    Config("gemma-cross-okapi-40", "gemma3-270m", "lcb-cross-okapi", "de,ja", limit=40, dev_limit=5,
+           extra=("--batch-size", "20")),
     Config("smollm2-cross-okapi", "smollm2-135m-instruct", "lcb-cross-okapi", "de,ja", limit=6, dev_limit=2,
            extra=("--template", "lcb-chat")),
 )
