@@ -88,7 +88,7 @@ def test_a_clear_dev_gain_is_selected_with_its_evidence():
     best = chosen["best"]
     assert best["steer"] is True and best["key"] == "L1@1" and best["layer"] == 1
     ev = best["evidence"]
-    assert ev["test"] == "stratified_paired_bootstrap" and ev["langs"] == ["sw", "zh"]
+    assert ev["test"] == "stratified_paired_permutation" and ev["langs"] == ["sw", "zh"]
     assert ev["p_adjusted"] == min(1.0, 2 * ev["p"]) < 0.05 and ev["gain"] == pytest.approx((20 + 18) / 180)
     assert best["gain_over_baseline"] == pytest.approx(ev["gain"])
     per = chosen["best_per_lang"]
@@ -169,3 +169,18 @@ def test_cli_sweep_per_language_gives_a_test_command_that_runs(tmp_path, capsys)
         assert {"sw", "de"} <= set(res["comparison"]["per_lang"])
     else:
         assert res["intervention"] is None and "comparison" not in res
+
+
+def test_four_dev_items_that_all_gained_are_not_evidence():
+    """Two languages, two dev items each, every one flipped from wrong to right: the exact
+    stratified permutation test gives p = 2 / 16 = 0.125 (the bootstrap's p would be 0), so the
+    rule keeps the unsteered model; six such items (p = 2 / 64) are enough at 0.05."""
+    base = {lang: _records(lang, [0, 0]) for lang in ("de", "zh")}
+    gained = {lang: _records(lang, [1, 1]) for lang in ("de", "zh")}
+    ev = gain_evidence(ACC, base, gained, ["de", "zh"])
+    assert ev["test"] == "stratified_paired_permutation" and ev["p"] == pytest.approx(0.125)
+    assert decide(SelectionRule("test"), ev, 1)["steer"] is False
+    base3 = {lang: _records(lang, [0, 0, 0]) for lang in ("de", "zh")}
+    gained3 = {lang: _records(lang, [1, 1, 1]) for lang in ("de", "zh")}
+    ev3 = gain_evidence(ACC, base3, gained3, ["de", "zh"])
+    assert ev3["p"] == pytest.approx(2 / 64) and decide(SelectionRule("test"), ev3, 1)["steer"] is True

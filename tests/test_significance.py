@@ -194,3 +194,25 @@ def test_holm_hand_computed():
     assert holm([1.0]) == [1.0]
     with pytest.raises(DataError):
         holm([1.5])
+
+
+def test_the_paired_permutation_test_is_exact_on_small_samples_and_agrees_with_mcnemar():
+    """Every swap counted for n <= 12: all of n items gaining gives 2 / 2^n (two-sided); on 0/1
+    values in one language it is McNemar's exact test; Monte Carlo for larger n stays close."""
+    from xlsteer.evaluation.significance import mcnemar, paired_permutation
+
+    for n in (1, 3, 5):
+        t = paired_permutation([np.zeros(n)], [np.ones(n)])
+        assert t["exact"] and t["p"] == pytest.approx(min(1.0, 2 / 2 ** n))
+    assert paired_permutation([np.zeros(4)], [np.zeros(4)])["p"] == 1.0
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 2, 12).astype(float), rng.integers(0, 2, 12).astype(float)
+    assert paired_permutation([a], [b])["p"] == pytest.approx(mcnemar(a.astype(bool), b.astype(bool))["p"])
+    # stratified: the statistic is the unweighted mean over languages of each language's mean
+    big_a = [rng.normal(0, 1, 40), rng.normal(0, 1, 25)]
+    big_b = [big_a[0] + 0.3 + rng.normal(0, 1, 40), big_a[1] + rng.normal(0, 1, 25)]
+    mc = paired_permutation(big_a, big_b, n_perm=4000, seed=0)
+    assert not mc["exact"] and mc["diff"] == pytest.approx((np.mean(big_b[0] - big_a[0]) + np.mean(big_b[1] - big_a[1])) / 2)
+    assert 0 < mc["p"] < 1 and paired_permutation(big_a, big_b, n_perm=4000, seed=0)["p"] == mc["p"]
+    with pytest.raises(DataError, match="differ in size"):
+        paired_permutation([np.zeros(3)], [np.zeros(4)])

@@ -40,14 +40,16 @@ class FidelityConfig:
     layer: int = 4  # L/4 of Gemma-3-270M, where the positive control's vector acts
     alphas: tuple[float, ...] = (1.0,)  # dev chooses between this and no steering
     n_parallel: int = 48  # NTREX fit lines per language for the vectors
-    dev_limit: int = 2  # LCB dev prompts per language for the choice of alpha
+    # LCB dev prompts per language for the choice of alpha: with 8 dev prompts the exact paired test
+    # can reach p < 0.05 even if two of them do not change (4 would give p >= 0.125 at best)
+    dev_limit: int = 4
     test_limit: int = 8  # LCB test prompts per language for the reported pass rates
     max_new_tokens: int = 32  # upstream: 100
     n_examples: int = 3
 
     @classmethod
     def quick(cls) -> "FidelityConfig":
-        return cls(langs=("de", "zh"), alphas=(1.0,), n_parallel=16, dev_limit=2, test_limit=4, max_new_tokens=24)
+        return cls(langs=("de", "zh"), alphas=(1.0,), n_parallel=16, dev_limit=3, test_limit=4, max_new_tokens=24)
 
 
 def run_fidelity(run_dir: Path, lm: Any, cfg: FidelityConfig, common: dict[str, Any],

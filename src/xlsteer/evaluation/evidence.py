@@ -8,9 +8,10 @@ steered setting replaces the unsteered model only when its dev gain is distingui
 
 ``test`` (default)
     a paired test of the best steered setting against the unsteered model on the same dev items
-    — exact McNemar for a 0/1 main metric in one language, the paired bootstrap for a continuous
-    one, and for several languages the paired bootstrap stratified by language (the selection
-    maximises the unweighted mean over languages, so that is the quantity tested) — must give a
+    — exact McNemar for a 0/1 main metric in one language, else a paired permutation test, for
+    several languages stratified by language (the selection maximises the unweighted mean over
+    languages, so that is the quantity tested; exact at any n, where a bootstrap p-value from 4
+    items that all gained would read "p < 0.001") — must give a
     positive gain with p below ``level`` after Bonferroni's correction over the K settings tried
     (the winner of K is tested, so its raw p overstates the evidence K-fold at worst).
 ``one-se``
@@ -55,7 +56,7 @@ class SelectionRule:
                     "exceeds one standard error of the paired dev difference")
         return (f"paired test on dev: a steered setting replaces the unsteered model only when its dev gain is "
                 f"positive with p < {self.level:g} after Bonferroni over the settings tried (McNemar for a 0/1 "
-                "metric in one language, else the paired bootstrap, stratified by language for several)")
+                "metric in one language, else a paired permutation test, stratified by language for several)")
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "level": float(self.level)}
@@ -81,11 +82,13 @@ def gain_evidence(metric: Any, base: dict[str, list[dict]], steered: dict[str, l
     from .summary import metric_groups
 
     (ga, gb), stat = metric_groups([metric], metric.name, [base, steered], langs)
-    t = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, stat=stat)
-    p, test = t["p"], t["test"]
-    if len(langs) == 1 and metric.kind in ("binary", "continuous"):
+    t = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, stat=stat)  # the gain's CI
+    if len(langs) == 1 and metric.kind == "binary":
         one = S.compare(ga[0], gb[0], kind=metric.kind, seed=seed, n_boot=n_boot)
-        p, test = one["p"], one["test"]
+        p, test = one["p"], one["test"]  # exact McNemar
+    else:  # exact at any n, unlike the bootstrap's p (see S.paired_permutation)
+        perm = S.paired_permutation(ga, gb, n_perm=n_boot, seed=seed, stat=stat)
+        p, test = perm["p"], perm["test"]
     if metric.kind == "macro_f1":  # no per-item values: the bootstrap's spread (MDE / z) is the standard error
         se = float(t["mde"]) / _z_mde()
     else:
