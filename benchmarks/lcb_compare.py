@@ -31,6 +31,12 @@ METHODS = "zero-shot,instruct,few-shot,script-gate,langvec,diffmean,lape"
 GRIDS = ("-O", "langvec.alphas=[0.01]", "-O", "langvec.betas=[1]", "-O", 'langvec.layer_ranges=["all"]',
          "-O", "diffmean.layers=[4]", "-O", "diffmean.alphas=[1]", "-O", "lape.alphas=[1]")
 
+EARLIER_RULE = ("The steering rows' dev choices of this configuration were made under an earlier selection rule "
+                "({rule}). Under the current rule (an exact paired permutation test, stratified by language, "
+                "Bonferroni over the settings) {n} dev prompts can never be evidence: the smallest possible p is "
+                "2 / 2^{n} = {p:.3f}, so every steering row would answer \"no steering\" and show zero-shot's "
+                "figures. The steered rows below are what the settings do on test, not a recommendation.")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -41,6 +47,7 @@ class Config:
     limit: int  # test prompts per (source, language)
     dev_limit: int  # dev prompts per (source, language)
     extra: tuple[str, ...] = field(default=())
+    note: str = ""  # printed under the configuration's heading: how its figures must be read
 
     def command(self, out: Path) -> list[str]:
         return [sys.executable, "-m", "xlsteer", "--quiet", "compare", "--model", self.model, "--task", self.task,
@@ -50,7 +57,8 @@ class Config:
 
 CONFIGS = (
     # cross-lingual okapi: English requests asking for another language (where the room is)
-    Config("gemma-cross-okapi", "gemma3-270m", "lcb-cross-okapi", "de,ja", limit=6, dev_limit=2),
+    Config("gemma-cross-okapi", "gemma3-270m", "lcb-cross-okapi", "de,ja", limit=6, dev_limit=2,
+           note=EARLIER_RULE.format(rule="the dev maximum", n=4, p=2 / 2**4)),
     # monolingual: ja (native) and ru (dolly), one source each
     Config("gemma-mono", "gemma3-270m", "lcb-mono", "ja,ru", limit=6, dev_limit=2),
     # the cross-lingual okapi comparison at 40 test prompts per language (rows 20-59), 5 dev prompts
@@ -59,7 +67,9 @@ CONFIGS = (
     Config("gemma-cross-okapi-40", "gemma3-270m", "lcb-cross-okapi", "de,ja", limit=40, dev_limit=5,
            extra=("--batch-size", "20")),
     Config("smollm2-cross-okapi", "smollm2-135m-instruct", "lcb-cross-okapi", "de,ja", limit=6, dev_limit=2,
-           extra=("--template", "lcb-chat")),
+           extra=("--template", "lcb-chat"),
+           note=EARLIER_RULE.format(rule="the paired bootstrap's p, which reads 0 when every dev item moves the "
+                                         "same way", n=4, p=2 / 2**4)),
 )
 
 
@@ -140,6 +150,8 @@ def render_config(cfg: Config, out: Path) -> list[str]:
     lines = [f"### {cfg.name}: {cfg.model}, `{cfg.task}`, languages {cfg.langs.replace(',', ', ')}", ""]
     cmd = " ".join(a if re.fullmatch(r"[\w.,=/:+-]+", a) else f"'{a}'" for a in cfg.command(Path("OUT"))[4:])
     lines += [f"`xlsteer {cmd}`", ""]
+    if cfg.note:
+        lines += [cfg.note, ""]
     rows = _finished_rows(folder)
     if not rows:
         return lines + ["No method of this configuration has run to the end: no figures.", ""]
