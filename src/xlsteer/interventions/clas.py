@@ -39,7 +39,8 @@ from ..models.sites import Site
 from ..settings import Settings
 from . import params as P
 from .base import Intervention, check_width, register_intervention, row_table, scale_rows
-from .registry import ALL_TOGETHER, CHOSEN_BY_FIT, FitJob, LayerPolicy, StatisticsNeed, register_method
+from .registry import (ALL_TOGETHER, CHOSEN_BY_FIT, ExtraLanguages, FitJob, LayerPolicy, StatisticsNeed,
+                       register_method)
 from .vector import fit_metadata
 
 if TYPE_CHECKING:
@@ -250,29 +251,8 @@ def _masks(all_cats: dict[str, Any], layers: Sequence[int], cat_langs: Sequence[
     return tensors
 
 
-def _corpus_langs(anchor: str, targets: Sequence[str], params: Mapping[str, Any]) -> list[str] | None:
-    """The corpus languages a CLAS fit needs: categories are over a fixed language set, every corpus
-    language (None) unless ``category_langs`` names it."""
-    cats = params.get("category_langs")
-    if cats is None:
-        return None
-    return list(dict.fromkeys([anchor, *targets, *(cats.split(",") if isinstance(cats, str) else cats)]))
-
-
-def _prepare(job: FitJob) -> None:
-    """fit(): the category languages (given, else every corpus language) join the collected languages."""
-    from ..data.langs import normalize_langs
-
-    given = job.params.get("category_langs")
-    job.recorded["category_langs_rule"] = "given" if given is not None else \
-        f"every language of the corpus ({getattr(job.corpus, 'name', 'texts')})"
-    if given is None:
-        cats = list(dict.fromkeys([*job.langs, *job.texts]))
-    else:
-        raw = given.split(",") if isinstance(given, str) else list(given)
-        cats = normalize_langs([str(x).strip() for x in raw if str(x).strip()])
-    job.params["category_langs"] = cats
-    job.langs = list(dict.fromkeys([*job.langs, *cats]))
+#: categories are over a fixed language set: every corpus language unless ``category_langs`` names it
+CATEGORY_LANGS = ExtraLanguages("category_langs")
 
 
 def category_summary(params: Mapping[str, Any]) -> list[str]:
@@ -331,8 +311,8 @@ class ClasConfig(Settings):
     layer_policy=LayerPolicy(CHOSEN_BY_FIT, ALL_TOGETHER, text="bridge layers (auto)"),
     alpha_grid=(-0.5, 0.5, 1.0, 2.0),  # the CLAS paper tunes alpha on dev and allows it to be negative
     description="neuron steering at the bridge layers (CLAS: shared neurons up, language-specific down)",
-    compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call, prepare=_prepare,
-    corpus_langs=_corpus_langs, summary=category_summary,
+    compare="CLAS neuron steering at bridge layers, alpha chosen on dev", call=_call,
+    prepare=CATEGORY_LANGS.prepare, corpus_langs=CATEGORY_LANGS.corpus_langs, summary=category_summary,
     # rows are routed by their wanted language: a negative alpha strengthens its specific neurons
     # (toward it), a positive one weakens them; the dev grid holds both signs
     toward_wanted={},

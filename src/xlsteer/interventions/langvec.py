@@ -59,7 +59,8 @@ from ..models.sites import Site
 from ..settings import Settings
 from . import params as P
 from .base import Intervention, check_width, register_intervention, row_table
-from .registry import ALL_TOGETHER, EVERY_LAYER, FitJob, LayerPolicy, StatisticsNeed, Variant, register_method
+from .registry import (ALL_TOGETHER, EVERY_LAYER, ExtraLanguages, LayerPolicy, StatisticsNeed, Variant,
+                       register_method)
 from .vector import check_targets, fit_metadata
 
 if TYPE_CHECKING:
@@ -154,29 +155,9 @@ def language_vectors(stats: "Statistics", site: Site, langs: Sequence[str]) -> t
     return means - means.mean(dim=0, keepdim=True)
 
 
-def _corpus_langs(anchor: str, targets: Sequence[str], params: Mapping[str, Any]) -> list[str] | None:
-    """The corpus languages a fit needs: every corpus language (None) unless ``mean_langs`` names them."""
-    given = params.get("mean_langs")
-    if given is None:
-        return None
-    return list(dict.fromkeys([anchor, *targets, *(given.split(",") if isinstance(given, str) else given)]))
-
-
-def _prepare(job: FitJob) -> None:
-    """fit(): the languages averaged over (given, else every corpus language) join the collected ones."""
-    from ..data.langs import normalize_langs
-
-    given = job.params.get("mean_langs")
-    job.recorded["mean_langs_rule"] = "given" if given is not None else \
-        f"every language of the corpus ({getattr(job.corpus, 'name', 'texts')})"
-    if given is None:
-        langs = list(dict.fromkeys([*job.langs, *job.texts]))
-    else:
-        raw = given.split(",") if isinstance(given, str) else list(given)
-        langs = list(dict.fromkeys([*job.langs, *normalize_langs([str(x).strip() for x in raw if str(x).strip()])]))
-    job.params["mean_langs"] = langs
-    job.langs = langs
-
+#: the languages averaged over (with the anchor and the targets): every corpus language unless
+#: ``mean_langs`` names them
+MEAN_LANGS = ExtraLanguages("mean_langs", with_targets=True)
 
 #: The dev grid besides alpha (``xlsteer compare``; ``-O langvec.betas=[...]``, ``-O langvec.layer_ranges=[...]``):
 #: beta 0 is the authors' monolingual setting (no source term), beta 1 their cross-lingual default.
@@ -254,7 +235,7 @@ class LangvecConfig(Settings):
     params={"beta": P.number(), "source": P.text(), "restore_norm": P.flag(), "skip_first": P.flag(),
             "scaling": P.choice(*SCALINGS), "mean_langs": P.words(optional=True),
             "betas": P.numbers(help="the dev grid of beta"), "layer_ranges": P.words(help="the dev grid of layer ranges")},
-    prepare=_prepare, corpus_langs=_corpus_langs, check_params=_check_params, variants=dev_variants,
+    prepare=MEAN_LANGS.prepare, corpus_langs=MEAN_LANGS.corpus_langs, check_params=_check_params, variants=dev_variants,
     variant_keys=("betas", "layer_ranges"), toward_wanted={},
 )
 def fit_langvec(stats: "Statistics", layers: Sequence[int] | int, target_langs: Sequence[str] | str,

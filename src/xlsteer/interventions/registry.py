@@ -16,7 +16,7 @@ none are given and how a dev sweep treats them (:class:`LayerPolicy`: each candi
 every fitted layer together as in the INCLINE and CLAS papers); the strength grid searched on dev;
 whether ``xlsteer compare`` runs it as a steering row; the dev grid beyond strengths
 (:class:`Variant`: e.g. ReCoVeR's beta and layer ranges); and small hooks for what differs in
-calling convention, preparation (CLAS's category languages) and input checks (INCLINE's ridge
+calling convention, preparation (CLAS's category languages, :class:`ExtraLanguages`) and input checks (INCLINE's ridge
 against the corpus size, the learned vector's objective). Adding a method touches one file: its
 module (a plugin file, :mod:`xlsteer.plugins`, or a test), which registers it when it runs. The
 built-in methods are rows of :data:`BUILTIN_METHODS` (``name -> "module:fit function"``); a row's
@@ -174,6 +174,48 @@ def call_with_layers(fn: Callable[..., Any], job: FitJob) -> Any:
 def default_corpus_langs(anchor: str, targets: Sequence[str], params: Mapping[str, Any]) -> list[str] | None:
     """The corpus languages a fit needs: the anchor and the targets (None would mean every language)."""
     return [anchor, *targets]
+
+
+@dataclass(frozen=True)
+class ExtraLanguages:
+    """A fit parameter naming languages the method needs besides the anchor and the targets (CLAS's
+    category languages, langvec's languages averaged over): every corpus language unless given.
+
+    Its two methods are the registry's ``corpus_langs`` and ``prepare`` hooks. ``with_targets``:
+    the recorded set always holds the anchor and the targets (langvec's mean over languages); else
+    it is the given set as normalised (CLAS's categories), the fit still collecting the union.
+    """
+
+    param: str
+    with_targets: bool = False
+
+    @staticmethod
+    def _split(given: Any) -> list[Any]:
+        return given.split(",") if isinstance(given, str) else list(given)
+
+    def corpus_langs(self, anchor: str, targets: Sequence[str], params: Mapping[str, Any]) -> list[str] | None:
+        """The corpus languages the fit reads: every one (None) unless the parameter names them."""
+        given = params.get(self.param)
+        if given is None:
+            return None
+        return list(dict.fromkeys([anchor, *targets, *self._split(given)]))
+
+    def prepare(self, job: "FitJob") -> None:
+        """fit(): the languages (given, else every corpus language) join the collected ones; the
+        parameter and the rule that chose it are recorded."""
+        from ..data.langs import normalize_langs
+
+        given = job.params.get(self.param)
+        job.recorded[f"{self.param}_rule"] = "given" if given is not None else \
+            f"every language of the corpus ({getattr(job.corpus, 'name', 'texts')})"
+        if given is None:
+            chosen = list(dict.fromkeys([*job.langs, *job.texts]))
+        else:
+            chosen = normalize_langs([str(x).strip() for x in self._split(given) if str(x).strip()])
+            if self.with_targets:
+                chosen = list(dict.fromkeys([*job.langs, *chosen]))
+        job.params[self.param] = chosen
+        job.langs = list(dict.fromkeys([*job.langs, *chosen]))
 
 
 @dataclass(frozen=True)
