@@ -12,7 +12,7 @@ main score. The page autoescapes every output (model text is never markup).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 GUARD = ("fluency", "degeneration")
 
@@ -47,6 +47,20 @@ def _mean(doc: Any, lang: str, metric: str) -> float | None:
     return None if score is None else score.mean
 
 
+def paired_items(base: Iterable[dict], steered: Iterable[dict],
+                 n: int) -> Iterator[tuple[str, dict, dict]]:
+    """``(lang, base item, steered item)`` for the first ``n`` items per language of ``base`` that
+    ``steered`` has too, matched on (language, id): cross-lingual ids repeat across languages."""
+    by_key = {(it["lang"], it["id"]): it for it in steered}
+    taken: dict[str, int] = {}
+    for it in base:
+        other = by_key.get((it["lang"], it["id"]))
+        if other is None or taken.get(it["lang"], 0) >= n:
+            continue
+        taken[it["lang"]] = taken.get(it["lang"], 0) + 1
+        yield it["lang"], it, other
+
+
 def outputs_views(loaded: Iterable[Any], n: int = 3) -> list[OutputsView]:
     """One view per steered generation eval with its unsteered eval in the run (eval files only)."""
     from ..results import EVAL
@@ -60,19 +74,13 @@ def outputs_views(loaded: Iterable[Any], n: int = 3) -> list[OutputsView]:
             continue
         main = doc.metrics.main
         view = OutputsView(doc.task, doc.split, str(main), _label(doc))
-        steered = {(it["lang"], it["id"]): it for it in doc.items}  # cross-lingual ids repeat across languages
-        for it in ref.items:
-            other = steered.get((it["lang"], it["id"]))
-            if other is None:
-                continue
-            lang = it["lang"]
+        for lang, it, other in paired_items(ref.items, doc.items, n):
             entry = view.langs.setdefault(lang, {"guard": {g: (_mean(ref, lang, g), _mean(doc, lang, g))
                                                            for g in GUARD}, "examples": []})
-            if len(entry["examples"]) < n:
-                entry["examples"].append(OutputExample(str(it["id"]), str(it.get("generated", "")),
-                                                       str(other.get("generated", "")),
-                                                       (it.get("scores") or {}).get(main),
-                                                       (other.get("scores") or {}).get(main)))
+            entry["examples"].append(OutputExample(str(it["id"]), str(it.get("generated", "")),
+                                                   str(other.get("generated", "")),
+                                                   (it.get("scores") or {}).get(main),
+                                                   (other.get("scores") or {}).get(main)))
         if view.langs:
             views.append(view)
     return views
