@@ -165,7 +165,7 @@ def _preservation_rows(ctx: RunContext, runs: Mapping[str, MethodRun]) -> None:
     the main task do not carry over to another task)."""
     if ctx.preserve is None:
         return
-    from .preserve import not_applicable, reference
+    from .preserve import main_average, not_applicable, reference
 
     for name, run in runs.items():
         if run.results is None or "preservation" in run.extra:
@@ -177,16 +177,10 @@ def _preservation_rows(ctx: RunContext, runs: Mapping[str, MethodRun]) -> None:
                                          "main": ref["metrics"]["main"], "langs": ref["langs"],
                                          **pair_with_reference(ref, ref, ref["langs"], ctx.anchor, seed=ctx.seed,
                                                                n_boot=ctx.n_boot),
-                                         "reference_average": _mean_main(ref, targets)}
+                                         "reference_average": main_average(ref, targets)}
         else:
             run.extra["preservation"] = not_applicable(ctx.preserve, f"{name} is not an intervention: it changes "
                                                        f"the prompt or decoding of {ctx.task}")
-
-
-def _mean_main(res: Mapping[str, Any], langs: Sequence[str]) -> float | None:
-    main = res["metrics"]["main"]
-    vals = [res["per_lang"][lang]["metrics"][main]["mean"] for lang in langs]
-    return float(np.mean(vals)) if vals else None
 
 
 def resume_key(ctx: RunContext, name: str) -> str:

@@ -17,7 +17,7 @@ evaluated once per comparison and shared by the rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import UsageError
 from .context import RunContext
@@ -95,10 +95,14 @@ def measure(ctx: RunContext, pres: Preservation, make: Callable[[int, float], An
                              _config(ctx, pres).replace(positions=positions))
     paired = pair_with_reference(run, ref, langs, ctx.anchor, seed=ctx.seed, n_boot=ctx.n_boot)
     return {**pres.describe(), "status": "ok", "main": ref["metrics"]["main"], "langs": langs,
-            "template": ref["template"], "reference_average": _average(ref, targets), **paired,
+            "template": ref["template"], "reference_average": main_average(ref, targets), **paired,
             "item_ids_sha256": ref["item_ids"]["sha256"]}
 
 
-def _average(res: Mapping[str, Any], targets: list[str]) -> float:
+def main_average(res: Mapping[str, Any], targets: Sequence[str]) -> float | None:
+    """The unweighted mean over ``targets`` of a result's main score (None: no target language)."""
     main = res["metrics"]["main"]
-    return float(sum(res["per_lang"][lang]["metrics"][main]["mean"] for lang in targets) / len(targets))
+    import numpy as np
+
+    vals = [res["per_lang"][lang]["metrics"][main]["mean"] for lang in targets]
+    return float(np.mean(vals)) if vals else None
