@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -28,3 +28,12 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, un
 def bar(total: int, desc: str = "", unit: str = "it") -> tqdm:
     """A manually advanced bar (e.g. tokens or items inside batches)."""
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, disable=not enabled())
+
+
+def stage(log: Callable[[str], None], name: str) -> Callable[[], None]:
+    """Log ``[name] ...`` now; the returned function logs ``[name] done in X s`` (a pipeline's stages)."""
+    import time
+
+    t0 = time.perf_counter()
+    log(f"[{name}] ...")
+    return lambda: log(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
