@@ -1,11 +1,13 @@
 """The complete pipeline on the shipped model, as ``xlsteer demo`` runs it.
 
 language fidelity first (does steering make the model answer LCB's cross-lingual requests in the
-requested language? :mod:`xlsteer.demo_fidelity`) -> collect statistics -> fit DiffMean and CLAS -> choose layer x alpha on XCOPA dev (the unsteered
-model is a candidate: the choice may be "no steering") -> evaluate the chosen configurations on
-XCOPA test against the unsteered model (paired tests) -> positive control (does a DiffMean vector
-change the language the model writes in? ``control.json``) -> analysis (similarity to English per
-layer, logit lens, neuron categories, projections, gain vs change in similarity) -> one HTML report.
+requested language? :mod:`xlsteer.demo_fidelity`) -> collect statistics -> fit DiffMean and CLAS
+-> choose layer x alpha on XCOPA dev (the unsteered model is a candidate: the choice may be "no
+steering") -> evaluate the chosen configurations on XCOPA test against the unsteered model
+(paired tests) -> the unscored positive control when asked for (does a DiffMean vector change the
+language the model writes in? ``control.json``; off by default, the fidelity stage being its
+scored form) -> analysis (similarity to English per layer, logit lens, neuron categories,
+projections, gain vs change in similarity) -> one HTML report.
 
 Every stage writes a file into the run directory and is reused when it already exists with the
 same inputs, so a re-run is fast and gives the same numbers. Nothing is chosen on test items.
@@ -21,6 +23,7 @@ from typing import Any, Callable
 from .demo_fidelity import FidelityConfig, format_fidelity, run_fidelity
 from .errors import UsageError
 from .io import atomic_write_json
+from .progress import stage
 from .results import SETUP, stamp
 
 
@@ -62,16 +65,6 @@ class DemoConfig:
         return cls(**base)
 
 
-def _stage(log: Callable[[str], None], name: str) -> Callable[[], None]:
-    t0 = time.perf_counter()
-    log(f"[{name}] ...")
-
-    def done() -> None:
-        log(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
-
-    return done
-
-
 def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[str], None] = lambda s: None,
              data_dir: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline into ``run_dir``; returns the summary (also written as demo_summary.json)."""
@@ -93,7 +86,7 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     torch.manual_seed(cfg.seed)
     langs = [cfg.anchor, *cfg.langs]
 
-    done = _stage(log, f"load {cfg.model}")
+    done = stage(log, f"load {cfg.model}")
     lm = load_model(cfg.model)
     done()
     common = dict(anchor=cfg.anchor, data_dir=str(root), seed=cfg.seed, cache_dir=str(cache_dir),
@@ -108,14 +101,14 @@ def run_demo(run_dir: str | Path, cfg: DemoConfig | None = None, log: Callable[[
     # 5. positive control: does steering change behaviour at all (output language)?
     control = None
     if cfg.control_langs:
-        done = _stage(log, f"positive control: output language en <-> {', '.join(cfg.control_langs)}")
+        done = stage(log, f"positive control: output language en <-> {', '.join(cfg.control_langs)}")
         control = _control(run_dir, lm, ControlConfig(target_langs=tuple(cfg.control_langs),
                                                       n_prompts=cfg.control_prompts, batch_size=cfg.batch_size,
                                                       seed=cfg.seed), str(root), run_control)
         done()
 
     _analysis(run_dir, lm, cfg, langs, root, stats, vec, clas, sw, sw_clas, chosen, list(runs), log)
-    done = _stage(log, "report")
+    done = stage(log, "report")
     report = build_report(run_dir, run_dir / "report.html")
     done()
 
@@ -137,7 +130,7 @@ def _statistics(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root:
     stats_path = run_dir / "stats.safetensors"
     mlp_sites = [Site(layer, "mlp_act") for layer in range(lm.num_layers)]
     resid_sites = [Site(layer, "resid_post") for layer in cfg.diffmean_layers]
-    done = _stage(log, f"collect statistics: {len(langs)} languages x {cfg.n_parallel} NTREX lines")
+    done = stage(log, f"collect statistics: {len(langs)} languages x {cfg.n_parallel} NTREX lines")
     stats = None
     if stats_path.exists():
         try:
@@ -161,7 +154,7 @@ def _fit(run_dir: Path, lm: Any, cfg: DemoConfig, stats: Any, log: Callable[[str
     from .interventions.clas import fit_clas
     from .interventions.vector import fit_diffmean
 
-    done = _stage(log, "fit DiffMean and CLAS")
+    done = stage(log, "fit DiffMean and CLAS")
     vec = fit_diffmean(stats, layers=list(cfg.diffmean_layers), target_langs=list(cfg.langs), anchor=cfg.anchor,
                        meta={"model_fingerprint": lm.fingerprint, "data_hash": stats.meta.get("data_hash")})
     vec.save(run_dir / "diffmean.safetensors")
@@ -178,12 +171,12 @@ def _choose_on_dev(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[str
     """3. The sweeps that choose DiffMean's layer x alpha and CLAS's alpha, on dev only."""
     from .evaluation.sweep import ALL_LAYERS, sweep
 
-    done = _stage(log, f"sweep DiffMean layers {list(cfg.diffmean_layers)} x alphas {list(cfg.alphas)} on dev")
+    done = stage(log, f"sweep DiffMean layers {list(cfg.diffmean_layers)} x alphas {list(cfg.alphas)} on dev")
     sw = sweep(lm, cfg.task, eval_langs, intervention=vec, layers=list(cfg.diffmean_layers), alphas=list(cfg.alphas),
                split="dev", limit=cfg.dev_limit, **common)
     atomic_write_json(run_dir / "sweep_diffmean.json", sw)
     done()
-    done = _stage(log, f"choose CLAS alpha among {list(cfg.clas_alphas)} on dev")
+    done = stage(log, f"choose CLAS alpha among {list(cfg.clas_alphas)} on dev")
     sw_clas = sweep(lm, cfg.task, eval_langs, intervention=clas, layers=[ALL_LAYERS], alphas=list(cfg.clas_alphas),
                     split="dev", limit=cfg.dev_limit,
                     source={"kind": "clas", "layers": clas.layers, "note": "CLAS acts at all its bridge layers"},
@@ -206,7 +199,7 @@ def _evaluate_on_test(run_dir: Path, lm: Any, cfg: DemoConfig, eval_langs: list[
     from .evaluation.pairing import compare_runs
     from .evaluation.sweep import chosen_intervention, for_layer
 
-    done = _stage(log, f"evaluate on {cfg.task} test ({cfg.test_limit} items per language)")
+    done = stage(log, f"evaluate on {cfg.task} test ({cfg.test_limit} items per language)")
     chosen_vec = chosen_intervention(lambda layer, a: for_layer(vec, layer).with_strength(a), best_vec)
     chosen_clas = chosen_intervention(lambda layer, a: clas.with_strength(a), best_clas)
     runs = {
@@ -241,7 +234,7 @@ def _analysis(run_dir: Path, lm: Any, cfg: DemoConfig, langs: list[str], root: P
     from .evaluation.sweep import for_layer
 
     chosen_vec, chosen_clas = chosen
-    done = _stage(log, "analysis (similarity, logit lens, neuron map, projections, regression)")
+    done = stage(log, "analysis (similarity, logit lens, neuron map, projections, regression)")
     held = load_ntrex(root, langs, split="validation", limit=cfg.n_analysis)
     vec_seen = sw["best_steered"]
     analysis_layers = sorted(set(range(0, lm.num_layers, 3)) | {vec_seen["layer"]})

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .io import atomic_write_json
+from .progress import stage
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,12 @@ def run_fidelity(run_dir: Path, lm: Any, cfg: FidelityConfig, common: dict[str, 
     langs = list(cfg.langs)
     vec = _vectors(run_dir, lm, cfg, common, log)
     opts = {"max_new_tokens": cfg.max_new_tokens}
-    t = _timer(log, f"language fidelity: choose DiffMean alpha among {list(cfg.alphas)} on {cfg.task} dev")
+    t = stage(log, f"language fidelity: choose DiffMean alpha among {list(cfg.alphas)} on {cfg.task} dev")
     sw = sweep(lm, cfg.task, langs, intervention=vec, layers=[cfg.layer], alphas=list(cfg.alphas), split="dev",
                limit=cfg.dev_limit, template_options=opts, **common)
     atomic_write_json(run_dir / "sweep_lcb.json", sw)
     t()
-    t = _timer(log, f"language fidelity: {cfg.task} test, {cfg.test_limit} prompts per language, unsteered and steered")
+    t = stage(log, f"language fidelity: {cfg.task} test, {cfg.test_limit} prompts per language, unsteered and steered")
     chosen = chosen_intervention(lambda layer, a: for_layer(vec, layer).with_strength(a), sw["best"])
     base = run_task(lm, cfg.task, langs, None, split="test", limit=cfg.test_limit, template_options=opts, **common)
     steered = run_task(lm, cfg.task, langs, chosen, split="test", limit=cfg.test_limit, template_options=opts,
@@ -82,14 +83,6 @@ def run_fidelity(run_dir: Path, lm: Any, cfg: FidelityConfig, common: dict[str, 
     return summarize(cfg, sw["best"], base, steered, cmp)
 
 
-def _timer(log: Callable[[str], None], name: str) -> Callable[[], None]:
-    import time
-
-    t0 = time.perf_counter()
-    log(f"[{name}] ...")
-    return lambda: log(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
-
-
 def _vectors(run_dir: Path, lm: Any, cfg: FidelityConfig, common: dict[str, Any], log: Callable[[str], None]) -> Any:
     """DiffMean toward each wanted language at ``cfg.layer`` (``lcb_diffmean.safetensors``)."""
     from .data.corpora import load_ntrex
@@ -97,7 +90,7 @@ def _vectors(run_dir: Path, lm: Any, cfg: FidelityConfig, common: dict[str, Any]
     from .models.sites import Site
     from .stats import collect
 
-    t = _timer(log, f"language fidelity: DiffMean toward {', '.join(cfg.langs)} at layer {cfg.layer}")
+    t = stage(log, f"language fidelity: DiffMean toward {', '.join(cfg.langs)} at layer {cfg.layer}")
     langs = [common.get("anchor", "en"), *cfg.langs]
     corpus = load_ntrex(common.get("data_dir"), langs, split="fit", limit=cfg.n_parallel)
     stats = collect(lm, corpus.texts, [Site(cfg.layer, "resid_post")], batch_size=common.get("batch_size", 8),
@@ -137,15 +130,13 @@ def summarize(cfg: FidelityConfig, best: dict[str, Any], base: dict[str, Any], s
 
 def examples(base: dict[str, Any], steered: dict[str, Any], cfg: FidelityConfig) -> dict[str, list[dict[str, Any]]]:
     """The first ``n_examples`` items per language: the unsteered and the steered output, with verdicts."""
-    by_id = {(it["lang"], it["id"]): it for it in steered["items"]}  # cross-lingual ids repeat across languages
+    from .report.outputs_view import paired_items
+
     out: dict[str, list[dict[str, Any]]] = {}
-    for it in base["items"]:
-        lang = it["lang"]
-        if len(out.setdefault(lang, [])) < cfg.n_examples and (lang, it["id"]) in by_id:
-            other = by_id[(lang, it["id"])]
-            out[lang].append({"id": it["id"], "unsteered": it["generated"], "steered": other["generated"],
-                              "unsteered_pass": it["scores"].get("line_pass"),
-                              "steered_pass": other["scores"].get("line_pass")})
+    for lang, it, other in paired_items(base["items"], steered["items"], cfg.n_examples):
+        out.setdefault(lang, []).append({"id": it["id"], "unsteered": it["generated"], "steered": other["generated"],
+                                         "unsteered_pass": it["scores"].get("line_pass"),
+                                         "steered_pass": other["scores"].get("line_pass")})
     return out
 
 
