@@ -314,10 +314,12 @@ def collect(lm: Any, texts: dict[str, Sequence[str]], sites: Sequence[Site], cfg
     stats = Statistics(list(texts), sites, widths, pooling, threshold, keep_items, meta)
     state: dict[str, Any] = {}
 
+    n_sites = len(set(sites))
+
     def reader(site: Site, act: torch.Tensor, ctx: ForwardContext) -> None:
         stats.update(state["lang"], site, act, state["mask"])
         state["read"].add(site)
-        if len(state["read"]) == len(set(sites)):
+        if len(state["read"]) == n_sites:
             raise _AllSitesRead  # nothing deeper is read: the rest of the forward would be wasted
 
     from .distributed import current as current_dist

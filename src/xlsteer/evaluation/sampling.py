@@ -210,7 +210,7 @@ def _nucleus_keep_top(probs: torch.Tensor, top_p: float,
     top = ids[:, :k].sort(dim=-1).values
     sub = probs.gather(-1, top)
     asc, order = torch.sort(sub, dim=-1, descending=False, stable=True)
-    outside = probs.double().sum(-1, keepdim=True) - sub.double().sum(-1, keepdim=True)
+    outside = probs.sum(-1, keepdim=True, dtype=torch.float64) - sub.sum(-1, keepdim=True, dtype=torch.float64)
     mass = outside + asc.double().cumsum(-1)
     if bool((outside > cut - NUCLEUS_MARGIN).any()) or bool(((mass - cut).abs() < NUCLEUS_MARGIN).any()):
         return None

@@ -376,6 +376,9 @@ def paired_permutation(groups_a: Any, groups_b: Any, n_perm: int = 2000, seed: i
     diff = float(np.mean([float(stat(g)) for g in gb]) - np.mean([float(stat(g)) for g in ga]))
     n = int(sum(g.size for g in ga))
     exact = n <= exact_max
+    out = {"n": n, "diff": diff, "p": 1.0, "test": "stratified_paired_permutation", "exact": bool(exact)}
+    if diff == 0:  # every swap is at least as extreme as no difference
+        return out
     rows = 2 ** n if exact else int(n_perm)
     rng = np.random.default_rng(seed)
     tol = 1e-12 * max(1.0, abs(diff))
@@ -395,9 +398,8 @@ def paired_permutation(groups_a: Any, groups_b: Any, n_perm: int = 2000, seed: i
             t += (np.asarray(stat(np.where(m, a, b), axis=1), dtype=np.float64)
                   - np.asarray(stat(np.where(m, b, a), axis=1), dtype=np.float64)) / len(ga)
         hits += int(np.sum(np.abs(t) >= abs(diff) - tol))
-    p = 1.0 if diff == 0 else hits / rows if exact else (hits + 1) / (rows + 1)
-    return {"n": n, "diff": diff, "p": float(min(1.0, p)), "test": "stratified_paired_permutation",
-            "exact": bool(exact)}
+    out["p"] = float(min(1.0, hits / rows if exact else (hits + 1) / (rows + 1)))
+    return out
 
 
 def holm(p_values: Any) -> list[float]:

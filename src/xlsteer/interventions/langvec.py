@@ -61,7 +61,7 @@ from . import params as P
 from .base import Intervention, check_width, register_intervention, row_table
 from .registry import (ALL_TOGETHER, EVERY_LAYER, ExtraLanguages, LayerPolicy, StatisticsNeed, Variant,
                        register_method)
-from .vector import check_targets, fit_metadata
+from .vector import check_layers, check_targets, fit_metadata
 
 if TYPE_CHECKING:
     from ..stats import Statistics
@@ -128,12 +128,15 @@ class LanguageVectors(Intervention):
         token left alone: tensor operations only (traceable); the options are fixed per file."""
         check_width(self, site, act, prepared.shape[-1])
         h = act.float()
+        relative = self.params.get("scaling", "norm") == "relative"
+        restore = self.params.get("restore_norm", True)
+        norm = h.norm(dim=-1, keepdim=True) if relative or restore else None  # each token's norm, once
         add = (rows.strength * prepared[rows.index]).unsqueeze(1)
-        if self.params.get("scaling", "norm") == "relative":  # alpha * ||h||: a fraction of each token's norm
-            add = add * h.norm(dim=-1, keepdim=True)
+        if relative:  # alpha * ||h||: a fraction of each token's norm
+            add = add * norm
         out = h + add
-        if self.params.get("restore_norm", True):
-            out = out * (h.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        if restore:
+            out = out * (norm / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         if self.params.get("skip_first", True) and rows.first is not None:
             out = torch.where(rows.first.unsqueeze(-1), h, out)  # each row's first real token (uncached call)
         return out.to(act.dtype)
@@ -252,7 +255,7 @@ def fit_langvec(stats: "Statistics", layers: Sequence[int] | int, target_langs: 
     restore_norm, skip_first = cfg.restore_norm, cfg.skip_first
     t0 = time.perf_counter()
     targets = check_targets(target_langs, anchor, "langvec")
-    layer_list = sorted({int(x) for x in ([layers] if isinstance(layers, int) else layers)})
+    layer_list = check_layers(layers, "langvec")
     vlangs = list(dict.fromkeys([anchor, *targets, *(mean_langs or [])]))
     if scaling not in SCALINGS:
         raise UsageError(f"langvec: scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
