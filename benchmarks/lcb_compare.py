@@ -26,10 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- lcb-compare:begin -->", "<!-- lcb-compare:end -->"
 METHODS = "zero-shot,instruct,few-shot,script-gate,langvec,diffmean,lape"
+#: every method of the 40-prompt configurations: the neuron methods CLAS and Int_mu too
+ALL_METHODS = METHODS + ",clas,intmu"
 #: the steering grids (alpha x layer/variant), small enough for a 2-core CPU; fixed before any run
-#: (one strength each: with "no steering" the dev choice is between two candidates per method)
+#: (one strength each but CLAS's, whose size the paper tunes on dev: with "no steering" the dev
+#: choice is between two or three candidates per method). CLAS's negative alphas strengthen the
+#: wanted language's specific neurons (toward it); Int_mu writes the wanted language's own mean.
 GRIDS = ("-O", "langvec.alphas=[0.01]", "-O", "langvec.betas=[1]", "-O", 'langvec.layer_ranges=["all"]',
-         "-O", "diffmean.layers=[4]", "-O", "diffmean.alphas=[1]", "-O", "lape.alphas=[1]")
+         "-O", "diffmean.layers=[4]", "-O", "diffmean.alphas=[1]", "-O", "lape.alphas=[1]",
+         "-O", "clas.alphas=[-0.5,-1]", "-O", "intmu.alphas=[1]")
 
 EARLIER_RULE = ("The steering rows' dev choices of this configuration were made under an earlier selection rule "
                 "({rule}). Under the current rule (an exact paired permutation test, stratified by language, "
@@ -48,10 +53,11 @@ class Config:
     dev_limit: int  # dev prompts per (source, language)
     extra: tuple[str, ...] = field(default=())
     note: str = ""  # printed under the configuration's heading: how its figures must be read
+    methods: str = METHODS
 
     def command(self, out: Path) -> list[str]:
         return [sys.executable, "-m", "xlsteer", "--quiet", "compare", "--model", self.model, "--task", self.task,
-                "--langs", self.langs, "--methods", METHODS, "--limit", str(self.limit), "--dev-limit",
+                "--langs", self.langs, "--methods", self.methods, "--limit", str(self.limit), "--dev-limit",
                 str(self.dev_limit), "--fit-limit", "100", *GRIDS, *self.extra, "-o", str(out / self.name)]
 
 
@@ -65,11 +71,18 @@ CONFIGS = (
     # per language (rows 0-4) for the steering rows' choice; batches of 20 (a decode step costs
     # about the same at 8 and 20 rows on a CPU: the head's weights dominate)
     Config("gemma-cross-okapi-40", "gemma3-270m", "lcb-cross-okapi", "de,ja", limit=40, dev_limit=5,
-           extra=("--batch-size", "20")),
+           extra=("--batch-size", "20"), methods=ALL_METHODS),
+    # monolingual over every source at 40 test prompts: ar (aya, dolly, okapi) and ja (native) are
+    # the fewest languages that cover the four sources; batches of 40 (a row-step costs 14 ms at
+    # 40 rows, 18 ms at 20: measured on this 2-core CPU, 1 thread, 2026-12-06)
+    Config("gemma-mono-40", "gemma3-270m", "lcb-mono", "ar,ja", limit=40, dev_limit=5,
+           extra=("--batch-size", "40"), methods=ALL_METHODS),
     Config("smollm2-cross-okapi", "smollm2-135m-instruct", "lcb-cross-okapi", "de,ja", limit=6, dev_limit=2,
            extra=("--template", "lcb-chat"),
            note=EARLIER_RULE.format(rule="the paired bootstrap's p, which reads 0 when every dev item moves the "
                                          "same way", n=4, p=2 / 2**4)),
+    Config("smollm2-cross-okapi-40", "smollm2-135m-instruct", "lcb-cross-okapi", "de,ja", limit=40, dev_limit=5,
+           extra=("--template", "lcb-chat", "--batch-size", "40"), methods=ALL_METHODS),
 )
 
 
@@ -97,10 +110,10 @@ def _p(p: float | None) -> str:
     return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _finished_rows(folder: Path) -> dict[str, dict]:
+def _finished_rows(folder: Path, methods: str) -> dict[str, dict]:
     """The per-method results that finished (``runs/<method>.json``), in the configuration's method order."""
     out = {}
-    for name in METHODS.split(","):
+    for name in methods.split(","):
         path = folder / "runs" / f"{name.replace('+', '_')}.json"
         if path.is_file():
             out[name] = json.loads(path.read_text(encoding="utf-8"))
@@ -152,12 +165,12 @@ def render_config(cfg: Config, out: Path) -> list[str]:
     lines += [f"`xlsteer {cmd}`", ""]
     if cfg.note:
         lines += [cfg.note, ""]
-    rows = _finished_rows(folder)
+    rows = _finished_rows(folder, cfg.methods)
     if not rows:
         return lines + ["No method of this configuration has run to the end: no figures.", ""]
     langs = [lang for lang in rows[next(iter(rows))]["langs"] if lang != "en"]
     done = (folder / "compare.json").is_file()
-    missing = [m for m in METHODS.split(",") if m not in rows]
+    missing = [m for m in cfg.methods.split(",") if m not in rows]
     lines += [f"{cfg.limit} test prompts per source and language (rows 20-{20 + cfg.limit - 1}), {cfg.dev_limit} dev "
               f"prompts per source and language for the steering rows' choice. Line pass and its difference to "
               f"zero-shot in points, p: exact McNemar test on the paired items (not Holm-adjusted); fluency and "
