@@ -68,7 +68,7 @@ def test_compare_directory_renders_its_full_table(made):
     full = html[html.index('id="compare-table"'):]
     for method in rec["methods"]:
         assert f'<th scope="row">{method}' in summary and f'<th scope="row">{method}' in full
-    assert "stratified_paired_bootstrap" in full and "trained parameters" in full
+    assert "stratified_paired_permutation" in full and "trained parameters" in full
     assert html.index('id="summary-table"') < html.index('id="compare-table"')
 
 

@@ -62,7 +62,7 @@ def test_compare_uses_the_stratified_test_of_the_average(made):
 
     avg = rec["rows"]["icl-en"]["average"]
     expected = compare_runs(runs["zero-shot"], runs["icl-en"], n_boot=100)["average"]["tests"]["acc"]
-    assert avg["test"] == "stratified_paired_bootstrap" and "pooled_diff" not in avg
+    assert avg["test"] == "stratified_paired_permutation" and "pooled_diff" not in avg
     assert avg["p"] == expected["p"] and avg["diff"] == expected["diff"] and avg["mde"] == expected["mde"]
     cell = rec["rows"]["icl-en"]["per_lang"]["sw"]
     assert "p_holm" in cell and cell["p_holm"] >= cell["p"]

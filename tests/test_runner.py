@@ -138,6 +138,26 @@ def test_steered_run_records_the_intervention_and_compares_item_by_item(lm, xcop
     assert c["average"]["langs"] == ["sw", "zh"]
 
 
+def test_small_samples_get_exact_p_values_not_the_bootstraps(lm):
+    """Two items per language that all gained: the bootstrap's p reads 0 (no resample reaches no
+    difference), the exact permutation test 2/2^4 on the average and 2/2^2 per language."""
+    import copy
+
+    base = run_task(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=2, n_boot=200)
+    other = copy.deepcopy(base)
+    for item in other["items"]:
+        if item["lang"] != "en":
+            item["scores"]["margin"] += 1.0 + 0.1 * len(item["id"])
+    c = compare_runs(base, other, n_boot=200)
+    avg = c["average"]["tests"]["margin"]
+    assert avg["test"] == "stratified_paired_permutation" and avg["p"] == pytest.approx(2 / 2 ** 4)
+    assert avg["p_bootstrap"] == 0.0 and avg["diff_ci_low"] > 0
+    assert "no significant effect" in avg["verdict"]
+    for lang in ("sw", "zh"):
+        t = c["per_lang"][lang]["continuous"]["margin"]
+        assert t["test"] == "paired_permutation" and t["p"] == pytest.approx(0.5) and t["p_bootstrap"] == 0.0
+
+
 def test_compare_refuses_different_items(lm, xcopa):
     other = run_task(lm, "xcopa", ["en", "sw", "zh"], split="dev", limit=5, n_boot=100)
     with pytest.raises(Exception, match="different items"):

@@ -125,7 +125,7 @@ def test_summarize_and_compare():
     rng = np.random.default_rng(4)
     x = rng.random(300)
     cont = compare(x, x + 0.05 + rng.normal(0, 0.01, 300), kind="continuous", seed=0)
-    assert cont["test"] == "paired_bootstrap" and cont["verdict"] == "significant gain"
+    assert cont["test"] == "paired_permutation" and cont["verdict"] == "significant gain"
     assert "p_mcnemar" not in cont
     assert compare(base, method, kind="binary", seed=7) == compare(base, method, kind="binary", seed=7)
     with pytest.raises(UsageError):

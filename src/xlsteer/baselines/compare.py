@@ -31,8 +31,9 @@ def pair_with_reference(run: dict[str, Any], ref: dict[str, Any], langs: Sequenc
     """Per language and on average over non-anchor languages: score [CI] and the paired test vs ``ref``.
 
     The tests are :func:`~xlsteer.evaluation.pairing.compare_runs`'s: per language McNemar (0/1
-    scores) or the paired bootstrap, with p Holm-adjusted over the non-anchor languages; for the
-    average, the paired bootstrap stratified by language (its CI: the run's stratified interval).
+    scores) or the paired permutation test, with p Holm-adjusted over the non-anchor languages; for
+    the average, the paired permutation test stratified by language (the difference's CI: the paired
+    bootstrap stratified alike; the score's CI: the run's stratified interval).
     """
     from ..evaluation.pairing import compare_runs
 

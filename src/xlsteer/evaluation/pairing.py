@@ -1,12 +1,13 @@
 """Pair two evaluations item by item: the paired tests of every metric, per language and on average.
 
 :func:`compare_runs` pairs two results of the same task, split and template, per language: for
-each metric the paired bootstrap of the difference (with its CI), McNemar's exact test for 0/1
-scores, the minimum detectable effect, a verdict, the share of changed predictions, and
+each metric the paired bootstrap of the difference (its CI), McNemar's exact test for 0/1
+scores and the paired permutation test for the others (exact up to 12 items), the minimum detectable effect, a verdict, the share of changed predictions, and
 consistency before/after; ``p_holm``, the p-value Holm-adjusted over every non-anchor language of
 the run (per metric), from which the verdict of each of those languages is read (the unadjusted
 ``p`` is kept beside it); and for the average over the non-anchor languages a paired bootstrap stratified by
-language (``average["tests"]``: difference with CI, p, MDE, verdict).
+language for the CI and MDE, with p from the paired permutation test stratified alike
+(``average["tests"]``: difference with CI, p, MDE, verdict).
 
 It reads what a metric is from the result files themselves (``metrics.kinds``), so results of
 any task compare, including user tasks not registered in this process.
@@ -26,7 +27,8 @@ from .summary import label_codes, macro_f1_stat, metric_groups, metrics_from_rec
 
 def paired_macro_f1(a: np.ndarray, b: np.ndarray, n_labels: int, n_boot: int, seed: int,
                     alpha: float = 0.05) -> dict[str, Any]:
-    """Paired bootstrap of the macro-F1 difference (``b`` minus ``a``, codes of the same items)."""
+    """Paired bootstrap CI of the macro-F1 difference (``b`` minus ``a``, codes of the same items);
+    p from the paired permutation test (exact up to 12 items; the bootstrap's p is kept as p_bootstrap)."""
     stat = macro_f1_stat(n_labels)
     fa, fb = stat(a), stat(b)
     diff = fb - fa
@@ -43,8 +45,10 @@ def paired_macro_f1(a: np.ndarray, b: np.ndarray, n_labels: int, n_boot: int, se
             boot[s:s + idx.shape[0]] = stat(b[idx], axis=1) - stat(a[idx], axis=1)
         lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
         tol = 1e-12 * max(1.0, abs(diff))
-        p = float(np.mean(np.abs(boot - diff) >= abs(diff) - tol))
-        out.update(diff_ci_low=float(lo), diff_ci_high=float(hi), p=p)
+        p_boot = float(np.mean(np.abs(boot - diff) >= abs(diff) - tol))
+        perm = S.paired_permutation([a], [b], n_perm=n_boot, seed=seed, stat=stat)
+        out.update(diff_ci_low=float(lo), diff_ci_high=float(hi), p=perm["p"], p_bootstrap=p_boot,
+                   test="paired_permutation")
     out["verdict"] = S.verdict(out["p"], diff, alpha)
     return out
 
@@ -90,6 +94,17 @@ def _lang_entry(base: dict, other: dict, lang: str, ra: list[dict], rb: list[dic
     return entry
 
 
+def _average_test(ga: list, gb: list, stat: Any, n_boot: int, seed: int, alpha: float) -> dict[str, Any]:
+    """The average's own paired test: CI and MDE from the bootstrap with items resampled within
+    each language (both runs alike); p from the paired permutation test stratified by language,
+    exact up to 12 items, because the bootstrap's p reads "p < 0.001" from a handful of items that
+    all moved (it is kept as ``p_bootstrap``)."""
+    t = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha, stat=stat)
+    perm = S.paired_permutation(ga, gb, n_perm=n_boot, seed=seed, stat=stat)
+    t.update(p_bootstrap=t["p"], p=perm["p"], test=perm["test"], verdict=S.verdict(perm["p"], t["diff"], alpha, t["mde"]))
+    return t
+
+
 def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2000, seed: int | None = None,
                  alpha: float = 0.05) -> dict[str, Any]:
     """Per language, ``other`` against ``base`` on the same items (positive diff: ``other`` is higher)."""
@@ -115,10 +130,8 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
                     t["p_holm"] = p_adj
                     t["verdict"] = S.verdict(p_adj, t["diff"], alpha, t.get("mde"))
                 avg["diff"][name] = float(np.mean([t["diff"] for t in tests]))
-                # the average's own paired test: items resampled within each language, both runs alike
                 (ga, gb), stat = metric_groups(metrics, name, runs, non_anchor)
-                avg["tests"][name] = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha,
-                                                                   stat=stat)
+                avg["tests"][name] = _average_test(ga, gb, stat, n_boot, seed, alpha)
     return {
         "format": PAIRED, "version": FORMAT_VERSION, "task": base["task"], "split": base["split"],
         "main": base["metrics"]["main"], "seed": seed, "n_boot": n_boot, "alpha": alpha,

@@ -232,7 +232,8 @@ def compare(
 
     Keys: n, base_mean, method_mean, diff (method - base), diff_ci_low/high (paired bootstrap),
     p_bootstrap, for ``kind="binary"`` also b01, b10 and p_mcnemar, then p (the one the verdict
-    uses: exact McNemar for binary, paired bootstrap for continuous), test (its name), mde
+    uses: exact McNemar for binary, the paired permutation test for continuous -- exact up to 12
+    items, where the bootstrap's p is anti-conservative), test (its name), mde
     (:func:`min_detectable_effect`, power 0.8) and verdict: "significant gain",
     "significant loss" or "no significant effect (MDE x.xx)" at level ``alpha``.
     """
@@ -257,7 +258,8 @@ def compare(
         mc = mcnemar(a, b)
         out.update(b01=mc["b01"], b10=mc["b10"], p_mcnemar=mc["p"], p=mc["p"], test="mcnemar")
     else:
-        out.update(p=pb["p"], test="paired_bootstrap")
+        perm = paired_permutation([a], [b], n_perm=n_boot, seed=seed)
+        out.update(p=perm["p"], test="paired_permutation")
     mde = min_detectable_effect(a, b, alpha=alpha, power=0.8)
     out["mde"] = mde
     out["verdict"] = verdict(out["p"], out["diff"], alpha, mde)

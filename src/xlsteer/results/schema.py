@@ -50,9 +50,10 @@ class Interval(_Open):
 class PairedTest(_Open):
     """A method against its reference on the same items (diff = method - reference).
 
-    ``test``: mcnemar (0/1 scores), paired_bootstrap (continuous, macro F1), or
-    stratified_paired_bootstrap (the average over languages: items resampled within their
-    language). ``p_holm``: p Holm-adjusted over the non-anchor languages of one metric.
+    ``test``: mcnemar (0/1 scores), paired_permutation (continuous, macro F1), or
+    stratified_paired_permutation (the average over languages: outputs swapped item by item within
+    their language); paired_bootstrap and stratified_paired_bootstrap in files written before the
+    permutation test. ``p_holm``: p Holm-adjusted over the non-anchor languages of one metric.
     """
 
     n: int
@@ -287,7 +288,7 @@ class MethodAverage(_Open):
     diff_ci_low: Optional[float] = None
     diff_ci_high: Optional[float] = None
     p: Optional[float] = None
-    test: Optional[Literal["stratified_paired_bootstrap"]] = None
+    test: Optional[Literal["stratified_paired_permutation", "stratified_paired_bootstrap"]] = None
     verdict: Optional[str] = None
     mde: Optional[float] = None
 
