@@ -58,7 +58,12 @@ class Config:
     def command(self, out: Path) -> list[str]:
         return [sys.executable, "-m", "xlsteer", "--quiet", "compare", "--model", self.model, "--task", self.task,
                 "--langs", self.langs, "--methods", self.methods, "--limit", str(self.limit), "--dev-limit",
-                str(self.dev_limit), "--fit-limit", "100", *GRIDS, *self.extra, "-o", str(out / self.name)]
+                str(self.dev_limit), "--fit-limit", "100", *self.grids(), *self.extra, "-o", str(out / self.name)]
+
+    def grids(self) -> list[str]:
+        """The -O options of the steering grids for the methods this configuration runs."""
+        running = set(self.methods.split(","))
+        return [x for opt in zip(GRIDS[::2], GRIDS[1::2]) if opt[1].split(".")[0] in running for x in opt]
 
 
 CONFIGS = (

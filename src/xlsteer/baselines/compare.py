@@ -352,6 +352,6 @@ def check_options(options: Mapping[str, Mapping[str, Any]], methods: Sequence[st
             raise UsageError(f"options given for unknown method {method}; choose among {', '.join(METHODS)}")
         if method not in running:
             raise UsageError(f"-O {method}.* is given, but {method} is not among the methods run "
-                             f"({', '.join(methods)}); add it to --methods or drop the option")
+                             f"({', '.join(dict.fromkeys(methods))}); add it to --methods or drop the option")
         for key, value in given.items():
             check_option(method, key, value)
