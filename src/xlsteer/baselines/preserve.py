@@ -6,7 +6,7 @@ outputs cannot show that. So ``xlsteer compare --preserve xquad`` takes each ste
 *selected* configuration (the one dev chose, per language or global, "no steering" included)
 and evaluates it on the test items of a task with a score (XQuAD F1, XNLI accuracy, ...), in
 the languages both tasks have, paired item by item against the unsteered model on the same
-items (per-language McNemar or paired bootstrap, Holm; the stratified test of the average).
+items (per-language McNemar or paired permutation test, Holm; the stratified test of the average).
 Nothing is chosen here: the configuration is the row's; the preservation task only measures.
 
 The preservation task is evaluated with its own template and decoding (the main task's

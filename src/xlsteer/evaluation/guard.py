@@ -3,7 +3,7 @@
 Why: a language-fidelity pass rate (or any generation score) can rise while the text turns into
 a loop of one phrase; a gain is only worth reporting next to what happened to the text. Two
 per-item continuous scores, paired on the same items as the task's metrics (so every result
-gets their CIs, the paired bootstrap against the unsteered run, Holm, the tables and the report):
+gets their CIs, the paired permutation test against the unsteered run, Holm, the tables and the report):
 
 ``fluency``       the mean log-likelihood per token (nats) of the generated output under the
                   *unsteered* model given the prompt: one :meth:`Engine.loglikelihood` pass with

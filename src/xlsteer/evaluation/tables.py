@@ -12,8 +12,8 @@ result (:mod:`xlsteer.results.schema`), so a table says exactly what the file sa
   (flagged when degenerate); last row the average over the non-anchor languages with its CI.
 - A steered run (``baseline`` and ``comparison`` inside): per language and metric, unsteered and
   steered score, the paired difference with its CI, p (which test), p Holm-adjusted over the
-  non-anchor languages, MDE and verdict; the average's row uses the paired bootstrap stratified
-  by language.
+  non-anchor languages, MDE and verdict; the average's row uses the paired permutation test
+  stratified by language (its CI: the paired bootstrap stratified alike).
 - A sweep: the main metric of every grid point per language, and the selection.
 - A methods comparison (``xlsteer compare``): methods x languages with ▲/▼ where the change
   against zero-shot is significant after Holm, and the cost of each method.
@@ -167,7 +167,7 @@ def comparison_table(res: Any, style: str = "markdown") -> str:
             rows.append(_test_row(f"avg non-{anchor}", name, _avg(base, name), _avg(res, name), t, level))
     out = [header(res), "", table(head, rows, style), ""]
     out.append(f"Verdicts at {level:g} from p Holm-adjusted over the non-{anchor} languages (unadjusted p beside it); "
-               "the average: paired bootstrap stratified by language.")
+               "the average: paired permutation test stratified by language.")
     out.append("Predictions changed by steering: " + ", ".join(
         f"{lang} {comp.per_lang[lang].prediction_changed:.0%}" for lang in res.langs) + ".")
     cons = [(lang, comp.per_lang[lang].consistency) for lang in res.langs]
@@ -305,18 +305,18 @@ def methods_table(rec: Any, style: str = "markdown") -> str:
     out = [f"{rec.task} {rec.split}, {rec.main} (%) with 95% bootstrap CI — model {rec.model.name}, template "
            f"{rec.template.name} v{rec.template.version}", "", table(head, rows, style), ""]
     out.append(f"▲/▼: significantly higher/lower than {rec.reference} on the same items (p Holm-adjusted over the "
-               f"non-{anchor} languages < {alpha:g}; McNemar exact test for 0/1 scores, paired bootstrap otherwise; "
-               f"the average column: paired bootstrap stratified by language, p < {alpha:g}). † average over the "
+               f"non-{anchor} languages < {alpha:g}; McNemar exact test for 0/1 scores, paired permutation test "
+               f"otherwise; the average column: paired permutation test stratified by language, p < {alpha:g}). † average over the "
                "languages the method covers. fit s = training/fitting/search + dev selection seconds; "
                "+tok/item = extra model tokens per item.")
     if guard:
         out.append("Quality guard (average over the non-anchor languages, Δ against the reference, ▲/▼ when the "
-                   "stratified paired bootstrap gives p < 0.05): fluency = mean log-likelihood per token of the "
+                   "paired permutation test stratified by language gives p < 0.05): fluency = mean log-likelihood per token of the "
                    "output under the unsteered model (nats; higher = more fluent); degeneration = share of repeated "
                    "4-grams of tokens in the output (seq-rep-4; higher = more repetition).")
     if kept:
         out.append(f"{kept}: each steering row's selected intervention on that task's test items (the languages "
-                   f"both tasks have), paired against the unsteered model; ▲/▼: stratified paired bootstrap p < "
+                   f"both tasks have), paired against the unsteered model; ▲/▼: stratified paired permutation p < "
                    f"{alpha:g}; n/a: not an intervention.")
     out += [f"- {f}" for f in footnotes]
     return "\n".join(out) + "\n"

@@ -5,7 +5,7 @@ results of several tasks, so the summary opens with one headline over all of the
 and task with the languages where it changed the main metric significantly after Holm, and its
 average change), then for each main-metric table the summary holds the methods x languages scores with ▲/▼ where a change against the
 reference is significant (per language: p Holm-adjusted over the non-anchor languages, as the
-result files carry it; the average: the paired bootstrap stratified by language), the minimum
+result files carry it; the average: the paired permutation test stratified by language), the minimum
 detectable effect of the average, the positive control where the run has one, and one sentence.
 """
 

@@ -4,7 +4,7 @@ Why: every writer (eval, sweep, compare, lm-eval, analyze, the demo's positive c
 reader (``xlsteer table``, ``xlsteer report``, the analysis regression) share these types, so a
 field has one name and one meaning. Shared pieces are defined once: a score with its 95% CI
 (:class:`Score`), a paired test against a reference on the same items (:class:`PairedTest`;
-the test of the average over languages is always the paired bootstrap stratified by language),
+the test of the average over languages is the paired permutation test stratified by language),
 consistency with the anchor, degeneracy, the selection a sweep made, and provenance.
 
 Models allow extra fields: the types fix what readers rely on, writers may record more (per-item

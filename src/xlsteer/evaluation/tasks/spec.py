@@ -60,7 +60,7 @@ GUARD_CONTINUOUS: tuple[str, ...] = ("fluency", "degeneration")
 @dataclass(frozen=True)
 class Metric:
     """One reported metric. ``binary``: a 0/1 score per item (McNemar applies); ``continuous``: a
-    real score per item (paired bootstrap); ``macro_f1``: computed over the whole set from
+    real score per item (paired permutation test); ``macro_f1``: computed over the whole set from
     (prediction, gold) codes with ``n_labels`` labels (bootstrap over items)."""
 
     name: str
