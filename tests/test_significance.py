@@ -199,7 +199,8 @@ def test_holm_hand_computed():
 def test_the_paired_permutation_test_is_exact_on_small_samples_and_agrees_with_mcnemar():
     """Every swap counted for n <= 12: all of n items gaining gives 2 / 2^n (two-sided); on 0/1
     values in one language it is McNemar's exact test; Monte Carlo for larger n stays close."""
-    from xlsteer.evaluation.significance import mcnemar, paired_permutation
+    from xlsteer.evaluation.permutation import paired_permutation
+    from xlsteer.evaluation.significance import mcnemar
 
     for n in (1, 3, 5):
         t = paired_permutation([np.zeros(n)], [np.ones(n)])

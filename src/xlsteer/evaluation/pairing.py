@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import UsageError, XlsteerError
 from ..results import PAIRED, VERSION as FORMAT_VERSION
 from . import significance as S
+from .permutation import paired_permutation
 from .summary import label_codes, macro_f1_stat, metric_groups, metrics_from_record
 
 
@@ -46,7 +47,7 @@ def paired_macro_f1(a: np.ndarray, b: np.ndarray, n_labels: int, n_boot: int, se
         lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
         tol = 1e-12 * max(1.0, abs(diff))
         p_boot = float(np.mean(np.abs(boot - diff) >= abs(diff) - tol))
-        perm = S.paired_permutation([a], [b], n_perm=n_boot, seed=seed, stat=stat)
+        perm = paired_permutation([a], [b], n_perm=n_boot, seed=seed, stat=stat)
         out.update(diff_ci_low=float(lo), diff_ci_high=float(hi), p=perm["p"], p_bootstrap=p_boot,
                    test="paired_permutation")
     out["verdict"] = S.verdict(out["p"], diff, alpha)
@@ -100,7 +101,7 @@ def _average_test(ga: list, gb: list, stat: Any, n_boot: int, seed: int, alpha: 
     exact up to 12 items, because the bootstrap's p reads "p < 0.001" from a handful of items that
     all moved (it is kept as ``p_bootstrap``)."""
     t = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha, stat=stat)
-    perm = S.paired_permutation(ga, gb, n_perm=n_boot, seed=seed, stat=stat)
+    perm = paired_permutation(ga, gb, n_perm=n_boot, seed=seed, stat=stat)
     t.update(p_bootstrap=t["p"], p=perm["p"], test=perm["test"], verdict=S.verdict(perm["p"], t["diff"], alpha, t["mde"]))
     return t
 

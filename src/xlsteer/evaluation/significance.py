@@ -258,6 +258,8 @@ def compare(
         mc = mcnemar(a, b)
         out.update(b01=mc["b01"], b10=mc["b10"], p_mcnemar=mc["p"], p=mc["p"], test="mcnemar")
     else:
+        from .permutation import paired_permutation
+
         perm = paired_permutation([a], [b], n_perm=n_boot, seed=seed)
         out.update(p=perm["p"], test="paired_permutation")
     mde = min_detectable_effect(a, b, alpha=alpha, power=0.8)
@@ -355,52 +357,6 @@ def paired_stratified_bootstrap(groups_a: Any, groups_b: Any, n_boot: int = 2000
             se = float(math.sqrt(np.var(boot_a, ddof=1) + np.var(boot_b, ddof=1)))  # type: ignore[arg-type]
         out.update(diff_ci_low=float(lo), diff_ci_high=float(hi), p=p, mde=_z(alpha, power) * se)
     out["verdict"] = verdict(out["p"], diff, alpha, out["mde"])
-    return out
-
-
-def paired_permutation(groups_a: Any, groups_b: Any, n_perm: int = 2000, seed: int = 0,
-                       stat: Callable[..., Any] = np.mean, exact_max: int = 12) -> dict[str, Any]:
-    """Paired permutation test (approximate randomisation) of the difference of two averages over
-    languages (b minus a), on the same items: two-sided p, exact at any n.
-
-    Why not the bootstrap's p here: resampling 4 items that all gained gives a difference that never
-    reaches 0, so its p is 0 -- "p < 0.001" from four items. Under the null hypothesis the two
-    outputs of an item are exchangeable, so swapping them item by item (within its language) draws
-    from the null distribution of the statistic (the unweighted mean over languages of ``stat``,
-    which must take ``axis=1``). With at most ``exact_max`` items every one of the 2^n swaps is
-    counted (the smallest possible p is 2 / 2^n when every item moves the same way); else
-    ``n_perm`` random swaps, p = (hits + 1) / (n_perm + 1). Returns n, diff, p, test, exact.
-    """
-    ga = _strata(groups_a, "paired_permutation (a)")
-    gb = _strata(groups_b, "paired_permutation (b)")
-    if [g.size for g in ga] != [g.size for g in gb]:
-        raise DataError("paired_permutation: the groups differ in size; pair them item by item per language")
-    diff = float(np.mean([float(stat(g)) for g in gb]) - np.mean([float(stat(g)) for g in ga]))
-    n = int(sum(g.size for g in ga))
-    exact = n <= exact_max
-    out = {"n": n, "diff": diff, "p": 1.0, "test": "stratified_paired_permutation", "exact": bool(exact)}
-    if diff == 0:  # every swap is at least as extreme as no difference
-        return out
-    rows = 2 ** n if exact else int(n_perm)
-    rng = np.random.default_rng(seed)
-    tol = 1e-12 * max(1.0, abs(diff))
-    hits = 0
-    step = max(1, _CHUNK_CELLS // max(1, n))
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        if exact:
-            swap = ((np.arange(start, stop)[:, None] >> np.arange(n)) & 1).astype(bool)
-        else:
-            swap = rng.random((stop - start, n)) < 0.5
-        t = np.zeros(stop - start)
-        offset = 0
-        for a, b in zip(ga, gb):
-            m = swap[:, offset:offset + a.size]
-            offset += a.size
-            t += (np.asarray(stat(np.where(m, a, b), axis=1), dtype=np.float64)
-                  - np.asarray(stat(np.where(m, b, a), axis=1), dtype=np.float64)) / len(ga)
-        hits += int(np.sum(np.abs(t) >= abs(diff) - tol))
-    out["p"] = float(min(1.0, hits / rows if exact else (hits + 1) / (rows + 1)))
     return out
 
 
