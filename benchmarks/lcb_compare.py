@@ -94,6 +94,8 @@ CONFIGS = (
            extra=("--batch-size", "20", "--preserve", "xnli:200"), methods="zero-shot,langvec,diffmean"),
     Config("smollm2-cross-okapi-40", "smollm2-135m-instruct", "lcb-cross-okapi", "de,ja", limit=40, dev_limit=5,
            extra=("--template", "lcb-chat", "--batch-size", "40"), methods=ALL_METHODS),
+    Config("smollm2-mono-40", "smollm2-135m-instruct", "lcb-mono", "ar,ja", limit=40, dev_limit=5,
+           extra=("--template", "lcb-chat", "--batch-size", "40"), methods=ALL_METHODS),
 )
 
 
