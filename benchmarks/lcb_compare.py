@@ -171,6 +171,31 @@ def _method_table(rows: dict[str, dict], langs: list[str]) -> list[str]:
     return out
 
 
+def _source_table(rows: dict[str, dict]) -> list[str]:
+    """Per method and (source, language) cell of LCB: line passes of n, upstream's LPR and WPR (none
+    where each language has one source: the language table says it all)."""
+    cells: list[str] = []
+    for res in rows.values():
+        for part in ("monolingual", "crosslingual"):
+            for cell in (((res.get("task_summary") or {}).get(part) or {}).get("per_source_lang") or {}):
+                if cell not in cells:
+                    cells.append(cell)
+    if len(cells) <= len({c.split("/")[-1] for c in cells}):
+        return []
+    head = ["method", *[f"{c}: pass / n, LPR / WPR" for c in cells]]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, res in rows.items():
+        summary = res.get("task_summary") or {}
+        found = {**((summary.get("monolingual") or {}).get("per_source_lang") or {}),
+                 **((summary.get("crosslingual") or {}).get("per_source_lang") or {})}
+        row = [name]
+        for c in cells:
+            v = found.get(c)
+            row.append("–" if v is None else f"{v['line_pass']} / {v['n']}, {_pct(v.get('lpr'))} / {_pct(v.get('wpr'))}")
+        out.append("| " + " | ".join(row) + " |")
+    return out
+
+
 def render_config(cfg: Config, out: Path) -> list[str]:
     folder = out / cfg.name
     lines = [f"### {cfg.name}: {cfg.model}, `{cfg.task}`, languages {cfg.langs.replace(',', ', ')}", ""]
@@ -190,6 +215,10 @@ def render_config(cfg: Config, out: Path) -> list[str]:
               f"degeneration: mean over the languages (Δ against zero-shot)."
               + ("" if done else f" Methods that did not finish in the time the run had: {', '.join(missing)}."), ""]
     lines += [*_method_table(rows, langs), ""]
+    sources = _source_table(rows)
+    if sources:
+        lines += ["Per LCB source and language (upstream's cells; LPR over the answered responses, WPR where "
+                  "upstream scores words):", "", *sources, ""]
     if done:
         rec = json.loads((folder / "compare.json").read_text(encoding="utf-8"))
         lines += [f"The comparison as `xlsteer compare` prints it (wall time {rec.get('command_seconds', 0):.0f} s):",
