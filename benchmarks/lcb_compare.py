@@ -14,6 +14,7 @@ the same bytes; a configuration that has not finished is listed as such, never g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import subprocess
@@ -42,7 +43,9 @@ EARLIER_RULE = ("The steering rows' dev choices of this configuration were made 
                 "({rule}). Under the current rule (an exact paired permutation test, stratified by language, "
                 "Bonferroni over the settings) {n} dev prompts can never be evidence: the smallest possible p is "
                 "2 / 2^{n} = {p:.3f}, so every steering row would answer \"no steering\" and show zero-shot's "
-                "figures. The steered rows below are what the settings do on test, not a recommendation.")
+                "figures. The steered rows below are what the settings do on test, not a recommendation. Its "
+                "`xlsteer compare` table was written before compare's average column and guard took their p from "
+                "the paired permutation test: their ▲/▼ are the stratified bootstrap's, lenient at 6 items.")
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,8 @@ def render_config(cfg: Config, out: Path) -> list[str]:
               f"prompts per source and language for the steering rows' choice. Line pass and its difference to "
               f"zero-shot in points, p: exact McNemar test on the paired items (not Holm-adjusted); fluency and "
               f"degeneration: mean over the languages (Δ against zero-shot)."
-              + ("" if done else f" Methods that did not finish in the time the run had: {', '.join(missing)}."), ""]
+              + (f" Methods that did not finish in the time the run had: {', '.join(missing)}." if missing else ""),
+              ""]
     lines += [*_method_table(rows, langs), ""]
     sources = _source_table(rows)
     if sources:
@@ -221,7 +225,9 @@ def render_config(cfg: Config, out: Path) -> list[str]:
                   "upstream scores words):", "", *sources, ""]
     if done:
         rec = json.loads((folder / "compare.json").read_text(encoding="utf-8"))
-        lines += [f"The comparison as `xlsteer compare` prints it (wall time {rec.get('command_seconds', 0):.0f} s):",
+        lines += [f"The comparison as `xlsteer compare` prints it (its last invocation took "
+                  f"{rec.get('command_seconds', 0):.0f} s of wall time; rows it reused from earlier invocations keep "
+                  f"their own times, in the table above):",
                   "", (folder / "compare.md").read_text(encoding="utf-8").rstrip(), ""]
     return lines
 
@@ -245,12 +251,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "lcb-compare"), help="where the compare folders go")
     ap.add_argument("--only", default=None, help="run only this configuration")
     ap.add_argument("--render-only", action="store_true", help="only rewrite docs/results.md from finished runs")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="run each configuration with only its finished methods (all reused): the compare table of "
+                         "a configuration that ran out of time")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.render_only:
         for cfg in CONFIGS:
             if args.only in (None, cfg.name):
-                run(cfg, out)
+                finished = ",".join(_finished_rows(out / cfg.name, cfg.methods))
+                if args.finished_only and not finished:
+                    continue
+                run(dataclasses.replace(cfg, methods=finished) if args.finished_only else cfg, out)
                 render(out)
     render(out)
 
