@@ -79,17 +79,16 @@ def gain_evidence(metric: Any, base: dict[str, list[dict]], steered: dict[str, l
     """The dev gain of ``steered`` over ``base`` (per-item records by language, same items in the
     same order) on the unweighted mean of ``metric`` over ``langs``: gain, its 95% CI, p, test, se, n."""
     from . import significance as S
-    from .permutation import paired_permutation
+    from .permutation import paired_stratified_test
     from .summary import metric_groups
 
     (ga, gb), stat = metric_groups([metric], metric.name, [base, steered], langs)
-    t = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, stat=stat)  # the gain's CI
     if len(langs) == 1 and metric.kind == "binary":
-        one = S.compare(ga[0], gb[0], kind=metric.kind, seed=seed, n_boot=n_boot)
-        p, test = one["p"], one["test"]  # exact McNemar
-    else:  # exact at any n, unlike the bootstrap's p (see permutation.paired_permutation)
-        perm = paired_permutation(ga, gb, n_perm=n_boot, seed=seed, stat=stat)
-        p, test = perm["p"], perm["test"]
+        t = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, stat=stat)  # the gain's CI
+        p, test = S.mcnemar(ga[0], gb[0])["p"], "mcnemar"  # exact
+    else:  # CI from the bootstrap; p exact at any n, unlike the bootstrap's (see permutation.paired_permutation)
+        t = paired_stratified_test(ga, gb, n_boot=n_boot, seed=seed, stat=stat)
+        p, test = t["p"], t["test"]
     if metric.kind == "macro_f1":  # no per-item values: the bootstrap's spread (MDE / z) is the standard error
         se = float(t["mde"]) / _z_mde()
     else:

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import UsageError, XlsteerError
 from ..results import PAIRED, VERSION as FORMAT_VERSION
 from . import significance as S
-from .permutation import paired_permutation
+from .permutation import paired_permutation, paired_stratified_test
 from .summary import label_codes, macro_f1_stat, metric_groups, metrics_from_record
 
 
@@ -95,17 +95,6 @@ def _lang_entry(base: dict, other: dict, lang: str, ra: list[dict], rb: list[dic
     return entry
 
 
-def _average_test(ga: list, gb: list, stat: Any, n_boot: int, seed: int, alpha: float) -> dict[str, Any]:
-    """The average's own paired test: CI and MDE from the bootstrap with items resampled within
-    each language (both runs alike); p from the paired permutation test stratified by language,
-    exact up to 12 items, because the bootstrap's p reads "p < 0.001" from a handful of items that
-    all moved (it is kept as ``p_bootstrap``)."""
-    t = S.paired_stratified_bootstrap(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha, stat=stat)
-    perm = paired_permutation(ga, gb, n_perm=n_boot, seed=seed, stat=stat)
-    t.update(p_bootstrap=t["p"], p=perm["p"], test=perm["test"], verdict=S.verdict(perm["p"], t["diff"], alpha, t["mde"]))
-    return t
-
-
 def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2000, seed: int | None = None,
                  alpha: float = 0.05) -> dict[str, Any]:
     """Per language, ``other`` against ``base`` on the same items (positive diff: ``other`` is higher)."""
@@ -131,8 +120,10 @@ def compare_runs(base: dict[str, Any], other: dict[str, Any], *, n_boot: int = 2
                     t["p_holm"] = p_adj
                     t["verdict"] = S.verdict(p_adj, t["diff"], alpha, t.get("mde"))
                 avg["diff"][name] = float(np.mean([t["diff"] for t in tests]))
+                # the average's own test: p exact up to 12 items, where the bootstrap's reads
+                # "p < 0.001" from a handful of items that all moved
                 (ga, gb), stat = metric_groups(metrics, name, runs, non_anchor)
-                avg["tests"][name] = _average_test(ga, gb, stat, n_boot, seed, alpha)
+                avg["tests"][name] = paired_stratified_test(ga, gb, n_boot=n_boot, seed=seed, alpha=alpha, stat=stat)
     return {
         "format": PAIRED, "version": FORMAT_VERSION, "task": base["task"], "split": base["split"],
         "main": base["metrics"]["main"], "seed": seed, "n_boot": n_boot, "alpha": alpha,

@@ -16,9 +16,9 @@ import numpy as np
 
 from xlsteer.errors import DataError
 
-from .significance import _CHUNK_CELLS, _strata
+from .significance import _CHUNK_CELLS, _strata, paired_stratified_bootstrap, verdict
 
-__all__ = ["paired_permutation"]
+__all__ = ["paired_permutation", "paired_stratified_test"]
 
 
 def paired_permutation(groups_a: Any, groups_b: Any, n_perm: int = 2000, seed: int = 0,
@@ -65,3 +65,16 @@ def paired_permutation(groups_a: Any, groups_b: Any, n_perm: int = 2000, seed: i
         hits += int(np.sum(np.abs(t) >= abs(diff) - tol))
     out["p"] = float(min(1.0, hits / rows if exact else (hits + 1) / (rows + 1)))
     return out
+
+
+def paired_stratified_test(groups_a: Any, groups_b: Any, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                           stat: Callable[..., Any] = np.mean) -> dict[str, Any]:
+    """The paired test of a difference of averages over languages (b minus a, same items): the
+    difference's CI and MDE from the paired bootstrap stratified by language
+    (:func:`~xlsteer.evaluation.significance.paired_stratified_bootstrap`), p and the verdict from
+    :func:`paired_permutation` stratified alike; the bootstrap's own p is kept as ``p_bootstrap``.
+    """
+    t = paired_stratified_bootstrap(groups_a, groups_b, n_boot=n_boot, seed=seed, alpha=alpha, stat=stat)
+    perm = paired_permutation(groups_a, groups_b, n_perm=n_boot, seed=seed, stat=stat)
+    t.update(p_bootstrap=t["p"], p=perm["p"], test=perm["test"], verdict=verdict(perm["p"], t["diff"], alpha, t["mde"]))
+    return t
