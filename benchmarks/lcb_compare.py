@@ -109,13 +109,16 @@ def run(cfg: Config, out: Path) -> None:
     print(f"{cfg.name}: exit {code} in {wall:.0f} s", flush=True)
 
 
-def _lpr_wpr(result: dict) -> dict[str, dict[str, float | None]]:
+def _summary_cells(result: dict, key: str) -> dict[str, dict]:
+    """The LCB summary's ``key`` table (``per_lang`` or ``per_source_lang``), both parts of LCB merged."""
     summary = result.get("task_summary") or {}
-    per_lang: dict[str, dict[str, float | None]] = {}
-    for part in ("monolingual", "crosslingual"):
-        for lang, vals in ((summary.get(part) or {}).get("per_lang") or {}).items():
-            per_lang[lang] = {"lpr": vals.get("lpr"), "wpr": vals.get("wpr")}
-    return per_lang
+    return {cell: vals for part in ("monolingual", "crosslingual")
+            for cell, vals in ((summary.get(part) or {}).get(key) or {}).items()}
+
+
+def _lpr_wpr(result: dict) -> dict[str, dict[str, float | None]]:
+    return {lang: {"lpr": vals.get("lpr"), "wpr": vals.get("wpr")}
+            for lang, vals in _summary_cells(result, "per_lang").items()}
 
 
 def _pct(x: float | None) -> str:
@@ -177,23 +180,16 @@ def _method_table(rows: dict[str, dict], langs: list[str]) -> list[str]:
 def _source_table(rows: dict[str, dict]) -> list[str]:
     """Per method and (source, language) cell of LCB: line passes of n, upstream's LPR and WPR (none
     where each language has one source: the language table says it all)."""
-    cells: list[str] = []
-    for res in rows.values():
-        for part in ("monolingual", "crosslingual"):
-            for cell in (((res.get("task_summary") or {}).get(part) or {}).get("per_source_lang") or {}):
-                if cell not in cells:
-                    cells.append(cell)
+    found = {name: _summary_cells(res, "per_source_lang") for name, res in rows.items()}
+    cells = list(dict.fromkeys(cell for per in found.values() for cell in per))
     if len(cells) <= len({c.split("/")[-1] for c in cells}):
         return []
     head = ["method", *[f"{c}: pass / n, LPR / WPR" for c in cells]]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, res in rows.items():
-        summary = res.get("task_summary") or {}
-        found = {**((summary.get("monolingual") or {}).get("per_source_lang") or {}),
-                 **((summary.get("crosslingual") or {}).get("per_source_lang") or {})}
+    for name, per in found.items():
         row = [name]
         for c in cells:
-            v = found.get(c)
+            v = per.get(c)
             row.append("–" if v is None else f"{v['line_pass']} / {v['n']}, {_pct(v.get('lpr'))} / {_pct(v.get('wpr'))}")
         out.append("| " + " | ".join(row) + " |")
     return out
@@ -258,12 +254,14 @@ def main() -> None:
     out = Path(args.out)
     if not args.render_only:
         for cfg in CONFIGS:
-            if args.only in (None, cfg.name):
-                finished = ",".join(_finished_rows(out / cfg.name, cfg.methods))
-                if args.finished_only and not finished:
+            if args.only not in (None, cfg.name):
+                continue
+            if args.finished_only:
+                cfg = dataclasses.replace(cfg, methods=",".join(_finished_rows(out / cfg.name, cfg.methods)))
+                if not cfg.methods:
                     continue
-                run(dataclasses.replace(cfg, methods=finished) if args.finished_only else cfg, out)
-                render(out)
+            run(cfg, out)
+            render(out)
     render(out)
 
 
