@@ -236,6 +236,10 @@ def render_config(cfg: Config, out: Path) -> list[str]:
 
 
 def render(out: Path) -> None:
+    """Rewrite the generated block of docs/results.md (atomically: a run killed mid-write leaves the
+    previous file, not half of one)."""
+    from xlsteer.io import atomic_write_text
+
     body = [BEGIN, ""]
     for cfg in CONFIGS:
         body += render_config(cfg, out)
@@ -246,7 +250,7 @@ def render(out: Path) -> None:
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text, encoding="utf-8")
+    atomic_write_text(DOC, text)
 
 
 def main() -> None:
@@ -259,17 +263,19 @@ def main() -> None:
                          "a configuration that ran out of time")
     args = ap.parse_args()
     out = Path(args.out)
-    if not args.render_only:
-        for cfg in CONFIGS:
-            if args.only not in (None, cfg.name):
+    ran = False
+    for cfg in () if args.render_only else CONFIGS:
+        if args.only not in (None, cfg.name):
+            continue
+        if args.finished_only:
+            cfg = dataclasses.replace(cfg, methods=",".join(_finished_rows(out / cfg.name, cfg.methods)))
+            if not cfg.methods:
                 continue
-            if args.finished_only:
-                cfg = dataclasses.replace(cfg, methods=",".join(_finished_rows(out / cfg.name, cfg.methods)))
-                if not cfg.methods:
-                    continue
-            run(cfg, out)
-            render(out)
-    render(out)
+        run(cfg, out)
+        render(out)  # after every configuration: a long run's finished tables reach the doc as they finish
+        ran = True
+    if not ran:
+        render(out)
 
 
 if __name__ == "__main__":
